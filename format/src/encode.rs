@@ -1,0 +1,202 @@
+//! Writing traces: [`RecordEncoder`] turns records into payload bytes, [`ChunkWriter`] frames
+//! and compresses payloads into a file. The interposer's writer thread is the only user; it
+//! must never be called from an allocation hook.
+
+use std::io::{self, Write};
+
+use flate2::write::DeflateEncoder;
+use flate2::Compression;
+
+use crate::record::{frame_kind, tag, Alloc, End, Frame, Free, Module, ProcessInfo, PythonCode, Stats};
+use crate::varint::{put_bytes, put_i64, put_u64};
+use crate::{FORMAT_VERSION, HEADER_LEN, MAGIC};
+
+/// Encodes records into an uncompressed payload. Keeps the delta state (previous sequence
+/// number and address, next stack node id) that the decoder mirrors, across chunks.
+#[derive(Default)]
+pub struct RecordEncoder {
+    payload: Vec<u8>,
+    previous_seq: u64,
+    previous_address: u64,
+    stack_nodes_defined: u64,
+}
+
+impl RecordEncoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes encoded since the last [`RecordEncoder::take_payload`].
+    pub fn pending_bytes(&self) -> usize {
+        self.payload.len()
+    }
+
+    /// The payload encoded since the last [`RecordEncoder::clear_payload`].
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// Starts a new payload (after it was written as a chunk), keeping the delta state.
+    pub fn clear_payload(&mut self) {
+        self.payload.clear();
+    }
+
+    pub fn process(&mut self, info: &ProcessInfo) {
+        let out = &mut self.payload;
+        out.push(tag::PROCESS);
+        put_u64(out, info.pid.into());
+        put_u64(out, info.parent_pid.into());
+        put_u64(out, info.start_time_unix_ns);
+        put_bytes(out, info.exe.as_bytes());
+        put_u64(out, info.argv.len() as u64);
+        for arg in &info.argv {
+            put_bytes(out, arg.as_bytes());
+        }
+        put_bytes(out, info.cwd.as_bytes());
+        put_bytes(out, info.program.as_bytes());
+    }
+
+    pub fn module(&mut self, module: &Module) {
+        let out = &mut self.payload;
+        out.push(tag::MODULE);
+        put_u64(out, module.id);
+        put_bytes(out, module.path.as_bytes());
+        put_u64(out, module.bias);
+        put_bytes(out, &module.build_id);
+        put_u64(out, module.segments.len() as u64);
+        for segment in &module.segments {
+            put_u64(out, segment.vaddr);
+            put_u64(out, segment.memsz);
+            put_u64(out, segment.flags.into());
+        }
+    }
+
+    pub fn module_unloaded(&mut self, module_id: u64) {
+        self.payload.push(tag::MODULE_UNLOADED);
+        put_u64(&mut self.payload, module_id);
+    }
+
+    /// Defines the next stack node and returns its id.
+    pub fn stack_node(&mut self, parent: u64, frame: Frame) -> u64 {
+        let out = &mut self.payload;
+        out.push(tag::STACK_NODE);
+        put_u64(out, parent);
+        match frame {
+            Frame::Native { address } => {
+                out.push(frame_kind::NATIVE);
+                put_u64(out, address);
+            }
+            Frame::Python {
+                code_id,
+                instruction_offset,
+            } => {
+                out.push(frame_kind::PYTHON);
+                put_u64(out, code_id);
+                put_u64(out, instruction_offset);
+            }
+        }
+        self.stack_nodes_defined += 1;
+        self.stack_nodes_defined
+    }
+
+    fn seq_and_address(&mut self, seq: u64, address: u64) {
+        put_i64(&mut self.payload, seq.wrapping_sub(self.previous_seq) as i64);
+        put_i64(&mut self.payload, address.wrapping_sub(self.previous_address) as i64);
+        self.previous_seq = seq;
+        self.previous_address = address;
+    }
+
+    pub fn alloc(&mut self, alloc: &Alloc) {
+        self.payload.push(tag::ALLOC);
+        self.payload.push(alloc.kind as u8);
+        self.seq_and_address(alloc.seq, alloc.address);
+        put_u64(&mut self.payload, alloc.thread_id.into());
+        put_u64(&mut self.payload, alloc.size);
+        put_u64(&mut self.payload, alloc.stack);
+    }
+
+    pub fn free(&mut self, free: &Free) {
+        self.payload.push(tag::FREE);
+        self.seq_and_address(free.seq, free.address);
+        put_u64(&mut self.payload, free.thread_id.into());
+    }
+
+    pub fn python_code(&mut self, code: &PythonCode) {
+        let out = &mut self.payload;
+        out.push(tag::PYTHON_CODE);
+        put_u64(out, code.id);
+        put_u64(out, code.python_version.into());
+        put_bytes(out, code.filename.as_bytes());
+        put_bytes(out, code.qualified_name.as_bytes());
+        put_u64(out, code.first_line.into());
+        put_bytes(out, &code.line_table);
+    }
+
+    fn stats_fields(out: &mut Vec<u8>, stats: &Stats) {
+        put_u64(out, stats.reentrant_calls);
+        put_u64(out, stats.producer_waits);
+        put_u64(out, stats.truncated_stacks);
+    }
+
+    pub fn stats(&mut self, stats: &Stats) {
+        self.payload.push(tag::STATS);
+        Self::stats_fields(&mut self.payload, stats);
+    }
+
+    pub fn end(&mut self, end: &End) {
+        let out = &mut self.payload;
+        out.push(tag::END);
+        out.push(end.kind as u8);
+        match end.status {
+            Some(status) => {
+                out.push(1);
+                put_i64(out, status.into());
+            }
+            None => out.push(0),
+        }
+        Self::stats_fields(out, &end.stats);
+    }
+}
+
+/// Writes the file header once, then one self-delimiting compressed chunk per
+/// [`ChunkWriter::write_chunk`], so that any prefix of the file ending on a chunk boundary
+/// decodes.
+pub struct ChunkWriter<W: Write> {
+    out: W,
+    compressed: Vec<u8>,
+}
+
+impl<W: Write> ChunkWriter<W> {
+    pub fn new(mut out: W) -> io::Result<Self> {
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(&MAGIC);
+        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.write_all(&header)?;
+        Ok(ChunkWriter {
+            out,
+            compressed: Vec::new(),
+        })
+    }
+
+    /// Compresses `payload` into one chunk and writes it with a single `write_all`.
+    pub fn write_chunk(&mut self, payload: &[u8]) -> io::Result<()> {
+        if payload.is_empty() {
+            return Ok(());
+        }
+        self.compressed.clear();
+        self.compressed.resize(12, 0);
+        let mut encoder = DeflateEncoder::new(std::mem::take(&mut self.compressed), Compression::fast());
+        encoder.write_all(payload)?;
+        self.compressed = encoder.finish()?;
+        let compressed_len = (self.compressed.len() - 12) as u32;
+        self.compressed[0..4].copy_from_slice(&compressed_len.to_le_bytes());
+        self.compressed[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.compressed[8..12].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        self.out.write_all(&self.compressed)?;
+        self.out.flush()
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+}

@@ -1,0 +1,231 @@
+//! The typed records of a trace. Field meanings are specified in `SPEC.md`; the byte layout
+//! lives in `encode.rs` and `decode.rs` (tags below are shared by both).
+
+/// Record tags: the first byte of every record in a chunk payload.
+pub(crate) mod tag {
+    pub const PROCESS: u8 = 0x01;
+    pub const MODULE: u8 = 0x02;
+    pub const MODULE_UNLOADED: u8 = 0x03;
+    pub const STACK_NODE: u8 = 0x04;
+    pub const ALLOC: u8 = 0x05;
+    pub const FREE: u8 = 0x06;
+    pub const PYTHON_CODE: u8 = 0x07;
+    pub const STATS: u8 = 0x08;
+    pub const END: u8 = 0x09;
+}
+
+/// Frame kind bytes inside a stack node record.
+pub(crate) mod frame_kind {
+    pub const NATIVE: u8 = 0;
+    pub const PYTHON: u8 = 1;
+}
+
+/// One decoded trace record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Process(ProcessInfo),
+    Module(Module),
+    ModuleUnloaded {
+        module_id: u64,
+    },
+    /// Defines stack node `id` (ids count up from 1 in file order) as `frame` called from
+    /// `parent` (0 = the outermost frame of a stack).
+    StackNode {
+        id: u64,
+        parent: u64,
+        frame: Frame,
+    },
+    Alloc(Alloc),
+    Free(Free),
+    PythonCode(PythonCode),
+    Stats(Stats),
+    End(End),
+}
+
+/// Who the traced process is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub parent_pid: u32,
+    pub start_time_unix_ns: u64,
+    /// The resolved executable (`/proc/self/exe`).
+    pub exe: String,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    /// The short name used in the trace file name (see [`crate::program_name`]).
+    pub program: String,
+}
+
+/// A loaded ELF object and where it sits in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Module {
+    pub id: u64,
+    pub path: String,
+    /// Load bias: runtime address minus the address in the file.
+    pub bias: u64,
+    /// The GNU build-id note, empty when the object has none.
+    pub build_id: Vec<u8>,
+    pub segments: Vec<Segment>,
+}
+
+/// One PT_LOAD program header of a module, in file (unbiased) addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub vaddr: u64,
+    pub memsz: u64,
+    /// `PF_X` = 1, `PF_W` = 2, `PF_R` = 4, as in the ELF program header.
+    pub flags: u32,
+}
+
+impl Module {
+    /// Whether runtime address `address` falls in one of this module's segments.
+    pub fn contains(&self, address: u64) -> bool {
+        self.segments.iter().any(|s| {
+            let start = self.bias.wrapping_add(s.vaddr);
+            address >= start && address - start < s.memsz
+        })
+    }
+}
+
+/// One frame of a stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Frame {
+    /// A native return address (or, for the innermost frame, the call site's return address).
+    Native { address: u64 },
+    /// A Python frame: a code object defined by a [`PythonCode`] record, and the offset of the
+    /// instruction being executed, in bytes from the start of the code.
+    Python { code_id: u64, instruction_offset: u64 },
+}
+
+/// Which allocator entry point produced a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum AllocKind {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    PosixMemalign = 3,
+    AlignedAlloc = 4,
+    Memalign = 5,
+    Valloc = 6,
+    Pvalloc = 7,
+    ReallocArray = 8,
+}
+
+impl AllocKind {
+    pub const ALL: [AllocKind; 9] = [
+        AllocKind::Malloc,
+        AllocKind::Calloc,
+        AllocKind::Realloc,
+        AllocKind::PosixMemalign,
+        AllocKind::AlignedAlloc,
+        AllocKind::Memalign,
+        AllocKind::Valloc,
+        AllocKind::Pvalloc,
+        AllocKind::ReallocArray,
+    ];
+
+    pub fn from_u8(value: u8) -> Option<AllocKind> {
+        AllocKind::ALL.get(usize::from(value)).copied()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AllocKind::Malloc => "malloc",
+            AllocKind::Calloc => "calloc",
+            AllocKind::Realloc => "realloc",
+            AllocKind::PosixMemalign => "posix_memalign",
+            AllocKind::AlignedAlloc => "aligned_alloc",
+            AllocKind::Memalign => "memalign",
+            AllocKind::Valloc => "valloc",
+            AllocKind::Pvalloc => "pvalloc",
+            AllocKind::ReallocArray => "reallocarray",
+        }
+    }
+}
+
+/// A block became live. `seq` orders it against every other event of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Alloc {
+    pub seq: u64,
+    pub thread_id: u32,
+    pub address: u64,
+    pub size: u64,
+    /// The innermost stack node of the allocating call, 0 when no stack was captured.
+    pub stack: u64,
+    pub kind: AllocKind,
+}
+
+/// A block stopped being live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Free {
+    pub seq: u64,
+    pub thread_id: u32,
+    pub address: u64,
+}
+
+/// A Python code object, recorded the first time a stack refers to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PythonCode {
+    pub id: u64,
+    /// `PY_VERSION_HEX` of the interpreter, which fixes the line-table format.
+    pub python_version: u32,
+    pub filename: String,
+    pub qualified_name: String,
+    pub first_line: u32,
+    /// The code object's line table, copied byte for byte.
+    pub line_table: Vec<u8>,
+}
+
+/// Counters the interposer keeps about itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Allocator calls that arrived while the thread was already inside a hook (a signal
+    /// handler, or the interposer's own work) and so were passed through unrecorded.
+    pub reentrant_calls: u64,
+    /// Times a thread had to wait because the writer was behind.
+    pub producer_waits: u64,
+    /// Stacks cut at the depth limit.
+    pub truncated_stacks: u64,
+}
+
+/// How the process ended, as far as the interposer saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitKind {
+    /// Normal process exit: `exit()` or returning from `main`. Exit handlers and
+    /// interpreter finalisation ran before the live set was taken.
+    Exit = 0,
+    /// `_exit()`/`_Exit()`: every event was recorded, but no exit handlers ran.
+    UnderscoreExit = 1,
+    /// `abort()`: every event up to the call was recorded; the process dies by SIGABRT.
+    Abort = 2,
+}
+
+impl ExitKind {
+    pub fn from_u8(value: u8) -> Option<ExitKind> {
+        match value {
+            0 => Some(ExitKind::Exit),
+            1 => Some(ExitKind::UnderscoreExit),
+            2 => Some(ExitKind::Abort),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::Exit => "exit",
+            ExitKind::UnderscoreExit => "_exit",
+            ExitKind::Abort => "abort",
+        }
+    }
+}
+
+/// The last record of a finished trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct End {
+    pub kind: ExitKind,
+    /// The status passed to `exit`/`_exit`, when the interposer saw it.
+    pub status: Option<i32>,
+    pub stats: Stats,
+}

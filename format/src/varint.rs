@@ -1,0 +1,105 @@
+//! LEB128 varints and zigzag signed integers: the only integer encodings inside chunk payloads.
+
+pub fn put_u64(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+pub fn put_i64(out: &mut Vec<u8>, value: i64) {
+    put_u64(out, ((value << 1) ^ (value >> 63)) as u64);
+}
+
+pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_u64(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A cursor over one chunk's payload. Every read reports running off the end as `None`.
+pub struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Cursor { bytes, pos: 0 }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.bytes.len()
+    }
+
+    pub fn u8(&mut self) -> Option<u8> {
+        let byte = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(byte)
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        let mut value: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                // The tenth byte may only carry the top bit of a u64.
+                if shift == 63 && byte > 1 {
+                    return None;
+                }
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    pub fn i64(&mut self) -> Option<i64> {
+        let raw = self.u64()?;
+        Some(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+    }
+
+    pub fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.u64()?).ok()?;
+        let end = self.pos.checked_add(len)?;
+        let slice = self.bytes.get(self.pos..end)?;
+        self.pos = end;
+        Some(slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_extremes() {
+        let mut out = Vec::new();
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            put_u64(&mut out, v);
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            put_i64(&mut out, v);
+        }
+        let mut cursor = Cursor::new(&out);
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            assert_eq!(cursor.u64(), Some(v));
+        }
+        for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
+            assert_eq!(cursor.i64(), Some(v));
+        }
+        assert!(cursor.is_empty());
+    }
+
+    #[test]
+    fn rejects_overlong_and_truncated() {
+        let overlong = [0xffu8; 11];
+        assert_eq!(Cursor::new(&overlong).u64(), None);
+        assert_eq!(Cursor::new(&[0x80]).u64(), None);
+        assert_eq!(Cursor::new(&[5, 1, 2]).bytes(), None);
+    }
+}

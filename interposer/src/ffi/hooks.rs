@@ -1,0 +1,331 @@
+//! The exported C symbols. Each hook gets the real result from [`real`], and if the tracker
+//! accepts the call (recording, and not already inside a hook on this thread) records it.
+//! glibc's contract is kept exactly: results, errno (saved after the real call and restored
+//! after recording), `free(NULL)`, `realloc(NULL, n)`, `realloc(p, 0)`, alignment errors.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use libleak_format::{AllocKind, ExitKind};
+
+use super::real::{self, bootstrap, Real};
+use super::slots::Slot;
+use super::sys::{errno, set_errno};
+use crate::tracker;
+
+/// Runs the real allocation `call`, recording a non-null result of `size` bytes.
+#[inline(always)]
+fn allocate(kind: AllocKind, size: usize, call: impl FnOnce(&Real) -> *mut c_void, early_align: usize) -> *mut c_void {
+    let Some(real) = real::get() else {
+        return bootstrap::alloc(size, early_align);
+    };
+    if !tracker::enter() {
+        return call(real);
+    }
+    let ptr = call(real);
+    if !ptr.is_null() {
+        let saved = errno();
+        tracker::record_alloc(ptr as usize, size, kind);
+        set_errno(saved);
+    }
+    tracker::leave();
+    ptr
+}
+
+#[no_mangle]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarding the caller's arguments to the real function of the same contract.
+    allocate(AllocKind::Malloc, size, |r| unsafe { (r.malloc)(size) }, 16)
+}
+
+#[no_mangle]
+pub extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    let Some(total) = count.checked_mul(size) else {
+        return match real::get() {
+            // SAFETY: the real calloc reports the overflow itself (NULL, ENOMEM).
+            Some(r) => unsafe { (r.calloc)(count, size) },
+            None => {
+                set_errno(libc::ENOMEM);
+                std::ptr::null_mut()
+            }
+        };
+    };
+    // SAFETY: as for malloc. The bootstrap arena is zero-filled and never reused.
+    allocate(AllocKind::Calloc, total, |r| unsafe { (r.calloc)(count, size) }, 16)
+}
+
+#[no_mangle]
+pub extern "C" fn memalign(alignment: usize, size: usize) -> *mut c_void {
+    // SAFETY: as for malloc.
+    allocate(
+        AllocKind::Memalign,
+        size,
+        |r| unsafe { (r.memalign)(alignment, size) },
+        alignment.max(16),
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn aligned_alloc(alignment: usize, size: usize) -> *mut c_void {
+    // SAFETY: as for malloc.
+    allocate(
+        AllocKind::AlignedAlloc,
+        size,
+        |r| unsafe { (r.aligned_alloc)(alignment, size) },
+        alignment.max(16),
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    // SAFETY: as for malloc.
+    allocate(AllocKind::Valloc, size, |r| unsafe { (r.valloc)(size) }, 4096)
+}
+
+#[no_mangle]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    // SAFETY: as for malloc.
+    allocate(AllocKind::Pvalloc, size, |r| unsafe { (r.pvalloc)(size) }, 4096)
+}
+
+/// # Safety
+/// `memptr` must be valid for a pointer write, as posix_memalign requires.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, alignment: usize, size: usize) -> c_int {
+    let Some(real) = real::get() else {
+        let ptr = bootstrap::alloc(size, alignment.max(16));
+        if ptr.is_null() {
+            return libc::ENOMEM;
+        }
+        // SAFETY: caller guarantees `memptr` is writable.
+        unsafe { *memptr = ptr };
+        return 0;
+    };
+    if !tracker::enter() {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { (real.posix_memalign)(memptr, alignment, size) };
+    }
+    // SAFETY: forwarding the caller's arguments.
+    let rc = unsafe { (real.posix_memalign)(memptr, alignment, size) };
+    if rc == 0 {
+        let saved = errno();
+        // SAFETY: on success the real function stored the block in `*memptr`.
+        tracker::record_alloc(unsafe { *memptr } as usize, size, AllocKind::PosixMemalign);
+        set_errno(saved);
+    }
+    tracker::leave();
+    rc
+}
+
+/// # Safety
+/// `ptr` must be null or a live block of this allocator, as free requires.
+#[no_mangle]
+pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    if ptr.is_null() || bootstrap::owns(ptr) {
+        return;
+    }
+    let Some(real) = real::get() else {
+        return;
+    };
+    if !tracker::enter() {
+        // SAFETY: forwarding the caller's live block.
+        return unsafe { (real.free)(ptr) };
+    }
+    let saved = errno();
+    // The free is ordered before the real free, so no other thread can be handed the same
+    // address with an earlier sequence number.
+    tracker::record_free(ptr as usize, tracker::next_seq());
+    // SAFETY: forwarding the caller's live block.
+    unsafe { (real.free)(ptr) };
+    set_errno(saved);
+    tracker::leave();
+}
+
+/// # Safety
+/// `ptr` must be null or a live block of this allocator, as realloc requires.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: same contract.
+    unsafe { resize(ptr, size, AllocKind::Realloc) }
+}
+
+/// # Safety
+/// As for realloc.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        // SAFETY: same contract as realloc.
+        Some(total) => unsafe { resize(ptr, total, AllocKind::ReallocArray) },
+        None => {
+            set_errno(libc::ENOMEM);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// As for realloc.
+unsafe fn resize(ptr: *mut c_void, size: usize, kind: AllocKind) -> *mut c_void {
+    if ptr.is_null() {
+        // SAFETY: realloc(NULL, n) is malloc(n).
+        return allocate(kind, size, |r| unsafe { (r.malloc)(size) }, 16);
+    }
+    if bootstrap::owns(ptr) {
+        // Arena blocks move to the real allocator (through the hooks, so they are recorded).
+        let new_ptr = malloc(size.max(1));
+        if !new_ptr.is_null() {
+            let keep = bootstrap::size_of(ptr).min(size);
+            // SAFETY: both blocks hold at least `keep` bytes and do not overlap.
+            unsafe { std::ptr::copy_nonoverlapping(ptr as *const u8, new_ptr as *mut u8, keep) };
+        }
+        return new_ptr;
+    }
+    let Some(real) = real::get() else {
+        return std::ptr::null_mut();
+    };
+    if !tracker::enter() {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { (real.realloc)(ptr, size) };
+    }
+    let free_seq = tracker::next_seq();
+    // SAFETY: forwarding the caller's arguments.
+    let new_ptr = unsafe { (real.realloc)(ptr, size) };
+    let saved = errno();
+    if !new_ptr.is_null() {
+        tracker::record_free(ptr as usize, free_seq);
+        tracker::record_alloc(new_ptr as usize, size, kind);
+    } else if size == 0 {
+        // glibc's realloc(p, 0) frees p and returns NULL.
+        tracker::record_free(ptr as usize, free_seq);
+    }
+    set_errno(saved);
+    tracker::leave();
+    new_ptr
+}
+
+/// # Safety
+/// `ptr` must be null or a live block of this allocator.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
+    if ptr.is_null() {
+        return 0;
+    }
+    if bootstrap::owns(ptr) {
+        return bootstrap::size_of(ptr);
+    }
+    // SAFETY: forwarding the caller's live block.
+    real::get().map_or(0, |r| unsafe { (r.malloc_usable_size)(ptr) })
+}
+
+fn exit_group(status: c_int) -> ! {
+    loop {
+        // SAFETY: exit_group ends the process and does not return.
+        unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn exit(status: c_int) -> ! {
+    tracker::note_exit_status(status);
+    match real::get() {
+        // SAFETY: the real exit with the caller's status.
+        Some(r) => unsafe { (r.exit)(status) },
+        None => exit_group(status),
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn _exit(status: c_int) -> ! {
+    tracker::finish(ExitKind::UnderscoreExit, Some(status));
+    match real::get() {
+        // SAFETY: the real _exit with the caller's status.
+        Some(r) => unsafe { (r.underscore_exit)(status) },
+        None => exit_group(status),
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn _Exit(status: c_int) -> ! {
+    tracker::finish(ExitKind::UnderscoreExit, Some(status));
+    match real::get() {
+        // SAFETY: the real _Exit with the caller's status.
+        Some(r) => unsafe { (r.underscore_capital_exit)(status) },
+        None => exit_group(status),
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn abort() -> ! {
+    tracker::finish(ExitKind::Abort, None);
+    match real::get() {
+        // SAFETY: the real abort.
+        Some(r) => unsafe { (r.abort)() },
+        None => loop {
+            // SAFETY: raising SIGABRT on ourselves; the default action ends the process.
+            unsafe { libc::raise(libc::SIGABRT) };
+        },
+    }
+}
+
+/// # Safety
+/// As for dlopen: `filename` is null or a NUL-terminated path.
+#[no_mangle]
+pub unsafe extern "C" fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void {
+    let Some(real) = real::get() else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's arguments.
+    let handle = unsafe { (real.dlopen)(filename, flags) };
+    if !handle.is_null() {
+        let saved = errno();
+        tracker::modules_changed();
+        set_errno(saved);
+    }
+    handle
+}
+
+/// # Safety
+/// As for dlclose: `handle` came from dlopen.
+#[no_mangle]
+pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
+    let Some(real) = real::get() else {
+        return -1;
+    };
+    // SAFETY: forwarding the caller's handle.
+    let rc = unsafe { (real.dlclose)(handle) };
+    let saved = errno();
+    tracker::modules_changed();
+    set_errno(saved);
+    rc
+}
+
+/// Runs once the library is loaded, before the program's `main`.
+extern "C" fn constructor() {
+    tracker::start();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+/// Registered with atexit: runs after the program's own exit handlers (and after Python's
+/// finalisation, which happens before `exit`).
+pub extern "C" fn at_exit() {
+    tracker::finish(ExitKind::Exit, None);
+}
+
+/// The thread-exit key's destructor; `value` is the thread's slot.
+pub unsafe extern "C" fn thread_exit(value: *mut c_void) {
+    if !value.is_null() {
+        // SAFETY: the key's values are only ever set from `Slot::as_ptr`.
+        tracker::thread_exited(unsafe { Slot::from_ptr(value) });
+    }
+}
+
+pub unsafe extern "C" fn fork_child() {
+    tracker::stop_in_forked_child();
+}
+
+pub extern "C" fn writer_main(_: *mut c_void) -> *mut c_void {
+    tracker::run_writer_thread();
+    std::ptr::null_mut()
+}

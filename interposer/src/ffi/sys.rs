@@ -1,0 +1,205 @@
+//! System calls and libc services the interposer needs, each wrapped in a safe function:
+//! errno, process and thread ids, raw stderr writes, the writer thread, the thread-exit key,
+//! fork and exit handlers, signal masks, and the loaded-module list.
+
+use std::ffi::{c_int, c_void, CStr};
+
+use libleak_format::{Module, Segment};
+
+pub fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life.
+    unsafe { *libc::__errno_location() }
+}
+
+pub fn set_errno(value: c_int) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = value }
+}
+
+pub fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions (and since glibc 2.25 is a real system call, so it
+    // is right in a vfork or clone child too).
+    unsafe { libc::getpid() as u32 }
+}
+
+pub fn getppid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::getppid() as u32 }
+}
+
+pub fn gettid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Writes the whole message to fd 2 with raw `write`, retrying EINTR; never allocates.
+pub fn write_stderr(message: &[u8]) {
+    let saved = errno();
+    let mut rest = message;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid readable buffer of the given length.
+        let n = unsafe { libc::write(2, rest.as_ptr() as *const c_void, rest.len()) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        rest = &rest[n as usize..];
+    }
+    set_errno(saved);
+}
+
+pub fn sleep_ms(milliseconds: u64) {
+    let request = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: (milliseconds * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: valid timespec; the remainder pointer may be null.
+    unsafe { libc::nanosleep(&request, std::ptr::null_mut()) };
+}
+
+/// Starts a detached thread running `entry` with every signal blocked from its first
+/// instruction. The new thread must set its own re-entrancy guard before allocating.
+pub fn spawn_thread(entry: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
+    // SAFETY: the signal mask is restored right after pthread_create, which copies it into
+    // the new thread; attr is initialised and destroyed around the call.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut thread: libc::pthread_t = 0;
+        let rc = libc::pthread_create(&mut thread, &attr, entry, std::ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        rc == 0
+    }
+}
+
+/// A pthread key whose destructor runs at each thread's exit while its value is non-null.
+pub struct ThreadExitKey(libc::pthread_key_t);
+
+impl ThreadExitKey {
+    pub fn create(destructor: unsafe extern "C" fn(*mut c_void)) -> Option<ThreadExitKey> {
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: valid out-pointer and destructor.
+        let rc = unsafe { libc::pthread_key_create(&mut key, Some(destructor)) };
+        (rc == 0).then_some(ThreadExitKey(key))
+    }
+
+    pub fn set(&self, value: *const c_void) {
+        // SAFETY: the key was created by pthread_key_create; glibc stores keys below 32 in
+        // the thread descriptor without allocating.
+        unsafe { libc::pthread_setspecific(self.0, value) };
+    }
+}
+
+pub fn register_fork_child_handler(child: unsafe extern "C" fn()) {
+    // SAFETY: registers a handler with no prepare/parent hooks.
+    unsafe { libc::pthread_atfork(None, None, Some(child)) };
+}
+
+pub fn register_exit_handler(handler: extern "C" fn()) {
+    // SAFETY: registers a plain function pointer that lives as long as the library.
+    unsafe { libc::atexit(handler) };
+}
+
+/// The load generation counters of the dynamic loader (objects added, removed).
+pub fn loader_generation() -> (u64, u64) {
+    extern "C" fn first(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: the loader passes a valid info for the duration of the call; `data` is the
+        // `&mut (u64, u64)` given below.
+        unsafe {
+            let out = &mut *(data as *mut (u64, u64));
+            *out = ((*info).dlpi_adds, (*info).dlpi_subs);
+        }
+        1
+    }
+    let mut generation = (0u64, 0u64);
+    // SAFETY: the callback only reads the info and writes through the pointer we pass.
+    unsafe { libc::dl_iterate_phdr(Some(first), &mut generation as *mut (u64, u64) as *mut c_void) };
+    generation
+}
+
+/// Every loaded object with its load bias, PT_LOAD segments and GNU build-id. Module ids
+/// are left 0 for the caller to assign. The main program (empty loader name) is given the
+/// path `main_exe`.
+pub fn loaded_modules(main_exe: &str) -> Vec<Module> {
+    struct Scan<'a> {
+        main_exe: &'a str,
+        modules: Vec<Module>,
+    }
+    extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: the loader passes a valid info whose dlpi_phdr array has dlpi_phnum entries
+        // and whose segments are mapped while the callback runs; `data` is `&mut Scan`.
+        unsafe {
+            let scan = &mut *(data as *mut Scan);
+            let info = &*info;
+            let name = if info.dlpi_name.is_null() {
+                c""
+            } else {
+                CStr::from_ptr(info.dlpi_name)
+            };
+            let path = match name.to_bytes() {
+                b"" => scan.main_exe.to_string(),
+                bytes => String::from_utf8_lossy(bytes).into_owned(),
+            };
+            let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
+            let mut module = Module {
+                path,
+                bias: info.dlpi_addr,
+                ..Module::default()
+            };
+            for header in headers {
+                match header.p_type {
+                    libc::PT_LOAD => module.segments.push(Segment {
+                        vaddr: header.p_vaddr,
+                        memsz: header.p_memsz,
+                        flags: header.p_flags,
+                    }),
+                    libc::PT_NOTE if module.build_id.is_empty() => {
+                        let start = info.dlpi_addr.wrapping_add(header.p_vaddr) as *const u8;
+                        let notes = std::slice::from_raw_parts(start, header.p_memsz as usize);
+                        module.build_id = gnu_build_id(notes).unwrap_or_default();
+                    }
+                    _ => {}
+                }
+            }
+            if !module.segments.is_empty() {
+                scan.modules.push(module);
+            }
+        }
+        0
+    }
+    let mut scan = Scan {
+        main_exe,
+        modules: Vec::new(),
+    };
+    // SAFETY: the callback only reads loader data and pushes to the Scan we pass.
+    unsafe { libc::dl_iterate_phdr(Some(each), &mut scan as *mut Scan as *mut c_void) };
+    scan.modules
+}
+
+/// Finds the NT_GNU_BUILD_ID descriptor in a PT_NOTE segment's bytes.
+fn gnu_build_id(mut notes: &[u8]) -> Option<Vec<u8>> {
+    let word = |b: &[u8], at: usize| -> Option<usize> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    while notes.len() >= 12 {
+        let (name_len, desc_len, kind) = (word(notes, 0)?, word(notes, 4)?, word(notes, 8)?);
+        let name_end = 12 + name_len.next_multiple_of(4);
+        let desc_end = name_end.checked_add(desc_len.next_multiple_of(4))?;
+        if desc_end > notes.len() {
+            return None;
+        }
+        if kind == 3 && notes.get(12..12 + name_len)? == b"GNU\0" {
+            return Some(notes[name_end..name_end + desc_len].to_vec());
+        }
+        notes = &notes[desc_end..];
+    }
+    None
+}

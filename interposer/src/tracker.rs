@@ -1,0 +1,422 @@
+//! What a hook does once it has the real result: the per-thread re-entrancy guard, the
+//! global sequence number, and packing events into the thread's batch; plus start-up, thread
+//! exit, fork and process exit.
+//!
+//! In-memory event layout (a batch is a `Vec<u64>`, read only by [`crate::writer`]):
+//! - alloc: `[header, seq, address, size, frame…]`, frames innermost first;
+//! - free:  `[header, seq, address]`;
+//!
+//! where `header = tag | kind << 8 | frame_count << 16 | thread_id << 32`.
+//!
+//! Nothing here may panic, block while holding a slot, or allocate except through the real
+//! allocator (every allocation happens with the guard set).
+
+use std::cell::Cell;
+use std::fs::{File, OpenOptions};
+use std::mem::MaybeUninit;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use libleak_format::{program_name, trace_file_name, AllocKind, ExitKind, ProcessInfo, Stats};
+
+use crate::config::Config;
+use crate::ffi::slots::{self, Slot};
+use crate::ffi::{hooks, sys, unwind};
+use crate::writer::{Message, Writer};
+
+pub const EVENT_ALLOC: u64 = 1;
+pub const EVENT_FREE: u64 = 2;
+/// Deepest native stack recorded; deeper stacks are cut (and counted).
+pub const MAX_FRAMES: usize = 256;
+/// A batch is handed to the writer once it holds this many words.
+const BATCH_WORDS: usize = 16 * 1024;
+/// Batches in flight before producers wait: bounds the memory the interposer adds.
+const CHANNEL_BATCHES: usize = 64;
+
+const STARTING: u8 = 0;
+const RECORDING: u8 = 1;
+const FINISHING: u8 = 2;
+const OFF: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(STARTING);
+static SEQ: AtomicU64 = AtomicU64::new(1);
+static PID: AtomicU32 = AtomicU32::new(0);
+static EXIT_STATUS: AtomicI64 = AtomicI64::new(i64::MIN);
+static OWN_CODE_START: AtomicUsize = AtomicUsize::new(0);
+static OWN_CODE_END: AtomicUsize = AtomicUsize::new(0);
+
+static REENTRANT_CALLS: AtomicU64 = AtomicU64::new(0);
+static PRODUCER_WAITS: AtomicU64 = AtomicU64::new(0);
+static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Set by the writer once the end marker is on disk.
+pub static WRITER_DONE: AtomicU8 = AtomicU8::new(0);
+
+struct Channels {
+    events: Sender<Message>,
+    spare_batches: Receiver<Vec<u64>>,
+}
+static CHANNELS: OnceLock<Channels> = OnceLock::new();
+static EXIT_KEY: OnceLock<sys::ThreadExitKey> = OnceLock::new();
+static TRACE_PATH: OnceLock<String> = OnceLock::new();
+/// Hands the writer its state when its thread starts.
+static WRITER_INIT: Mutex<Option<Writer>> = Mutex::new(None);
+
+struct ThreadState {
+    in_hook: Cell<bool>,
+    slot: Cell<Option<&'static Slot>>,
+    thread_id: Cell<u32>,
+}
+
+thread_local! {
+    // Const-initialised and without Drop: accessing it never allocates or registers a
+    // destructor, so it is safe from inside malloc.
+    static THREAD: ThreadState = const {
+        ThreadState { in_hook: Cell::new(false), slot: Cell::new(None), thread_id: Cell::new(0) }
+    };
+}
+
+/// Enters a hook: true when the call should be recorded, in which case the caller must call
+/// [`leave`]. False when not recording, or when this thread is already inside a hook.
+#[inline(always)]
+pub fn enter() -> bool {
+    if STATE.load(Ordering::Relaxed) != RECORDING {
+        return false;
+    }
+    THREAD.with(|t| {
+        if t.in_hook.replace(true) {
+            REENTRANT_CALLS.fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            true
+        }
+    })
+}
+
+#[inline(always)]
+pub fn leave() {
+    THREAD.with(|t| t.in_hook.set(false));
+}
+
+/// Runs `f` with this thread's guard set, restoring its previous value afterwards.
+fn guarded<R>(f: impl FnOnce() -> R) -> R {
+    let was = THREAD.with(|t| t.in_hook.replace(true));
+    let result = f();
+    THREAD.with(|t| t.in_hook.set(was));
+    result
+}
+
+#[inline(always)]
+pub fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Records a new block. Call inside [`enter`]/[`leave`], after the real allocation.
+#[inline(always)]
+pub fn record_alloc(address: usize, size: usize, kind: AllocKind) {
+    let seq = next_seq();
+    let mut buffer = [MaybeUninit::<usize>::uninit(); MAX_FRAMES];
+    let frames = unwind::capture(&mut buffer);
+    if frames.len() == MAX_FRAMES {
+        TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
+    }
+    let (start, end) = (
+        OWN_CODE_START.load(Ordering::Relaxed),
+        OWN_CODE_END.load(Ordering::Relaxed),
+    );
+    let own = frames.iter().take_while(|&&ip| ip >= start && ip < end).count();
+    let frames = &frames[own..];
+    push_event(|batch, thread_id| {
+        let header = EVENT_ALLOC | (kind as u64) << 8 | (frames.len() as u64) << 16 | u64::from(thread_id) << 32;
+        batch.extend_from_slice(&[header, seq, address as u64, size as u64]);
+        batch.extend(frames.iter().map(|&ip| ip as u64));
+    });
+}
+
+/// Records a free that was given `seq` before the real free ran.
+#[inline(always)]
+pub fn record_free(address: usize, seq: u64) {
+    push_event(|batch, thread_id| {
+        batch.extend_from_slice(&[EVENT_FREE | u64::from(thread_id) << 32, seq, address as u64]);
+    });
+}
+
+#[inline(always)]
+fn push_event(write: impl FnOnce(&mut Vec<u64>, u32)) {
+    THREAD.with(|t| {
+        let slot = match t.slot.get() {
+            Some(slot) => slot,
+            None => {
+                let slot = slots::claim();
+                if let Some(key) = EXIT_KEY.get() {
+                    key.set(slot.as_ptr());
+                }
+                t.slot.set(Some(slot));
+                t.thread_id.set(sys::gettid());
+                slot
+            }
+        };
+        let thread_id = t.thread_id.get();
+        let full = slot.with_batch(|batch| {
+            write(batch, thread_id);
+            (batch.len() >= BATCH_WORDS).then(|| std::mem::replace(batch, fresh_batch()))
+        });
+        if let Some(full) = full {
+            send_batch(full);
+        }
+    });
+}
+
+fn fresh_batch() -> Vec<u64> {
+    CHANNELS
+        .get()
+        .and_then(|c| c.spare_batches.try_recv().ok())
+        .unwrap_or_else(|| Vec::with_capacity(BATCH_WORDS + MAX_FRAMES + 8))
+}
+
+fn send_batch(batch: Vec<u64>) {
+    if batch.is_empty() {
+        return;
+    }
+    if sys::getpid() != PID.load(Ordering::Relaxed) {
+        // A child made without fork handlers (clone, _Fork): it has no writer thread.
+        STATE.store(OFF, Ordering::Relaxed);
+        return;
+    }
+    let Some(channels) = CHANNELS.get() else { return };
+    match channels.events.try_send(Message::Batch(batch)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(message)) => {
+            PRODUCER_WAITS.fetch_add(1, Ordering::Relaxed);
+            let _ = channels.events.send(message);
+        }
+        Err(TrySendError::Disconnected(_)) => STATE.store(OFF, Ordering::Relaxed),
+    }
+}
+
+/// Takes the partial batch of every thread (the writer's periodic sweep, and at exit).
+pub fn take_all_batches(mut each: impl FnMut(Vec<u64>)) {
+    slots::for_each(|slot| {
+        let taken = slot.with_batch(|batch| (!batch.is_empty()).then(|| std::mem::replace(batch, fresh_batch())));
+        if let Some(batch) = taken {
+            each(batch);
+        }
+    });
+}
+
+pub fn stats() -> Stats {
+    Stats {
+        reentrant_calls: REENTRANT_CALLS.load(Ordering::Relaxed),
+        producer_waits: PRODUCER_WAITS.load(Ordering::Relaxed),
+        truncated_stacks: TRUNCATED_STACKS.load(Ordering::Relaxed),
+    }
+}
+
+/// The module list changed (dlopen/dlclose returned): snapshot it now, in the caller's
+/// thread, so that a library dlclosed soon after is still described in the trace.
+pub fn modules_changed() {
+    if STATE.load(Ordering::Relaxed) != RECORDING || THREAD.with(|t| t.in_hook.get()) {
+        return;
+    }
+    guarded(|| {
+        let Some(channels) = CHANNELS.get() else { return };
+        let exe = exe_path();
+        let modules = sys::loaded_modules(&exe);
+        // Flush this thread's events first, so the writer sees them against the old map.
+        if let Some(slot) = THREAD.with(|t| t.slot.get()) {
+            let batch = slot.with_batch(|batch| std::mem::replace(batch, fresh_batch()));
+            send_batch(batch);
+        }
+        let _ = channels.events.send(Message::Modules(modules));
+    });
+}
+
+pub fn thread_exited(slot: &'static Slot) {
+    guarded(|| {
+        let batch = slot.with_batch(std::mem::take);
+        send_batch(batch);
+        THREAD.with(|t| t.slot.set(None));
+        slot.release();
+    });
+}
+
+pub fn stop_in_forked_child() {
+    STATE.store(OFF, Ordering::Relaxed);
+}
+
+pub fn note_exit_status(status: i32) {
+    if sys::getpid() == PID.load(Ordering::Relaxed) {
+        EXIT_STATUS.store(status.into(), Ordering::Relaxed);
+    }
+}
+
+fn exe_path() -> String {
+    std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The library constructor: set everything up, then start recording. On any failure, say so
+/// once and let the program run unrecorded.
+pub fn start() {
+    guarded(|| match start_recording() {
+        Ok(()) => STATE.store(RECORDING, Ordering::Release),
+        Err(reason) => {
+            STATE.store(OFF, Ordering::Release);
+            if !reason.is_empty() {
+                sys::write_stderr(format!("libleak: {reason}; not recording\n").as_bytes());
+            }
+        }
+    });
+}
+
+fn start_recording() -> Result<(), String> {
+    crate::ffi::real::get().ok_or("cannot find the real allocator")?;
+    let config = Config::from_env();
+    if config.disabled {
+        return Err(String::new());
+    }
+    let info = process_info();
+    let (file, path) = open_trace(&config, &info)?;
+    if !unwind::init() {
+        sys::write_stderr(b"libleak: libunwind.so.8 not found; using the slower libgcc unwinder\n");
+    }
+    let modules = sys::loaded_modules(&info.exe);
+    let own_address = start as *const () as usize;
+    if let Some(own) = modules.iter().find(|m| m.contains(own_address as u64)) {
+        let start = own.segments.iter().map(|s| own.bias + s.vaddr).min().unwrap_or(0);
+        let end = own
+            .segments
+            .iter()
+            .map(|s| own.bias + s.vaddr + s.memsz)
+            .max()
+            .unwrap_or(0);
+        OWN_CODE_START.store(start as usize, Ordering::Relaxed);
+        OWN_CODE_END.store(end as usize, Ordering::Relaxed);
+    }
+    let (events_tx, events_rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+    let (spare_tx, spare_rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+    let _ = CHANNELS.set(Channels {
+        events: events_tx,
+        spare_batches: spare_rx,
+    });
+    let key = sys::ThreadExitKey::create(hooks::thread_exit).ok_or("cannot create a thread key")?;
+    let _ = EXIT_KEY.set(key);
+    let writer =
+        Writer::new(file, info, modules, events_rx, spare_tx).map_err(|e| format!("cannot write {path}: {e}"))?;
+    *WRITER_INIT.lock().map_err(|_| "start-up lock poisoned")? = Some(writer);
+    let _ = TRACE_PATH.set(path);
+    PID.store(sys::getpid(), Ordering::Relaxed);
+    if !sys::spawn_thread(hooks::writer_main) {
+        return Err("cannot start the writer thread".into());
+    }
+    sys::register_fork_child_handler(hooks::fork_child);
+    sys::register_exit_handler(hooks::at_exit);
+    Ok(())
+}
+
+fn process_info() -> ProcessInfo {
+    let argv: Vec<String> = std::fs::read("/proc/self/cmdline")
+        .map(|raw| {
+            raw.split(|&b| b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    ProcessInfo {
+        pid: sys::getpid(),
+        parent_pid: sys::getppid(),
+        start_time_unix_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+        exe: exe_path(),
+        program: program_name(&argv),
+        cwd: std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        argv,
+    }
+}
+
+/// Creates the trace file: never overwrites an existing file and never follows a symlink; a
+/// taken name gets a numeric suffix before `.trace`.
+fn open_trace(config: &Config, info: &ProcessInfo) -> Result<(File, String), String> {
+    let template = config
+        .output_template
+        .clone()
+        .unwrap_or_else(|| trace_file_name(&info.program, info.pid));
+    let mut base = template.replace("%p", &info.pid.to_string());
+    if !base.starts_with('/') && !info.cwd.is_empty() {
+        base = format!("{}/{}", info.cwd.trim_end_matches('/'), base);
+    }
+    for attempt in 0..1000 {
+        let path = match (attempt, base.strip_suffix(".trace")) {
+            (0, _) => base.clone(),
+            (n, Some(stem)) => format!("{stem}.{n}.trace"),
+            (n, None) => format!("{base}.{n}"),
+        };
+        let opened = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path);
+        match opened {
+            Ok(file) => return Ok((file, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("cannot create trace file {path}: {e}")),
+        }
+    }
+    Err(format!("cannot find a free trace file name near {base}"))
+}
+
+pub fn run_writer_thread() {
+    THREAD.with(|t| t.in_hook.set(true));
+    let writer = WRITER_INIT.lock().ok().and_then(|mut w| w.take());
+    if let Some(writer) = writer {
+        if let Err(reason) = writer.run() {
+            STATE.store(OFF, Ordering::Relaxed);
+            sys::write_stderr(format!("libleak: {reason}; recording stopped\n").as_bytes());
+        }
+    }
+    WRITER_DONE.store(1, Ordering::Release);
+}
+
+/// Ends the trace: every batch goes to the writer, which writes the end marker. Runs at most
+/// once per process, in whichever of exit, `_exit` or `abort` comes first.
+pub fn finish(kind: ExitKind, status: Option<i32>) {
+    if sys::getpid() != PID.load(Ordering::Relaxed) {
+        return; // a vfork child sharing our memory, or a child that stopped recording
+    }
+    if STATE
+        .compare_exchange(RECORDING, FINISHING, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    guarded(|| {
+        let status = status.or_else(|| {
+            let noted = EXIT_STATUS.load(Ordering::Relaxed);
+            (noted != i64::MIN).then_some(noted as i32)
+        });
+        if let Some(channels) = CHANNELS.get() {
+            let _ = channels
+                .events
+                .send_timeout(Message::Finish { kind, status }, Duration::from_secs(5));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while WRITER_DONE.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+            sys::sleep_ms(1);
+        }
+        if let Some(path) = TRACE_PATH.get() {
+            sys::write_stderr(
+                format!("libleak: trace written to {path}; report it with: libleak report {path}\n").as_bytes(),
+            );
+        }
+    });
+    STATE.store(OFF, Ordering::Release);
+}

@@ -1,0 +1,220 @@
+//! The writer thread: receives batches of events, interns stacks into a prefix tree (each
+//! distinct stack node written once), keeps the module map current, encodes records and
+//! writes compressed chunks — at least every [`FLUSH_INTERVAL`] while events arrive, so a
+//! killed process leaves a readable trace.
+//!
+//! It runs with its re-entrancy guard permanently set, so nothing it allocates is recorded,
+//! and with every signal blocked. It must never wait on a producer.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use libleak_format::{Alloc, AllocKind, ChunkWriter, End, ExitKind, Frame, Free, Module, ProcessInfo, RecordEncoder};
+
+use crate::ffi::sys;
+use crate::tracker::{self, EVENT_ALLOC, EVENT_FREE};
+
+const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+const SWEEP_INTERVAL: Duration = Duration::from_millis(40);
+const CHUNK_BYTES: usize = 1 << 20;
+
+pub enum Message {
+    Batch(Vec<u64>),
+    /// A fresh snapshot of the loaded modules, taken right after a dlopen or dlclose.
+    Modules(Vec<Module>),
+    Finish {
+        kind: ExitKind,
+        status: Option<i32>,
+    },
+}
+
+pub struct Writer {
+    chunks: ChunkWriter<File>,
+    encoder: RecordEncoder,
+    events: Receiver<Message>,
+    spare_batches: Sender<Vec<u64>>,
+    /// (parent node, frame address) → node id.
+    stack_nodes: HashMap<(u64, u64), u64>,
+    modules: Vec<Module>,
+    next_module_id: u64,
+    main_exe: String,
+    loader_generation: (u64, u64),
+    last_flush: Instant,
+}
+
+impl Writer {
+    pub fn new(
+        file: File,
+        info: ProcessInfo,
+        modules: Vec<Module>,
+        events: Receiver<Message>,
+        spare_batches: Sender<Vec<u64>>,
+    ) -> std::io::Result<Writer> {
+        let mut writer = Writer {
+            chunks: ChunkWriter::new(file)?,
+            encoder: RecordEncoder::new(),
+            events,
+            spare_batches,
+            stack_nodes: HashMap::new(),
+            modules: Vec::new(),
+            next_module_id: 1,
+            main_exe: info.exe.clone(),
+            loader_generation: sys::loader_generation(),
+            last_flush: Instant::now(),
+        };
+        writer.encoder.process(&info);
+        writer.update_modules(modules);
+        writer.flush()?;
+        Ok(writer)
+    }
+
+    /// Runs until the tracker sends `Finish`. An I/O error ends recording.
+    pub fn run(mut self) -> Result<(), String> {
+        let mut last_sweep = Instant::now();
+        loop {
+            match self.events.recv_timeout(SWEEP_INTERVAL) {
+                Ok(Message::Batch(batch)) => self.process_batch(batch),
+                Ok(Message::Modules(modules)) => self.update_modules(modules),
+                Ok(Message::Finish { kind, status }) => return self.finish(kind, status),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                last_sweep = Instant::now();
+                tracker::take_all_batches(|batch| self.process_batch(batch));
+            }
+            let due = self.last_flush.elapsed() >= FLUSH_INTERVAL || self.encoder.pending_bytes() >= CHUNK_BYTES;
+            if due && self.encoder.pending_bytes() > 0 {
+                if let Err(e) = self.flush() {
+                    self.discard_until_finish();
+                    return Err(format!("cannot write the trace: {e}"));
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, kind: ExitKind, status: Option<i32>) -> Result<(), String> {
+        while let Ok(message) = self.events.try_recv() {
+            match message {
+                Message::Batch(batch) => self.process_batch(batch),
+                Message::Modules(modules) => self.update_modules(modules),
+                Message::Finish { .. } => {}
+            }
+        }
+        tracker::take_all_batches(|batch| self.process_batch(batch));
+        self.encoder.end(&End {
+            kind,
+            status,
+            stats: tracker::stats(),
+        });
+        self.flush().map_err(|e| format!("cannot write the trace: {e}"))
+    }
+
+    /// After a write error: keep producers from blocking until the process ends.
+    fn discard_until_finish(&mut self) {
+        while let Ok(message) = self.events.recv() {
+            if let Message::Finish { .. } = message {
+                return;
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.last_flush = Instant::now();
+        let result = self.chunks.write_chunk(self.encoder.payload());
+        self.encoder.clear_payload();
+        result
+    }
+
+    fn process_batch(&mut self, mut batch: Vec<u64>) {
+        let mut at = 0;
+        while at < batch.len() {
+            let header = batch[at];
+            let thread_id = (header >> 32) as u32;
+            match header & 0xff {
+                EVENT_ALLOC if at + 4 <= batch.len() => {
+                    let frame_count = ((header >> 16) & 0xffff) as usize;
+                    let frames_end = (at + 4 + frame_count).min(batch.len());
+                    let stack = self.intern_stack(&batch[at + 4..frames_end]);
+                    let kind = AllocKind::from_u8(((header >> 8) & 0xff) as u8).unwrap_or(AllocKind::Malloc);
+                    self.encoder.alloc(&Alloc {
+                        seq: batch[at + 1],
+                        thread_id,
+                        address: batch[at + 2],
+                        size: batch[at + 3],
+                        stack,
+                        kind,
+                    });
+                    at = frames_end;
+                }
+                EVENT_FREE if at + 3 <= batch.len() => {
+                    self.encoder.free(&Free {
+                        seq: batch[at + 1],
+                        thread_id,
+                        address: batch[at + 2],
+                    });
+                    at += 3;
+                }
+                _ => break, // cannot happen: batches are written only by the tracker
+            }
+        }
+        batch.clear();
+        let _ = self.spare_batches.try_send(batch);
+    }
+
+    /// Returns the node id of the innermost frame of `frames` (innermost first).
+    fn intern_stack(&mut self, frames: &[u64]) -> u64 {
+        let mut node = 0;
+        for &address in frames.iter().rev() {
+            node = match self.stack_nodes.get(&(node, address)) {
+                Some(&id) => id,
+                None => {
+                    if !self.modules.iter().any(|m| m.contains(address)) {
+                        self.rescan_if_loader_changed();
+                    }
+                    let id = self.encoder.stack_node(node, Frame::Native { address });
+                    self.stack_nodes.insert((node, address), id);
+                    id
+                }
+            };
+        }
+        node
+    }
+
+    fn rescan_if_loader_changed(&mut self) {
+        let generation = sys::loader_generation();
+        if generation != self.loader_generation {
+            let modules = sys::loaded_modules(&self.main_exe);
+            self.update_modules(modules);
+        }
+    }
+
+    /// Records modules that appeared and disappeared since the last snapshot.
+    fn update_modules(&mut self, snapshot: Vec<Module>) {
+        self.loader_generation = sys::loader_generation();
+        let same = |a: &Module, b: &Module| a.path == b.path && a.bias == b.bias;
+        let before = self.modules.len();
+        self.modules.retain(|known| {
+            let present = snapshot.iter().any(|m| same(m, known));
+            if !present {
+                self.encoder.module_unloaded(known.id);
+            }
+            present
+        });
+        if self.modules.len() != before {
+            // Addresses of an unloaded module may be reused by the next one: stack nodes
+            // defined from now on must not be confused with the old ones.
+            self.stack_nodes.clear();
+        }
+        for mut module in snapshot {
+            if !self.modules.iter().any(|known| same(known, &module)) {
+                module.id = self.next_module_id;
+                self.next_module_id += 1;
+                self.encoder.module(&module);
+                self.modules.push(module);
+            }
+        }
+    }
+}

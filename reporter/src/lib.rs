@@ -1,0 +1,12 @@
+//! The reporter as a library: [`replay`] reads a trace into the set of blocks live at exit,
+//! [`symbolize`] turns native addresses into functions and lines offline from the recorded
+//! module map, and [`report`] groups, ranks and renders. The `libleak` binary is a thin CLI
+//! over these.
+//!
+//! Nothing here may panic on any input file: every failure is a typed error.
+#![forbid(unsafe_code)]
+
+pub mod live;
+pub mod replay;
+pub mod report;
+pub mod symbolize;

@@ -1,0 +1,128 @@
+//! The `libleak` command: a thin CLI over the reporter library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use libleak_reporter::replay::Trace;
+use libleak_reporter::report::{self, ReportOptions};
+use libleak_reporter::symbolize::Symbolizer;
+
+/// Find memory leaks in programs and the native extensions they load.
+#[derive(Parser)]
+#[command(name = "libleak", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct OutputArgs {
+    /// Print the report as one JSON document (schema: docs/report-schema.md).
+    #[arg(long)]
+    json: bool,
+    /// List at most this many leaks, largest first; 0 lists all.
+    #[arg(long, default_value_t = 25)]
+    limit: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report what a traced process left allocated at exit, ranked by bytes.
+    Report {
+        /// A trace file written by libleak.so.
+        trace: PathBuf,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run a command with libleak.so preloaded, then report on its trace. Exits with the
+    /// command's status.
+    Run {
+        /// Where to write the trace (`%p` becomes the pid).
+        #[arg(long)]
+        output: Option<String>,
+        #[command(flatten)]
+        report: OutputArgs,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+fn print_report(path: &Path, output: OutputArgs) -> Result<()> {
+    let trace = Trace::open(path).with_context(|| path.display().to_string())?;
+    let mut symbolizer = Symbolizer::default();
+    let report = report::build(
+        &trace,
+        &path.display().to_string(),
+        &mut symbolizer,
+        ReportOptions { limit: output.limit },
+    );
+    if output.json {
+        println!("{}", report::to_json(&report));
+    } else {
+        print!("{}", report::to_text(&report));
+    }
+    Ok(())
+}
+
+fn find_interposer() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("LIBLEAK_SO").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("cannot locate the libleak executable")?;
+    let beside = exe.with_file_name("libleak.so");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!("libleak.so not found next to {} (set LIBLEAK_SO)", exe.display())
+}
+
+fn run(output: Option<String>, report_args: OutputArgs, command: Vec<String>) -> Result<ExitCode> {
+    let interposer = find_interposer()?;
+    let template = match output {
+        Some(path) => path,
+        None => {
+            let cwd = std::env::current_dir().context("cannot read the current directory")?;
+            let program = libleak_format::program_name(&command);
+            cwd.join(format!("libleak.{program}.%p.trace")).display().to_string()
+        }
+    };
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(existing) if !existing.is_empty() => format!("{}:{existing}", interposer.display()),
+        _ => interposer.display().to_string(),
+    };
+    let mut child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("LD_PRELOAD", preload)
+        .env("LIBLEAK_OUTPUT", &template)
+        .spawn()
+        .with_context(|| format!("cannot run {}", command[0]))?;
+    let pid = child.id();
+    let status = child.wait().context("waiting for the command")?;
+    let trace = PathBuf::from(template.replace("%p", &pid.to_string()));
+    print_report(&trace, report_args)?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Report { trace, output } => print_report(&trace, output).map(|()| ExitCode::SUCCESS),
+        Command::Run {
+            output,
+            report,
+            command,
+        } => run(output, report, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("libleak: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

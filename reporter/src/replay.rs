@@ -1,0 +1,200 @@
+//! Reads a whole trace: the process, the module map as it changed, the stack nodes (each
+//! native frame resolved to the module that held its address when the node was defined), and
+//! the live set at the end.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use libleak_format::{DecodeError, End, Frame, Module, ProcessInfo, PythonCode, Record, Stats, TraceReader};
+
+use crate::live::{LiveBlock, LiveSet, Totals};
+
+/// Why a trace could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot open: {0}")]
+    Open(#[source] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("the trace has no process record")]
+    NoProcess,
+}
+
+/// One stack node: a frame and its caller.
+#[derive(Clone, Copy, Debug)]
+pub struct StackNode {
+    pub parent: u64,
+    pub frame: Frame,
+    /// Index into [`Trace::modules`] of the module holding a native frame's address.
+    pub module: Option<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModuleState {
+    pub module: Module,
+    pub unloaded: bool,
+    /// A later module was loaded over this unloaded one's addresses.
+    pub superseded: bool,
+}
+
+/// Why the trace does not describe a normal, complete exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incompleteness {
+    /// The file stops without an end marker: killed, crashed, or still running.
+    Truncated { mid_chunk: bool },
+    /// The process ended through `_exit` or `abort`: all events are there, but exit
+    /// handlers did not run, so blocks they would have freed are still live.
+    AbnormalExit(End),
+}
+
+impl std::fmt::Display for Incompleteness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incompleteness::Truncated { mid_chunk: true } => write!(
+                f,
+                "the trace stops inside a chunk (the process was killed or crashed); events up to the last complete chunk are shown"
+            ),
+            Incompleteness::Truncated { mid_chunk: false } => write!(
+                f,
+                "the trace has no end marker (the process was killed, crashed, or is still running); events up to the last flush are shown"
+            ),
+            Incompleteness::AbnormalExit(end) => write!(
+                f,
+                "the process ended through {}(){}: every event was recorded, but exit handlers did not run",
+                end.kind.name(),
+                end.status.map(|s| format!(" with status {s}")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+pub struct Trace {
+    pub process: ProcessInfo,
+    pub modules: Vec<ModuleState>,
+    /// Node `id` is at index `id - 1`.
+    pub nodes: Vec<StackNode>,
+    pub python_codes: Vec<PythonCode>,
+    pub totals: Totals,
+    pub live: Vec<LiveBlock>,
+    pub end: Option<End>,
+    pub stats: Stats,
+    pub incomplete: Option<Incompleteness>,
+}
+
+impl Trace {
+    pub fn open(path: &Path) -> Result<Trace, ReplayError> {
+        let file = File::open(path).map_err(ReplayError::Open)?;
+        Trace::read(BufReader::with_capacity(1 << 20, file))
+    }
+
+    pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
+        let mut reader = TraceReader::new(input)?;
+        let mut process = None;
+        let mut modules: Vec<ModuleState> = Vec::new();
+        let mut nodes = Vec::new();
+        let mut python_codes = Vec::new();
+        let mut live = LiveSet::new();
+        let mut end = None;
+        let mut stats = Stats::default();
+        while let Some(record) = reader.next_record()? {
+            match record {
+                Record::Process(info) => process = Some(info),
+                Record::Module(module) => {
+                    for old in modules.iter_mut().filter(|m| m.unloaded) {
+                        if old
+                            .module
+                            .segments
+                            .iter()
+                            .any(|s| module.contains(old.module.bias + s.vaddr))
+                            || module
+                                .segments
+                                .iter()
+                                .any(|s| old.module.contains(module.bias + s.vaddr))
+                        {
+                            old.superseded = true;
+                        }
+                    }
+                    modules.push(ModuleState {
+                        module,
+                        unloaded: false,
+                        superseded: false,
+                    });
+                }
+                Record::ModuleUnloaded { module_id } => {
+                    for state in modules.iter_mut().filter(|m| m.module.id == module_id) {
+                        state.unloaded = true;
+                    }
+                }
+                Record::StackNode { parent, frame, .. } => {
+                    let module = match frame {
+                        Frame::Native { address } => find_module(&modules, address),
+                        Frame::Python { .. } => None,
+                    };
+                    nodes.push(StackNode { parent, frame, module });
+                }
+                Record::Alloc(alloc) => live.alloc(LiveBlock {
+                    seq: alloc.seq,
+                    address: alloc.address,
+                    size: alloc.size,
+                    stack: alloc.stack,
+                    kind: alloc.kind,
+                    thread_id: alloc.thread_id,
+                }),
+                Record::Free(free) => live.free(free.address, free.seq),
+                Record::PythonCode(code) => python_codes.push(code),
+                Record::Stats(s) => stats = s,
+                Record::End(e) => {
+                    stats = e.stats;
+                    end = Some(e);
+                }
+            }
+        }
+        let incomplete = match end {
+            None => Some(Incompleteness::Truncated {
+                mid_chunk: reader.is_truncated(),
+            }),
+            Some(e) if e.kind != libleak_format::ExitKind::Exit => Some(Incompleteness::AbnormalExit(e)),
+            Some(_) => None,
+        };
+        Ok(Trace {
+            process: process.ok_or(ReplayError::NoProcess)?,
+            modules,
+            nodes,
+            python_codes,
+            totals: live.totals(),
+            live: live.live_blocks(),
+            end,
+            stats,
+            incomplete,
+        })
+    }
+
+    /// The frames of stack `leaf`, innermost first.
+    pub fn stack(&self, leaf: u64) -> Vec<StackNode> {
+        let mut frames = Vec::new();
+        let mut id = leaf;
+        while id != 0 {
+            let Some(node) = usize::try_from(id - 1).ok().and_then(|i| self.nodes.get(i)) else {
+                break;
+            };
+            frames.push(*node);
+            // Parents are always defined before children, so ids strictly decrease.
+            if node.parent >= id {
+                break;
+            }
+            id = node.parent;
+        }
+        frames
+    }
+}
+
+/// The loaded module holding `address`, else an unloaded one not yet replaced.
+fn find_module(modules: &[ModuleState], address: u64) -> Option<usize> {
+    let loaded = modules.iter().position(|m| !m.unloaded && m.module.contains(address));
+    loaded.or_else(|| {
+        modules
+            .iter()
+            .rposition(|m| m.unloaded && !m.superseded && m.module.contains(address))
+    })
+}
