@@ -101,11 +101,29 @@ fn run(output: Option<String>, report_args: OutputArgs, command: Vec<String>) ->
         .with_context(|| format!("cannot run {}", command[0]))?;
     let pid = child.id();
     let status = child.wait().context("waiting for the command")?;
-    let trace = PathBuf::from(template.replace("%p", &pid.to_string()));
+    let trace = last_trace_of_exec_chain(&template.replace("%p", &pid.to_string()));
     print_report(&trace, report_args)?;
     use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// A program that execs keeps its pid, and each image writes its own trace: the first at
+/// `path`, the next ones with numbered suffixes. The last one is the program that ran last.
+fn last_trace_of_exec_chain(path: &str) -> PathBuf {
+    let numbered = |n: u32| match path.strip_suffix(".trace") {
+        Some(stem) => PathBuf::from(format!("{stem}.{n}.trace")),
+        None => PathBuf::from(format!("{path}.{n}")),
+    };
+    let mut last = PathBuf::from(path);
+    for n in 1.. {
+        let next = numbered(n);
+        if !next.is_file() {
+            break;
+        }
+        last = next;
+    }
+    last
 }
 
 fn main() -> ExitCode {

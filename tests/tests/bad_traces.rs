@@ -1,0 +1,96 @@
+//! `libleak report` on files that are not whole, valid traces: a clear one-line error and a
+//! non-zero exit (never a panic), or, for a trace cut short, the report up to where it ends,
+//! marked incomplete.
+
+use std::process::{Command, Output};
+
+use libleak_tests::*;
+
+fn report(path: &std::path::Path) -> Output {
+    run(Command::new(libleak_bin())
+        .args(["report", "--json", "--limit", "0"])
+        .arg(path))
+}
+
+fn assert_clean_failure(out: &Output, expected: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
+    assert!(stderr.starts_with("libleak: "), "{stderr}");
+    assert!(stderr.contains(expected), "{stderr} should mention {expected}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A real trace of the alloc_kinds fixture.
+fn real_trace(scratch: &Scratch) -> Vec<u8> {
+    let exe = scratch.join("fixture");
+    compile("gcc", &["alloc_kinds.c"], &exe, &[]);
+    let traced = run_traced(scratch, &mut Command::new(&exe));
+    std::fs::read(&traced.trace).unwrap()
+}
+
+#[test]
+fn empty_garbage_missing_and_future_version_files_fail_cleanly() {
+    let scratch = Scratch::new("bad");
+    let empty = scratch.join("empty.trace");
+    std::fs::write(&empty, b"").unwrap();
+    assert_clean_failure(&report(&empty), "empty");
+
+    let garbage = scratch.join("garbage.trace");
+    std::fs::write(&garbage, b"#!/bin/sh\necho this is not a trace\n").unwrap();
+    assert_clean_failure(&report(&garbage), "not a libleak trace");
+
+    assert_clean_failure(&report(&scratch.join("missing.trace")), "cannot open");
+
+    let mut future = real_trace(&scratch);
+    future[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let future_path = scratch.join("future.trace");
+    std::fs::write(&future_path, &future).unwrap();
+    assert_clean_failure(
+        &report(&future_path),
+        "unsupported trace format version 7 (this libleak reads version 1)",
+    );
+
+    let short_header = scratch.join("short.trace");
+    std::fs::write(&short_header, &future[..10]).unwrap();
+    assert_clean_failure(&report(&short_header), "header");
+}
+
+#[test]
+fn a_corrupted_chunk_is_an_error_naming_the_offset() {
+    let scratch = Scratch::new("corrupt");
+    let mut bytes = real_trace(&scratch);
+    // Flip a byte inside the first chunk's compressed payload (after its 12-byte frame).
+    bytes[16 + 12 + 5] ^= 0xa5;
+    let path = scratch.join("corrupt.trace");
+    std::fs::write(&path, &bytes).unwrap();
+    assert_clean_failure(&report(&path), "corrupt trace at byte 16");
+}
+
+#[test]
+fn a_truncated_trace_is_reported_up_to_its_end_and_marked_incomplete() {
+    let scratch = Scratch::new("truncated");
+    let bytes = real_trace(&scratch);
+    let whole = scratch.join("whole.trace");
+    std::fs::write(&whole, &bytes).unwrap();
+    let complete = report_json(&whole);
+    assert_eq!(complete["complete"], true);
+    // Every cut point: the reader must stop cleanly, never fail or panic.
+    for cut in (16..bytes.len()).step_by(7) {
+        let path = scratch.join("cut.trace");
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let out = report(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(json["complete"], false, "cut at {cut}");
+            assert!(
+                json["incomplete_reason"].as_str().unwrap().contains("killed"),
+                "cut at {cut}"
+            );
+        } else {
+            // A cut before the process record leaves nothing to report.
+            assert!(stderr.contains("no process record"), "cut at {cut}: {stderr}");
+        }
+    }
+}

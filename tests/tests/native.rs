@@ -1,0 +1,229 @@
+//! End-to-end tests on native programs: C and C++ fixtures compiled into a scratch directory,
+//! run plainly and under `LD_PRELOAD=libleak.so`, then reported with `libleak report --json`.
+//! Each asserts the program behaved the same (stdout, stderr, exit status) and the exact
+//! function, line, bytes and blocks of every planted leak.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use libleak_tests::*;
+
+/// Builds `sources` into `name` and runs it plainly and traced with `args`; asserts the two
+/// runs behaved the same, and returns the traced run.
+fn build_and_trace(scratch: &Scratch, compiler: &str, sources: &[&str], flags: &[&str], args: &[&str]) -> Traced {
+    let exe = scratch.join("fixture");
+    compile(compiler, sources, &exe, flags);
+    let plain = run(Command::new(&exe).args(args).current_dir(&scratch.path));
+    let traced = run_traced(scratch, Command::new(&exe).args(args).current_dir(&scratch.path));
+    assert_eq!(traced.output.stdout, plain.stdout, "stdout changed under libleak");
+    assert_eq!(
+        program_stderr(&traced.output),
+        program_stderr(&plain),
+        "stderr changed under libleak"
+    );
+    assert_eq!(
+        traced.output.status.code(),
+        plain.status.code(),
+        "exit status changed under libleak"
+    );
+    assert_eq!(
+        traced.output.status.signal(),
+        plain.status.signal(),
+        "signal changed under libleak"
+    );
+    traced
+}
+
+#[test]
+fn every_allocator_entry_point_is_reported_exactly() {
+    let scratch = Scratch::new("alloc-kinds");
+    let traced = build_and_trace(&scratch, "gcc", &["alloc_kinds.c"], &[], &[]);
+    assert_eq!(traced.output.status.code(), Some(7));
+    let stdout = String::from_utf8_lossy(&traced.output.stdout);
+    assert!(stdout.contains("errno_after_free=1234"), "{stdout}");
+    assert!(stdout.contains("huge_malloc_errno_is_enomem=1"), "{stdout}");
+    assert!(stdout.contains("posix_memalign_bad_alignment=22"), "{stdout}");
+
+    let report = report_json(&traced.trace);
+    assert_eq!(report["complete"], true);
+    let src = "alloc_kinds.c";
+    assert_leak(&report, "leak_malloc", src, line_of(src, "@malloc"), 10 * 100, 10);
+    assert_leak(&report, "leak_calloc", src, line_of(src, "@calloc"), 5 * 48, 5);
+    assert_leak(&report, "leak_realloc", src, line_of(src, "@realloc"), 3 * 256, 3);
+    assert_leak(
+        &report,
+        "leak_posix_memalign",
+        src,
+        line_of(src, "@posix_memalign"),
+        4 * 72,
+        4,
+    );
+    assert_leak(
+        &report,
+        "leak_aligned_alloc",
+        src,
+        line_of(src, "@aligned_alloc"),
+        2 * 384,
+        2,
+    );
+    assert_eq!(leaks_in(&report, "leak_malloc")[0]["allocator"], "malloc");
+    assert_eq!(leaks_in(&report, "leak_realloc")[0]["allocator"], "realloc");
+    assert_eq!(
+        leaks_in(&report, "leak_posix_memalign")[0]["allocator"],
+        "posix_memalign"
+    );
+    // Nothing else is live: the churn and contract checks freed everything.
+    assert_eq!(report["leaks"].as_array().unwrap().len(), 5, "{report:#}");
+    let totals = &report["totals"];
+    assert_eq!(totals["live_blocks"].as_u64(), Some(10 + 5 + 3 + 4 + 2));
+    assert_eq!(totals["live_bytes"].as_u64(), Some(1000 + 240 + 768 + 288 + 768));
+    assert!(totals["allocations"].as_u64().unwrap() > 4000, "{totals}");
+    // The caller of each leaking function is main, and the stack goes on to _start.
+    let frames = leaks_in(&report, "leak_malloc")[0]["frames"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(frames[1]["function"], "main");
+    assert!(frames.iter().any(|f| f["function"] == "_start"), "{frames:?}");
+}
+
+#[test]
+fn a_program_that_frees_everything_reports_nothing() {
+    let scratch = Scratch::new("no-leaks");
+    let traced = build_and_trace(&scratch, "gcc", &["no_leaks.c"], &[], &[]);
+    let report = report_json(&traced.trace);
+    assert_eq!(report["leaks"].as_array().unwrap().len(), 0, "{report:#}");
+    assert_eq!(report["totals"]["live_blocks"].as_u64(), Some(0));
+    assert_eq!(report["totals"]["live_bytes"].as_u64(), Some(0));
+    assert_eq!(report["complete"], true);
+    let allocations = report["totals"]["allocations"].as_u64().unwrap();
+    assert!(allocations >= 50 * 512 + 5, "{allocations}");
+    assert_eq!(report["totals"]["frees"].as_u64(), Some(allocations));
+}
+
+#[test]
+fn cpp_new_array_reports_the_demangled_caller() {
+    let scratch = Scratch::new("new-array");
+    let traced = build_and_trace(&scratch, "g++", &["new_array.cpp"], &[], &[]);
+    let report = report_json(&traced.trace);
+    let src = "new_array.cpp";
+    assert_leak(
+        &report,
+        "fixture::make_widgets",
+        src,
+        line_of(src, "@new[]"),
+        3 * 4 * 32,
+        3,
+    );
+    let name = leaks_in(&report, "fixture::make_widgets")[0]["frames"][0]["function"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(name, "fixture::make_widgets(int)");
+}
+
+#[test]
+fn leaks_from_several_threads_with_cross_thread_frees() {
+    let scratch = Scratch::new("threads");
+    let traced = build_and_trace(&scratch, "gcc", &["threads.c"], &["-pthread"], &[]);
+    let report = report_json(&traced.trace);
+    let src = "threads.c";
+    // 8 blocks from each of 4 threads, sized 32, 64, 96 and 128 bytes.
+    assert_leak(
+        &report,
+        "thread_leak",
+        src,
+        line_of(src, "@thread_leak"),
+        8 * (32 + 64 + 96 + 128),
+        32,
+    );
+    // Main's 400 blocks were all freed by the workers: no row is allocated directly by main.
+    // (glibc keeps each finished thread's TLS vector with its cached stack; those calloc
+    // blocks from pthread_create are live at exit, and classified by a later stage.)
+    assert!(leaks_in(&report, "main").is_empty(), "{report:#}");
+    assert!(leaks_in(&report, "worker").is_empty(), "{report:#}");
+}
+
+#[test]
+fn a_leak_in_a_library_dlclosed_before_exit_is_symbolized() {
+    let scratch = Scratch::new("dlopen");
+    let plugin = scratch.join("libplugin.so");
+    compile("gcc", &["plugin.c"], &plugin, &["-shared", "-fPIC"]);
+    let plugin_arg = plugin.to_string_lossy().to_string();
+    let traced = build_and_trace(&scratch, "gcc", &["dlopen_main.c"], &["-ldl"], &[&plugin_arg]);
+    assert_eq!(traced.output.status.code(), Some(0));
+    let report = report_json(&traced.trace);
+    let src = "plugin.c";
+    assert_leak(&report, "plugin_leak", src, line_of(src, "@plugin_leak"), 5 * 48, 5);
+    let frame = &leaks_in(&report, "plugin_leak")[0]["frames"][0];
+    assert_eq!(frame["module"].as_str(), Some(plugin_arg.as_str()));
+}
+
+#[test]
+fn underscore_exit_keeps_status_and_marks_the_trace_incomplete() {
+    let scratch = Scratch::new("exit");
+    let traced = build_and_trace(&scratch, "gcc", &["exits.c"], &[], &[]);
+    assert_eq!(traced.output.status.code(), Some(9));
+    let report = report_json(&traced.trace);
+    assert_eq!(report["complete"], false);
+    assert!(
+        report["incomplete_reason"].as_str().unwrap().contains("_exit()"),
+        "{report:#}"
+    );
+    assert_eq!(report["exit"]["kind"], "_exit");
+    assert_eq!(report["exit"]["status"].as_i64(), Some(9));
+    let src = "exits.c";
+    assert_leak(
+        &report,
+        "leak_before_end",
+        src,
+        line_of(src, "@leak_before_end"),
+        3 * 64,
+        3,
+    );
+}
+
+#[test]
+fn abort_keeps_the_signal_and_the_trace_stays_readable() {
+    let scratch = Scratch::new("abort");
+    let traced = build_and_trace(&scratch, "gcc", &["exits.c"], &[], &["abort"]);
+    assert_eq!(traced.output.status.signal(), Some(libc_sigabrt()));
+    let report = report_json(&traced.trace);
+    assert_eq!(report["complete"], false);
+    assert!(
+        report["incomplete_reason"].as_str().unwrap().contains("abort()"),
+        "{report:#}"
+    );
+    let src = "exits.c";
+    assert_leak(
+        &report,
+        "leak_before_end",
+        src,
+        line_of(src, "@leak_before_end"),
+        3 * 64,
+        3,
+    );
+}
+
+fn libc_sigabrt() -> i32 {
+    6
+}
+
+#[test]
+fn libleak_run_keeps_the_exit_status_and_prints_the_report() {
+    let scratch = Scratch::new("run");
+    let exe = scratch.join("fixture");
+    compile("gcc", &["alloc_kinds.c"], &exe, &[]);
+    let out = run(Command::new(libleak_bin())
+        .args(["run", "--output"])
+        .arg(scratch.join("run.%p.trace"))
+        .arg("--")
+        .arg(&exe)
+        .current_dir(&scratch.path)
+        .env("LIBLEAK_SO", libleak_so()));
+    assert_eq!(out.status.code(), Some(7));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("realloc_zero_returns_null=1\n"), "{stdout}");
+    assert!(stdout.contains("1,000 bytes in 10 blocks"), "{stdout}");
+    assert!(stdout.contains("leak_malloc at "), "{stdout}");
+}
