@@ -7,6 +7,7 @@
 //! and with every signal blocked. It must never wait on a producer.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::fs::File;
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,12 @@ pub struct Writer {
     events: Receiver<Message>,
     spare_batches: Sender<Vec<u64>>,
     /// (parent node, frame address) → node id.
-    stack_nodes: HashMap<(u64, u64), u64>,
+    stack_nodes: HashMap<(u64, u64), u64, BuildHasherDefault<NodeKeyHasher>>,
+    /// The previous stack interned (outermost first) and its node ids, depth by depth:
+    /// consecutive events of a thread share most of their outer frames, so only the frames
+    /// after the shared part need a lookup.
+    previous_frames: Vec<u64>,
+    previous_nodes: Vec<u64>,
     modules: Vec<Module>,
     next_module_id: u64,
     main_exe: String,
@@ -57,7 +63,9 @@ impl Writer {
             encoder: RecordEncoder::new(),
             events,
             spare_batches,
-            stack_nodes: HashMap::new(),
+            stack_nodes: HashMap::default(),
+            previous_frames: Vec::new(),
+            previous_nodes: Vec::new(),
             modules: Vec::new(),
             next_module_id: 1,
             main_exe: info.exe.clone(),
@@ -166,8 +174,11 @@ impl Writer {
 
     /// Returns the node id of the innermost frame of `frames` (innermost first).
     fn intern_stack(&mut self, frames: &[u64]) -> u64 {
-        let mut node = 0;
-        for &address in frames.iter().rev() {
+        let shared = frames.iter().rev().zip(&self.previous_frames).take_while(|(a, b)| a == b).count();
+        self.previous_frames.truncate(shared);
+        self.previous_nodes.truncate(shared);
+        let mut node = self.previous_nodes.last().copied().unwrap_or(0);
+        for &address in frames[..frames.len() - shared].iter().rev() {
             node = match self.stack_nodes.get(&(node, address)) {
                 Some(&id) => id,
                 None => {
@@ -179,6 +190,8 @@ impl Writer {
                     id
                 }
             };
+            self.previous_frames.push(address);
+            self.previous_nodes.push(node);
         }
         node
     }
@@ -207,6 +220,8 @@ impl Writer {
             // Addresses of an unloaded module may be reused by the next one: stack nodes
             // defined from now on must not be confused with the old ones.
             self.stack_nodes.clear();
+            self.previous_frames.clear();
+            self.previous_nodes.clear();
         }
         for mut module in snapshot {
             if !self.modules.iter().any(|known| same(known, &module)) {
@@ -216,5 +231,26 @@ impl Writer {
                 self.modules.push(module);
             }
         }
+    }
+}
+
+/// A multiply-rotate hasher for (node id, address) keys: the keys are not attacker-chosen,
+/// and SipHash cost more than everything else in the writer's interning loop.
+#[derive(Default)]
+pub struct NodeKeyHasher(u64);
+
+impl Hasher for NodeKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
