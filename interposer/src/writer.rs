@@ -7,8 +7,8 @@
 //! and with every signal blocked. It must never wait on a producer.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -174,7 +174,12 @@ impl Writer {
 
     /// Returns the node id of the innermost frame of `frames` (innermost first).
     fn intern_stack(&mut self, frames: &[u64]) -> u64 {
-        let shared = frames.iter().rev().zip(&self.previous_frames).take_while(|(a, b)| a == b).count();
+        let shared = frames
+            .iter()
+            .rev()
+            .zip(&self.previous_frames)
+            .take_while(|(a, b)| a == b)
+            .count();
         self.previous_frames.truncate(shared);
         self.previous_nodes.truncate(shared);
         let mut node = self.previous_nodes.last().copied().unwrap_or(0);

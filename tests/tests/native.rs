@@ -159,19 +159,19 @@ fn a_leak_in_a_library_dlclosed_before_exit_is_symbolized() {
     assert_eq!(frame["module"].as_str(), Some(plugin_arg.as_str()));
 }
 
-#[test]
-fn underscore_exit_keeps_status_and_marks_the_trace_incomplete() {
-    let scratch = Scratch::new("exit");
-    let traced = build_and_trace(&scratch, "gcc", &["exits.c"], &[], &[]);
-    assert_eq!(traced.output.status.code(), Some(9));
+/// Runs exits.c in `mode`, checks how it ended, and returns its report, which must be
+/// incomplete for `reason` and still hold the leak made just before the end.
+fn abrupt_end(mode: &str, reason: &str, check_status: impl Fn(&std::process::ExitStatus)) -> serde_json::Value {
+    let scratch = Scratch::new(mode);
+    let args: Vec<&str> = if mode == "_exit" { vec![] } else { vec![mode] };
+    let traced = build_and_trace(&scratch, "gcc", &["exits.c"], &[], &args);
+    check_status(&traced.output.status);
     let report = report_json(&traced.trace);
     assert_eq!(report["complete"], false);
     assert!(
-        report["incomplete_reason"].as_str().unwrap().contains("_exit()"),
+        report["incomplete_reason"].as_str().unwrap().contains(reason),
         "{report:#}"
     );
-    assert_eq!(report["exit"]["kind"], "_exit");
-    assert_eq!(report["exit"]["status"].as_i64(), Some(9));
     let src = "exits.c";
     assert_leak(
         &report,
@@ -181,32 +181,61 @@ fn underscore_exit_keeps_status_and_marks_the_trace_incomplete() {
         3 * 64,
         3,
     );
+    report
+}
+
+#[test]
+fn underscore_exit_keeps_status_and_marks_the_trace_incomplete() {
+    let report = abrupt_end("_exit", "_exit()", |status| assert_eq!(status.code(), Some(9)));
+    assert_eq!(report["exit"]["kind"], "_exit");
+    assert_eq!(report["exit"]["status"].as_i64(), Some(9));
 }
 
 #[test]
 fn abort_keeps_the_signal_and_the_trace_stays_readable() {
-    let scratch = Scratch::new("abort");
-    let traced = build_and_trace(&scratch, "gcc", &["exits.c"], &[], &["abort"]);
-    assert_eq!(traced.output.status.signal(), Some(libc_sigabrt()));
-    let report = report_json(&traced.trace);
-    assert_eq!(report["complete"], false);
-    assert!(
-        report["incomplete_reason"].as_str().unwrap().contains("abort()"),
-        "{report:#}"
-    );
-    let src = "exits.c";
-    assert_leak(
-        &report,
-        "leak_before_end",
-        src,
-        line_of(src, "@leak_before_end"),
-        3 * 64,
-        3,
-    );
+    let report = abrupt_end("abort", "abort()", |status| assert_eq!(status.signal(), Some(6)));
+    assert_eq!(report["exit"]["kind"], "abort");
 }
 
-fn libc_sigabrt() -> i32 {
-    6
+#[test]
+fn sigkill_leaves_a_trace_readable_up_to_the_last_flush() {
+    let report = abrupt_end("sigkill", "killed", |status| assert_eq!(status.signal(), Some(9)));
+    assert!(report["exit"].is_null());
+}
+
+#[test]
+fn a_rebuilt_library_is_flagged_not_mis_symbolized() {
+    let scratch = Scratch::new("rebuilt");
+    let plugin = scratch.join("libplugin.so");
+    compile("gcc", &["plugin.c"], &plugin, &["-shared", "-fPIC"]);
+    let plugin_arg = plugin.to_string_lossy().to_string();
+    let traced = build_and_trace(&scratch, "gcc", &["dlopen_main.c"], &["-ldl"], &[&plugin_arg]);
+    // Same path, other contents: a different build-id.
+    compile(
+        "gcc",
+        &["plugin.c"],
+        &plugin,
+        &["-shared", "-fPIC", "-DREBUILT=1", "-O2"],
+    );
+    let report = report_json(&traced.trace);
+    let rows: Vec<&serde_json::Value> = report["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["frames"][0]["module"].as_str() == Some(plugin_arg.as_str()))
+        .collect();
+    assert_eq!(rows.len(), 1, "{report:#}");
+    let frame = &rows[0]["frames"][0];
+    assert_eq!(frame["build_id_mismatch"], true, "{frame}");
+    assert!(
+        frame["function"].as_str().unwrap().starts_with("libplugin.so+0x"),
+        "{frame}"
+    );
+    assert!(frame["line"].is_null());
+    assert_eq!(
+        (rows[0]["bytes"].as_u64(), rows[0]["blocks"].as_u64()),
+        (Some(240), Some(5))
+    );
 }
 
 #[test]
