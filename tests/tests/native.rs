@@ -144,13 +144,20 @@ fn leaks_from_several_threads_with_cross_thread_frees() {
     assert!(leaks_in(&report, "worker").is_empty(), "{report:#}");
 }
 
-#[test]
-fn a_leak_in_a_library_dlclosed_before_exit_is_symbolized() {
-    let scratch = Scratch::new("dlopen");
+/// Builds plugin.c as libplugin.so and traces dlopen_main.c loading, calling and unloading it.
+fn trace_plugin_program(scratch: &Scratch) -> (std::path::PathBuf, Traced) {
     let plugin = scratch.join("libplugin.so");
     compile("gcc", &["plugin.c"], &plugin, &["-shared", "-fPIC"]);
     let plugin_arg = plugin.to_string_lossy().to_string();
-    let traced = build_and_trace(&scratch, "gcc", &["dlopen_main.c"], &["-ldl"], &[&plugin_arg]);
+    let traced = build_and_trace(scratch, "gcc", &["dlopen_main.c"], &["-ldl"], &[&plugin_arg]);
+    (plugin, traced)
+}
+
+#[test]
+fn a_leak_in_a_library_dlclosed_before_exit_is_symbolized() {
+    let scratch = Scratch::new("dlopen");
+    let (plugin, traced) = trace_plugin_program(&scratch);
+    let plugin_arg = plugin.to_string_lossy().to_string();
     assert_eq!(traced.output.status.code(), Some(0));
     let report = report_json(&traced.trace);
     let src = "plugin.c";
@@ -206,10 +213,8 @@ fn sigkill_leaves_a_trace_readable_up_to_the_last_flush() {
 #[test]
 fn a_rebuilt_library_is_flagged_not_mis_symbolized() {
     let scratch = Scratch::new("rebuilt");
-    let plugin = scratch.join("libplugin.so");
-    compile("gcc", &["plugin.c"], &plugin, &["-shared", "-fPIC"]);
+    let (plugin, traced) = trace_plugin_program(&scratch);
     let plugin_arg = plugin.to_string_lossy().to_string();
-    let traced = build_and_trace(&scratch, "gcc", &["dlopen_main.c"], &["-ldl"], &[&plugin_arg]);
     // Same path, other contents: a different build-id.
     compile(
         "gcc",
