@@ -249,8 +249,9 @@ impl<R: Read> TraceReader<R> {
                     frame_kind::NATIVE => Frame::Native { address: c.u64()? },
                     frame_kind::PYTHON => Frame::Python {
                         code_id: c.u64()?,
-                        instruction_offset: c.u64()?,
+                        instruction_offset: c.i64()?,
                     },
+                    frame_kind::PYTHON_ENTRY => Frame::PythonEntry,
                     _ => return None,
                 };
                 self.stack_nodes_defined += 1;
@@ -295,6 +296,20 @@ impl<R: Read> TraceReader<R> {
                 first_line: u32_of(c.u64()?)?,
                 line_table: c.bytes()?.to_vec(),
             }),
+            tag::PYTHON_RUNTIME => {
+                let python_version = u32_of(c.u64()?)?;
+                let eval_loop_start = c.u64()?;
+                let eval_loop_size = c.u64()?;
+                let flags = c.u64()?;
+                Record::PythonRuntime(PythonRuntime {
+                    python_version,
+                    eval_loop_start,
+                    eval_loop_size,
+                    frames_recorded: flags & 1 != 0,
+                    pythonmalloc_set: flags & 2 != 0,
+                    note: string(c)?,
+                })
+            }
             tag::STATS => Record::Stats(stats(c)?),
             tag::END => {
                 let kind = ExitKind::from_u8(c.u8()?)?;
@@ -362,9 +377,22 @@ mod tests {
                 parent: 1,
                 frame: Frame::Python {
                     code_id: 3,
-                    instruction_offset: 24,
+                    instruction_offset: -2,
                 },
             },
+            Record::StackNode {
+                id: 3,
+                parent: 2,
+                frame: Frame::PythonEntry,
+            },
+            Record::PythonRuntime(PythonRuntime {
+                python_version: 0x030c01f0,
+                eval_loop_start: 0x7f00_0000_2000,
+                eval_loop_size: 0x8000,
+                frames_recorded: true,
+                pythonmalloc_set: true,
+                note: String::new(),
+            }),
             Record::Alloc(Alloc {
                 seq: 10,
                 thread_id: 42,
@@ -412,6 +440,7 @@ mod tests {
                 Record::Alloc(a) => encoder.alloc(a),
                 Record::Free(f) => encoder.free(f),
                 Record::PythonCode(p) => encoder.python_code(p),
+                Record::PythonRuntime(r) => encoder.python_runtime(r),
                 Record::Stats(s) => encoder.stats(s),
                 Record::End(e) => encoder.end(e),
             }

@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use flate2::write::DeflateEncoder;
 use flate2::Compression;
 
-use crate::record::{frame_kind, tag, Alloc, End, Frame, Free, Module, ProcessInfo, PythonCode, Stats};
+use crate::record::{frame_kind, tag, Alloc, End, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime, Stats};
 use crate::varint::{put_bytes, put_i64, put_u64};
 use crate::{FORMAT_VERSION, HEADER_LEN, MAGIC};
 
@@ -92,8 +92,9 @@ impl RecordEncoder {
             } => {
                 out.push(frame_kind::PYTHON);
                 put_u64(out, code_id);
-                put_u64(out, instruction_offset);
+                put_i64(out, instruction_offset);
             }
+            Frame::PythonEntry => out.push(frame_kind::PYTHON_ENTRY),
         }
         self.stack_nodes_defined += 1;
         self.stack_nodes_defined
@@ -130,6 +131,17 @@ impl RecordEncoder {
         put_bytes(out, code.qualified_name.as_bytes());
         put_u64(out, code.first_line.into());
         put_bytes(out, &code.line_table);
+    }
+
+    pub fn python_runtime(&mut self, runtime: &PythonRuntime) {
+        let out = &mut self.payload;
+        out.push(tag::PYTHON_RUNTIME);
+        put_u64(out, runtime.python_version.into());
+        put_u64(out, runtime.eval_loop_start);
+        put_u64(out, runtime.eval_loop_size);
+        let flags = u64::from(runtime.frames_recorded) | (u64::from(runtime.pythonmalloc_set) << 1);
+        put_u64(out, flags);
+        put_bytes(out, runtime.note.as_bytes());
     }
 
     fn stats_fields(out: &mut Vec<u8>, stats: &Stats) {

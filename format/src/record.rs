@@ -12,12 +12,14 @@ pub(crate) mod tag {
     pub const PYTHON_CODE: u8 = 0x07;
     pub const STATS: u8 = 0x08;
     pub const END: u8 = 0x09;
+    pub const PYTHON_RUNTIME: u8 = 0x0A;
 }
 
 /// Frame kind bytes inside a stack node record.
 pub(crate) mod frame_kind {
     pub const NATIVE: u8 = 0;
     pub const PYTHON: u8 = 1;
+    pub const PYTHON_ENTRY: u8 = 2;
 }
 
 /// One decoded trace record.
@@ -38,6 +40,7 @@ pub enum Record {
     Alloc(Alloc),
     Free(Free),
     PythonCode(PythonCode),
+    PythonRuntime(PythonRuntime),
     Stats(Stats),
     End(End),
 }
@@ -93,8 +96,14 @@ pub enum Frame {
     /// A native return address (or, for the innermost frame, the call site's return address).
     Native { address: u64 },
     /// A Python frame: a code object defined by a [`PythonCode`] record, and the offset of the
-    /// instruction being executed, in bytes from the start of the code.
-    Python { code_id: u64, instruction_offset: u64 },
+    /// instruction being executed, in bytes from the start of the code (negative before the
+    /// first instruction has run).
+    Python { code_id: u64, instruction_offset: i64 },
+    /// The outer edge of one activation of the interpreter's eval loop: the Python frames
+    /// between this marker and the previous one (or the innermost frame) were run by a single
+    /// C call of the eval loop. Two markers in a row mean an activation running no visible
+    /// Python frame.
+    PythonEntry,
 }
 
 /// Which allocator entry point produced a block.
@@ -175,6 +184,23 @@ pub struct PythonCode {
     pub first_line: u32,
     /// The code object's line table, copied byte for byte.
     pub line_table: Vec<u8>,
+}
+
+/// What the interposer found out about the Python interpreter in the process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PythonRuntime {
+    /// `PY_VERSION_HEX`.
+    pub python_version: u32,
+    /// Runtime address and size of the eval-loop function (`_PyEval_EvalFrameDefault`), whose
+    /// native frames the reporter replaces with Python frames; 0 when unknown.
+    pub eval_loop_start: u64,
+    pub eval_loop_size: u64,
+    /// Whether stacks carry Python frames.
+    pub frames_recorded: bool,
+    /// Whether libleak set `PYTHONMALLOC=malloc` so that Python objects are visible.
+    pub pythonmalloc_set: bool,
+    /// Why frames are not recorded, when they are not.
+    pub note: String,
 }
 
 /// Counters the interposer keeps about itself.

@@ -4,10 +4,23 @@
 //! - `LIBLEAK_OUTPUT`: trace path template; `%p` becomes the pid. Default
 //!   `libleak.<program>.<pid>.trace` in the current directory.
 //! - `LIBLEAK_DISABLE=1`: load but record nothing.
+//! - `LIBLEAK_PYTHONMALLOC=keep`: leave CPython's allocator alone. By default, when the
+//!   process runs CPython and `PYTHONMALLOC` is unset, libleak sets `PYTHONMALLOC=malloc`
+//!   before the interpreter starts, so that Python objects are allocated (and seen) through
+//!   malloc instead of pymalloc's arenas.
 
 pub struct Config {
     pub output_template: Option<String>,
     pub disabled: bool,
+    pub python_malloc: PythonMalloc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PythonMalloc {
+    /// Set `PYTHONMALLOC=malloc` when the variable is unset.
+    SetMalloc,
+    /// `LIBLEAK_PYTHONMALLOC=keep`, or the user set `PYTHONMALLOC` themselves.
+    Keep,
 }
 
 impl Config {
@@ -16,6 +29,23 @@ impl Config {
         Config {
             output_template: var("LIBLEAK_OUTPUT"),
             disabled: var("LIBLEAK_DISABLE").is_some_and(|v| v != "0"),
+            python_malloc: if var("LIBLEAK_PYTHONMALLOC").is_some_and(|v| v == "keep") || var("PYTHONMALLOC").is_some()
+            {
+                PythonMalloc::Keep
+            } else {
+                PythonMalloc::SetMalloc
+            },
         }
     }
+}
+
+/// Sets `PYTHONMALLOC=malloc` unless it is set; true when it was set here. Called from the
+/// library constructor (before the interpreter reads its configuration, and before any
+/// thread of the program exists) or right after the `dlopen` that loaded an interpreter.
+pub fn set_pythonmalloc_malloc() -> bool {
+    if std::env::var_os("PYTHONMALLOC").is_some() {
+        return false;
+    }
+    std::env::set_var("PYTHONMALLOC", "malloc");
+    true
 }

@@ -8,6 +8,8 @@
 //! - [`tracker`]: what a hook does once it has the real result: the re-entrancy guard, the
 //!   event encoding into per-thread batches, start-up and exit.
 //! - [`writer`]: the writer thread: stack interning, module map, encoding, compression.
+//! - [`python`]: finding CPython and walking the allocating thread's Python frames.
+//! - [`stack_words`]: how native and Python frames travel from hooks to the writer.
 //! - [`config`]: the `LIBLEAK_*` environment variables, parsed once.
 //!
 //! The interposer must never change what the traced program sees (results, errno, output,
@@ -17,6 +19,8 @@
 
 mod config;
 mod ffi;
+mod python;
+mod stack_words;
 mod tracker;
 mod writer;
 

@@ -20,11 +20,13 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use libleak_format::{program_name, trace_file_name, AllocKind, ExitKind, ProcessInfo, Stats};
+use libleak_format::{program_name, trace_file_name, AllocKind, ExitKind, ProcessInfo, PythonRuntime, Stats};
 
-use crate::config::Config;
+use crate::config::{self, Config, PythonMalloc};
+use crate::ffi::buffer::WordBuffer;
 use crate::ffi::slots::{self, Slot};
 use crate::ffi::{hooks, sys, unwind};
+use crate::python;
 use crate::writer::{Message, Writer};
 
 pub const EVENT_ALLOC: u64 = 1;
@@ -129,10 +131,17 @@ pub fn record_alloc(address: usize, size: usize, kind: AllocKind) {
     );
     let own = frames.iter().take_while(|&&ip| ip >= start && ip < end).count();
     let frames = &frames[own..];
+    let mut python_words = WordBuffer::<{ python::MAX_WORDS }>::new();
+    python::capture(&mut python_words, &mut |code| {
+        send_message(Message::PythonCode(Box::new(code)))
+    });
+    let python_words = python_words.as_slice();
     push_event(|batch, thread_id| {
-        let header = EVENT_ALLOC | (kind as u64) << 8 | (frames.len() as u64) << 16 | u64::from(thread_id) << 32;
+        let frame_count = frames.len() + python_words.len();
+        let header = EVENT_ALLOC | (kind as u64) << 8 | (frame_count as u64) << 16 | u64::from(thread_id) << 32;
         batch.extend_from_slice(&[header, seq, address as u64, size as u64]);
         batch.extend(frames.iter().map(|&ip| ip as u64));
+        batch.extend_from_slice(python_words);
     });
 }
 
@@ -174,20 +183,24 @@ fn fresh_batch() -> Vec<u64> {
     CHANNELS
         .get()
         .and_then(|c| c.spare_batches.try_recv().ok())
-        .unwrap_or_else(|| Vec::with_capacity(BATCH_WORDS + MAX_FRAMES + 8))
+        .unwrap_or_else(|| Vec::with_capacity(BATCH_WORDS + MAX_FRAMES + python::MAX_WORDS + 8))
 }
 
 fn send_batch(batch: Vec<u64>) {
-    if batch.is_empty() {
-        return;
+    if !batch.is_empty() {
+        send_message(Message::Batch(batch));
     }
+}
+
+/// Hands a message to the writer, waiting (and counting the wait) when it is behind.
+fn send_message(message: Message) {
     if sys::getpid() != PID.load(Ordering::Relaxed) {
         // A child made without fork handlers (clone, _Fork): it has no writer thread.
         STATE.store(OFF, Ordering::Relaxed);
         return;
     }
     let Some(channels) = CHANNELS.get() else { return };
-    match channels.events.try_send(Message::Batch(batch)) {
+    match channels.events.try_send(message) {
         Ok(()) => {}
         Err(TrySendError::Full(message)) => {
             PRODUCER_WAITS.fetch_add(1, Ordering::Relaxed);
@@ -231,6 +244,10 @@ pub fn modules_changed() {
             send_batch(batch);
         }
         let _ = channels.events.send(Message::Modules(modules));
+        // An embedding program may load the interpreter itself.
+        if let Some(runtime) = detect_python(&Config::from_env()) {
+            let _ = channels.events.send(Message::PythonRuntime(runtime));
+        }
     });
 }
 
@@ -285,6 +302,7 @@ fn start_recording() -> Result<(), String> {
         sys::write_stderr(b"libleak: libunwind.so.8 not found; using the slower libgcc unwinder\n");
     }
     let modules = sys::loaded_modules(&info.exe);
+    let python_runtime = detect_python(&config);
     let own_address = start as *const () as usize;
     if let Some(own) = modules.iter().find(|m| m.contains(own_address as u64)) {
         let start = own.segments.iter().map(|s| own.bias + s.vaddr).min().unwrap_or(0);
@@ -305,8 +323,8 @@ fn start_recording() -> Result<(), String> {
     });
     let key = sys::ThreadExitKey::create(hooks::thread_exit).ok_or("cannot create a thread key")?;
     let _ = EXIT_KEY.set(key);
-    let writer =
-        Writer::new(file, info, modules, events_rx, spare_tx).map_err(|e| format!("cannot write {path}: {e}"))?;
+    let writer = Writer::new(file, info, modules, python_runtime, events_rx, spare_tx)
+        .map_err(|e| format!("cannot write {path}: {e}"))?;
     *WRITER_INIT.lock().map_err(|_| "start-up lock poisoned")? = Some(writer);
     let _ = TRACE_PATH.set(path);
     PID.store(sys::getpid(), Ordering::Relaxed);
@@ -316,6 +334,17 @@ fn start_recording() -> Result<(), String> {
     sys::register_fork_child_handler(hooks::fork_child);
     sys::register_exit_handler(hooks::at_exit);
     Ok(())
+}
+
+/// Looks for a CPython interpreter; when found (the first time), makes Python objects visible
+/// to the hooks by selecting the malloc allocator for them, unless the user chose otherwise.
+fn detect_python(config: &Config) -> Option<PythonRuntime> {
+    let mut runtime = python::detect()?;
+    if !runtime.note.is_empty() {
+        sys::write_stderr(format!("libleak: {}; recording native stacks only\n", runtime.note).as_bytes());
+    }
+    runtime.pythonmalloc_set = config.python_malloc == PythonMalloc::SetMalloc && config::set_pythonmalloc_malloc();
+    Some(runtime)
 }
 
 fn process_info() -> ProcessInfo {

@@ -12,9 +12,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use libleak_format::{Alloc, AllocKind, ChunkWriter, End, ExitKind, Frame, Free, Module, ProcessInfo, RecordEncoder};
+use libleak_format::{
+    Alloc, AllocKind, ChunkWriter, End, ExitKind, Free, Module, ProcessInfo, PythonCode, PythonRuntime, RecordEncoder,
+};
 
 use crate::ffi::sys;
+use crate::stack_words;
 use crate::tracker::{self, EVENT_ALLOC, EVENT_FREE};
 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -25,6 +28,10 @@ pub enum Message {
     Batch(Vec<u64>),
     /// A fresh snapshot of the loaded modules, taken right after a dlopen or dlclose.
     Modules(Vec<Module>),
+    /// A code object seen for the first time by a hook.
+    PythonCode(Box<PythonCode>),
+    /// An interpreter found after start-up (loaded by `dlopen`).
+    PythonRuntime(PythonRuntime),
     Finish {
         kind: ExitKind,
         status: Option<i32>,
@@ -36,7 +43,7 @@ pub struct Writer {
     encoder: RecordEncoder,
     events: Receiver<Message>,
     spare_batches: Sender<Vec<u64>>,
-    /// (parent node, frame address) → node id.
+    /// (parent node, frame word) → node id.
     stack_nodes: HashMap<(u64, u64), u64, BuildHasherDefault<NodeKeyHasher>>,
     /// The previous stack interned (outermost first) and its node ids, depth by depth:
     /// consecutive events of a thread share most of their outer frames, so only the frames
@@ -55,6 +62,7 @@ impl Writer {
         file: File,
         info: ProcessInfo,
         modules: Vec<Module>,
+        python_runtime: Option<PythonRuntime>,
         events: Receiver<Message>,
         spare_batches: Sender<Vec<u64>>,
     ) -> std::io::Result<Writer> {
@@ -74,6 +82,9 @@ impl Writer {
         };
         writer.encoder.process(&info);
         writer.update_modules(modules);
+        if let Some(runtime) = python_runtime {
+            writer.encoder.python_runtime(&runtime);
+        }
         writer.flush()?;
         Ok(writer)
     }
@@ -85,6 +96,8 @@ impl Writer {
             match self.events.recv_timeout(SWEEP_INTERVAL) {
                 Ok(Message::Batch(batch)) => self.process_batch(batch),
                 Ok(Message::Modules(modules)) => self.update_modules(modules),
+                Ok(Message::PythonCode(code)) => self.encoder.python_code(&code),
+                Ok(Message::PythonRuntime(runtime)) => self.encoder.python_runtime(&runtime),
                 Ok(Message::Finish { kind, status }) => return self.finish(kind, status),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
@@ -108,6 +121,8 @@ impl Writer {
             match message {
                 Message::Batch(batch) => self.process_batch(batch),
                 Message::Modules(modules) => self.update_modules(modules),
+                Message::PythonCode(code) => self.encoder.python_code(&code),
+                Message::PythonRuntime(runtime) => self.encoder.python_runtime(&runtime),
                 Message::Finish { .. } => {}
             }
         }
@@ -172,7 +187,7 @@ impl Writer {
         let _ = self.spare_batches.try_send(batch);
     }
 
-    /// Returns the node id of the innermost frame of `frames` (innermost first).
+    /// Returns the node id of the innermost frame of `frames` (stack words, innermost first).
     fn intern_stack(&mut self, frames: &[u64]) -> u64 {
         let shared = frames
             .iter()
@@ -183,19 +198,19 @@ impl Writer {
         self.previous_frames.truncate(shared);
         self.previous_nodes.truncate(shared);
         let mut node = self.previous_nodes.last().copied().unwrap_or(0);
-        for &address in frames[..frames.len() - shared].iter().rev() {
-            node = match self.stack_nodes.get(&(node, address)) {
+        for &word in frames[..frames.len() - shared].iter().rev() {
+            node = match self.stack_nodes.get(&(node, word)) {
                 Some(&id) => id,
                 None => {
-                    if !self.modules.iter().any(|m| m.contains(address)) {
+                    if stack_words::is_native(word) && !self.modules.iter().any(|m| m.contains(word)) {
                         self.rescan_if_loader_changed();
                     }
-                    let id = self.encoder.stack_node(node, Frame::Native { address });
-                    self.stack_nodes.insert((node, address), id);
+                    let id = self.encoder.stack_node(node, stack_words::to_frame(word));
+                    self.stack_nodes.insert((node, word), id);
                     id
                 }
             };
-            self.previous_frames.push(address);
+            self.previous_frames.push(word);
             self.previous_nodes.push(node);
         }
         node

@@ -25,6 +25,10 @@ struct OutputArgs {
     /// List at most this many leaks, largest first; 0 lists all.
     #[arg(long, default_value_t = 25)]
     limit: usize,
+    /// Keep CPython's own native frames (the eval loop and call plumbing) in stacks that
+    /// show Python frames.
+    #[arg(long)]
+    show_interpreter_frames: bool,
 }
 
 #[derive(Subcommand)]
@@ -57,7 +61,10 @@ fn print_report(path: &Path, output: OutputArgs) -> Result<()> {
         &trace,
         &path.display().to_string(),
         &mut symbolizer,
-        ReportOptions { limit: output.limit },
+        ReportOptions {
+            limit: output.limit,
+            show_interpreter_frames: output.show_interpreter_frames,
+        },
     );
     if output.json {
         println!("{}", report::to_json(&report));

@@ -2,11 +2,14 @@
 //! native frame resolved to the module that held its address when the node was defined), and
 //! the live set at the end.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use libleak_format::{DecodeError, End, Frame, Module, ProcessInfo, PythonCode, Record, Stats, TraceReader};
+use libleak_format::{
+    DecodeError, End, Frame, Module, ProcessInfo, PythonCode, PythonRuntime, Record, Stats, TraceReader,
+};
 
 use crate::live::{LiveBlock, LiveSet, Totals};
 
@@ -74,7 +77,10 @@ pub struct Trace {
     pub modules: Vec<ModuleState>,
     /// Node `id` is at index `id - 1`.
     pub nodes: Vec<StackNode>,
-    pub python_codes: Vec<PythonCode>,
+    /// Code objects by id. A code id may be referred to before its definition.
+    pub python_codes: HashMap<u64, PythonCode>,
+    /// The interpreter the process ran, if any.
+    pub python: Option<PythonRuntime>,
     pub totals: Totals,
     pub live: Vec<LiveBlock>,
     pub end: Option<End>,
@@ -93,7 +99,8 @@ impl Trace {
         let mut process = None;
         let mut modules: Vec<ModuleState> = Vec::new();
         let mut nodes = Vec::new();
-        let mut python_codes = Vec::new();
+        let mut python_codes = HashMap::new();
+        let mut python = None;
         let mut live = LiveSet::new();
         let mut end = None;
         let mut stats = Stats::default();
@@ -129,7 +136,7 @@ impl Trace {
                 Record::StackNode { parent, frame, .. } => {
                     let module = match frame {
                         Frame::Native { address } => find_module(&modules, address),
-                        Frame::Python { .. } => None,
+                        Frame::Python { .. } | Frame::PythonEntry => None,
                     };
                     nodes.push(StackNode { parent, frame, module });
                 }
@@ -142,7 +149,10 @@ impl Trace {
                     thread_id: alloc.thread_id,
                 }),
                 Record::Free(free) => live.free(free.address, free.seq),
-                Record::PythonCode(code) => python_codes.push(code),
+                Record::PythonCode(code) => {
+                    python_codes.insert(code.id, code);
+                }
+                Record::PythonRuntime(runtime) => python = Some(runtime),
                 Record::Stats(s) => stats = s,
                 Record::End(e) => {
                     stats = e.stats;
@@ -162,6 +172,7 @@ impl Trace {
             modules,
             nodes,
             python_codes,
+            python,
             totals: live.totals(),
             live: live.live_blocks(),
             end,

@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use libleak_format::{End, Frame, ProcessInfo, Stats};
+use libleak_format::{End, ProcessInfo, PythonRuntime, Stats};
 use serde_json::{json, Value};
 
 use crate::live::Totals;
+use crate::merge::{merged_stack, Interpreter};
 use crate::replay::Trace;
-use crate::symbolize::{SymbolSource, Symbolizer};
+use crate::symbolize::Symbolizer;
 
 pub const REPORT_FORMAT: &str = "libleak-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -20,11 +21,16 @@ pub const REPORT_VERSION: u32 = 1;
 pub struct ReportOptions {
     /// Most leaks listed; 0 lists all.
     pub limit: usize,
+    /// Keep the interpreter's own native frames (eval loop, call plumbing) in merged stacks.
+    pub show_interpreter_frames: bool,
 }
 
 impl Default for ReportOptions {
     fn default() -> Self {
-        ReportOptions { limit: 25 }
+        ReportOptions {
+            limit: 25,
+            show_interpreter_frames: false,
+        }
     }
 }
 
@@ -60,26 +66,11 @@ pub struct Report {
     pub end: Option<End>,
     pub totals: Totals,
     pub stats: Stats,
+    pub python: Option<PythonRuntime>,
     pub leaks: Vec<Leak>,
     pub omitted_leaks: u64,
     pub omitted_bytes: u64,
     pub omitted_blocks: u64,
-}
-
-/// Leading frames of these functions are the allocator's, not the caller's.
-fn is_allocator_wrapper(function: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "operator new",
-        "__rust_alloc",
-        "__rust_realloc",
-        "__rdl_alloc",
-        "__rdl_realloc",
-        "alloc::alloc::",
-        "<alloc::alloc::Global",
-        "std::sys::alloc::",
-        "<std::alloc::System",
-    ];
-    PREFIXES.iter().any(|p| function.starts_with(p))
 }
 
 pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: ReportOptions) -> Report {
@@ -96,6 +87,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     } else {
         options.limit.min(ranked.len())
     };
+    let interpreter = Interpreter::of(trace);
     let leaks = ranked[..shown]
         .iter()
         .map(|&(stack, (bytes, blocks, allocator))| Leak {
@@ -103,7 +95,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
             bytes,
             blocks,
             allocator,
-            frames: symbolize_stack(trace, stack, symbolizer),
+            frames: merged_stack(trace, &interpreter, stack, symbolizer, options.show_interpreter_frames),
         })
         .collect();
     let rest = &ranked[shown..];
@@ -115,83 +107,12 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         end: trace.end,
         totals: trace.totals,
         stats: trace.stats,
+        python: trace.python.clone(),
         leaks,
         omitted_leaks: rest.len() as u64,
         omitted_bytes: rest.iter().map(|r| r.1 .0).sum(),
         omitted_blocks: rest.iter().map(|r| r.1 .1).sum(),
     }
-}
-
-fn symbolize_stack(trace: &Trace, leaf: u64, symbolizer: &mut Symbolizer) -> Vec<ReportFrame> {
-    let mut frames = Vec::new();
-    for node in trace.stack(leaf) {
-        match node.frame {
-            Frame::Native { address } => {
-                let Some(module) = node.module.map(|i| &trace.modules[i].module) else {
-                    frames.push(ReportFrame {
-                        kind: "native",
-                        function: Some(format!("0x{address:x}")),
-                        file: None,
-                        line: None,
-                        module: None,
-                        inlined: false,
-                        address: Some(address),
-                        build_id_mismatch: false,
-                    });
-                    continue;
-                };
-                let symbolized = symbolizer.symbolize(module, address);
-                let mismatch = symbolizer.source(module) == SymbolSource::BuildIdMismatch;
-                if symbolized.is_empty() {
-                    let base = module.path.rsplit('/').next().unwrap_or(&module.path);
-                    frames.push(ReportFrame {
-                        kind: "native",
-                        function: Some(format!("{base}+0x{:x}", address.wrapping_sub(module.bias))),
-                        file: None,
-                        line: None,
-                        module: Some(module.path.clone()),
-                        inlined: false,
-                        address: Some(address),
-                        build_id_mismatch: mismatch,
-                    });
-                }
-                for frame in symbolized {
-                    frames.push(ReportFrame {
-                        kind: "native",
-                        function: frame.function,
-                        file: frame.file,
-                        line: frame.line,
-                        module: Some(module.path.clone()),
-                        inlined: frame.inlined,
-                        address: Some(address),
-                        build_id_mismatch: false,
-                    });
-                }
-            }
-            Frame::Python {
-                code_id,
-                instruction_offset,
-            } => {
-                let code = trace.python_codes.iter().rev().find(|c| c.id == code_id);
-                frames.push(ReportFrame {
-                    kind: "python",
-                    function: code.map(|c| c.qualified_name.clone()),
-                    file: code.map(|c| c.filename.clone()),
-                    line: None,
-                    module: None,
-                    inlined: false,
-                    address: Some(instruction_offset),
-                    build_id_mismatch: false,
-                });
-            }
-        }
-    }
-    let wrappers = frames
-        .iter()
-        .take_while(|f| f.kind == "native" && f.function.as_deref().is_some_and(is_allocator_wrapper))
-        .count();
-    frames.drain(..wrappers.min(frames.len().saturating_sub(1)));
-    frames
 }
 
 fn frame_json(frame: &ReportFrame) -> Value {
@@ -233,6 +154,12 @@ pub fn to_json(report: &Report) -> Value {
             "producer_waits": report.stats.producer_waits,
             "truncated_stacks": report.stats.truncated_stacks,
         },
+        "python": report.python.as_ref().map(|p| json!({
+            "version": python_version_text(p.python_version),
+            "frames_recorded": p.frames_recorded,
+            "pythonmalloc_set": p.pythonmalloc_set,
+            "note": (!p.note.is_empty()).then_some(&p.note),
+        })),
         "leaks": report.leaks.iter().map(|leak| json!({
             "kind": leak.kind,
             "bytes": leak.bytes,
@@ -242,6 +169,10 @@ pub fn to_json(report: &Report) -> Value {
         })).collect::<Vec<_>>(),
         "omitted": {"leaks": report.omitted_leaks, "bytes": report.omitted_bytes, "blocks": report.omitted_blocks},
     })
+}
+
+fn python_version_text(hex: u32) -> String {
+    format!("{}.{}.{}", hex >> 24, hex >> 16 & 0xff, hex >> 8 & 0xff)
 }
 
 fn thousands(n: u64) -> String {
@@ -289,6 +220,23 @@ pub fn to_text(report: &Report) -> String {
         thousands(t.live_bytes),
         thousands(t.live_blocks)
     );
+    if let Some(python) = &report.python {
+        let frames = if python.frames_recorded {
+            "Python frames recorded".to_string()
+        } else {
+            format!("no Python frames ({})", python.note)
+        };
+        let allocator = if python.pythonmalloc_set {
+            "; libleak set PYTHONMALLOC=malloc so Python objects are tracked (LIBLEAK_PYTHONMALLOC=keep opts out)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "python: CPython {}, {frames}{allocator}",
+            python_version_text(python.python_version)
+        );
+    }
     if report.stats.producer_waits > 0 {
         let _ = writeln!(
             out,

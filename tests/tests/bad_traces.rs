@@ -48,7 +48,16 @@ fn empty_garbage_missing_and_future_version_files_fail_cleanly() {
     std::fs::write(&future_path, &future).unwrap();
     assert_clean_failure(
         &report(&future_path),
-        "unsupported trace format version 7 (this libleak reads version 1)",
+        "unsupported trace format version 7 (this libleak reads version 2)",
+    );
+
+    let mut old = future.clone();
+    old[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let old_path = scratch.join("old.trace");
+    std::fs::write(&old_path, &old).unwrap();
+    assert_clean_failure(
+        &report(&old_path),
+        "unsupported trace format version 1 (this libleak reads version 2)",
     );
 
     let short_header = scratch.join("short.trace");

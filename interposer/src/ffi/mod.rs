@@ -1,17 +1,21 @@
-//! Everything unsafe in the interposer lives under this module, in five small files:
+//! Everything unsafe in the interposer lives under this module, in seven small files:
 //! - `hooks`: the exported C symbols (malloc, free, …, `_exit`, `dlopen`), each a thin
 //!   delegation to [`real`] and [`crate::tracker`];
 //! - `real`: finding and calling the next allocator in the lookup chain, and the bootstrap
 //!   arena used before it is known;
 //! - `unwind`: native stack capture (libunwind loaded privately, libgcc as fallback);
 //! - `sys`: system calls and libc services (errno, files, threads, modules, time);
-//! - `slots`: the per-thread event batches the writer can drain.
+//! - `slots`: the per-thread event batches the writer can drain;
+//! - `python`: CPython's symbols and raw reads of its thread states, frames and code objects;
+//! - `buffer`: uninitialised fixed-size word buffers and zeroed tables.
 //!
 //! Nothing here may allocate through the hooks, panic, or take a lock that the traced
 //! program could hold across `fork`.
 #![allow(unsafe_code)]
 
+pub mod buffer;
 pub mod hooks;
+pub mod python;
 pub mod real;
 pub mod slots;
 pub mod sys;

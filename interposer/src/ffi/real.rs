@@ -206,6 +206,23 @@ unsafe impl GlobalAlloc for RealAllocator {
         }
     }
 
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match get() {
+            // SAFETY: calloc of the real allocator returns zeroed memory aligned for any
+            // fundamental type (16 bytes here), and only fresh pages for large sizes.
+            Some(real) if layout.align() <= 16 => unsafe { (real.calloc)(1, layout.size()) as *mut u8 },
+            _ => {
+                // SAFETY: same layout contract as `alloc`.
+                let ptr = unsafe { self.alloc(layout) };
+                if !ptr.is_null() {
+                    // SAFETY: `ptr` is a fresh block of `layout.size()` bytes.
+                    unsafe { std::ptr::write_bytes(ptr, 0, layout.size()) };
+                }
+                ptr
+            }
+        }
+    }
+
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         if bootstrap::owns(ptr as *const c_void) {
             return;

@@ -1,0 +1,240 @@
+//! Every piece of per-version CPython knowledge the interposer has, as data: where the frame
+//! chain starts, the field offsets of frames, code objects and strings, on x86-64.
+//!
+//! Offsets were printed with `offsetof` against each version's internal headers and checked
+//! by walking real stacks (see `shared/docs/prior-art/python-frames.md` §2.2). Supporting a
+//! new version means adding one entry to [`LAYOUTS`] — and nothing anywhere else.
+
+/// How a version links its executing frames.
+#[derive(Debug)]
+pub enum FrameChain {
+    /// 3.9, 3.10: `PyFrameObject`s from `tstate->frame` through `f_back`; every frame is run
+    /// by its own eval-loop activation.
+    FrameObjects {
+        first: usize,
+        back: usize,
+        code: usize,
+        /// `f_lasti` (an `int`).
+        last_instruction: usize,
+        /// Bytes per unit of `f_lasti`: 1 in 3.9 (bytes), 2 in 3.10 (code units).
+        instruction_unit: i64,
+    },
+    /// 3.11+: `_PyInterpreterFrame`s through `previous`, several per eval-loop activation.
+    InterpreterFrames {
+        /// Where `tstate` keeps the innermost frame.
+        current: CurrentFrame,
+        previous: usize,
+        code: usize,
+        /// `prev_instr` (3.11, 3.12) or `instr_ptr` (3.13): a pointer into the code's
+        /// inline bytecode.
+        instruction_pointer: usize,
+        owner: usize,
+        /// 3.11: the `is_entry` flag that closes an activation. Later versions push a shim
+        /// frame (owner [`OWNED_BY_C_STACK`]) instead.
+        is_entry: Option<usize>,
+    },
+}
+
+#[derive(Debug)]
+pub enum CurrentFrame {
+    /// `tstate->cframe` (at `cframe`), then the `current_frame` field of that `_PyCFrame`.
+    ThroughCFrame { cframe: usize, current_frame: usize },
+    /// `tstate->current_frame` directly (3.13).
+    InThreadState(usize),
+}
+
+/// `_PyInterpreterFrame.owner` values.
+pub const OWNED_BY_GENERATOR: u8 = 1;
+pub const OWNED_BY_C_STACK: u8 = 3;
+
+/// Fields of `PyCodeObject`.
+#[derive(Debug)]
+pub struct CodeLayout {
+    pub first_line: usize,
+    pub filename: usize,
+    /// `co_qualname` (3.11+) or `co_name`.
+    pub name: usize,
+    /// `co_lnotab` (3.9) or `co_linetable`.
+    pub line_table: usize,
+    /// 3.11+: offset of the inline bytecode (`co_code_adaptive`) inside the object.
+    pub inline_code: Option<usize>,
+    /// 3.11+: `_co_firsttraceable`; frames before it have not started (incomplete).
+    pub first_traceable: Option<usize>,
+    /// ≤3.10: the `co_code` bytes object, whose length bounds `f_lasti`.
+    pub code_bytes: Option<usize>,
+}
+
+/// Sizes of the compact string layouts (`PyASCIIObject`, `PyCompactUnicodeObject`) and the
+/// cached UTF-8 fields of the latter.
+#[derive(Debug)]
+pub struct UnicodeLayout {
+    pub ascii_data: usize,
+    pub compact_data: usize,
+    pub utf8_length: usize,
+    pub utf8: usize,
+    /// ≤3.11: the `ready` state bit is required for non-compact strings.
+    pub needs_ready: bool,
+}
+
+#[derive(Debug)]
+pub struct Layout {
+    pub minor: u8,
+    /// `_PyRuntime._finalizing`: the thread state finalizing the interpreter, or NULL.
+    pub finalizing: usize,
+    pub frames: FrameChain,
+    pub code: CodeLayout,
+    pub unicode: UnicodeLayout,
+    /// 3.13+: `_PyRuntime` starts with `_Py_DebugOffsets`, whose header is checked.
+    pub debug_offsets: bool,
+}
+
+const UNICODE_UP_TO_3_11: UnicodeLayout = UnicodeLayout {
+    ascii_data: 48,
+    compact_data: 72,
+    utf8_length: 48,
+    utf8: 56,
+    needs_ready: true,
+};
+
+const UNICODE_FROM_3_12: UnicodeLayout = UnicodeLayout {
+    ascii_data: 40,
+    compact_data: 56,
+    utf8_length: 40,
+    utf8: 48,
+    needs_ready: false,
+};
+
+pub static LAYOUTS: [Layout; 5] = [
+    Layout {
+        minor: 9,
+        finalizing: 16,
+        frames: FrameChain::FrameObjects {
+            first: 24,
+            back: 24,
+            code: 32,
+            last_instruction: 104,
+            instruction_unit: 1,
+        },
+        code: CodeLayout {
+            first_line: 40,
+            filename: 104,
+            name: 112,
+            line_table: 120,
+            inline_code: None,
+            first_traceable: None,
+            code_bytes: Some(48),
+        },
+        unicode: UNICODE_UP_TO_3_11,
+        debug_offsets: false,
+    },
+    Layout {
+        minor: 10,
+        finalizing: 16,
+        frames: FrameChain::FrameObjects {
+            first: 24,
+            back: 24,
+            code: 32,
+            last_instruction: 96,
+            instruction_unit: 2,
+        },
+        code: CodeLayout {
+            first_line: 40,
+            filename: 104,
+            name: 112,
+            line_table: 120,
+            inline_code: None,
+            first_traceable: None,
+            code_bytes: Some(48),
+        },
+        unicode: UNICODE_UP_TO_3_11,
+        debug_offsets: false,
+    },
+    Layout {
+        minor: 11,
+        finalizing: 24,
+        frames: FrameChain::InterpreterFrames {
+            current: CurrentFrame::ThroughCFrame {
+                cframe: 56,
+                current_frame: 8,
+            },
+            previous: 48,
+            code: 32,
+            instruction_pointer: 56,
+            owner: 69,
+            is_entry: Some(68),
+        },
+        code: CodeLayout {
+            first_line: 72,
+            filename: 112,
+            name: 128,
+            line_table: 136,
+            inline_code: Some(184),
+            first_traceable: Some(168),
+            code_bytes: None,
+        },
+        unicode: UNICODE_UP_TO_3_11,
+        debug_offsets: false,
+    },
+    Layout {
+        minor: 12,
+        finalizing: 24,
+        frames: FrameChain::InterpreterFrames {
+            current: CurrentFrame::ThroughCFrame {
+                cframe: 56,
+                current_frame: 0,
+            },
+            previous: 8,
+            code: 0,
+            instruction_pointer: 56,
+            owner: 70,
+            is_entry: None,
+        },
+        code: CodeLayout {
+            first_line: 68,
+            filename: 112,
+            name: 128,
+            line_table: 136,
+            inline_code: Some(192),
+            first_traceable: Some(176),
+            code_bytes: None,
+        },
+        unicode: UNICODE_FROM_3_12,
+        debug_offsets: false,
+    },
+    Layout {
+        minor: 13,
+        finalizing: 608,
+        frames: FrameChain::InterpreterFrames {
+            current: CurrentFrame::InThreadState(72),
+            previous: 8,
+            code: 0,
+            instruction_pointer: 56,
+            owner: 70,
+            is_entry: None,
+        },
+        code: CodeLayout {
+            first_line: 68,
+            filename: 112,
+            name: 128,
+            line_table: 136,
+            inline_code: Some(200),
+            first_traceable: Some(184),
+            code_bytes: None,
+        },
+        unicode: UNICODE_FROM_3_12,
+        debug_offsets: true,
+    },
+];
+
+/// Offsets shared by every supported version.
+pub const OBJECT_TYPE: usize = 8;
+pub const VAR_OBJECT_SIZE: usize = 16;
+pub const TYPE_FLAGS: usize = 168;
+pub const TYPE_FLAG_UNICODE_SUBCLASS: u64 = 1 << 28;
+pub const BYTES_DATA: usize = 32;
+pub const UNICODE_LENGTH: usize = 16;
+pub const UNICODE_STATE: usize = 32;
+
+pub fn for_minor(minor: u8) -> Option<&'static Layout> {
+    LAYOUTS.iter().find(|layout| layout.minor == minor)
+}

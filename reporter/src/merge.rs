@@ -1,0 +1,237 @@
+//! One stack as the user reads it: native frames symbolized, each activation of CPython's
+//! eval loop replaced by the Python frames it ran, and the interpreter's own plumbing hidden.
+//!
+//! A recorded stack lists its native frames, innermost first, then the Python frames with a
+//! marker closing each eval-loop activation (`format/SPEC.md`). The n-th group of Python
+//! frames from the inside belongs to the n-th eval-loop native frame from the inside. Groups
+//! left over (an eval frame not recognised, an unwind cut short) go after the last native
+//! frame: a frame is never dropped and a stack is never refused because the merge is imperfect.
+
+use libleak_format::{Frame, PythonRuntime};
+
+use crate::python_lines;
+use crate::replay::{StackNode, Trace};
+use crate::report::ReportFrame;
+use crate::symbolize::{SymbolSource, Symbolizer};
+
+/// The eval loop: the one function that runs bytecode (its `.cold` part included).
+const EVAL_LOOP: &str = "_PyEval_EvalFrameDefault";
+
+/// Process and thread entry frames, noise once Python frames say where the work started.
+const START_ROUTINES: &[&str] = &[
+    "_start",
+    "__libc_start_main",
+    "__libc_start_main_impl",
+    "__libc_start_main_alias_2",
+    "__libc_start_call_main",
+    "start_thread",
+    "clone",
+    "clone3",
+];
+
+/// Leading frames of these functions are the allocator's, not the caller's.
+fn is_allocator_wrapper(function: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "operator new",
+        "__rust_alloc",
+        "__rust_realloc",
+        "__rdl_alloc",
+        "__rdl_realloc",
+        "alloc::alloc::",
+        "<alloc::alloc::Global",
+        "std::sys::alloc::",
+        "<std::alloc::System",
+    ];
+    // CPython's allocator front ends with PYTHONMALLOC=malloc (exact names).
+    const PYTHON_ALLOCATOR: &[&str] = &[
+        "_PyMem_RawMalloc",
+        "_PyMem_RawCalloc",
+        "_PyMem_RawRealloc",
+        "PyMem_RawMalloc",
+        "PyMem_RawCalloc",
+        "PyMem_RawRealloc",
+        "PyMem_Malloc",
+        "PyMem_Calloc",
+        "PyMem_Realloc",
+        "PyObject_Malloc",
+        "PyObject_Calloc",
+        "PyObject_Realloc",
+    ];
+    PREFIXES.iter().any(|p| function.starts_with(p)) || PYTHON_ALLOCATOR.contains(&function)
+}
+
+/// What the merge needs to know about the trace's interpreter.
+pub struct Interpreter {
+    eval_loop: Option<(u64, u64)>,
+    /// Indices into `Trace::modules` of the interpreter's code (libpython, or the
+    /// statically linked python executable).
+    modules: Vec<usize>,
+}
+
+impl Interpreter {
+    pub fn of(trace: &Trace) -> Interpreter {
+        let runtime: Option<&PythonRuntime> = trace.python.as_ref();
+        let eval_loop = runtime
+            .filter(|r| r.eval_loop_start != 0)
+            .map(|r| (r.eval_loop_start, r.eval_loop_start + r.eval_loop_size.max(1)));
+        let mut modules = Vec::new();
+        if runtime.is_some() {
+            for (index, state) in trace.modules.iter().enumerate() {
+                let path = &state.module.path;
+                let base = path.rsplit('/').next().unwrap_or(path);
+                let holds_eval = eval_loop.is_some_and(|(start, _)| state.module.contains(start));
+                if holds_eval || base.starts_with("libpython") || (index == 0 && base.starts_with("python")) {
+                    modules.push(index);
+                }
+            }
+        }
+        Interpreter { eval_loop, modules }
+    }
+}
+
+/// One native stack node, symbolized (one entry per inlined function, innermost first).
+struct NativeFrame {
+    frames: Vec<ReportFrame>,
+    eval_loop: bool,
+    interpreter: bool,
+}
+
+/// The frames of stack `leaf` for the report, innermost first.
+pub fn merged_stack(
+    trace: &Trace,
+    interpreter: &Interpreter,
+    leaf: u64,
+    symbolizer: &mut Symbolizer,
+    show_interpreter_frames: bool,
+) -> Vec<ReportFrame> {
+    let mut natives = Vec::new();
+    let mut groups: Vec<Vec<ReportFrame>> = Vec::new();
+    let mut group = Vec::new();
+    for node in trace.stack(leaf) {
+        match node.frame {
+            Frame::Native { address } => natives.push(native_frame(trace, interpreter, &node, address, symbolizer)),
+            Frame::Python {
+                code_id,
+                instruction_offset,
+            } => group.push(python_frame(trace, code_id, instruction_offset)),
+            Frame::PythonEntry => groups.push(std::mem::take(&mut group)),
+        }
+    }
+    if !group.is_empty() {
+        groups.push(group); // the walk stopped before the activation's end
+    }
+    let has_python = !groups.is_empty();
+    let mut groups = groups.into_iter();
+    let mut out = Vec::new();
+    let mut at_allocation_site = true;
+    for native in natives {
+        if native.eval_loop {
+            at_allocation_site = false;
+            out.extend(groups.next().unwrap_or_default());
+            if show_interpreter_frames {
+                out.extend(native.frames);
+            }
+            continue;
+        }
+        let hidden = !show_interpreter_frames
+            && has_python
+            && ((native.interpreter && !at_allocation_site)
+                || native
+                    .frames
+                    .iter()
+                    .all(|f| f.function.as_deref().is_some_and(|n| START_ROUTINES.contains(&n))));
+        if !native.interpreter {
+            at_allocation_site = false;
+        }
+        if !hidden {
+            out.extend(native.frames);
+        }
+    }
+    out.extend(groups.flatten());
+    let wrappers = out
+        .iter()
+        .take_while(|f| f.kind == "native" && f.function.as_deref().is_some_and(is_allocator_wrapper))
+        .count();
+    out.drain(..wrappers.min(out.len().saturating_sub(1)));
+    out
+}
+
+fn native_frame(
+    trace: &Trace,
+    interpreter: &Interpreter,
+    node: &StackNode,
+    address: u64,
+    symbolizer: &mut Symbolizer,
+) -> NativeFrame {
+    let in_eval_range = interpreter
+        .eval_loop
+        .is_some_and(|(start, end)| (start..end).contains(&address.wrapping_sub(1)));
+    let interpreter_module = node.module.is_some_and(|m| interpreter.modules.contains(&m));
+    let frame = |function: String, module: Option<String>| ReportFrame {
+        kind: "native",
+        function: Some(function),
+        file: None,
+        line: None,
+        module,
+        inlined: false,
+        address: Some(address),
+        build_id_mismatch: false,
+    };
+    let Some(module) = node.module.map(|i| &trace.modules[i].module) else {
+        return NativeFrame {
+            frames: vec![frame(format!("0x{address:x}"), None)],
+            eval_loop: in_eval_range,
+            interpreter: false,
+        };
+    };
+    let symbolized = symbolizer.symbolize(module, address);
+    let mismatch = symbolizer.source(module) == SymbolSource::BuildIdMismatch;
+    // The physical function is the outermost of an inline chain.
+    let eval_by_name = symbolized
+        .last()
+        .and_then(|f| f.function.as_deref())
+        .is_some_and(|name| name == EVAL_LOOP || name.starts_with(&format!("{EVAL_LOOP}.")));
+    let frames = if symbolized.is_empty() {
+        let base = module.path.rsplit('/').next().unwrap_or(&module.path);
+        let mut unnamed = frame(
+            format!("{base}+0x{:x}", address.wrapping_sub(module.bias)),
+            Some(module.path.clone()),
+        );
+        unnamed.build_id_mismatch = mismatch;
+        vec![unnamed]
+    } else {
+        symbolized
+            .into_iter()
+            .map(|s| ReportFrame {
+                kind: "native",
+                function: s.function,
+                file: s.file,
+                line: s.line,
+                module: Some(module.path.clone()),
+                inlined: s.inlined,
+                address: Some(address),
+                build_id_mismatch: false,
+            })
+            .collect()
+    };
+    NativeFrame {
+        frames,
+        eval_loop: in_eval_range || eval_by_name,
+        interpreter: interpreter_module,
+    }
+}
+
+fn python_frame(trace: &Trace, code_id: u64, instruction_offset: i64) -> ReportFrame {
+    let code = trace.python_codes.get(&code_id);
+    ReportFrame {
+        kind: "python",
+        function: Some(code.map_or_else(|| "<unknown code>".to_string(), |c| c.qualified_name.clone())),
+        file: code.map(|c| c.filename.clone()),
+        line: code
+            .and_then(|c| python_lines::line_at(c.python_version, &c.line_table, c.first_line, instruction_offset)),
+        module: None,
+        inlined: false,
+        address: None,
+        build_id_mismatch: false,
+    }
+}
