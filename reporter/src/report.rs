@@ -34,7 +34,7 @@ impl Default for ReportOptions {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ReportFrame {
     pub kind: &'static str,
     pub function: Option<String>,
@@ -80,25 +80,43 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         group.0 += block.size;
         group.1 += 1;
     }
-    let mut ranked: Vec<(u64, (u64, u64, &'static str))> = groups.into_iter().collect();
-    ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(b.1 .1.cmp(&a.1 .1)).then(a.0.cmp(&b.0)));
+    // Stacks that differ only in frames the report hides (interpreter plumbing reached by
+    // another eval-loop path, say) read the same: they are one leak to the user.
+    let interpreter = Interpreter::of(trace);
+    let mut stacks: Vec<(u64, u64, u64, &'static str)> = groups
+        .into_iter()
+        .map(|(stack, (bytes, blocks, allocator))| (stack, bytes, blocks, allocator))
+        .collect();
+    stacks.sort_by_key(|s| s.0);
+    let mut by_frames: HashMap<Vec<ReportFrame>, usize> = HashMap::new();
+    let mut ranked: Vec<Leak> = Vec::new();
+    for (stack, bytes, blocks, allocator) in stacks {
+        let frames = merged_stack(trace, &interpreter, stack, symbolizer, options.show_interpreter_frames);
+        match by_frames.get(&frames) {
+            Some(&index) => {
+                ranked[index].bytes += bytes;
+                ranked[index].blocks += blocks;
+            }
+            None => {
+                by_frames.insert(frames.clone(), ranked.len());
+                ranked.push(Leak {
+                    kind: "unclassified",
+                    bytes,
+                    blocks,
+                    allocator,
+                    frames,
+                });
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
     let shown = if options.limit == 0 {
         ranked.len()
     } else {
         options.limit.min(ranked.len())
     };
-    let interpreter = Interpreter::of(trace);
-    let leaks = ranked[..shown]
-        .iter()
-        .map(|&(stack, (bytes, blocks, allocator))| Leak {
-            kind: "unclassified",
-            bytes,
-            blocks,
-            allocator,
-            frames: merged_stack(trace, &interpreter, stack, symbolizer, options.show_interpreter_frames),
-        })
-        .collect();
-    let rest = &ranked[shown..];
+    let rest = ranked.split_off(shown);
+    let leaks = ranked;
     Report {
         trace_path: trace_path.to_string(),
         process: trace.process.clone(),
@@ -110,8 +128,8 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         python: trace.python.clone(),
         leaks,
         omitted_leaks: rest.len() as u64,
-        omitted_bytes: rest.iter().map(|r| r.1 .0).sum(),
-        omitted_blocks: rest.iter().map(|r| r.1 .1).sum(),
+        omitted_bytes: rest.iter().map(|r| r.bytes).sum(),
+        omitted_blocks: rest.iter().map(|r| r.blocks).sum(),
     }
 }
 

@@ -104,6 +104,16 @@ const UNICODE_FROM_3_12: UnicodeLayout = UnicodeLayout {
     needs_ready: false,
 };
 
+const CODE_UP_TO_3_10: CodeLayout = CodeLayout {
+    first_line: 40,
+    filename: 104,
+    name: 112,
+    line_table: 120,
+    inline_code: None,
+    first_traceable: None,
+    code_bytes: Some(48),
+};
+
 pub static LAYOUTS: [Layout; 5] = [
     Layout {
         minor: 9,
@@ -115,15 +125,7 @@ pub static LAYOUTS: [Layout; 5] = [
             last_instruction: 104,
             instruction_unit: 1,
         },
-        code: CodeLayout {
-            first_line: 40,
-            filename: 104,
-            name: 112,
-            line_table: 120,
-            inline_code: None,
-            first_traceable: None,
-            code_bytes: Some(48),
-        },
+        code: CODE_UP_TO_3_10,
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
     },
@@ -137,15 +139,7 @@ pub static LAYOUTS: [Layout; 5] = [
             last_instruction: 96,
             instruction_unit: 2,
         },
-        code: CodeLayout {
-            first_line: 40,
-            filename: 104,
-            name: 112,
-            line_table: 120,
-            inline_code: None,
-            first_traceable: None,
-            code_bytes: Some(48),
-        },
+        code: CODE_UP_TO_3_10,
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
     },
