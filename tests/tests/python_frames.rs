@@ -1,6 +1,6 @@
 //! Merged native + Python stacks on every interpreter found: a C extension built at test time
 //! is reached through nested functions, a generator, a lambda run by `map()`, a method, a
-//! thread, a C → Python → C callback, an extra `Py_INCREF`, and a call that releases the GIL
+//! thread, a C → Python → C callback, a C thread entering Python, an extra `Py_INCREF`, and a call that releases the GIL
 //! while another thread runs Python. Each leaks one block of a size that names it; the test
 //! asserts the exact frames (C function and line, then Python function, file and line, in
 //! order) and the exact bytes and blocks.
@@ -188,6 +188,16 @@ fn python_frames_are_spliced_into_native_stacks_on_every_interpreter() {
             thread[3].0.ends_with("run"),
             "{label}: thread stack continues in Thread.run: {thread:?}"
         );
+
+        // A C thread that entered Python: its own Python frame, then the C function that
+        // called it, and nothing of the thread that started it.
+        let c_thread = shown(&leak_of(&report, 40_008, &label));
+        let mut expected = frames(&allocation);
+        expected.extend([
+            own("called_from_c_thread", "@c_thread_inner"),
+            ("c_thread_main".to_string(), c("@c_thread_call")),
+        ]);
+        assert_eq!(c_thread, expected, "{label}: C thread calling into Python");
 
         // With the GIL released (and taken by the spinning thread), the stack is still the
         // allocating thread's own.
