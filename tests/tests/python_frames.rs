@@ -239,3 +239,57 @@ fn python_frames_are_spliced_into_native_stacks_on_every_interpreter() {
         );
     }
 }
+
+/// An interpreter whose layout libleak does not know (a CPython older than 3.9 from pyenv):
+/// one line on stderr, native stacks only, the program otherwise unchanged.
+#[test]
+fn an_unsupported_interpreter_gets_native_stacks_and_one_line_on_stderr() {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pyenv")));
+    let old = root.and_then(|root| {
+        let mut found: Vec<_> = std::fs::read_dir(root.join("versions"))
+            .ok()?
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().to_string();
+                ["3.6.", "3.7.", "3.8."].iter().any(|v| name.starts_with(v))
+            })
+            .map(|p| p.join("bin/python3"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        found.pop()
+    });
+    let Some(python) = old else {
+        println!("skipping: no CPython 3.6-3.8 under pyenv to stand for an unsupported version");
+        return;
+    };
+    let scratch = Scratch::new("unsupported-python");
+    let command = || {
+        let mut command = Command::new(&python);
+        command.args(["-c", "import sys; print(sys.version_info[:2]); sys.exit(3)"]);
+        command
+    };
+    let plain = run(&mut command());
+    let traced = run_traced(&scratch, &mut command());
+    assert_eq!(traced.output.stdout, plain.stdout);
+    assert_eq!(traced.output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&traced.output.stderr);
+    let notes: Vec<&str> = stderr.lines().filter(|l| l.contains("version not supported")).collect();
+    assert_eq!(notes.len(), 1, "{stderr}");
+    assert!(notes[0].starts_with("libleak: CPython 3."), "{stderr}");
+    assert!(notes[0].ends_with("recording native stacks only"), "{stderr}");
+    let report = report_json(&traced.trace);
+    assert_eq!(report["python"]["frames_recorded"], false, "{report:#}");
+    assert!(report["python"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("version not supported"));
+    let leaks = report["leaks"].as_array().unwrap();
+    assert!(!leaks.is_empty());
+    assert!(leaks
+        .iter()
+        .all(|l| l["frames"].as_array().unwrap().iter().all(|f| f["kind"] == "native")));
+}
