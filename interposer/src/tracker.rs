@@ -37,6 +37,8 @@ pub const MAX_FRAMES: usize = 256;
 const BATCH_WORDS: usize = 16 * 1024;
 /// Batches in flight before producers wait: bounds the memory the interposer adds.
 const CHANNEL_BATCHES: usize = 64;
+/// How long a producer pauses before offering a message again when the writer is behind.
+const WRITER_BEHIND_PAUSE_US: u64 = 100;
 
 const STARTING: u8 = 0;
 const RECORDING: u8 = 1;
@@ -71,13 +73,22 @@ struct ThreadState {
     in_hook: Cell<bool>,
     slot: Cell<Option<&'static Slot>>,
     thread_id: Cell<u32>,
+    /// Set once the thread's exit destructor ran: its thread-locals (and those of the
+    /// channel) may be gone, so it no longer talks to the writer; the writer's sweep collects
+    /// what it still records.
+    exiting: Cell<bool>,
 }
 
 thread_local! {
     // Const-initialised and without Drop: accessing it never allocates or registers a
     // destructor, so it is safe from inside malloc.
     static THREAD: ThreadState = const {
-        ThreadState { in_hook: Cell::new(false), slot: Cell::new(None), thread_id: Cell::new(0) }
+        ThreadState {
+            in_hook: Cell::new(false),
+            slot: Cell::new(None),
+            thread_id: Cell::new(0),
+            exiting: Cell::new(false),
+        }
     };
 }
 
@@ -169,9 +180,10 @@ fn push_event(write: impl FnOnce(&mut Vec<u64>, u32)) {
             }
         };
         let thread_id = t.thread_id.get();
+        let may_send = !t.exiting.get();
         let full = slot.with_batch(|batch| {
             write(batch, thread_id);
-            (batch.len() >= BATCH_WORDS).then(|| std::mem::replace(batch, fresh_batch()))
+            (batch.len() >= BATCH_WORDS && may_send).then(|| std::mem::replace(batch, fresh_batch()))
         });
         if let Some(full) = full {
             send_batch(full);
@@ -199,14 +211,36 @@ fn send_message(message: Message) {
         STATE.store(OFF, Ordering::Relaxed);
         return;
     }
-    let Some(channels) = CHANNELS.get() else { return };
-    match channels.events.try_send(message) {
-        Ok(()) => {}
-        Err(TrySendError::Full(message)) => {
-            PRODUCER_WAITS.fetch_add(1, Ordering::Relaxed);
-            let _ = channels.events.send(message);
+    offer(message, None);
+}
+
+/// Puts `message` on the writer's channel, retrying while it is full until `deadline`.
+///
+/// Never uses the channel's blocking send: that registers the caller with
+/// `std::thread::current()`, which panics in a thread whose thread-locals are being destroyed
+/// (a thread-exit destructor that frees memory, or libleak's own thread-exit flush).
+fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
+    let Some(channels) = CHANNELS.get() else { return false };
+    let mut waited = false;
+    loop {
+        match channels.events.try_send(message) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(returned)) => {
+                if !waited {
+                    PRODUCER_WAITS.fetch_add(1, Ordering::Relaxed);
+                    waited = true;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return false;
+                }
+                message = returned;
+                sys::sleep_us(WRITER_BEHIND_PAUSE_US);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                STATE.store(OFF, Ordering::Relaxed);
+                return false;
+            }
         }
-        Err(TrySendError::Disconnected(_)) => STATE.store(OFF, Ordering::Relaxed),
     }
 }
 
@@ -235,7 +269,9 @@ pub fn modules_changed() {
         return;
     }
     guarded(|| {
-        let Some(channels) = CHANNELS.get() else { return };
+        if CHANNELS.get().is_none() {
+            return;
+        }
         let exe = exe_path();
         let modules = sys::loaded_modules(&exe);
         // Flush this thread's events first, so the writer sees them against the old map.
@@ -243,21 +279,22 @@ pub fn modules_changed() {
             let batch = slot.with_batch(|batch| std::mem::replace(batch, fresh_batch()));
             send_batch(batch);
         }
-        let _ = channels.events.send(Message::Modules(modules));
+        offer(Message::Modules(modules), None);
         // An embedding program may load the interpreter itself.
         if let Some(runtime) = detect_python(&Config::from_env()) {
-            let _ = channels.events.send(Message::PythonRuntime(runtime));
+            offer(Message::PythonRuntime(runtime), None);
         }
     });
 }
 
+/// The thread is exiting (its key destructor runs). Its partial batch stays in the slot for
+/// the writer's next sweep; the slot becomes free for a new thread, which appends after it.
 pub fn thread_exited(slot: &'static Slot) {
-    guarded(|| {
-        let batch = slot.with_batch(std::mem::take);
-        send_batch(batch);
-        THREAD.with(|t| t.slot.set(None));
-        slot.release();
+    THREAD.with(|t| {
+        t.exiting.set(true);
+        t.slot.set(None);
     });
+    slot.release();
 }
 
 pub fn stop_in_forked_child() {
@@ -432,11 +469,10 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
             let noted = EXIT_STATUS.load(Ordering::Relaxed);
             (noted != i64::MIN).then_some(noted as i32)
         });
-        if let Some(channels) = CHANNELS.get() {
-            let _ = channels
-                .events
-                .send_timeout(Message::Finish { kind, status }, Duration::from_secs(5));
-        }
+        offer(
+            Message::Finish { kind, status },
+            Some(Instant::now() + Duration::from_secs(5)),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while WRITER_DONE.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
             sys::sleep_ms(1);

@@ -51,9 +51,13 @@ pub fn write_stderr(message: &[u8]) {
 }
 
 pub fn sleep_ms(milliseconds: u64) {
+    sleep_us(milliseconds * 1000);
+}
+
+pub fn sleep_us(microseconds: u64) {
     let request = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: (milliseconds * 1_000_000) as libc::c_long,
+        tv_sec: (microseconds / 1_000_000) as libc::time_t,
+        tv_nsec: ((microseconds % 1_000_000) * 1000) as libc::c_long,
     };
     // SAFETY: valid timespec; the remainder pointer may be null.
     unsafe { libc::nanosleep(&request, std::ptr::null_mut()) };
