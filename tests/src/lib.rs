@@ -286,6 +286,35 @@ pub struct Python {
 }
 
 impl Python {
+    /// Runs `script` from `scratch` (also on `PYTHONPATH`) plainly and then under libleak;
+    /// asserts that both succeed with the same stdout and stderr (libleak's own line aside),
+    /// and returns the traced run's report.
+    pub fn run_script_traced(&self, scratch: &Scratch, script: &str, label: &str) -> Value {
+        let command = || {
+            let mut command = Command::new(&self.real_path);
+            command
+                .arg(script)
+                .current_dir(&scratch.path)
+                .env("PYTHONPATH", &scratch.path);
+            command
+        };
+        let plain = run(&mut command());
+        assert!(
+            plain.status.success(),
+            "{label}: {}",
+            String::from_utf8_lossy(&plain.stderr)
+        );
+        let traced = run_traced(scratch, &mut command());
+        assert_eq!(traced.output.stdout, plain.stdout, "{label}: stdout changed");
+        assert_eq!(
+            program_stderr(&traced.output),
+            program_stderr(&plain),
+            "{label}: stderr changed"
+        );
+        assert_eq!(traced.output.status.code(), Some(0), "{label}");
+        report_json(&traced.trace)
+    }
+
     /// Builds a single-file C extension module `name` from `source` into `dir`.
     pub fn build_extension(&self, source: &Path, name: &str, dir: &Path) -> PathBuf {
         let output = dir.join(format!("{name}{}", self.ext_suffix));

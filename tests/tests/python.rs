@@ -4,7 +4,6 @@
 //! prints the same thing as without libleak.
 
 use std::path::Path;
-use std::process::Command;
 
 use libleak_tests::*;
 
@@ -23,23 +22,7 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
         let scratch = Scratch::new(&label);
         python.build_extension(&source, "leaky", &scratch.path);
         std::fs::copy(example.join("app.py"), scratch.join("app.py")).unwrap();
-        let command = || {
-            let mut c = Command::new(&python.real_path);
-            c.arg("app.py")
-                .current_dir(&scratch.path)
-                .env("PYTHONPATH", &scratch.path);
-            c
-        };
-        let plain = run(&mut command());
-        assert!(
-            plain.status.success(),
-            "{label}: {}",
-            String::from_utf8_lossy(&plain.stderr)
-        );
-        let traced = run_traced(&scratch, &mut command());
-        assert_eq!(traced.output.stdout, plain.stdout, "{label}: stdout changed");
-        assert_eq!(traced.output.status.code(), Some(0), "{label}");
-        let report = report_json(&traced.trace);
+        let report = python.run_script_traced(&scratch, "app.py", &label);
         assert_eq!(report["complete"], true, "{label}");
         // Specializing interpreters (3.11+) reach the same C call through different eval-loop
         // paths, so one site can have several native stacks: sum the rows of each site.

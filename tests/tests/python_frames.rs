@@ -70,29 +70,7 @@ fn python_frames_are_spliced_into_native_stacks_on_every_interpreter() {
         let scratch = Scratch::new(&format!("pyframes{}{}", python.version.0, python.version.1));
         python.build_extension(&source, "frames", &scratch.path);
         std::fs::copy(&driver, scratch.join("driver.py")).unwrap();
-        let command = || {
-            let mut command = Command::new(&python.real_path);
-            command
-                .arg("driver.py")
-                .current_dir(&scratch.path)
-                .env("PYTHONPATH", &scratch.path);
-            command
-        };
-        let plain = run(&mut command());
-        assert!(
-            plain.status.success(),
-            "{label}: {}",
-            String::from_utf8_lossy(&plain.stderr)
-        );
-        let traced = run_traced(&scratch, &mut command());
-        assert_eq!(traced.output.stdout, plain.stdout, "{label}: stdout changed");
-        assert_eq!(
-            program_stderr(&traced.output),
-            program_stderr(&plain),
-            "{label}: stderr changed"
-        );
-        assert_eq!(traced.output.status.code(), Some(0), "{label}");
-        let report = report_json(&traced.trace);
+        let report = python.run_script_traced(&scratch, "driver.py", &label);
         assert_eq!(report["python"]["frames_recorded"], true, "{label}");
         assert_eq!(report["python"]["pythonmalloc_set"], true, "{label}");
 
