@@ -203,6 +203,11 @@ pub struct PythonRuntime {
     pub note: String,
 }
 
+/// `major.minor.micro` of a `PY_VERSION_HEX` value.
+pub fn python_version_text(hex: u32) -> String {
+    format!("{}.{}.{}", hex >> 24, hex >> 16 & 0xff, hex >> 8 & 0xff)
+}
+
 /// Counters the interposer keeps about itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {

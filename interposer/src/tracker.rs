@@ -204,8 +204,13 @@ fn send_batch(batch: Vec<u64>) {
     }
 }
 
-/// Hands a message to the writer, waiting (and counting the wait) when it is behind.
+/// Hands a message to the writer, waiting (and counting the wait) when it is behind. An
+/// exiting thread sends nothing (see [`offer`]); its batches wait in its slot for the sweep,
+/// and a code object it defines is lost (its frames then read "unknown code").
 fn send_message(message: Message) {
+    if THREAD.with(|t| t.exiting.get()) {
+        return;
+    }
     if sys::getpid() != PID.load(Ordering::Relaxed) {
         // A child made without fork handlers (clone, _Fork): it has no writer thread.
         STATE.store(OFF, Ordering::Relaxed);

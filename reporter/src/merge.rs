@@ -190,7 +190,8 @@ fn native_frame(
     let eval_by_name = symbolized
         .last()
         .and_then(|f| f.function.as_deref())
-        .is_some_and(|name| name == EVAL_LOOP || name.starts_with(&format!("{EVAL_LOOP}.")));
+        .and_then(|name| name.strip_prefix(EVAL_LOOP))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
     let frames = if symbolized.is_empty() {
         let base = module.path.rsplit('/').next().unwrap_or(&module.path);
         let mut unnamed = frame(

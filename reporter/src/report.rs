@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use libleak_format::{End, ProcessInfo, PythonRuntime, Stats};
+use libleak_format::{python_version_text, End, ProcessInfo, PythonRuntime, Stats};
 use serde_json::{json, Value};
 
 use crate::live::Totals;
@@ -187,10 +187,6 @@ pub fn to_json(report: &Report) -> Value {
         })).collect::<Vec<_>>(),
         "omitted": {"leaks": report.omitted_leaks, "bytes": report.omitted_bytes, "blocks": report.omitted_blocks},
     })
-}
-
-fn python_version_text(hex: u32) -> String {
-    format!("{}.{}.{}", hex >> 24, hex >> 16 & 0xff, hex >> 8 & 0xff)
 }
 
 fn thousands(n: u64) -> String {

@@ -286,6 +286,11 @@ pub struct Python {
 }
 
 impl Python {
+    /// How assertion messages name this interpreter.
+    pub fn label(&self) -> String {
+        format!("python {}.{} ({})", self.version.0, self.version.1, self.path.display())
+    }
+
     /// Runs `script` from `scratch` (also on `PYTHONPATH`) plainly and then under libleak;
     /// asserts that both succeed with the same stdout and stderr (libleak's own line aside),
     /// and returns the traced run's report.

@@ -61,12 +61,7 @@ fn python_frames_are_spliced_into_native_stacks_on_every_interpreter() {
     let c = |marker: &str| line_of("pyframes/frames.c", marker);
     let py = |marker: &str| line_of("pyframes/driver.py", marker);
     for python in pythons {
-        let label = format!(
-            "python {}.{} ({})",
-            python.version.0,
-            python.version.1,
-            python.path.display()
-        );
+        let label = python.label();
         let scratch = Scratch::new(&format!("pyframes{}{}", python.version.0, python.version.1));
         python.build_extension(&source, "frames", &scratch.path);
         std::fs::copy(&driver, scratch.join("driver.py")).unwrap();

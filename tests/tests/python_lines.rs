@@ -27,12 +27,7 @@ fn decoded_lines_match_the_interpreter_at_every_offset() {
     let pythons = pythons();
     assert!(!pythons.is_empty(), "no usable Python interpreter found");
     for python in pythons {
-        let label = format!(
-            "python {}.{} ({})",
-            python.version.0,
-            python.version.1,
-            python.path.display()
-        );
+        let label = python.label();
         let out = run(Command::new(&python.real_path).arg(&script).args(MODULES));
         assert!(
             out.status.success(),

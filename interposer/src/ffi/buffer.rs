@@ -32,11 +32,6 @@ impl<const N: usize> WordBuffer<N> {
     }
 
     #[inline(always)]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    #[inline(always)]
     pub fn as_slice(&self) -> &[u64] {
         // SAFETY: the first `len` words were written by `push`.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u64, self.len) }

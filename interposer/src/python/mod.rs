@@ -12,10 +12,10 @@
 mod codes;
 pub mod layouts;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use libleak_format::{PythonCode, PythonRuntime};
+use libleak_format::{python_version_text, PythonCode, PythonRuntime};
 
 use crate::ffi::buffer::WordBuffer;
 use crate::ffi::python::{self as raw, Symbols};
@@ -38,18 +38,16 @@ static WALKING: AtomicBool = AtomicBool::new(false);
 /// Set once a walk has read a genuine code object; until then a bad first walk disables
 /// Python frames for good (the layout does not match this build).
 static CONFIRMED: AtomicBool = AtomicBool::new(false);
-static DETECTION: AtomicU8 = AtomicU8::new(NOT_FOUND);
-const NOT_FOUND: u8 = 0;
-const FOUND: u8 = 1;
+static FOUND: AtomicBool = AtomicBool::new(false);
 
 /// Looks for a CPython interpreter in the process. Returns what the trace should say about
 /// it, or `None` when there is no interpreter (yet: call again after a `dlopen`).
 pub fn detect() -> Option<PythonRuntime> {
-    if DETECTION.load(Ordering::Acquire) == FOUND {
+    if FOUND.load(Ordering::Acquire) {
         return None;
     }
     let symbols = raw::find_symbols()?;
-    DETECTION.store(FOUND, Ordering::Release);
+    FOUND.store(true, Ordering::Release);
     let mut runtime = PythonRuntime {
         python_version: symbols.version_hex,
         eval_loop_start: symbols.eval_loop_start as u64,
@@ -59,7 +57,12 @@ pub fn detect() -> Option<PythonRuntime> {
     let minor = (symbols.version_hex >> 16 & 0xff) as u8;
     let major = symbols.version_hex >> 24;
     match layouts::for_minor(minor).filter(|_| major == 3) {
-        None => runtime.note = format!("CPython {}: version not supported", version_text(symbols.version_hex)),
+        None => {
+            runtime.note = format!(
+                "CPython {}: version not supported",
+                python_version_text(symbols.version_hex)
+            )
+        }
         Some(layout) => match check_runtime(&symbols, layout) {
             Err(reason) => runtime.note = reason,
             Ok(()) => {
@@ -90,27 +93,22 @@ fn check_runtime(symbols: &Symbols, layout: &Layout) -> Result<(), String> {
     Ok(())
 }
 
-pub fn version_text(hex: u32) -> String {
-    format!("{}.{}.{}", hex >> 24, hex >> 16 & 0xff, hex >> 8 & 0xff)
-}
-
-/// Appends the calling thread's Python stack to `out` (innermost first) and returns how many
-/// words were added. `define` receives each code object seen for the first time.
-pub fn capture(out: &mut WordBuffer<MAX_WORDS>, define: &mut dyn FnMut(PythonCode)) -> usize {
+/// Appends the calling thread's Python stack to `out`, innermost first. `define` receives
+/// each code object seen for the first time.
+pub fn capture(out: &mut WordBuffer<MAX_WORDS>, define: &mut dyn FnMut(PythonCode)) {
     if !WALKING.load(Ordering::Relaxed) {
-        return 0;
+        return;
     }
-    let Some(interpreter) = INTERPRETER.get() else { return 0 };
+    let Some(interpreter) = INTERPRETER.get() else { return };
     let state = interpreter.symbols.current_thread_state();
     if state == 0 {
-        return 0;
+        return;
     }
     let finalizing: usize = raw::read(interpreter.symbols.runtime + interpreter.layout.finalizing).unwrap_or(0);
     if finalizing != 0 && finalizing != state {
         // Other threads' states are being freed: this one may already be gone.
-        return 0;
+        return;
     }
-    let start = out.len();
     let mut walk = Walk {
         interpreter,
         out,
@@ -120,7 +118,6 @@ pub fn capture(out: &mut WordBuffer<MAX_WORDS>, define: &mut dyn FnMut(PythonCod
         FrameChain::FrameObjects { .. } => walk.frame_objects(state),
         FrameChain::InterpreterFrames { .. } => walk.interpreter_frames(state),
     }
-    walk.out.len() - start
 }
 
 struct Walk<'a> {
