@@ -310,6 +310,35 @@ impl<R: Read> TraceReader<R> {
                     note: string(c)?,
                 })
             }
+            tag::BLOCK_CLASSES => {
+                let count = usize::try_from(c.u64()?).ok()?;
+                // Each entry takes at least two bytes: a count beyond that is corruption, and
+                // must not size an allocation.
+                if count > c.remaining() / 2 {
+                    return None;
+                }
+                let mut entries = Vec::with_capacity(count);
+                let mut address = 0u64;
+                for _ in 0..count {
+                    address = address.wrapping_add(c.i64()? as u64);
+                    entries.push(BlockClass {
+                        address,
+                        class: LeakClass::from_u8(c.u8()?)?,
+                    });
+                }
+                Record::BlockClasses(entries)
+            }
+            tag::REACHABILITY => Record::Reachability(Reachability {
+                outcome: ScanOutcome::from_u8(c.u8()?)?,
+                duration_us: c.u64()?,
+                blocks: c.u64()?,
+                root_bytes: c.u64()?,
+                heap_bytes: c.u64()?,
+                python_objects: c.u64()?,
+                threads: c.u64()?,
+                threads_unknown: c.u64()?,
+                note: string(c)?,
+            }),
             tag::STATS => Record::Stats(stats(c)?),
             tag::END => {
                 let kind = ExitKind::from_u8(c.u8()?)?;
@@ -420,6 +449,27 @@ mod tests {
                 producer_waits: 2,
                 truncated_stacks: 3,
             }),
+            Record::BlockClasses(vec![
+                BlockClass {
+                    address: 0x7000_0000_1000,
+                    class: LeakClass::DefinitelyLost,
+                },
+                BlockClass {
+                    address: 0x5000,
+                    class: LeakClass::PossiblyLost,
+                },
+            ]),
+            Record::Reachability(Reachability {
+                outcome: ScanOutcome::Complete,
+                duration_us: 1234,
+                blocks: 10,
+                root_bytes: 1 << 20,
+                heap_bytes: 4096,
+                python_objects: 3,
+                threads: 2,
+                threads_unknown: 1,
+                note: "n".into(),
+            }),
             Record::End(End {
                 kind: ExitKind::UnderscoreExit,
                 status: Some(-3),
@@ -442,6 +492,8 @@ mod tests {
                 Record::PythonCode(p) => encoder.python_code(p),
                 Record::PythonRuntime(r) => encoder.python_runtime(r),
                 Record::Stats(s) => encoder.stats(s),
+                Record::BlockClasses(entries) => encoder.block_classes(entries),
+                Record::Reachability(r) => encoder.reachability(r),
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {

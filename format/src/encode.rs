@@ -7,7 +7,10 @@ use std::io::{self, Write};
 use flate2::write::DeflateEncoder;
 use flate2::Compression;
 
-use crate::record::{frame_kind, tag, Alloc, End, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime, Stats};
+use crate::record::{
+    frame_kind, tag, Alloc, BlockClass, End, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime, Reachability,
+    Stats,
+};
 use crate::varint::{put_bytes, put_i64, put_u64};
 use crate::{FORMAT_VERSION, HEADER_LEN, MAGIC};
 
@@ -142,6 +145,37 @@ impl RecordEncoder {
         let flags = u64::from(runtime.frames_recorded) | (u64::from(runtime.pythonmalloc_set) << 1);
         put_u64(out, flags);
         put_bytes(out, runtime.note.as_bytes());
+    }
+
+    /// Entries must be sorted by address; the caller splits long lists into several records.
+    pub fn block_classes(&mut self, entries: &[BlockClass]) {
+        let out = &mut self.payload;
+        out.push(tag::BLOCK_CLASSES);
+        put_u64(out, entries.len() as u64);
+        let mut previous = 0u64;
+        for entry in entries {
+            put_i64(out, entry.address.wrapping_sub(previous) as i64);
+            out.push(entry.class as u8);
+            previous = entry.address;
+        }
+    }
+
+    pub fn reachability(&mut self, scan: &Reachability) {
+        let out = &mut self.payload;
+        out.push(tag::REACHABILITY);
+        out.push(scan.outcome as u8);
+        for value in [
+            scan.duration_us,
+            scan.blocks,
+            scan.root_bytes,
+            scan.heap_bytes,
+            scan.python_objects,
+            scan.threads,
+            scan.threads_unknown,
+        ] {
+            put_u64(out, value);
+        }
+        put_bytes(out, scan.note.as_bytes());
     }
 
     fn stats_fields(out: &mut Vec<u8>, stats: &Stats) {

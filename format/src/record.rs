@@ -13,6 +13,8 @@ pub(crate) mod tag {
     pub const STATS: u8 = 0x08;
     pub const END: u8 = 0x09;
     pub const PYTHON_RUNTIME: u8 = 0x0A;
+    pub const BLOCK_CLASSES: u8 = 0x0B;
+    pub const REACHABILITY: u8 = 0x0C;
 }
 
 /// Frame kind bytes inside a stack node record.
@@ -41,6 +43,9 @@ pub enum Record {
     Free(Free),
     PythonCode(PythonCode),
     PythonRuntime(PythonRuntime),
+    /// Classes of blocks live at exit that are not reachable (see [`Reachability`]).
+    BlockClasses(Vec<BlockClass>),
+    Reachability(Reachability),
     Stats(Stats),
     End(End),
 }
@@ -259,4 +264,95 @@ pub struct End {
     /// The status passed to `exit`/`_exit`, when the interposer saw it.
     pub status: Option<i32>,
     pub stats: Stats,
+}
+
+/// How the exit-time scan found a block that was live at exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LeakClass {
+    /// No pointer to the block from outside lost memory: nobody can free it.
+    DefinitelyLost = 1,
+    /// Reachable only from definitely lost blocks: it goes when they go.
+    IndirectlyLost = 2,
+    /// Reached only through pointers into its middle: probably lost.
+    PossiblyLost = 3,
+    /// A pointer to its start is held by a root or by another reachable block.
+    Reachable = 0,
+}
+
+impl LeakClass {
+    pub fn from_u8(value: u8) -> Option<LeakClass> {
+        match value {
+            0 => Some(LeakClass::Reachable),
+            1 => Some(LeakClass::DefinitelyLost),
+            2 => Some(LeakClass::IndirectlyLost),
+            3 => Some(LeakClass::PossiblyLost),
+            _ => None,
+        }
+    }
+
+    /// The name used in reports and the JSON schema.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeakClass::DefinitelyLost => "definitely-lost",
+            LeakClass::IndirectlyLost => "indirectly-lost",
+            LeakClass::PossiblyLost => "possibly-lost",
+            LeakClass::Reachable => "reachable",
+        }
+    }
+
+    /// Whether the block counts as a leak (reachable blocks do not).
+    pub fn is_leak(self) -> bool {
+        self != LeakClass::Reachable
+    }
+}
+
+/// One block's class, by its address (unique among the blocks live at exit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockClass {
+    pub address: u64,
+    pub class: LeakClass,
+}
+
+/// How the exit-time scan went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScanOutcome {
+    /// Every block was classified; blocks without a BLOCK_CLASSES entry are reachable.
+    Complete = 0,
+    /// The time limit ran out: no block is classified.
+    CutShort = 1,
+    /// The scan could not run (see the note): no block is classified.
+    #[default]
+    Failed = 2,
+}
+
+impl ScanOutcome {
+    pub fn from_u8(value: u8) -> Option<ScanOutcome> {
+        match value {
+            0 => Some(ScanOutcome::Complete),
+            1 => Some(ScanOutcome::CutShort),
+            2 => Some(ScanOutcome::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// The summary of the exit-time reachability scan; follows its BLOCK_CLASSES records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reachability {
+    pub outcome: ScanOutcome,
+    pub duration_us: u64,
+    /// Blocks live at exit that the scan examined.
+    pub blocks: u64,
+    /// Bytes of roots scanned: module data, thread stacks, other mappings.
+    pub root_bytes: u64,
+    /// Bytes of live blocks scanned.
+    pub heap_bytes: u64,
+    /// Blocks recognised as Python objects tracked by the garbage collector.
+    pub python_objects: u64,
+    /// Threads (other than libleak's) whose stacks were scanned from their stack pointer.
+    pub threads: u64,
+    /// Threads whose stack pointer could not be read: every stack-like mapping was scanned
+    /// whole for them, which can only make more blocks reachable.
+    pub threads_unknown: u64,
+    pub note: String,
 }

@@ -42,6 +42,11 @@ impl<'a> Cursor<'a> {
         Some(byte)
     }
 
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+
     pub fn u64(&mut self) -> Option<u64> {
         let mut value: u64 = 0;
         for shift in (0..64).step_by(7) {

@@ -8,11 +8,20 @@
 //!   process runs CPython and `PYTHONMALLOC` is unset, libleak sets `PYTHONMALLOC=malloc`
 //!   before the interpreter starts, so that Python objects are allocated (and seen) through
 //!   malloc instead of pymalloc's arenas.
+//! - `LIBLEAK_SCAN=0`: skip the reachability scan at exit (blocks stay unclassified).
+//! - `LIBLEAK_SCAN_SECONDS`: time limit of that scan (default 30); past it the trace says
+//!   the scan was cut short.
+
+use std::time::Duration;
+
+const DEFAULT_SCAN_SECONDS: f64 = 30.0;
 
 pub struct Config {
     pub output_template: Option<String>,
     pub disabled: bool,
     pub python_malloc: PythonMalloc,
+    /// Time limit of the exit-time reachability scan; `None` when it is turned off.
+    pub scan_time_limit: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +43,15 @@ impl Config {
                 PythonMalloc::Keep
             } else {
                 PythonMalloc::SetMalloc
+            },
+            scan_time_limit: if var("LIBLEAK_SCAN").is_some_and(|v| v == "0") {
+                None
+            } else {
+                let seconds = var("LIBLEAK_SCAN_SECONDS")
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .unwrap_or(DEFAULT_SCAN_SECONDS);
+                Some(Duration::from_secs_f64(seconds.min(86_400.0)))
             },
         }
     }

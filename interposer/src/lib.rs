@@ -9,6 +9,7 @@
 //!   event encoding into per-thread batches, start-up and exit.
 //! - [`writer`]: the writer thread: stack interning, module map, encoding, compression.
 //! - [`python`]: finding CPython and walking the allocating thread's Python frames.
+//! - [`reach`]: the exit-time reachability scan that classifies the blocks live at exit.
 //! - [`stack_words`]: how native and Python frames travel from hooks to the writer.
 //! - [`config`]: the `LIBLEAK_*` environment variables, parsed once.
 //!
@@ -20,6 +21,7 @@
 mod config;
 mod ffi;
 mod python;
+mod reach;
 mod stack_words;
 mod tracker;
 mod writer;

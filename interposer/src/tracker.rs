@@ -27,7 +27,8 @@ use crate::ffi::buffer::WordBuffer;
 use crate::ffi::slots::{self, Slot};
 use crate::ffi::{hooks, sys, unwind};
 use crate::python;
-use crate::writer::{Message, Writer};
+use crate::reach::ExitingThread;
+use crate::writer::{Ending, Message, Writer};
 
 pub const EVENT_ALLOC: u64 = 1;
 pub const EVENT_FREE: u64 = 2;
@@ -55,6 +56,9 @@ static OWN_CODE_END: AtomicUsize = AtomicUsize::new(0);
 static REENTRANT_CALLS: AtomicU64 = AtomicU64::new(0);
 static PRODUCER_WAITS: AtomicU64 = AtomicU64::new(0);
 static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
+/// The exit scan's time limit in milliseconds (0: no scan): the exiting thread waits that
+/// much longer for the writer.
+static SCAN_TIME_LIMIT: AtomicU64 = AtomicU64::new(0);
 
 /// Set by the writer once the end marker is on disk.
 pub static WRITER_DONE: AtomicU8 = AtomicU8::new(0);
@@ -365,8 +369,22 @@ fn start_recording() -> Result<(), String> {
     });
     let key = sys::ThreadExitKey::create(hooks::thread_exit).ok_or("cannot create a thread key")?;
     let _ = EXIT_KEY.set(key);
-    let writer = Writer::new(file, info, modules, python_runtime, events_rx, spare_tx)
-        .map_err(|e| format!("cannot write {path}: {e}"))?;
+    let own_code = OWN_CODE_START.load(Ordering::Relaxed) as u64;
+    let writer = Writer::new(
+        file,
+        info,
+        modules,
+        python_runtime,
+        events_rx,
+        spare_tx,
+        own_code,
+        config.scan_time_limit,
+    )
+    .map_err(|e| format!("cannot write {path}: {e}"))?;
+    SCAN_TIME_LIMIT.store(
+        config.scan_time_limit.map_or(0, |d| d.as_millis() as u64),
+        Ordering::Relaxed,
+    );
     *WRITER_INIT.lock().map_err(|_| "start-up lock poisoned")? = Some(writer);
     let _ = TRACE_PATH.set(path);
     PID.store(sys::getpid(), Ordering::Relaxed);
@@ -474,11 +492,22 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
             let noted = EXIT_STATUS.load(Ordering::Relaxed);
             (noted != i64::MIN).then_some(noted as i32)
         });
+        // `_exit` and `abort` skip exit handlers and interpreter finalisation: what is live
+        // then is not what the program leaves behind, so there is nothing to classify.
+        let scan_from = (kind == ExitKind::Exit).then(|| ExitingThread {
+            tid: sys::gettid(),
+            stack_pointer: crate::ffi::memory::stack_pointer(),
+        });
         offer(
-            Message::Finish { kind, status },
+            Message::Finish(Ending {
+                kind,
+                status,
+                scan_from,
+            }),
             Some(Instant::now() + Duration::from_secs(5)),
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let scan_limit = Duration::from_millis(SCAN_TIME_LIMIT.load(Ordering::Relaxed));
+        let deadline = Instant::now() + Duration::from_secs(10) + scan_limit;
         while WRITER_DONE.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
             sys::sleep_ms(1);
         }

@@ -12,17 +12,46 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use libleak_format::live::{LiveBlock, LiveSet};
 use libleak_format::{
     Alloc, AllocKind, ChunkWriter, End, ExitKind, Free, Module, ProcessInfo, PythonCode, PythonRuntime, RecordEncoder,
 };
 
 use crate::ffi::sys;
+use crate::reach::{self, ExitingThread, ScanInput};
 use crate::stack_words;
 use crate::tracker::{self, EVENT_ALLOC, EVENT_FREE};
 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(40);
 const CHUNK_BYTES: usize = 1 << 20;
+/// Block classes per BLOCK_CLASSES record.
+const CLASSES_PER_RECORD: usize = 4096;
+
+/// What the writer keeps of a live block, for the exit-time scan.
+#[derive(Clone, Copy)]
+struct Block {
+    seq: u64,
+    size: u64,
+}
+
+impl LiveBlock for Block {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// How the writer ends the trace.
+pub struct Ending {
+    pub kind: ExitKind,
+    pub status: Option<i32>,
+    /// The thread that called exit, when the live set should be scanned for reachability.
+    pub scan_from: Option<ExitingThread>,
+}
 
 pub enum Message {
     Batch(Vec<u64>),
@@ -32,10 +61,7 @@ pub enum Message {
     PythonCode(Box<PythonCode>),
     /// An interpreter found after start-up (loaded by `dlopen`).
     PythonRuntime(PythonRuntime),
-    Finish {
-        kind: ExitKind,
-        status: Option<i32>,
-    },
+    Finish(Ending),
 }
 
 pub struct Writer {
@@ -55,6 +81,10 @@ pub struct Writer {
     main_exe: String,
     loader_generation: (u64, u64),
     last_flush: Instant,
+    live: LiveSet<Block>,
+    /// Where libleak itself is loaded: excluded from the scan's roots.
+    own_code: u64,
+    scan_time_limit: Option<Duration>,
 }
 
 impl Writer {
@@ -65,6 +95,8 @@ impl Writer {
         python_runtime: Option<PythonRuntime>,
         events: Receiver<Message>,
         spare_batches: Sender<Vec<u64>>,
+        own_code: u64,
+        scan_time_limit: Option<Duration>,
     ) -> std::io::Result<Writer> {
         let mut writer = Writer {
             chunks: ChunkWriter::new(file)?,
@@ -79,6 +111,9 @@ impl Writer {
             main_exe: info.exe.clone(),
             loader_generation: sys::loader_generation(),
             last_flush: Instant::now(),
+            live: LiveSet::new(),
+            own_code,
+            scan_time_limit,
         };
         writer.encoder.process(&info);
         writer.update_modules(modules);
@@ -98,7 +133,7 @@ impl Writer {
                 Ok(Message::Modules(modules)) => self.update_modules(modules),
                 Ok(Message::PythonCode(code)) => self.encoder.python_code(&code),
                 Ok(Message::PythonRuntime(runtime)) => self.encoder.python_runtime(&runtime),
-                Ok(Message::Finish { kind, status }) => return self.finish(kind, status),
+                Ok(Message::Finish(ending)) => return self.finish(ending),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
@@ -116,29 +151,56 @@ impl Writer {
         }
     }
 
-    fn finish(&mut self, kind: ExitKind, status: Option<i32>) -> Result<(), String> {
+    fn finish(&mut self, ending: Ending) -> Result<(), String> {
         while let Ok(message) = self.events.try_recv() {
             match message {
                 Message::Batch(batch) => self.process_batch(batch),
                 Message::Modules(modules) => self.update_modules(modules),
                 Message::PythonCode(code) => self.encoder.python_code(&code),
                 Message::PythonRuntime(runtime) => self.encoder.python_runtime(&runtime),
-                Message::Finish { .. } => {}
+                Message::Finish(_) => {}
             }
         }
         tracker::take_all_batches(|batch| self.process_batch(batch));
+        if let (Some(exiting), Some(time_limit)) = (ending.scan_from, self.scan_time_limit) {
+            self.scan_reachability(exiting, time_limit);
+        }
         self.encoder.end(&End {
-            kind,
-            status,
+            kind: ending.kind,
+            status: ending.status,
             stats: tracker::stats(),
         });
         self.flush().map_err(|e| format!("cannot write the trace: {e}"))
     }
 
+    fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration) {
+        // Modules loaded since the last snapshot hold roots too.
+        self.update_modules(sys::loaded_modules(&self.main_exe));
+        let blocks = self
+            .live
+            .live_blocks()
+            .into_iter()
+            .map(|(address, block)| (address, block.size))
+            .collect();
+        let own_module = self.modules.iter().find(|m| m.contains(self.own_code));
+        let result = reach::scan(ScanInput {
+            blocks,
+            modules: &self.modules,
+            own_module,
+            exiting: Some(exiting),
+            python: crate::python::gc::objects(),
+            time_limit,
+        });
+        for classes in result.classes.chunks(CLASSES_PER_RECORD) {
+            self.encoder.block_classes(classes);
+        }
+        self.encoder.reachability(&result.summary);
+    }
+
     /// After a write error: keep producers from blocking until the process ends.
     fn discard_until_finish(&mut self) {
         while let Ok(message) = self.events.recv() {
-            if let Message::Finish { .. } = message {
+            if let Message::Finish(_) = message {
                 return;
             }
         }
@@ -162,17 +224,20 @@ impl Writer {
                     let frames_end = (at + 4 + frame_count).min(batch.len());
                     let stack = self.intern_stack(&batch[at + 4..frames_end]);
                     let kind = AllocKind::from_u8(((header >> 8) & 0xff) as u8).unwrap_or(AllocKind::Malloc);
+                    let (seq, address, size) = (batch[at + 1], batch[at + 2], batch[at + 3]);
+                    self.live.alloc(address, Block { seq, size });
                     self.encoder.alloc(&Alloc {
-                        seq: batch[at + 1],
+                        seq,
                         thread_id,
-                        address: batch[at + 2],
-                        size: batch[at + 3],
+                        address,
+                        size,
                         stack,
                         kind,
                     });
                     at = frames_end;
                 }
                 EVENT_FREE if at + 3 <= batch.len() => {
+                    self.live.free(batch[at + 2], batch[at + 1]);
                     self.encoder.free(&Free {
                         seq: batch[at + 1],
                         thread_id,

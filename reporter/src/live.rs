@@ -1,19 +1,9 @@
-//! The live set: which blocks are allocated at the end of the event stream.
-//!
-//! Events reach the trace in batch order, not in program order: a free on one thread can
-//! appear after a later allocation of the same address on another. Sequence numbers give
-//! the true order (the tracker takes a free's number before the real free and an
-//! allocation's after the real allocation). Per address, true order alternates
-//! alloc, free, alloc, …; so an alloc immediately followed by a free in sequence order among
-//! the events seen so far is a matched pair, whatever arrives later, and both can be
-//! forgotten. What remains per address is tiny, so memory follows the live set, not the
-//! trace length.
-//!
-//! Must stay pure (no I/O, no symbols) so that it can be tested on synthetic events.
+//! The reporter's view of a block live at exit. The live-set rules themselves are shared
+//! with the interposer and live in [`libleak_format::live`].
 
-use std::collections::HashMap;
+use libleak_format::{AllocKind, LeakClass};
 
-use libleak_format::AllocKind;
+pub use libleak_format::live::{LiveSet, Totals};
 
 /// One allocation that is still live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,168 +14,16 @@ pub struct LiveBlock {
     pub stack: u64,
     pub kind: AllocKind,
     pub thread_id: u32,
+    /// What the exit-time scan found; `None` when the trace has no complete scan.
+    pub class: Option<LeakClass>,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Pending {
-    Alloc(LiveBlock),
-    Free { seq: u64 },
-}
-
-impl Pending {
+impl libleak_format::live::LiveBlock for LiveBlock {
     fn seq(&self) -> u64 {
-        match self {
-            Pending::Alloc(block) => block.seq,
-            Pending::Free { seq } => *seq,
-        }
-    }
-}
-
-/// Running totals over the stream.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub allocations: u64,
-    pub frees: u64,
-    /// Largest live byte count seen while replaying (exact to within one writer batch).
-    pub peak_bytes: u64,
-    pub live_bytes: u64,
-    pub live_blocks: u64,
-    /// Frees of addresses never seen allocated (blocks from before recording started).
-    pub unmatched_frees: u64,
-}
-
-#[derive(Default)]
-pub struct LiveSet {
-    by_address: HashMap<u64, Vec<Pending>>,
-    totals: Totals,
-}
-
-impl LiveSet {
-    pub fn new() -> Self {
-        Self::default()
+        self.seq
     }
 
-    pub fn alloc(&mut self, block: LiveBlock) {
-        self.totals.allocations += 1;
-        self.totals.live_bytes += block.size;
-        self.totals.live_blocks += 1;
-        self.totals.peak_bytes = self.totals.peak_bytes.max(self.totals.live_bytes);
-        self.insert(block.address, Pending::Alloc(block));
-    }
-
-    pub fn free(&mut self, address: u64, seq: u64) {
-        self.insert(address, Pending::Free { seq });
-    }
-
-    fn insert(&mut self, address: u64, event: Pending) {
-        let events = self.by_address.entry(address).or_default();
-        let at = events.partition_point(|e| e.seq() < event.seq());
-        events.insert(at, event);
-        // The new event can only complete a pair with its immediate neighbours.
-        let pair_start = match event {
-            Pending::Alloc(_) => (matches!(events.get(at + 1), Some(Pending::Free { .. }))).then_some(at),
-            Pending::Free { .. } => (at > 0 && matches!(events.get(at - 1), Some(Pending::Alloc(_)))).then(|| at - 1),
-        };
-        if let Some(start) = pair_start {
-            if let Pending::Alloc(block) = events[start] {
-                self.totals.live_bytes -= block.size;
-                self.totals.live_blocks -= 1;
-                self.totals.frees += 1;
-            }
-            events.drain(start..start + 2);
-        }
-        if events.is_empty() {
-            self.by_address.remove(&address);
-        }
-    }
-
-    /// Totals so far, counting frees that matched nothing as unmatched.
-    pub fn totals(&self) -> Totals {
-        let mut totals = self.totals;
-        totals.unmatched_frees = self
-            .by_address
-            .values()
-            .flatten()
-            .filter(|e| matches!(e, Pending::Free { .. }))
-            .count() as u64;
-        totals
-    }
-
-    /// Every block still live, in sequence order.
-    pub fn live_blocks(&self) -> Vec<LiveBlock> {
-        let mut blocks: Vec<LiveBlock> = self
-            .by_address
-            .values()
-            .flatten()
-            .filter_map(|e| match e {
-                Pending::Alloc(block) => Some(*block),
-                Pending::Free { .. } => None,
-            })
-            .collect();
-        blocks.sort_by_key(|b| b.seq);
-        blocks
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn block(seq: u64, address: u64, size: u64) -> LiveBlock {
-        LiveBlock {
-            seq,
-            address,
-            size,
-            stack: 1,
-            kind: AllocKind::Malloc,
-            thread_id: 1,
-        }
-    }
-
-    #[test]
-    fn in_order_pairs_cancel() {
-        let mut live = LiveSet::new();
-        live.alloc(block(1, 0x10, 8));
-        live.free(0x10, 2);
-        live.alloc(block(3, 0x10, 16));
-        assert_eq!(live.live_blocks(), vec![block(3, 0x10, 16)]);
-        let totals = live.totals();
-        assert_eq!(
-            (totals.allocations, totals.frees, totals.live_bytes, totals.peak_bytes),
-            (2, 1, 16, 16)
-        );
-    }
-
-    #[test]
-    fn reuse_across_threads_arriving_out_of_order() {
-        // Thread B's reuse of 0x10 (seq 5) arrives before thread A's free (seq 4) and even
-        // before A's original allocation (seq 1).
-        let mut live = LiveSet::new();
-        live.alloc(block(5, 0x10, 32));
-        live.free(0x10, 4);
-        live.alloc(block(1, 0x10, 8));
-        assert_eq!(live.live_blocks(), vec![block(5, 0x10, 32)]);
-        assert_eq!(live.totals().frees, 1);
-        assert_eq!(live.totals().unmatched_frees, 0);
-    }
-
-    #[test]
-    fn late_free_of_the_second_block() {
-        let mut live = LiveSet::new();
-        live.alloc(block(1, 0x10, 8));
-        live.alloc(block(3, 0x10, 8));
-        live.free(0x10, 4);
-        live.free(0x10, 2);
-        assert!(live.live_blocks().is_empty());
-        assert_eq!(live.totals().live_bytes, 0);
-    }
-
-    #[test]
-    fn frees_of_unknown_blocks_are_kept_apart() {
-        let mut live = LiveSet::new();
-        live.free(0x20, 1);
-        live.alloc(block(2, 0x20, 4));
-        assert_eq!(live.live_blocks(), vec![block(2, 0x20, 4)]);
-        assert_eq!(live.totals().unmatched_frees, 1);
+    fn size(&self) -> u64 {
+        self.size
     }
 }

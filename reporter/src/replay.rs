@@ -8,7 +8,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use libleak_format::{
-    DecodeError, End, Frame, Module, ProcessInfo, PythonCode, PythonRuntime, Record, Stats, TraceReader,
+    DecodeError, End, Frame, LeakClass, Module, ProcessInfo, PythonCode, PythonRuntime, Reachability, Record,
+    ScanOutcome, Stats, TraceReader,
 };
 
 use crate::live::{LiveBlock, LiveSet, Totals};
@@ -83,6 +84,8 @@ pub struct Trace {
     pub python: Option<PythonRuntime>,
     pub totals: Totals,
     pub live: Vec<LiveBlock>,
+    /// The exit-time reachability scan, when the process ran one.
+    pub reachability: Option<Reachability>,
     pub end: Option<End>,
     pub stats: Stats,
     pub incomplete: Option<Incompleteness>,
@@ -102,6 +105,8 @@ impl Trace {
         let mut python_codes = HashMap::new();
         let mut python = None;
         let mut live = LiveSet::new();
+        let mut classes: HashMap<u64, LeakClass> = HashMap::new();
+        let mut reachability = None;
         let mut end = None;
         let mut stats = Stats::default();
         while let Some(record) = reader.next_record()? {
@@ -140,19 +145,27 @@ impl Trace {
                     };
                     nodes.push(StackNode { parent, frame, module });
                 }
-                Record::Alloc(alloc) => live.alloc(LiveBlock {
-                    seq: alloc.seq,
-                    address: alloc.address,
-                    size: alloc.size,
-                    stack: alloc.stack,
-                    kind: alloc.kind,
-                    thread_id: alloc.thread_id,
-                }),
+                Record::Alloc(alloc) => live.alloc(
+                    alloc.address,
+                    LiveBlock {
+                        seq: alloc.seq,
+                        address: alloc.address,
+                        size: alloc.size,
+                        stack: alloc.stack,
+                        kind: alloc.kind,
+                        thread_id: alloc.thread_id,
+                        class: None,
+                    },
+                ),
                 Record::Free(free) => live.free(free.address, free.seq),
                 Record::PythonCode(code) => {
                     python_codes.insert(code.id, code);
                 }
                 Record::PythonRuntime(runtime) => python = Some(runtime),
+                Record::BlockClasses(entries) => {
+                    classes.extend(entries.iter().map(|entry| (entry.address, entry.class)));
+                }
+                Record::Reachability(scan) => reachability = Some(scan),
                 Record::Stats(s) => stats = s,
                 Record::End(e) => {
                     stats = e.stats;
@@ -160,6 +173,7 @@ impl Trace {
                 }
             }
         }
+        let live_totals = live.totals();
         let incomplete = match end {
             None => Some(Incompleteness::Truncated {
                 mid_chunk: reader.is_truncated(),
@@ -167,14 +181,24 @@ impl Trace {
             Some(e) if e.kind != libleak_format::ExitKind::Exit => Some(Incompleteness::AbnormalExit(e)),
             Some(_) => None,
         };
+        let mut live: Vec<LiveBlock> = live.live_blocks().into_iter().map(|(_, block)| block).collect();
+        if reachability
+            .as_ref()
+            .is_some_and(|scan| scan.outcome == ScanOutcome::Complete)
+        {
+            for block in &mut live {
+                block.class = Some(classes.get(&block.address).copied().unwrap_or(LeakClass::Reachable));
+            }
+        }
         Ok(Trace {
             process: process.ok_or(ReplayError::NoProcess)?,
             modules,
             nodes,
             python_codes,
             python,
-            totals: live.totals(),
-            live: live.live_blocks(),
+            totals: live_totals,
+            live,
+            reachability,
             end,
             stats,
             incomplete,

@@ -74,33 +74,34 @@ pub struct Report {
 }
 
 pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: ReportOptions) -> Report {
-    let mut groups: HashMap<u64, (u64, u64, &'static str)> = HashMap::new();
+    let mut groups: HashMap<(u64, &'static str), (u64, u64, &'static str)> = HashMap::new();
     for block in &trace.live {
-        let group = groups.entry(block.stack).or_insert((0, 0, block.kind.name()));
+        let class = block.class.map_or("unclassified", |c| c.name());
+        let group = groups.entry((block.stack, class)).or_insert((0, 0, block.kind.name()));
         group.0 += block.size;
         group.1 += 1;
     }
     // Stacks that differ only in frames the report hides (interpreter plumbing reached by
     // another eval-loop path, say) read the same: they are one leak to the user.
     let interpreter = Interpreter::of(trace);
-    let mut stacks: Vec<(u64, u64, u64, &'static str)> = groups
+    let mut stacks: Vec<((u64, &'static str), u64, u64, &'static str)> = groups
         .into_iter()
         .map(|(stack, (bytes, blocks, allocator))| (stack, bytes, blocks, allocator))
         .collect();
     stacks.sort_by_key(|s| s.0);
-    let mut by_frames: HashMap<Vec<ReportFrame>, usize> = HashMap::new();
+    let mut by_frames: HashMap<(Vec<ReportFrame>, &'static str), usize> = HashMap::new();
     let mut ranked: Vec<Leak> = Vec::new();
-    for (stack, bytes, blocks, allocator) in stacks {
+    for ((stack, class), bytes, blocks, allocator) in stacks {
         let frames = merged_stack(trace, &interpreter, stack, symbolizer, options.show_interpreter_frames);
-        match by_frames.get(&frames) {
+        match by_frames.get(&(frames.clone(), class)) {
             Some(&index) => {
                 ranked[index].bytes += bytes;
                 ranked[index].blocks += blocks;
             }
             None => {
-                by_frames.insert(frames.clone(), ranked.len());
+                by_frames.insert((frames.clone(), class), ranked.len());
                 ranked.push(Leak {
-                    kind: "unclassified",
+                    kind: class,
                     bytes,
                     blocks,
                     allocator,

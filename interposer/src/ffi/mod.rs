@@ -1,4 +1,4 @@
-//! Everything unsafe in the interposer lives under this module, in seven small files:
+//! Everything unsafe in the interposer lives under this module, in eight small files:
 //! - `hooks`: the exported C symbols (malloc, free, …, `_exit`, `dlopen`), each a thin
 //!   delegation to [`real`] and [`crate::tracker`];
 //! - `real`: finding and calling the next allocator in the lookup chain, and the bootstrap
@@ -7,7 +7,8 @@
 //! - `sys`: system calls and libc services (errno, files, threads, modules, time);
 //! - `slots`: the per-thread event batches the writer can drain;
 //! - `python`: CPython's symbols and raw reads of its thread states, frames and code objects;
-//! - `buffer`: uninitialised fixed-size word buffers and zeroed tables.
+//! - `buffer`: uninitialised fixed-size word buffers and zeroed tables;
+//! - `memory`: reading our own memory safely while other threads may unmap it (exit scan).
 //!
 //! Nothing here may allocate through the hooks, panic, or take a lock that the traced
 //! program could hold across `fork`.
@@ -15,6 +16,7 @@
 
 pub mod buffer;
 pub mod hooks;
+pub mod memory;
 pub mod python;
 pub mod real;
 pub mod slots;

@@ -19,6 +19,8 @@ pub struct Symbols {
     pub version_hex: u32,
     pub code_type: usize,
     pub unicode_type: usize,
+    /// `PyType_Type`: the metatype every type object leads to.
+    pub type_type: usize,
     pub eval_loop_start: usize,
     pub eval_loop_size: usize,
     /// `PyGILState_GetThisThreadState`: the thread state bound to the calling OS thread.
@@ -46,8 +48,9 @@ pub fn find_symbols() -> Option<Symbols> {
     let this_thread_state = thread_state_getter(c"PyGILState_GetThisThreadState")?;
     let code_type = symbol(c"PyCode_Type");
     let unicode_type = symbol(c"PyUnicode_Type");
+    let type_type = symbol(c"PyType_Type");
     let eval_loop_start = symbol(c"_PyEval_EvalFrameDefault");
-    if runtime == 0 || code_type == 0 || unicode_type == 0 || eval_loop_start == 0 {
+    if runtime == 0 || code_type == 0 || unicode_type == 0 || type_type == 0 || eval_loop_start == 0 {
         return None;
     }
     let version_hex = version_hex()?;
@@ -62,6 +65,7 @@ pub fn find_symbols() -> Option<Symbols> {
         version_hex,
         code_type,
         unicode_type,
+        type_type,
         eval_loop_start,
         eval_loop_size: symbol_size(eval_loop_start),
         this_thread_state,

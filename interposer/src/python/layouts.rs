@@ -86,6 +86,9 @@ pub struct Layout {
     pub unicode: UnicodeLayout,
     /// 3.13+: `_PyRuntime` starts with `_Py_DebugOffsets`, whose header is checked.
     pub debug_offsets: bool,
+    /// Type flags that give a garbage-collected object a two-word pre-header before its GC
+    /// header (3.11: managed dict; 3.12+: managed dict or managed weak references).
+    pub gc_preheader_flags: u64,
 }
 
 const UNICODE_UP_TO_3_11: UnicodeLayout = UnicodeLayout {
@@ -128,6 +131,7 @@ pub static LAYOUTS: [Layout; 5] = [
         code: CODE_UP_TO_3_10,
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
+        gc_preheader_flags: 0,
     },
     Layout {
         minor: 10,
@@ -142,6 +146,7 @@ pub static LAYOUTS: [Layout; 5] = [
         code: CODE_UP_TO_3_10,
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
+        gc_preheader_flags: 0,
     },
     Layout {
         minor: 11,
@@ -168,6 +173,7 @@ pub static LAYOUTS: [Layout; 5] = [
         },
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
+        gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
     },
     Layout {
         minor: 12,
@@ -194,6 +200,7 @@ pub static LAYOUTS: [Layout; 5] = [
         },
         unicode: UNICODE_FROM_3_12,
         debug_offsets: false,
+        gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
     },
     Layout {
         minor: 13,
@@ -217,6 +224,7 @@ pub static LAYOUTS: [Layout; 5] = [
         },
         unicode: UNICODE_FROM_3_12,
         debug_offsets: true,
+        gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
     },
 ];
 
@@ -225,6 +233,13 @@ pub const OBJECT_TYPE: usize = 8;
 pub const VAR_OBJECT_SIZE: usize = 16;
 pub const TYPE_FLAGS: usize = 168;
 pub const TYPE_FLAG_UNICODE_SUBCLASS: u64 = 1 << 28;
+pub const TYPE_BASIC_SIZE: usize = 32;
+/// `Py_TPFLAGS_HAVE_GC`: instances start with a GC header (`PyGC_Head`, two words).
+pub const TYPE_FLAG_HAVE_GC: u64 = 1 << 14;
+pub const TYPE_FLAG_MANAGED_DICT: u64 = 1 << 4;
+pub const TYPE_FLAG_MANAGED_WEAKREF: u64 = 1 << 3;
+pub const GC_HEADER_SIZE: u64 = 16;
+pub const GC_PREHEADER_SIZE: u64 = 16;
 pub const BYTES_DATA: usize = 32;
 pub const UNICODE_LENGTH: usize = 16;
 pub const UNICODE_STATE: usize = 32;

@@ -10,6 +10,7 @@
 //! Per-version knowledge is in [`layouts`].
 
 mod codes;
+pub mod gc;
 pub mod layouts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,11 @@ struct Interpreter {
 }
 
 static INTERPRETER: OnceLock<Interpreter> = OnceLock::new();
+
+/// The interpreter found with a supported layout, if any.
+fn interpreter() -> Option<&'static Interpreter> {
+    INTERPRETER.get()
+}
 static WALKING: AtomicBool = AtomicBool::new(false);
 /// Set once a walk has read a genuine code object; until then a bad first walk disables
 /// Python frames for good (the layout does not match this build).

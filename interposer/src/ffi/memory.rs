@@ -1,0 +1,80 @@
+//! Reading the process's own memory where it may change or disappear while we read it: the
+//! exit-time scan runs while other threads (daemon threads) may still free and unmap. Reads
+//! go through `process_vm_readv` on ourselves, which fails cleanly on an unmapped page, and
+//! fall back to `/proc/self/mem` where that system call is refused.
+//!
+//! Never dereferences an address it was given.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+pub struct MemoryReader {
+    pid: libc::pid_t,
+    /// Opened the first time `process_vm_readv` is refused.
+    proc_mem: Option<File>,
+    use_proc_mem: bool,
+}
+
+impl MemoryReader {
+    pub fn new() -> MemoryReader {
+        MemoryReader {
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
+            proc_mem: None,
+            use_proc_mem: false,
+        }
+    }
+
+    /// Fills `out` from `address` onwards; returns how many leading bytes could be read (the
+    /// rest of `out` is left as it was).
+    pub fn read(&mut self, address: u64, out: &mut [u8]) -> usize {
+        if out.is_empty() || address.checked_add(out.len() as u64).is_none() {
+            return 0;
+        }
+        if !self.use_proc_mem {
+            let local = libc::iovec {
+                iov_base: out.as_mut_ptr().cast(),
+                iov_len: out.len(),
+            };
+            let remote = libc::iovec {
+                iov_base: address as *mut libc::c_void,
+                iov_len: out.len(),
+            };
+            // SAFETY: `local` describes `out`, which we own and may write; the kernel checks
+            // `remote` against our own address space and returns EFAULT instead of faulting.
+            let read = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+            if read >= 0 {
+                return read as usize;
+            }
+            let error = std::io::Error::last_os_error().raw_os_error();
+            if !matches!(error, Some(libc::EPERM | libc::ENOSYS | libc::EACCES)) {
+                return 0;
+            }
+            self.use_proc_mem = true;
+        }
+        if self.proc_mem.is_none() {
+            self.proc_mem = File::open("/proc/self/mem").ok();
+        }
+        let Some(file) = &self.proc_mem else { return 0 };
+        let mut filled = 0;
+        while filled < out.len() {
+            match file.read_at(&mut out[filled..], address + filled as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
+            }
+        }
+        filled
+    }
+
+    pub fn word(&mut self, address: u64) -> Option<u64> {
+        let mut bytes = [0u8; 8];
+        (self.read(address, &mut bytes) == 8).then(|| u64::from_ne_bytes(bytes))
+    }
+}
+
+/// The calling thread's stack pointer, give or take the current frame.
+#[inline(never)]
+pub fn stack_pointer() -> u64 {
+    let marker = 0u8;
+    std::hint::black_box(&marker) as *const u8 as u64
+}

@@ -1,0 +1,106 @@
+//! Recognising garbage-collected Python objects in blocks live at exit, so that the
+//! reachability scan can tell the collector's bookkeeping from real references: the two
+//! words of a GC header link every tracked object into a generation list, and those links
+//! must not make a leaked object look reachable. A reference to such an object points past
+//! its GC header (and past the pre-header of 3.11+ managed dicts and weak references).
+//!
+//! Reads go through the caller's reader (the scan's safe reader): nothing here dereferences
+//! memory itself. Per-version facts come from [`super::layouts`].
+
+use std::collections::HashMap;
+
+use super::layouts::{GC_HEADER_SIZE, GC_PREHEADER_SIZE, OBJECT_TYPE, TYPE_BASIC_SIZE, TYPE_FLAGS, TYPE_FLAG_HAVE_GC};
+
+/// How deep a chain of metatypes is followed before giving up on a candidate type.
+const MAX_METATYPE_DEPTH: usize = 4;
+
+#[derive(Clone, Copy)]
+struct TypeInfo {
+    flags: u64,
+    basic_size: u64,
+}
+
+pub struct GcObjects {
+    type_type: u64,
+    preheader_flags: u64,
+    types: HashMap<u64, Option<TypeInfo>>,
+}
+
+impl GcObjects {
+    /// Where an object starts inside a block that holds a garbage-collected object:
+    /// its pre-header (if any) and GC header come first.
+    pub fn object_offset(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<u64> {
+        let preheaders: &[u64] = if self.preheader_flags == 0 {
+            &[0]
+        } else {
+            &[0, GC_PREHEADER_SIZE]
+        };
+        for &preheader in preheaders {
+            let offset = preheader + GC_HEADER_SIZE;
+            if offset + 16 > size {
+                continue;
+            }
+            let Some(type_address) = read(block + offset + OBJECT_TYPE as u64) else {
+                continue;
+            };
+            let Some(info) = self.type_info(read, type_address) else {
+                continue;
+            };
+            let wants_preheader = info.flags & self.preheader_flags != 0;
+            if info.flags & TYPE_FLAG_HAVE_GC != 0
+                && wants_preheader == (preheader != 0)
+                && info.basic_size >= 16
+                && info.basic_size <= size - offset
+            {
+                return Some(offset);
+            }
+        }
+        None
+    }
+
+    /// The flags and size of the type object at `address`, if it is one: its metatype chain
+    /// must reach `PyType_Type`.
+    fn type_info(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, address: u64) -> Option<TypeInfo> {
+        if address == 0 || address % 8 != 0 {
+            return None;
+        }
+        if let Some(known) = self.types.get(&address) {
+            return *known;
+        }
+        let mut metatype = address;
+        let mut is_type = false;
+        for _ in 0..MAX_METATYPE_DEPTH {
+            match read(metatype + OBJECT_TYPE as u64) {
+                Some(next) if next == self.type_type => {
+                    is_type = true;
+                    break;
+                }
+                Some(next) if next != 0 && next % 8 == 0 => metatype = next,
+                _ => break,
+            }
+        }
+        let info = if is_type {
+            match (
+                read(address + TYPE_FLAGS as u64),
+                read(address + TYPE_BASIC_SIZE as u64),
+            ) {
+                (Some(flags), Some(basic_size)) => Some(TypeInfo { flags, basic_size }),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        self.types.insert(address, info);
+        info
+    }
+}
+
+/// What is needed to recognise objects of the interpreter found in the process, if any.
+pub fn objects() -> Option<GcObjects> {
+    let interpreter = super::interpreter()?;
+    Some(GcObjects {
+        type_type: interpreter.symbols.type_type as u64,
+        preheader_flags: interpreter.layout.gc_preheader_flags,
+        types: HashMap::new(),
+    })
+}

@@ -1,0 +1,284 @@
+//! The exit-time reachability scan: after the program's last code ran (for Python, after
+//! interpreter finalisation), mark conservatively from the roots (see [`roots`]) through the
+//! blocks live at exit, and classify each block as memcheck and LeakSanitizer do:
+//! reachable (a pointer to its start from a root or a reachable block), possibly lost (only
+//! pointers into its middle), definitely lost (nothing outside lost memory points to it) or
+//! indirectly lost (reachable only from lost blocks).
+//!
+//! Python objects tracked by the garbage collector are recognised (see
+//! [`crate::python::gc`]): their GC-header links are not references, and a pointer to the
+//! object (past the header) is a pointer to the block's start.
+//!
+//! Runs on the writer thread while other threads may still run: every read goes through
+//! [`MemoryReader`], which cannot fault. Bounded by a deadline; past it, nothing is
+//! classified and the outcome says so. Must never write to the program's memory.
+
+pub mod roots;
+
+use std::time::{Duration, Instant};
+
+use libleak_format::{BlockClass, LeakClass, Module, Reachability, ScanOutcome};
+
+use crate::ffi::memory::MemoryReader;
+use crate::python::gc::GcObjects;
+pub use roots::ExitingThread;
+
+/// Bytes read from memory at a time.
+const WINDOW: usize = 1 << 20;
+/// How often the deadline is checked, in blocks or windows processed.
+const DEADLINE_CHECK_EVERY: u32 = 1024;
+
+const UNREACHED: u8 = 0;
+const POSSIBLY: u8 = 1;
+const REACHABLE: u8 = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pointer {
+    Start,
+    Interior,
+}
+
+struct Blocks {
+    addresses: Vec<u64>,
+    sizes: Vec<u64>,
+    /// Offset of the Python object inside a garbage-collected object's block; 0 otherwise.
+    object_offsets: Vec<u8>,
+    lowest: u64,
+    highest_end: u64,
+}
+
+impl Blocks {
+    fn new(mut blocks: Vec<(u64, u64)>) -> Blocks {
+        blocks.sort_unstable();
+        let lowest = blocks.first().map_or(u64::MAX, |b| b.0);
+        let highest_end = blocks.iter().map(|(a, s)| a + (*s).max(1)).max().unwrap_or(0);
+        Blocks {
+            addresses: blocks.iter().map(|b| b.0).collect(),
+            sizes: blocks.iter().map(|b| b.1).collect(),
+            object_offsets: vec![0; blocks.len()],
+            lowest,
+            highest_end,
+        }
+    }
+
+    /// The block `value` points into, and how.
+    #[inline]
+    fn find(&self, value: u64) -> Option<(usize, Pointer)> {
+        if value < self.lowest || value >= self.highest_end {
+            return None;
+        }
+        let index = self.addresses.partition_point(|&a| a <= value).checked_sub(1)?;
+        let offset = value - self.addresses[index];
+        if offset >= self.sizes[index].max(1) {
+            return None;
+        }
+        let object = u64::from(self.object_offsets[index]);
+        if object != 0 {
+            if offset == object - crate::python::layouts::GC_HEADER_SIZE {
+                return None; // a generation-list link
+            }
+            if offset == object {
+                return Some((index, Pointer::Start));
+            }
+        }
+        Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
+    }
+}
+
+struct Marker<'a> {
+    blocks: &'a Blocks,
+    memory: &'a mut MemoryReader,
+    buffer: Vec<u8>,
+    deadline: Instant,
+    ticks: u32,
+    out_of_time: bool,
+    heap_bytes: u64,
+}
+
+impl Marker<'_> {
+    fn tick(&mut self) -> bool {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(DEADLINE_CHECK_EVERY) && Instant::now() >= self.deadline {
+            self.out_of_time = true;
+        }
+        !self.out_of_time
+    }
+
+    /// Calls `each` with every aligned word in `[start, end)`, skipping `[skip_start,
+    /// skip_end)`.
+    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), each: &mut dyn FnMut(u64)) {
+        let mut at = start & !7;
+        while at < end && !self.out_of_time {
+            let len = ((end - at) as usize).min(WINDOW);
+            self.buffer.resize(len, 0);
+            let read = self.memory.read(at, &mut self.buffer[..len]);
+            for (i, chunk) in self.buffer[..read].chunks_exact(8).enumerate() {
+                let address = at + (i as u64) * 8;
+                if address >= skip.0 && address < skip.1 {
+                    continue;
+                }
+                each(u64::from_ne_bytes(chunk.try_into().unwrap_or_default()));
+            }
+            if read < len {
+                // An unmapped page: skip to the next one.
+                at = (at + read as u64 + 4096) & !4095;
+            } else {
+                at += len as u64;
+            }
+            self.tick();
+        }
+    }
+
+    /// The words of block `index`, without its GC header.
+    fn block_words(&mut self, index: usize, each: &mut dyn FnMut(u64)) {
+        let start = self.blocks.addresses[index];
+        let end = start + self.blocks.sizes[index];
+        let object = u64::from(self.blocks.object_offsets[index]);
+        let skip = if object != 0 {
+            (start + object - crate::python::layouts::GC_HEADER_SIZE, start + object)
+        } else {
+            (0, 0)
+        };
+        self.heap_bytes += end - start;
+        self.words(start, end, skip, each);
+    }
+}
+
+pub struct ScanResult {
+    pub classes: Vec<BlockClass>,
+    pub summary: Reachability,
+}
+
+pub struct ScanInput<'a> {
+    /// (address, size) of every block live at exit.
+    pub blocks: Vec<(u64, u64)>,
+    pub modules: &'a [Module],
+    pub own_module: Option<&'a Module>,
+    pub exiting: Option<ExitingThread>,
+    pub python: Option<GcObjects>,
+    pub time_limit: Duration,
+}
+
+pub fn scan(input: ScanInput<'_>) -> ScanResult {
+    let started = Instant::now();
+    let mut memory = MemoryReader::new();
+    let mut blocks = Blocks::new(input.blocks);
+    let mut summary = Reachability {
+        blocks: blocks.addresses.len() as u64,
+        ..Reachability::default()
+    };
+
+    if let Some(mut python) = input.python {
+        let mut read = |address: u64| memory.word(address);
+        for index in 0..blocks.addresses.len() {
+            let offset = python.object_offset(&mut read, blocks.addresses[index], blocks.sizes[index]);
+            if let Some(offset) = offset.and_then(|o| u8::try_from(o).ok()) {
+                blocks.object_offsets[index] = offset;
+                summary.python_objects += 1;
+            }
+        }
+    }
+
+    let maps = roots::read_maps();
+    let roots = roots::collect(&maps, input.modules, input.own_module, input.exiting, &mut memory);
+    summary.root_bytes = roots.bytes();
+    summary.threads = roots.threads;
+    summary.threads_unknown = roots.threads_unknown;
+
+    let count = blocks.addresses.len();
+    let mut state = vec![UNREACHED; count];
+    let mut work: Vec<usize> = Vec::new();
+    let mut marker = Marker {
+        blocks: &blocks,
+        memory: &mut memory,
+        buffer: Vec::with_capacity(WINDOW),
+        deadline: started + input.time_limit,
+        ticks: 0,
+        out_of_time: false,
+        heap_bytes: 0,
+    };
+
+    // Reachable and possibly-lost blocks: a flood from the roots, where a block reached only
+    // through interior pointers passes on only "possibly".
+    {
+        let raise = |value: u64, from: u8, state: &mut Vec<u8>, work: &mut Vec<usize>| {
+            if let Some((index, pointer)) = blocks.find(value) {
+                let strength = if from == REACHABLE && pointer == Pointer::Start {
+                    REACHABLE
+                } else {
+                    POSSIBLY
+                };
+                if state[index] < strength {
+                    state[index] = strength;
+                    work.push(index);
+                }
+            }
+        };
+        for &word in &roots.words {
+            raise(word, REACHABLE, &mut state, &mut work);
+        }
+        for &(start, end) in &roots.ranges {
+            marker.words(start, end, (0, 0), &mut |word| {
+                raise(word, REACHABLE, &mut state, &mut work)
+            });
+        }
+        while let Some(index) = work.pop() {
+            if !marker.tick() {
+                break;
+            }
+            let from = state[index];
+            marker.block_words(index, &mut |word| raise(word, from, &mut state, &mut work));
+        }
+    }
+
+    // Lost blocks: each one not yet claimed leads a flood through the lost blocks it points
+    // to, which become indirectly lost (so one block of a lost cycle stays definite).
+    let mut indirect = vec![false; count];
+    for leader in 0..count {
+        if state[leader] != UNREACHED || indirect[leader] || marker.out_of_time {
+            continue;
+        }
+        work.clear();
+        work.push(leader);
+        while let Some(index) = work.pop() {
+            if !marker.tick() {
+                break;
+            }
+            marker.block_words(index, &mut |word| {
+                if let Some((target, _)) = blocks.find(word) {
+                    if target != leader && state[target] == UNREACHED && !indirect[target] {
+                        indirect[target] = true;
+                        work.push(target);
+                    }
+                }
+            });
+        }
+    }
+
+    summary.heap_bytes = marker.heap_bytes;
+    summary.duration_us = started.elapsed().as_micros() as u64;
+    if marker.out_of_time {
+        summary.outcome = ScanOutcome::CutShort;
+        summary.note = format!("the scan stopped after its time limit of {:?}", input.time_limit);
+        return ScanResult {
+            classes: Vec::new(),
+            summary,
+        };
+    }
+    summary.outcome = ScanOutcome::Complete;
+    let classes = (0..count)
+        .filter_map(|index| {
+            let class = match state[index] {
+                REACHABLE => return None,
+                POSSIBLY => LeakClass::PossiblyLost,
+                _ if indirect[index] => LeakClass::IndirectlyLost,
+                _ => LeakClass::DefinitelyLost,
+            };
+            Some(BlockClass {
+                address: blocks.addresses[index],
+                class,
+            })
+        })
+        .collect();
+    ScanResult { classes, summary }
+}

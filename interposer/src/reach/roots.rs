@@ -1,0 +1,316 @@
+//! Where the exit-time scan starts: the memory the program can still name without going
+//! through a heap block. That is the writable segments of every loaded module, the live part
+//! of every thread's stack (and the registers the kernel shows for a thread blocked in a
+//! system call), and anonymous mappings the program made itself (arenas of other allocators,
+//! `mmap`'d buffers).
+//!
+//! Excluded, because they would make leaked blocks look reachable: libleak's own module and
+//! thread stack; malloc's own memory (the brk heap, arena heaps, `mmap`'d chunks — their live
+//! blocks are scanned only once reached); and the stacks glibc keeps cached for exited
+//! threads, which are full of stale pointers.
+//!
+//! glibc's malloc layout (arena heaps aligned to 64 MiB that start with a `heap_info`;
+//! `mmap`'d chunks whose size word has `IS_MMAPPED` set) is the only allocator knowledge
+//! here; nothing else depends on it.
+
+use std::time::Duration;
+
+use libleak_format::Module;
+
+use crate::ffi::memory::MemoryReader;
+use crate::ffi::sys;
+
+const PAGE: u64 = 4096;
+/// glibc: `HEAP_MAX_SIZE` on 64-bit targets; every non-main arena heap is aligned to it.
+const ARENA_HEAP_ALIGN: u64 = 64 << 20;
+/// glibc chunk size flags.
+const CHUNK_IS_MMAPPED: u64 = 0x2;
+const CHUNK_NON_MAIN_ARENA: u64 = 0x4;
+const CHUNK_FLAGS: u64 = 0x7;
+/// The x86-64 red zone: a leaf function may keep data this far below the stack pointer.
+const RED_ZONE: u64 = 128;
+const PF_W: u32 = 2;
+
+/// A line of `/proc/self/maps`.
+#[derive(Clone, Debug)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub perms: [u8; 4],
+    pub path: String,
+}
+
+impl Mapping {
+    fn readable_writable(&self) -> bool {
+        self.perms[0] == b'r' && self.perms[1] == b'w'
+    }
+
+    fn is_guard(&self) -> bool {
+        &self.perms[..3] == b"---"
+    }
+
+    fn anonymous(&self) -> bool {
+        self.path.is_empty() || self.path.starts_with("[anon:")
+    }
+
+    fn contains(&self, address: u64) -> bool {
+        address >= self.start && address < self.end
+    }
+}
+
+pub fn read_maps() -> Vec<Mapping> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    text.lines().filter_map(parse_mapping).collect()
+}
+
+fn parse_mapping(line: &str) -> Option<Mapping> {
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?.as_bytes();
+    let path = fields.nth(3).unwrap_or("").trim_start().to_string();
+    Some(Mapping {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms: perms.get(..4)?.try_into().ok()?,
+        path,
+    })
+}
+
+/// The thread that called `exit`: its stack pointer was taken on entry to libleak's exit
+/// path, so libleak's own frames below it are not scanned.
+#[derive(Clone, Copy, Debug)]
+pub struct ExitingThread {
+    pub tid: u32,
+    pub stack_pointer: u64,
+}
+
+#[derive(Default)]
+pub struct Roots {
+    /// Address ranges to scan word by word.
+    pub ranges: Vec<(u64, u64)>,
+    /// Values seen in registers (system call arguments of blocked threads).
+    pub words: Vec<u64>,
+    pub threads: u64,
+    pub threads_unknown: u64,
+}
+
+impl Roots {
+    pub fn bytes(&self) -> u64 {
+        self.ranges.iter().map(|(start, end)| end - start).sum()
+    }
+}
+
+/// A thread's stack pointer as the kernel shows it: known when the thread is blocked in a
+/// system call (with that call's arguments), unknown while it runs.
+fn blocked_thread_registers(tid: u32) -> Option<(u64, Vec<u64>)> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    if fields.first() == Some(&"running") || fields.len() < 3 {
+        return None;
+    }
+    let hex = |field: &str| u64::from_str_radix(field.trim_start_matches("0x"), 16).ok();
+    let stack_pointer = hex(fields[fields.len() - 2])?;
+    let arguments = if fields.len() == 9 {
+        fields[1..7].iter().filter_map(|f| hex(f)).collect()
+    } else {
+        Vec::new()
+    };
+    Some((stack_pointer, arguments))
+}
+
+fn thread_ids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Collects the roots. `own_module` is libleak's; `exiting` the thread that called exit.
+pub fn collect(
+    maps: &[Mapping],
+    modules: &[Module],
+    own_module: Option<&Module>,
+    exiting: Option<ExitingThread>,
+    memory: &mut MemoryReader,
+) -> Roots {
+    let mut roots = Roots::default();
+    let mut excluded: Vec<(u64, u64)> = Vec::new();
+    if let Some(own) = own_module {
+        excluded.extend(writable_segments(own));
+    }
+    let own_stack_pointer = crate::ffi::memory::stack_pointer();
+    let mut stack_mappings: Vec<usize> = Vec::new();
+    if let Some(index) = maps.iter().position(|m| m.contains(own_stack_pointer)) {
+        stack_mappings.push(index);
+    }
+
+    // Thread stacks, from each thread's stack pointer up.
+    let own_tid = sys::gettid();
+    for tid in thread_ids().into_iter().filter(|&tid| tid != own_tid) {
+        let stack_pointer = match exiting {
+            Some(thread) if thread.tid == tid => Some(thread.stack_pointer),
+            _ => registers_with_retry(tid).map(|(stack_pointer, arguments)| {
+                roots.words.extend(arguments);
+                stack_pointer
+            }),
+        };
+        let Some(stack_pointer) = stack_pointer else {
+            roots.threads_unknown += 1;
+            continue;
+        };
+        roots.threads += 1;
+        if let Some(index) = maps.iter().position(|m| m.contains(stack_pointer)) {
+            let mapping = &maps[index];
+            stack_mappings.push(index);
+            let start = stack_pointer.saturating_sub(RED_ZONE).max(mapping.start);
+            push_range(&mut roots.ranges, &excluded, start, mapping.end);
+        }
+    }
+
+    // Module data.
+    for module in modules {
+        if own_module.is_some_and(|own| own.path == module.path && own.bias == module.bias) {
+            continue;
+        }
+        for (start, end) in writable_segments(module) {
+            push_range(&mut roots.ranges, &excluded, start, end);
+        }
+    }
+
+    // Anonymous mappings that are neither malloc's nor a stack.
+    for (index, mapping) in maps.iter().enumerate() {
+        if !mapping.readable_writable() || stack_mappings.contains(&index) || mapping.path == "[heap]" {
+            continue;
+        }
+        let below_is_guard = index > 0 && maps[index - 1].end == mapping.start && maps[index - 1].is_guard();
+        if mapping.path == "[stack]" || (mapping.anonymous() && below_is_guard && !is_arena_heap(memory, mapping)) {
+            // A stack no live thread is known to use: a cached stack of an exited thread,
+            // unless some thread's stack pointer could not be read.
+            if roots.threads_unknown > 0 {
+                push_range(&mut roots.ranges, &excluded, mapping.start, mapping.end);
+            }
+            continue;
+        }
+        if mapping.anonymous() {
+            for (start, end) in non_malloc_pages(memory, mapping) {
+                push_range(&mut roots.ranges, &excluded, start, end);
+            }
+        }
+    }
+    roots
+}
+
+fn registers_with_retry(tid: u32) -> Option<(u64, Vec<u64>)> {
+    for attempt in 0..10 {
+        if let Some(found) = blocked_thread_registers(tid) {
+            return Some(found);
+        }
+        if attempt < 9 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    None
+}
+
+fn writable_segments(module: &Module) -> impl Iterator<Item = (u64, u64)> + '_ {
+    module.segments.iter().filter(|s| s.flags & PF_W != 0).map(|s| {
+        let start = module.bias.wrapping_add(s.vaddr);
+        (start, start + s.memsz)
+    })
+}
+
+/// Adds `[start, end)` minus the excluded ranges.
+fn push_range(ranges: &mut Vec<(u64, u64)>, excluded: &[(u64, u64)], start: u64, end: u64) {
+    let start = start & !7;
+    let mut pieces = vec![(start, end)];
+    for &(ex_start, ex_end) in excluded {
+        pieces = pieces
+            .into_iter()
+            .flat_map(|(s, e)| {
+                if ex_end <= s || ex_start >= e {
+                    vec![(s, e)]
+                } else {
+                    [(s, ex_start.max(s)), (ex_end.min(e), e)]
+                        .into_iter()
+                        .filter(|(a, b)| a < b)
+                        .collect()
+                }
+            })
+            .collect();
+    }
+    ranges.extend(pieces.into_iter().filter(|(s, e)| s < e));
+}
+
+/// The first heap of a glibc arena, or a later heap of one: 64 MiB aligned, starting with a
+/// `heap_info` whose fields are consistent.
+fn is_arena_heap(memory: &mut MemoryReader, mapping: &Mapping) -> bool {
+    mapping.start.is_multiple_of(ARENA_HEAP_ALIGN) && arena_heap_size(memory, mapping.start, mapping.end).is_some()
+}
+
+fn arena_heap_size(memory: &mut MemoryReader, start: u64, end: u64) -> Option<u64> {
+    let arena = memory.word(start)?;
+    let previous = memory.word(start + 8)?;
+    let size = memory.word(start + 16)?;
+    let protected = memory.word(start + 24)?;
+    let arena_heap = arena & !(ARENA_HEAP_ALIGN - 1);
+    let plausible = arena != 0
+        && arena - arena_heap < PAGE
+        && previous.is_multiple_of(ARENA_HEAP_ALIGN)
+        && size.is_multiple_of(PAGE)
+        && size > 0
+        && size <= ARENA_HEAP_ALIGN
+        && protected >= size
+        && protected <= ARENA_HEAP_ALIGN
+        && start + size <= end.max(start + size).min(start + ARENA_HEAP_ALIGN);
+    plausible.then_some(size)
+}
+
+/// If a glibc `mmap`'d chunk starts at `page` (a chunk whose size word marks it as mapped and
+/// that fills its pages exactly), its length in bytes including the alignment padding.
+fn mmapped_chunk_len(memory: &mut MemoryReader, page: u64, end: u64) -> Option<u64> {
+    let padding = memory.word(page)?;
+    if !padding.is_multiple_of(16) || padding >= PAGE * 16 {
+        return None;
+    }
+    let size_word = memory.word(page + padding + 8)?;
+    if size_word & CHUNK_IS_MMAPPED == 0 || size_word & CHUNK_NON_MAIN_ARENA != 0 {
+        return None;
+    }
+    let total = padding + (size_word & !CHUNK_FLAGS);
+    (total >= PAGE && total.is_multiple_of(PAGE) && page + total <= end).then_some(total)
+}
+
+/// The pages of an anonymous mapping that are not malloc's: several mappings merged into one
+/// line of `/proc/self/maps` are told apart by their headers.
+fn non_malloc_pages(memory: &mut MemoryReader, mapping: &Mapping) -> Vec<(u64, u64)> {
+    let mut pages = Vec::new();
+    let mut at = mapping.start;
+    let mut run_start = None;
+    while at < mapping.end {
+        let malloc_owned = if at.is_multiple_of(ARENA_HEAP_ALIGN) {
+            arena_heap_size(memory, at, mapping.end).or_else(|| mmapped_chunk_len(memory, at, mapping.end))
+        } else {
+            mmapped_chunk_len(memory, at, mapping.end)
+        };
+        match malloc_owned {
+            Some(len) => {
+                if let Some(start) = run_start.take() {
+                    pages.push((start, at));
+                }
+                at = (at + len).min(mapping.end);
+            }
+            None => {
+                run_start.get_or_insert(at);
+                at += PAGE;
+            }
+        }
+    }
+    if let Some(start) = run_start {
+        pages.push((start, mapping.end));
+    }
+    pages
+}
