@@ -170,6 +170,7 @@ impl RecordEncoder {
             scan.root_bytes,
             scan.heap_bytes,
             scan.python_objects,
+            scan.immortal_objects,
             scan.threads,
             scan.threads_unknown,
         ] {

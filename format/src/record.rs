@@ -349,6 +349,9 @@ pub struct Reachability {
     pub heap_bytes: u64,
     /// Blocks recognised as Python objects tracked by the garbage collector.
     pub python_objects: u64,
+    /// Blocks holding immortal Python objects (3.12+), kept by the interpreter by design
+    /// and scanned as roots.
+    pub immortal_objects: u64,
     /// Threads (other than libleak's) whose stacks were scanned from their stack pointer.
     pub threads: u64,
     /// Threads whose stack pointer could not be read: every stack-like mapping was scanned

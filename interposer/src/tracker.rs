@@ -28,7 +28,7 @@ use crate::ffi::slots::{self, Slot};
 use crate::ffi::{hooks, sys, unwind};
 use crate::python;
 use crate::reach::ExitingThread;
-use crate::writer::{Ending, Message, Writer};
+use crate::writer::{Ending, Message, ScanSettings, Writer};
 
 pub const EVENT_ALLOC: u64 = 1;
 pub const EVENT_FREE: u64 = 2;
@@ -377,8 +377,10 @@ fn start_recording() -> Result<(), String> {
         python_runtime,
         events_rx,
         spare_tx,
-        own_code,
-        config.scan_time_limit,
+        ScanSettings {
+            own_code,
+            time_limit: config.scan_time_limit,
+        },
     )
     .map_err(|e| format!("cannot write {path}: {e}"))?;
     SCAN_TIME_LIMIT.store(

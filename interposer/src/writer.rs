@@ -45,6 +45,14 @@ impl LiveBlock for Block {
     }
 }
 
+/// What the exit-time scan needs from start-up.
+pub struct ScanSettings {
+    /// An address inside libleak itself, whose module is excluded from the roots.
+    pub own_code: u64,
+    /// `None` when the scan is turned off.
+    pub time_limit: Option<Duration>,
+}
+
 /// How the writer ends the trace.
 pub struct Ending {
     pub kind: ExitKind,
@@ -82,9 +90,7 @@ pub struct Writer {
     loader_generation: (u64, u64),
     last_flush: Instant,
     live: LiveSet<Block>,
-    /// Where libleak itself is loaded: excluded from the scan's roots.
-    own_code: u64,
-    scan_time_limit: Option<Duration>,
+    scan: ScanSettings,
 }
 
 impl Writer {
@@ -95,8 +101,7 @@ impl Writer {
         python_runtime: Option<PythonRuntime>,
         events: Receiver<Message>,
         spare_batches: Sender<Vec<u64>>,
-        own_code: u64,
-        scan_time_limit: Option<Duration>,
+        scan: ScanSettings,
     ) -> std::io::Result<Writer> {
         let mut writer = Writer {
             chunks: ChunkWriter::new(file)?,
@@ -112,8 +117,7 @@ impl Writer {
             loader_generation: sys::loader_generation(),
             last_flush: Instant::now(),
             live: LiveSet::new(),
-            own_code,
-            scan_time_limit,
+            scan,
         };
         writer.encoder.process(&info);
         writer.update_modules(modules);
@@ -162,7 +166,7 @@ impl Writer {
             }
         }
         tracker::take_all_batches(|batch| self.process_batch(batch));
-        if let (Some(exiting), Some(time_limit)) = (ending.scan_from, self.scan_time_limit) {
+        if let (Some(exiting), Some(time_limit)) = (ending.scan_from, self.scan.time_limit) {
             self.scan_reachability(exiting, time_limit);
         }
         self.encoder.end(&End {
@@ -182,7 +186,7 @@ impl Writer {
             .into_iter()
             .map(|(address, block)| (address, block.size))
             .collect();
-        let own_module = self.modules.iter().find(|m| m.contains(self.own_code));
+        let own_module = self.modules.iter().find(|m| m.contains(self.scan.own_code));
         let result = reach::scan(ScanInput {
             blocks,
             modules: &self.modules,

@@ -9,7 +9,9 @@
 
 pub mod live;
 pub mod merge;
+pub mod owner;
 pub mod python_lines;
 pub mod replay;
 pub mod report;
+pub mod suppress;
 pub mod symbolize;

@@ -6,23 +6,61 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use libleak_format::{python_version_text, End, ProcessInfo, PythonRuntime, Stats};
+use libleak_format::{
+    python_version_text, End, LeakClass, ProcessInfo, PythonRuntime, Reachability, ScanOutcome, Stats,
+};
 use serde_json::{json, Value};
 
 use crate::live::Totals;
 use crate::merge::{merged_stack, Interpreter};
+use crate::owner::Roles;
 use crate::replay::Trace;
+use crate::suppress::Suppression;
 use crate::symbolize::Symbolizer;
 
 pub const REPORT_FORMAT: &str = "libleak-report";
 pub const REPORT_VERSION: u32 = 1;
 
-#[derive(Clone, Copy, Debug)]
+/// How live blocks are grouped into rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    /// By allocation site: the innermost frame outside the allocator (the default).
+    Site,
+    /// By the whole stack as shown.
+    Stack,
+    /// By the innermost N frames as shown.
+    Frames(usize),
+}
+
+impl std::str::FromStr for GroupBy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "site" => Ok(GroupBy::Site),
+            "stack" => Ok(GroupBy::Stack),
+            _ => match text.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(GroupBy::Frames(n)),
+                _ => Err(format!(
+                    "expected `site`, `stack` or a number of frames, found `{text}`"
+                )),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
 pub struct ReportOptions {
     /// Most leaks listed; 0 lists all.
     pub limit: usize,
     /// Keep the interpreter's own native frames (eval loop, call plumbing) in merged stacks.
     pub show_interpreter_frames: bool,
+    pub group_by: GroupBy,
+    /// List reachable blocks as rows too (otherwise one summary line).
+    pub show_reachable: bool,
+    /// List what the runtime itself left at exit as rows too (otherwise one summary line).
+    pub show_leftovers: bool,
+    pub suppressions: Vec<Suppression>,
 }
 
 impl Default for ReportOptions {
@@ -30,6 +68,10 @@ impl Default for ReportOptions {
         ReportOptions {
             limit: 25,
             show_interpreter_frames: false,
+            group_by: GroupBy::Site,
+            show_reachable: false,
+            show_leftovers: false,
+            suppressions: crate::suppress::builtin(),
         }
     }
 }
@@ -47,14 +89,73 @@ pub struct ReportFrame {
     pub build_id_mismatch: bool,
 }
 
+/// One distinct full stack under a row.
+#[derive(Clone, Debug)]
+pub struct StackRow {
+    pub bytes: u64,
+    pub blocks: u64,
+    pub frames: Vec<ReportFrame>,
+}
+
+/// Who is responsible for a row: the owning native frame and the Python line that called it.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub frame: Option<ReportFrame>,
+    pub python: Option<ReportFrame>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Leak {
+    /// The block class (`definitely-lost`, …), or `unclassified` without a complete scan.
     pub kind: &'static str,
     pub bytes: u64,
     pub blocks: u64,
     /// The allocator entry point of the group's first block.
     pub allocator: &'static str,
+    /// The frames of the row's largest stack.
     pub frames: Vec<ReportFrame>,
+    /// Every distinct stack under the row, largest first.
+    pub stacks: Vec<StackRow>,
+    pub owner: Owner,
+    /// Allocated by the runtime alone (listed only with `--show-leftovers`).
+    pub runtime_leftover: bool,
+}
+
+/// Blocks and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, blocks: u64, bytes: u64) {
+        self.blocks += blocks;
+        self.bytes += bytes;
+    }
+}
+
+/// Where every block live at exit went.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub definitely_lost: Tally,
+    pub indirectly_lost: Tally,
+    pub possibly_lost: Tally,
+    /// Live blocks without a class (the scan did not run or did not finish).
+    pub unclassified: Tally,
+    pub reachable: Tally,
+    /// Not reachable, but allocated by the C runtime or the interpreter alone.
+    pub runtime_leftovers: Tally,
+    pub suppressed: Tally,
+}
+
+impl Summary {
+    /// Bytes of definite and indirect leaks (and of unclassified blocks, which may be
+    /// either), not counting runtime leftovers and suppressed blocks: the `--fail-on-leak`
+    /// measure.
+    pub fn leaked_bytes(&self) -> u64 {
+        self.definitely_lost.bytes + self.indirectly_lost.bytes + self.unclassified.bytes
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -67,57 +168,127 @@ pub struct Report {
     pub totals: Totals,
     pub stats: Stats,
     pub python: Option<PythonRuntime>,
+    pub reachability: Option<Reachability>,
+    pub summary: Summary,
+    pub group_by: GroupBy,
     pub leaks: Vec<Leak>,
     pub omitted_leaks: u64,
     pub omitted_bytes: u64,
     pub omitted_blocks: u64,
 }
 
-pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: ReportOptions) -> Report {
-    let mut groups: HashMap<(u64, &'static str), (u64, u64, &'static str)> = HashMap::new();
+fn class_name(class: Option<LeakClass>) -> &'static str {
+    class.map_or("unclassified", LeakClass::name)
+}
+
+pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: &ReportOptions) -> Report {
+    // Blocks by (stack, class).
+    let mut groups: HashMap<(u64, Option<LeakClass>), (u64, u64, &'static str)> = HashMap::new();
     for block in &trace.live {
-        let class = block.class.map_or("unclassified", |c| c.name());
-        let group = groups.entry((block.stack, class)).or_insert((0, 0, block.kind.name()));
+        let group = groups
+            .entry((block.stack, block.class))
+            .or_insert((0, 0, block.kind.name()));
         group.0 += block.size;
         group.1 += 1;
     }
-    // Stacks that differ only in frames the report hides (interpreter plumbing reached by
-    // another eval-loop path, say) read the same: they are one leak to the user.
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_by_key(|((stack, class), _)| (*stack, class.map(|c| c as u8)));
+
     let interpreter = Interpreter::of(trace);
-    let mut stacks: Vec<((u64, &'static str), u64, u64, &'static str)> = groups
-        .into_iter()
-        .map(|(stack, (bytes, blocks, allocator))| (stack, bytes, blocks, allocator))
-        .collect();
-    stacks.sort_by_key(|s| s.0);
-    let mut by_frames: HashMap<(Vec<ReportFrame>, &'static str), usize> = HashMap::new();
-    let mut ranked: Vec<Leak> = Vec::new();
-    for ((stack, class), bytes, blocks, allocator) in stacks {
-        let frames = merged_stack(trace, &interpreter, stack, symbolizer, options.show_interpreter_frames);
-        match by_frames.get(&(frames.clone(), class)) {
-            Some(&index) => {
-                ranked[index].bytes += bytes;
-                ranked[index].blocks += blocks;
+    let roles = Roles {
+        executable: trace.process.exe.clone(),
+        python: trace.python.is_some(),
+    };
+    let mut merged: HashMap<u64, Vec<ReportFrame>> = HashMap::new();
+    let mut summary = Summary::default();
+    let mut rows: Vec<Leak> = Vec::new();
+    let mut row_of: HashMap<(Option<LeakClass>, bool, Vec<ReportFrame>), usize> = HashMap::new();
+    for ((stack, class), (bytes, blocks, allocator)) in groups {
+        let frames = merged
+            .entry(stack)
+            .or_insert_with(|| merged_stack(trace, &interpreter, stack, symbolizer, options.show_interpreter_frames))
+            .clone();
+        let reachable = class == Some(LeakClass::Reachable);
+        let leftover = !reachable && roles.is_runtime_leftover(&frames);
+        let shown = if reachable {
+            summary.reachable.add(blocks, bytes);
+            options.show_reachable
+        } else if leftover {
+            summary.runtime_leftovers.add(blocks, bytes);
+            options.show_leftovers
+        } else if crate::suppress::matching(&options.suppressions, &frames).is_some() {
+            summary.suppressed.add(blocks, bytes);
+            false
+        } else {
+            match class {
+                Some(LeakClass::DefinitelyLost) => summary.definitely_lost.add(blocks, bytes),
+                Some(LeakClass::IndirectlyLost) => summary.indirectly_lost.add(blocks, bytes),
+                Some(LeakClass::PossiblyLost) => summary.possibly_lost.add(blocks, bytes),
+                Some(LeakClass::Reachable) | None => summary.unclassified.add(blocks, bytes),
             }
-            None => {
-                by_frames.insert((frames.clone(), class), ranked.len());
-                ranked.push(Leak {
-                    kind: class,
-                    bytes,
-                    blocks,
-                    allocator,
-                    frames,
-                });
+            true
+        };
+        if !shown {
+            continue;
+        }
+        let key_frames = match options.group_by {
+            GroupBy::Stack => frames.clone(),
+            GroupBy::Site => frames.iter().take(1).cloned().collect(),
+            GroupBy::Frames(n) => frames.iter().take(n).cloned().collect(),
+        };
+        let index = *row_of.entry((class, leftover, key_frames)).or_insert_with(|| {
+            rows.push(Leak {
+                kind: class_name(class),
+                bytes: 0,
+                blocks: 0,
+                allocator,
+                frames: Vec::new(),
+                stacks: Vec::new(),
+                owner: Owner {
+                    frame: None,
+                    python: None,
+                },
+                runtime_leftover: leftover,
+            });
+            rows.len() - 1
+        });
+        let row = &mut rows[index];
+        row.bytes += bytes;
+        row.blocks += blocks;
+        // Stacks that differ only in frames the report hides read the same: one stack.
+        match row.stacks.iter_mut().find(|s| s.frames == frames) {
+            Some(existing) => {
+                existing.bytes += bytes;
+                existing.blocks += blocks;
             }
+            None => row.stacks.push(StackRow { bytes, blocks, frames }),
         }
     }
-    ranked.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
+    for row in &mut rows {
+        row.stacks
+            .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
+        row.frames = row.stacks.first().map(|s| s.frames.clone()).unwrap_or_default();
+        let owner = roles.owner(&row.frames);
+        row.owner = Owner {
+            frame: owner.map(|i| row.frames[i].clone()),
+            python: roles
+                .calling_python_line(&row.frames, owner)
+                .map(|i| row.frames[i].clone()),
+        };
+    }
+    let is_leak = |row: &Leak| row.kind != LeakClass::Reachable.name() && !row.runtime_leftover;
+    rows.sort_by(|a, b| {
+        is_leak(b)
+            .cmp(&is_leak(a))
+            .then(b.bytes.cmp(&a.bytes))
+            .then(b.blocks.cmp(&a.blocks))
+    });
     let shown = if options.limit == 0 {
-        ranked.len()
+        rows.len()
     } else {
-        options.limit.min(ranked.len())
+        options.limit.min(rows.len())
     };
-    let rest = ranked.split_off(shown);
-    let leaks = ranked;
+    let rest = rows.split_off(shown);
     Report {
         trace_path: trace_path.to_string(),
         process: trace.process.clone(),
@@ -127,7 +298,10 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         totals: trace.totals,
         stats: trace.stats,
         python: trace.python.clone(),
-        leaks,
+        reachability: trace.reachability.clone(),
+        summary,
+        group_by: options.group_by,
+        leaks: rows,
         omitted_leaks: rest.len() as u64,
         omitted_bytes: rest.iter().map(|r| r.bytes).sum(),
         omitted_blocks: rest.iter().map(|r| r.blocks).sum(),
@@ -145,6 +319,68 @@ fn frame_json(frame: &ReportFrame) -> Value {
         "address": frame.address.map(|a| format!("0x{a:x}")),
         "build_id_mismatch": frame.build_id_mismatch,
     })
+}
+
+fn tally_json(tally: Tally) -> Value {
+    json!({"blocks": tally.blocks, "bytes": tally.bytes})
+}
+
+fn outcome_name(outcome: ScanOutcome) -> &'static str {
+    match outcome {
+        ScanOutcome::Complete => "complete",
+        ScanOutcome::CutShort => "cut-short",
+        ScanOutcome::Failed => "failed",
+    }
+}
+
+fn reachability_json(scan: Option<&Reachability>) -> Value {
+    let Some(scan) = scan else { return Value::Null };
+    json!({
+        "outcome": outcome_name(scan.outcome),
+        "duration_ms": scan.duration_us as f64 / 1000.0,
+        "blocks": scan.blocks,
+        "root_bytes": scan.root_bytes,
+        "heap_bytes": scan.heap_bytes,
+        "python_objects": scan.python_objects,
+        "immortal_objects": scan.immortal_objects,
+        "threads": scan.threads,
+        "threads_unknown": scan.threads_unknown,
+        "note": (!scan.note.is_empty()).then_some(&scan.note),
+    })
+}
+
+/// The text of a frame: function, location, module.
+fn frame_text(frame: &ReportFrame) -> String {
+    let function = frame.function.as_deref().unwrap_or("??");
+    let location = match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => format!(" at {file}:{line}"),
+        (Some(file), None) => format!(" in {file}"),
+        _ => String::new(),
+    };
+    let module = frame
+        .module
+        .as_deref()
+        .map(|m| format!(" [{}]", m.rsplit('/').next().unwrap_or(m)))
+        .unwrap_or_default();
+    let inlined = if frame.inlined { " (inlined)" } else { "" };
+    let mismatch = if frame.build_id_mismatch {
+        " (file on disk has another build-id)"
+    } else {
+        ""
+    };
+    format!("{function}{location}{module}{inlined}{mismatch}")
+}
+
+/// Most stacks printed under one row of the text report.
+const STACKS_PER_ROW: usize = 4;
+
+fn blocks_text(tally: Tally) -> String {
+    let plural = if tally.blocks == 1 { "block" } else { "blocks" };
+    format!(
+        "{} bytes in {} {plural}",
+        thousands(tally.bytes),
+        thousands(tally.blocks)
+    )
 }
 
 pub fn to_json(report: &Report) -> Value {
@@ -179,12 +415,42 @@ pub fn to_json(report: &Report) -> Value {
             "pythonmalloc_set": p.pythonmalloc_set,
             "note": (!p.note.is_empty()).then_some(&p.note),
         })),
+        "reachability": reachability_json(report.reachability.as_ref()),
+        "summary": {
+            "definitely_lost": tally_json(report.summary.definitely_lost),
+            "indirectly_lost": tally_json(report.summary.indirectly_lost),
+            "possibly_lost": tally_json(report.summary.possibly_lost),
+            "unclassified": tally_json(report.summary.unclassified),
+            "reachable": tally_json(report.summary.reachable),
+            "runtime_leftovers": tally_json(report.summary.runtime_leftovers),
+            "suppressed": tally_json(report.summary.suppressed),
+        },
+        "group_by": match report.group_by {
+            GroupBy::Site => "site".to_string(),
+            GroupBy::Stack => "stack".to_string(),
+            GroupBy::Frames(n) => n.to_string(),
+        },
         "leaks": report.leaks.iter().map(|leak| json!({
             "kind": leak.kind,
             "bytes": leak.bytes,
             "blocks": leak.blocks,
             "allocator": leak.allocator,
+            "runtime_leftover": leak.runtime_leftover,
+            "owner": {
+                "module": leak.owner.frame.as_ref().and_then(|f| f.module.clone()),
+                "function": leak.owner.frame.as_ref().and_then(|f| f.function.clone()),
+                "file": leak.owner.frame.as_ref().and_then(|f| f.file.clone()),
+                "line": leak.owner.frame.as_ref().and_then(|f| f.line),
+                "python": leak.owner.python.as_ref().map(|f| json!({
+                    "function": f.function, "file": f.file, "line": f.line,
+                })),
+            },
             "frames": leak.frames.iter().map(frame_json).collect::<Vec<_>>(),
+            "stacks": leak.stacks.iter().map(|stack| json!({
+                "bytes": stack.bytes,
+                "blocks": stack.blocks,
+                "frames": stack.frames.iter().map(frame_json).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "omitted": {"leaks": report.omitted_leaks, "bytes": report.omitted_bytes, "blocks": report.omitted_blocks},
     })
@@ -259,48 +525,129 @@ pub fn to_text(report: &Report) -> String {
             report.stats.producer_waits
         );
     }
-    if report.leaks.is_empty() {
-        let _ = writeln!(out, "\nno blocks live at exit");
-    }
+    summary_text(&mut out, report);
     for (rank, leak) in report.leaks.iter().enumerate() {
+        let what = if leak.runtime_leftover {
+            format!("{}, left by the runtime", leak.kind)
+        } else {
+            leak.kind.to_string()
+        };
         let _ = writeln!(
             out,
-            "\n#{} {} bytes in {} blocks ({}, {})",
+            "\n#{} {} {what} ({})",
             rank + 1,
-            thousands(leak.bytes),
-            thousands(leak.blocks),
-            leak.kind,
+            blocks_text(Tally {
+                blocks: leak.blocks,
+                bytes: leak.bytes
+            }),
             leak.allocator
         );
-        for frame in &leak.frames {
-            let function = frame.function.as_deref().unwrap_or("??");
-            let location = match (&frame.file, frame.line) {
-                (Some(file), Some(line)) => format!(" at {file}:{line}"),
-                (Some(file), None) => format!(" in {file}"),
-                _ => String::new(),
-            };
-            let module = frame
-                .module
-                .as_deref()
-                .map(|m| format!(" [{}]", m.rsplit('/').next().unwrap_or(m)))
+        if let Some(owner) = &leak.owner.frame {
+            let called_from = leak
+                .owner
+                .python
+                .as_ref()
+                .map(|p| format!(", called from {}", frame_text(p)))
                 .unwrap_or_default();
-            let inlined = if frame.inlined { " (inlined)" } else { "" };
-            let mismatch = if frame.build_id_mismatch {
-                " (file on disk has another build-id)"
-            } else {
-                ""
-            };
-            let _ = writeln!(out, "    {function}{location}{module}{inlined}{mismatch}");
+            let _ = writeln!(out, "  owner: {}{called_from}", frame_text(owner));
+        }
+        let many = leak.stacks.len() > 1;
+        for (index, stack) in leak.stacks.iter().take(STACKS_PER_ROW).enumerate() {
+            if many {
+                let _ = writeln!(
+                    out,
+                    "  stack {} of {}: {}",
+                    index + 1,
+                    leak.stacks.len(),
+                    blocks_text(Tally {
+                        blocks: stack.blocks,
+                        bytes: stack.bytes
+                    })
+                );
+            }
+            for frame in &stack.frames {
+                let _ = writeln!(out, "    {}", frame_text(frame));
+            }
+        }
+        if leak.stacks.len() > STACKS_PER_ROW {
+            let _ = writeln!(
+                out,
+                "  … and {} more stacks (--json lists them all)",
+                leak.stacks.len() - STACKS_PER_ROW
+            );
         }
     }
     if report.omitted_leaks > 0 {
         let _ = writeln!(
             out,
-            "\n… and {} more stacks holding {} bytes in {} blocks (use --limit 0 to list all)",
+            "\n… and {} more rows holding {} bytes in {} blocks (use --limit 0 to list all)",
             thousands(report.omitted_leaks),
             thousands(report.omitted_bytes),
             thousands(report.omitted_blocks)
         );
     }
     out
+}
+
+fn summary_text(out: &mut String, report: &Report) {
+    let summary = &report.summary;
+    match &report.reachability {
+        Some(scan) if scan.outcome == ScanOutcome::Complete => {
+            let unknown = if scan.threads_unknown > 0 {
+                format!(
+                    "; {} running threads had no readable stack pointer, so every stack was scanned whole",
+                    scan.threads_unknown
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "reachability scan at exit: complete in {:.1} ms, {} blocks, {} bytes of roots{unknown}",
+                scan.duration_us as f64 / 1000.0,
+                thousands(scan.blocks),
+                thousands(scan.root_bytes)
+            );
+        }
+        Some(scan) => {
+            let _ = writeln!(
+                out,
+                "reachability scan at exit: {} ({}); blocks are unclassified",
+                outcome_name(scan.outcome),
+                scan.note
+            );
+        }
+        None if report.complete => {
+            let _ = writeln!(
+                out,
+                "reachability scan at exit: not run (LIBLEAK_SCAN=0); blocks are unclassified"
+            );
+        }
+        None => {}
+    }
+    let lines = [
+        ("definitely lost", summary.definitely_lost, ""),
+        ("indirectly lost", summary.indirectly_lost, ""),
+        (
+            "possibly lost",
+            summary.possibly_lost,
+            " (only pointers into their middle remain)",
+        ),
+        ("unclassified", summary.unclassified, ""),
+        ("reachable", summary.reachable, " (--show-reachable lists them)"),
+        (
+            "left by the runtime",
+            summary.runtime_leftovers,
+            " (allocated by the C runtime or the interpreter alone; --show-leftovers lists them)",
+        ),
+        ("suppressed", summary.suppressed, ""),
+    ];
+    for (label, tally, hint) in lines {
+        if tally.blocks > 0 {
+            let _ = writeln!(out, "  {label}: {}{hint}", blocks_text(tally));
+        }
+    }
+    if report.leaks.is_empty() {
+        let _ = writeln!(out, "\nno leaks");
+    }
 }

@@ -1,8 +1,11 @@
-//! Recognising garbage-collected Python objects in blocks live at exit, so that the
-//! reachability scan can tell the collector's bookkeeping from real references: the two
-//! words of a GC header link every tracked object into a generation list, and those links
-//! must not make a leaked object look reachable. A reference to such an object points past
-//! its GC header (and past the pre-header of 3.11+ managed dicts and weak references).
+//! Recognising Python objects in blocks live at exit, for the reachability scan:
+//! - garbage-collected objects, so that the collector's bookkeeping is not taken for
+//!   references: the two words of a GC header link every tracked object into a generation
+//!   list, and those links must not make a leaked object look reachable. A reference to such
+//!   an object points past its GC header (and past the pre-header of 3.11+ managed dicts and
+//!   weak references);
+//! - immortal objects (3.12+), which the interpreter keeps for the life of the process by
+//!   design (interned strings, for one) and which are therefore roots, not leaks.
 //!
 //! Reads go through the caller's reader (the scan's safe reader): nothing here dereferences
 //! memory itself. Per-version facts come from [`super::layouts`].
@@ -20,16 +23,55 @@ struct TypeInfo {
     basic_size: u64,
 }
 
+/// A Python object found in a block.
+#[derive(Clone, Copy, Debug)]
+pub struct FoundObject {
+    /// Where the object starts inside the block: after the GC header (and pre-header) of a
+    /// garbage-collected object, else 0.
+    pub offset: u64,
+    pub garbage_collected: bool,
+    pub immortal: bool,
+}
+
 pub struct GcObjects {
     type_type: u64,
     preheader_flags: u64,
+    has_immortal_objects: bool,
     types: HashMap<u64, Option<TypeInfo>>,
 }
 
 impl GcObjects {
+    /// The Python object a block holds, if it holds one.
+    pub fn find(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<FoundObject> {
+        let (offset, garbage_collected) = match self.gc_object_offset(read, block, size) {
+            Some(offset) => (offset, true),
+            None if self.is_plain_object(read, block, size) => (0, false),
+            None => return None,
+        };
+        let immortal =
+            self.has_immortal_objects && read(block + offset).is_some_and(|refcount| (refcount as u32 as i32) < 0);
+        Some(FoundObject {
+            offset,
+            garbage_collected,
+            immortal,
+        })
+    }
+
+    /// An object without a GC header: its type is not garbage-collected and fits the block.
+    fn is_plain_object(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> bool {
+        if size < 16 {
+            return false;
+        }
+        let Some(type_address) = read(block + OBJECT_TYPE as u64) else {
+            return false;
+        };
+        self.type_info(read, type_address)
+            .is_some_and(|info| info.flags & TYPE_FLAG_HAVE_GC == 0 && info.basic_size >= 16 && info.basic_size <= size)
+    }
+
     /// Where an object starts inside a block that holds a garbage-collected object:
     /// its pre-header (if any) and GC header come first.
-    pub fn object_offset(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<u64> {
+    fn gc_object_offset(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<u64> {
         let preheaders: &[u64] = if self.preheader_flags == 0 {
             &[0]
         } else {
@@ -61,7 +103,7 @@ impl GcObjects {
     /// The flags and size of the type object at `address`, if it is one: its metatype chain
     /// must reach `PyType_Type`.
     fn type_info(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, address: u64) -> Option<TypeInfo> {
-        if address == 0 || address % 8 != 0 {
+        if address == 0 || !address.is_multiple_of(8) {
             return None;
         }
         if let Some(known) = self.types.get(&address) {
@@ -101,6 +143,7 @@ pub fn objects() -> Option<GcObjects> {
     Some(GcObjects {
         type_type: interpreter.symbols.type_type as u64,
         preheader_flags: interpreter.layout.gc_preheader_flags,
+        has_immortal_objects: interpreter.layout.has_immortal_objects,
         types: HashMap::new(),
     })
 }

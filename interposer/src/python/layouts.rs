@@ -89,6 +89,9 @@ pub struct Layout {
     /// Type flags that give a garbage-collected object a two-word pre-header before its GC
     /// header (3.11: managed dict; 3.12+: managed dict or managed weak references).
     pub gc_preheader_flags: u64,
+    /// 3.12+: objects whose reference count (low 32 bits, as a signed number) is negative
+    /// are immortal: the interpreter keeps them for the life of the process by design.
+    pub has_immortal_objects: bool,
 }
 
 const UNICODE_UP_TO_3_11: UnicodeLayout = UnicodeLayout {
@@ -132,6 +135,7 @@ pub static LAYOUTS: [Layout; 5] = [
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
         gc_preheader_flags: 0,
+        has_immortal_objects: false,
     },
     Layout {
         minor: 10,
@@ -147,6 +151,7 @@ pub static LAYOUTS: [Layout; 5] = [
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
         gc_preheader_flags: 0,
+        has_immortal_objects: false,
     },
     Layout {
         minor: 11,
@@ -174,6 +179,7 @@ pub static LAYOUTS: [Layout; 5] = [
         unicode: UNICODE_UP_TO_3_11,
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
+        has_immortal_objects: false,
     },
     Layout {
         minor: 12,
@@ -201,6 +207,7 @@ pub static LAYOUTS: [Layout; 5] = [
         unicode: UNICODE_FROM_3_12,
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
+        has_immortal_objects: true,
     },
     Layout {
         minor: 13,
@@ -225,6 +232,7 @@ pub static LAYOUTS: [Layout; 5] = [
         unicode: UNICODE_FROM_3_12,
         debug_offsets: true,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
+        has_immortal_objects: true,
     },
 ];
 

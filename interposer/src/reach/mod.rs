@@ -168,16 +168,23 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         ..Reachability::default()
     };
 
+    let mut immortal = Vec::new();
     if let Some(mut python) = input.python {
         let mut read = |address: u64| memory.word(address);
         for index in 0..blocks.addresses.len() {
-            let offset = python.object_offset(&mut read, blocks.addresses[index], blocks.sizes[index]);
-            if let Some(offset) = offset.and_then(|o| u8::try_from(o).ok()) {
-                blocks.object_offsets[index] = offset;
+            let Some(object) = python.find(&mut read, blocks.addresses[index], blocks.sizes[index]) else {
+                continue;
+            };
+            if object.garbage_collected {
+                blocks.object_offsets[index] = u8::try_from(object.offset).unwrap_or(0);
                 summary.python_objects += 1;
+            }
+            if object.immortal {
+                immortal.push(index);
             }
         }
     }
+    summary.immortal_objects = immortal.len() as u64;
 
     let maps = roots::read_maps();
     let roots = roots::collect(&maps, input.modules, input.own_module, input.exiting, &mut memory);
@@ -216,6 +223,10 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         };
         for &word in &roots.words {
             raise(word, REACHABLE, &mut state, &mut work);
+        }
+        for &index in &immortal {
+            state[index] = REACHABLE;
+            work.push(index);
         }
         for &(start, end) in &roots.ranges {
             marker.words(start, end, (0, 0), &mut |word| {

@@ -1,0 +1,145 @@
+//! Who is responsible for a leak: each native module gets a role (the C runtime, the
+//! interpreter, libleak, a system library, or the program and its extensions), and a stack's
+//! owner is its innermost frame outside the C runtime, the interpreter and libleak — the
+//! extension (its .so) and function that asked for the memory — with the Python line that
+//! called into it.
+//!
+//! A block whose stack has no frame of the program, an extension or another library was
+//! allocated by the runtime itself (the interpreter's caches, the loader's thread-local
+//! storage): left at exit by the runtime, it is not the user's leak. Python code alone cannot
+//! lose memory; what it allocates through the interpreter and nobody frees is the
+//! interpreter's leftover.
+//!
+//! Must stay pure: decisions from paths and frames only.
+
+use crate::report::ReportFrame;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// libc, the dynamic loader, libm, libgcc, the C++ runtime.
+    CRuntime,
+    /// libpython, the python executable, the standard library's extension modules.
+    Interpreter,
+    Libleak,
+    /// Other libraries installed with the system (libffi, libssl, libz, …).
+    System,
+    /// The program's executable, extension modules, and every other library.
+    Program,
+}
+
+/// Base-name prefixes of the C and C++ runtime libraries.
+const C_RUNTIME: &[&str] = &[
+    "libc.so",
+    "libc-",
+    "ld-linux",
+    "ld64.so",
+    "ld.so",
+    "libm.so",
+    "libmvec.so",
+    "libpthread.so",
+    "libdl.so",
+    "librt.so",
+    "libutil.so",
+    "libanl.so",
+    "libresolv.so",
+    "libnss_",
+    "libgcc_s.so",
+    "libstdc++.so",
+    "libc++.so",
+    "libc++abi.so",
+    "libatomic.so",
+    "libunwind.so",
+];
+
+const SYSTEM_DIRECTORIES: &[&str] = &["/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/", "/usr/libexec/"];
+
+/// What the roles are judged against: the process's executable, and whether it ran CPython.
+#[derive(Clone, Debug)]
+pub struct Roles {
+    pub executable: String,
+    pub python: bool,
+}
+
+impl Roles {
+    pub fn of_module(&self, path: &str) -> Role {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if name == "libleak.so" {
+            return Role::Libleak;
+        }
+        if C_RUNTIME.iter().any(|prefix| name.starts_with(prefix)) {
+            return Role::CRuntime;
+        }
+        if name.starts_with("libpython") || path.contains("/lib-dynload/") || (self.python && path == self.executable) {
+            return Role::Interpreter;
+        }
+        let in_packages = path.contains("/site-packages/") || path.contains("/dist-packages/");
+        if !in_packages && path != self.executable && SYSTEM_DIRECTORIES.iter().any(|dir| path.starts_with(dir)) {
+            return Role::System;
+        }
+        Role::Program
+    }
+
+    fn of_frame(&self, frame: &ReportFrame) -> Option<Role> {
+        match frame.kind {
+            "native" => Some(frame.module.as_deref().map_or(Role::Program, |m| self.of_module(m))),
+            _ => None,
+        }
+    }
+
+    /// The index of the owning frame in `frames` (innermost first): the first native frame
+    /// outside the runtimes, the interpreter and libleak.
+    pub fn owner(&self, frames: &[ReportFrame]) -> Option<usize> {
+        frames
+            .iter()
+            .position(|f| matches!(self.of_frame(f), Some(Role::System | Role::Program)))
+    }
+
+    /// The innermost Python frame outside the owner: the line that called into it.
+    pub fn calling_python_line(&self, frames: &[ReportFrame], owner: Option<usize>) -> Option<usize> {
+        let from = owner.unwrap_or(0);
+        frames[from..].iter().position(|f| f.kind == "python").map(|i| i + from)
+    }
+
+    /// Whether only the runtime (C runtime, interpreter, libleak) allocated the block.
+    pub fn is_runtime_leftover(&self, frames: &[ReportFrame]) -> bool {
+        self.owner(frames).is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_get_roles_by_path() {
+        let roles = Roles {
+            executable: "/usr/bin/python3.11".into(),
+            python: true,
+        };
+        assert_eq!(roles.of_module("/lib/x86_64-linux-gnu/libc.so.6"), Role::CRuntime);
+        assert_eq!(
+            roles.of_module("/usr/lib/x86_64-linux-gnu/libstdc++.so.6"),
+            Role::CRuntime
+        );
+        assert_eq!(roles.of_module("/usr/bin/python3.11"), Role::Interpreter);
+        assert_eq!(
+            roles.of_module("/usr/lib/python3.11/lib-dynload/_decimal.cpython-311-x86_64-linux-gnu.so"),
+            Role::Interpreter
+        );
+        assert_eq!(roles.of_module("/opt/py/lib/libpython3.12.so.1.0"), Role::Interpreter);
+        assert_eq!(roles.of_module("/usr/lib/x86_64-linux-gnu/libffi.so.8"), Role::System);
+        assert_eq!(
+            roles.of_module("/usr/lib/python3/dist-packages/numpy/core/_multiarray_umath.so"),
+            Role::Program
+        );
+        assert_eq!(
+            roles.of_module("/home/me/ext.cpython-311-x86_64-linux-gnu.so"),
+            Role::Program
+        );
+        let native = Roles {
+            executable: "/usr/bin/myprog".into(),
+            python: false,
+        };
+        assert_eq!(native.of_module("/usr/bin/myprog"), Role::Program);
+    }
+}
