@@ -175,6 +175,16 @@ fn push_event(write: impl FnOnce(&mut Vec<u64>, u32)) {
             Some(slot) => slot,
             None => {
                 let slot = slots::claim();
+                // A full-size batch from the start: growing one by doubling would free the
+                // smaller buffers, block addresses and all, into the program's heap, where
+                // the exit scan would take the stale addresses for pointers.
+                slot.with_batch(|batch| {
+                    if batch.capacity() < BATCH_WORDS {
+                        let mut fresh = fresh_batch();
+                        fresh.extend_from_slice(batch);
+                        *batch = fresh;
+                    }
+                });
                 if let Some(key) = EXIT_KEY.get() {
                     key.set(slot.as_ptr());
                 }

@@ -253,7 +253,14 @@ impl Writer {
             }
         }
         batch.clear();
-        let _ = self.spare_batches.try_send(batch);
+        if let Err(full) = self.spare_batches.try_send(batch) {
+            // The buffer goes back to malloc, and its memory to the program: leave no block
+            // addresses behind for the exit scan to mistake for pointers.
+            let mut batch = full.into_inner();
+            batch.spare_capacity_mut().iter_mut().for_each(|word| {
+                word.write(0);
+            });
+        }
     }
 
     /// Returns the node id of the innermost frame of `frames` (stack words, innermost first).

@@ -141,10 +141,31 @@ pub fn program_stderr(output: &Output) -> String {
         .collect()
 }
 
-/// `libleak report --json --limit 0 TRACE`, parsed.
+/// `libleak report --json --limit 0 TRACE`, parsed: the default report, leaks only.
 pub fn report_json(trace: &Path) -> Value {
+    report_json_with(trace, &[])
+}
+
+/// Every block live at exit as a row, whatever its class, grouped by whole stack: for tests
+/// of what was recorded rather than of how it is classified.
+pub fn all_live_blocks_json(trace: &Path) -> Value {
+    report_json_with(
+        trace,
+        &[
+            "--show-reachable",
+            "--show-leftovers",
+            "--no-builtin-suppressions",
+            "--group-by",
+            "stack",
+        ],
+    )
+}
+
+/// `libleak report --json --limit 0 EXTRA… TRACE`, parsed.
+pub fn report_json_with(trace: &Path, extra: &[&str]) -> Value {
     let out = run(Command::new(libleak_bin())
         .args(["report", "--json", "--limit", "0"])
+        .args(extra)
         .arg(trace));
     assert!(
         out.status.success(),
@@ -293,8 +314,8 @@ impl Python {
 
     /// Runs `script` from `scratch` (also on `PYTHONPATH`) plainly and then under libleak;
     /// asserts that both succeed with the same stdout and stderr (libleak's own line aside),
-    /// and returns the traced run's report.
-    pub fn run_script_traced(&self, scratch: &Scratch, script: &str, label: &str) -> Value {
+    /// and returns the traced run's trace.
+    pub fn run_script_traced(&self, scratch: &Scratch, script: &str, label: &str) -> PathBuf {
         let command = || {
             let mut command = Command::new(&self.real_path);
             command
@@ -317,7 +338,7 @@ impl Python {
             "{label}: stderr changed"
         );
         assert_eq!(traced.output.status.code(), Some(0), "{label}");
-        report_json(&traced.trace)
+        traced.trace
     }
 
     /// Builds a single-file C extension module `name` from `source` into `dir`.

@@ -44,7 +44,7 @@ fn every_allocator_entry_point_is_reported_exactly() {
     assert!(stdout.contains("huge_malloc_errno_is_enomem=1"), "{stdout}");
     assert!(stdout.contains("posix_memalign_bad_alignment=22"), "{stdout}");
 
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     assert_eq!(report["complete"], true);
     let src = "alloc_kinds.c";
     assert_leak(&report, "leak_malloc", src, line_of(src, "@malloc"), 10 * 100, 10);
@@ -91,7 +91,7 @@ fn every_allocator_entry_point_is_reported_exactly() {
 fn a_program_that_frees_everything_reports_nothing() {
     let scratch = Scratch::new("no-leaks");
     let traced = build_and_trace(&scratch, "gcc", &["no_leaks.c"], &[], &[]);
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     assert_eq!(report["leaks"].as_array().unwrap().len(), 0, "{report:#}");
     assert_eq!(report["totals"]["live_blocks"].as_u64(), Some(0));
     assert_eq!(report["totals"]["live_bytes"].as_u64(), Some(0));
@@ -105,7 +105,7 @@ fn a_program_that_frees_everything_reports_nothing() {
 fn cpp_new_array_reports_the_demangled_caller() {
     let scratch = Scratch::new("new-array");
     let traced = build_and_trace(&scratch, "g++", &["new_array.cpp"], &[], &[]);
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     let src = "new_array.cpp";
     assert_leak(
         &report,
@@ -126,7 +126,7 @@ fn cpp_new_array_reports_the_demangled_caller() {
 fn leaks_from_several_threads_with_cross_thread_frees() {
     let scratch = Scratch::new("threads");
     let traced = build_and_trace(&scratch, "gcc", &["threads.c"], &["-pthread"], &[]);
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     let src = "threads.c";
     // 8 blocks from each of 4 threads, sized 32, 64, 96 and 128 bytes.
     assert_leak(
@@ -159,7 +159,7 @@ fn a_leak_in_a_library_dlclosed_before_exit_is_symbolized() {
     let (plugin, traced) = trace_plugin_program(&scratch);
     let plugin_arg = plugin.to_string_lossy().to_string();
     assert_eq!(traced.output.status.code(), Some(0));
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     let src = "plugin.c";
     assert_leak(&report, "plugin_leak", src, line_of(src, "@plugin_leak"), 5 * 48, 5);
     let frame = &leaks_in(&report, "plugin_leak")[0]["frames"][0];
@@ -173,7 +173,7 @@ fn abrupt_end(mode: &str, reason: &str, check_status: impl Fn(&std::process::Exi
     let args: Vec<&str> = if mode == "_exit" { vec![] } else { vec![mode] };
     let traced = build_and_trace(&scratch, "gcc", &["exits.c"], &[], &args);
     check_status(&traced.output.status);
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     assert_eq!(report["complete"], false);
     assert!(
         report["incomplete_reason"].as_str().unwrap().contains(reason),
@@ -222,7 +222,7 @@ fn a_rebuilt_library_is_flagged_not_mis_symbolized() {
         &plugin,
         &["-shared", "-fPIC", "-DREBUILT=1", "-O2"],
     );
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     let rows: Vec<&serde_json::Value> = report["leaks"]
         .as_array()
         .unwrap()

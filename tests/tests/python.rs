@@ -22,7 +22,7 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
         let scratch = Scratch::new(&label);
         python.build_extension(&source, "leaky", &scratch.path);
         std::fs::copy(example.join("app.py"), scratch.join("app.py")).unwrap();
-        let report = python.run_script_traced(&scratch, "app.py", &label);
+        let report = report_json(&python.run_script_traced(&scratch, "app.py", &label));
         assert_eq!(report["complete"], true, "{label}");
         // Specializing interpreters (3.11+) reach the same C call through different eval-loop
         // paths, so one site can have several native stacks: sum the rows of each site.

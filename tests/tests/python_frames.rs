@@ -65,7 +65,8 @@ fn python_frames_are_spliced_into_native_stacks_on_every_interpreter() {
         let scratch = Scratch::new(&format!("pyframes{}{}", python.version.0, python.version.1));
         python.build_extension(&source, "frames", &scratch.path);
         std::fs::copy(&driver, scratch.join("driver.py")).unwrap();
-        let report = python.run_script_traced(&scratch, "driver.py", &label);
+        let trace = python.run_script_traced(&scratch, "driver.py", &label);
+        let report = all_live_blocks_json(&trace);
         assert_eq!(report["python"]["frames_recorded"], true, "{label}");
         assert_eq!(report["python"]["pythonmalloc_set"], true, "{label}");
 
@@ -254,7 +255,7 @@ fn an_unsupported_interpreter_gets_native_stacks_and_one_line_on_stderr() {
     assert_eq!(notes.len(), 1, "{stderr}");
     assert!(notes[0].starts_with("libleak: CPython 3."), "{stderr}");
     assert!(notes[0].ends_with("recording native stacks only"), "{stderr}");
-    let report = report_json(&traced.trace);
+    let report = all_live_blocks_json(&traced.trace);
     assert_eq!(report["python"]["frames_recorded"], false, "{report:#}");
     assert!(report["python"]["note"]
         .as_str()

@@ -43,6 +43,9 @@ struct Blocks {
     sizes: Vec<u64>,
     /// Offset of the Python object inside a garbage-collected object's block; 0 otherwise.
     object_offsets: Vec<u8>,
+    /// Offset of the next heap chunk's header when it falls inside the block (see
+    /// [`roots::next_chunk_offset`]); `u64::MAX` otherwise.
+    next_chunks: Vec<u64>,
     lowest: u64,
     highest_end: u64,
 }
@@ -56,6 +59,7 @@ impl Blocks {
             addresses: blocks.iter().map(|b| b.0).collect(),
             sizes: blocks.iter().map(|b| b.1).collect(),
             object_offsets: vec![0; blocks.len()],
+            next_chunks: vec![u64::MAX; blocks.len()],
             lowest,
             highest_end,
         }
@@ -69,7 +73,7 @@ impl Blocks {
         }
         let index = self.addresses.partition_point(|&a| a <= value).checked_sub(1)?;
         let offset = value - self.addresses[index];
-        if offset >= self.sizes[index].max(1) {
+        if offset >= self.sizes[index].max(1) || offset == self.next_chunks[index] {
             return None;
         }
         let object = u64::from(self.object_offsets[index]);
@@ -168,6 +172,13 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         ..Reachability::default()
     };
 
+    for index in 0..blocks.addresses.len() {
+        if let Some(offset) = roots::next_chunk_offset(&mut memory, blocks.addresses[index]) {
+            if offset < blocks.sizes[index] {
+                blocks.next_chunks[index] = offset;
+            }
+        }
+    }
     let mut immortal = Vec::new();
     if let Some(mut python) = input.python {
         let mut read = |address: u64| memory.word(address);

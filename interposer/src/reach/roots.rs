@@ -269,6 +269,19 @@ fn arena_heap_size(memory: &mut MemoryReader, start: u64, end: u64) -> Option<u6
     plausible.then_some(size)
 }
 
+/// Where, inside a live block of glibc's heap, the header of the next chunk starts: malloc's
+/// own pointers to that chunk (the arena's top, bins and last remainder) land there, and
+/// must not be taken for references into the block. `None` for `mmap`'d chunks and
+/// anything that does not look like a chunk.
+pub fn next_chunk_offset(memory: &mut MemoryReader, block: u64) -> Option<u64> {
+    let size_word = memory.word(block.checked_sub(8)?)?;
+    let size = size_word & !CHUNK_FLAGS;
+    if size_word & CHUNK_IS_MMAPPED != 0 || size < 32 || !size.is_multiple_of(16) || size > 1 << 40 {
+        return None;
+    }
+    Some(size - 16)
+}
+
 /// If a glibc `mmap`'d chunk starts at `page` (a chunk whose size word marks it as mapped and
 /// that fills its pages exactly), its length in bytes including the alignment padding.
 fn mmapped_chunk_len(memory: &mut MemoryReader, page: u64, end: u64) -> Option<u64> {
