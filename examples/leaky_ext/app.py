@@ -4,14 +4,14 @@ import leaky
 
 
 def load_batch(batch_size):
-    return leaky.parse_records(batch_size, 256)
+    return leaky.parse_records(batch_size, 256)  # @app_parse
 
 
 def main():
     total = 0
     for _ in range(10):
         total += load_batch(4)
-    labels = [leaky.make_label(name) for name in ("alpha", "beta", "gamma")]
+    labels = [leaky.make_label(name) for name in ("alpha", "beta", "gamma")]  # @app_label
     for size in (16, 1024, 4096):
         total += leaky.checksum(size)
     print("processed", total, ",".join(labels))

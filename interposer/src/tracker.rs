@@ -59,6 +59,11 @@ static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
 /// The exit scan's time limit in milliseconds (0: no scan): the exiting thread waits that
 /// much longer for the writer.
 static SCAN_TIME_LIMIT: AtomicU64 = AtomicU64::new(0);
+/// Set when the exit scan will run: freed blocks are then zeroed (see the free hook).
+static SCRUB_FREED: AtomicU8 = AtomicU8::new(0);
+/// Larger freed blocks are not zeroed: they are rare, costly to clear, and mostly returned
+/// to the system rather than reused.
+pub const MAX_SCRUB_BYTES: usize = 64 << 10;
 
 /// Set by the writer once the end marker is on disk.
 pub static WRITER_DONE: AtomicU8 = AtomicU8::new(0);
@@ -124,6 +129,12 @@ fn guarded<R>(f: impl FnOnce() -> R) -> R {
     let result = f();
     THREAD.with(|t| t.in_hook.set(was));
     result
+}
+
+/// Whether freed blocks are zeroed before the real free.
+#[inline(always)]
+pub fn scrub_freed() -> bool {
+    SCRUB_FREED.load(Ordering::Relaxed) != 0
 }
 
 #[inline(always)]
@@ -397,6 +408,7 @@ fn start_recording() -> Result<(), String> {
         config.scan_time_limit.map_or(0, |d| d.as_millis() as u64),
         Ordering::Relaxed,
     );
+    SCRUB_FREED.store(u8::from(config.scan_time_limit.is_some()), Ordering::Relaxed);
     *WRITER_INIT.lock().map_err(|_| "start-up lock poisoned")? = Some(writer);
     let _ = TRACE_PATH.set(path);
     PID.store(sys::getpid(), Ordering::Relaxed);
@@ -506,9 +518,14 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
         });
         // `_exit` and `abort` skip exit handlers and interpreter finalisation: what is live
         // then is not what the program leaves behind, so there is nothing to classify.
-        let scan_from = (kind == ExitKind::Exit).then(|| ExitingThread {
-            tid: sys::gettid(),
-            stack_pointer: crate::ffi::memory::stack_pointer(),
+        let scan_from = (kind == ExitKind::Exit).then(|| {
+            let mut frames = Vec::new();
+            unwind::frames_with_cfa(&mut frames);
+            ExitingThread {
+                tid: sys::gettid(),
+                stack_pointer: crate::ffi::memory::stack_pointer(),
+                frames,
+            }
         });
         offer(
             Message::Finish(Ending {

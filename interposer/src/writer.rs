@@ -297,12 +297,14 @@ impl Writer {
         if generation != self.loader_generation {
             let modules = sys::loaded_modules(&self.main_exe);
             self.update_modules(modules);
+            // Only a snapshot taken here is known to match this generation: one sent by a
+            // hook may predate loads that happened since (the writer can be behind).
+            self.loader_generation = generation;
         }
     }
 
     /// Records modules that appeared and disappeared since the last snapshot.
     fn update_modules(&mut self, snapshot: Vec<Module>) {
-        self.loader_generation = sys::loader_generation();
         let same = |a: &Module, b: &Module| a.path == b.path && a.bias == b.bias;
         let before = self.modules.len();
         self.modules.retain(|known| {

@@ -116,6 +116,8 @@ pub struct Leak {
     pub frames: Vec<ReportFrame>,
     /// Every distinct stack under the row, largest first.
     pub stacks: Vec<StackRow>,
+    /// Blocks and bytes per class, most serious first (`kind` is the first).
+    pub classes: Vec<(&'static str, Tally)>,
     pub owner: Owner,
     /// Allocated by the runtime alone (listed only with `--show-leftovers`).
     pub runtime_leftover: bool,
@@ -181,6 +183,17 @@ fn class_name(class: Option<LeakClass>) -> &'static str {
     class.map_or("unclassified", LeakClass::name)
 }
 
+/// Lower is more serious.
+fn severity(kind: &str) -> u8 {
+    match kind {
+        "definitely-lost" => 0,
+        "indirectly-lost" => 1,
+        "unclassified" => 2,
+        "possibly-lost" => 3,
+        _ => 4,
+    }
+}
+
 pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: &ReportOptions) -> Report {
     // Blocks by (stack, class).
     let mut groups: HashMap<(u64, Option<LeakClass>), (u64, u64, &'static str)> = HashMap::new();
@@ -202,7 +215,9 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     let mut merged: HashMap<u64, Vec<ReportFrame>> = HashMap::new();
     let mut summary = Summary::default();
     let mut rows: Vec<Leak> = Vec::new();
-    let mut row_of: HashMap<(Option<LeakClass>, bool, Vec<ReportFrame>), usize> = HashMap::new();
+    // A row is one leak: a site's lost blocks together, whatever holds each (a stale pointer
+    // into one block makes it "possibly lost" without making it another leak).
+    let mut row_of: HashMap<(bool, bool, Vec<ReportFrame>), usize> = HashMap::new();
     for ((stack, class), (bytes, blocks, allocator)) in groups {
         let frames = merged
             .entry(stack)
@@ -236,7 +251,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
             GroupBy::Site => frames.iter().take(1).cloned().collect(),
             GroupBy::Frames(n) => frames.iter().take(n).cloned().collect(),
         };
-        let index = *row_of.entry((class, leftover, key_frames)).or_insert_with(|| {
+        let index = *row_of.entry((reachable, leftover, key_frames)).or_insert_with(|| {
             rows.push(Leak {
                 kind: class_name(class),
                 bytes: 0,
@@ -244,6 +259,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
                 allocator,
                 frames: Vec::new(),
                 stacks: Vec::new(),
+                classes: Vec::new(),
                 owner: Owner {
                     frame: None,
                     python: None,
@@ -255,6 +271,15 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         let row = &mut rows[index];
         row.bytes += bytes;
         row.blocks += blocks;
+        let name = class_name(class);
+        match row.classes.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, tally)) => tally.add(blocks, bytes),
+            None => row.classes.push((name, Tally { blocks, bytes })),
+        }
+        // The row reads as its most serious class.
+        if severity(name) < severity(row.kind) {
+            row.kind = name;
+        }
         // Stacks that differ only in frames the report hides read the same: one stack.
         match row.stacks.iter_mut().find(|s| s.frames == frames) {
             Some(existing) => {
@@ -265,6 +290,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         }
     }
     for row in &mut rows {
+        row.classes.sort_by_key(|(name, _)| severity(name));
         row.stacks
             .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
         row.frames = row.stacks.first().map(|s| s.frames.clone()).unwrap_or_default();
@@ -436,6 +462,7 @@ pub fn to_json(report: &Report) -> Value {
             "blocks": leak.blocks,
             "allocator": leak.allocator,
             "runtime_leftover": leak.runtime_leftover,
+            "classes": leak.classes.iter().map(|(name, tally)| (name.to_string(), tally_json(*tally))).collect::<serde_json::Map<_, _>>(),
             "owner": {
                 "module": leak.owner.frame.as_ref().and_then(|f| f.module.clone()),
                 "function": leak.owner.frame.as_ref().and_then(|f| f.function.clone()),
@@ -527,11 +554,18 @@ pub fn to_text(report: &Report) -> String {
     }
     summary_text(&mut out, report);
     for (rank, leak) in report.leaks.iter().enumerate() {
-        let what = if leak.runtime_leftover {
-            format!("{}, left by the runtime", leak.kind)
-        } else {
-            leak.kind.to_string()
-        };
+        let mut what = leak.kind.to_string();
+        if leak.classes.len() > 1 {
+            let parts: Vec<String> = leak
+                .classes
+                .iter()
+                .map(|(name, tally)| format!("{} {name}", thousands(tally.blocks)))
+                .collect();
+            what = format!("{what} ({})", parts.join(", "));
+        }
+        if leak.runtime_leftover {
+            what.push_str(", left by the runtime");
+        }
         let _ = writeln!(
             out,
             "\n#{} {} {what} ({})",

@@ -49,5 +49,24 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
             leaks_in(&report, "checksum").is_empty(),
             "{label}: checksum frees its buffer"
         );
+        // The default report shows the two planted leaks and nothing else, one row each, with
+        // their class, owner and the Python line that called into the extension.
+        let rows = report["leaks"].as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{label}: {report:#}");
+        let app_line = |marker: &str| line_of("../../examples/leaky_ext/app.py", marker);
+        for (row, function, python_line, bytes, blocks) in [
+            (&rows[0], "parse_records", app_line("@app_parse"), 40 * 256, 40),
+            (&rows[1], "copy_label", app_line("@app_label"), 3 * 32, 3),
+        ] {
+            assert_eq!(row["kind"], "definitely-lost", "{label}");
+            assert_eq!(row["bytes"].as_u64(), Some(bytes), "{label}");
+            assert_eq!(row["blocks"].as_u64(), Some(blocks), "{label}");
+            assert_eq!(row["owner"]["function"], function, "{label}");
+            assert!(
+                row["owner"]["module"].as_str().unwrap().contains("/leaky."),
+                "{label}: {row:#}"
+            );
+            assert_eq!(row["owner"]["python"]["line"].as_u64(), Some(python_line), "{label}");
+        }
     }
 }

@@ -134,6 +134,17 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // The free is ordered before the real free, so no other thread can be handed the same
     // address with an earlier sequence number.
     tracker::record_free(ptr as usize, tracker::next_seq());
+    if tracker::scrub_freed() {
+        // Freed memory is handed out again uninitialised; stale pointers left in it would
+        // read as references in the exit scan and hide leaks. Zeroing it first keeps the
+        // scan precise (the program may not read a block it freed).
+        // SAFETY: `ptr` is a live block of the real allocator, usable for the size it reports.
+        let usable = unsafe { (real.malloc_usable_size)(ptr) };
+        if usable <= tracker::MAX_SCRUB_BYTES {
+            // SAFETY: as above: `usable` bytes at `ptr` belong to the block being freed.
+            unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, usable) };
+        }
+    }
     // SAFETY: forwarding the caller's live block.
     unsafe { (real.free)(ptr) };
     set_errno(saved);

@@ -21,6 +21,7 @@ pub struct Symbols {
     pub unicode_type: usize,
     /// `PyType_Type`: the metatype every type object leads to.
     pub type_type: usize,
+    pub list_type: usize,
     pub eval_loop_start: usize,
     pub eval_loop_size: usize,
     /// `PyGILState_GetThisThreadState`: the thread state bound to the calling OS thread.
@@ -49,6 +50,7 @@ pub fn find_symbols() -> Option<Symbols> {
     let code_type = symbol(c"PyCode_Type");
     let unicode_type = symbol(c"PyUnicode_Type");
     let type_type = symbol(c"PyType_Type");
+    let list_type = symbol(c"PyList_Type");
     let eval_loop_start = symbol(c"_PyEval_EvalFrameDefault");
     if runtime == 0 || code_type == 0 || unicode_type == 0 || type_type == 0 || eval_loop_start == 0 {
         return None;
@@ -66,6 +68,7 @@ pub fn find_symbols() -> Option<Symbols> {
         code_type,
         unicode_type,
         type_type,
+        list_type,
         eval_loop_start,
         eval_loop_size: symbol_size(eval_loop_start),
         this_thread_state,

@@ -71,3 +71,17 @@ fn capture_into(out: &mut [MaybeUninit<usize>]) -> usize {
     };
     written
 }
+
+/// (return address, canonical frame address) of every frame of the calling thread, innermost
+/// first. Slow (libgcc's unwinder): for the exit path only, where the scan needs to know
+/// where each frame's memory starts.
+pub fn frames_with_cfa(out: &mut Vec<(u64, u64)>) {
+    // SAFETY: as in `capture_into`; the closure only pushes into a vector the caller owns,
+    // and runs with the re-entrancy guard set, so the allocation passes through.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            out.push((frame.ip() as u64, frame.sp() as u64));
+            out.len() < 4096
+        })
+    };
+}

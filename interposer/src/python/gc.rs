@@ -4,6 +4,8 @@
 //!   list, and those links must not make a leaked object look reachable. A reference to such
 //!   an object points past its GC header (and past the pre-header of 3.11+ managed dicts and
 //!   weak references);
+//! - lists, whose item array is scanned only up to the items in use: the slots past them
+//!   keep stale pointers to objects long gone, whose memory may now be another block;
 //! - immortal objects (3.12+), which the interpreter keeps for the life of the process by
 //!   design (interned strings, for one) and which are therefore roots, not leaks.
 //!
@@ -12,7 +14,10 @@
 
 use std::collections::HashMap;
 
-use super::layouts::{GC_HEADER_SIZE, GC_PREHEADER_SIZE, OBJECT_TYPE, TYPE_BASIC_SIZE, TYPE_FLAGS, TYPE_FLAG_HAVE_GC};
+use super::layouts::{
+    GC_HEADER_SIZE, GC_PREHEADER_SIZE, LIST_ITEMS, LIST_SIZE, OBJECT_TYPE, TYPE_BASIC_SIZE, TYPE_FLAGS,
+    TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS,
+};
 
 /// How deep a chain of metatypes is followed before giving up on a candidate type.
 const MAX_METATYPE_DEPTH: usize = 4;
@@ -31,10 +36,13 @@ pub struct FoundObject {
     pub offset: u64,
     pub garbage_collected: bool,
     pub immortal: bool,
+    /// For a list: its item array and the bytes of it in use.
+    pub list_items: Option<(u64, u64)>,
 }
 
 pub struct GcObjects {
     type_type: u64,
+    list_type: u64,
     preheader_flags: u64,
     has_immortal_objects: bool,
     types: HashMap<u64, Option<TypeInfo>>,
@@ -48,13 +56,32 @@ impl GcObjects {
             None if self.is_plain_object(read, block, size) => (0, false),
             None => return None,
         };
-        let immortal =
-            self.has_immortal_objects && read(block + offset).is_some_and(|refcount| (refcount as u32 as i32) < 0);
+        let object = block + offset;
+        let immortal = self.has_immortal_objects && read(object).is_some_and(|refcount| (refcount as u32 as i32) < 0);
+        let list_items = if garbage_collected && self.is_list(read, object) {
+            match (read(object + LIST_ITEMS), read(object + LIST_SIZE)) {
+                (Some(items), Some(len)) if items != 0 && len < 1 << 40 => Some((items, len * 8)),
+                _ => None,
+            }
+        } else {
+            None
+        };
         Some(FoundObject {
             offset,
             garbage_collected,
             immortal,
+            list_items,
         })
+    }
+
+    fn is_list(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, object: u64) -> bool {
+        let Some(type_address) = read(object + OBJECT_TYPE as u64) else {
+            return false;
+        };
+        type_address == self.list_type
+            || self
+                .type_info(read, type_address)
+                .is_some_and(|info| info.flags & TYPE_FLAG_LIST_SUBCLASS != 0)
     }
 
     /// An object without a GC header: its type is not garbage-collected and fits the block.
@@ -142,6 +169,7 @@ pub fn objects() -> Option<GcObjects> {
     let interpreter = super::interpreter()?;
     Some(GcObjects {
         type_type: interpreter.symbols.type_type as u64,
+        list_type: interpreter.symbols.list_type as u64,
         preheader_flags: interpreter.layout.gc_preheader_flags,
         has_immortal_objects: interpreter.layout.has_immortal_objects,
         types: HashMap::new(),

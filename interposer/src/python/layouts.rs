@@ -247,6 +247,11 @@ pub const TYPE_FLAG_HAVE_GC: u64 = 1 << 14;
 pub const TYPE_FLAG_MANAGED_DICT: u64 = 1 << 4;
 pub const TYPE_FLAG_MANAGED_WEAKREF: u64 = 1 << 3;
 pub const GC_HEADER_SIZE: u64 = 16;
+/// `Py_TPFLAGS_LIST_SUBCLASS`.
+pub const TYPE_FLAG_LIST_SUBCLASS: u64 = 1 << 25;
+/// `PyListObject`: `ob_size` (items in use) and `ob_item` (the item array).
+pub const LIST_SIZE: u64 = 16;
+pub const LIST_ITEMS: u64 = 24;
 pub const GC_PREHEADER_SIZE: u64 = 16;
 pub const BYTES_DATA: usize = 32;
 pub const UNICODE_LENGTH: usize = 16;

@@ -46,6 +46,8 @@ struct Blocks {
     /// Offset of the next heap chunk's header when it falls inside the block (see
     /// [`roots::next_chunk_offset`]); `u64::MAX` otherwise.
     next_chunks: Vec<u64>,
+    /// Bytes of the block worth scanning (a list's item array: the items in use).
+    scan_limits: Vec<u64>,
     lowest: u64,
     highest_end: u64,
 }
@@ -60,6 +62,7 @@ impl Blocks {
             sizes: blocks.iter().map(|b| b.1).collect(),
             object_offsets: vec![0; blocks.len()],
             next_chunks: vec![u64::MAX; blocks.len()],
+            scan_limits: blocks.iter().map(|b| b.1).collect(),
             lowest,
             highest_end,
         }
@@ -136,7 +139,7 @@ impl Marker<'_> {
     /// The words of block `index`, without its GC header.
     fn block_words(&mut self, index: usize, each: &mut dyn FnMut(u64)) {
         let start = self.blocks.addresses[index];
-        let end = start + self.blocks.sizes[index];
+        let end = start + self.blocks.scan_limits[index];
         let object = u64::from(self.blocks.object_offsets[index]);
         let skip = if object != 0 {
             (start + object - crate::python::layouts::GC_HEADER_SIZE, start + object)
@@ -193,12 +196,23 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             if object.immortal {
                 immortal.push(index);
             }
+            if let Some((items, in_use)) = object.list_items {
+                if let Ok(items_index) = blocks.addresses.binary_search(&items) {
+                    blocks.scan_limits[items_index] = blocks.scan_limits[items_index].min(in_use);
+                }
+            }
         }
     }
     summary.immortal_objects = immortal.len() as u64;
 
     let maps = roots::read_maps();
-    let roots = roots::collect(&maps, input.modules, input.own_module, input.exiting, &mut memory);
+    let roots = roots::collect(
+        &maps,
+        input.modules,
+        input.own_module,
+        input.exiting.as_ref(),
+        &mut memory,
+    );
     summary.root_bytes = roots.bytes();
     summary.threads = roots.threads;
     summary.threads_unknown = roots.threads_unknown;

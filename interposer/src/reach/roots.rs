@@ -78,12 +78,34 @@ fn parse_mapping(line: &str) -> Option<Mapping> {
     })
 }
 
-/// The thread that called `exit`: its stack pointer was taken on entry to libleak's exit
-/// path, so libleak's own frames below it are not scanned.
-#[derive(Clone, Copy, Debug)]
+/// The thread that called `exit`, seen from libleak's exit handler.
+#[derive(Clone, Debug)]
 pub struct ExitingThread {
     pub tid: u32,
+    /// Taken in libleak's exit path: a fallback start for the scan of this stack.
     pub stack_pointer: u64,
+    /// (return address, canonical frame address) of its frames, innermost first.
+    pub frames: Vec<(u64, u64)>,
+}
+
+impl ExitingThread {
+    /// Where the live part of the exiting thread's stack starts: the frame of the code that
+    /// called `exit` (the program, or `_start` when `main` returned). The frames below it are
+    /// libc's and libleak's exit path, whose unused slots still hold stale values from
+    /// deeper calls made while the program ran; they are not roots.
+    fn live_stack_start(&self, modules: &[Module]) -> u64 {
+        let exit_path = |address: u64| {
+            modules.iter().find(|m| m.contains(address)).is_none_or(|m| {
+                let name = m.path.rsplit('/').next().unwrap_or(&m.path);
+                name == "libleak.so" || name.starts_with("libc.so") || name.starts_with("ld-linux")
+            })
+        };
+        match self.frames.iter().position(|&(ip, _)| !exit_path(ip.saturating_sub(1))) {
+            // The callee's canonical frame address is where the caller's frame ends.
+            Some(caller) if caller > 0 => self.frames[caller - 1].1,
+            _ => self.stack_pointer,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -134,7 +156,7 @@ pub fn collect(
     maps: &[Mapping],
     modules: &[Module],
     own_module: Option<&Module>,
-    exiting: Option<ExitingThread>,
+    exiting: Option<&ExitingThread>,
     memory: &mut MemoryReader,
 ) -> Roots {
     let mut roots = Roots::default();
@@ -152,7 +174,7 @@ pub fn collect(
     let own_tid = sys::gettid();
     for tid in thread_ids().into_iter().filter(|&tid| tid != own_tid) {
         let stack_pointer = match exiting {
-            Some(thread) if thread.tid == tid => Some(thread.stack_pointer),
+            Some(thread) if thread.tid == tid => Some(thread.live_stack_start(modules)),
             _ => registers_with_retry(tid).map(|(stack_pointer, arguments)| {
                 roots.words.extend(arguments);
                 stack_pointer
@@ -166,7 +188,12 @@ pub fn collect(
         if let Some(index) = maps.iter().position(|m| m.contains(stack_pointer)) {
             let mapping = &maps[index];
             stack_mappings.push(index);
-            let start = stack_pointer.saturating_sub(RED_ZONE).max(mapping.start);
+            let red_zone = if exiting.is_some_and(|t| t.tid == tid) {
+                0
+            } else {
+                RED_ZONE
+            };
+            let start = stack_pointer.saturating_sub(red_zone).max(mapping.start);
             push_range(&mut roots.ranges, &excluded, start, mapping.end);
         }
     }

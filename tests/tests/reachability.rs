@@ -1,0 +1,218 @@
+//! Reachability at exit, against real processes: every class on a C fixture (with threads
+//! still running at exit), Python objects leaked from C on every interpreter found, a Python
+//! program that leaks nothing (its default report must list no leak), and the report's
+//! grouping, suppressions and CI gate.
+
+use std::process::Command;
+
+use libleak_tests::*;
+use serde_json::Value;
+
+fn rows(report: &Value) -> &Vec<Value> {
+    report["leaks"].as_array().expect("leaks array")
+}
+
+/// Rows whose owner is `function`.
+fn owned_by<'a>(report: &'a Value, function: &str) -> Vec<&'a Value> {
+    rows(report)
+        .iter()
+        .filter(|row| row["owner"]["function"].as_str() == Some(function))
+        .collect()
+}
+
+/// The one row owned by `function` at `line` (the owner frame's line), with its amounts.
+fn row_at<'a>(report: &'a Value, function: &str, line: u64) -> &'a Value {
+    let found: Vec<&Value> = owned_by(report, function)
+        .into_iter()
+        .filter(|row| row["owner"]["line"].as_u64() == Some(line))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one row owned by {function}:{line} expected in {report:#}"
+    );
+    found[0]
+}
+
+fn amounts(row: &Value) -> (&str, u64, u64) {
+    (
+        row["kind"].as_str().unwrap(),
+        row["bytes"].as_u64().unwrap(),
+        row["blocks"].as_u64().unwrap(),
+    )
+}
+
+fn report_exit_code(trace: &std::path::Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = run(Command::new(libleak_bin()).arg("report").args(extra).arg(trace));
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn every_class_on_a_c_program_with_threads_running_at_exit() {
+    let scratch = Scratch::new("reach");
+    let exe = scratch.join("reach");
+    compile("gcc", &["reach/reach.c"], &exe, &["-pthread"]);
+    let plain = run(&mut Command::new(&exe));
+    let traced = run_traced(&scratch, &mut Command::new(&exe));
+    assert_eq!(traced.output.stdout, plain.stdout);
+    assert_eq!(traced.output.status.code(), Some(0));
+    let line = |marker: &str| line_of("reach/reach.c", marker);
+
+    let report = report_json(&traced.trace);
+    assert_eq!(report["reachability"]["outcome"], "complete", "{report:#}");
+    assert_eq!(
+        amounts(row_at(&report, "drop_block", line("@dropped"))),
+        ("definitely-lost", 777, 1)
+    );
+    assert_eq!(
+        amounts(row_at(&report, "drop_owner", line("@owner"))),
+        ("definitely-lost", 48, 1)
+    );
+    assert_eq!(
+        amounts(row_at(&report, "drop_owner", line("@vec"))),
+        ("indirectly-lost", 16, 1)
+    );
+    assert_eq!(
+        amounts(row_at(&report, "drop_owner", line("@items"))),
+        ("indirectly-lost", 800, 1)
+    );
+    assert_eq!(
+        amounts(row_at(&report, "keep_middle", line("@middle"))),
+        ("possibly-lost", 4096, 1)
+    );
+    // One site, two callers: one row by site, listing both stacks.
+    let twice = row_at(&report, "twice_site", line("@twice"));
+    assert_eq!(amounts(twice), ("definitely-lost", 600, 2));
+    let callers: Vec<&str> = twice["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["frames"][1]["function"].as_str().unwrap())
+        .collect();
+    assert_eq!(callers.len(), 2, "{twice:#}");
+    assert!(
+        callers.contains(&"first_caller") && callers.contains(&"second_caller"),
+        "{callers:?}"
+    );
+    // Nothing else: the cache and the running threads' blocks are reachable.
+    assert_eq!(rows(&report).len(), 6, "{report:#}");
+    assert_eq!(report["summary"]["definitely_lost"]["bytes"], 777 + 48 + 600);
+    assert_eq!(report["summary"]["indirectly_lost"]["bytes"], 816);
+    assert!(report["summary"]["reachable"]["blocks"].as_u64().unwrap() >= 6);
+
+    let all = report_json_with(&traced.trace, &["--show-reachable"]);
+    for (function, marker, bytes, blocks) in [
+        ("fill_cache", "@cache", 4000, 4),
+        ("blocked_thread", "@blocked", 5555, 1),
+        ("spinning_thread", "@spinning", 6666, 1),
+    ] {
+        assert_eq!(
+            amounts(row_at(&all, function, line(marker))),
+            ("reachable", bytes, blocks),
+            "{function}"
+        );
+    }
+
+    let by_stack = report_json_with(&traced.trace, &["--group-by", "stack"]);
+    assert_eq!(owned_by(&by_stack, "twice_site").len(), 2);
+
+    // The CI gate: definite and indirect leaks are 2,241 bytes.
+    assert_eq!(report_exit_code(&traced.trace, &[]).0, Some(0));
+    assert_eq!(report_exit_code(&traced.trace, &["--fail-on-leak"]).0, Some(23));
+    assert_eq!(report_exit_code(&traced.trace, &["--fail-on-leak=2240"]).0, Some(23));
+    assert_eq!(report_exit_code(&traced.trace, &["--fail-on-leak=2241"]).0, Some(0));
+
+    // A user's suppressions file, in LeakSanitizer's syntax.
+    let suppressions = scratch.join("leaks.supp");
+    std::fs::write(&suppressions, "# known\nleak:drop_owner\n").unwrap();
+    let supp = suppressions.to_str().unwrap();
+    let suppressed = report_json_with(&traced.trace, &["--suppressions", supp]);
+    assert!(owned_by(&suppressed, "drop_owner").is_empty());
+    assert_eq!(rows(&suppressed).len(), 3);
+    let suppressed_bytes = |r: &Value| r["summary"]["suppressed"]["bytes"].as_u64().unwrap();
+    assert_eq!(suppressed_bytes(&suppressed), suppressed_bytes(&report) + 48 + 16 + 800);
+    assert_eq!(
+        report_exit_code(&traced.trace, &["--suppressions", supp, "--fail-on-leak=1377"]).0,
+        Some(0)
+    );
+    std::fs::write(&suppressions, "race:drop_owner\n").unwrap();
+    let (code, stderr) = report_exit_code(&traced.trace, &["--suppressions", supp]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("leaks.supp:1"), "{stderr}");
+
+    let listed = run(Command::new(libleak_bin()).arg("suppressions"));
+    assert!(listed.status.success());
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("\nleak:_dl_allocate_tls\n"));
+}
+
+#[test]
+fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
+    let fixtures = fixtures_dir().join("reach");
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    let c = |marker: &str| line_of("reach/objects.c", marker);
+    let py = |marker: &str| line_of("reach/objects.py", marker);
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("reachobj{}{}", python.version.0, python.version.1));
+        python.build_extension(&fixtures.join("objects.c"), "reachobj", &scratch.path);
+        std::fs::copy(fixtures.join("objects.py"), scratch.join("objects.py")).unwrap();
+        let report = report_json(&python.run_script_traced(&scratch, "objects.py", &label));
+        assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+
+        let bytes = row_at(&report, "leak_bytes", c("@leak_bytes"));
+        assert_eq!(amounts(bytes), ("definitely-lost", 50_033, 1), "{label}");
+        assert_eq!(bytes["owner"]["python"]["function"], "make_bytes", "{label}");
+        assert_eq!(
+            bytes["owner"]["python"]["line"].as_u64(),
+            Some(py("@call_bytes")),
+            "{label}"
+        );
+
+        // A list: its GC header links it to the collector's lists, which are not references.
+        let list = row_at(&report, "leak_list", c("@leak_list"));
+        assert_eq!(amounts(list), ("definitely-lost", 56, 1), "{label}");
+        assert_eq!(list["owner"]["python"]["function"], "make_list", "{label}");
+        assert_eq!(
+            list["owner"]["python"]["line"].as_u64(),
+            Some(py("@call_list")),
+            "{label}"
+        );
+        // Its item array and its int go with it.
+        let indirect: Vec<&Value> = owned_by(&report, "leak_list")
+            .into_iter()
+            .filter(|row| row["kind"] == "indirectly-lost")
+            .collect();
+        let blocks: u64 = indirect.iter().map(|r| r["blocks"].as_u64().unwrap()).sum();
+        assert_eq!(blocks, 2, "{label}: {report:#}");
+        assert_eq!(rows(&report).len(), 4, "{label}: only the planted leaks: {report:#}");
+    }
+}
+
+#[test]
+fn a_python_program_that_leaks_nothing_has_an_empty_report_on_every_interpreter() {
+    let fixtures = fixtures_dir().join("reach");
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("control{}{}", python.version.0, python.version.1));
+        std::fs::copy(fixtures.join("control.py"), scratch.join("control.py")).unwrap();
+        let report = report_json(&python.run_script_traced(&scratch, "control.py", &label));
+        assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+        assert_eq!(rows(&report).len(), 0, "{label}: {report:#}");
+        let summary = &report["summary"];
+        for class in ["definitely_lost", "indirectly_lost", "possibly_lost", "unclassified"] {
+            assert_eq!(summary[class]["blocks"], 0, "{label}: {class}");
+        }
+        let tally = |name: &str| format!("{} blocks / {} bytes", summary[name]["blocks"], summary[name]["bytes"]);
+        eprintln!(
+            "{label}: live at exit {} blocks; reachable {}; runtime leftovers {}; suppressed {}",
+            report["totals"]["live_blocks"],
+            tally("reachable"),
+            tally("runtime_leftovers"),
+            tally("suppressed")
+        );
+    }
+}
