@@ -161,8 +161,13 @@ fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
         let report = report_json(&python.run_script_traced(&scratch, "objects.py", &label));
         assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
 
+        // Lost, never possibly lost or reachable. Definitely lost, unless a block the
+        // interpreter itself lost at exit (a hidden runtime leftover) still refers to it,
+        // which makes it indirectly lost: seen now and then on Debian's 3.11.
+        let lost = |row: &Value| ["definitely-lost", "indirectly-lost"].contains(&row["kind"].as_str().unwrap());
         let bytes = row_at(&report, "leak_bytes", c("@leak_bytes"));
-        assert_eq!(amounts(bytes), ("definitely-lost", 50_033, 1), "{label}");
+        assert!(lost(bytes), "{label}: {bytes:#}");
+        assert_eq!((amounts(bytes).1, amounts(bytes).2), (50_033, 1), "{label}");
         assert_eq!(bytes["owner"]["python"]["function"], "make_bytes", "{label}");
         assert_eq!(
             bytes["owner"]["python"]["line"].as_u64(),
@@ -172,7 +177,8 @@ fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
 
         // A list: its GC header links it to the collector's lists, which are not references.
         let list = row_at(&report, "leak_list", c("@leak_list"));
-        assert_eq!(amounts(list), ("definitely-lost", 56, 1), "{label}");
+        assert!(lost(list), "{label}: {list:#}");
+        assert_eq!((amounts(list).1, amounts(list).2), (56, 1), "{label}");
         assert_eq!(list["owner"]["python"]["function"], "make_list", "{label}");
         assert_eq!(
             list["owner"]["python"]["line"].as_u64(),
@@ -182,7 +188,8 @@ fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
         // Its item array and its int go with it.
         let indirect: Vec<&Value> = owned_by(&report, "leak_list")
             .into_iter()
-            .filter(|row| row["kind"] == "indirectly-lost")
+            .filter(|row| row["owner"]["line"].as_u64() != Some(c("@leak_list")))
+            .inspect(|row| assert_eq!(row["kind"], "indirectly-lost", "{label}"))
             .collect();
         let blocks: u64 = indirect.iter().map(|r| r["blocks"].as_u64().unwrap()).sum();
         assert_eq!(blocks, 2, "{label}: {report:#}");
