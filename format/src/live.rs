@@ -52,8 +52,8 @@ pub struct Totals {
     pub unmatched_frees: u64,
 }
 
-/// Block addresses are not attacker-chosen; a multiply-shift hash is enough and much cheaper
-/// than SipHash on the writer's per-event path.
+/// A multiply-rotate hash for addresses and the writer's (node id, frame) keys: they are not
+/// attacker-chosen, and SipHash cost more than everything else on the writer's per-event path.
 #[derive(Default)]
 pub struct AddressHasher(u64);
 

@@ -8,11 +8,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use libleak_format::live::{LiveBlock, LiveSet};
+use libleak_format::live::{AddressHasher, LiveBlock, LiveSet};
 use libleak_format::{
     Alloc, AllocKind, ChunkWriter, End, ExitKind, Free, Module, ProcessInfo, PythonCode, PythonRuntime, RecordEncoder,
 };
@@ -78,7 +78,7 @@ pub struct Writer {
     events: Receiver<Message>,
     spare_batches: Sender<Vec<u64>>,
     /// (parent node, frame word) → node id.
-    stack_nodes: HashMap<(u64, u64), u64, BuildHasherDefault<NodeKeyHasher>>,
+    stack_nodes: HashMap<(u64, u64), u64, BuildHasherDefault<AddressHasher>>,
     /// The previous stack interned (outermost first) and its node ids, depth by depth:
     /// consecutive events of a thread share most of their outer frames, so only the frames
     /// after the shared part need a lookup.
@@ -329,26 +329,5 @@ impl Writer {
                 self.modules.push(module);
             }
         }
-    }
-}
-
-/// A multiply-rotate hasher for (node id, address) keys: the keys are not attacker-chosen,
-/// and SipHash cost more than everything else in the writer's interning loop.
-#[derive(Default)]
-pub struct NodeKeyHasher(u64);
-
-impl Hasher for NodeKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }

@@ -17,7 +17,7 @@ use super::layouts::{CodeLayout, VAR_OBJECT_SIZE};
 use crate::ffi::buffer::zeroed_atomic_words;
 use crate::ffi::python as raw;
 use crate::stack_words::MAX_CODE_ID;
-use crate::writer::NodeKeyHasher;
+use libleak_format::live::AddressHasher;
 
 const SLOTS: usize = 1 << 18;
 const MAX_PROBES: usize = 32;
@@ -74,7 +74,7 @@ impl Fingerprint {
     }
 
     fn hash(&self) -> u64 {
-        let mut hasher = std::hash::BuildHasherDefault::<NodeKeyHasher>::default().build_hasher();
+        let mut hasher = std::hash::BuildHasherDefault::<AddressHasher>::default().build_hasher();
         for value in [
             self.filename as u64,
             self.name as u64,
