@@ -189,7 +189,15 @@ fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
         let indirect: Vec<&Value> = owned_by(&report, "leak_list")
             .into_iter()
             .filter(|row| row["owner"]["line"].as_u64() != Some(c("@leak_list")))
-            .inspect(|row| assert_eq!(row["kind"], "indirectly-lost", "{label}"))
+            // Indirectly lost; possibly lost when a stale copy of an interior address
+            // survives somewhere (the interpreter reallocates item arrays, and realloc frees
+            // the old array without libleak zeroing it).
+            .inspect(|row| {
+                assert!(
+                    ["indirectly-lost", "possibly-lost"].contains(&row["kind"].as_str().unwrap()),
+                    "{label}: {row:#}"
+                )
+            })
             .collect();
         let blocks: u64 = indirect.iter().map(|r| r["blocks"].as_u64().unwrap()).sum();
         assert_eq!(blocks, 2, "{label}: {report:#}");
