@@ -24,7 +24,9 @@ pub const REPORT_VERSION: u32 = 1;
 /// How live blocks are grouped into rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupBy {
-    /// By allocation site: the innermost frame outside the allocator (the default).
+    /// By allocation site (the default): the frames from the innermost one outside the
+    /// allocator to the owner's (see [`crate::owner`]), or the innermost frame alone when no
+    /// frame owns the block.
     Site,
     /// By the whole stack as shown.
     Stack,
@@ -248,7 +250,13 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         }
         let key_frames = match options.group_by {
             GroupBy::Stack => frames.clone(),
-            GroupBy::Site => frames.iter().take(1).cloned().collect(),
+            // The site is where the owner asked for the memory: an extension calling
+            // `PyList_New` at two lines leaks twice, not once inside `PyList_New`.
+            GroupBy::Site => frames
+                .iter()
+                .take(roles.owner(&frames).map_or(1, |owner| owner + 1))
+                .cloned()
+                .collect(),
             GroupBy::Frames(n) => frames.iter().take(n).cloned().collect(),
         };
         let index = *row_of.entry((reachable, leftover, key_frames)).or_insert_with(|| {

@@ -81,8 +81,10 @@ impl Blocks {
         }
         let object = u64::from(self.object_offsets[index]);
         if object != 0 {
-            if offset == object - crate::python::layouts::GC_HEADER_SIZE {
-                return None; // a generation-list link
+            if offset < object && offset >= object - crate::python::layouts::GC_HEADER_SIZE {
+                // A generation-list link; the collector keeps flags in the low bits of its
+                // `_gc_prev` words, so the link may point a few bytes in.
+                return None;
             }
             if offset == object {
                 return Some((index, Pointer::Start));
