@@ -24,6 +24,23 @@ pub trait LiveBlock: Copy {
     fn size(&self) -> u64;
 }
 
+/// A block known by its sequence number and size only (the writer's view, and tests').
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizedBlock {
+    pub seq: u64,
+    pub size: u64,
+}
+
+impl LiveBlock for SizedBlock {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Pending<B> {
     Alloc(B),
@@ -159,23 +176,8 @@ impl<B: LiveBlock> LiveSet<B> {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    struct Block {
-        seq: u64,
-        size: u64,
-    }
-
-    impl LiveBlock for Block {
-        fn seq(&self) -> u64 {
-            self.seq
-        }
-        fn size(&self) -> u64 {
-            self.size
-        }
-    }
-
-    fn block(seq: u64, size: u64) -> Block {
-        Block { seq, size }
+    fn block(seq: u64, size: u64) -> SizedBlock {
+        SizedBlock { seq, size }
     }
 
     #[test]

@@ -59,8 +59,6 @@ static TRUNCATED_STACKS: AtomicU64 = AtomicU64::new(0);
 /// The exit scan's time limit in milliseconds (0: no scan): the exiting thread waits that
 /// much longer for the writer.
 static SCAN_TIME_LIMIT: AtomicU64 = AtomicU64::new(0);
-/// Set when the exit scan will run: freed blocks are then zeroed (see the free hook).
-static SCRUB_FREED: AtomicU8 = AtomicU8::new(0);
 /// Larger freed blocks are not zeroed: they are rare, costly to clear, and mostly returned
 /// to the system rather than reused.
 pub const MAX_SCRUB_BYTES: usize = 64 << 10;
@@ -131,10 +129,10 @@ fn guarded<R>(f: impl FnOnce() -> R) -> R {
     result
 }
 
-/// Whether freed blocks are zeroed before the real free.
+/// Whether freed blocks are zeroed before the real free: when the exit scan will run.
 #[inline(always)]
 pub fn scrub_freed() -> bool {
-    SCRUB_FREED.load(Ordering::Relaxed) != 0
+    SCAN_TIME_LIMIT.load(Ordering::Relaxed) != 0
 }
 
 #[inline(always)]
@@ -408,7 +406,6 @@ fn start_recording() -> Result<(), String> {
         config.scan_time_limit.map_or(0, |d| d.as_millis() as u64),
         Ordering::Relaxed,
     );
-    SCRUB_FREED.store(u8::from(config.scan_time_limit.is_some()), Ordering::Relaxed);
     *WRITER_INIT.lock().map_err(|_| "start-up lock poisoned")? = Some(writer);
     let _ = TRACE_PATH.set(path);
     PID.store(sys::getpid(), Ordering::Relaxed);

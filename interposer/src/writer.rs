@@ -12,7 +12,7 @@ use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use libleak_format::live::{AddressHasher, LiveBlock, LiveSet};
+use libleak_format::live::{AddressHasher, LiveSet, SizedBlock};
 use libleak_format::{
     Alloc, AllocKind, ChunkWriter, End, ExitKind, Free, Module, ProcessInfo, PythonCode, PythonRuntime, RecordEncoder,
 };
@@ -27,23 +27,6 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(40);
 const CHUNK_BYTES: usize = 1 << 20;
 /// Block classes per BLOCK_CLASSES record.
 const CLASSES_PER_RECORD: usize = 4096;
-
-/// What the writer keeps of a live block, for the exit-time scan.
-#[derive(Clone, Copy)]
-struct Block {
-    seq: u64,
-    size: u64,
-}
-
-impl LiveBlock for Block {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    fn size(&self) -> u64 {
-        self.size
-    }
-}
 
 /// What the exit-time scan needs from start-up.
 pub struct ScanSettings {
@@ -89,7 +72,8 @@ pub struct Writer {
     main_exe: String,
     loader_generation: (u64, u64),
     last_flush: Instant,
-    live: LiveSet<Block>,
+    /// What is live, for the exit-time scan.
+    live: LiveSet<SizedBlock>,
     scan: ScanSettings,
 }
 
@@ -229,7 +213,7 @@ impl Writer {
                     let stack = self.intern_stack(&batch[at + 4..frames_end]);
                     let kind = AllocKind::from_u8(((header >> 8) & 0xff) as u8).unwrap_or(AllocKind::Malloc);
                     let (seq, address, size) = (batch[at + 1], batch[at + 2], batch[at + 3]);
-                    self.live.alloc(address, Block { seq, size });
+                    self.live.alloc(address, SizedBlock { seq, size });
                     self.encoder.alloc(&Alloc {
                         seq,
                         thread_id,

@@ -261,7 +261,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         };
         let index = *row_of.entry((reachable, leftover, key_frames)).or_insert_with(|| {
             rows.push(Leak {
-                kind: class_name(class),
+                kind: "",
                 bytes: 0,
                 blocks: 0,
                 allocator,
@@ -284,10 +284,6 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
             Some((_, tally)) => tally.add(blocks, bytes),
             None => row.classes.push((name, Tally { blocks, bytes })),
         }
-        // The row reads as its most serious class.
-        if severity(name) < severity(row.kind) {
-            row.kind = name;
-        }
         // Stacks that differ only in frames the report hides read the same: one stack.
         match row.stacks.iter_mut().find(|s| s.frames == frames) {
             Some(existing) => {
@@ -299,6 +295,8 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     }
     for row in &mut rows {
         row.classes.sort_by_key(|(name, _)| severity(name));
+        // The row reads as its most serious class.
+        row.kind = row.classes[0].0;
         row.stacks
             .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
         row.frames = row.stacks.first().map(|s| s.frames.clone()).unwrap_or_default();

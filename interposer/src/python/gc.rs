@@ -51,14 +51,18 @@ pub struct GcObjects {
 impl GcObjects {
     /// The Python object a block holds, if it holds one.
     pub fn find(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<FoundObject> {
-        let (offset, garbage_collected) = match self.gc_object_offset(read, block, size) {
-            Some(offset) => (offset, true),
-            None if self.is_plain_object(read, block, size) => (0, false),
+        let (offset, gc_type) = match self.gc_object_offset(read, block, size) {
+            Some((offset, type_address, info)) => (offset, Some((type_address, info))),
+            None if self.is_plain_object(read, block, size) => (0, None),
             None => return None,
         };
+        let garbage_collected = gc_type.is_some();
         let object = block + offset;
         let immortal = self.has_immortal_objects && read(object).is_some_and(|refcount| (refcount as u32 as i32) < 0);
-        let list_items = if garbage_collected && self.is_list(read, object) {
+        let is_list = gc_type.is_some_and(|(type_address, info)| {
+            type_address == self.list_type || info.flags & TYPE_FLAG_LIST_SUBCLASS != 0
+        });
+        let list_items = if is_list {
             match (read(object + LIST_ITEMS), read(object + LIST_SIZE)) {
                 (Some(items), Some(len)) if items != 0 && len < 1 << 40 => Some((items, len * 8)),
                 _ => None,
@@ -74,16 +78,6 @@ impl GcObjects {
         })
     }
 
-    fn is_list(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, object: u64) -> bool {
-        let Some(type_address) = read(object + OBJECT_TYPE as u64) else {
-            return false;
-        };
-        type_address == self.list_type
-            || self
-                .type_info(read, type_address)
-                .is_some_and(|info| info.flags & TYPE_FLAG_LIST_SUBCLASS != 0)
-    }
-
     /// An object without a GC header: its type is not garbage-collected and fits the block.
     fn is_plain_object(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> bool {
         if size < 16 {
@@ -96,9 +90,14 @@ impl GcObjects {
             .is_some_and(|info| info.flags & TYPE_FLAG_HAVE_GC == 0 && info.basic_size >= 16 && info.basic_size <= size)
     }
 
-    /// Where an object starts inside a block that holds a garbage-collected object:
-    /// its pre-header (if any) and GC header come first.
-    fn gc_object_offset(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<u64> {
+    /// Where an object starts inside a block that holds a garbage-collected object (its
+    /// pre-header, if any, and GC header come first), with its type's address and info.
+    fn gc_object_offset(
+        &mut self,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
+        block: u64,
+        size: u64,
+    ) -> Option<(u64, u64, TypeInfo)> {
         let preheaders: &[u64] = if self.preheader_flags == 0 {
             &[0]
         } else {
@@ -121,7 +120,7 @@ impl GcObjects {
                 && info.basic_size >= 16
                 && info.basic_size <= size - offset
             {
-                return Some(offset);
+                return Some((offset, type_address, info));
             }
         }
         None

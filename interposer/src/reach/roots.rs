@@ -292,7 +292,7 @@ fn arena_heap_size(memory: &mut MemoryReader, start: u64, end: u64) -> Option<u6
         && size <= ARENA_HEAP_ALIGN
         && protected >= size
         && protected <= ARENA_HEAP_ALIGN
-        && start + size <= end.max(start + size).min(start + ARENA_HEAP_ALIGN);
+        && size <= end.saturating_sub(start);
     plausible.then_some(size)
 }
 
