@@ -340,6 +340,13 @@ impl<R: Read> TraceReader<R> {
                 threads_unknown: c.u64()?,
                 note: string(c)?,
             }),
+            tag::FORK => Record::Fork(ForkInfo {
+                parent_pid: u32::try_from(c.u64()?).ok()?,
+                fork_seq: c.u64()?,
+                inherited_blocks: c.u64()?,
+                inherited_bytes: c.u64()?,
+                threads_cut: c.u64()?,
+            }),
             tag::STATS => Record::Stats(stats(c)?),
             tag::END => {
                 let kind = ExitKind::from_u8(c.u8()?)?;
@@ -472,8 +479,15 @@ mod tests {
                 threads_unknown: 1,
                 note: "n".into(),
             }),
+            Record::Fork(ForkInfo {
+                parent_pid: 77,
+                fork_seq: 1 << 40,
+                inherited_blocks: 5,
+                inherited_bytes: 500,
+                threads_cut: 1,
+            }),
             Record::End(End {
-                kind: ExitKind::UnderscoreExit,
+                kind: ExitKind::Exec,
                 status: Some(-3),
                 stats: Stats::default(),
             }),
@@ -496,6 +510,7 @@ mod tests {
                 Record::Stats(s) => encoder.stats(s),
                 Record::BlockClasses(entries) => encoder.block_classes(entries),
                 Record::Reachability(r) => encoder.reachability(r),
+                Record::Fork(f) => encoder.fork(f),
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {

@@ -8,8 +8,8 @@ use flate2::write::DeflateEncoder;
 use flate2::Compression;
 
 use crate::record::{
-    frame_kind, tag, Alloc, BlockClass, End, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime, Reachability,
-    Stats,
+    frame_kind, tag, Alloc, BlockClass, End, ForkInfo, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
+    Reachability, Stats,
 };
 use crate::varint::{put_bytes, put_i64, put_u64};
 use crate::{FORMAT_VERSION, HEADER_LEN, MAGIC};
@@ -177,6 +177,20 @@ impl RecordEncoder {
             put_u64(out, value);
         }
         put_bytes(out, scan.note.as_bytes());
+    }
+
+    pub fn fork(&mut self, fork: &ForkInfo) {
+        let out = &mut self.payload;
+        out.push(tag::FORK);
+        for value in [
+            fork.parent_pid.into(),
+            fork.fork_seq,
+            fork.inherited_blocks,
+            fork.inherited_bytes,
+            fork.threads_cut,
+        ] {
+            put_u64(out, value);
+        }
     }
 
     fn stats_fields(out: &mut Vec<u8>, stats: &Stats) {

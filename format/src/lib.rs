@@ -22,7 +22,7 @@ pub use record::*;
 /// The first eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"LIBLEAK\0";
 /// The version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Size of the file header: magic, version, flags.
 pub const HEADER_LEN: usize = 16;
 /// Upper bound on a chunk's compressed or uncompressed payload; larger lengths are corruption.

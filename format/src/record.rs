@@ -15,6 +15,7 @@ pub(crate) mod tag {
     pub const PYTHON_RUNTIME: u8 = 0x0A;
     pub const BLOCK_CLASSES: u8 = 0x0B;
     pub const REACHABILITY: u8 = 0x0C;
+    pub const FORK: u8 = 0x0D;
 }
 
 /// Frame kind bytes inside a stack node record.
@@ -46,6 +47,9 @@ pub enum Record {
     /// Classes of blocks live at exit that are not reachable (see [`Reachability`]).
     BlockClasses(Vec<BlockClass>),
     Reachability(Reachability),
+    /// The process is a fork child; the ALLOC records that follow, up to `fork_seq`, are
+    /// the blocks it inherited.
+    Fork(ForkInfo),
     Stats(Stats),
     End(End),
 }
@@ -236,6 +240,9 @@ pub enum ExitKind {
     UnderscoreExit = 1,
     /// `abort()`: every event up to the call was recorded; the process dies by SIGABRT.
     Abort = 2,
+    /// `exec` replaced the program image (which starts a trace of its own): every event was
+    /// recorded, but no exit handlers ran.
+    Exec = 3,
 }
 
 impl ExitKind {
@@ -244,6 +251,7 @@ impl ExitKind {
             0 => Some(ExitKind::Exit),
             1 => Some(ExitKind::UnderscoreExit),
             2 => Some(ExitKind::Abort),
+            3 => Some(ExitKind::Exec),
             _ => None,
         }
     }
@@ -253,6 +261,7 @@ impl ExitKind {
             ExitKind::Exit => "exit",
             ExitKind::UnderscoreExit => "_exit",
             ExitKind::Abort => "abort",
+            ExitKind::Exec => "exec",
         }
     }
 }
@@ -358,4 +367,18 @@ pub struct Reachability {
     /// whole for them, which can only make more blocks reachable.
     pub threads_unknown: u64,
     pub note: String,
+}
+
+/// Where a forked child's trace starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkInfo {
+    pub parent_pid: u32,
+    /// Events with a smaller sequence number happened in the parent before the fork.
+    pub fork_seq: u64,
+    /// Blocks live in the parent when it forked, recorded as ALLOC records in this trace.
+    pub inherited_blocks: u64,
+    pub inherited_bytes: u64,
+    /// Threads of the parent caught in the middle of recording an event when it forked:
+    /// their last events before the fork are missing from this trace.
+    pub threads_cut: u64,
 }

@@ -1,6 +1,12 @@
 //! What a hook does once it has the real result: the per-thread re-entrancy guard, the
 //! global sequence number, and packing events into the thread's batch; plus start-up, thread
-//! exit, fork and process exit.
+//! exit, fork, exec and process exit.
+//!
+//! Fork: the `pthread_atfork` prepare handler has the writer take in everything recorded and
+//! park (its thread ends, so the program forks with no libleak thread running: CPython 3.12+
+//! counts threads right after `fork` to warn about forking a multi-threaded process). The
+//! writer stays parked until a hook runs [`RESUME_AFTER_FORK`] later (or needs it sooner);
+//! in the child, it then starts the child's own trace from the parked state.
 //!
 //! In-memory event layout (a batch is a `Vec<u64>`, read only by [`crate::writer`]):
 //! - alloc: `[header, seq, address, size, frame…]`, frames innermost first;
@@ -12,15 +18,17 @@
 //! allocator (every allocation happens with the guard set).
 
 use std::cell::Cell;
+use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use libleak_format::{program_name, trace_file_name, AllocKind, ExitKind, ProcessInfo, PythonRuntime, Stats};
+use libleak_format::{program_name, trace_file_name, AllocKind, ExitKind, ForkInfo, ProcessInfo, PythonRuntime, Stats};
 
 use crate::config::{self, Config, PythonMalloc};
 use crate::ffi::buffer::WordBuffer;
@@ -28,7 +36,7 @@ use crate::ffi::slots::{self, Slot};
 use crate::ffi::{hooks, sys, unwind};
 use crate::python;
 use crate::reach::ExitingThread;
-use crate::writer::{Ending, Message, ScanSettings, Writer};
+use crate::writer::{ChildStart, Ending, Message, ScanSettings, Stopped, Writer};
 
 pub const EVENT_ALLOC: u64 = 1;
 pub const EVENT_FREE: u64 = 2;
@@ -40,6 +48,13 @@ const BATCH_WORDS: usize = 16 * 1024;
 const CHANNEL_BATCHES: usize = 64;
 /// How long a producer pauses before offering a message again when the writer is behind.
 const WRITER_BEHIND_PAUSE_US: u64 = 100;
+/// How long the writer stays parked after a fork (unless a producer needs it sooner): past
+/// the program's own checks right after `fork` returns, within one flush interval.
+const RESUME_AFTER_FORK: Duration = Duration::from_millis(100);
+/// How long `fork` waits for the writer to park before giving up on tracing the child.
+const PARK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Forked generations that get a channel of their own; deeper fork chains are not traced.
+const MAX_FORK_DEPTH: usize = 64;
 
 const STARTING: u8 = 0;
 const RECORDING: u8 = 1;
@@ -70,11 +85,39 @@ struct Channels {
     events: Sender<Message>,
     spare_batches: Receiver<Vec<u64>>,
 }
-static CHANNELS: OnceLock<Channels> = OnceLock::new();
+/// The channels of each fork generation: a forked child cannot use its parent's (another
+/// thread may have been inside a send at the fork), so it makes new ones one entry further.
+static CHANNELS: [OnceLock<Channels>; MAX_FORK_DEPTH] = [const { OnceLock::new() }; MAX_FORK_DEPTH];
+static GENERATION: AtomicUsize = AtomicUsize::new(0);
 static EXIT_KEY: OnceLock<sys::ThreadExitKey> = OnceLock::new();
-static TRACE_PATH: OnceLock<String> = OnceLock::new();
-/// Hands the writer its state when its thread starts.
-static WRITER_INIT: Mutex<Option<Writer>> = Mutex::new(None);
+static TRACE_PATH: Mutex<Option<String>> = Mutex::new(None);
+/// The writer's state whenever no writer thread runs it: before its thread starts, and while
+/// parked around a fork.
+static WRITER_STATE: Mutex<Option<Box<Writer>>> = Mutex::new(None);
+/// The running writer thread (0: none), joined when it parks.
+static WRITER_THREAD: AtomicU64 = AtomicU64::new(0);
+static WRITER_PARKED: AtomicBool = AtomicBool::new(false);
+static PARKED_AT_NS: AtomicU64 = AtomicU64::new(0);
+/// A fork is under way in some thread: the parked writer must not be resumed.
+static FORKING: AtomicBool = AtomicBool::new(false);
+/// The writer did not park in time for the last fork: that child does not record.
+static FORK_FAILED: AtomicBool = AtomicBool::new(false);
+/// False in a forked child until its writer has opened the child's trace.
+static TRACE_OPEN: AtomicBool = AtomicBool::new(false);
+/// In a forked child: the sequence number at the fork.
+static CHILD_FORK_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// What a forked child's writer thread needs to start the child's trace.
+struct PendingChild {
+    fork: ForkInfo,
+    events: Receiver<Message>,
+    spare_batches: Sender<Vec<u64>>,
+}
+static PENDING_CHILD: Mutex<Option<PendingChild>> = Mutex::new(None);
+
+fn channels() -> Option<&'static Channels> {
+    CHANNELS.get(GENERATION.load(Ordering::Acquire))?.get()
+}
 
 struct ThreadState {
     in_hook: Cell<bool>,
@@ -212,11 +255,39 @@ fn push_event(write: impl FnOnce(&mut Vec<u64>, u32)) {
             send_batch(full);
         }
     });
+    if WRITER_PARKED.load(Ordering::Relaxed) {
+        resume_writer_if_due();
+    }
+}
+
+#[cold]
+fn resume_writer_if_due() {
+    let parked_for = sys::monotonic_ns().saturating_sub(PARKED_AT_NS.load(Ordering::Relaxed));
+    if parked_for >= RESUME_AFTER_FORK.as_nanos() as u64 {
+        resume_writer();
+    }
+}
+
+/// Starts a writer thread on the parked state (not while a fork is under way).
+fn resume_writer() {
+    if FORKING.load(Ordering::Acquire)
+        || WRITER_PARKED
+            .compare_exchange(true, false, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    guarded(|| match sys::spawn_thread(hooks::writer_main) {
+        Some(handle) => WRITER_THREAD.store(handle.to_raw(), Ordering::Release),
+        None => {
+            STATE.store(OFF, Ordering::Relaxed);
+            sys::write_stderr(b"libleak: cannot restart the writer thread after fork; recording stopped\n");
+        }
+    });
 }
 
 fn fresh_batch() -> Vec<u64> {
-    CHANNELS
-        .get()
+    channels()
         .and_then(|c| c.spare_batches.try_recv().ok())
         .unwrap_or_else(|| Vec::with_capacity(BATCH_WORDS + MAX_FRAMES + python::MAX_WORDS + 8))
 }
@@ -235,8 +306,8 @@ fn send_message(message: Message) {
         return;
     }
     if sys::getpid() != PID.load(Ordering::Relaxed) {
-        // A child made without fork handlers (clone, _Fork): it has no writer thread.
-        STATE.store(OFF, Ordering::Relaxed);
+        // A vfork child (sharing our memory: it must change nothing) or a child made without
+        // fork handlers (clone, _Fork), which has no writer.
         return;
     }
     offer(message, None);
@@ -248,12 +319,15 @@ fn send_message(message: Message) {
 /// `std::thread::current()`, which panics in a thread whose thread-locals are being destroyed
 /// (a thread-exit destructor that frees memory, or libleak's own thread-exit flush).
 fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
-    let Some(channels) = CHANNELS.get() else { return false };
+    let Some(channels) = channels() else { return false };
     let mut waited = false;
     loop {
         match channels.events.try_send(message) {
             Ok(()) => return true,
             Err(TrySendError::Full(returned)) => {
+                if WRITER_PARKED.load(Ordering::Acquire) {
+                    resume_writer();
+                }
                 if !waited {
                     PRODUCER_WAITS.fetch_add(1, Ordering::Relaxed);
                     waited = true;
@@ -297,7 +371,7 @@ pub fn modules_changed() {
         return;
     }
     guarded(|| {
-        if CHANNELS.get().is_none() {
+        if channels().is_none() {
             return;
         }
         let exe = exe_path();
@@ -325,8 +399,121 @@ pub fn thread_exited(slot: &'static Slot) {
     slot.release();
 }
 
-pub fn stop_in_forked_child() {
-    STATE.store(OFF, Ordering::Relaxed);
+/// The `fork` prepare handler: the writer takes in everything recorded so far and parks, so
+/// that its state is whole in both processes and no libleak thread runs across the fork.
+pub fn before_fork() {
+    FORK_FAILED.store(true, Ordering::Relaxed);
+    if STATE.load(Ordering::Acquire) != RECORDING || sys::getpid() != PID.load(Ordering::Relaxed) {
+        return;
+    }
+    guarded(|| {
+        FORKING.store(true, Ordering::SeqCst);
+        if !WRITER_PARKED.load(Ordering::Acquire) {
+            let deadline = Instant::now() + PARK_TIMEOUT;
+            if !offer(Message::Park, Some(deadline)) {
+                return;
+            }
+            while !WRITER_PARKED.load(Ordering::Acquire) {
+                if Instant::now() >= deadline {
+                    return;
+                }
+                sys::sleep_us(50);
+            }
+            let thread = WRITER_THREAD.swap(0, Ordering::AcqRel);
+            if thread != 0 {
+                sys::ThreadHandle::from_raw(thread).join();
+            }
+        }
+        FORK_FAILED.store(false, Ordering::Relaxed);
+    });
+}
+
+/// The `fork` parent handler: the writer resumes a little later (see [`RESUME_AFTER_FORK`]).
+pub fn after_fork_in_parent() {
+    PARKED_AT_NS.store(sys::monotonic_ns(), Ordering::Relaxed);
+    FORKING.store(false, Ordering::Release);
+}
+
+/// The `fork` child handler: keep recording, into a trace of the child's own that the
+/// writer starts from its parked state when it resumes.
+pub fn after_fork_in_child() {
+    let generation = GENERATION.load(Ordering::Relaxed) + 1;
+    if FORK_FAILED.load(Ordering::Relaxed) || STATE.load(Ordering::Acquire) != RECORDING || generation >= MAX_FORK_DEPTH
+    {
+        FORKING.store(false, Ordering::Relaxed);
+        if STATE.swap(OFF, Ordering::AcqRel) == RECORDING {
+            sys::write_stderr(
+                b"libleak: this forked child is not recorded (the writer could not pause for the fork)\n",
+            );
+        }
+        return;
+    }
+    guarded(|| {
+        let parent_pid = PID.load(Ordering::Relaxed);
+        PID.store(sys::getpid(), Ordering::Relaxed);
+        THREAD.with(|t| t.thread_id.set(sys::gettid()));
+        let (events_tx, events_rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        let (spare_tx, spare_rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        let _ = CHANNELS[generation].set(Channels {
+            events: events_tx,
+            spare_batches: spare_rx,
+        });
+        GENERATION.store(generation, Ordering::Release);
+        let threads_cut = slots::adopt_after_fork(THREAD.with(|t| t.slot.get()));
+        let fork_seq = SEQ.load(Ordering::Relaxed);
+        CHILD_FORK_SEQ.store(fork_seq, Ordering::Relaxed);
+        if let Ok(mut pending) = PENDING_CHILD.lock() {
+            *pending = Some(PendingChild {
+                fork: ForkInfo {
+                    parent_pid,
+                    fork_seq,
+                    threads_cut,
+                    ..ForkInfo::default()
+                },
+                events: events_rx,
+                spare_batches: spare_tx,
+            });
+        }
+        TRACE_OPEN.store(false, Ordering::Relaxed);
+        WRITER_DONE.store(0, Ordering::Relaxed);
+        WRITER_THREAD.store(0, Ordering::Relaxed);
+        PARKED_AT_NS.store(sys::monotonic_ns(), Ordering::Relaxed);
+        FORKING.store(false, Ordering::Release);
+    });
+}
+
+/// The program an `exec` is about to run.
+pub enum ExecTarget<'a> {
+    Path(&'a CStr),
+    /// A name without a slash, looked up along `PATH` (execvp).
+    SearchPath(&'a CStr),
+    /// A file descriptor (fexecve): assumed to succeed.
+    Unknown,
+}
+
+/// Called just before an `exec` (the program image is about to be replaced): ends the trace,
+/// unless the exec would fail anyway. Python's `os.execvp` tries each `PATH` entry in turn,
+/// and a failed attempt must leave recording on.
+pub fn before_exec(target: ExecTarget) {
+    if sys::getpid() != PID.load(Ordering::Relaxed) {
+        return; // a vfork child: it shares our memory and must change nothing
+    }
+    let will_run = guarded(|| match target {
+        ExecTarget::Path(path) => sys::is_executable(path),
+        ExecTarget::SearchPath(name) => {
+            let search = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+            std::env::split_paths(&search).any(|dir| {
+                let mut candidate = dir.into_os_string().into_vec();
+                candidate.push(b'/');
+                candidate.extend_from_slice(name.to_bytes());
+                CString::new(candidate).is_ok_and(|path| sys::is_executable(&path))
+            })
+        }
+        ExecTarget::Unknown => true,
+    });
+    if will_run {
+        finish(ExitKind::Exec, None);
+    }
 }
 
 pub fn note_exit_status(status: i32) {
@@ -382,7 +569,7 @@ fn start_recording() -> Result<(), String> {
     }
     let (events_tx, events_rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
     let (spare_tx, spare_rx) = crossbeam_channel::bounded(CHANNEL_BATCHES);
-    let _ = CHANNELS.set(Channels {
+    let _ = CHANNELS[0].set(Channels {
         events: events_tx,
         spare_batches: spare_rx,
     });
@@ -406,13 +593,13 @@ fn start_recording() -> Result<(), String> {
         config.scan_time_limit.map_or(0, |d| d.as_millis() as u64),
         Ordering::Relaxed,
     );
-    *WRITER_INIT.lock().map_err(|_| "start-up lock poisoned")? = Some(writer);
-    let _ = TRACE_PATH.set(path);
+    *WRITER_STATE.lock().map_err(|_| "start-up lock poisoned")? = Some(Box::new(writer));
+    set_trace_path(path);
+    TRACE_OPEN.store(true, Ordering::Relaxed);
     PID.store(sys::getpid(), Ordering::Relaxed);
-    if !sys::spawn_thread(hooks::writer_main) {
-        return Err("cannot start the writer thread".into());
-    }
-    sys::register_fork_child_handler(hooks::fork_child);
+    let thread = sys::spawn_thread(hooks::writer_main).ok_or("cannot start the writer thread")?;
+    WRITER_THREAD.store(thread.to_raw(), Ordering::Release);
+    sys::register_fork_handlers(hooks::fork_prepare, hooks::fork_parent, hooks::fork_child);
     sys::register_exit_handler(hooks::at_exit);
     Ok(())
 }
@@ -484,16 +671,63 @@ fn open_trace(config: &Config, info: &ProcessInfo) -> Result<(File, String), Str
     Err(format!("cannot find a free trace file name near {base}"))
 }
 
+fn set_trace_path(path: String) {
+    if let Ok(mut current) = TRACE_PATH.lock() {
+        *current = Some(path);
+    }
+}
+
+/// The writer thread's body: runs the writer until the trace ends, or until it parks for a
+/// fork (its state then waits in [`WRITER_STATE`] and the thread ends).
 pub fn run_writer_thread() {
     THREAD.with(|t| t.in_hook.set(true));
-    let writer = WRITER_INIT.lock().ok().and_then(|mut w| w.take());
-    if let Some(writer) = writer {
-        if let Err(reason) = writer.run() {
+    let Some(mut writer) = WRITER_STATE.lock().ok().and_then(|mut w| w.take()) else {
+        WRITER_DONE.store(1, Ordering::Release);
+        return;
+    };
+    if let Some(child) = PENDING_CHILD.lock().ok().and_then(|mut p| p.take()) {
+        if let Err(reason) = start_child_trace(&mut writer, child) {
             STATE.store(OFF, Ordering::Relaxed);
-            sys::write_stderr(format!("libleak: {reason}; recording stopped\n").as_bytes());
+            sys::write_stderr(format!("libleak: {reason}; this forked child is not recorded\n").as_bytes());
+            WRITER_DONE.store(1, Ordering::Release);
+            return;
         }
     }
-    WRITER_DONE.store(1, Ordering::Release);
+    match writer.run() {
+        Stopped::Parked(writer) => {
+            if let Ok(mut state) = WRITER_STATE.lock() {
+                *state = Some(writer);
+            }
+            WRITER_PARKED.store(true, Ordering::Release);
+        }
+        Stopped::Finished(result) => {
+            if let Err(reason) = result {
+                STATE.store(OFF, Ordering::Relaxed);
+                sys::write_stderr(format!("libleak: {reason}; recording stopped\n").as_bytes());
+            }
+            WRITER_DONE.store(1, Ordering::Release);
+        }
+    }
+}
+
+fn start_child_trace(writer: &mut Writer, child: PendingChild) -> Result<(), String> {
+    let config = Config::from_env();
+    let info = process_info();
+    let (file, path) = open_trace(&config, &info)?;
+    writer
+        .start_child_trace(
+            ChildStart {
+                file,
+                info,
+                fork: child.fork,
+            },
+            child.events,
+            child.spare_batches,
+        )
+        .map_err(|e| format!("cannot write {path}: {e}"))?;
+    set_trace_path(path);
+    TRACE_OPEN.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Ends the trace: every batch goes to the writer, which writes the end marker. Runs at most
@@ -502,6 +736,14 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
     if sys::getpid() != PID.load(Ordering::Relaxed) {
         return; // a vfork child sharing our memory, or a child that stopped recording
     }
+    if kind == ExitKind::Exec
+        && !TRACE_OPEN.load(Ordering::Relaxed)
+        && SEQ.load(Ordering::Relaxed) == CHILD_FORK_SEQ.load(Ordering::Relaxed)
+    {
+        // A forked child that execs before recording anything: no trace of its own.
+        STATE.store(OFF, Ordering::Release);
+        return;
+    }
     if STATE
         .compare_exchange(RECORDING, FINISHING, Ordering::AcqRel, Ordering::Relaxed)
         .is_err()
@@ -509,6 +751,9 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
         return;
     }
     guarded(|| {
+        if WRITER_PARKED.load(Ordering::Acquire) {
+            resume_writer();
+        }
         let status = status.or_else(|| {
             let noted = EXIT_STATUS.load(Ordering::Relaxed);
             (noted != i64::MIN).then_some(noted as i32)
@@ -537,7 +782,10 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
         while WRITER_DONE.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
             sys::sleep_ms(1);
         }
-        if let Some(path) = TRACE_PATH.get() {
+        let path = TRACE_PATH.lock().ok().and_then(|p| p.clone());
+        let done = WRITER_DONE.load(Ordering::Acquire) != 0;
+        // An exec'd image says nothing: the program it becomes speaks for the process.
+        if let (Some(path), true, false) = (path, done, kind == ExitKind::Exec) {
             sys::write_stderr(
                 format!("libleak: trace written to {path}; report it with: libleak report {path}\n").as_bytes(),
             );

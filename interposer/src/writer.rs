@@ -5,6 +5,12 @@
 //!
 //! It runs with its re-entrancy guard permanently set, so nothing it allocates is recorded,
 //! and with every signal blocked. It must never wait on a producer.
+//!
+//! Around `fork` the writer *parks*: it takes in everything recorded so far, then its thread
+//! ends, leaving its state (live set, stack tree, modules, code objects) consistent for both
+//! processes. The parent resumes it; the child turns it into the start of its own trace
+//! ([`Writer::start_child_trace`]), with every inherited block and the stacks and code
+//! objects they refer to.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,9 +18,10 @@ use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use libleak_format::live::{AddressHasher, LiveSet, SizedBlock};
+use libleak_format::live::{AddressHasher, LiveBlock, LiveSet};
 use libleak_format::{
-    Alloc, AllocKind, ChunkWriter, End, ExitKind, Free, Module, ProcessInfo, PythonCode, PythonRuntime, RecordEncoder,
+    Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
+    RecordEncoder,
 };
 
 use crate::ffi::sys;
@@ -44,6 +51,59 @@ pub struct Ending {
     pub scan_from: Option<ExitingThread>,
 }
 
+/// A live block as the writer keeps it: enough to re-record it in a forked child's trace.
+#[derive(Clone, Copy, Debug)]
+struct WriterBlock {
+    seq: u64,
+    /// The allocation kind in the top byte, the requested size below.
+    size_and_kind: u64,
+    /// Stack node id (0 when it did not fit).
+    stack: u32,
+    thread_id: u32,
+}
+
+const KIND_SHIFT: u32 = 56;
+
+impl WriterBlock {
+    fn new(seq: u64, size: u64, kind: AllocKind, stack: u64, thread_id: u32) -> WriterBlock {
+        WriterBlock {
+            seq,
+            size_and_kind: size.min((1 << KIND_SHIFT) - 1) | (kind as u64) << KIND_SHIFT,
+            stack: u32::try_from(stack).unwrap_or(0),
+            thread_id,
+        }
+    }
+
+    fn kind(&self) -> AllocKind {
+        AllocKind::from_u8((self.size_and_kind >> KIND_SHIFT) as u8).unwrap_or(AllocKind::Malloc)
+    }
+}
+
+impl LiveBlock for WriterBlock {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn size(&self) -> u64 {
+        self.size_and_kind & ((1 << KIND_SHIFT) - 1)
+    }
+}
+
+/// How [`Writer::run`] ended.
+pub enum Stopped {
+    /// The trace is finished (or failed).
+    Finished(Result<(), String>),
+    /// Parked for a fork: the state waits for [`Writer::run`] to be called again.
+    Parked(Box<Writer>),
+}
+
+/// What a forked child's writer needs to start the child's trace.
+pub struct ChildStart {
+    pub file: File,
+    pub info: ProcessInfo,
+    pub fork: ForkInfo,
+}
+
 pub enum Message {
     Batch(Vec<u64>),
     /// A fresh snapshot of the loaded modules, taken right after a dlopen or dlclose.
@@ -52,6 +112,8 @@ pub enum Message {
     PythonCode(Box<PythonCode>),
     /// An interpreter found after start-up (loaded by `dlopen`).
     PythonRuntime(PythonRuntime),
+    /// A thread is about to fork: take in everything recorded so far, then park.
+    Park,
     Finish(Ending),
 }
 
@@ -62,6 +124,12 @@ pub struct Writer {
     spare_batches: Sender<Vec<u64>>,
     /// (parent node, frame word) → node id.
     stack_nodes: HashMap<(u64, u64), u64, BuildHasherDefault<AddressHasher>>,
+    /// Node id − 1 → (parent node, frame word): how a forked child re-defines the stacks of
+    /// the blocks it inherited.
+    node_words: Vec<(u64, u64)>,
+    /// Every code object and interpreter recorded, for a forked child's trace.
+    python_codes: Vec<PythonCode>,
+    python_runtimes: Vec<PythonRuntime>,
     /// The previous stack interned (outermost first) and its node ids, depth by depth:
     /// consecutive events of a thread share most of their outer frames, so only the frames
     /// after the shared part need a lookup.
@@ -73,7 +141,7 @@ pub struct Writer {
     loader_generation: (u64, u64),
     last_flush: Instant,
     /// What is live, for the exit-time scan.
-    live: LiveSet<SizedBlock>,
+    live: LiveSet<WriterBlock>,
     scan: ScanSettings,
 }
 
@@ -93,6 +161,9 @@ impl Writer {
             events,
             spare_batches,
             stack_nodes: HashMap::default(),
+            node_words: Vec::new(),
+            python_codes: Vec::new(),
+            python_runtimes: Vec::new(),
             previous_frames: Vec::new(),
             previous_nodes: Vec::new(),
             modules: Vec::new(),
@@ -106,24 +177,28 @@ impl Writer {
         writer.encoder.process(&info);
         writer.update_modules(modules);
         if let Some(runtime) = python_runtime {
-            writer.encoder.python_runtime(&runtime);
+            writer.python_runtime(runtime);
         }
         writer.flush()?;
         Ok(writer)
     }
 
-    /// Runs until the tracker sends `Finish`. An I/O error ends recording.
-    pub fn run(mut self) -> Result<(), String> {
+    /// Runs until the tracker sends `Finish` or `Park`. An I/O error ends recording.
+    pub fn run(mut self: Box<Self>) -> Stopped {
         let mut last_sweep = Instant::now();
         loop {
             match self.events.recv_timeout(SWEEP_INTERVAL) {
-                Ok(Message::Batch(batch)) => self.process_batch(batch),
-                Ok(Message::Modules(modules)) => self.update_modules(modules),
-                Ok(Message::PythonCode(code)) => self.encoder.python_code(&code),
-                Ok(Message::PythonRuntime(runtime)) => self.encoder.python_runtime(&runtime),
-                Ok(Message::Finish(ending)) => return self.finish(ending),
+                Ok(Message::Finish(ending)) => return Stopped::Finished(self.finish(ending)),
+                Ok(Message::Park) => {
+                    self.take_in_everything();
+                    return match self.flush() {
+                        Ok(()) => Stopped::Parked(self),
+                        Err(e) => Stopped::Finished(Err(format!("cannot write the trace: {e}"))),
+                    };
+                }
+                Ok(message) => self.handle(message),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => return Stopped::Finished(Ok(())),
             }
             if last_sweep.elapsed() >= SWEEP_INTERVAL {
                 last_sweep = Instant::now();
@@ -133,23 +208,97 @@ impl Writer {
             if due && self.encoder.pending_bytes() > 0 {
                 if let Err(e) = self.flush() {
                     self.discard_until_finish();
-                    return Err(format!("cannot write the trace: {e}"));
+                    return Stopped::Finished(Err(format!("cannot write the trace: {e}")));
                 }
             }
         }
     }
 
-    fn finish(&mut self, ending: Ending) -> Result<(), String> {
-        while let Ok(message) = self.events.try_recv() {
-            match message {
-                Message::Batch(batch) => self.process_batch(batch),
-                Message::Modules(modules) => self.update_modules(modules),
-                Message::PythonCode(code) => self.encoder.python_code(&code),
-                Message::PythonRuntime(runtime) => self.encoder.python_runtime(&runtime),
-                Message::Finish(_) => {}
+    fn handle(&mut self, message: Message) {
+        match message {
+            Message::Batch(batch) => self.process_batch(batch),
+            Message::Modules(modules) => self.update_modules(modules),
+            Message::PythonCode(code) => {
+                self.encoder.python_code(&code);
+                self.python_codes.push(*code);
             }
+            Message::PythonRuntime(runtime) => self.python_runtime(runtime),
+            Message::Park | Message::Finish(_) => {}
+        }
+    }
+
+    fn python_runtime(&mut self, runtime: PythonRuntime) {
+        self.encoder.python_runtime(&runtime);
+        self.python_runtimes.push(runtime);
+    }
+
+    /// Processes every message queued and every thread's partial batch.
+    fn take_in_everything(&mut self) {
+        while let Ok(message) = self.events.try_recv() {
+            self.handle(message);
         }
         tracker::take_all_batches(|batch| self.process_batch(batch));
+    }
+
+    /// Turns the parked state of the parent's writer into the start of a forked child's
+    /// trace: a new file, the child's channels, and every block the child inherited, with the
+    /// modules, code objects and stacks they need. The parent's unwritten payload stays the
+    /// parent's.
+    pub fn start_child_trace(
+        &mut self,
+        child: ChildStart,
+        events: Receiver<Message>,
+        spare_batches: Sender<Vec<u64>>,
+    ) -> std::io::Result<()> {
+        self.chunks = ChunkWriter::new(child.file)?;
+        self.events = events;
+        self.spare_batches = spare_batches;
+        self.encoder = RecordEncoder::new();
+        self.encoder.process(&child.info);
+        for module in &self.modules {
+            self.encoder.module(module);
+        }
+        for runtime in &self.python_runtimes {
+            self.encoder.python_runtime(runtime);
+        }
+        for code in &self.python_codes {
+            self.encoder.python_code(code);
+        }
+        let inherited = self.live.live_blocks();
+        let mut fork = child.fork;
+        fork.inherited_blocks = inherited.len() as u64;
+        fork.inherited_bytes = inherited.iter().map(|(_, block)| block.size()).sum();
+        self.encoder.fork(&fork);
+        let parent_nodes = std::mem::take(&mut self.node_words);
+        self.stack_nodes.clear();
+        self.previous_frames.clear();
+        self.previous_nodes.clear();
+        let mut frames = Vec::new();
+        for (address, block) in inherited {
+            frames.clear();
+            let mut node = u64::from(block.stack);
+            while let Some(&(parent, word)) = node.checked_sub(1).and_then(|i| parent_nodes.get(i as usize)) {
+                frames.push(word);
+                node = parent;
+            }
+            let stack = self.intern_stack(&frames);
+            self.encoder.alloc(&Alloc {
+                seq: block.seq,
+                thread_id: block.thread_id,
+                address,
+                size: block.size(),
+                stack,
+                kind: block.kind(),
+            });
+            if self.encoder.pending_bytes() >= CHUNK_BYTES {
+                self.flush()?;
+            }
+        }
+        self.flush()
+    }
+
+    fn finish(&mut self, ending: Ending) -> Result<(), String> {
+        self.take_in_everything();
         if let (Some(exiting), Some(time_limit)) = (ending.scan_from, self.scan.time_limit) {
             self.scan_reachability(exiting, time_limit);
         }
@@ -168,7 +317,7 @@ impl Writer {
             .live
             .live_blocks()
             .into_iter()
-            .map(|(address, block)| (address, block.size))
+            .map(|(address, block)| (address, block.size()))
             .collect();
         let own_module = self.modules.iter().find(|m| m.contains(self.scan.own_code));
         let result = reach::scan(ScanInput {
@@ -188,7 +337,7 @@ impl Writer {
     /// After a write error: keep producers from blocking until the process ends.
     fn discard_until_finish(&mut self) {
         while let Ok(message) = self.events.recv() {
-            if let Message::Finish(_) = message {
+            if let Message::Finish(_) | Message::Park = message {
                 return;
             }
         }
@@ -213,7 +362,8 @@ impl Writer {
                     let stack = self.intern_stack(&batch[at + 4..frames_end]);
                     let kind = AllocKind::from_u8(((header >> 8) & 0xff) as u8).unwrap_or(AllocKind::Malloc);
                     let (seq, address, size) = (batch[at + 1], batch[at + 2], batch[at + 3]);
-                    self.live.alloc(address, SizedBlock { seq, size });
+                    self.live
+                        .alloc(address, WriterBlock::new(seq, size, kind, stack, thread_id));
                     self.encoder.alloc(&Alloc {
                         seq,
                         thread_id,
@@ -267,6 +417,7 @@ impl Writer {
                     }
                     let id = self.encoder.stack_node(node, stack_words::to_frame(word));
                     self.stack_nodes.insert((node, word), id);
+                    self.node_words.push((node, word));
                     id
                 }
             };

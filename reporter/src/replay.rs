@@ -8,7 +8,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use libleak_format::{
-    DecodeError, End, Frame, LeakClass, Module, ProcessInfo, PythonCode, PythonRuntime, Reachability, Record,
+    DecodeError, End, ForkInfo, Frame, LeakClass, Module, ProcessInfo, PythonCode, PythonRuntime, Reachability, Record,
     ScanOutcome, Stats, TraceReader,
 };
 
@@ -63,6 +63,10 @@ impl std::fmt::Display for Incompleteness {
                 f,
                 "the trace has no end marker (the process was killed, crashed, or is still running); events up to the last flush are shown"
             ),
+            Incompleteness::AbnormalExit(end) if end.kind == libleak_format::ExitKind::Exec => write!(
+                f,
+                "the program image was replaced by exec(): every event was recorded, but exit handlers did not run (the new program has a trace of its own)"
+            ),
             Incompleteness::AbnormalExit(end) => write!(
                 f,
                 "the process ended through {}(){}: every event was recorded, but exit handlers did not run",
@@ -86,6 +90,8 @@ pub struct Trace {
     pub live: Vec<LiveBlock>,
     /// The exit-time reachability scan, when the process ran one.
     pub reachability: Option<Reachability>,
+    /// Set when the process was forked from a traced parent.
+    pub fork: Option<ForkInfo>,
     pub end: Option<End>,
     pub stats: Stats,
     pub incomplete: Option<Incompleteness>,
@@ -107,6 +113,7 @@ impl Trace {
         let mut live = LiveSet::new();
         let mut classes: HashMap<u64, LeakClass> = HashMap::new();
         let mut reachability = None;
+        let mut fork = None;
         let mut end = None;
         let mut stats = Stats::default();
         while let Some(record) = reader.next_record()? {
@@ -166,6 +173,7 @@ impl Trace {
                     classes.extend(entries.iter().map(|entry| (entry.address, entry.class)));
                 }
                 Record::Reachability(scan) => reachability = Some(scan),
+                Record::Fork(info) => fork = Some(info),
                 Record::Stats(s) => stats = s,
                 Record::End(e) => {
                     stats = e.stats;
@@ -199,6 +207,7 @@ impl Trace {
             totals: live_totals,
             live,
             reachability,
+            fork,
             end,
             stats,
             incomplete,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use libleak_format::{
-    python_version_text, End, LeakClass, ProcessInfo, PythonRuntime, Reachability, ScanOutcome, Stats,
+    python_version_text, End, ForkInfo, LeakClass, ProcessInfo, PythonRuntime, Reachability, ScanOutcome, Stats,
 };
 use serde_json::{json, Value};
 
@@ -173,6 +173,7 @@ pub struct Report {
     pub stats: Stats,
     pub python: Option<PythonRuntime>,
     pub reachability: Option<Reachability>,
+    pub fork: Option<ForkInfo>,
     pub summary: Summary,
     pub group_by: GroupBy,
     pub leaks: Vec<Leak>,
@@ -331,6 +332,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         stats: trace.stats,
         python: trace.python.clone(),
         reachability: trace.reachability.clone(),
+        fork: trace.fork,
         summary,
         group_by: options.group_by,
         leaks: rows,
@@ -425,6 +427,10 @@ pub fn to_json(report: &Report) -> Value {
             "pid": p.pid, "parent_pid": p.parent_pid, "program": p.program, "argv": p.argv,
             "exe": p.exe, "cwd": p.cwd, "start_time_unix_ns": p.start_time_unix_ns,
         },
+        "fork": report.fork.map(|f| json!({
+            "parent_pid": f.parent_pid, "fork_seq": f.fork_seq, "inherited_blocks": f.inherited_blocks,
+            "inherited_bytes": f.inherited_bytes, "threads_cut": f.threads_cut,
+        })),
         "complete": report.complete,
         "incomplete_reason": report.incomplete_reason,
         "exit": report.end.map(|e| json!({"kind": e.kind.name(), "status": e.status})),
@@ -511,6 +517,19 @@ pub fn to_text(report: &Report) -> String {
         p.pid,
         p.argv.join(" ")
     );
+    if let Some(fork) = &report.fork {
+        let _ = writeln!(
+            out,
+            "forked from pid {}: inherited {} blocks, {} bytes{}",
+            fork.parent_pid,
+            fork.inherited_blocks,
+            fork.inherited_bytes,
+            match fork.threads_cut {
+                0 => String::new(),
+                n => format!(" ({n} parent threads were mid-event at the fork; their last events are missing)"),
+            }
+        );
+    }
     match &report.incomplete_reason {
         None => {
             let status = report

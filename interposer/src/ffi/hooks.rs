@@ -3,7 +3,7 @@
 //! glibc's contract is kept exactly: results, errno (saved after the real call and restored
 //! after recording), `free(NULL)`, `realloc(NULL, n)`, `realloc(p, 0)`, alignment errors.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr};
 
 use libleak_format::{AllocKind, ExitKind};
 
@@ -11,6 +11,8 @@ use super::real::{self, bootstrap, Real};
 use super::slots::Slot;
 use super::sys::{errno, set_errno};
 use crate::tracker;
+
+type Strings = *const *const c_char;
 
 /// Runs the real allocation `call`, recording a non-null result of `size` bytes.
 #[inline(always)]
@@ -309,6 +311,85 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
     rc
 }
 
+/// Where an `exec` looks for the program, to tell whether it will succeed.
+fn exec_target<'a>(file: *const c_char, search_path: bool) -> tracker::ExecTarget<'a> {
+    if file.is_null() {
+        return tracker::ExecTarget::Unknown;
+    }
+    // SAFETY: exec's contract: `file` is a NUL-terminated string.
+    let file = unsafe { CStr::from_ptr(file) };
+    if search_path && !file.to_bytes().contains(&b'/') {
+        tracker::ExecTarget::SearchPath(file)
+    } else {
+        tracker::ExecTarget::Path(file)
+    }
+}
+
+/// # Safety
+/// As for execve.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: Strings, envp: Strings) -> c_int {
+    let Some(real) = real::get() else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    tracker::before_exec(exec_target(path, false));
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { (real.execve)(path, argv, envp) }
+}
+
+/// # Safety
+/// As for execv.
+#[no_mangle]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: Strings) -> c_int {
+    let Some(real) = real::get() else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    tracker::before_exec(exec_target(path, false));
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { (real.execv)(path, argv) }
+}
+
+/// # Safety
+/// As for execvp.
+#[no_mangle]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: Strings) -> c_int {
+    let Some(real) = real::get() else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    tracker::before_exec(exec_target(file, true));
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { (real.execvp)(file, argv) }
+}
+
+/// # Safety
+/// As for execvpe.
+#[no_mangle]
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: Strings, envp: Strings) -> c_int {
+    let Some(real) = real::get() else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    tracker::before_exec(exec_target(file, true));
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { (real.execvpe)(file, argv, envp) }
+}
+
+/// # Safety
+/// As for fexecve.
+#[no_mangle]
+pub unsafe extern "C" fn fexecve(fd: c_int, argv: Strings, envp: Strings) -> c_int {
+    let Some(real) = real::get() else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    tracker::before_exec(tracker::ExecTarget::Unknown);
+    // SAFETY: forwarding the caller's arguments.
+    unsafe { (real.fexecve)(fd, argv, envp) }
+}
+
 /// Runs once the library is loaded, before the program's `main`.
 extern "C" fn constructor() {
     tracker::start();
@@ -332,8 +413,20 @@ pub unsafe extern "C" fn thread_exit(value: *mut c_void) {
     }
 }
 
+pub unsafe extern "C" fn fork_prepare() {
+    let saved = errno();
+    tracker::before_fork();
+    set_errno(saved);
+}
+
+pub unsafe extern "C" fn fork_parent() {
+    tracker::after_fork_in_parent();
+}
+
 pub unsafe extern "C" fn fork_child() {
-    tracker::stop_in_forked_child();
+    let saved = errno();
+    tracker::after_fork_in_child();
+    set_errno(saved);
 }
 
 pub extern "C" fn writer_main(_: *mut c_void) -> *mut c_void {

@@ -20,6 +20,10 @@ type ExitFn = unsafe extern "C" fn(c_int) -> !;
 type AbortFn = unsafe extern "C" fn() -> !;
 type DlopenFn = unsafe extern "C" fn(*const libc::c_char, c_int) -> *mut c_void;
 type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type Strings = *const *const libc::c_char;
+type ExecveFn = unsafe extern "C" fn(*const libc::c_char, Strings, Strings) -> c_int;
+type ExecvFn = unsafe extern "C" fn(*const libc::c_char, Strings) -> c_int;
+type FexecveFn = unsafe extern "C" fn(c_int, Strings, Strings) -> c_int;
 
 /// The resolved entry points. Written once, before `STATE` becomes `READY`.
 pub struct Real {
@@ -39,6 +43,11 @@ pub struct Real {
     pub abort: AbortFn,
     pub dlopen: DlopenFn,
     pub dlclose: DlcloseFn,
+    pub execve: ExecveFn,
+    pub execv: ExecvFn,
+    pub execvp: ExecvFn,
+    pub execvpe: ExecveFn,
+    pub fexecve: FexecveFn,
 }
 
 const UNRESOLVED: u8 = 0;
@@ -128,6 +137,11 @@ fn lookup_all() -> Option<Real> {
         abort: next!(c"abort", AbortFn),
         dlopen: next!(c"dlopen", DlopenFn),
         dlclose: next!(c"dlclose", DlcloseFn),
+        execve: next!(c"execve", ExecveFn),
+        execv: next!(c"execv", ExecvFn),
+        execvp: next!(c"execvp", ExecvFn),
+        execvpe: next!(c"execvpe", ExecveFn),
+        fexecve: next!(c"fexecve", FexecveFn),
     })
 }
 

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 pub struct Slot {
     locked: AtomicBool,
     claimed: AtomicBool,
+    /// In a forked child: the slot was locked by a thread of the parent at the fork. Its lock
+    /// is never released, so nobody may touch it again.
+    dead: AtomicBool,
     next: *const Slot,
     batch: UnsafeCell<Vec<u64>>,
 }
@@ -31,6 +34,7 @@ pub fn claim() -> &'static Slot {
         // SAFETY: published slots are leaked and never freed.
         let slot = unsafe { &*cursor };
         if !slot.claimed.load(Ordering::Relaxed)
+            && !slot.dead.load(Ordering::Relaxed)
             && slot
                 .claimed
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
@@ -43,6 +47,7 @@ pub fn claim() -> &'static Slot {
     let slot = Box::leak(Box::new(Slot {
         locked: AtomicBool::new(false),
         claimed: AtomicBool::new(true),
+        dead: AtomicBool::new(false),
         next: std::ptr::null(),
         batch: UnsafeCell::new(Vec::new()),
     }));
@@ -56,15 +61,36 @@ pub fn claim() -> &'static Slot {
     }
 }
 
-/// Calls `f` on every published slot.
+/// Calls `f` on every published slot that is still usable.
 pub fn for_each(mut f: impl FnMut(&'static Slot)) {
     let mut cursor = HEAD.load(Ordering::Acquire) as *const Slot;
     while !cursor.is_null() {
         // SAFETY: published slots are leaked and never freed.
         let slot = unsafe { &*cursor };
-        f(slot);
+        if !slot.dead.load(Ordering::Relaxed) {
+            f(slot);
+        }
         cursor = slot.next;
     }
+}
+
+/// In a forked child, where only the forking thread lives on: the other threads' slots are
+/// released (their batches stay, for the writer to take), except those a thread had locked
+/// at the fork, which are retired for good. Returns how many were retired.
+pub fn adopt_after_fork(own: Option<&'static Slot>) -> u64 {
+    let mut retired = 0;
+    for_each(|slot| {
+        if own.is_some_and(|own| std::ptr::eq(own, slot)) {
+            return;
+        }
+        if slot.locked.load(Ordering::Acquire) {
+            slot.dead.store(true, Ordering::Relaxed);
+            retired += 1;
+        } else {
+            slot.claimed.store(false, Ordering::Release);
+        }
+    });
+    retired
 }
 
 impl Slot {

@@ -63,9 +63,30 @@ pub fn sleep_us(microseconds: u64) {
     unsafe { libc::nanosleep(&request, std::ptr::null_mut()) };
 }
 
-/// Starts a detached thread running `entry` with every signal blocked from its first
+/// A thread started by [`spawn_thread`], to be joined once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadHandle(libc::pthread_t);
+
+impl ThreadHandle {
+    pub fn to_raw(self) -> u64 {
+        self.0
+    }
+
+    pub fn from_raw(raw: u64) -> ThreadHandle {
+        ThreadHandle(raw)
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(self) -> bool {
+        // SAFETY: the handle came from pthread_create of a joinable thread; the caller joins
+        // each handle once.
+        unsafe { libc::pthread_join(self.0, std::ptr::null_mut()) == 0 }
+    }
+}
+
+/// Starts a joinable thread running `entry` with every signal blocked from its first
 /// instruction. The new thread must set its own re-entrancy guard before allocating.
-pub fn spawn_thread(entry: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
+pub fn spawn_thread(entry: extern "C" fn(*mut c_void) -> *mut c_void) -> Option<ThreadHandle> {
     // SAFETY: the signal mask is restored right after pthread_create, which copies it into
     // the new thread; attr is initialised and destroyed around the call.
     unsafe {
@@ -73,15 +94,30 @@ pub fn spawn_thread(entry: extern "C" fn(*mut c_void) -> *mut c_void) -> bool {
         let mut previous: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
-        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
         let mut thread: libc::pthread_t = 0;
-        let rc = libc::pthread_create(&mut thread, &attr, entry, std::ptr::null_mut());
-        libc::pthread_attr_destroy(&mut attr);
+        let rc = libc::pthread_create(&mut thread, std::ptr::null(), entry, std::ptr::null_mut());
         libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-        rc == 0
+        (rc == 0).then_some(ThreadHandle(thread))
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (a vDSO call, no system call).
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(now.tv_nsec as u64)
+}
+
+/// Whether `path` names a file this process may execute.
+pub fn is_executable(path: &CStr) -> bool {
+    let saved = errno();
+    // SAFETY: NUL-terminated path.
+    let ok = unsafe { libc::access(path.as_ptr(), libc::X_OK) } == 0;
+    set_errno(saved);
+    ok
 }
 
 /// A pthread key whose destructor runs at each thread's exit while its value is non-null.
@@ -102,9 +138,13 @@ impl ThreadExitKey {
     }
 }
 
-pub fn register_fork_child_handler(child: unsafe extern "C" fn()) {
-    // SAFETY: registers a handler with no prepare/parent hooks.
-    unsafe { libc::pthread_atfork(None, None, Some(child)) };
+pub fn register_fork_handlers(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) {
+    // SAFETY: plain function pointers that live as long as the library.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
 
 pub fn register_exit_handler(handler: extern "C" fn()) {

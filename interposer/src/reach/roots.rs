@@ -278,6 +278,7 @@ fn is_arena_heap(memory: &mut MemoryReader, mapping: &Mapping) -> bool {
     mapping.start.is_multiple_of(ARENA_HEAP_ALIGN) && arena_heap_size(memory, mapping.start, mapping.end).is_some()
 }
 
+/// The bytes from `start` that a glibc arena heap owns, when one starts there.
 fn arena_heap_size(memory: &mut MemoryReader, start: u64, end: u64) -> Option<u64> {
     let arena = memory.word(start)?;
     let previous = memory.word(start + 8)?;
@@ -291,9 +292,11 @@ fn arena_heap_size(memory: &mut MemoryReader, start: u64, end: u64) -> Option<u6
         && size > 0
         && size <= ARENA_HEAP_ALIGN
         && protected >= size
-        && protected <= ARENA_HEAP_ALIGN
-        && size <= end.saturating_sub(start);
-    plausible.then_some(size)
+        && protected <= ARENA_HEAP_ALIGN;
+    // Pages past `size` up to `mprotect_size` stay readable after the heap shrank; they are
+    // still malloc's, holding whatever the arena's freed chunks held. The sizes may be ahead
+    // of the mapping read earlier: the writer's own arena grows during the scan.
+    plausible.then_some(protected.min(end.saturating_sub(start)))
 }
 
 /// Where, inside a live block of glibc's heap, the header of the next chunk starts: malloc's
