@@ -1,8 +1,12 @@
 //! The `LIBLEAK_*` environment variables, read once at start-up. This is the only place that
 //! reads the environment.
 //!
-//! - `LIBLEAK_OUTPUT`: trace path template; `%p` becomes the pid. Default
-//!   `libleak.<program>.<pid>.trace` in the current directory.
+//! - `LIBLEAK_OUTPUT`: trace path template; `%p` becomes the pid; a template ending in `/`
+//!   is a directory for the default names. Default `libleak.<program>.<pid>.trace` in the
+//!   current directory.
+//! - `LIBLEAK_FOLLOW=0`: do not trace the programs this one starts. By default they inherit
+//!   `LD_PRELOAD` and are traced too; libleak then also exports `LIBLEAK_OUTPUT` (the
+//!   starting directory, when unset) so that a child started elsewhere writes beside it.
 //! - `LIBLEAK_DISABLE=1`: load but record nothing.
 //! - `LIBLEAK_PYTHONMALLOC=keep`: leave CPython's allocator alone. By default, when the
 //!   process runs CPython and `PYTHONMALLOC` is unset, libleak sets `PYTHONMALLOC=malloc`
@@ -19,6 +23,8 @@ const DEFAULT_SCAN_SECONDS: f64 = 30.0;
 pub struct Config {
     pub output_template: Option<String>,
     pub disabled: bool,
+    /// Trace the processes this one starts (`LIBLEAK_FOLLOW`, on unless `0`).
+    pub follow: bool,
     pub python_malloc: PythonMalloc,
     /// Time limit of the exit-time reachability scan; `None` when it is turned off.
     pub scan_time_limit: Option<Duration>,
@@ -38,6 +44,7 @@ impl Config {
         Config {
             output_template: var("LIBLEAK_OUTPUT"),
             disabled: var("LIBLEAK_DISABLE").is_some_and(|v| v != "0"),
+            follow: var("LIBLEAK_FOLLOW").is_none_or(|v| v != "0"),
             python_malloc: if var("LIBLEAK_PYTHONMALLOC").is_some_and(|v| v == "keep") || var("PYTHONMALLOC").is_some()
             {
                 PythonMalloc::Keep
@@ -66,4 +73,38 @@ pub fn set_pythonmalloc_malloc() -> bool {
     }
     std::env::set_var("PYTHONMALLOC", "malloc");
     true
+}
+
+/// Applies `LIBLEAK_FOLLOW` to what child processes inherit. Following: a relative or unset
+/// output template becomes absolute, so that a child started in another directory writes
+/// beside this process's trace. Not following: `own_library` leaves `LD_PRELOAD`. Called from
+/// the library constructor, before any thread of the program exists.
+pub fn prepare_children(config: &Config, own_library: &str, cwd: &str) {
+    if config.follow {
+        let absolute = match &config.output_template {
+            None => format!("{}/", cwd.trim_end_matches('/')),
+            Some(template) if !template.starts_with('/') => format!("{}/{template}", cwd.trim_end_matches('/')),
+            Some(_) => return,
+        };
+        std::env::set_var("LIBLEAK_OUTPUT", absolute);
+        return;
+    }
+    let Some(preload) = std::env::var_os("LD_PRELOAD") else { return };
+    let own_name = std::path::Path::new(own_library).file_name();
+    let preload = preload.to_string_lossy().into_owned();
+    let kept: Vec<&str> = preload
+        .split([':', ' '])
+        .filter(|entry| !entry.is_empty())
+        .filter(|entry| {
+            let path = std::path::Path::new(entry);
+            let same = std::fs::canonicalize(path).is_ok_and(|p| p == std::path::Path::new(own_library))
+                || (own_name.is_some() && path.file_name() == own_name);
+            !same
+        })
+        .collect();
+    if kept.is_empty() {
+        std::env::remove_var("LD_PRELOAD");
+    } else {
+        std::env::set_var("LD_PRELOAD", kept.join(":"));
+    }
 }

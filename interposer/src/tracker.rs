@@ -557,6 +557,7 @@ fn start_recording() -> Result<(), String> {
     let python_runtime = detect_python(&config);
     let own_address = start as *const () as usize;
     if let Some(own) = modules.iter().find(|m| m.contains(own_address as u64)) {
+        config::prepare_children(&config, &own.path, &info.cwd);
         let start = own.segments.iter().map(|s| own.bias + s.vaddr).min().unwrap_or(0);
         let end = own
             .segments
@@ -642,10 +643,12 @@ fn process_info() -> ProcessInfo {
 /// Creates the trace file: never overwrites an existing file and never follows a symlink; a
 /// taken name gets a numeric suffix before `.trace`.
 fn open_trace(config: &Config, info: &ProcessInfo) -> Result<(File, String), String> {
-    let template = config
-        .output_template
-        .clone()
-        .unwrap_or_else(|| trace_file_name(&info.program, info.pid));
+    let default_name = trace_file_name(&info.program, info.pid);
+    let template = match &config.output_template {
+        Some(directory) if directory.ends_with('/') => format!("{directory}{default_name}"),
+        Some(template) => template.clone(),
+        None => default_name,
+    };
     let mut base = template.replace("%p", &info.pid.to_string());
     if !base.starts_with('/') && !info.cwd.is_empty() {
         base = format!("{}/{}", info.cwd.trim_end_matches('/'), base);
@@ -758,9 +761,10 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
             let noted = EXIT_STATUS.load(Ordering::Relaxed);
             (noted != i64::MIN).then_some(noted as i32)
         });
-        // `_exit` and `abort` skip exit handlers and interpreter finalisation: what is live
-        // then is not what the program leaves behind, so there is nothing to classify.
-        let scan_from = (kind == ExitKind::Exit).then(|| {
+        // After `_exit` (how multiprocessing's workers and shells end) the scan still tells
+        // lost blocks from those the program holds. `abort` is a crash on its way: it is not
+        // delayed; nor is an `exec`, whose program is only being replaced.
+        let scan_from = matches!(kind, ExitKind::Exit | ExitKind::UnderscoreExit).then(|| {
             let mut frames = Vec::new();
             unwind::frames_with_cfa(&mut frames);
             ExitingThread {

@@ -79,10 +79,13 @@ impl OutputArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Report what a traced process left allocated at exit, ranked by bytes.
+    /// Report what a traced process left allocated at exit, ranked by bytes. Given several
+    /// traces, or a directory (every `*.trace` in it), reports each process after a one-line
+    /// summary per process.
     Report {
-        /// A trace file written by libleak.so.
-        trace: PathBuf,
+        /// Trace files written by libleak.so, or directories holding them.
+        #[arg(required = true, value_name = "TRACE|DIR")]
+        traces: Vec<PathBuf>,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -105,17 +108,97 @@ enum Command {
 /// Prints the report; false when `--fail-on-leak` was given and leaks exceed its threshold.
 fn print_report(path: &Path, output: &OutputArgs) -> Result<bool> {
     let options = output.options()?;
-    let trace = Trace::open(path).with_context(|| path.display().to_string())?;
-    let mut symbolizer = Symbolizer::default();
-    let report = report::build(&trace, &path.display().to_string(), &mut symbolizer, &options);
+    let report = read_report(path, &options, &mut Symbolizer::default())?;
     if output.json {
         println!("{}", report::to_json(&report));
     } else {
         print!("{}", report::to_text(&report));
     }
-    Ok(output
+    Ok(within_limit(&report, output))
+}
+
+fn read_report(path: &Path, options: &ReportOptions, symbolizer: &mut Symbolizer) -> Result<report::Report> {
+    let trace = Trace::open(path).with_context(|| path.display().to_string())?;
+    Ok(report::build(&trace, &path.display().to_string(), symbolizer, options))
+}
+
+fn within_limit(report: &report::Report, output: &OutputArgs) -> bool {
+    output
         .fail_on_leak
-        .is_none_or(|limit| report.summary.leaked_bytes() <= limit))
+        .is_none_or(|limit| report.summary.leaked_bytes() <= limit)
+}
+
+/// The trace files named by `inputs`: files as given, directories expanded to their
+/// `*.trace` files in name order.
+fn trace_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if !input.is_dir() {
+            files.push(input.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+            .with_context(|| format!("cannot list {}", input.display()))?
+            .filter_map(|entry| Some(entry.ok()?.path()))
+            .filter(|path| path.extension().is_some_and(|e| e == "trace") && path.is_file())
+            .collect();
+        if found.is_empty() {
+            bail!("{}: no .trace files in this directory", input.display());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+/// Reports every process: a summary line each (in start order), then each report. A trace
+/// that cannot be read gets a one-line error in the summary and makes the command fail.
+fn print_reports(inputs: &[PathBuf], output: &OutputArgs) -> Result<ExitCode> {
+    let files = trace_files(inputs)?;
+    if let [single] = files.as_slice() {
+        return print_report(single, output).map(|ok| exit_for_limit(ok));
+    }
+    let options = output.options()?;
+    let mut symbolizer = Symbolizer::default();
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    for path in &files {
+        match read_report(path, &options, &mut symbolizer) {
+            Ok(report) => reports.push(report),
+            Err(error) => failures.push(format!("{error:#}")),
+        }
+    }
+    reports.sort_by_key(|r| (r.process.start_time_unix_ns, r.process.pid));
+    if output.json {
+        println!("{}", report::to_json_many(&reports));
+    } else {
+        println!("libleak: {} processes", reports.len() + failures.len());
+        for report in &reports {
+            println!("  {}", report::summary_line(report));
+        }
+        for failure in &failures {
+            println!("  unreadable: {failure}");
+        }
+        for report in &reports {
+            println!();
+            print!("{}", report::to_text(report));
+        }
+    }
+    for failure in &failures {
+        eprintln!("libleak: {failure}");
+    }
+    if !failures.is_empty() {
+        return Ok(ExitCode::from(2));
+    }
+    Ok(exit_for_limit(reports.iter().all(|r| within_limit(r, output))))
+}
+
+fn exit_for_limit(within_limit: bool) -> ExitCode {
+    if within_limit {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(LEAK_EXIT_STATUS)
+    }
 }
 
 fn print_builtin_suppressions() {
@@ -151,52 +234,61 @@ fn run(output: Option<String>, report_args: OutputArgs, command: Vec<String>) ->
         Ok(existing) if !existing.is_empty() => format!("{}:{existing}", interposer.display()),
         _ => interposer.display().to_string(),
     };
+    // File times have a coarser clock than SystemTime::now: allow for it.
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     let mut child = std::process::Command::new(&command[0])
         .args(&command[1..])
         .env("LD_PRELOAD", preload)
         .env("LIBLEAK_OUTPUT", &template)
         .spawn()
         .with_context(|| format!("cannot run {}", command[0]))?;
-    let pid = child.id();
     let status = child.wait().context("waiting for the command")?;
-    let trace = last_trace_of_exec_chain(&template.replace("%p", &pid.to_string()));
-    let within_limit = print_report(&trace, &report_args)?;
+    let traces = traces_of_run(&template, started);
+    if traces.is_empty() {
+        bail!("the command left no trace (expected {template})");
+    }
+    let report_status = print_reports(&traces, &report_args)?;
     use std::os::unix::process::ExitStatusExt;
     let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    if code == 0 && !within_limit {
-        return Ok(ExitCode::from(LEAK_EXIT_STATUS));
+    if code == 0 && report_status != ExitCode::SUCCESS {
+        return Ok(report_status);
     }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
-/// A program that execs keeps its pid, and each image writes its own trace: the first at
-/// `path`, the next ones with numbered suffixes. The last one is the program that ran last.
-fn last_trace_of_exec_chain(path: &str) -> PathBuf {
-    let numbered = |n: u32| match path.strip_suffix(".trace") {
-        Some(stem) => PathBuf::from(format!("{stem}.{n}.trace")),
-        None => PathBuf::from(format!("{path}.{n}")),
+/// The traces written by a run: every process it started (exec'd images, forked and spawned
+/// children inherit the template) writes a file named by the template, with its pid for `%p`
+/// and a numeric suffix when the name was taken.
+fn traces_of_run(template: &str, started: std::time::SystemTime) -> Vec<PathBuf> {
+    let template = Path::new(template);
+    let directory = template.parent().unwrap_or(Path::new("."));
+    let name = template.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (prefix, suffix) = match name.split_once("%p") {
+        Some((prefix, suffix)) => (prefix.to_string(), suffix.to_string()),
+        None => match name.strip_suffix(".trace") {
+            Some(stem) => (stem.to_string(), ".trace".to_string()),
+            None => (name.clone(), String::new()),
+        },
     };
-    let mut last = PathBuf::from(path);
-    for n in 1.. {
-        let next = numbered(n);
-        if !next.is_file() {
-            break;
-        }
-        last = next;
-    }
-    last
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return Vec::new();
+    };
+    let mut traces: Vec<PathBuf> = entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let fresh = entry.metadata().ok()?.modified().ok()? >= started;
+            (fresh && file_name.starts_with(&prefix) && file_name.ends_with(&suffix)).then(|| entry.path())
+        })
+        .collect();
+    traces.sort();
+    traces
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Report { trace, output } => print_report(&trace, &output).map(|within_limit| {
-            if within_limit {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(LEAK_EXIT_STATUS)
-            }
-        }),
+        Command::Report { traces, output } => print_reports(&traces, &output),
         Command::Suppressions => {
             print_builtin_suppressions();
             Ok(ExitCode::SUCCESS)

@@ -710,3 +710,40 @@ fn summary_text(out: &mut String, report: &Report) {
         let _ = writeln!(out, "\nno leaks");
     }
 }
+
+/// One line per process for a multi-process report: pid, parent, program, how it ended, and
+/// what it leaked.
+pub fn summary_line(report: &Report) -> String {
+    let p = &report.process;
+    let origin = match &report.fork {
+        Some(fork) => format!("forked from {}", fork.parent_pid),
+        None => format!("parent {}", p.parent_pid),
+    };
+    let ending = match (&report.end, report.complete) {
+        (_, true) => "exited".to_string(),
+        (Some(end), false) => end.kind.name().to_string(),
+        (None, false) => "cut short".to_string(),
+    };
+    let s = &report.summary;
+    format!(
+        "pid {} ({origin}) {}: {ending}; leaked {} bytes in {} blocks ({} definitely, {} indirectly lost, {} unclassified), {} possibly lost; {}",
+        p.pid,
+        p.program,
+        thousands(s.leaked_bytes()),
+        s.definitely_lost.blocks + s.indirectly_lost.blocks + s.unclassified.blocks,
+        thousands(s.definitely_lost.bytes),
+        thousands(s.indirectly_lost.bytes),
+        thousands(s.unclassified.bytes),
+        thousands(s.possibly_lost.bytes),
+        report.trace_path
+    )
+}
+
+/// Several processes' reports as one JSON document (schema: docs/report-schema.md).
+pub fn to_json_many(reports: &[Report]) -> Value {
+    json!({
+        "format": "libleak-reports",
+        "version": REPORT_VERSION,
+        "processes": reports.iter().map(to_json).collect::<Vec<_>>(),
+    })
+}
