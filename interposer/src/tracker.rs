@@ -788,8 +788,10 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
         }
         let path = TRACE_PATH.lock().ok().and_then(|p| p.clone());
         let done = WRITER_DONE.load(Ordering::Acquire) != 0;
-        // An exec'd image says nothing: the program it becomes speaks for the process.
-        if let (Some(path), true, false) = (path, done, kind == ExitKind::Exec) {
+        // Only on a terminal: programs (and their tests) that capture a child's stderr must
+        // see exactly what they would see without libleak. An exec'd image says nothing: the
+        // program it becomes speaks for the process.
+        if let (Some(path), true, false, true) = (path, done, kind == ExitKind::Exec, sys::stderr_is_terminal()) {
             sys::write_stderr(
                 format!("libleak: trace written to {path}; report it with: libleak report {path}\n").as_bytes(),
             );

@@ -50,6 +50,14 @@ pub fn write_stderr(message: &[u8]) {
     set_errno(saved);
 }
 
+pub fn stderr_is_terminal() -> bool {
+    let saved = errno();
+    // SAFETY: isatty only inspects the descriptor.
+    let terminal = unsafe { libc::isatty(2) } == 1;
+    set_errno(saved);
+    terminal
+}
+
 pub fn sleep_ms(milliseconds: u64) {
     sleep_us(milliseconds * 1000);
 }
