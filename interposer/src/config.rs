@@ -89,7 +89,9 @@ pub fn prepare_children(config: &Config, own_library: &str, cwd: &str) {
         std::env::set_var("LIBLEAK_OUTPUT", absolute);
         return;
     }
-    let Some(preload) = std::env::var_os("LD_PRELOAD") else { return };
+    let Some(preload) = std::env::var_os("LD_PRELOAD") else {
+        return;
+    };
     let own_name = std::path::Path::new(own_library).file_name();
     let preload = preload.to_string_lossy().into_owned();
     let kept: Vec<&str> = preload

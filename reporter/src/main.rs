@@ -156,7 +156,7 @@ fn trace_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 fn print_reports(inputs: &[PathBuf], output: &OutputArgs) -> Result<ExitCode> {
     let files = trace_files(inputs)?;
     if let [single] = files.as_slice() {
-        return print_report(single, output).map(|ok| exit_for_limit(ok));
+        return print_report(single, output).map(exit_for_limit);
     }
     let options = output.options()?;
     let mut symbolizer = Symbolizer::default();
@@ -262,7 +262,10 @@ fn run(output: Option<String>, report_args: OutputArgs, command: Vec<String>) ->
 fn traces_of_run(template: &str, started: std::time::SystemTime) -> Vec<PathBuf> {
     let template = Path::new(template);
     let directory = template.parent().unwrap_or(Path::new("."));
-    let name = template.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = template
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let (prefix, suffix) = match name.split_once("%p") {
         Some((prefix, suffix)) => (prefix.to_string(), suffix.to_string()),
         None => match name.strip_suffix(".trace") {
