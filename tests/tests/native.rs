@@ -223,9 +223,7 @@ fn sixteen_threads_allocating_and_freeing_each_others_blocks_lose_nothing() {
     // inside a hook (unrecorded): at most a couple per thread, never a program block.
     assert!(count("unmatched_frees") <= 2 * 32, "{totals}");
     // Two generations of 16 threads, each leaking index + 1 blocks of 1000 + index bytes.
-    let (blocks, bytes) = (0..16u64).fold((0, 0), |(blocks, bytes), i| {
-        (blocks + i + 1, bytes + (i + 1) * (1000 + i))
-    });
+    let blocks: u64 = (1..=16u64).sum();
     // Every block of the leak site is live at exit (classes aside: leaked blocks hold stale
     // heap words that can make some look indirectly or possibly lost, or reachable).
     let line = line_of("stress.c", "@stress_leak");
