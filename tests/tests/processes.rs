@@ -214,7 +214,7 @@ fn fork_children_trace_their_own_and_their_inherited_blocks() {
 
 /// The one live-block row of `trace` holding exactly one block of `bytes`, allocated at
 /// workers.py's leak line.
-fn python_leak_of<'a>(trace: &'a ProcessTrace, bytes: u64) -> Option<&'a Value> {
+fn python_leak_of(trace: &ProcessTrace, bytes: u64) -> Option<&Value> {
     let line = line_of("processes/workers.py", "@py_leak");
     trace.all["leaks"].as_array().unwrap().iter().find(|row| {
         row["bytes"].as_u64() == Some(bytes)
