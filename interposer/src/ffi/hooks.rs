@@ -325,69 +325,54 @@ fn exec_target<'a>(file: *const c_char, search_path: bool) -> tracker::ExecTarge
     }
 }
 
-/// # Safety
-/// As for execve.
-#[no_mangle]
-pub unsafe extern "C" fn execve(path: *const c_char, argv: Strings, envp: Strings) -> c_int {
+/// Ends the trace if the exec will run, then makes the real call.
+fn exec(target: tracker::ExecTarget, call: impl FnOnce(&Real) -> c_int) -> c_int {
     let Some(real) = real::get() else {
         set_errno(libc::ENOSYS);
         return -1;
     };
-    tracker::before_exec(exec_target(path, false));
+    tracker::before_exec(target);
+    call(real)
+}
+
+/// # Safety
+/// As for execve.
+#[no_mangle]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: Strings, envp: Strings) -> c_int {
     // SAFETY: forwarding the caller's arguments.
-    unsafe { (real.execve)(path, argv, envp) }
+    exec(exec_target(path, false), |r| unsafe { (r.execve)(path, argv, envp) })
 }
 
 /// # Safety
 /// As for execv.
 #[no_mangle]
 pub unsafe extern "C" fn execv(path: *const c_char, argv: Strings) -> c_int {
-    let Some(real) = real::get() else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    tracker::before_exec(exec_target(path, false));
     // SAFETY: forwarding the caller's arguments.
-    unsafe { (real.execv)(path, argv) }
+    exec(exec_target(path, false), |r| unsafe { (r.execv)(path, argv) })
 }
 
 /// # Safety
 /// As for execvp.
 #[no_mangle]
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: Strings) -> c_int {
-    let Some(real) = real::get() else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    tracker::before_exec(exec_target(file, true));
     // SAFETY: forwarding the caller's arguments.
-    unsafe { (real.execvp)(file, argv) }
+    exec(exec_target(file, true), |r| unsafe { (r.execvp)(file, argv) })
 }
 
 /// # Safety
 /// As for execvpe.
 #[no_mangle]
 pub unsafe extern "C" fn execvpe(file: *const c_char, argv: Strings, envp: Strings) -> c_int {
-    let Some(real) = real::get() else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    tracker::before_exec(exec_target(file, true));
     // SAFETY: forwarding the caller's arguments.
-    unsafe { (real.execvpe)(file, argv, envp) }
+    exec(exec_target(file, true), |r| unsafe { (r.execvpe)(file, argv, envp) })
 }
 
 /// # Safety
 /// As for fexecve.
 #[no_mangle]
 pub unsafe extern "C" fn fexecve(fd: c_int, argv: Strings, envp: Strings) -> c_int {
-    let Some(real) = real::get() else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    tracker::before_exec(tracker::ExecTarget::Unknown);
     // SAFETY: forwarding the caller's arguments.
-    unsafe { (real.fexecve)(fd, argv, envp) }
+    exec(tracker::ExecTarget::Unknown, |r| unsafe { (r.fexecve)(fd, argv, envp) })
 }
 
 /// Runs once the library is loaded, before the program's `main`.
