@@ -33,7 +33,7 @@ use libleak_format::{program_name, trace_file_name, AllocKind, ExitKind, ForkInf
 use crate::config::{self, Config, PythonMalloc};
 use crate::ffi::buffer::WordBuffer;
 use crate::ffi::slots::{self, Slot};
-use crate::ffi::{hooks, sys, unwind};
+use crate::ffi::{hooks, signals, sys, unwind};
 use crate::python;
 use crate::reach::ExitingThread;
 use crate::writer::{ChildStart, Ending, Message, ScanSettings, Stopped, Writer};
@@ -119,14 +119,50 @@ fn channels() -> Option<&'static Channels> {
     CHANNELS.get(GENERATION.load(Ordering::Acquire))?.get()
 }
 
+/// Where a thread is relative to libleak. An allocator call made while the thread is already
+/// inside a hook comes either from libleak itself or from a signal handler that interrupted
+/// the hook; the phase, and in [`Phase::Recording`] a look for a signal frame, tell them
+/// apart (libleak's own Rust code allocates through the real allocator directly, but the
+/// libraries it calls may not).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Not inside libleak.
+    Outside,
+    /// In a hook, around the real call: nothing of libleak's is held, so a nested call (a
+    /// signal handler's) is recorded in full.
+    AroundRealCall,
+    /// Recording an event: the unwinder, the thread's slot or a channel may be in use. A
+    /// nested call from a signal handler is recorded without a stack, and handed on when the
+    /// hook is left; any other is libleak's own (a library it calls allocating lazily), not
+    /// recorded, only counted.
+    Recording,
+    /// libleak's own work that may allocate through the hooks (start-up, dlopen, fork, exit;
+    /// the writer thread): nested calls are not recorded, only counted.
+    OwnWork,
+}
+
+/// Events a signal handler's allocator calls can leave for the interrupted hook to record.
+const PENDING_EVENTS: usize = 32;
+const PENDING_EVENT_WORDS: usize = 4;
+
 struct ThreadState {
-    in_hook: Cell<bool>,
+    phase: Cell<Phase>,
+    /// An address in the frame that entered [`Phase::Recording`]: a signal handler's frame
+    /// lies below it.
+    recording_frame: Cell<usize>,
     slot: Cell<Option<&'static Slot>>,
     thread_id: Cell<u32>,
     /// Set once the thread's exit destructor ran: its thread-locals (and those of the
     /// channel) may be gone, so it no longer talks to the writer; the writer's sweep collects
     /// what it still records.
     exiting: Cell<bool>,
+    /// Events recorded by a signal handler while this thread was in [`Phase::Recording`]:
+    /// `[header without thread, seq, address, size]` each. Atomics, because a nested handler
+    /// may interrupt another's append; only this thread touches them.
+    pending: [AtomicU64; PENDING_EVENTS * PENDING_EVENT_WORDS],
+    /// Slots reserved in `pending` (may exceed [`PENDING_EVENTS`]: the excess is lost and
+    /// counted).
+    pending_len: AtomicUsize,
 }
 
 thread_local! {
@@ -134,41 +170,170 @@ thread_local! {
     // destructor, so it is safe from inside malloc.
     static THREAD: ThreadState = const {
         ThreadState {
-            in_hook: Cell::new(false),
+            phase: Cell::new(Phase::Outside),
+            recording_frame: Cell::new(0),
             slot: Cell::new(None),
             thread_id: Cell::new(0),
             exiting: Cell::new(false),
+            pending: [const { AtomicU64::new(0) }; PENDING_EVENTS * PENDING_EVENT_WORDS],
+            pending_len: AtomicUsize::new(0),
         }
     };
 }
 
-/// Enters a hook: true when the call should be recorded, in which case the caller must call
-/// [`leave`]. False when not recording, or when this thread is already inside a hook.
+/// A hook's permission to record, from [`enter`] to [`Hook::leave`].
+pub struct Hook {
+    outer: Phase,
+    /// A signal handler interrupted the recording of another event on this thread.
+    deferred: bool,
+}
+
+/// Enters a hook: `Some` when the call is to be recorded (the caller makes the real call,
+/// records through the returned [`Hook`], then leaves it); `None` when not recording, or when
+/// the call is libleak's own.
 #[inline(always)]
-pub fn enter() -> bool {
+pub fn enter() -> Option<Hook> {
     if STATE.load(Ordering::Relaxed) != RECORDING {
-        return false;
+        return None;
     }
-    THREAD.with(|t| {
-        if t.in_hook.replace(true) {
+    THREAD.with(|t| match t.phase.get() {
+        Phase::Outside => {
+            t.phase.set(Phase::AroundRealCall);
+            Some(Hook {
+                outer: Phase::Outside,
+                deferred: false,
+            })
+        }
+        Phase::AroundRealCall => Some(Hook {
+            outer: Phase::AroundRealCall,
+            deferred: false,
+        }),
+        Phase::Recording if in_signal_handler(t) => Some(Hook {
+            outer: Phase::Recording,
+            deferred: true,
+        }),
+        Phase::Recording | Phase::OwnWork => {
             REENTRANT_CALLS.fetch_add(1, Ordering::Relaxed);
-            false
-        } else {
-            true
+            None
         }
     })
 }
 
-#[inline(always)]
-pub fn leave() {
-    THREAD.with(|t| t.in_hook.set(false));
+impl Hook {
+    /// Records a new block, after the real allocation.
+    #[inline(always)]
+    pub fn record_alloc(&self, address: usize, size: usize, kind: AllocKind) {
+        let seq = next_seq();
+        if self.deferred {
+            defer([EVENT_ALLOC | (kind as u64) << 8, seq, address as u64, size as u64]);
+        } else {
+            recording(|t| record_alloc(t, seq, address, size, kind));
+        }
+    }
+
+    /// Records a free that was given `seq` before the real free ran.
+    #[inline(always)]
+    pub fn record_free(&self, address: usize, seq: u64) {
+        if self.deferred {
+            defer([EVENT_FREE, seq, address as u64, 0]);
+        } else {
+            recording(|t| record_free(t, seq, address));
+        }
+    }
+
+    #[inline(always)]
+    pub fn leave(self) {
+        THREAD.with(|t| {
+            t.phase.set(self.outer);
+            if self.outer == Phase::Outside && t.pending_len.load(Ordering::Acquire) != 0 {
+                hand_on_pending(t);
+            }
+        });
+    }
 }
 
-/// Runs `f` with this thread's guard set, restoring its previous value afterwards.
+/// Runs `record` in [`Phase::Recording`].
+#[inline(always)]
+fn recording(record: impl FnOnce(&ThreadState)) {
+    THREAD.with(|t| {
+        let frame = 0u8;
+        t.recording_frame
+            .set(std::hint::black_box(&frame) as *const u8 as usize);
+        t.phase.set(Phase::Recording);
+        record(t);
+        t.phase.set(Phase::AroundRealCall);
+    });
+}
+
+/// A hook entered while this thread records an event: is it a signal handler's?
+#[cold]
+fn in_signal_handler(t: &ThreadState) -> bool {
+    let here = 0u8;
+    signals::handler_between(
+        std::hint::black_box(&here) as *const u8 as usize,
+        t.recording_frame.get(),
+    )
+}
+
+/// Keeps a signal handler's event for the interrupted hook to record when it leaves.
+#[cold]
+fn defer(event: [u64; PENDING_EVENT_WORDS]) {
+    THREAD.with(|t| {
+        let index = t.pending_len.fetch_add(1, Ordering::AcqRel);
+        if index >= PENDING_EVENTS {
+            REENTRANT_CALLS.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        for (cell, word) in t.pending[index * PENDING_EVENT_WORDS..].iter().zip(event) {
+            cell.store(word, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Records the events signal handlers left while this thread was recording. Runs as the
+/// outermost hook leaves; a handler that interrupts this defers again, and is taken in the
+/// next round.
+#[cold]
+fn hand_on_pending(t: &ThreadState) {
+    loop {
+        let reserved = t.pending_len.load(Ordering::Acquire);
+        if reserved == 0 {
+            return;
+        }
+        t.phase.set(Phase::Recording);
+        let count = reserved.min(PENDING_EVENTS);
+        let mut events = [[0u64; PENDING_EVENT_WORDS]; PENDING_EVENTS];
+        for (index, event) in events[..count].iter_mut().enumerate() {
+            for (word, cell) in event.iter_mut().zip(&t.pending[index * PENDING_EVENT_WORDS..]) {
+                *word = cell.load(Ordering::Relaxed);
+            }
+        }
+        // A handler that appended while we copied makes this fail; copy again.
+        if t.pending_len
+            .compare_exchange(reserved, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            for &[header, seq, address, size] in &events[..count] {
+                push_event(t, |batch, thread_id| {
+                    let header = header | u64::from(thread_id) << 32;
+                    if header & 0xff == EVENT_ALLOC {
+                        batch.extend_from_slice(&[header, seq, address, size]);
+                    } else {
+                        batch.extend_from_slice(&[header, seq, address]);
+                    }
+                });
+            }
+        }
+        t.phase.set(Phase::Outside);
+    }
+}
+
+/// Runs `f` as libleak's own work: allocator calls it makes through the hooks are not
+/// recorded.
 fn guarded<R>(f: impl FnOnce() -> R) -> R {
-    let was = THREAD.with(|t| t.in_hook.replace(true));
+    let was = THREAD.with(|t| t.phase.replace(Phase::OwnWork));
     let result = f();
-    THREAD.with(|t| t.in_hook.set(was));
+    THREAD.with(|t| t.phase.set(was));
     result
 }
 
@@ -183,10 +348,8 @@ pub fn next_seq() -> u64 {
     SEQ.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Records a new block. Call inside [`enter`]/[`leave`], after the real allocation.
 #[inline(always)]
-pub fn record_alloc(address: usize, size: usize, kind: AllocKind) {
-    let seq = next_seq();
+fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind) {
     let mut buffer = [MaybeUninit::<usize>::uninit(); MAX_FRAMES];
     let frames = unwind::capture(&mut buffer);
     if frames.len() == MAX_FRAMES {
@@ -203,7 +366,7 @@ pub fn record_alloc(address: usize, size: usize, kind: AllocKind) {
         send_message(Message::PythonCode(Box::new(code)))
     });
     let python_words = python_words.as_slice();
-    push_event(|batch, thread_id| {
+    push_event(t, |batch, thread_id| {
         let frame_count = frames.len() + python_words.len();
         let header = EVENT_ALLOC | (kind as u64) << 8 | (frame_count as u64) << 16 | u64::from(thread_id) << 32;
         batch.extend_from_slice(&[header, seq, address as u64, size as u64]);
@@ -212,49 +375,46 @@ pub fn record_alloc(address: usize, size: usize, kind: AllocKind) {
     });
 }
 
-/// Records a free that was given `seq` before the real free ran.
 #[inline(always)]
-pub fn record_free(address: usize, seq: u64) {
-    push_event(|batch, thread_id| {
+fn record_free(t: &ThreadState, seq: u64, address: usize) {
+    push_event(t, |batch, thread_id| {
         batch.extend_from_slice(&[EVENT_FREE | u64::from(thread_id) << 32, seq, address as u64]);
     });
 }
 
 #[inline(always)]
-fn push_event(write: impl FnOnce(&mut Vec<u64>, u32)) {
-    THREAD.with(|t| {
-        let slot = match t.slot.get() {
-            Some(slot) => slot,
-            None => {
-                let slot = slots::claim();
-                // A full-size batch from the start: growing one by doubling would free the
-                // smaller buffers, block addresses and all, into the program's heap, where
-                // the exit scan would take the stale addresses for pointers.
-                slot.with_batch(|batch| {
-                    if batch.capacity() < BATCH_WORDS {
-                        let mut fresh = fresh_batch();
-                        fresh.extend_from_slice(batch);
-                        *batch = fresh;
-                    }
-                });
-                if let Some(key) = EXIT_KEY.get() {
-                    key.set(slot.as_ptr());
+fn push_event(t: &ThreadState, write: impl FnOnce(&mut Vec<u64>, u32)) {
+    let slot = match t.slot.get() {
+        Some(slot) => slot,
+        None => {
+            let slot = slots::claim();
+            // A full-size batch from the start: growing one by doubling would free the
+            // smaller buffers, block addresses and all, into the program's heap, where
+            // the exit scan would take the stale addresses for pointers.
+            slot.with_batch(|batch| {
+                if batch.capacity() < BATCH_WORDS {
+                    let mut fresh = fresh_batch();
+                    fresh.extend_from_slice(batch);
+                    *batch = fresh;
                 }
-                t.slot.set(Some(slot));
-                t.thread_id.set(sys::gettid());
-                slot
+            });
+            if let Some(key) = EXIT_KEY.get() {
+                key.set(slot.as_ptr());
             }
-        };
-        let thread_id = t.thread_id.get();
-        let may_send = !t.exiting.get();
-        let full = slot.with_batch(|batch| {
-            write(batch, thread_id);
-            (batch.len() >= BATCH_WORDS && may_send).then(|| std::mem::replace(batch, fresh_batch()))
-        });
-        if let Some(full) = full {
-            send_batch(full);
+            t.slot.set(Some(slot));
+            t.thread_id.set(sys::gettid());
+            slot
         }
+    };
+    let thread_id = t.thread_id.get();
+    let may_send = !t.exiting.get();
+    let full = slot.with_batch(|batch| {
+        write(batch, thread_id);
+        (batch.len() >= BATCH_WORDS && may_send).then(|| std::mem::replace(batch, fresh_batch()))
     });
+    if let Some(full) = full {
+        send_batch(full);
+    }
     if WRITER_PARKED.load(Ordering::Relaxed) {
         resume_writer_if_due();
     }
@@ -367,7 +527,7 @@ pub fn stats() -> Stats {
 /// The module list changed (dlopen/dlclose returned): snapshot it now, in the caller's
 /// thread, so that a library dlclosed soon after is still described in the trace.
 pub fn modules_changed() {
-    if STATE.load(Ordering::Relaxed) != RECORDING || THREAD.with(|t| t.in_hook.get()) {
+    if STATE.load(Ordering::Relaxed) != RECORDING || THREAD.with(|t| t.phase.get() != Phase::Outside) {
         return;
     }
     guarded(|| {
@@ -550,6 +710,7 @@ fn start_recording() -> Result<(), String> {
     }
     let info = process_info();
     let (file, path) = open_trace(&config, &info)?;
+    signals::init();
     if !unwind::init() {
         sys::write_stderr(b"libleak: libunwind.so.8 not found; using the slower libgcc unwinder\n");
     }
@@ -683,7 +844,7 @@ fn set_trace_path(path: String) {
 /// The writer thread's body: runs the writer until the trace ends, or until it parks for a
 /// fork (its state then waits in [`WRITER_STATE`] and the thread ends).
 pub fn run_writer_thread() {
-    THREAD.with(|t| t.in_hook.set(true));
+    THREAD.with(|t| t.phase.set(Phase::OwnWork));
     let Some(mut writer) = WRITER_STATE.lock().ok().and_then(|mut w| w.take()) else {
         WRITER_DONE.store(1, Ordering::Release);
         return;

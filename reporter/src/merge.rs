@@ -109,6 +109,12 @@ pub fn merged_stack(
     let mut group = Vec::new();
     for node in trace.stack(leaf) {
         match node.frame {
+            // libleak's own frames are never the program's. Past the innermost ones (which the
+            // recorder drops) they are those a signal handler interrupted.
+            Frame::Native { .. }
+                if node
+                    .module
+                    .is_some_and(|m| crate::owner::is_libleak(&trace.modules[m].module.path)) => {}
             Frame::Native { address } => natives.push(native_frame(trace, interpreter, &node, address, symbolizer)),
             Frame::Python {
                 code_id,

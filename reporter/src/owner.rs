@@ -60,10 +60,15 @@ pub struct Roles {
     pub python: bool,
 }
 
+/// Whether `path` is the interposer itself.
+pub fn is_libleak(path: &str) -> bool {
+    path.rsplit('/').next() == Some("libleak.so")
+}
+
 impl Roles {
     pub fn of_module(&self, path: &str) -> Role {
         let name = path.rsplit('/').next().unwrap_or(path);
-        if name == "libleak.so" {
+        if is_libleak(path) {
             return Role::Libleak;
         }
         if C_RUNTIME.iter().any(|prefix| name.starts_with(prefix)) {
@@ -100,9 +105,11 @@ impl Roles {
         frames[from..].iter().position(|f| f.kind == "python").map(|i| i + from)
     }
 
-    /// Whether only the runtime (C runtime, interpreter, libleak) allocated the block.
+    /// Whether only the runtime (C runtime, interpreter, libleak) allocated the block. A block
+    /// recorded without a stack (allocated by a signal handler that interrupted the recording
+    /// of another event) could be anyone's: it is not a leftover.
     pub fn is_runtime_leftover(&self, frames: &[ReportFrame]) -> bool {
-        self.owner(frames).is_none()
+        !frames.is_empty() && self.owner(frames).is_none()
     }
 }
 

@@ -624,6 +624,12 @@ pub fn to_text(report: &Report) -> String {
                     })
                 );
             }
+            if stack.frames.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    (no stack: allocated in a signal handler that interrupted libleak recording another allocation)"
+                );
+            }
             for frame in &stack.frames {
                 let _ = writeln!(out, "    {}", frame_text(frame));
             }

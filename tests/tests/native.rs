@@ -315,3 +315,65 @@ fn libleak_run_keeps_the_exit_status_and_prints_the_report() {
     assert!(stdout.contains("1,000 bytes in 10 blocks"), "{stdout}");
     assert!(stdout.contains("leak_malloc at "), "{stdout}");
 }
+
+#[test]
+fn a_signal_handler_allocating_while_a_hook_records_loses_nothing() {
+    let scratch = Scratch::new("signals");
+    let counts = scratch.join("counts");
+    let counts_arg = counts.to_str().unwrap();
+    let traced = build_and_trace(&scratch, "gcc", &["signals.c"], &[], &[counts_arg]);
+    let written = std::fs::read_to_string(&counts).unwrap();
+    let [mallocs, frees, handler_calls]: [u64; 3] = written
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    assert!(handler_calls >= 3000, "{written}");
+    // The program makes no allocator call but its own (no stdio): the trace holds every one,
+    // including those of the handler that interrupted libleak inside a hook.
+    let report = all_live_blocks_json(&traced.trace);
+    let totals = &report["totals"];
+    let count = |name: &str| totals[name].as_u64().unwrap();
+    let handler_leaks = handler_calls / 64;
+    assert_eq!(count("allocations"), mallocs, "{totals}");
+    assert_eq!(count("frees"), frees, "{totals}");
+    assert_eq!(count("unmatched_frees"), 0, "{totals}");
+    assert_eq!(count("live_blocks"), 3 + handler_leaks, "{totals}");
+    assert_eq!(count("live_bytes"), 3 * 1000 + 777 * handler_leaks, "{totals}");
+    let main_line = line_of("signals.c", "@main_leak");
+    assert_leak(
+        &report_json(&traced.trace),
+        "main_leak",
+        "signals.c",
+        main_line,
+        3000,
+        3,
+    );
+    // The handler's blocks: at their line when the handler interrupted the program or the
+    // real allocator, without a stack when it interrupted the recording of another event.
+    let handler_line = line_of("signals.c", "@handler_leak");
+    let rows = report["leaks"].as_array().unwrap();
+    let at_line = leaks_in(&report, "handler_leak");
+    assert!(
+        at_line
+            .iter()
+            .all(|row| row["frames"][0]["line"].as_u64() == Some(handler_line)),
+        "{report:#}"
+    );
+    let stackless: Vec<_> = rows
+        .iter()
+        .filter(|row| row["frames"].as_array().unwrap().is_empty())
+        .collect();
+    let blocks = |rows: &[&serde_json::Value]| rows.iter().map(|row| row["blocks"].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(blocks(&at_line) + blocks(&stackless), handler_leaks, "{report:#}");
+    assert_eq!(
+        stackless.iter().map(|row| row["bytes"].as_u64().unwrap()).sum::<u64>(),
+        777 * blocks(&stackless)
+    );
+    // No libleak frame shows in a handler's stack, even where it interrupted libleak.
+    assert!(
+        !report.to_string().contains("libleak.so"),
+        "libleak's frames in the report: {report:#}"
+    );
+}

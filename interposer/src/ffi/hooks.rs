@@ -20,16 +20,16 @@ fn allocate(kind: AllocKind, size: usize, call: impl FnOnce(&Real) -> *mut c_voi
     let Some(real) = real::get() else {
         return bootstrap::alloc(size, early_align);
     };
-    if !tracker::enter() {
+    let Some(hook) = tracker::enter() else {
         return call(real);
-    }
+    };
     let ptr = call(real);
     if !ptr.is_null() {
         let saved = errno();
-        tracker::record_alloc(ptr as usize, size, kind);
+        hook.record_alloc(ptr as usize, size, kind);
         set_errno(saved);
     }
-    tracker::leave();
+    hook.leave();
     ptr
 }
 
@@ -102,19 +102,19 @@ pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, alignment: usi
         unsafe { *memptr = ptr };
         return 0;
     };
-    if !tracker::enter() {
+    let Some(hook) = tracker::enter() else {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real.posix_memalign)(memptr, alignment, size) };
-    }
+    };
     // SAFETY: forwarding the caller's arguments.
     let rc = unsafe { (real.posix_memalign)(memptr, alignment, size) };
     if rc == 0 {
         let saved = errno();
         // SAFETY: on success the real function stored the block in `*memptr`.
-        tracker::record_alloc(unsafe { *memptr } as usize, size, AllocKind::PosixMemalign);
+        hook.record_alloc(unsafe { *memptr } as usize, size, AllocKind::PosixMemalign);
         set_errno(saved);
     }
-    tracker::leave();
+    hook.leave();
     rc
 }
 
@@ -128,14 +128,14 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     let Some(real) = real::get() else {
         return;
     };
-    if !tracker::enter() {
+    let Some(hook) = tracker::enter() else {
         // SAFETY: forwarding the caller's live block.
         return unsafe { (real.free)(ptr) };
-    }
+    };
     let saved = errno();
     // The free is ordered before the real free, so no other thread can be handed the same
     // address with an earlier sequence number.
-    tracker::record_free(ptr as usize, tracker::next_seq());
+    hook.record_free(ptr as usize, tracker::next_seq());
     if tracker::scrub_freed() {
         // Freed memory is handed out again uninitialised; stale pointers left in it would
         // read as references in the exit scan and hide leaks. Zeroing it first keeps the
@@ -150,7 +150,7 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // SAFETY: forwarding the caller's live block.
     unsafe { (real.free)(ptr) };
     set_errno(saved);
-    tracker::leave();
+    hook.leave();
 }
 
 /// # Safety
@@ -195,23 +195,23 @@ unsafe fn resize(ptr: *mut c_void, size: usize, kind: AllocKind) -> *mut c_void 
     let Some(real) = real::get() else {
         return std::ptr::null_mut();
     };
-    if !tracker::enter() {
+    let Some(hook) = tracker::enter() else {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real.realloc)(ptr, size) };
-    }
+    };
     let free_seq = tracker::next_seq();
     // SAFETY: forwarding the caller's arguments.
     let new_ptr = unsafe { (real.realloc)(ptr, size) };
     let saved = errno();
     if !new_ptr.is_null() {
-        tracker::record_free(ptr as usize, free_seq);
-        tracker::record_alloc(new_ptr as usize, size, kind);
+        hook.record_free(ptr as usize, free_seq);
+        hook.record_alloc(new_ptr as usize, size, kind);
     } else if size == 0 {
         // glibc's realloc(p, 0) frees p and returns NULL.
-        tracker::record_free(ptr as usize, free_seq);
+        hook.record_free(ptr as usize, free_seq);
     }
     set_errno(saved);
-    tracker::leave();
+    hook.leave();
     new_ptr
 }
 
