@@ -11,6 +11,7 @@
 //! - [`python`]: finding CPython and walking the allocating thread's Python frames.
 //! - [`reach`]: the exit-time reachability scan that classifies the blocks live at exit.
 //! - [`stack_words`]: how native and Python frames travel from hooks to the writer.
+//! - [`trace_file`]: the trace file's descriptor, kept out of the program's way.
 //! - [`config`]: the `LIBLEAK_*` environment variables, parsed once.
 //!
 //! The interposer must never change what the traced program sees (results, errno, output,
@@ -23,6 +24,7 @@ mod ffi;
 mod python;
 mod reach;
 mod stack_words;
+mod trace_file;
 mod tracker;
 mod writer;
 

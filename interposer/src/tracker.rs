@@ -19,7 +19,7 @@
 
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,6 +36,7 @@ use crate::ffi::slots::{self, Slot};
 use crate::ffi::{hooks, signals, sys, unwind};
 use crate::python;
 use crate::reach::ExitingThread;
+use crate::trace_file::TraceFile;
 use crate::writer::{ChildStart, Ending, Message, ScanSettings, Stopped, Writer};
 
 pub const EVENT_ALLOC: u64 = 1;
@@ -803,7 +804,7 @@ fn process_info() -> ProcessInfo {
 
 /// Creates the trace file: never overwrites an existing file and never follows a symlink; a
 /// taken name gets a numeric suffix before `.trace`.
-fn open_trace(config: &Config, info: &ProcessInfo) -> Result<(File, String), String> {
+fn open_trace(config: &Config, info: &ProcessInfo) -> Result<(TraceFile, String), String> {
     let default_name = trace_file_name(&info.program, info.pid);
     let template = match &config.output_template {
         Some(directory) if directory.ends_with('/') => format!("{directory}{default_name}"),
@@ -827,7 +828,11 @@ fn open_trace(config: &Config, info: &ProcessInfo) -> Result<(File, String), Str
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path);
         match opened {
-            Ok(file) => return Ok((file, path)),
+            Ok(file) => {
+                let file =
+                    TraceFile::new(file, path.clone()).map_err(|e| format!("cannot use trace file {path}: {e}"))?;
+                return Ok((file, path));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(format!("cannot create trace file {path}: {e}")),
         }

@@ -13,7 +13,6 @@
 //! objects they refer to.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use libleak_format::{
 use crate::ffi::sys;
 use crate::reach::{self, ExitingThread, ScanInput};
 use crate::stack_words;
+use crate::trace_file::TraceFile;
 use crate::tracker::{self, EVENT_ALLOC, EVENT_FREE};
 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -99,7 +99,7 @@ pub enum Stopped {
 
 /// What a forked child's writer needs to start the child's trace.
 pub struct ChildStart {
-    pub file: File,
+    pub file: TraceFile,
     pub info: ProcessInfo,
     pub fork: ForkInfo,
 }
@@ -118,7 +118,7 @@ pub enum Message {
 }
 
 pub struct Writer {
-    chunks: ChunkWriter<File>,
+    chunks: ChunkWriter<TraceFile>,
     encoder: RecordEncoder,
     events: Receiver<Message>,
     spare_batches: Sender<Vec<u64>>,
@@ -147,7 +147,7 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(
-        file: File,
+        file: TraceFile,
         info: ProcessInfo,
         modules: Vec<Module>,
         python_runtime: Option<PythonRuntime>,
@@ -269,6 +269,9 @@ impl Writer {
         fork.inherited_blocks = inherited.len() as u64;
         fork.inherited_bytes = inherited.iter().map(|(_, block)| block.size()).sum();
         self.encoder.fork(&fork);
+        // On disk before the inherited blocks, which take a while: a child killed meanwhile
+        // still leaves a readable (cut short) trace.
+        self.flush()?;
         let parent_nodes = std::mem::take(&mut self.node_words);
         self.stack_nodes.clear();
         self.previous_frames.clear();

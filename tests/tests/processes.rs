@@ -351,3 +351,39 @@ fn subprocesses_pipelines_and_exec_are_followed_and_reported_together() {
         traces.iter().map(|t| t.argv()).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn the_trace_keeps_out_of_the_programs_descriptors() {
+    let scratch = Scratch::new("descriptors");
+    let exe = scratch.join("fixture");
+    compile("gcc", &["processes/descriptors.c"], &exe, &[]);
+    let output_file = scratch.join("written.txt");
+    // Started with standard error closed; the shell execs the fixture.
+    let command = || {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("exec 2>&- {} {}", exe.display(), output_file.display()));
+        command
+    };
+    let (traced, traces) = run_all_traced(&scratch, command, &[]);
+    assert_eq!(String::from_utf8_lossy(&traced.stdout), "first descriptor: 2\n");
+    assert_eq!(
+        std::fs::read_to_string(&output_file).unwrap(),
+        "the program's own bytes\n"
+    );
+    let fixture = traces
+        .iter()
+        .find(|t| t.all["process"]["program"] == "fixture")
+        .expect("the fixture's trace");
+    assert_eq!(fixture.all["complete"], true, "{:#}", fixture.all);
+    fixture.assert_every_free_matched();
+    assert_exact_leaks(
+        &fixture.leak_report(),
+        "processes/descriptors.c",
+        &[
+            ("leak_before_closing", "@before_closing", 111),
+            ("leak_after_closing", "@after_closing", 222),
+        ],
+    );
+}
