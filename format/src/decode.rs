@@ -11,7 +11,7 @@ use flate2::read::DeflateDecoder;
 
 use crate::record::*;
 use crate::varint::Cursor;
-use crate::{FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
+use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
 
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ impl<R: Read> TraceReader<R> {
 
     fn read_chunk(&mut self) -> Result<(), DecodeError> {
         let chunk_offset = self.offset;
-        let mut frame = [0u8; 12];
+        let mut frame = [0u8; CHUNK_FRAME_LEN];
         let got = read_up_to(&mut self.input, &mut frame)?;
         if got < frame.len() {
             self.finished = true;

@@ -12,7 +12,7 @@ use crate::record::{
     Reachability, Stats,
 };
 use crate::varint::{put_bytes, put_i64, put_u64};
-use crate::{FORMAT_VERSION, HEADER_LEN, MAGIC};
+use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC};
 
 /// Encodes records into an uncompressed payload. Keeps the delta state (previous sequence
 /// number and address, next stack node id) that the decoder mirrors, across chunks.
@@ -245,11 +245,11 @@ impl<W: Write> ChunkWriter<W> {
             return Ok(());
         }
         self.compressed.clear();
-        self.compressed.resize(12, 0);
+        self.compressed.resize(CHUNK_FRAME_LEN, 0);
         let mut encoder = DeflateEncoder::new(std::mem::take(&mut self.compressed), Compression::fast());
         encoder.write_all(payload)?;
         self.compressed = encoder.finish()?;
-        let compressed_len = (self.compressed.len() - 12) as u32;
+        let compressed_len = (self.compressed.len() - CHUNK_FRAME_LEN) as u32;
         self.compressed[0..4].copy_from_slice(&compressed_len.to_le_bytes());
         self.compressed[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         self.compressed[8..12].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());

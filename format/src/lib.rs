@@ -25,5 +25,7 @@ pub const MAGIC: [u8; 8] = *b"LIBLEAK\0";
 pub const FORMAT_VERSION: u32 = 4;
 /// Size of the file header: magic, version, flags.
 pub const HEADER_LEN: usize = 16;
+/// Size of a chunk's frame: compressed length, payload length, CRC-32.
+pub const CHUNK_FRAME_LEN: usize = 12;
 /// Upper bound on a chunk's compressed or uncompressed payload; larger lengths are corruption.
 pub const MAX_CHUNK_BYTES: u32 = 64 << 20;

@@ -184,9 +184,9 @@ thread_local! {
 
 /// A hook's permission to record, from [`enter`] to [`Hook::leave`].
 pub struct Hook {
+    /// The phase the hook was entered in. [`Phase::Recording`]: a signal handler interrupted
+    /// the recording of another event on this thread, so this hook's events are deferred.
     outer: Phase,
-    /// A signal handler interrupted the recording of another event on this thread.
-    deferred: bool,
 }
 
 /// Enters a hook: `Some` when the call is to be recorded (the caller makes the real call,
@@ -200,18 +200,13 @@ pub fn enter() -> Option<Hook> {
     THREAD.with(|t| match t.phase.get() {
         Phase::Outside => {
             t.phase.set(Phase::AroundRealCall);
-            Some(Hook {
-                outer: Phase::Outside,
-                deferred: false,
-            })
+            Some(Hook { outer: Phase::Outside })
         }
         Phase::AroundRealCall => Some(Hook {
             outer: Phase::AroundRealCall,
-            deferred: false,
         }),
         Phase::Recording if in_signal_handler(t) => Some(Hook {
             outer: Phase::Recording,
-            deferred: true,
         }),
         Phase::Recording | Phase::OwnWork => {
             REENTRANT_CALLS.fetch_add(1, Ordering::Relaxed);
@@ -225,7 +220,7 @@ impl Hook {
     #[inline(always)]
     pub fn record_alloc(&self, address: usize, size: usize, kind: AllocKind) {
         let seq = next_seq();
-        if self.deferred {
+        if self.outer == Phase::Recording {
             defer([EVENT_ALLOC | (kind as u64) << 8, seq, address as u64, size as u64]);
         } else {
             recording(|t| record_alloc(t, seq, address, size, kind));
@@ -235,7 +230,7 @@ impl Hook {
     /// Records a free that was given `seq` before the real free ran.
     #[inline(always)]
     pub fn record_free(&self, address: usize, seq: u64) {
-        if self.deferred {
+        if self.outer == Phase::Recording {
             defer([EVENT_FREE, seq, address as u64, 0]);
         } else {
             recording(|t| record_free(t, seq, address));

@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use libleak_format::ChunkWriter;
+use libleak_format::{ChunkWriter, CHUNK_FRAME_LEN, HEADER_LEN};
 use libleak_reporter::replay::Trace;
 use libleak_reporter::report::{self, ReportOptions};
 use libleak_reporter::symbolize::Symbolizer;
@@ -40,23 +40,20 @@ impl Random {
     }
 }
 
-const FILE_HEADER: usize = 16;
-const CHUNK_FRAME: usize = 12;
-
 /// The decompressed payloads of a well-formed trace's chunks.
 fn payloads(trace: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    let mut at = FILE_HEADER;
-    while at + CHUNK_FRAME <= trace.len() {
+    let mut at = HEADER_LEN;
+    while at + CHUNK_FRAME_LEN <= trace.len() {
         let word = |i: usize| u32::from_le_bytes(trace[at + i..at + i + 4].try_into().unwrap()) as usize;
-        let compressed = &trace[at + CHUNK_FRAME..at + CHUNK_FRAME + word(0)];
+        let compressed = &trace[at + CHUNK_FRAME_LEN..at + CHUNK_FRAME_LEN + word(0)];
         let mut payload = Vec::new();
         flate2::read::DeflateDecoder::new(compressed)
             .read_to_end(&mut payload)
             .unwrap();
         assert_eq!(payload.len(), word(4));
         out.push(payload);
-        at += CHUNK_FRAME + word(0);
+        at += CHUNK_FRAME_LEN + word(0);
     }
     out
 }
