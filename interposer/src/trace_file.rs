@@ -1,10 +1,13 @@
-//! The trace file as the writer writes it. Its descriptor is the program's to close: programs
-//! close every descriptor they did not open (daemons, the child side of `subprocess`) and may
-//! then open a file of their own under the same number. So before every write the descriptor
-//! is checked to still be the trace file; when it is not, the number is forgotten (never
-//! written to nor closed: it may be the program's now) and the trace reopened by its path.
+//! The trace file as the writer writes it. It holds no descriptor between writes: a program
+//! may list its descriptors and expect exactly the ones it opened (CPython's test_subprocess
+//! does, for a child under libleak). Every write opens the file by path, moves the descriptor
+//! high out of the program's way, checks it is still the trace file (device and inode), writes
+//! and closes it again.
 //!
-//! Must never write to, or close, a descriptor that is not the trace file.
+//! Programs close descriptors they did not open (daemons, the child side of `subprocess`) and
+//! reuse the numbers, possibly while a write is under way. So a descriptor is closed only after
+//! checking it is still the trace file; one that is not is forgotten, never written to nor
+//! closed. Must never keep a descriptor open after a write returns.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -14,70 +17,64 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use crate::ffi::sys;
 
 pub struct TraceFile {
-    file: Option<File>,
     path: String,
     /// Device and inode of the trace file.
     identity: (u64, u64),
 }
 
 impl TraceFile {
-    /// Takes the freshly created trace file at `path`, moved out of the program's way.
+    /// Takes the freshly created trace file at `path` and closes it.
     pub fn new(file: File, path: String) -> io::Result<TraceFile> {
-        let file = sys::move_descriptor_high(file);
         let metadata = file.metadata()?;
         Ok(TraceFile {
             identity: (metadata.dev(), metadata.ino()),
-            file: Some(file),
             path,
         })
     }
 
-    /// The trace file, reopened by path if the program took its descriptor away.
-    fn current(&mut self) -> io::Result<&File> {
-        if self.ours().is_none() {
-            self.forget();
-            let reopened = OpenOptions::new()
-                .append(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&self.path)?;
-            let metadata = reopened.metadata()?;
-            if (metadata.dev(), metadata.ino()) != self.identity {
-                return Err(io::Error::other(format!("{} was replaced", self.path)));
-            }
-            self.file = Some(sys::move_descriptor_high(reopened));
-        }
-        self.file.as_ref().ok_or_else(|| io::Error::other("no trace file"))
+    /// Opens the trace file, appends `bytes` through one descriptor and closes it.
+    fn append(&self, bytes: &[u8]) -> io::Result<()> {
+        let opened = OpenOptions::new()
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.path)?;
+        let high = sys::duplicate_high(&opened);
+        self.close_if_ours(opened);
+        let file = high.ok_or_else(|| io::Error::other("cannot move the trace descriptor high"))?;
+        let written = if self.is_ours(&file) {
+            (&file).write_all(bytes)
+        } else {
+            Err(io::Error::other(format!("{} was replaced", self.path)))
+        };
+        self.close_if_ours(file);
+        written
     }
 
-    /// Drops the descriptor without closing it.
-    fn forget(&mut self) {
-        if let Some(file) = self.file.take() {
+    fn is_ours(&self, file: &File) -> bool {
+        file.metadata().is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
+    }
+
+    fn close_if_ours(&self, file: File) {
+        if self.is_ours(&file) {
+            drop(file);
+        } else {
             let _ = file.into_raw_fd();
         }
-    }
-
-    fn ours(&self) -> Option<&File> {
-        let file = self.file.as_ref()?;
-        let metadata = file.metadata().ok()?;
-        ((metadata.dev(), metadata.ino()) == self.identity).then_some(file)
     }
 }
 
 impl Write for TraceFile {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut file = self.current()?;
-        file.write(bytes)
+        self.append(bytes)?;
+        Ok(bytes.len())
+    }
+
+    /// A chunk is written whole, through one descriptor.
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.append(bytes)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-impl Drop for TraceFile {
-    fn drop(&mut self) {
-        if self.ours().is_none() {
-            self.forget();
-        }
     }
 }

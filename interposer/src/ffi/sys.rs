@@ -58,10 +58,10 @@ pub fn stderr_is_terminal() -> bool {
     terminal
 }
 
-/// Moves `file` to a high descriptor number, out of the way of programs that expect the
-/// lowest free numbers (0 to 2 when they closed their standard streams, 3 for their next
-/// file) or `dup2` onto low numbers. Returns it unmoved when that is not possible.
-pub fn move_descriptor_high(file: std::fs::File) -> std::fs::File {
+/// A duplicate of `file` at a high descriptor number, out of the way of programs that expect
+/// the lowest free numbers (0 to 2 when they closed their standard streams, 3 for their next
+/// file) or `dup2` onto low numbers. None when that is not possible.
+pub fn duplicate_high(file: &std::fs::File) -> Option<std::fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -69,20 +69,16 @@ pub fn move_descriptor_high(file: std::fs::File) -> std::fs::File {
     };
     // SAFETY: getrlimit writes into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return file;
+        return None;
     }
     let floor = (limit.rlim_cur / 2).min(512) as c_int;
     if floor <= 3 {
-        return file;
+        return None;
     }
     // SAFETY: duplicating a descriptor we own; the new one is close-on-exec like the old.
     let moved = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
-    if moved < 0 {
-        return file;
-    }
-    drop(file);
     // SAFETY: `moved` is a fresh descriptor that nothing else owns.
-    unsafe { std::fs::File::from_raw_fd(moved) }
+    (moved >= 0).then(|| unsafe { std::fs::File::from_raw_fd(moved) })
 }
 
 pub fn sleep_ms(milliseconds: u64) {
