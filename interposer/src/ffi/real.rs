@@ -204,13 +204,92 @@ pub mod bootstrap {
 }
 
 /// Routes the interposer's own Rust allocations straight to the real allocator (or the
-/// bootstrap arena before it is known), never through the recording hooks.
+/// bootstrap arena before it is known), never through the recording hooks. Large blocks
+/// (event batches, the writer's tables) are mapped directly instead: a malloc that has to
+/// grow its heap holds the arena lock across a system call, and a signal handler that
+/// allocates and interrupts it there deadlocks the thread; libleak must not open that window
+/// where the program did not. Those mappings are listed in [`own_mappings`], so that the exit
+/// scan does not take libleak's memory for the program's.
 pub struct RealAllocator;
 
+/// Blocks from this size up are mapped directly.
+const MAPPED_FROM: usize = 64 * 1024;
+const PAGE: usize = 4096;
+const MAPPING_SLOTS: usize = 4096;
+
+/// Start and length of each live direct mapping; start 0 marks a free slot.
+static MAPPINGS: [(AtomicUsize, AtomicUsize); MAPPING_SLOTS] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; MAPPING_SLOTS];
+
+fn mapped_length(size: usize) -> usize {
+    size.div_ceil(PAGE) * PAGE
+}
+
+/// Maps `size` bytes and records them; None when the table is full or mmap fails.
+fn map_block(size: usize) -> Option<*mut u8> {
+    let length = mapped_length(size);
+    let slot = MAPPINGS.iter().find(|(start, _)| {
+        start
+            .compare_exchange(0, usize::MAX, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })?;
+    // SAFETY: an anonymous private mapping of a fresh range; no existing memory is touched.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            length,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        slot.0.store(0, Ordering::Release);
+        return None;
+    }
+    slot.1.store(length, Ordering::Release);
+    slot.0.store(ptr as usize, Ordering::Release);
+    Some(ptr as *mut u8)
+}
+
+/// Whether `ptr` is a live direct mapping; if so, unmaps it.
+fn unmap_block(ptr: *mut u8) -> bool {
+    let Some((start, length)) = MAPPINGS
+        .iter()
+        .find(|(start, _)| start.load(Ordering::Acquire) == ptr as usize)
+    else {
+        return false;
+    };
+    let bytes = length.load(Ordering::Acquire);
+    // SAFETY: unmapping a mapping this allocator made and nothing else refers to any more.
+    unsafe { libc::munmap(ptr as *mut c_void, bytes) };
+    start.store(0, Ordering::Release);
+    true
+}
+
+/// libleak's own direct mappings, as (start, end).
+pub fn own_mappings() -> Vec<(u64, u64)> {
+    MAPPINGS
+        .iter()
+        .filter_map(|(start, length)| {
+            let start = start.load(Ordering::Acquire);
+            let length = length.load(Ordering::Acquire);
+            (start != 0 && start != usize::MAX).then_some((start as u64, (start + length) as u64))
+        })
+        .collect()
+}
+
 // SAFETY: forwards to malloc/memalign/free/realloc of the real allocator, which meet the
-// GlobalAlloc contract for the requested layouts; arena blocks are never reused.
+// GlobalAlloc contract for the requested layouts, or maps page-aligned zeroed pages for
+// large blocks (alignments up to a page); arena blocks are never reused.
 unsafe impl GlobalAlloc for RealAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() >= MAPPED_FROM && layout.align() <= PAGE {
+            if let Some(ptr) = map_block(layout.size()) {
+                return ptr;
+            }
+        }
         match get() {
             // SAFETY: real allocator entry points with valid sizes and power-of-two alignment.
             Some(real) if layout.align() <= 16 => unsafe { (real.malloc)(layout.size()) as *mut u8 },
@@ -221,6 +300,11 @@ unsafe impl GlobalAlloc for RealAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() >= MAPPED_FROM && layout.align() <= PAGE {
+            if let Some(ptr) = map_block(layout.size()) {
+                return ptr; // fresh anonymous pages are zero
+            }
+        }
         match get() {
             // SAFETY: calloc of the real allocator returns zeroed memory aligned for any
             // fundamental type (16 bytes here), and only fresh pages for large sizes.
@@ -237,8 +321,11 @@ unsafe impl GlobalAlloc for RealAllocator {
         }
     }
 
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if bootstrap::owns(ptr as *const c_void) {
+            return;
+        }
+        if layout.size() >= MAPPED_FROM && unmap_block(ptr) {
             return;
         }
         if let Some(real) = get() {
@@ -248,8 +335,9 @@ unsafe impl GlobalAlloc for RealAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let mapped = layout.size() >= MAPPED_FROM || new_size >= MAPPED_FROM;
         match get() {
-            Some(real) if layout.align() <= 16 && !bootstrap::owns(ptr as *const c_void) => {
+            Some(real) if !mapped && layout.align() <= 16 && !bootstrap::owns(ptr as *const c_void) => {
                 // SAFETY: `ptr` is a live block of the real allocator.
                 unsafe { (real.realloc)(ptr as *mut c_void, new_size) as *mut u8 }
             }

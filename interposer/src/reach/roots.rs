@@ -4,8 +4,8 @@
 //! system call), and anonymous mappings the program made itself (arenas of other allocators,
 //! `mmap`'d buffers).
 //!
-//! Excluded, because they would make leaked blocks look reachable: libleak's own module and
-//! thread stack; malloc's own memory (the brk heap, arena heaps, `mmap`'d chunks — their live
+//! Excluded, because they would make leaked blocks look reachable: libleak's own module,
+//! thread stack and mappings; malloc's own memory (the brk heap, arena heaps, `mmap`'d chunks — their live
 //! blocks are scanned only once reached); and the stacks glibc keeps cached for exited
 //! threads, which are full of stale pointers.
 //!
@@ -164,6 +164,7 @@ pub fn collect(
     if let Some(own) = own_module {
         excluded.extend(writable_segments(own));
     }
+    excluded.extend(crate::ffi::real::own_mappings());
     let own_stack_pointer = crate::ffi::memory::stack_pointer();
     let mut stack_mappings: Vec<usize> = Vec::new();
     if let Some(index) = maps.iter().position(|m| m.contains(own_stack_pointer)) {
