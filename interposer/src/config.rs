@@ -15,6 +15,8 @@
 //! - `LIBLEAK_SCAN=0`: skip the reachability scan at exit (blocks stay unclassified).
 //! - `LIBLEAK_SCAN_SECONDS`: time limit of that scan (default 30); past it the trace says
 //!   the scan was cut short.
+//! - `LIBLEAK_CHECK_UNWIND=N`: also unwind every Nth allocation with libgcc's unwinder and
+//!   compare; at exit, one line on stderr gives the counts (a check of libleak itself).
 
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ pub struct Config {
     pub python_malloc: PythonMalloc,
     /// Time limit of the exit-time reachability scan; `None` when it is turned off.
     pub scan_time_limit: Option<Duration>,
+    /// Compare every Nth stack with libgcc's (`LIBLEAK_CHECK_UNWIND`); 0: never.
+    pub check_unwind_every: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +64,7 @@ impl Config {
                     .unwrap_or(DEFAULT_SCAN_SECONDS);
                 Some(Duration::from_secs_f64(seconds.min(86_400.0)))
             },
+            check_unwind_every: var("LIBLEAK_CHECK_UNWIND").and_then(|v| v.parse().ok()).unwrap_or(0),
         }
     }
 }

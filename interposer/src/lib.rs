@@ -4,9 +4,11 @@
 //!
 //! Layout:
 //! - [`ffi`]: every `unsafe` line and FFI call — the exported hooks, the real allocator,
-//!   the unwinder, system calls, the per-thread batch slots.
+//!   the unwinder's raw reads, system calls, the per-thread batch slots.
 //! - [`tracker`]: what a hook does once it has the real result: the re-entrancy guard, the
 //!   event encoding into per-thread batches, start-up and exit.
+//! - [`unwind`]: native stacks: a stepper over cached per-address unwind rules, reusing the
+//!   part of the thread's previous stack that did not change.
 //! - [`writer`]: the writer thread: stack interning, module map, encoding, compression.
 //! - [`python`]: finding CPython and walking the allocating thread's Python frames.
 //! - [`reach`]: the exit-time reachability scan that classifies the blocks live at exit.
@@ -26,6 +28,7 @@ mod reach;
 mod stack_words;
 mod trace_file;
 mod tracker;
+mod unwind;
 mod writer;
 
 /// The global allocator of the interposer's own Rust code is the real allocator, so that

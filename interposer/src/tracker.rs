@@ -20,7 +20,6 @@
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::fs::OpenOptions;
-use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -33,16 +32,17 @@ use libleak_format::{program_name, trace_file_name, AllocKind, ExitKind, ForkInf
 use crate::config::{self, Config, PythonMalloc};
 use crate::ffi::buffer::WordBuffer;
 use crate::ffi::slots::{self, Slot};
-use crate::ffi::{hooks, signals, sys, unwind};
+use crate::ffi::{hooks, signals, sys};
 use crate::python;
 use crate::reach::ExitingThread;
 use crate::trace_file::TraceFile;
+use crate::unwind;
 use crate::writer::{ChildStart, Ending, Message, ScanSettings, Stopped, Writer};
 
 pub const EVENT_ALLOC: u64 = 1;
 pub const EVENT_FREE: u64 = 2;
 /// Deepest native stack recorded; deeper stacks are cut (and counted).
-pub const MAX_FRAMES: usize = 256;
+pub use crate::unwind::MAX_FRAMES;
 /// A batch is handed to the writer once it holds this many words.
 const BATCH_WORDS: usize = 16 * 1024;
 /// Batches in flight before producers wait: bounds the memory the interposer adds.
@@ -105,6 +105,11 @@ static FORKING: AtomicBool = AtomicBool::new(false);
 static FORK_FAILED: AtomicBool = AtomicBool::new(false);
 /// False in a forked child until its writer has opened the child's trace.
 static TRACE_OPEN: AtomicBool = AtomicBool::new(false);
+/// `LIBLEAK_CHECK_UNWIND`: every how many allocations to compare the stack with libgcc's.
+static CHECK_UNWIND_EVERY: AtomicU64 = AtomicU64::new(0);
+static UNWIND_CHECK_CALLS: AtomicU64 = AtomicU64::new(0);
+static UNWIND_CHECKS: AtomicU64 = AtomicU64::new(0);
+static UNWIND_MISMATCHES: AtomicU64 = AtomicU64::new(0);
 /// In a forked child: the sequence number at the fork.
 static CHILD_FORK_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -346,8 +351,9 @@ pub fn next_seq() -> u64 {
 
 #[inline(always)]
 fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind) {
-    let mut buffer = [MaybeUninit::<usize>::uninit(); MAX_FRAMES];
-    let frames = unwind::capture(&mut buffer);
+    let mut stack = unwind::Stack::new();
+    unwind::capture(&mut stack);
+    let frames = stack.as_slice();
     if frames.len() == MAX_FRAMES {
         TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
     }
@@ -357,6 +363,9 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
     );
     let own = frames.iter().take_while(|&&ip| ip >= start && ip < end).count();
     let frames = &frames[own..];
+    if CHECK_UNWIND_EVERY.load(Ordering::Relaxed) != 0 {
+        check_unwind(frames, stack.is_full());
+    }
     let mut python_words = WordBuffer::<{ python::MAX_WORDS }>::new();
     python::capture(&mut python_words, &mut |code| {
         send_message(Message::PythonCode(Box::new(code)))
@@ -369,6 +378,37 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
         batch.extend(frames.iter().map(|&ip| ip as u64));
         batch.extend_from_slice(python_words);
     });
+}
+
+/// `LIBLEAK_CHECK_UNWIND`: compare every Nth stack (`frames`, the interposer's own frames
+/// trimmed) with libgcc's.
+#[cold]
+#[inline(never)]
+fn check_unwind(frames: &[usize], truncated: bool) {
+    let every = CHECK_UNWIND_EVERY.load(Ordering::Relaxed);
+    if truncated || !UNWIND_CHECK_CALLS.fetch_add(1, Ordering::Relaxed).is_multiple_of(every) {
+        return;
+    }
+    let mut reference = unwind::Stack::new();
+    unwind::capture_slowly(&mut reference);
+    let (start, end) = (
+        OWN_CODE_START.load(Ordering::Relaxed),
+        OWN_CODE_END.load(Ordering::Relaxed),
+    );
+    let reference = reference.as_slice();
+    let reference = &reference[reference.iter().take_while(|&&ip| ip >= start && ip < end).count()..];
+    UNWIND_CHECKS.fetch_add(1, Ordering::Relaxed);
+    if frames != reference && UNWIND_MISMATCHES.fetch_add(1, Ordering::Relaxed) < 3 {
+        let hex = |ips: &[usize]| ips.iter().map(|ip| format!("{ip:#x}")).collect::<Vec<_>>().join(" ");
+        sys::write_stderr(
+            format!(
+                "libleak: unwinder check: stacks differ\n  libleak: {}\n  libgcc:  {}\n",
+                hex(frames),
+                hex(reference)
+            )
+            .as_bytes(),
+        );
+    }
 }
 
 #[inline(always)]
@@ -518,6 +558,13 @@ pub fn stats() -> Stats {
         producer_waits: PRODUCER_WAITS.load(Ordering::Relaxed),
         truncated_stacks: TRUNCATED_STACKS.load(Ordering::Relaxed),
     }
+}
+
+/// An object may have been unloaded (dlclose returned): unwind rules cached for its
+/// addresses are dropped, then the module list is snapshot.
+pub fn module_unloaded() {
+    unwind::tables::forget_all();
+    modules_changed();
 }
 
 /// The module list changed (dlopen/dlclose returned): snapshot it now, in the caller's
@@ -706,10 +753,8 @@ fn start_recording() -> Result<(), String> {
     }
     let info = process_info();
     let (file, path) = open_trace(&config, &info)?;
+    CHECK_UNWIND_EVERY.store(config.check_unwind_every, Ordering::Relaxed);
     signals::init();
-    if !unwind::init() {
-        sys::write_stderr(b"libleak: libunwind.so.8 not found; using the slower libgcc unwinder\n");
-    }
     let modules = sys::loaded_modules(&info.exe);
     let python_runtime = detect_python(&config);
     let own_address = start as *const () as usize;
@@ -946,6 +991,17 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
         let deadline = Instant::now() + Duration::from_secs(10) + scan_limit;
         while WRITER_DONE.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
             sys::sleep_ms(1);
+        }
+        if CHECK_UNWIND_EVERY.load(Ordering::Relaxed) != 0 {
+            sys::write_stderr(
+                format!(
+                    "libleak: unwinder check: {} stacks compared with libgcc's, {} differed; {} captures unwound by libgcc\n",
+                    UNWIND_CHECKS.load(Ordering::Relaxed),
+                    UNWIND_MISMATCHES.load(Ordering::Relaxed),
+                    unwind::LIBGCC_CAPTURES.load(Ordering::Relaxed),
+                )
+                .as_bytes(),
+            );
         }
         let path = TRACE_PATH.lock().ok().and_then(|p| p.clone());
         let done = WRITER_DONE.load(Ordering::Acquire) != 0;

@@ -377,3 +377,79 @@ fn a_signal_handler_allocating_while_a_hook_records_loses_nothing() {
         "libleak's frames in the report: {report:#}"
     );
 }
+
+/// The counts of `LIBLEAK_CHECK_UNWIND`'s line on stderr: (stacks compared, differing,
+/// captures unwound by libgcc).
+fn unwinder_check_counts(stderr: &[u8]) -> (u64, u64, u64) {
+    let stderr = String::from_utf8_lossy(stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("libleak: unwinder check: ") && l.contains("compared"))
+        .unwrap_or_else(|| panic!("no unwinder check line in: {stderr}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    (numbers[0], numbers[1], numbers[2])
+}
+
+#[test]
+fn native_stacks_match_libgccs_for_every_allocation() {
+    for (label, flags) in [
+        ("no-frame-pointers", &["-O2", "-pthread", "-fomit-frame-pointer"][..]),
+        ("frame-pointers", &["-O2", "-pthread", "-fno-omit-frame-pointer"][..]),
+    ] {
+        let scratch = Scratch::new(&format!("stack-shapes-{label}"));
+        let exe = scratch.join("fixture");
+        compile("gcc", &["stack_shapes.c"], &exe, flags);
+        let plain = run(&mut Command::new(&exe));
+        let traced = run_traced(&scratch, Command::new(&exe).env("LIBLEAK_CHECK_UNWIND", "1"));
+        // Same output, including the count of open descriptors: libleak keeps none open.
+        assert_eq!(
+            String::from_utf8_lossy(&traced.output.stdout),
+            String::from_utf8_lossy(&plain.stdout),
+            "{label}"
+        );
+        assert!(String::from_utf8_lossy(&plain.stdout).contains("signals handled: yes"));
+        let (compared, differing, by_libgcc) = unwinder_check_counts(&traced.output.stderr);
+        // 30,000 rounds of 3 allocations, 4 threads of 20,000 rounds of 3, and the rest.
+        assert!(compared >= 330_000, "{label}: {compared} stacks compared");
+        assert_eq!(
+            differing,
+            0,
+            "{label}: {}",
+            String::from_utf8_lossy(&traced.output.stderr)
+        );
+        // Handlers' stacks cross a signal frame, which libgcc steps; nothing else needs it.
+        assert!(
+            (1..=1000).contains(&by_libgcc),
+            "{label}: {by_libgcc} captures by libgcc"
+        );
+    }
+}
+
+#[test]
+fn python_stacks_match_libgccs() {
+    let workload = fixtures_dir().join("../../scripts/workloads/alloc_heavy.py");
+    for python in pythons() {
+        let scratch = Scratch::new(&format!("python-unwind-{}{}", python.version.0, python.version.1));
+        let traced = run_traced(
+            &scratch,
+            Command::new(&python.real_path)
+                .arg(&workload)
+                .arg("3")
+                .env("LIBLEAK_CHECK_UNWIND", "13"),
+        );
+        assert!(traced.output.status.success(), "{}", python.label());
+        let (compared, differing, by_libgcc) = unwinder_check_counts(&traced.output.stderr);
+        assert!(compared > 10_000, "{}: {compared} stacks compared", python.label());
+        assert_eq!(
+            (differing, by_libgcc),
+            (0, 0),
+            "{}: {}",
+            python.label(),
+            String::from_utf8_lossy(&traced.output.stderr)
+        );
+    }
+}

@@ -1,27 +1,30 @@
-//! A fixed-capacity stack of words that lives on the caller's stack and is never zeroed:
-//! the hooks fill it on every allocation, where clearing a few kilobytes would show.
+//! Fixed-capacity stacks of values that live on the caller's stack and are never zeroed:
+//! the hooks fill them on every allocation, where clearing a few kilobytes would show.
 
 use std::mem::MaybeUninit;
 
-pub struct WordBuffer<const N: usize = 256> {
-    words: [MaybeUninit<u64>; N],
+pub type WordBuffer<const N: usize> = StackBuffer<u64, N>;
+
+/// A fixed-capacity stack of plain values, uninitialised beyond its length.
+pub struct StackBuffer<T: Copy, const N: usize> {
+    items: [MaybeUninit<T>; N],
     len: usize,
 }
 
-impl<const N: usize> WordBuffer<N> {
+impl<T: Copy, const N: usize> StackBuffer<T, N> {
     #[inline(always)]
     pub fn new() -> Self {
-        WordBuffer {
-            words: [MaybeUninit::uninit(); N],
+        StackBuffer {
+            items: [const { MaybeUninit::uninit() }; N],
             len: 0,
         }
     }
 
-    /// Appends `word`; a full buffer drops it (callers check [`Self::is_full`]).
+    /// Appends `item`; a full buffer drops it (callers check [`Self::is_full`]).
     #[inline(always)]
-    pub fn push(&mut self, word: u64) {
-        if let Some(slot) = self.words.get_mut(self.len) {
-            slot.write(word);
+    pub fn push(&mut self, item: T) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            slot.write(item);
             self.len += 1;
         }
     }
@@ -32,9 +35,26 @@ impl<const N: usize> WordBuffer<N> {
     }
 
     #[inline(always)]
-    pub fn as_slice(&self) -> &[u64] {
-        // SAFETY: the first `len` words were written by `push`.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr() as *const u64, self.len) }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps the first `len` items.
+    #[inline(always)]
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Room for `free` more items.
+    #[inline(always)]
+    pub fn has_room(&self, free: usize) -> bool {
+        N - self.len >= free
+    }
+
+    #[inline(always)]
+    pub fn as_slice(&self) -> &[T] {
+        // SAFETY: the first `len` items were written by `push`.
+        unsafe { std::slice::from_raw_parts(self.items.as_ptr() as *const T, self.len) }
     }
 }
 

@@ -306,7 +306,7 @@ pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
     // SAFETY: forwarding the caller's handle.
     let rc = unsafe { (real.dlclose)(handle) };
     let saved = errno();
-    tracker::modules_changed();
+    tracker::module_unloaded();
     set_errno(saved);
     rc
 }

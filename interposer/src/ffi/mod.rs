@@ -3,7 +3,8 @@
 //!   delegation to [`real`] and [`crate::tracker`];
 //! - `real`: finding and calling the next allocator in the lookup chain, and the bootstrap
 //!   arena used before it is known;
-//! - `unwind`: native stack capture (libunwind loaded privately, libgcc as fallback);
+//! - `unwind`: the unwinder's registers, stack reads, stack bounds and unwind tables, and
+//!   libgcc's unwinder as its reference and fallback;
 //! - `sys`: system calls and libc services (errno, files, threads, modules, time);
 //! - `slots`: the per-thread event batches the writer can drain;
 //! - `python`: CPython's symbols and raw reads of its thread states, frames and code objects;
