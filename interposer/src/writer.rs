@@ -175,6 +175,10 @@ impl Writer {
             scan,
         };
         writer.encoder.process(&info);
+        // On disk before the module list, which takes a while to encode: a process killed
+        // meanwhile (test suites kill children right after starting them) still leaves a
+        // readable trace that says which process it was.
+        writer.flush()?;
         writer.update_modules(modules);
         if let Some(runtime) = python_runtime {
             writer.python_runtime(runtime);
