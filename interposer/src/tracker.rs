@@ -357,12 +357,7 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
     if frames.len() == MAX_FRAMES {
         TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
     }
-    let (start, end) = (
-        OWN_CODE_START.load(Ordering::Relaxed),
-        OWN_CODE_END.load(Ordering::Relaxed),
-    );
-    let own = frames.iter().take_while(|&&ip| ip >= start && ip < end).count();
-    let frames = &frames[own..];
+    let frames = without_own_frames(frames);
     if CHECK_UNWIND_EVERY.load(Ordering::Relaxed) != 0 {
         check_unwind(frames, stack.is_full());
     }
@@ -380,6 +375,17 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
     });
 }
 
+/// `frames` without the interposer's own innermost frames.
+#[inline(always)]
+fn without_own_frames(frames: &[usize]) -> &[usize] {
+    let (start, end) = (
+        OWN_CODE_START.load(Ordering::Relaxed),
+        OWN_CODE_END.load(Ordering::Relaxed),
+    );
+    let own = frames.iter().take_while(|&&ip| ip >= start && ip < end).count();
+    &frames[own..]
+}
+
 /// `LIBLEAK_CHECK_UNWIND`: compare every Nth stack (`frames`, the interposer's own frames
 /// trimmed) with libgcc's.
 #[cold]
@@ -391,12 +397,7 @@ fn check_unwind(frames: &[usize], truncated: bool) {
     }
     let mut reference = unwind::Stack::new();
     unwind::capture_slowly(&mut reference);
-    let (start, end) = (
-        OWN_CODE_START.load(Ordering::Relaxed),
-        OWN_CODE_END.load(Ordering::Relaxed),
-    );
-    let reference = reference.as_slice();
-    let reference = &reference[reference.iter().take_while(|&&ip| ip >= start && ip < end).count()..];
+    let reference = without_own_frames(reference.as_slice());
     UNWIND_CHECKS.fetch_add(1, Ordering::Relaxed);
     if frames != reference && UNWIND_MISMATCHES.fetch_add(1, Ordering::Relaxed) < 3 {
         let hex = |ips: &[usize]| ips.iter().map(|ip| format!("{ip:#x}")).collect::<Vec<_>>().join(" ");

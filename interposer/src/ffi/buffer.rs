@@ -34,11 +34,6 @@ impl<T: Copy, const N: usize> StackBuffer<T, N> {
         self.len == N
     }
 
-    #[inline(always)]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Keeps the first `len` items.
     #[inline(always)]
     pub fn truncate(&mut self, len: usize) {

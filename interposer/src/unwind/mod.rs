@@ -105,9 +105,12 @@ pub type Stack = StackBuffer<usize, MAX_FRAMES>;
 pub fn capture(out: &mut Stack) {
     let registers = current_registers();
     let stepped = stack_top(registers.sp).is_some_and(|top| {
+        if !REUSE_PREVIOUS_STACK {
+            return step_all(registers, top, out, None);
+        }
         PREVIOUS.with(|previous| match previous.try_borrow_mut() {
-            Ok(mut previous) if REUSE_PREVIOUS_STACK => step_all(registers, top, out, Some(&mut previous)),
-            _ => step_all(registers, top, out, None),
+            Ok(mut previous) => step_all(registers, top, out, Some(&mut previous)),
+            Err(_) => step_all(registers, top, out, None),
         })
     });
     if !stepped {
@@ -176,16 +179,20 @@ fn parse_mapping(line: &[u8]) -> Option<(usize, usize, bool)> {
 /// Steps from `registers` to the outermost frame. False when a frame needs libgcc.
 #[inline(always)]
 fn step_all(registers: Registers, top: usize, out: &mut Stack, mut previous: Option<&mut PreviousStack>) -> bool {
-    let generation = tables::generation();
     if let Some(previous) = previous.as_deref_mut() {
+        let generation = tables::generation();
         if previous.generation != generation {
             previous.len = 0;
             previous.generation = generation;
         }
     }
+    // The frames stepped here, kept only when they become the thread's previous stack.
     let mut fresh = StackBuffer::<Frame, MAX_FRAMES>::new();
     let mut state = registers;
     let mut cursor = 0;
+    // The capturing frame's own address is where it executes; every outer one is a return
+    // address, looked up one byte back, inside its call instruction.
+    let mut executing = true;
     loop {
         if out.is_full() {
             if let Some(previous) = previous {
@@ -203,11 +210,8 @@ fn step_all(registers: Registers, top: usize, out: &mut Stack, mut previous: Opt
             }
         }
         out.push(state.ip);
-        let lookup = if fresh.is_empty() {
-            state.ip
-        } else {
-            state.ip.wrapping_sub(1)
-        };
+        let lookup = if executing { state.ip } else { state.ip.wrapping_sub(1) };
+        executing = false;
         let (frame, next) = match tables::rule_for(lookup) {
             Rule::Unsupported => {
                 if let Some(previous) = previous {
@@ -222,7 +226,9 @@ fn step_all(registers: Registers, top: usize, out: &mut Stack, mut previous: Opt
                 saved_bp,
             } => step(&state, top, cfa_from_bp, cfa_offset, saved_bp),
         };
-        fresh.push(frame);
+        if previous.is_some() {
+            fresh.push(frame);
+        }
         match next {
             Some(next) => state = next,
             None => {
