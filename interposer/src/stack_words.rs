@@ -3,6 +3,12 @@
 //! A native return address is stored as is (user-space addresses are below 2^47). A word
 //! with the top bit set is a Python frame: the code id in bits 32..63 and the signed
 //! instruction offset in the low 32 bits; code id 0 is the end of an eval-loop activation.
+//!
+//! An event's words interleave the two stacks: each activation's Python frames sit right
+//! inside the eval-loop native frame that ran them. Readers only rely on the order within
+//! each kind (`format/SPEC.md`); the interleaving is what lets consecutive stacks share
+//! nodes of the writer's prefix tree: with every Python frame after the native stack, a new
+//! instruction offset in the innermost Python frame made the whole native stack new again.
 
 use libleak_format::Frame;
 
@@ -33,4 +39,73 @@ pub fn to_frame(word: u64) -> Frame {
 #[inline]
 pub fn is_native(word: u64) -> bool {
     word & PYTHON_BIT == 0
+}
+
+/// Appends `native` (return addresses, innermost first) and `python` (Python words,
+/// innermost first, each activation closed by [`PYTHON_ENTRY`]) to `out`, each activation's
+/// words placed just before (inside) the next native frame whose call site lies in
+/// `eval_loop` (start..end). Activations left over (an eval frame not recognised, a native
+/// unwind cut short) go after the last native frame.
+#[inline]
+pub fn interleave(out: &mut Vec<u64>, native: &[usize], python: &[u64], eval_loop: (usize, usize)) {
+    let mut rest = python;
+    for &address in native {
+        if !rest.is_empty() && (eval_loop.0..eval_loop.1).contains(&address.wrapping_sub(1)) {
+            let end = rest
+                .iter()
+                .position(|&word| word == PYTHON_ENTRY)
+                .map_or(rest.len(), |i| i + 1);
+            out.extend_from_slice(&rest[..end]);
+            rest = &rest[end..];
+        }
+        out.push(address as u64);
+    }
+    out.extend_from_slice(rest);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_activation_goes_inside_its_eval_frame_and_leftovers_go_last() {
+        let eval = (0x1000, 0x2000);
+        let (a, b, c) = (python_frame(1, 10), python_frame(2, 20), python_frame(3, 30));
+        let native = [0x500, 0x1010, 0x600, 0x1800, 0x700];
+        let python = [a, PYTHON_ENTRY, b, c, PYTHON_ENTRY, a, PYTHON_ENTRY];
+        let mut out = Vec::new();
+        interleave(&mut out, &native, &python, eval);
+        assert_eq!(
+            out,
+            [
+                0x500,
+                a,
+                PYTHON_ENTRY,
+                0x1010,
+                0x600,
+                b,
+                c,
+                PYTHON_ENTRY,
+                0x1800,
+                0x700,
+                a,
+                PYTHON_ENTRY
+            ]
+        );
+    }
+
+    #[test]
+    fn a_return_address_just_past_the_eval_loop_is_not_in_it() {
+        let mut out = Vec::new();
+        let a = python_frame(1, 10);
+        interleave(&mut out, &[0x2001, 0x1001], &[a], (0x1000, 0x2000));
+        assert_eq!(out, [0x2001, a, 0x1001]);
+    }
+
+    #[test]
+    fn without_an_interpreter_the_words_are_the_native_frames() {
+        let mut out = Vec::new();
+        interleave(&mut out, &[0x10, 0x20], &[], (0, 0));
+        assert_eq!(out, [0x10, 0x20]);
+    }
 }

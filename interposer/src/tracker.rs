@@ -35,6 +35,7 @@ use crate::ffi::slots::{self, Slot};
 use crate::ffi::{hooks, signals, sys};
 use crate::python;
 use crate::reach::ExitingThread;
+use crate::stack_words;
 use crate::trace_file::TraceFile;
 use crate::unwind;
 use crate::writer::{ChildStart, Ending, Message, ScanSettings, Stopped, Writer};
@@ -370,8 +371,7 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
         let frame_count = frames.len() + python_words.len();
         let header = EVENT_ALLOC | (kind as u64) << 8 | (frame_count as u64) << 16 | u64::from(thread_id) << 32;
         batch.extend_from_slice(&[header, seq, address as u64, size as u64]);
-        batch.extend(frames.iter().map(|&ip| ip as u64));
-        batch.extend_from_slice(python_words);
+        stack_words::interleave(batch, frames, python_words, python::eval_loop());
     });
 }
 

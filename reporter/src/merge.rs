@@ -1,8 +1,9 @@
 //! One stack as the user reads it: native frames symbolized, each activation of CPython's
 //! eval loop replaced by the Python frames it ran, and the interpreter's own plumbing hidden.
 //!
-//! A recorded stack lists its native frames, innermost first, then the Python frames with a
-//! marker closing each eval-loop activation (`format/SPEC.md`). The n-th group of Python
+//! A recorded stack interleaves native frames and Python frames, with a marker closing each
+//! eval-loop activation (`format/SPEC.md`); only the order within each kind counts, so they
+//! are taken apart first. The n-th group of Python
 //! frames from the inside belongs to the n-th eval-loop native frame from the inside. Groups
 //! left over (an eval frame not recognised, an unwind cut short) go after the last native
 //! frame: a frame is never dropped and a stack is never refused because the merge is imperfect.

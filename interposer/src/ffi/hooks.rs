@@ -14,6 +14,10 @@ use crate::tracker;
 
 type Strings = *const *const c_char;
 
+/// What glibc's malloc keeps in a free chunk's user area: `fd`, `bk`, `fd_nextsize`,
+/// `bk_nextsize` (tcache: `next`, `key`).
+const MALLOC_LINK_BYTES: usize = 32;
+
 /// Runs the real allocation `call`, recording a non-null result of `size` bytes.
 #[inline(always)]
 fn allocate(kind: AllocKind, size: usize, call: impl FnOnce(&Real) -> *mut c_void, early_align: usize) -> *mut c_void {
@@ -26,6 +30,14 @@ fn allocate(kind: AllocKind, size: usize, call: impl FnOnce(&Real) -> *mut c_voi
     let ptr = call(real);
     if !ptr.is_null() {
         let saved = errno();
+        if kind != AllocKind::Calloc && tracker::scrub_freed() {
+            // A reused block starts with the free lists' links malloc wrote into it (up to
+            // four words), heap addresses that outlive the link when the program does not
+            // overwrite them (a 4 KiB stdio buffer holding one short line): the exit scan
+            // would read them as pointers.
+            // SAFETY: the first `size` bytes at `ptr` are the block just allocated.
+            unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, size.min(MALLOC_LINK_BYTES)) };
+        }
         hook.record_alloc(ptr as usize, size, kind);
         set_errno(saved);
     }

@@ -280,7 +280,7 @@ pub fn own_mappings() -> Vec<(u64, u64)> {
         .collect()
 }
 
-// SAFETY: forwards to malloc/memalign/free/realloc of the real allocator, which meet the
+// SAFETY: forwards to malloc/memalign/free of the real allocator, which meet the
 // GlobalAlloc contract for the requested layouts, or maps page-aligned zeroed pages for
 // large blocks (alignments up to a page); arena blocks are never reused.
 unsafe impl GlobalAlloc for RealAllocator {
@@ -329,31 +329,29 @@ unsafe impl GlobalAlloc for RealAllocator {
             return;
         }
         if let Some(real) = get() {
+            // The block goes back to malloc and may be handed to the program next: leave no
+            // copies of block addresses (the writer's tables hold many) for the exit scan to
+            // take for the program's pointers.
+            // SAFETY: `ptr` is a live block of `layout.size()` bytes from this allocator.
+            unsafe { std::ptr::write_bytes(ptr, 0, layout.size()) };
             // SAFETY: `ptr` came from this allocator's `alloc`, i.e. from the real allocator.
             unsafe { (real.free)(ptr as *mut c_void) }
         }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let mapped = layout.size() >= MAPPED_FROM || new_size >= MAPPED_FROM;
-        match get() {
-            Some(real) if !mapped && layout.align() <= 16 && !bootstrap::owns(ptr as *const c_void) => {
-                // SAFETY: `ptr` is a live block of the real allocator.
-                unsafe { (real.realloc)(ptr as *mut c_void, new_size) as *mut u8 }
-            }
-            _ => {
-                // SAFETY: the layout is valid (checked by the caller's contract).
-                let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-                // SAFETY: fresh allocation with a valid layout.
-                let new_ptr = unsafe { self.alloc(new_layout) };
-                if !new_ptr.is_null() {
-                    // SAFETY: both blocks are at least min(old, new) bytes and distinct.
-                    unsafe { std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size)) };
-                    // SAFETY: `ptr` came from this allocator with `layout`.
-                    unsafe { self.dealloc(ptr, layout) };
-                }
-                new_ptr
-            }
+        // Never the real realloc: a block it moves is freed without being scrubbed (see
+        // `dealloc`).
+        // SAFETY: the layout is valid (checked by the caller's contract).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: fresh allocation with a valid layout.
+        let new_ptr = unsafe { self.alloc(new_layout) };
+        if !new_ptr.is_null() {
+            // SAFETY: both blocks are at least min(old, new) bytes and distinct.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, new_ptr, layout.size().min(new_size)) };
+            // SAFETY: `ptr` came from this allocator with `layout`.
+            unsafe { self.dealloc(ptr, layout) };
         }
+        new_ptr
     }
 }

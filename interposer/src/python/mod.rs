@@ -13,7 +13,7 @@ mod codes;
 pub mod gc;
 pub mod layouts;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use libleak_format::{python_version_text, PythonCode, PythonRuntime};
@@ -41,6 +41,9 @@ fn interpreter() -> Option<&'static Interpreter> {
     INTERPRETER.get()
 }
 static WALKING: AtomicBool = AtomicBool::new(false);
+/// The eval loop's code (start, end) while Python frames are recorded; (0, 0) otherwise.
+static EVAL_LOOP_START: AtomicUsize = AtomicUsize::new(0);
+static EVAL_LOOP_END: AtomicUsize = AtomicUsize::new(0);
 /// Set once a walk has read a genuine code object; until then a bad first walk disables
 /// Python frames for good (the layout does not match this build).
 static CONFIRMED: AtomicBool = AtomicBool::new(false);
@@ -72,6 +75,11 @@ pub fn detect() -> Option<PythonRuntime> {
         Some(layout) => match check_runtime(&symbols, layout) {
             Err(reason) => runtime.note = reason,
             Ok(()) => {
+                EVAL_LOOP_START.store(symbols.eval_loop_start, Ordering::Relaxed);
+                EVAL_LOOP_END.store(
+                    symbols.eval_loop_start + symbols.eval_loop_size.max(1),
+                    Ordering::Relaxed,
+                );
                 let _ = INTERPRETER.set(Interpreter { symbols, layout });
                 codes::init();
                 WALKING.store(true, Ordering::Release);
@@ -97,6 +105,16 @@ fn check_runtime(symbols: &Symbols, layout: &Layout) -> Result<(), String> {
         return Err("free-threaded CPython builds are not supported".into());
     }
     Ok(())
+}
+
+/// Where the eval loop's code lies (start, end), or (0, 0): the native frames that Python
+/// activations belong to.
+#[inline]
+pub fn eval_loop() -> (usize, usize) {
+    (
+        EVAL_LOOP_START.load(Ordering::Relaxed),
+        EVAL_LOOP_END.load(Ordering::Relaxed),
+    )
 }
 
 /// Appends the calling thread's Python stack to `out`, innermost first. `define` receives

@@ -24,13 +24,6 @@ use tables::Rule;
 
 pub use crate::ffi::unwind::frames_with_cfa;
 
-/// Whether the unchanged part of the thread's previous stack is reused. Off for now: with it
-/// on, `subprocesses_pipelines_and_exec_are_followed_and_reported_together` sees its leak as
-/// "possibly lost" in about one run in six (an interior pointer to the block is found at
-/// exit), and 8 runs in 8 pass with it off; the cause is not found yet. The stacks it gives
-/// match libgcc's (LIBLEAK_CHECK_UNWIND); it saves ~12 ns per allocation on a 3-frame loop.
-const REUSE_PREVIOUS_STACK: bool = false;
-
 /// The most frames a stack keeps; deeper stacks are cut (and counted by the caller).
 pub const MAX_FRAMES: usize = 256;
 
@@ -105,9 +98,6 @@ pub type Stack = StackBuffer<usize, MAX_FRAMES>;
 pub fn capture(out: &mut Stack) {
     let registers = current_registers();
     let stepped = stack_top(registers.sp).is_some_and(|top| {
-        if !REUSE_PREVIOUS_STACK {
-            return step_all(registers, top, out, None);
-        }
         PREVIOUS.with(|previous| match previous.try_borrow_mut() {
             Ok(mut previous) => step_all(registers, top, out, Some(&mut previous)),
             Err(_) => step_all(registers, top, out, None),
