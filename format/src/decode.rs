@@ -40,6 +40,8 @@ pub struct TraceReader<R: Read> {
     pending: VecDeque<Record>,
     previous_seq: u64,
     previous_address: u64,
+    /// The thread of the ALLOC and FREE records that follow (set by THREAD records).
+    current_thread: u32,
     stack_nodes_defined: u64,
 }
 
@@ -87,6 +89,7 @@ impl<R: Read> TraceReader<R> {
             pending: VecDeque::new(),
             previous_seq: 0,
             previous_address: 0,
+            current_thread: 0,
             stack_nodes_defined: 0,
         })
     }
@@ -165,7 +168,8 @@ impl<R: Read> TraceReader<R> {
         while !cursor.is_empty() {
             let record_start = cursor.position();
             match self.decode_record(&mut cursor) {
-                Some(record) => {
+                Some(None) => {}
+                Some(Some(record)) => {
                     if let Record::End(_) = record {
                         // Nothing may follow the end marker.
                         self.finished = true;
@@ -180,7 +184,9 @@ impl<R: Read> TraceReader<R> {
         Ok(())
     }
 
-    fn decode_record(&mut self, c: &mut Cursor<'_>) -> Option<Record> {
+    /// The next record; `Some(None)` for one that only changes the decoder's state (THREAD),
+    /// `None` for a malformed one.
+    fn decode_record(&mut self, c: &mut Cursor<'_>) -> Option<Option<Record>> {
         fn string(c: &mut Cursor<'_>) -> Option<String> {
             Some(String::from_utf8_lossy(c.bytes()?).into_owned())
         }
@@ -195,6 +201,10 @@ impl<R: Read> TraceReader<R> {
             })
         }
         let record = match c.u8()? {
+            tag::THREAD => {
+                self.current_thread = u32_of(c.u64()?)?;
+                return Some(None);
+            }
             tag::PROCESS => {
                 let pid = u32_of(c.u64()?)?;
                 let parent_pid = u32_of(c.u64()?)?;
@@ -264,7 +274,7 @@ impl<R: Read> TraceReader<R> {
             tag::ALLOC => {
                 let kind = AllocKind::from_u8(c.u8()?)?;
                 let (seq, address) = self.seq_and_address(c)?;
-                let thread_id = u32_of(c.u64()?)?;
+                let thread_id = self.current_thread;
                 let size = c.u64()?;
                 let stack = c.u64()?;
                 if stack > self.stack_nodes_defined {
@@ -281,7 +291,7 @@ impl<R: Read> TraceReader<R> {
             }
             tag::FREE => {
                 let (seq, address) = self.seq_and_address(c)?;
-                let thread_id = u32_of(c.u64()?)?;
+                let thread_id = self.current_thread;
                 Record::Free(Free {
                     seq,
                     thread_id,
@@ -363,7 +373,7 @@ impl<R: Read> TraceReader<R> {
             }
             _ => return None,
         };
-        Some(record)
+        Some(Some(record))
     }
 
     fn seq_and_address(&mut self, c: &mut Cursor<'_>) -> Option<(u64, u64)> {

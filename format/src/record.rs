@@ -16,6 +16,7 @@ pub(crate) mod tag {
     pub const BLOCK_CLASSES: u8 = 0x0B;
     pub const REACHABILITY: u8 = 0x0C;
     pub const FORK: u8 = 0x0D;
+    pub const THREAD: u8 = 0x0E;
 }
 
 /// Frame kind bytes inside a stack node record.
