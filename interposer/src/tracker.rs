@@ -544,14 +544,20 @@ fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
 }
 
 /// Takes the partial batch of every thread (the writer's periodic sweep, and at exit).
-pub fn take_all_batches(mut each: impl FnMut(Vec<u64>)) {
-    slots::for_each(|slot| {
-        let taken = slot.with_batch(|batch| (!batch.is_empty()).then(|| std::mem::replace(batch, fresh_batch())));
-        if let Some(batch) = taken {
-            each(batch);
+pub fn take_all_batches(each: impl FnMut(Vec<u64>)) {
+    let mut taken = Vec::new();
+    let took = slots::for_each_batch(|batch| {
+        if !batch.is_empty() {
+            taken.push(std::mem::replace(batch, fresh_batch()));
         }
     });
+    if !took && !BARRIER_FAILED.swap(true, Ordering::Relaxed) {
+        sys::write_stderr(b"libleak: membarrier failed; events of idle threads may be missing from the trace\n");
+    }
+    taken.into_iter().for_each(each);
 }
+
+static BARRIER_FAILED: AtomicBool = AtomicBool::new(false);
 
 pub fn stats() -> Stats {
     Stats {
@@ -663,6 +669,9 @@ pub fn after_fork_in_child() {
             spare_batches: spare_rx,
         });
         GENERATION.store(generation, Ordering::Release);
+        // Registration does not carry over to the child's address space; alone now, it may
+        // switch to the slots' locks if the registration is refused.
+        slots::choose_fences();
         let threads_cut = slots::adopt_after_fork(THREAD.with(|t| t.slot.get()));
         let fork_seq = SEQ.load(Ordering::Relaxed);
         CHILD_FORK_SEQ.store(fork_seq, Ordering::Relaxed);
@@ -752,6 +761,8 @@ fn start_recording() -> Result<(), String> {
     if config.disabled {
         return Err(String::new());
     }
+    // Before any event: no other thread appends yet.
+    slots::choose_fences();
     let info = process_info();
     let (file, path) = open_trace(&config, &info)?;
     CHECK_UNWIND_EVERY.store(config.check_unwind_every, Ordering::Relaxed);

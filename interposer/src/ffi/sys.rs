@@ -27,6 +27,23 @@ pub fn getppid() -> u32 {
     unsafe { libc::getppid() as u32 }
 }
 
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+/// Registers the process for [`membarrier`] (once per process; a forked child registers
+/// again). False where the kernel or a seccomp filter refuses it.
+pub fn register_membarrier() -> bool {
+    // SAFETY: a system call without pointer arguments.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
+/// Makes every running thread of the process execute a full memory barrier before this
+/// returns.
+pub fn membarrier() -> bool {
+    // SAFETY: a system call without pointer arguments.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0 }
+}
+
 pub fn gettid() -> u32 {
     // SAFETY: no preconditions.
     unsafe { libc::gettid() as u32 }
