@@ -118,8 +118,65 @@ fn print_report(path: &Path, output: &OutputArgs) -> Result<bool> {
 }
 
 fn read_report(path: &Path, options: &ReportOptions, symbolizer: &mut Symbolizer) -> Result<report::Report> {
-    let trace = Trace::open(path).with_context(|| path.display().to_string())?;
+    let mut progress = Progress::new(path);
+    let trace = Trace::open_with_progress(path, &mut |read, size| progress.show(read, size));
+    progress.clear();
+    let trace = trace.with_context(|| path.display().to_string())?;
     Ok(report::build(&trace, &path.display().to_string(), symbolizer, options))
+}
+
+/// A progress line on stderr while a trace is read, when stderr is a terminal and the read
+/// takes long enough to be worth one (never in pipes, files or CI logs).
+struct Progress {
+    name: String,
+    started: std::time::Instant,
+    terminal: bool,
+    shown: bool,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    const AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+    fn new(path: &Path) -> Progress {
+        use std::io::IsTerminal;
+        let now = std::time::Instant::now();
+        Progress {
+            name: path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            started: now,
+            terminal: std::io::stderr().is_terminal(),
+            shown: false,
+            last: now,
+        }
+    }
+
+    fn show(&mut self, read: u64, size: u64) {
+        let now = std::time::Instant::now();
+        if !self.terminal || now - self.started < Self::AFTER || (self.shown && now - self.last < Self::EVERY) {
+            return;
+        }
+        self.shown = true;
+        self.last = now;
+        let percent = (read * 100).checked_div(size).unwrap_or(0).min(100);
+        const WIDTH: u64 = 30;
+        let filled = (percent * WIDTH / 100) as usize;
+        eprint!(
+            "\r\x1b[Klibleak: reading {} [{}{}] {percent:>3}% ({} of {} MB)",
+            self.name,
+            "#".repeat(filled),
+            " ".repeat(WIDTH as usize - filled),
+            read / 1_000_000,
+            size / 1_000_000
+        );
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+            self.shown = false;
+        }
+    }
 }
 
 fn within_limit(report: &report::Report, output: &OutputArgs) -> bool {

@@ -103,7 +103,21 @@ impl Trace {
         Trace::read(BufReader::with_capacity(1 << 20, file))
     }
 
+    /// As [`Trace::open`], calling `progress` with the bytes of the file read so far and its
+    /// size, now and then (every few hundred thousand records) and once at the end.
+    pub fn open_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Trace, ReplayError> {
+        let file = File::open(path).map_err(ReplayError::Open)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Trace::read_reporting(BufReader::with_capacity(1 << 20, file), &mut |read| progress(read, size))
+    }
+
     pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
+        Trace::read_reporting(input, &mut |_| {})
+    }
+
+    fn read_reporting(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
+        const PROGRESS_EVERY: u64 = 1 << 18;
+        let mut records: u64 = 0;
         let mut reader = TraceReader::new(input)?;
         let mut process = None;
         let mut modules: Vec<ModuleState> = Vec::new();
@@ -117,6 +131,10 @@ impl Trace {
         let mut end = None;
         let mut stats = Stats::default();
         while let Some(record) = reader.next_record()? {
+            records += 1;
+            if records.is_multiple_of(PROGRESS_EVERY) {
+                progress(reader.bytes_read());
+            }
             match record {
                 Record::Process(info) => process = Some(info),
                 Record::Module(module) => {
@@ -181,6 +199,7 @@ impl Trace {
                 }
             }
         }
+        progress(reader.bytes_read());
         let live_totals = live.totals();
         let incomplete = match end {
             None => Some(Incompleteness::Truncated {
