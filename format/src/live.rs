@@ -19,6 +19,7 @@
 //!
 //! Must stay pure (no I/O) so that it can be tested on synthetic events.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -45,21 +46,17 @@ impl LiveBlock for SizedBlock {
     }
 }
 
-/// The latest event seen for an address.
+/// The latest event seen for an address: its sequence number, and for an allocation the index
+/// of its block in [`LiveSet::blocks`]. Kept small (16 bytes): the table holds every address
+/// ever used, and its cache misses were most of the cost of replaying a trace.
 #[derive(Clone, Copy, Debug)]
-enum Latest<B> {
-    Alloc(B),
-    Free { seq: u64 },
+struct Latest {
+    seq: u64,
+    block: u32,
 }
 
-impl<B: LiveBlock> Latest<B> {
-    fn seq(&self) -> u64 {
-        match self {
-            Latest::Alloc(block) => block.seq(),
-            Latest::Free { seq } => *seq,
-        }
-    }
-}
+/// [`Latest::block`] of a free.
+const FREED: u32 = u32::MAX;
 
 /// Running totals over the stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,7 +93,10 @@ impl Hasher for AddressHasher {
 }
 
 pub struct LiveSet<B> {
-    by_address: HashMap<u64, Latest<B>, BuildHasherDefault<AddressHasher>>,
+    by_address: HashMap<u64, Latest, BuildHasherDefault<AddressHasher>>,
+    /// The live blocks' payloads; a slot is reused once its block is freed.
+    blocks: Vec<B>,
+    vacant: Vec<u32>,
     totals: Totals,
     /// Free events seen, matched or not.
     free_events: u64,
@@ -106,6 +106,8 @@ impl<B: LiveBlock> Default for LiveSet<B> {
     fn default() -> Self {
         LiveSet {
             by_address: HashMap::default(),
+            blocks: Vec::new(),
+            vacant: Vec::new(),
             totals: Totals::default(),
             free_events: 0,
         }
@@ -119,50 +121,49 @@ impl<B: LiveBlock> LiveSet<B> {
 
     pub fn alloc(&mut self, address: u64, block: B) {
         self.totals.allocations += 1;
-        match self.by_address.get_mut(&address) {
-            None => {
-                self.by_address.insert(address, Latest::Alloc(block));
-                self.add_live(block.size());
+        let seq = block.seq();
+        match self.by_address.entry(address) {
+            Entry::Vacant(vacant) => {
+                let index = store(&mut self.blocks, &mut self.vacant, block);
+                vacant.insert(Latest { seq, block: index });
+                add_live(&mut self.totals, block.size());
             }
-            Some(latest) if latest.seq() < block.seq() => {
+            Entry::Occupied(mut latest) if latest.get().seq < seq => {
                 // A later allocation: the previous event was a free, or is followed by a
                 // free not seen yet.
-                let replaced = std::mem::replace(latest, Latest::Alloc(block));
-                if let Latest::Alloc(previous) = replaced {
-                    self.remove_live(previous.size());
-                }
-                self.add_live(block.size());
+                let previous = *latest.get();
+                let index = if previous.block == FREED {
+                    store(&mut self.blocks, &mut self.vacant, block)
+                } else {
+                    let replaced = std::mem::replace(&mut self.blocks[previous.block as usize], block);
+                    remove_live(&mut self.totals, replaced.size());
+                    previous.block
+                };
+                latest.insert(Latest { seq, block: index });
+                add_live(&mut self.totals, block.size());
             }
             // Older than what is known: freed (and perhaps reused) since.
-            Some(_) => {}
+            Entry::Occupied(_) => {}
         }
     }
 
     pub fn free(&mut self, address: u64, seq: u64) {
         self.free_events += 1;
-        match self.by_address.get_mut(&address) {
-            None => {
-                self.by_address.insert(address, Latest::Free { seq });
+        match self.by_address.entry(address) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(Latest { seq, block: FREED });
             }
-            Some(latest) if latest.seq() < seq => {
-                if let Latest::Alloc(block) = std::mem::replace(latest, Latest::Free { seq }) {
-                    self.remove_live(block.size());
+            Entry::Occupied(mut latest) if latest.get().seq < seq => {
+                let previous = latest.insert(Latest { seq, block: FREED });
+                if previous.block != FREED {
+                    let size = self.blocks[previous.block as usize].size();
+                    self.vacant.push(previous.block);
+                    remove_live(&mut self.totals, size);
                 }
             }
             // Older than what is known: it freed an allocation that came before.
-            Some(_) => {}
+            Entry::Occupied(_) => {}
         }
-    }
-
-    fn add_live(&mut self, size: u64) {
-        self.totals.live_bytes += size;
-        self.totals.live_blocks += 1;
-        self.totals.peak_bytes = self.totals.peak_bytes.max(self.totals.live_bytes);
-    }
-
-    fn remove_live(&mut self, size: u64) {
-        self.totals.live_bytes -= size;
-        self.totals.live_blocks -= 1;
     }
 
     /// Totals so far. Per address, events alternate allocation, free, …, so every allocation
@@ -179,13 +180,37 @@ impl<B: LiveBlock> LiveSet<B> {
         let mut blocks: Vec<(u64, B)> = self
             .by_address
             .iter()
-            .filter_map(|(&address, latest)| match latest {
-                Latest::Alloc(block) => Some((address, *block)),
-                Latest::Free { .. } => None,
-            })
+            .filter(|(_, latest)| latest.block != FREED)
+            .map(|(&address, latest)| (address, self.blocks[latest.block as usize]))
             .collect();
         blocks.sort_by_key(|(_, b)| b.seq());
         blocks
+    }
+}
+
+fn add_live(totals: &mut Totals, size: u64) {
+    totals.live_bytes += size;
+    totals.live_blocks += 1;
+    totals.peak_bytes = totals.peak_bytes.max(totals.live_bytes);
+}
+
+fn remove_live(totals: &mut Totals, size: u64) {
+    totals.live_bytes -= size;
+    totals.live_blocks -= 1;
+}
+
+/// Puts `block` in a vacant slot of `blocks` (or a new one) and returns its index.
+fn store<B>(blocks: &mut Vec<B>, vacant: &mut Vec<u32>, block: B) -> u32 {
+    match vacant.pop() {
+        Some(index) => {
+            blocks[index as usize] = block;
+            index
+        }
+        None => {
+            blocks.push(block);
+            // More than 4 billion blocks live at once cannot fit in memory anyway.
+            u32::try_from(blocks.len() - 1).unwrap_or(FREED - 1)
+        }
     }
 }
 

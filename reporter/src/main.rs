@@ -143,7 +143,9 @@ impl Progress {
         use std::io::IsTerminal;
         let now = std::time::Instant::now();
         Progress {
-            name: path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            name: path
+                .file_name()
+                .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned()),
             started: now,
             terminal: std::io::stderr().is_terminal(),
             shown: false,

@@ -108,7 +108,9 @@ impl Trace {
     pub fn open_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Trace, ReplayError> {
         let file = File::open(path).map_err(ReplayError::Open)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Trace::read_reporting(BufReader::with_capacity(1 << 20, file), &mut |read| progress(read, size))
+        Trace::read_reporting(BufReader::with_capacity(1 << 20, file), &mut |read| {
+            progress(read, size)
+        })
     }
 
     pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
