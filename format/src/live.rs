@@ -5,8 +5,9 @@
 //! Events reach the trace in batch order, not in program order: a free on one thread can
 //! appear after a later allocation of the same address on another, and a block handed to
 //! another thread can be freed (and its address reused) before the batch holding its
-//! allocation is written. Sequence numbers give the true order (the tracker takes a free's
-//! number before the real free and an allocation's after the real allocation). Whether an
+//! allocation is written. Sequence numbers give the true order of each address's events
+//! (the tracker takes a free's number before the real free and an allocation's after the
+//! real allocation; see the interposer's `order` module). Whether an
 //! address holds a live block at the end depends only on its last event in sequence order:
 //! so per address only the event with the highest sequence number seen so far is kept, and
 //! an older one arriving later is already superseded. Pairing events as they arrive is not

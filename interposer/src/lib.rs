@@ -23,6 +23,7 @@
 
 mod config;
 mod ffi;
+mod order;
 mod python;
 mod reach;
 mod stack_words;

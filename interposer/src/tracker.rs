@@ -33,6 +33,7 @@ use crate::config::{self, Config, PythonMalloc};
 use crate::ffi::buffer::WordBuffer;
 use crate::ffi::slots::{self, Slot};
 use crate::ffi::{hooks, signals, sys};
+use crate::order;
 use crate::python;
 use crate::reach::ExitingThread;
 use crate::stack_words;
@@ -64,7 +65,6 @@ const FINISHING: u8 = 2;
 const OFF: u8 = 3;
 
 static STATE: AtomicU8 = AtomicU8::new(STARTING);
-static SEQ: AtomicU64 = AtomicU64::new(1);
 static PID: AtomicU32 = AtomicU32::new(0);
 static EXIT_STATUS: AtomicI64 = AtomicI64::new(i64::MIN);
 static OWN_CODE_START: AtomicUsize = AtomicUsize::new(0);
@@ -225,7 +225,7 @@ impl Hook {
     /// Records a new block, after the real allocation.
     #[inline(always)]
     pub fn record_alloc(&self, address: usize, size: usize, kind: AllocKind) {
-        let seq = next_seq();
+        let seq = next_seq(address);
         if self.outer == Phase::Recording {
             defer([EVENT_ALLOC | (kind as u64) << 8, seq, address as u64, size as u64]);
         } else {
@@ -345,9 +345,10 @@ pub fn scrub_freed() -> bool {
     SCAN_TIME_LIMIT.load(Ordering::Relaxed) != 0
 }
 
+/// The sequence number of an event on the block at `address` (see [`order`]).
 #[inline(always)]
-pub fn next_seq() -> u64 {
-    SEQ.fetch_add(1, Ordering::Relaxed)
+pub fn next_seq(address: usize) -> u64 {
+    order::next(address)
 }
 
 #[inline(always)]
@@ -673,7 +674,9 @@ pub fn after_fork_in_child() {
         // switch to the slots' locks if the registration is refused.
         slots::choose_fences();
         let threads_cut = slots::adopt_after_fork(THREAD.with(|t| t.slot.get()));
-        let fork_seq = SEQ.load(Ordering::Relaxed);
+        // The child's own events number from here; all the parent's are below.
+        let fork_seq = order::above_all();
+        order::start_thread_at(fork_seq - 1);
         CHILD_FORK_SEQ.store(fork_seq, Ordering::Relaxed);
         if let Ok(mut pending) = PENDING_CHILD.lock() {
             *pending = Some(PendingChild {
@@ -959,7 +962,7 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
     }
     if kind == ExitKind::Exec
         && !TRACE_OPEN.load(Ordering::Relaxed)
-        && SEQ.load(Ordering::Relaxed) == CHILD_FORK_SEQ.load(Ordering::Relaxed)
+        && order::above_all() == CHILD_FORK_SEQ.load(Ordering::Relaxed)
     {
         // A forked child that execs before recording anything: no trace of its own.
         STATE.store(OFF, Ordering::Release);

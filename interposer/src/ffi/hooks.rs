@@ -147,7 +147,7 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     let saved = errno();
     // The free is ordered before the real free, so no other thread can be handed the same
     // address with an earlier sequence number.
-    hook.record_free(ptr as usize, tracker::next_seq());
+    hook.record_free(ptr as usize, tracker::next_seq(ptr as usize));
     if tracker::scrub_freed() {
         // Freed memory is handed out again uninitialised; stale pointers left in it would
         // read as references in the exit scan and hide leaks. Zeroing it first keeps the
@@ -211,7 +211,7 @@ unsafe fn resize(ptr: *mut c_void, size: usize, kind: AllocKind) -> *mut c_void 
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real.realloc)(ptr, size) };
     };
-    let free_seq = tracker::next_seq();
+    let free_seq = tracker::next_seq(ptr as usize);
     // SAFETY: forwarding the caller's arguments.
     let new_ptr = unsafe { (real.realloc)(ptr, size) };
     let saved = errno();
