@@ -198,6 +198,11 @@ impl<R: Read> TraceReader<R> {
                 reentrant_calls: c.u64()?,
                 producer_waits: c.u64()?,
                 truncated_stacks: c.u64()?,
+                slot_locks: match c.u64()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                },
             })
         }
         let record = match c.u8()? {
@@ -466,6 +471,7 @@ mod tests {
                 reentrant_calls: 1,
                 producer_waits: 2,
                 truncated_stacks: 3,
+                slot_locks: true,
             }),
             Record::BlockClasses(vec![
                 BlockClass {

@@ -209,6 +209,7 @@ impl RecordEncoder {
         put_u64(out, stats.reentrant_calls);
         put_u64(out, stats.producer_waits);
         put_u64(out, stats.truncated_stacks);
+        put_u64(out, stats.slot_locks.into());
     }
 
     pub fn stats(&mut self, stats: &Stats) {

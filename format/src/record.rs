@@ -228,6 +228,9 @@ pub struct Stats {
     pub producer_waits: u64,
     /// Stacks cut at the depth limit.
     pub truncated_stacks: u64,
+    /// The per-thread event buffers were ordered by spin locks (membarrier refused, or
+    /// `LIBLEAK_SLOT_LOCKS=1`) rather than by asymmetric fences.
+    pub slot_locks: bool,
 }
 
 /// How the process ended, as far as the interposer saw it.

@@ -32,6 +32,9 @@ pub struct Config {
     pub scan_time_limit: Option<Duration>,
     /// Compare every Nth stack with libgcc's (`LIBLEAK_CHECK_UNWIND`); 0: never.
     pub check_unwind_every: u64,
+    /// `LIBLEAK_SLOT_LOCKS=1`: per-thread buffers take a spin lock per append even where
+    /// `membarrier` is available (what happens where it is not; for diagnosis and tests).
+    pub slot_locks: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +68,7 @@ impl Config {
                 Some(Duration::from_secs_f64(seconds.min(86_400.0)))
             },
             check_unwind_every: var("LIBLEAK_CHECK_UNWIND").and_then(|v| v.parse().ok()).unwrap_or(0),
+            slot_locks: var("LIBLEAK_SLOT_LOCKS").is_some_and(|v| v != "0"),
         }
     }
 }

@@ -64,3 +64,38 @@ pub fn above_all() -> u64 {
 pub fn start_thread_at(seq: u64) {
     CLOCK.with(|clock| clock.set(clock.get().max(seq)));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_event_on_the_same_block_gets_a_higher_number_on_another_thread() {
+        // This thread's clock runs far ahead of the fresh thread's.
+        for address in (0x10_0000..0x20_0000).step_by(16) {
+            next(address);
+        }
+        let block = 0x7f00_1234_5670;
+        let freed = next(block);
+        let reused = std::thread::spawn(move || next(block)).join().unwrap();
+        assert!(reused > freed, "{reused} <= {freed}");
+        let elsewhere = std::thread::spawn(|| next(0x5555_0000_0010)).join().unwrap();
+        assert!(
+            elsewhere < freed,
+            "a fresh thread on another block starts low: {elsewhere}"
+        );
+        assert!(above_all() > reused);
+    }
+
+    #[test]
+    fn a_thread_started_above_everything_numbers_above_everything() {
+        let fork_seq = above_all();
+        let first = std::thread::spawn(move || {
+            start_thread_at(fork_seq - 1);
+            next(0x6666_0000_0020)
+        })
+        .join()
+        .unwrap();
+        assert!(first >= fork_seq);
+    }
+}

@@ -565,6 +565,7 @@ pub fn stats() -> Stats {
         reentrant_calls: REENTRANT_CALLS.load(Ordering::Relaxed),
         producer_waits: PRODUCER_WAITS.load(Ordering::Relaxed),
         truncated_stacks: TRUNCATED_STACKS.load(Ordering::Relaxed),
+        slot_locks: !slots::uses_fences(),
     }
 }
 
@@ -672,7 +673,7 @@ pub fn after_fork_in_child() {
         GENERATION.store(generation, Ordering::Release);
         // Registration does not carry over to the child's address space; alone now, it may
         // switch to the slots' locks if the registration is refused.
-        slots::choose_fences();
+        slots::choose_fences(Config::from_env().slot_locks);
         let threads_cut = slots::adopt_after_fork(THREAD.with(|t| t.slot.get()));
         // The child's own events number from here; all the parent's are below.
         let fork_seq = order::above_all();
@@ -765,7 +766,7 @@ fn start_recording() -> Result<(), String> {
         return Err(String::new());
     }
     // Before any event: no other thread appends yet.
-    slots::choose_fences();
+    slots::choose_fences(config.slot_locks);
     let info = process_info();
     let (file, path) = open_trace(&config, &info)?;
     CHECK_UNWIND_EVERY.store(config.check_unwind_every, Ordering::Relaxed);

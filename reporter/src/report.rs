@@ -446,6 +446,7 @@ pub fn to_json(report: &Report) -> Value {
             "reentrant_calls": report.stats.reentrant_calls,
             "producer_waits": report.stats.producer_waits,
             "truncated_stacks": report.stats.truncated_stacks,
+            "slot_ordering": if report.stats.slot_locks { "locks" } else { "membarrier" },
         },
         "python": report.python.as_ref().map(|p| json!({
             "version": python_version_text(p.python_version),

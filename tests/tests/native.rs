@@ -214,8 +214,34 @@ fn sigkill_leaves_a_trace_readable_up_to_the_last_flush() {
 fn sixteen_threads_allocating_and_freeing_each_others_blocks_lose_nothing() {
     let scratch = Scratch::new("stress");
     let traced = build_and_trace(&scratch, "gcc", &["stress.c"], &["-pthread"], &["200000"]);
+    assert_stress_report(&traced, "membarrier");
+}
+
+#[test]
+fn with_spin_locks_instead_of_membarrier_the_threads_lose_nothing_either() {
+    let scratch = Scratch::new("stress-locks");
+    let exe = scratch.join("fixture");
+    compile("gcc", &["stress.c"], &exe, &["-pthread"]);
+    let traced = run_traced(
+        &scratch,
+        Command::new(&exe)
+            .arg("200000")
+            .env("LIBLEAK_SLOT_LOCKS", "1")
+            .current_dir(&scratch.path),
+    );
+    assert_stress_report(&traced, "locks");
+}
+
+/// What the stress fixture must show: every event of 2 × 16 threads, half of the frees made
+/// by another thread than the allocation.
+fn assert_stress_report(traced: &Traced, slot_ordering: &str) {
     assert_eq!(String::from_utf8_lossy(&traced.output.stdout), "done\n");
     let report = all_live_blocks_json(&traced.trace);
+    assert_eq!(
+        report["recorder"]["slot_ordering"], slot_ordering,
+        "{:#}",
+        report["recorder"]
+    );
     let totals = &report["totals"];
     let count = |name: &str| totals[name].as_u64().unwrap();
     // Every free matched its allocation, however late either arrived: the only unmatched

@@ -24,10 +24,16 @@ use super::sys;
 /// while a single thread runs (start-up, a forked child).
 static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 
-/// Chooses asymmetric fences when `membarrier` is available. Call before any other thread
-/// appends (at start-up, or in a forked child, where the forking thread is alone).
-pub fn choose_fences() {
-    ASYMMETRIC.store(sys::register_membarrier(), Ordering::SeqCst);
+/// Chooses asymmetric fences when `membarrier` is available, unless `force_locks`. Call
+/// before any other thread appends (at start-up, or in a forked child, where the forking
+/// thread is alone).
+pub fn choose_fences(force_locks: bool) {
+    ASYMMETRIC.store(!force_locks && sys::register_membarrier(), Ordering::SeqCst);
+}
+
+/// Whether asymmetric fences were chosen.
+pub fn uses_fences() -> bool {
+    ASYMMETRIC.load(Ordering::Relaxed)
 }
 
 pub struct Slot {
