@@ -17,7 +17,7 @@ use crate::live::{LiveBlock, LiveSet, Totals};
 /// Why a trace could not be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot open: {0}")]
+    #[error("cannot open")]
     Open(#[source] std::io::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),

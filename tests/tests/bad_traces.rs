@@ -40,7 +40,10 @@ fn empty_garbage_missing_and_future_version_files_fail_cleanly() {
     std::fs::write(&garbage, b"#!/bin/sh\necho this is not a trace\n").unwrap();
     assert_clean_failure(&report(&garbage), "not a libleak trace");
 
-    assert_clean_failure(&report(&scratch.join("missing.trace")), "cannot open");
+    let missing = report(&scratch.join("missing.trace"));
+    assert_clean_failure(&missing, "missing.trace: cannot open: No such file or directory");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.matches("No such file").count(), 1, "the cause once: {stderr}");
 
     let mut future = real_trace(&scratch);
     future[8..12].copy_from_slice(&7u32.to_le_bytes());
