@@ -14,6 +14,10 @@ use crate::record::{
 use crate::varint::{put_bytes, put_i64, put_u64};
 use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC};
 
+/// zlib-rs at level 2: 4.5 % smaller than miniz_oxide's level 1 for about the same writer
+/// time (level 1 of zlib-rs is a faster, looser algorithm: 16 % larger).
+const DEFLATE_LEVEL: u32 = 2;
+
 /// Encodes records into an uncompressed payload. Keeps the delta state (previous sequence
 /// number and address, next stack node id) that the decoder mirrors, across chunks.
 #[derive(Default)]
@@ -259,7 +263,7 @@ impl<W: Write> ChunkWriter<W> {
         }
         self.compressed.clear();
         self.compressed.resize(CHUNK_FRAME_LEN, 0);
-        let mut encoder = DeflateEncoder::new(std::mem::take(&mut self.compressed), Compression::fast());
+        let mut encoder = DeflateEncoder::new(std::mem::take(&mut self.compressed), Compression::new(DEFLATE_LEVEL));
         encoder.write_all(payload)?;
         self.compressed = encoder.finish()?;
         let compressed_len = (self.compressed.len() - CHUNK_FRAME_LEN) as u32;
