@@ -32,10 +32,6 @@ impl<'a> Cursor<'a> {
         self.pos
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pos >= self.bytes.len()
-    }
-
     pub fn u8(&mut self) -> Option<u8> {
         let byte = *self.bytes.get(self.pos)?;
         self.pos += 1;
@@ -97,7 +93,7 @@ mod tests {
         for v in [0i64, -1, 1, i64::MIN, i64::MAX] {
             assert_eq!(cursor.i64(), Some(v));
         }
-        assert!(cursor.is_empty());
+        assert_eq!(cursor.remaining(), 0);
     }
 
     #[test]
