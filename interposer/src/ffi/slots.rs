@@ -43,8 +43,8 @@ pub struct Slot {
     /// The writer is taking the batch, or about to (asymmetric fences).
     foreign: AtomicBool,
     claimed: AtomicBool,
-    /// In a forked child: the slot was locked by a thread of the parent at the fork. Its lock
-    /// is never released, so nobody may touch it again.
+    /// In a forked child: a thread of the parent was appending to the slot at the fork (its
+    /// lock held or its busy mark set). That is never undone, so nobody may touch it again.
     dead: AtomicBool,
     next: *const Slot,
     batch: UnsafeCell<Vec<u64>>,
@@ -171,8 +171,15 @@ impl Slot {
                 break;
             }
             self.busy.store(false, Ordering::Release);
+            let mut spins = 0u32;
             while self.foreign.load(Ordering::Acquire) {
-                std::hint::spin_loop();
+                // The writer may have been preempted while announced: yield the core to it.
+                spins += 1;
+                if spins < 64 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
         // SAFETY: busy and seen no foreign access: the writer keeps off the batch until busy
