@@ -8,6 +8,7 @@ use std::io::{self, Read};
 
 use flate2::read::DeflateDecoder;
 
+use crate::recent::Ring;
 use crate::record::*;
 use crate::varint::Cursor;
 use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
@@ -46,6 +47,9 @@ pub struct TraceReader<R: Read> {
     previous_address: u64,
     /// The thread of the ALLOC and FREE records that follow (set by THREAD records).
     current_thread: u32,
+    previous_stack: u64,
+    recent_allocs: Ring,
+    recent_frees: Ring,
     stack_nodes_defined: u64,
 }
 
@@ -96,6 +100,9 @@ impl<R: Read> TraceReader<R> {
             previous_seq: 0,
             previous_address: 0,
             current_thread: 0,
+            previous_stack: 0,
+            recent_allocs: Ring::default(),
+            recent_frees: Ring::default(),
             stack_nodes_defined: 0,
         })
     }
@@ -216,7 +223,8 @@ impl<R: Read> TraceReader<R> {
                 },
             })
         }
-        let record = match c.u8()? {
+        let tag = c.u8()?;
+        let record = match tag {
             tag::THREAD => {
                 self.current_thread = u32_of(c.u64()?)?;
                 return Some(None);
@@ -287,15 +295,22 @@ impl<R: Read> TraceReader<R> {
                     frame,
                 }
             }
-            tag::ALLOC => {
+            tag::ALLOC | tag::ALLOC_REUSE => {
                 let kind = AllocKind::from_u8(c.u8()?)?;
-                let (seq, address) = self.seq_and_address(c)?;
+                let (seq, address) = if tag == tag::ALLOC {
+                    self.seq_and_address(c)?
+                } else {
+                    let seq = self.seq(c)?;
+                    (seq, self.recent_frees.get(c.u8()?)?)
+                };
+                self.recent_allocs.push(address);
                 let thread_id = self.current_thread;
                 let size = c.u64()?;
-                let stack = c.u64()?;
+                let stack = self.previous_stack.wrapping_add(c.i64()? as u64);
                 if stack > self.stack_nodes_defined {
                     return None;
                 }
+                self.previous_stack = stack;
                 Record::Alloc(Alloc {
                     seq,
                     thread_id,
@@ -305,8 +320,14 @@ impl<R: Read> TraceReader<R> {
                     kind,
                 })
             }
-            tag::FREE => {
-                let (seq, address) = self.seq_and_address(c)?;
+            tag::FREE | tag::FREE_RECENT => {
+                let (seq, address) = if tag == tag::FREE {
+                    self.seq_and_address(c)?
+                } else {
+                    let seq = self.seq(c)?;
+                    (seq, self.recent_allocs.get(c.u8()?)?)
+                };
+                self.recent_frees.push(address);
                 let thread_id = self.current_thread;
                 Record::Free(Free {
                     seq,
@@ -390,6 +411,12 @@ impl<R: Read> TraceReader<R> {
             _ => return None,
         };
         Some(Some(record))
+    }
+
+    fn seq(&mut self, c: &mut Cursor<'_>) -> Option<u64> {
+        let seq = self.previous_seq.wrapping_add(c.i64()? as u64);
+        self.previous_seq = seq;
+        Some(seq)
     }
 
     fn seq_and_address(&mut self, c: &mut Cursor<'_>) -> Option<(u64, u64)> {
@@ -566,6 +593,86 @@ mod tests {
             assert_eq!(decoded, records);
             assert!(!truncated);
         }
+    }
+
+    /// malloc's reuse pattern: blocks freed and handed out again, from two threads, far apart
+    /// and close by, so that records name addresses by position and by delta.
+    fn churn_records() -> Vec<Record> {
+        let mut records = vec![Record::Process(ProcessInfo::default())];
+        for id in 1..=3 {
+            records.push(Record::StackNode {
+                id,
+                parent: id - 1,
+                frame: Frame::Native { address: 0x1000 * id },
+            });
+        }
+        let mut seq = 0;
+        for round in 0..700u64 {
+            let thread_id = 7 + (round / 100 % 2) as u32;
+            let address = 0x5000_0000 + (round % 300) * 48 + (round / 500) * 0x10_0000;
+            seq += 1;
+            records.push(Record::Alloc(Alloc {
+                seq,
+                thread_id,
+                address,
+                size: 24 + round % 5,
+                stack: 1 + round % 3,
+                kind: AllocKind::Malloc,
+            }));
+            if round % 7 != 3 {
+                seq += 1;
+                let freed = if round % 3 == 0 {
+                    address
+                } else {
+                    address.wrapping_sub(48)
+                };
+                records.push(Record::Free(Free {
+                    seq,
+                    thread_id,
+                    address: freed,
+                }));
+            }
+        }
+        records
+    }
+
+    #[test]
+    fn addresses_named_by_position_round_trip_and_shorten_the_payload() {
+        let records = churn_records();
+        for chunk_every in [1, 5, 10_000] {
+            let (decoded, _) = decode_all(&encode(&records, chunk_every)).unwrap();
+            assert_eq!(decoded, records);
+        }
+        let mut encoder = RecordEncoder::new();
+        let mut positional = 0;
+        for record in &records {
+            let before = encoder.pending_bytes();
+            match record {
+                Record::Alloc(a) => encoder.alloc(a),
+                Record::Free(f) => encoder.free(f),
+                _ => continue,
+            }
+            let tag_at = encoder.payload()[before..]
+                .iter()
+                .position(|&b| b != tag::THREAD)
+                .map(|i| encoder.payload()[before + i]);
+            if matches!(tag_at, Some(tag::ALLOC_REUSE | tag::FREE_RECENT)) {
+                positional += 1;
+            }
+        }
+        assert!(positional > 500, "{positional} records named an address by position");
+    }
+
+    #[test]
+    fn a_position_beyond_the_records_seen_is_corruption() {
+        let mut encoder = RecordEncoder::new();
+        encoder.process(&ProcessInfo::default());
+        let mut payload = encoder.payload().to_vec();
+        // A FREE_RECENT (seq delta +1) naming the latest ALLOC, when there is none.
+        payload.extend_from_slice(&[tag::FREE_RECENT, 2, 0]);
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        writer.write_chunk(&payload).unwrap();
+        assert!(matches!(decode_all(writer.get_mut()), Err(DecodeError::Corrupt { .. })));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use flate2::write::DeflateEncoder;
 use flate2::Compression;
 
+use crate::recent::{Finder, Ring};
 use crate::record::{
     frame_kind, tag, Alloc, BlockClass, End, ForkInfo, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
     Reachability, Stats,
@@ -27,6 +28,12 @@ pub struct RecordEncoder {
     previous_address: u64,
     /// The thread of the latest ALLOC or FREE; a THREAD record precedes one of another thread.
     current_thread: u32,
+    /// The stack of the latest ALLOC or ALLOC_REUSE (stacks are written as deltas from it).
+    previous_stack: u64,
+    recent_allocs: Ring,
+    recent_frees: Ring,
+    alloc_finder: Finder,
+    free_finder: Finder,
     stack_nodes_defined: u64,
 }
 
@@ -126,19 +133,48 @@ impl RecordEncoder {
         }
     }
 
+    fn seq(&mut self, seq: u64) {
+        put_i64(&mut self.payload, seq.wrapping_sub(self.previous_seq) as i64);
+        self.previous_seq = seq;
+    }
+
     pub fn alloc(&mut self, alloc: &Alloc) {
         self.thread(alloc.thread_id);
-        self.payload.push(tag::ALLOC);
-        self.payload.push(alloc.kind as u8);
-        self.seq_and_address(alloc.seq, alloc.address);
+        match self.free_finder.find(&self.recent_frees, alloc.address) {
+            Some(back) => {
+                self.payload.push(tag::ALLOC_REUSE);
+                self.payload.push(alloc.kind as u8);
+                self.seq(alloc.seq);
+                self.payload.push(back);
+            }
+            None => {
+                self.payload.push(tag::ALLOC);
+                self.payload.push(alloc.kind as u8);
+                self.seq_and_address(alloc.seq, alloc.address);
+            }
+        }
+        self.recent_allocs.push(alloc.address);
+        self.alloc_finder.pushed(&self.recent_allocs, alloc.address);
         put_u64(&mut self.payload, alloc.size);
-        put_u64(&mut self.payload, alloc.stack);
+        put_i64(&mut self.payload, alloc.stack.wrapping_sub(self.previous_stack) as i64);
+        self.previous_stack = alloc.stack;
     }
 
     pub fn free(&mut self, free: &Free) {
         self.thread(free.thread_id);
-        self.payload.push(tag::FREE);
-        self.seq_and_address(free.seq, free.address);
+        match self.alloc_finder.find(&self.recent_allocs, free.address) {
+            Some(back) => {
+                self.payload.push(tag::FREE_RECENT);
+                self.seq(free.seq);
+                self.payload.push(back);
+            }
+            None => {
+                self.payload.push(tag::FREE);
+                self.seq_and_address(free.seq, free.address);
+            }
+        }
+        self.recent_frees.push(free.address);
+        self.free_finder.pushed(&self.recent_frees, free.address);
     }
 
     pub fn python_code(&mut self, code: &PythonCode) {

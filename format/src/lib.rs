@@ -11,6 +11,7 @@ mod decode;
 mod encode;
 pub mod live;
 mod naming;
+mod recent;
 mod record;
 mod varint;
 

@@ -17,6 +17,8 @@ pub(crate) mod tag {
     pub const REACHABILITY: u8 = 0x0C;
     pub const FORK: u8 = 0x0D;
     pub const THREAD: u8 = 0x0E;
+    pub const ALLOC_REUSE: u8 = 0x0F;
+    pub const FREE_RECENT: u8 = 0x10;
 }
 
 /// Frame kind bytes inside a stack node record.
