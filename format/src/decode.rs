@@ -30,6 +30,12 @@ pub enum DecodeError {
     Io(#[from] io::Error),
 }
 
+/// Which ring of recent addresses a position refers to.
+enum Recent {
+    Allocs,
+    Frees,
+}
+
 /// Decodes a trace from any byte source.
 pub struct TraceReader<R: Read> {
     input: R,
@@ -297,12 +303,7 @@ impl<R: Read> TraceReader<R> {
             }
             tag::ALLOC | tag::ALLOC_REUSE => {
                 let kind = AllocKind::from_u8(c.u8()?)?;
-                let (seq, address) = if tag == tag::ALLOC {
-                    self.seq_and_address(c)?
-                } else {
-                    let seq = self.seq(c)?;
-                    (seq, self.recent_frees.get(c.u8()?)?)
-                };
+                let (seq, address) = self.event_address(c, tag == tag::ALLOC_REUSE, Recent::Frees)?;
                 self.recent_allocs.push(address);
                 let thread_id = self.current_thread;
                 let size = c.u64()?;
@@ -321,12 +322,7 @@ impl<R: Read> TraceReader<R> {
                 })
             }
             tag::FREE | tag::FREE_RECENT => {
-                let (seq, address) = if tag == tag::FREE {
-                    self.seq_and_address(c)?
-                } else {
-                    let seq = self.seq(c)?;
-                    (seq, self.recent_allocs.get(c.u8()?)?)
-                };
+                let (seq, address) = self.event_address(c, tag == tag::FREE_RECENT, Recent::Allocs)?;
                 self.recent_frees.push(address);
                 let thread_id = self.current_thread;
                 Record::Free(Free {
@@ -413,10 +409,19 @@ impl<R: Read> TraceReader<R> {
         Some(Some(record))
     }
 
-    fn seq(&mut self, c: &mut Cursor<'_>) -> Option<u64> {
+    /// An event record's sequence number and address: spelled out as a delta, or
+    /// `by_position` in one of the rings of recent addresses.
+    fn event_address(&mut self, c: &mut Cursor<'_>, by_position: bool, ring: Recent) -> Option<(u64, u64)> {
+        if !by_position {
+            return self.seq_and_address(c);
+        }
         let seq = self.previous_seq.wrapping_add(c.i64()? as u64);
         self.previous_seq = seq;
-        Some(seq)
+        let ring = match ring {
+            Recent::Allocs => &self.recent_allocs,
+            Recent::Frees => &self.recent_frees,
+        };
+        Some((seq, ring.get(c.u8()?)?))
     }
 
     fn seq_and_address(&mut self, c: &mut Cursor<'_>) -> Option<(u64, u64)> {
