@@ -124,9 +124,10 @@ pub struct Writer {
     spare_batches: Sender<Vec<u64>>,
     /// (parent node, frame word) → node id.
     stack_nodes: HashMap<(u64, u64), u64, BuildHasherDefault<AddressHasher>>,
-    /// Node id − 1 → (parent node, frame word): how a forked child re-defines the stacks of
-    /// the blocks it inherited.
-    node_words: Vec<(u64, u64)>,
+    /// Nodes taken out of `stack_nodes` when a module went away, which a forked child may
+    /// still need to re-define the stacks of the blocks it inherited. (The inverse table is
+    /// built only at a fork: kept all along, it was ~16 bytes per node of resident memory.)
+    retired_nodes: Vec<((u64, u64), u64)>,
     /// Every code object and interpreter recorded, for a forked child's trace.
     python_codes: Vec<PythonCode>,
     python_runtimes: Vec<PythonRuntime>,
@@ -161,7 +162,7 @@ impl Writer {
             events,
             spare_batches,
             stack_nodes: HashMap::default(),
-            node_words: Vec::new(),
+            retired_nodes: Vec::new(),
             python_codes: Vec::new(),
             python_runtimes: Vec::new(),
             previous_frames: Vec::new(),
@@ -276,15 +277,14 @@ impl Writer {
         // On disk before the inherited blocks, which take a while: a child killed meanwhile
         // still leaves a readable (cut short) trace.
         self.flush()?;
-        let parent_nodes = std::mem::take(&mut self.node_words);
-        self.stack_nodes.clear();
+        let parent_nodes = self.take_node_table();
         self.previous_frames.clear();
         self.previous_nodes.clear();
         let mut frames = Vec::new();
         for (address, block) in inherited {
             frames.clear();
             let mut node = u64::from(block.stack);
-            while let Some(&(parent, word)) = node.checked_sub(1).and_then(|i| parent_nodes.get(i as usize)) {
+            while let Some(&Some((parent, word))) = node.checked_sub(1).and_then(|i| parent_nodes.get(i as usize)) {
                 frames.push(word);
                 node = parent;
             }
@@ -302,6 +302,18 @@ impl Writer {
             }
         }
         self.flush()
+    }
+
+    /// Node id − 1 → (parent node, frame word) of every node defined in this trace, emptying
+    /// the tables the ids came from (a forked child's trace numbers its nodes afresh).
+    fn take_node_table(&mut self) -> Vec<Option<(u64, u64)>> {
+        let nodes: Vec<((u64, u64), u64)> = self.stack_nodes.drain().chain(self.retired_nodes.drain(..)).collect();
+        let count = nodes.iter().map(|&(_, id)| id).max().unwrap_or(0);
+        let mut table = vec![None; usize::try_from(count).unwrap_or(0)];
+        for (key, id) in nodes {
+            table[(id - 1) as usize] = Some(key);
+        }
+        table
     }
 
     fn finish(&mut self, ending: Ending) -> Result<(), String> {
@@ -424,7 +436,6 @@ impl Writer {
                     }
                     let id = self.encoder.stack_node(node, stack_words::to_frame(word));
                     self.stack_nodes.insert((node, word), id);
-                    self.node_words.push((node, word));
                     id
                 }
             };
@@ -459,7 +470,7 @@ impl Writer {
         if self.modules.len() != before {
             // Addresses of an unloaded module may be reused by the next one: stack nodes
             // defined from now on must not be confused with the old ones.
-            self.stack_nodes.clear();
+            self.retired_nodes.extend(self.stack_nodes.drain());
             self.previous_frames.clear();
             self.previous_nodes.clear();
         }
