@@ -355,11 +355,10 @@ pub fn next_seq(address: usize) -> u64 {
 fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind) {
     let mut stack = unwind::Stack::new();
     unwind::capture(&mut stack);
-    let frames = stack.as_slice();
-    if frames.len() == MAX_FRAMES {
+    if stack.is_full() {
         TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
     }
-    let frames = without_own_frames(frames);
+    let frames = without_own_frames(stack.as_slice());
     if CHECK_UNWIND_EVERY.load(Ordering::Relaxed) != 0 {
         check_unwind(frames, stack.is_full());
     }
@@ -671,9 +670,7 @@ pub fn after_fork_in_child() {
             spare_batches: spare_rx,
         });
         GENERATION.store(generation, Ordering::Release);
-        // Registration does not carry over to the child's address space; alone now, it may
-        // switch to the slots' locks if the registration is refused.
-        slots::choose_fences(Config::from_env().slot_locks);
+        slots::renew_fences_after_fork();
         let threads_cut = slots::adopt_after_fork(THREAD.with(|t| t.slot.get()));
         // The child's own events number from here; all the parent's are below.
         let fork_seq = order::above_all();

@@ -31,6 +31,15 @@ pub fn choose_fences(force_locks: bool) {
     ASYMMETRIC.store(!force_locks && sys::register_membarrier(), Ordering::SeqCst);
 }
 
+/// In a forked child (alone, before anything appends): registration does not carry over to
+/// the child's address space. Keeps the parent's choice, falling back to the locks if the
+/// registration is refused now.
+pub fn renew_fences_after_fork() {
+    if ASYMMETRIC.load(Ordering::Relaxed) && !sys::register_membarrier() {
+        ASYMMETRIC.store(false, Ordering::SeqCst);
+    }
+}
+
 /// Whether asymmetric fences were chosen.
 pub fn uses_fences() -> bool {
     ASYMMETRIC.load(Ordering::Relaxed)

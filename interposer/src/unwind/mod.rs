@@ -335,7 +335,10 @@ fn reuse(previous: &PreviousStack, cursor: usize, state: &Registers, out: &mut S
 fn adopt(previous: &mut PreviousStack, fresh: &[Frame], reused_from: usize) {
     let count = fresh.len();
     let reused = previous.len - reused_from;
-    previous.frames.copy_within(reused_from..previous.len, count);
+    if count != reused_from {
+        // Most captures step as many fresh frames as they replace: the suffix stays put.
+        previous.frames.copy_within(reused_from..previous.len, count);
+    }
     let mut caller_bp_matters = reused != 0 && previous.frames[count].bp_matters;
     for (index, frame) in fresh.iter().enumerate().rev() {
         let restores_bp = frame.bp_slot != 0;
