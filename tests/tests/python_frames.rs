@@ -1,7 +1,7 @@
 //! Merged native + Python stacks on every interpreter found: a C extension built at test time
 //! is reached through nested functions, a generator, a lambda run by `map()`, a method, a
 //! thread, a C → Python → C callback, a C thread entering Python, an extra `Py_INCREF`, and a call that releases the GIL
-//! while another thread runs Python. Each leaks one block of a size that names it; the test
+//! while another thread runs Python, and code objects compiled, run and freed in turn. Each leaks one block of a size that names it; the test
 //! asserts the exact frames (C function and line, then Python function, file and line, in
 //! order) and the exact bytes and blocks.
 
@@ -147,6 +147,25 @@ fn python_frames_are_spliced_into_native_stacks_on_every_interpreter() {
             (module.0.to_string(), module.1),
         ]);
         assert_eq!(shown(&callback), expected, "{label}: C -> Python -> C: {callback:#}");
+
+        // Code objects freed and others compiled at their addresses: each frame still names
+        // its own code object's file.
+        for n in 0..8 {
+            let leak = leak_of(&report, 40_100 + n, &label);
+            let mut expected = frames(&allocation);
+            expected.extend([
+                ("generated".to_string(), 4),
+                own("recompiled", "@recompiled_call"),
+                own("main", "@main_recompiled"),
+                (module.0.to_string(), module.1),
+            ]);
+            assert_eq!(shown(&leak), expected, "{label}: recompiled code {n}: {leak:#}");
+            assert_eq!(
+                leak["frames"][2]["file"].as_str(),
+                Some(format!("generated_{n}.py").as_str()),
+                "{label}: recompiled code {n}"
+            );
+        }
 
         // Threads: the thread's own function, then threading's run().
         let thread = shown(&leak_of(&report, 40_005, &label));

@@ -10,7 +10,7 @@ use libleak_format::{AllocKind, ExitKind};
 use super::real::{self, bootstrap, Real};
 use super::slots::Slot;
 use super::sys::{errno, set_errno};
-use crate::tracker;
+use crate::{python, tracker};
 
 type Strings = *const *const c_char;
 
@@ -140,6 +140,8 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     let Some(real) = real::get() else {
         return;
     };
+    // Recording or not: a walk's memo of code objects must hear of every freed one.
+    python::code_cache::note_free(ptr as usize);
     let Some(hook) = tracker::enter() else {
         // SAFETY: forwarding the caller's live block.
         return unsafe { (real.free)(ptr) };
@@ -207,6 +209,7 @@ unsafe fn resize(ptr: *mut c_void, size: usize, kind: AllocKind) -> *mut c_void 
     let Some(real) = real::get() else {
         return std::ptr::null_mut();
     };
+    python::code_cache::note_free(ptr as usize);
     let Some(hook) = tracker::enter() else {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real.realloc)(ptr, size) };

@@ -9,6 +9,22 @@
 use std::ffi::{c_char, c_int, c_void, CStr};
 
 type GetThreadStateFn = unsafe extern "C" fn() -> *mut c_void;
+type GetAllocatorFn = unsafe extern "C" fn(c_int, *mut MemAllocator);
+
+/// `PyMemAllocatorEx`: a context and four entry points, compared, never called.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct MemAllocator {
+    context: usize,
+    malloc: usize,
+    calloc: usize,
+    realloc: usize,
+    free: usize,
+}
+
+/// `PyMemAllocatorDomain` values.
+const PYMEM_DOMAIN_RAW: c_int = 0;
+const PYMEM_DOMAIN_OBJ: c_int = 2;
 
 /// The interpreter's symbols, as runtime addresses.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +45,9 @@ pub struct Symbols {
     /// 3.12+: `_PyThreadState_UncheckedGet`/`PyThreadState_GetUnchecked`, the thread-local
     /// current state. Not used before 3.12, where the same name returns the GIL holder.
     attached_thread_state: Option<GetThreadStateFn>,
+    /// `PyMem_GetAllocator`: copies a domain's allocator; allocation-free (3.13 takes the
+    /// allocators' own mutex, which is never held across an allocation).
+    get_allocator: Option<GetAllocatorFn>,
 }
 
 fn symbol(name: &CStr) -> usize {
@@ -62,6 +81,10 @@ pub fn find_symbols() -> Option<Symbols> {
     } else {
         None
     };
+    let get_allocator = symbol(c"PyMem_GetAllocator");
+    // SAFETY: `PyMem_GetAllocator(domain, out)` has this signature in every supported version.
+    let get_allocator =
+        (get_allocator != 0).then(|| unsafe { std::mem::transmute::<usize, GetAllocatorFn>(get_allocator) });
     Some(Symbols {
         runtime,
         version_hex,
@@ -73,6 +96,7 @@ pub fn find_symbols() -> Option<Symbols> {
         eval_loop_size: symbol_size(eval_loop_start),
         this_thread_state,
         attached_thread_state,
+        get_allocator,
     })
 }
 
@@ -137,6 +161,34 @@ impl Symbols {
         // returns NULL before the interpreter starts and after it finishes.
         unsafe { (self.this_thread_state)() as usize }
     }
+
+    /// Whether Python objects come from the same allocator as raw memory, which is the C
+    /// library's malloc itself unless an embedder replaced both (`PYTHONMALLOC=malloc`; not
+    /// pymalloc, the debug hooks or tracemalloc's wrappers). Objects are then freed through
+    /// `free`, where the hooks see them.
+    pub fn objects_use_raw_allocator(&self) -> bool {
+        let Some(get_allocator) = self.get_allocator else {
+            return false;
+        };
+        let (mut raw, mut objects) = (MemAllocator::default(), MemAllocator::default());
+        // SAFETY: each call copies one domain's allocator into a struct of the C layout;
+        // neither allocates nor calls into Python code.
+        unsafe {
+            get_allocator(PYMEM_DOMAIN_RAW, &mut raw);
+            get_allocator(PYMEM_DOMAIN_OBJ, &mut objects);
+        }
+        raw.free != 0 && raw == objects
+    }
+}
+
+/// The word at `offset` in a heap block the program is freeing; `offset + 8` must not exceed
+/// 24, the smallest usable size of a glibc block.
+#[inline(always)]
+pub fn freed_block_word(block: usize, offset: usize) -> usize {
+    debug_assert!(offset + 8 <= 24);
+    // SAFETY: `block` is a live malloc block handed to `free` by the program (null and
+    // libleak's bootstrap blocks are filtered before), at least 24 bytes long and 16-aligned.
+    unsafe { std::ptr::read_volatile((block + offset) as *const usize) }
 }
 
 /// Lowest and highest address a user-space object can have on x86-64 Linux.

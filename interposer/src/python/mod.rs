@@ -9,6 +9,7 @@
 //! pointer. Line numbers are not computed here: the reporter decodes the copied line tables.
 //! Per-version knowledge is in [`layouts`].
 
+pub mod code_cache;
 mod codes;
 pub mod gc;
 pub mod layouts;
@@ -21,6 +22,7 @@ use libleak_format::{python_version_text, PythonCode, PythonRuntime};
 use crate::ffi::buffer::WordBuffer;
 use crate::ffi::python::{self as raw, Symbols};
 use crate::stack_words;
+use code_cache::{CodeFacts, ThreadCodes};
 use layouts::{CurrentFrame, FrameChain, Layout};
 
 /// Deepest Python stack recorded (frames plus activation ends).
@@ -80,8 +82,10 @@ pub fn detect() -> Option<PythonRuntime> {
                     symbols.eval_loop_start + symbols.eval_loop_size.max(1),
                     Ordering::Relaxed,
                 );
+                let code_type = symbols.code_type;
                 let _ = INTERPRETER.set(Interpreter { symbols, layout });
                 codes::init();
+                code_cache::watch_frees(code_type);
                 WALKING.store(true, Ordering::Release);
                 runtime.frames_recorded = true;
             }
@@ -133,21 +137,26 @@ pub fn capture(out: &mut WordBuffer<MAX_WORDS>, define: &mut dyn FnMut(PythonCod
         // Other threads' states are being freed: this one may already be gone.
         return;
     }
-    let mut walk = Walk {
-        interpreter,
-        out,
-        define,
-    };
-    match interpreter.layout.frames {
-        FrameChain::FrameObjects { .. } => walk.frame_objects(state),
-        FrameChain::InterpreterFrames { .. } => walk.interpreter_frames(state),
-    }
+    code_cache::with_thread_codes(|codes| {
+        let mut walk = Walk {
+            interpreter,
+            out,
+            define,
+            codes,
+        };
+        match interpreter.layout.frames {
+            FrameChain::FrameObjects { .. } => walk.frame_objects(state),
+            FrameChain::InterpreterFrames { .. } => walk.interpreter_frames(state),
+        }
+    })
 }
 
 struct Walk<'a> {
     interpreter: &'a Interpreter,
     out: &'a mut WordBuffer<MAX_WORDS>,
     define: &'a mut dyn FnMut(PythonCode),
+    /// The thread's memo of code objects, when it may be used (see [`code_cache`]).
+    codes: Option<&'a mut ThreadCodes>,
 }
 
 /// Why a walk stopped early.
@@ -182,7 +191,11 @@ impl Walk<'_> {
             } else {
                 i64::from(last) * instruction_unit
             };
-            if self.python_frame(code_object, offset).is_err() {
+            if self
+                .code_facts(code_object)
+                .and_then(|facts| self.python_frame(facts, offset))
+                .is_err()
+            {
                 return;
             }
             self.out.push(stack_words::PYTHON_ENTRY);
@@ -214,8 +227,7 @@ impl Walk<'_> {
             }
             CurrentFrame::InThreadState(field) => raw::read::<usize>(state + field),
         };
-        let code_layout = &self.interpreter.layout.code;
-        let (Some(inline_code), Some(first_traceable)) = (code_layout.inline_code, code_layout.first_traceable) else {
+        let Some(inline_code) = self.interpreter.layout.code.inline_code else {
             return;
         };
         let mut frame = first.unwrap_or(0);
@@ -233,13 +245,13 @@ impl Walk<'_> {
                     return;
                 };
                 let units = (pointer as i64 - (code_object + inline_code) as i64) / 2;
-                let Some(traceable) = raw::read::<i32>(code_object + first_traceable) else {
+                let Ok(facts) = self.code_facts(code_object) else {
                     return;
                 };
                 // A frame whose first instructions have not run yet (being set up) is not
                 // shown, as tracemalloc and sys._getframe do not show it.
-                let incomplete = frame_owner != layouts::OWNED_BY_GENERATOR && units < i64::from(traceable);
-                if !incomplete && self.python_frame(code_object, units * 2).is_err() {
+                let incomplete = frame_owner != layouts::OWNED_BY_GENERATOR && units < i64::from(facts.first_traceable);
+                if !incomplete && self.python_frame(facts, units * 2).is_err() {
                     return;
                 }
                 if let Some(is_entry) = is_entry {
@@ -258,8 +270,32 @@ impl Walk<'_> {
         }
     }
 
-    /// Appends one Python frame after checking the code object; defines it on first sight.
-    fn python_frame(&mut self, code_object: usize, offset: i64) -> Result<(), Implausible> {
+    /// Appends one Python frame at byte `offset` of its code.
+    #[inline(always)]
+    fn python_frame(&mut self, facts: CodeFacts, offset: i64) -> Result<(), Implausible> {
+        if offset >= i64::from(facts.instruction_bytes) {
+            return Err(Implausible);
+        }
+        let offset = offset.clamp(-1, i64::from(i32::MAX)) as i32;
+        self.out.push(stack_words::python_frame(facts.id, offset));
+        Ok(())
+    }
+
+    /// What the walk needs of a code object: from the thread's memo, else after checking the
+    /// object, from the shared table, else by defining it.
+    #[inline(always)]
+    fn code_facts(&mut self, code_object: usize) -> Result<CodeFacts, Implausible> {
+        if let Some(facts) = self.codes.as_ref().and_then(|codes| codes.get(code_object)) {
+            return Ok(facts);
+        }
+        let facts = self.checked_code_facts(code_object)?;
+        if let Some(codes) = self.codes.as_mut() {
+            codes.put(code_object, facts);
+        }
+        Ok(facts)
+    }
+
+    fn checked_code_facts(&mut self, code_object: usize) -> Result<CodeFacts, Implausible> {
         let symbols = &self.interpreter.symbols;
         if raw::read::<usize>(code_object + layouts::OBJECT_TYPE) != Some(symbols.code_type) {
             if !CONFIRMED.load(Ordering::Relaxed) {
@@ -270,21 +306,26 @@ impl Walk<'_> {
         CONFIRMED.store(true, Ordering::Relaxed);
         let layout = &self.interpreter.layout.code;
         let fingerprint = codes::Fingerprint::read(code_object, layout).ok_or(Implausible)?;
-        if offset >= fingerprint.instruction_bytes as i64 {
-            return Err(Implausible);
-        }
-        let code_id = match codes::lookup(code_object, &fingerprint) {
+        let first_traceable = match layout.first_traceable {
+            Some(field) => raw::read::<i32>(code_object + field).ok_or(Implausible)?,
+            None => 0,
+        };
+        let id = match codes::lookup(code_object, &fingerprint) {
             Some(id) => id,
             None => {
                 let id = codes::insert(code_object, &fingerprint);
                 let definition = self.copy_code(id, &fingerprint);
                 (self.define)(definition);
+                // Rare (new code objects), and the allocator may have been wrapped since.
+                code_cache::set_usable(symbols.objects_use_raw_allocator());
                 id
             }
         };
-        let offset = offset.clamp(-1, i64::from(i32::MAX)) as i32;
-        self.out.push(stack_words::python_frame(code_id, offset));
-        Ok(())
+        Ok(CodeFacts {
+            id,
+            instruction_bytes: fingerprint.instruction_bytes.min(u32::MAX as usize) as u32,
+            first_traceable,
+        })
     }
 
     fn copy_code(&self, id: u32, fingerprint: &codes::Fingerprint) -> PythonCode {
