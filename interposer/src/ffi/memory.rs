@@ -3,13 +3,25 @@
 //! go through `process_vm_readv` on ourselves, which fails cleanly on an unmapped page, and
 //! fall back to `/proc/self/mem` where that system call is refused.
 //!
+//! Small reads (a word, a small block) are served from a few cached pages: the scan reads
+//! every live block and its neighbours' headers, one system call each before (11,400 calls,
+//! most of a 13 ms scan, for `python -c pass`). A cached page is a snapshot from a moment of
+//! the scan, as any read is.
+//!
 //! Never dereferences an address it was given.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+const PAGE: usize = 4096;
+const CACHED_PAGES: usize = 64;
+
 pub struct MemoryReader {
     pid: libc::pid_t,
+    /// `CACHED_PAGES` pages, direct-mapped by page number.
+    pages: Vec<u8>,
+    /// Per cached page: its address (`u64::MAX`: none) and how many of its bytes were read.
+    page_tags: Vec<(u64, usize)>,
     /// Opened the first time `process_vm_readv` is refused.
     proc_mem: Option<File>,
     use_proc_mem: bool,
@@ -20,6 +32,8 @@ impl MemoryReader {
         MemoryReader {
             // SAFETY: getpid has no preconditions.
             pid: unsafe { libc::getpid() },
+            pages: Vec::new(),
+            page_tags: Vec::new(),
             proc_mem: None,
             use_proc_mem: false,
         }
@@ -31,6 +45,29 @@ impl MemoryReader {
         if out.is_empty() || address.checked_add(out.len() as u64).is_none() {
             return 0;
         }
+        let page = address & !(PAGE as u64 - 1);
+        let offset = (address - page) as usize;
+        if offset + out.len() > PAGE {
+            return self.read_uncached(address, out);
+        }
+        if self.pages.is_empty() {
+            self.pages = vec![0; CACHED_PAGES * PAGE];
+            self.page_tags = vec![(u64::MAX, 0); CACHED_PAGES];
+        }
+        let slot = (page / PAGE as u64) as usize % CACHED_PAGES;
+        if self.page_tags[slot].0 != page {
+            let mut bytes = std::mem::take(&mut self.pages);
+            let read = self.read_uncached(page, &mut bytes[slot * PAGE..(slot + 1) * PAGE]);
+            self.pages = bytes;
+            self.page_tags[slot] = (page, read);
+        }
+        let available = self.page_tags[slot].1.saturating_sub(offset).min(out.len());
+        let cached = slot * PAGE + offset;
+        out[..available].copy_from_slice(&self.pages[cached..cached + available]);
+        available
+    }
+
+    fn read_uncached(&mut self, address: u64, out: &mut [u8]) -> usize {
         if !self.use_proc_mem {
             let local = libc::iovec {
                 iov_base: out.as_mut_ptr().cast(),

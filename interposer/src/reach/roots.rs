@@ -224,8 +224,10 @@ pub fn collect(
             continue;
         }
         if mapping.anonymous() {
-            for (start, end) in non_malloc_pages(memory, mapping) {
-                push_range(&mut roots.ranges, &excluded, start, end);
+            // libleak's own mappings are left out before the page walk, which reads a word
+            // of every page (6 MB of code table alone: 1,536 reads).
+            for (start, end) in without_excluded(&excluded, mapping.start, mapping.end) {
+                roots.ranges.extend(non_malloc_pages(memory, start, end));
             }
         }
     }
@@ -253,7 +255,11 @@ fn writable_segments(module: &Module) -> impl Iterator<Item = (u64, u64)> + '_ {
 
 /// Adds `[start, end)` minus the excluded ranges.
 fn push_range(ranges: &mut Vec<(u64, u64)>, excluded: &[(u64, u64)], start: u64, end: u64) {
-    let start = start & !7;
+    ranges.extend(without_excluded(excluded, start & !7, end));
+}
+
+/// The pieces of `[start, end)` outside the excluded ranges.
+fn without_excluded(excluded: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
     let mut pieces = vec![(start, end)];
     for &(ex_start, ex_end) in excluded {
         pieces = pieces
@@ -270,7 +276,8 @@ fn push_range(ranges: &mut Vec<(u64, u64)>, excluded: &[(u64, u64)], start: u64,
             })
             .collect();
     }
-    ranges.extend(pieces.into_iter().filter(|(s, e)| s < e));
+    pieces.retain(|(s, e)| s < e);
+    pieces
 }
 
 /// The first heap of a glibc arena, or a later heap of one: 64 MiB aligned, starting with a
@@ -328,24 +335,24 @@ fn mmapped_chunk_len(memory: &mut MemoryReader, page: u64, end: u64) -> Option<u
     (total >= PAGE && total.is_multiple_of(PAGE) && page + total <= end).then_some(total)
 }
 
-/// The pages of an anonymous mapping that are not malloc's: several mappings merged into one
-/// line of `/proc/self/maps` are told apart by their headers.
-fn non_malloc_pages(memory: &mut MemoryReader, mapping: &Mapping) -> Vec<(u64, u64)> {
+/// The pages of `[start, end)` in an anonymous mapping that are not malloc's: several
+/// mappings merged into one line of `/proc/self/maps` are told apart by their headers.
+fn non_malloc_pages(memory: &mut MemoryReader, start: u64, end: u64) -> Vec<(u64, u64)> {
     let mut pages = Vec::new();
-    let mut at = mapping.start;
+    let mut at = start;
     let mut run_start = None;
-    while at < mapping.end {
+    while at < end {
         let malloc_owned = if at.is_multiple_of(ARENA_HEAP_ALIGN) {
-            arena_heap_size(memory, at, mapping.end).or_else(|| mmapped_chunk_len(memory, at, mapping.end))
+            arena_heap_size(memory, at, end).or_else(|| mmapped_chunk_len(memory, at, end))
         } else {
-            mmapped_chunk_len(memory, at, mapping.end)
+            mmapped_chunk_len(memory, at, end)
         };
         match malloc_owned {
             Some(len) => {
                 if let Some(start) = run_start.take() {
                     pages.push((start, at));
                 }
-                at = (at + len).min(mapping.end);
+                at = (at + len).min(end);
             }
             None => {
                 run_start.get_or_insert(at);
@@ -353,8 +360,8 @@ fn non_malloc_pages(memory: &mut MemoryReader, mapping: &Mapping) -> Vec<(u64, u
             }
         }
     }
-    if let Some(start) = run_start {
-        pages.push((start, mapping.end));
+    if let Some(run_start) = run_start {
+        pages.push((run_start, end));
     }
     pages
 }
