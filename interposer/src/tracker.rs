@@ -675,6 +675,7 @@ pub fn after_fork_in_child() {
         // The child's own events number from here; all the parent's are below.
         let fork_seq = order::above_all();
         order::start_thread_at(fork_seq - 1);
+        order::allow_one_thread_alone(slots::uses_fences());
         CHILD_FORK_SEQ.store(fork_seq, Ordering::Relaxed);
         if let Ok(mut pending) = PENDING_CHILD.lock() {
             *pending = Some(PendingChild {
@@ -764,6 +765,7 @@ fn start_recording() -> Result<(), String> {
     }
     // Before any event: no other thread appends yet.
     slots::choose_fences(config.slot_locks);
+    order::allow_one_thread_alone(slots::uses_fences());
     let info = process_info();
     let (file, path) = open_trace(&config, &info)?;
     CHECK_UNWIND_EVERY.store(config.check_unwind_every, Ordering::Relaxed);
