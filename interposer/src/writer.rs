@@ -117,13 +117,48 @@ pub enum Message {
     Finish(Ending),
 }
 
+/// A stack node's parent and frame word in 12 bytes, so that an entry of the node table is
+/// 16: with hundreds of thousands of nodes the table was the writer's largest structure
+/// (24-byte entries, 13 MB for alloc_heavy.py 500, and the old and new tables side by side
+/// while it grew).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct NodeKey {
+    word: [u32; 2],
+    parent: u32,
+}
+
+impl NodeKey {
+    /// `None` for a parent id past `u32::MAX` (never met: 4 G nodes would not fit in memory).
+    fn new(parent: u64, word: u64) -> Option<NodeKey> {
+        Some(NodeKey {
+            word: [word as u32, (word >> 32) as u32],
+            parent: u32::try_from(parent).ok()?,
+        })
+    }
+
+    fn parent_and_word(self) -> (u64, u64) {
+        (
+            u64::from(self.parent),
+            u64::from(self.word[0]) | u64::from(self.word[1]) << 32,
+        )
+    }
+}
+
+impl std::hash::Hash for NodeKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (parent, word) = self.parent_and_word();
+        state.write_u64(word);
+        state.write_u64(parent);
+    }
+}
+
 pub struct Writer {
     chunks: ChunkWriter<TraceFile>,
     encoder: RecordEncoder,
     events: Receiver<Message>,
     spare_batches: Sender<Vec<u64>>,
     /// (parent node, frame word) → node id.
-    stack_nodes: HashMap<(u64, u64), u64, BuildHasherDefault<AddressHasher>>,
+    stack_nodes: HashMap<NodeKey, u32, BuildHasherDefault<AddressHasher>>,
     /// Nodes taken out of `stack_nodes` when a module went away, which a forked child may
     /// still need to re-define the stacks of the blocks it inherited. (The inverse table is
     /// built only at a fork: kept all along, it was ~16 bytes per node of resident memory.)
@@ -307,7 +342,12 @@ impl Writer {
     /// Node id − 1 → (parent node, frame word) of every node defined in this trace, emptying
     /// the tables the ids came from (a forked child's trace numbers its nodes afresh).
     fn take_node_table(&mut self) -> Vec<Option<(u64, u64)>> {
-        let nodes: Vec<((u64, u64), u64)> = self.stack_nodes.drain().chain(self.retired_nodes.drain(..)).collect();
+        let nodes: Vec<((u64, u64), u64)> = self
+            .stack_nodes
+            .drain()
+            .map(|(key, id)| (key.parent_and_word(), u64::from(id)))
+            .chain(self.retired_nodes.drain(..))
+            .collect();
         let count = nodes.iter().map(|&(_, id)| id).max().unwrap_or(0);
         let mut table = vec![None; usize::try_from(count).unwrap_or(0)];
         for (key, id) in nodes {
@@ -428,14 +468,18 @@ impl Writer {
         self.previous_nodes.truncate(shared);
         let mut node = self.previous_nodes.last().copied().unwrap_or(0);
         for &word in frames[..frames.len() - shared].iter().rev() {
-            node = match self.stack_nodes.get(&(node, word)) {
-                Some(&id) => id,
+            let key = NodeKey::new(node, word);
+            node = match key.and_then(|key| self.stack_nodes.get(&key)) {
+                Some(&id) => u64::from(id),
                 None => {
                     if stack_words::is_native(word) && !self.modules.iter().any(|m| m.contains(word)) {
                         self.rescan_if_loader_changed();
                     }
                     let id = self.encoder.stack_node(node, stack_words::to_frame(word));
-                    self.stack_nodes.insert((node, word), id);
+                    // Past u32::MAX a node is not remembered: defined again when met again.
+                    if let (Some(key), Ok(short_id)) = (key, u32::try_from(id)) {
+                        self.stack_nodes.insert(key, short_id);
+                    }
                     id
                 }
             };
@@ -470,7 +514,11 @@ impl Writer {
         if self.modules.len() != before {
             // Addresses of an unloaded module may be reused by the next one: stack nodes
             // defined from now on must not be confused with the old ones.
-            self.retired_nodes.extend(self.stack_nodes.drain());
+            self.retired_nodes.extend(
+                self.stack_nodes
+                    .drain()
+                    .map(|(key, id)| (key.parent_and_word(), u64::from(id))),
+            );
             self.previous_frames.clear();
             self.previous_nodes.clear();
         }
