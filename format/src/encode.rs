@@ -4,8 +4,7 @@
 
 use std::io::{self, Write};
 
-use flate2::write::DeflateEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 use crate::recent::{Finder, Ring};
 use crate::record::{
@@ -278,6 +277,9 @@ impl RecordEncoder {
 pub struct ChunkWriter<W: Write> {
     out: W,
     compressed: Vec<u8>,
+    /// Kept from chunk to chunk: a fresh compressor per chunk allocated (and the traced
+    /// process then unmapped, with a TLB shootdown to its cores) ~300 KB of state each time.
+    compressor: Compress,
 }
 
 impl<W: Write> ChunkWriter<W> {
@@ -289,6 +291,7 @@ impl<W: Write> ChunkWriter<W> {
         Ok(ChunkWriter {
             out,
             compressed: Vec::new(),
+            compressor: Compress::new(Compression::new(DEFLATE_LEVEL), false),
         })
     }
 
@@ -299,9 +302,20 @@ impl<W: Write> ChunkWriter<W> {
         }
         self.compressed.clear();
         self.compressed.resize(CHUNK_FRAME_LEN, 0);
-        let mut encoder = DeflateEncoder::new(std::mem::take(&mut self.compressed), Compression::new(DEFLATE_LEVEL));
-        encoder.write_all(payload)?;
-        self.compressed = encoder.finish()?;
+        self.compressor.reset();
+        loop {
+            let consumed = self.compressor.total_in() as usize;
+            // Raw deflate never grows data by more than a few bytes per 16 KiB block.
+            self.compressed
+                .reserve(payload.len() - consumed + payload.len() / 64 + 1024);
+            let status = self
+                .compressor
+                .compress_vec(&payload[consumed..], &mut self.compressed, FlushCompress::Finish)
+                .map_err(io::Error::other)?;
+            if status == Status::StreamEnd {
+                break;
+            }
+        }
         let compressed_len = (self.compressed.len() - CHUNK_FRAME_LEN) as u32;
         self.compressed[0..4].copy_from_slice(&compressed_len.to_le_bytes());
         self.compressed[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
