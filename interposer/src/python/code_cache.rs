@@ -5,7 +5,8 @@
 //! An address stands for the same code object only until that object is freed. So the memo
 //! is used only while Python objects are freed through `free` (the interpreter on malloc,
 //! checked through CPython's own allocator getter), the free hook counts every freed code
-//! object ([`note_free`]), and a walk that sees the count moved forgets the whole memo.
+//! object ([`note_free`]) and drops it from the shared table, and a walk that sees the count
+//! moved forgets the whole memo.
 //! While objects go to another allocator (pymalloc, the debug hooks, tracemalloc's wrappers)
 //! walks take the shared table's path, exactly as without the memo.
 //!
@@ -36,10 +37,16 @@ pub fn watch_frees(code_type: usize) {
 pub fn note_free(block: usize) {
     let code_type = WATCHED_TYPE.load(Ordering::Relaxed);
     if code_type != 0 && raw::freed_block_word(block, OBJECT_TYPE) == code_type {
-        // Ordered before the real free: whoever is handed this address later, and runs code
-        // there, does so after this count moved.
-        CODE_FREES.fetch_add(1, Ordering::AcqRel);
+        forget_freed(block);
     }
+}
+
+#[cold]
+fn forget_freed(code_object: usize) {
+    super::codes::forget(code_object);
+    // Ordered before the real free: whoever is handed this address later, and runs code
+    // there, does so after this count moved.
+    CODE_FREES.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Records whether objects are freed through `free` now. Turning the memo back on forgets

@@ -103,6 +103,19 @@ impl Table {
         None
     }
 
+    fn forget(&self, code_object: usize) {
+        let start = self.home(code_object);
+        for probe in 0..MAX_PROBES {
+            let slot = self.slot(start + probe);
+            match slot.key.load(Ordering::Acquire) {
+                0 => return,
+                // No fingerprint hash is 0: the slot never matches again.
+                key if key == code_object as u64 => slot.fingerprint.store(0, Ordering::Release),
+                _ => {}
+            }
+        }
+    }
+
     fn insert(&self, code_object: usize, fingerprint: u64, id: u32) -> bool {
         let start = self.home(code_object);
         for probe in 0..MAX_PROBES {
@@ -170,6 +183,17 @@ pub fn lookup(code_object: usize, fingerprint: &Fingerprint) -> Option<u32> {
         .find_map(|table| table.lookup(code_object, wanted))
 }
 
+/// Forgets the code object at `code_object`, which is being freed: a code object allocated
+/// there next must not be taken for it. Without this only the fingerprint tells them apart,
+/// and it does not when the new object's file name and line table also took the addresses of
+/// the old one's (as when the same source is compiled again and again).
+pub fn forget(code_object: usize) {
+    let newest = NEWEST.load(Ordering::Acquire);
+    for table in (0..=newest).filter_map(table) {
+        table.forget(code_object);
+    }
+}
+
 /// Gives a code object a new id and remembers it when a table has room.
 pub fn insert(code_object: usize, fingerprint: &Fingerprint) -> u32 {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed).min(MAX_CODE_ID);
@@ -222,5 +246,14 @@ mod tests {
         assert_ne!(again, ids[0]);
         assert_eq!(lookup(base, &fingerprint(2)), Some(again));
         assert_eq!(lookup(base, &fingerprint(1)), Some(ids[0]));
+
+        // Freed, then another code object with an identical fingerprint at its address.
+        let freed = base + 7 * 256;
+        forget(freed);
+        assert_eq!(lookup(freed, &fingerprint(1)), None);
+        let successor = insert(freed, &fingerprint(1));
+        assert_ne!(successor, ids[7]);
+        assert_eq!(lookup(freed, &fingerprint(1)), Some(successor));
+        assert_eq!(lookup(base + 8 * 256, &fingerprint(1)), Some(ids[8]), "neighbours kept");
     }
 }
