@@ -421,8 +421,7 @@ impl Writer {
                     let stack = self.intern_stack(&batch[at + 4..frames_end]);
                     let kind = AllocKind::from_u8(((header >> 8) & 0xff) as u8).unwrap_or(AllocKind::Malloc);
                     let (seq, address, size) = (batch[at + 1], batch[at + 2], batch[at + 3]);
-                    self.live
-                        .alloc(address, WriterBlock::new(seq, size, kind, stack, thread_id));
+                    let block = WriterBlock::new(seq, size, kind, stack, thread_id);
                     self.encoder.alloc(&Alloc {
                         seq,
                         thread_id,
@@ -432,6 +431,22 @@ impl Writer {
                         kind,
                     });
                     at = frames_end;
+                    // The block freed by the thread's very next event: one live-set update.
+                    let next = batch
+                        .get(at..at + 3)
+                        .filter(|free| free[0] & 0xff == EVENT_FREE && free[2] == address);
+                    match next {
+                        Some(&[header, free_seq, _]) => {
+                            self.live.alloc_and_free(address, block, free_seq);
+                            self.encoder.free(&Free {
+                                seq: free_seq,
+                                thread_id: (header >> 32) as u32,
+                                address,
+                            });
+                            at += 3;
+                        }
+                        _ => self.live.alloc(address, block),
+                    }
                 }
                 EVENT_FREE if at + 3 <= batch.len() => {
                     self.live.free(batch[at + 2], batch[at + 1]);
