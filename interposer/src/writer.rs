@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use libleak_format::live::{AddressHasher, LiveBlock, LiveSet};
 use libleak_format::{
     Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
@@ -32,6 +32,9 @@ use crate::tracker::{self, EVENT_ALLOC, EVENT_FREE};
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(40);
 const CHUNK_BYTES: usize = 1 << 20;
+/// How long the writer keeps napping, rather than blocking, after the last message.
+const NAPPING: Duration = Duration::from_millis(2);
+const NAP_US: u64 = 100;
 /// Block classes per BLOCK_CLASSES record.
 const CLASSES_PER_RECORD: usize = 4096;
 
@@ -226,8 +229,9 @@ impl Writer {
     /// Runs until the tracker sends `Finish` or `Park`. An I/O error ends recording.
     pub fn run(mut self: Box<Self>) -> Stopped {
         let mut last_sweep = Instant::now();
+        let mut last_message = Instant::now();
         loop {
-            match self.events.recv_timeout(SWEEP_INTERVAL) {
+            match self.next_message(last_message) {
                 Ok(Message::Finish(ending)) => return Stopped::Finished(self.finish(ending)),
                 Ok(Message::Park) => {
                     self.take_in_everything();
@@ -236,7 +240,10 @@ impl Writer {
                         Err(e) => Stopped::Finished(Err(format!("cannot write the trace: {e}"))),
                     };
                 }
-                Ok(message) => self.handle(message),
+                Ok(message) => {
+                    last_message = Instant::now();
+                    self.handle(message);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Stopped::Finished(Ok(())),
             }
@@ -250,6 +257,22 @@ impl Writer {
                     self.discard_until_finish();
                     return Stopped::Finished(Err(format!("cannot write the trace: {e}")));
                 }
+            }
+        }
+    }
+
+    /// The next message, or a timeout after [`SWEEP_INTERVAL`]. While messages keep coming
+    /// the writer naps instead of blocking: a blocked receiver makes every sender of a batch
+    /// wake it with a system call (and an interrupt to its core), paid by the program's
+    /// threads. After [`NAPPING`] without a message it blocks, so an idle program's writer
+    /// does not wake up thousands of times a second.
+    fn next_message(&self, last_message: Instant) -> Result<Message, RecvTimeoutError> {
+        loop {
+            match self.events.try_recv() {
+                Ok(message) => return Ok(message),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) if last_message.elapsed() < NAPPING => sys::sleep_us(NAP_US),
+                Err(TryRecvError::Empty) => return self.events.recv_timeout(SWEEP_INTERVAL),
             }
         }
     }
