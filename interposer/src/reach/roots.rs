@@ -227,7 +227,13 @@ pub fn collect(
             // libleak's own mappings are left out before the page walk, which reads a word
             // of every page (6 MB of code table alone: 1,536 reads).
             for (start, end) in without_excluded(&excluded, mapping.start, mapping.end) {
-                roots.ranges.extend(non_malloc_pages(memory, start, end));
+                // A piece may start inside a page (after libleak's own data segment): the
+                // walk looks for malloc's chunks at page starts only.
+                let first_page = start.next_multiple_of(PAGE).min(end);
+                if start < first_page {
+                    roots.ranges.push((start, first_page));
+                }
+                roots.ranges.extend(non_malloc_pages(memory, first_page, end));
             }
         }
     }
