@@ -165,7 +165,7 @@ pub struct Writer {
     /// Nodes taken out of `stack_nodes` when a module went away, which a forked child may
     /// still need to re-define the stacks of the blocks it inherited. (The inverse table is
     /// built only at a fork: kept all along, it was ~16 bytes per node of resident memory.)
-    retired_nodes: Vec<((u64, u64), u64)>,
+    retired_nodes: Vec<(NodeKey, u32)>,
     /// Every code object and interpreter recorded, for a forked child's trace.
     python_codes: Vec<PythonCode>,
     python_runtimes: Vec<PythonRuntime>,
@@ -365,16 +365,11 @@ impl Writer {
     /// Node id − 1 → (parent node, frame word) of every node defined in this trace, emptying
     /// the tables the ids came from (a forked child's trace numbers its nodes afresh).
     fn take_node_table(&mut self) -> Vec<Option<(u64, u64)>> {
-        let nodes: Vec<((u64, u64), u64)> = self
-            .stack_nodes
-            .drain()
-            .map(|(key, id)| (key.parent_and_word(), u64::from(id)))
-            .chain(self.retired_nodes.drain(..))
-            .collect();
+        let nodes: Vec<(NodeKey, u32)> = self.stack_nodes.drain().chain(self.retired_nodes.drain(..)).collect();
         let count = nodes.iter().map(|&(_, id)| id).max().unwrap_or(0);
-        let mut table = vec![None; usize::try_from(count).unwrap_or(0)];
+        let mut table = vec![None; count as usize];
         for (key, id) in nodes {
-            table[(id - 1) as usize] = Some(key);
+            table[(id - 1) as usize] = Some(key.parent_and_word());
         }
         table
     }
@@ -552,11 +547,7 @@ impl Writer {
         if self.modules.len() != before {
             // Addresses of an unloaded module may be reused by the next one: stack nodes
             // defined from now on must not be confused with the old ones.
-            self.retired_nodes.extend(
-                self.stack_nodes
-                    .drain()
-                    .map(|(key, id)| (key.parent_and_word(), u64::from(id))),
-            );
+            self.retired_nodes.extend(self.stack_nodes.drain());
             self.previous_frames.clear();
             self.previous_nodes.clear();
         }

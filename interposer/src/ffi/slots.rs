@@ -130,12 +130,7 @@ pub fn for_each_batch(mut f: impl FnMut(&mut Vec<u64>)) -> bool {
         for_each(|slot| {
             let mut spins = 0u32;
             while slot.busy.load(Ordering::Acquire) {
-                spins += 1;
-                if spins < 64 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
+                back_off(&mut spins);
             }
             // SAFETY: announced, fenced and the owner not busy: the owner keeps off the batch
             // until `foreign` is cleared (module documentation).
@@ -182,13 +177,7 @@ impl Slot {
             self.busy.store(false, Ordering::Release);
             let mut spins = 0u32;
             while self.foreign.load(Ordering::Acquire) {
-                // The writer may have been preempted while announced: yield the core to it.
-                spins += 1;
-                if spins < 64 {
-                    std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
-                }
+                back_off(&mut spins);
             }
         }
         // SAFETY: busy and seen no foreign access: the writer keeps off the batch until busy
@@ -201,12 +190,7 @@ impl Slot {
     fn locked<R>(&self, f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
         let mut spins = 0u32;
         while self.locked.swap(true, Ordering::Acquire) {
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+            back_off(&mut spins);
         }
         // SAFETY: the lock is held, so this is the only reference to the batch.
         let result = f(unsafe { &mut *self.batch.get() });
@@ -228,5 +212,18 @@ impl Slot {
     pub unsafe fn from_ptr(ptr: *const std::ffi::c_void) -> &'static Slot {
         // SAFETY: per the contract, `ptr` is a leaked, never-freed slot.
         unsafe { &*(ptr as *const Slot) }
+    }
+}
+
+/// One round of waiting for the other side (owner or writer) to finish: spin a little, then
+/// yield the core, to the other side if it was preempted mid-access. Only ever on the
+/// contended path; the uncontended one never calls it.
+#[inline(always)]
+fn back_off(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
