@@ -216,7 +216,8 @@ mod tests {
         }
         let block = 0x7f00_4444_0000_usize;
         let untouched = entry(block).load(Ordering::Acquire);
-        let lone = std::thread::spawn(move || {
+        let alone_address = 0x10_0000 + 999 * 16;
+        let (numbered_alone, lone) = std::thread::spawn(move || {
             allow_one_thread_alone(true);
             let numbers: Vec<u64> = (0..1000).map(|i| next(0x10_0000 + i * 16)).collect();
             assert!(numbers.windows(2).all(|w| w[0] < w[1]));
@@ -233,15 +234,17 @@ mod tests {
             assert_eq!(MODE.load(Ordering::Acquire), TABLE);
             let freed_again = next(block);
             assert!(freed_again > reused, "{freed_again} <= {reused}");
-            freed_again
+            (numbers[999], freed_again)
         })
         .join()
         .unwrap();
         assert!(above_all() > lone);
-        let later = std::thread::spawn(move || next(0x7f00_5555_0000)).join().unwrap();
+        // The table never saw the lone thread's numbers: a thread handed one of its blocks
+        // after the switch still numbers above them.
+        let later = std::thread::spawn(move || next(alone_address)).join().unwrap();
         assert!(
-            later > lone,
-            "a thread started after the switch numbers above the lone thread"
+            later > numbered_alone,
+            "{later} <= {numbered_alone}: a thread started after the switch numbers a block the lone thread had above it"
         );
     }
 
