@@ -38,7 +38,7 @@ use crate::python;
 use crate::reach::ExitingThread;
 use crate::stack_words;
 use crate::trace_file::TraceFile;
-use crate::unwind;
+use crate::unwind::{self, Registers};
 use crate::writer::{ChildStart, Ending, Message, ScanSettings, Stopped, Writer};
 
 pub const EVENT_ALLOC: u64 = 1;
@@ -222,14 +222,15 @@ pub fn enter() -> Option<Hook> {
 }
 
 impl Hook {
-    /// Records a new block, after the real allocation.
+    /// Records a new block, after the real allocation; the stack is unwound from `caller`,
+    /// the hook's caller at the call.
     #[inline(always)]
-    pub fn record_alloc(&self, address: usize, size: usize, kind: AllocKind) {
+    pub fn record_alloc(&self, address: usize, size: usize, kind: AllocKind, caller: Registers) {
         let seq = next_seq(address);
         if self.outer == Phase::Recording {
             defer([EVENT_ALLOC | (kind as u64) << 8, seq, address as u64, size as u64]);
         } else {
-            recording(|t| record_alloc(t, seq, address, size, kind));
+            recording(|t| record_alloc(t, seq, address, size, kind, caller));
         }
     }
 
@@ -352,9 +353,9 @@ pub fn next_seq(address: usize) -> u64 {
 }
 
 #[inline(always)]
-fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind) {
+fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind, caller: Registers) {
     let mut stack = unwind::Stack::new();
-    unwind::capture(&mut stack);
+    unwind::capture_from_caller(&mut stack, caller);
     if stack.is_full() {
         TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
     }

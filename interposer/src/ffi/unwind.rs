@@ -18,25 +18,6 @@ pub struct Registers {
     pub bp: usize,
 }
 
-/// The registers of the function this is inlined into, at this point of it.
-#[inline(always)]
-pub fn current_registers() -> Registers {
-    let (ip, sp, bp): (usize, usize, usize);
-    // SAFETY: reads three registers into outputs; no memory or stack is touched.
-    unsafe {
-        std::arch::asm!(
-            "lea {ip}, [rip]",
-            "mov {sp}, rsp",
-            "mov {bp}, rbp",
-            ip = out(reg) ip,
-            sp = out(reg) sp,
-            bp = out(reg) bp,
-            options(nomem, nostack, preserves_flags),
-        );
-    }
-    Registers { ip, sp, bp }
-}
-
 /// The stack word at `address`. The caller has checked that `address..address + 8` lies
 /// between its own stack pointer and the top of the current thread's stack.
 #[inline(always)]

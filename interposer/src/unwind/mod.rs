@@ -19,7 +19,8 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::ffi::buffer::StackBuffer;
-use crate::ffi::unwind::{capture_with_libgcc, current_registers, read_stack_word, Registers};
+pub use crate::ffi::unwind::Registers;
+use crate::ffi::unwind::{capture_with_libgcc, read_stack_word};
 use tables::Rule;
 
 pub use crate::ffi::unwind::frames_with_cfa;
@@ -92,15 +93,16 @@ thread_local! {
 /// A captured stack: return addresses, innermost first.
 pub type Stack = StackBuffer<usize, MAX_FRAMES>;
 
-/// Fills `out` with return addresses, innermost first, starting inside the interposer (the
-/// caller trims its own frames).
+/// Fills `out` with return addresses, innermost first, starting at the frame `caller`
+/// describes: a hook's caller, at the call (its instruction pointer is the return address).
+/// Where the stepper cannot go on, libgcc unwinds from inside the interposer instead (the
+/// caller trims the interposer's own frames).
 #[inline(never)]
-pub fn capture(out: &mut Stack) {
-    let registers = current_registers();
-    let stepped = stack_top(registers.sp).is_some_and(|top| {
+pub fn capture_from_caller(out: &mut Stack, caller: Registers) {
+    let stepped = stack_top(caller.sp).is_some_and(|top| {
         PREVIOUS.with(|previous| match previous.try_borrow_mut() {
-            Ok(mut previous) => step_all(registers, top, out, Some(&mut previous)),
-            Err(_) => step_all(registers, top, out, None),
+            Ok(mut previous) => step_all(caller, top, out, Some(&mut previous)),
+            Err(_) => step_all(caller, top, out, None),
         })
     });
     if !stepped {
@@ -180,9 +182,6 @@ fn step_all(registers: Registers, top: usize, out: &mut Stack, mut previous: Opt
     let mut fresh = StackBuffer::<Frame, MAX_FRAMES>::new();
     let mut state = registers;
     let mut cursor = 0;
-    // The capturing frame's own address is where it executes; every outer one is a return
-    // address, looked up one byte back, inside its call instruction.
-    let mut executing = true;
     loop {
         if out.is_full() {
             if let Some(previous) = previous {
@@ -200,9 +199,8 @@ fn step_all(registers: Registers, top: usize, out: &mut Stack, mut previous: Opt
             }
         }
         out.push(state.ip);
-        let lookup = if executing { state.ip } else { state.ip.wrapping_sub(1) };
-        executing = false;
-        let (frame, next) = match tables::rule_for(lookup) {
+        // Every frame's address is a return address: its call instruction is one byte back.
+        let (frame, next) = match tables::rule_for(state.ip.wrapping_sub(1)) {
             Rule::Unsupported => {
                 if let Some(previous) = previous {
                     previous.len = 0;
