@@ -29,6 +29,18 @@ impl<T: Copy, const N: usize> StackBuffer<T, N> {
         }
     }
 
+    /// Appends `items` while there is room (callers check [`Self::has_room`] first): one
+    /// length update for the run, not one per item.
+    #[inline(always)]
+    pub fn extend(&mut self, items: impl Iterator<Item = T>) {
+        let mut added = 0;
+        for (slot, item) in self.items[self.len..].iter_mut().zip(items) {
+            slot.write(item);
+            added += 1;
+        }
+        self.len += added;
+    }
+
     #[inline(always)]
     pub fn is_full(&self) -> bool {
         self.len == N

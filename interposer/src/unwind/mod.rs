@@ -316,9 +316,7 @@ fn reuse(previous: &PreviousStack, cursor: usize, state: &Registers, out: &mut S
     if !out.has_room(suffix.len()) || !suffix.iter().all(Frame::reads_unchanged) {
         return false;
     }
-    for frame in suffix {
-        out.push(frame.ip);
-    }
+    out.extend(suffix.iter().map(|frame| frame.ip));
     true
 }
 
