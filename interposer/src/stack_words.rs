@@ -48,18 +48,26 @@ pub fn is_native(word: u64) -> bool {
 /// unwind cut short) go after the last native frame.
 #[inline]
 pub fn interleave(out: &mut Vec<u64>, native: &[usize], python: &[u64], eval_loop: (usize, usize)) {
+    let is_eval_frame = |&address: &usize| (eval_loop.0..eval_loop.1).contains(&address.wrapping_sub(1));
+    out.reserve(native.len() + python.len());
+    // Copied in runs between eval frames: the batch's length is updated once per run.
+    let mut native = native;
     let mut rest = python;
-    for &address in native {
-        if !rest.is_empty() && (eval_loop.0..eval_loop.1).contains(&address.wrapping_sub(1)) {
-            let end = rest
-                .iter()
-                .position(|&word| word == PYTHON_ENTRY)
-                .map_or(rest.len(), |i| i + 1);
-            out.extend_from_slice(&rest[..end]);
-            rest = &rest[end..];
-        }
-        out.push(address as u64);
+    while !rest.is_empty() {
+        let Some(eval_frame) = native.iter().position(is_eval_frame) else {
+            break;
+        };
+        let end = rest
+            .iter()
+            .position(|&word| word == PYTHON_ENTRY)
+            .map_or(rest.len(), |i| i + 1);
+        out.extend(native[..eval_frame].iter().map(|&address| address as u64));
+        out.extend_from_slice(&rest[..end]);
+        out.push(native[eval_frame] as u64);
+        rest = &rest[end..];
+        native = &native[eval_frame + 1..];
     }
+    out.extend(native.iter().map(|&address| address as u64));
     out.extend_from_slice(rest);
 }
 
