@@ -376,7 +376,9 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
     });
 }
 
-/// `frames` without the interposer's own innermost frames.
+/// `frames` without the interposer's own innermost frames: those of libgcc's fallback
+/// unwind, which starts inside the interposer, and of libleak's own calls into a hook (the
+/// bootstrap arena's blocks moved by realloc).
 #[inline(always)]
 fn without_own_frames(frames: &[usize]) -> &[usize] {
     let (start, end) = (
