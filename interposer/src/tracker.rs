@@ -355,11 +355,15 @@ pub fn next_seq(address: usize) -> u64 {
 #[inline(always)]
 fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind, caller: Registers) {
     let mut stack = unwind::Stack::new();
-    unwind::capture_from_caller(&mut stack, caller);
+    let from_caller = unwind::capture_from_caller(&mut stack, caller);
     if stack.is_full() {
         TRUNCATED_STACKS.fetch_add(1, Ordering::Relaxed);
     }
-    let frames = without_own_frames(stack.as_slice());
+    let frames = if from_caller {
+        stack.as_slice()
+    } else {
+        without_own_frames(stack.as_slice())
+    };
     if CHECK_UNWIND_EVERY.load(Ordering::Relaxed) != 0 {
         check_unwind(frames, stack.is_full());
     }
@@ -376,10 +380,8 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
     });
 }
 
-/// `frames` without the interposer's own innermost frames: those of libgcc's fallback
-/// unwind, which starts inside the interposer, and of libleak's own calls into a hook (the
-/// bootstrap arena's blocks moved by realloc).
-#[inline(always)]
+/// `frames`, as libgcc unwound them from inside the interposer, without its own innermost
+/// frames.
 fn without_own_frames(frames: &[usize]) -> &[usize] {
     let (start, end) = (
         OWN_CODE_START.load(Ordering::Relaxed),

@@ -327,9 +327,9 @@ unsafe fn resize(ptr: *mut c_void, size: usize, kind: AllocKind, caller: Registe
         return allocate(kind, size, |r| unsafe { (r.malloc)(size) }, 16, caller);
     }
     if bootstrap::owns(ptr) {
-        // Arena blocks move to the real allocator (through the hooks, so they are recorded).
-        // SAFETY: malloc has no requirement; its entry stub is only `unsafe` for uniformity.
-        let new_ptr = unsafe { malloc(size.max(1)) };
+        // Arena blocks move to the real allocator, recorded as this call's allocation.
+        // SAFETY: as for malloc.
+        let new_ptr = allocate(kind, size.max(1), |r| unsafe { (r.malloc)(size.max(1)) }, 16, caller);
         if !new_ptr.is_null() {
             let keep = bootstrap::size_of(ptr).min(size);
             // SAFETY: both blocks hold at least `keep` bytes and do not overlap.

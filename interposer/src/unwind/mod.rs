@@ -95,10 +95,10 @@ pub type Stack = StackBuffer<usize, MAX_FRAMES>;
 
 /// Fills `out` with return addresses, innermost first, starting at the frame `caller`
 /// describes: a hook's caller, at the call (its instruction pointer is the return address).
-/// Where the stepper cannot go on, libgcc unwinds from inside the interposer instead (the
-/// caller trims the interposer's own frames).
+/// False when the stepper could not go on and libgcc unwound instead, from inside the
+/// interposer: the stack then starts with the interposer's own frames.
 #[inline(never)]
-pub fn capture_from_caller(out: &mut Stack, caller: Registers) {
+pub fn capture_from_caller(out: &mut Stack, caller: Registers) -> bool {
     let stepped = stack_top(caller.sp).is_some_and(|top| {
         PREVIOUS.with(|previous| match previous.try_borrow_mut() {
             Ok(mut previous) => step_all(caller, top, out, Some(&mut previous)),
@@ -110,9 +110,11 @@ pub fn capture_from_caller(out: &mut Stack, caller: Registers) {
         LIBGCC_CAPTURES.fetch_add(1, Ordering::Relaxed);
         capture_slowly(out);
     }
+    stepped
 }
 
-/// libgcc's unwinder: the reference [`capture`] is checked against. Same output shape:
+/// libgcc's unwinder, from inside the interposer: the reference [`capture_from_caller`] is
+/// checked against. Same output shape:
 /// libgcc also reports a last frame at address 0 where the outermost frame's return address
 /// is zero; the stepper stops before it.
 #[inline(never)]
