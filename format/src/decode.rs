@@ -44,10 +44,12 @@ pub struct TraceReader<R: Read> {
     truncated: bool,
     finished: bool,
     /// The current chunk's payload, decoded one record per call (records were 112-byte
-    /// values: queueing a whole chunk's of them cost a fifth of a report's time), from
-    /// `payload_position`.
+    /// values: queueing a whole chunk's of them cost a fifth of a report's time): records
+    /// from `payload_position` to `records_end`, their addresses from `address_position`.
     payload: Vec<u8>,
     payload_position: usize,
+    records_end: usize,
+    address_position: usize,
     chunk_offset: u64,
     previous_seq: u64,
     previous_address: u64,
@@ -102,6 +104,8 @@ impl<R: Read> TraceReader<R> {
             finished: false,
             payload: Vec::new(),
             payload_position: 0,
+            records_end: 0,
+            address_position: 0,
             chunk_offset: 0,
             previous_seq: 0,
             previous_address: 0,
@@ -126,12 +130,14 @@ impl<R: Read> TraceReader<R> {
     /// The next record, or `None` at the end of the readable data.
     pub fn next_record(&mut self) -> Result<Option<Record>, DecodeError> {
         loop {
-            if self.payload_position < self.payload.len() {
+            if self.payload_position < self.records_end {
                 let payload = std::mem::take(&mut self.payload);
-                let mut cursor = Cursor::new(&payload[self.payload_position..]);
-                let decoded = self.decode_record(&mut cursor);
+                let mut cursor = Cursor::new(&payload[self.payload_position..self.records_end]);
+                let mut addresses = Cursor::new(&payload[self.address_position..]);
+                let decoded = self.decode_record(&mut cursor, &mut addresses);
                 let record_start = self.payload_position;
                 self.payload_position += cursor.position();
+                self.address_position += addresses.position();
                 self.payload = payload;
                 match decoded {
                     Some(None) => continue,
@@ -149,6 +155,12 @@ impl<R: Read> TraceReader<R> {
                         ))
                     }
                 }
+            }
+            if self.address_position != self.payload.len() {
+                return Err(self.corrupt(
+                    self.chunk_offset,
+                    "the address stream holds more than the records refer to",
+                ));
             }
             if self.finished {
                 return Ok(None);
@@ -202,15 +214,27 @@ impl<R: Read> TraceReader<R> {
         if crc32fast::hash(&payload) != crc {
             return Err(self.corrupt(chunk_offset, "chunk checksum mismatch"));
         }
+        let mut prefix = Cursor::new(&payload);
+        let records_len = prefix.u64();
+        let records_start = prefix.position();
+        let records_end = records_len
+            .and_then(|len| usize::try_from(len).ok())
+            .and_then(|len| records_start.checked_add(len))
+            .filter(|&end| end <= payload.len());
+        let Some(records_end) = records_end else {
+            return Err(self.corrupt(chunk_offset, "chunk records length out of range"));
+        };
         self.payload = payload;
-        self.payload_position = 0;
+        self.payload_position = records_start;
+        self.records_end = records_end;
+        self.address_position = records_end;
         self.chunk_offset = chunk_offset;
         Ok(())
     }
 
     /// The next record; `Some(None)` for one that only changes the decoder's state (THREAD),
     /// `None` for a malformed one.
-    fn decode_record(&mut self, c: &mut Cursor<'_>) -> Option<Option<Record>> {
+    fn decode_record(&mut self, c: &mut Cursor<'_>, addresses: &mut Cursor<'_>) -> Option<Option<Record>> {
         fn string(c: &mut Cursor<'_>) -> Option<String> {
             Some(String::from_utf8_lossy(c.bytes()?).into_owned())
         }
@@ -303,7 +327,7 @@ impl<R: Read> TraceReader<R> {
             }
             tag::ALLOC | tag::ALLOC_REUSE => {
                 let kind = AllocKind::from_u8(c.u8()?)?;
-                let (seq, address) = self.event_address(c, tag == tag::ALLOC_REUSE, Recent::Frees)?;
+                let (seq, address) = self.event_address(c, addresses, tag == tag::ALLOC_REUSE, Recent::Frees)?;
                 self.recent_allocs.push(address);
                 let thread_id = self.current_thread;
                 let size = c.u64()?;
@@ -322,7 +346,7 @@ impl<R: Read> TraceReader<R> {
                 })
             }
             tag::FREE | tag::FREE_RECENT => {
-                let (seq, address) = self.event_address(c, tag == tag::FREE_RECENT, Recent::Allocs)?;
+                let (seq, address) = self.event_address(c, addresses, tag == tag::FREE_RECENT, Recent::Allocs)?;
                 self.recent_frees.push(address);
                 let thread_id = self.current_thread;
                 Record::Free(Free {
@@ -409,11 +433,17 @@ impl<R: Read> TraceReader<R> {
         Some(Some(record))
     }
 
-    /// An event record's sequence number and address: spelled out as a delta, or
-    /// `by_position` in one of the rings of recent addresses.
-    fn event_address(&mut self, c: &mut Cursor<'_>, by_position: bool, ring: Recent) -> Option<(u64, u64)> {
+    /// An event record's sequence number and address: spelled out as a delta in the address
+    /// stream, or `by_position` in one of the rings of recent addresses.
+    fn event_address(
+        &mut self,
+        c: &mut Cursor<'_>,
+        addresses: &mut Cursor<'_>,
+        by_position: bool,
+        ring: Recent,
+    ) -> Option<(u64, u64)> {
         if !by_position {
-            return self.seq_and_address(c);
+            return self.seq_and_address(c, addresses);
         }
         let seq = self.previous_seq.wrapping_add(c.i64()? as u64);
         self.previous_seq = seq;
@@ -424,9 +454,9 @@ impl<R: Read> TraceReader<R> {
         Some((seq, ring.get(c.u8()?)?))
     }
 
-    fn seq_and_address(&mut self, c: &mut Cursor<'_>) -> Option<(u64, u64)> {
+    fn seq_and_address(&mut self, c: &mut Cursor<'_>, addresses: &mut Cursor<'_>) -> Option<(u64, u64)> {
         let seq = self.previous_seq.wrapping_add(c.i64()? as u64);
-        let address = self.previous_address.wrapping_add(c.i64()? as u64);
+        let address = self.previous_address.wrapping_add(addresses.i64()? as u64);
         self.previous_seq = seq;
         self.previous_address = address;
         Some((seq, address))
@@ -436,7 +466,7 @@ impl<R: Read> TraceReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ChunkWriter, RecordEncoder};
+    use crate::{ChunkWriter, Payload, RecordEncoder};
 
     fn sample_records() -> Vec<Record> {
         vec![
@@ -573,11 +603,11 @@ mod tests {
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {
-                writer.write_chunk(encoder.payload()).unwrap();
+                writer.write_chunk(&encoder.payload()).unwrap();
                 encoder.clear_payload();
             }
         }
-        writer.write_chunk(encoder.payload()).unwrap();
+        writer.write_chunk(&encoder.payload()).unwrap();
         writer.get_mut().clone()
     }
 
@@ -651,16 +681,17 @@ mod tests {
         let mut encoder = RecordEncoder::new();
         let mut positional = 0;
         for record in &records {
-            let before = encoder.pending_bytes();
+            let before = encoder.payload().records().len();
             match record {
                 Record::Alloc(a) => encoder.alloc(a),
                 Record::Free(f) => encoder.free(f),
                 _ => continue,
             }
-            let tag_at = encoder.payload()[before..]
+            let records = encoder.payload().records();
+            let tag_at = records[before..]
                 .iter()
                 .position(|&b| b != tag::THREAD)
-                .map(|i| encoder.payload()[before + i]);
+                .map(|i| records[before + i]);
             if matches!(tag_at, Some(tag::ALLOC_REUSE | tag::FREE_RECENT)) {
                 positional += 1;
             }
@@ -672,11 +703,49 @@ mod tests {
     fn a_position_beyond_the_records_seen_is_corruption() {
         let mut encoder = RecordEncoder::new();
         encoder.process(&ProcessInfo::default());
-        let mut payload = encoder.payload().to_vec();
+        let mut records = encoder.payload().records().to_vec();
         // A FREE_RECENT (seq delta +1) naming the latest ALLOC, when there is none.
-        payload.extend_from_slice(&[tag::FREE_RECENT, 2, 0]);
+        records.extend_from_slice(&[tag::FREE_RECENT, 2, 0]);
         let mut writer = ChunkWriter::new(Vec::new()).unwrap();
-        writer.write_chunk(&payload).unwrap();
+        writer.write_chunk(&Payload::new(&records, &[])).unwrap();
+        assert!(matches!(decode_all(writer.get_mut()), Err(DecodeError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn addresses_travel_apart_and_a_stream_left_over_or_overlong_is_corruption() {
+        let mut encoder = RecordEncoder::new();
+        let alloc = Alloc {
+            seq: 1,
+            thread_id: 7,
+            address: 0x7f00_1234_5678,
+            size: 24,
+            stack: 0,
+            kind: AllocKind::Malloc,
+        };
+        encoder.alloc(&alloc);
+        let payload = encoder.payload();
+        let (records, addresses) = (payload.records().to_vec(), payload.parts()[2].to_vec());
+        let mut spelled = Vec::new();
+        crate::varint::put_i64(&mut spelled, alloc.address as i64);
+        assert_eq!(addresses, spelled);
+        let chunk = |records: &[u8], addresses: &[u8]| {
+            let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+            writer.write_chunk(&Payload::new(records, addresses)).unwrap();
+            std::mem::take(writer.get_mut())
+        };
+        let (decoded, _) = decode_all(&chunk(&records, &addresses)).unwrap();
+        assert_eq!(decoded, [Record::Alloc(alloc)]);
+        let left_over = [addresses.as_slice(), &[2]].concat();
+        assert!(matches!(
+            decode_all(&chunk(&records, &left_over)),
+            Err(DecodeError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode_all(&chunk(&records, &addresses[..addresses.len() - 1])),
+            Err(DecodeError::Corrupt { .. })
+        ));
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        writer.write_raw_chunk(&[&[200], &records]).unwrap();
         assert!(matches!(decode_all(writer.get_mut()), Err(DecodeError::Corrupt { .. })));
     }
 

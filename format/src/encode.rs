@@ -11,7 +11,7 @@ use crate::record::{
     frame_kind, tag, Alloc, BlockClass, End, ForkInfo, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
     Reachability, Stats,
 };
-use crate::varint::{put_bytes, put_i64, put_u64};
+use crate::varint::{put_bytes, put_i64, put_u64, put_u64_into, MAX_VARINT_BYTES};
 use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC};
 
 /// zlib-rs at level 2: 4.5 % smaller than miniz_oxide's level 1 for about the same writer
@@ -22,7 +22,12 @@ const DEFLATE_LEVEL: u32 = 2;
 /// number and address, next stack node id) that the decoder mirrors, across chunks.
 #[derive(Default)]
 pub struct RecordEncoder {
+    /// Records, except the address fields of ALLOC and FREE.
     payload: Vec<u8>,
+    /// Those address fields, in record order: the payload's address stream. Heap addresses
+    /// are close to random bytes; interleaved with the records they kept deflate from
+    /// matching the records' repetitive bytes (apart: 23 % smaller traces).
+    addresses: Vec<u8>,
     previous_seq: u64,
     previous_address: u64,
     /// The thread of the latest ALLOC or FREE; a THREAD record precedes one of another thread.
@@ -41,19 +46,21 @@ impl RecordEncoder {
         Self::default()
     }
 
-    /// Bytes encoded since the last [`RecordEncoder::take_payload`].
+    /// Bytes encoded since the last [`RecordEncoder::clear_payload`].
     pub fn pending_bytes(&self) -> usize {
-        self.payload.len()
+        self.payload.len() + self.addresses.len()
     }
 
-    /// The payload encoded since the last [`RecordEncoder::clear_payload`].
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
+    /// The payload encoded since the last [`RecordEncoder::clear_payload`], in the pieces
+    /// [`ChunkWriter::write_chunk`] takes.
+    pub fn payload(&self) -> Payload<'_> {
+        Payload::new(&self.payload, &self.addresses)
     }
 
     /// Starts a new payload (after it was written as a chunk), keeping the delta state.
     pub fn clear_payload(&mut self) {
         self.payload.clear();
+        self.addresses.clear();
     }
 
     pub fn process(&mut self, info: &ProcessInfo) {
@@ -117,7 +124,7 @@ impl RecordEncoder {
 
     fn seq_and_address(&mut self, seq: u64, address: u64) {
         put_i64(&mut self.payload, seq.wrapping_sub(self.previous_seq) as i64);
-        put_i64(&mut self.payload, address.wrapping_sub(self.previous_address) as i64);
+        put_i64(&mut self.addresses, address.wrapping_sub(self.previous_address) as i64);
         self.previous_seq = seq;
         self.previous_address = address;
     }
@@ -271,6 +278,48 @@ impl RecordEncoder {
     }
 }
 
+/// A chunk's payload before compression: the length of its records part (LEB128), the
+/// records, then the address stream (`SPEC.md`, "Payload encoding").
+pub struct Payload<'a> {
+    records_len: [u8; MAX_VARINT_BYTES],
+    records_len_bytes: usize,
+    records: &'a [u8],
+    addresses: &'a [u8],
+}
+
+impl<'a> Payload<'a> {
+    /// A payload of `records` and the `addresses` their ALLOC and FREE records refer to.
+    pub fn new(records: &'a [u8], addresses: &'a [u8]) -> Self {
+        let mut records_len = [0; MAX_VARINT_BYTES];
+        let records_len_bytes = put_u64_into(&mut records_len, records.len() as u64);
+        Payload {
+            records_len,
+            records_len_bytes,
+            records,
+            addresses,
+        }
+    }
+
+    /// True when there are no records (an empty payload is not written).
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.addresses.is_empty()
+    }
+
+    /// The records part.
+    pub fn records(&self) -> &'a [u8] {
+        self.records
+    }
+
+    /// The payload's bytes, in order, in three pieces.
+    pub fn parts(&self) -> [&[u8]; 3] {
+        [
+            &self.records_len[..self.records_len_bytes],
+            self.records,
+            self.addresses,
+        ]
+    }
+}
+
 /// Writes the file header once, then one self-delimiting compressed chunk per
 /// [`ChunkWriter::write_chunk`], so that any prefix of the file ending on a chunk boundary
 /// decodes.
@@ -295,31 +344,47 @@ impl<W: Write> ChunkWriter<W> {
         })
     }
 
-    /// Compresses `payload` into one chunk and writes it with a single `write_all`.
-    pub fn write_chunk(&mut self, payload: &[u8]) -> io::Result<()> {
+    /// Compresses the payload into one chunk and writes it with a single `write_all`.
+    pub fn write_chunk(&mut self, payload: &Payload<'_>) -> io::Result<()> {
         if payload.is_empty() {
             return Ok(());
         }
+        self.write_raw_chunk(&payload.parts())
+    }
+
+    /// Writes a chunk whose payload is the concatenation of `parts`, whatever they hold.
+    pub fn write_raw_chunk(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|part| part.len()).sum();
         self.compressed.clear();
         self.compressed.resize(CHUNK_FRAME_LEN, 0);
         self.compressor.reset();
-        loop {
-            let consumed = self.compressor.total_in() as usize;
-            // Raw deflate never grows data by more than a few bytes per 16 KiB block.
-            self.compressed
-                .reserve(payload.len() - consumed + payload.len() / 64 + 1024);
-            let status = self
-                .compressor
-                .compress_vec(&payload[consumed..], &mut self.compressed, FlushCompress::Finish)
-                .map_err(io::Error::other)?;
-            if status == Status::StreamEnd {
-                break;
+        let mut crc = crc32fast::Hasher::new();
+        for (index, part) in parts.iter().enumerate() {
+            crc.update(part);
+            let flush = if index + 1 == parts.len() {
+                FlushCompress::Finish
+            } else {
+                FlushCompress::None
+            };
+            let start = self.compressor.total_in();
+            loop {
+                let consumed = (self.compressor.total_in() - start) as usize;
+                // Raw deflate never grows data by more than a few bytes per 16 KiB block.
+                self.compressed.reserve(part.len() - consumed + part.len() / 64 + 1024);
+                let status = self
+                    .compressor
+                    .compress_vec(&part[consumed..], &mut self.compressed, flush)
+                    .map_err(io::Error::other)?;
+                let done = (self.compressor.total_in() - start) as usize == part.len();
+                if status == Status::StreamEnd || (done && flush == FlushCompress::None) {
+                    break;
+                }
             }
         }
         let compressed_len = (self.compressed.len() - CHUNK_FRAME_LEN) as u32;
         self.compressed[0..4].copy_from_slice(&compressed_len.to_le_bytes());
-        self.compressed[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-        self.compressed[8..12].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        self.compressed[4..8].copy_from_slice(&(total as u32).to_le_bytes());
+        self.compressed[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
         self.out.write_all(&self.compressed)?;
         self.out.flush()
     }

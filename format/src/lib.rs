@@ -16,14 +16,14 @@ mod record;
 mod varint;
 
 pub use decode::{DecodeError, TraceReader};
-pub use encode::{ChunkWriter, RecordEncoder};
+pub use encode::{ChunkWriter, Payload, RecordEncoder};
 pub use naming::{program_name, trace_file_name};
 pub use record::*;
 
 /// The first eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"LIBLEAK\0";
 /// The version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Size of the file header: magic, version, flags.
 pub const HEADER_LEN: usize = 16;
 /// Size of a chunk's frame: compressed length, payload length, CRC-32.

@@ -1,5 +1,23 @@
 //! LEB128 varints and zigzag signed integers: the only integer encodings inside chunk payloads.
 
+/// The longest LEB128 encoding of a `u64`.
+pub const MAX_VARINT_BYTES: usize = 10;
+
+/// Writes `value` as LEB128 at the start of `out`; returns how many bytes it took.
+pub fn put_u64_into(out: &mut [u8; MAX_VARINT_BYTES], mut value: u64) -> usize {
+    let mut len = 0;
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out[len] = byte;
+            return len + 1;
+        }
+        out[len] = byte | 0x80;
+        len += 1;
+    }
+}
+
 pub fn put_u64(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);

@@ -422,7 +422,7 @@ impl Writer {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.last_flush = Instant::now();
-        let result = self.chunks.write_chunk(self.encoder.payload());
+        let result = self.chunks.write_chunk(&self.encoder.payload());
         self.encoder.clear_payload();
         result
     }

@@ -62,7 +62,7 @@ fn payloads(trace: &[u8]) -> Vec<Vec<u8>> {
 fn framed(payloads: &[Vec<u8>]) -> Vec<u8> {
     let mut chunks = ChunkWriter::new(Vec::new()).unwrap();
     for payload in payloads {
-        chunks.write_chunk(payload).unwrap();
+        chunks.write_raw_chunk(&[payload]).unwrap();
     }
     std::mem::take(chunks.get_mut())
 }
