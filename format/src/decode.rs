@@ -363,6 +363,13 @@ impl<R: Read> TraceReader<R> {
                 first_line: u32_of(c.u64()?)?,
                 line_table: c.bytes()?.to_vec(),
             }),
+            tag::PYTHON_CONFIG => Record::PythonConfig {
+                ignores_environment: match c.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                },
+            },
             tag::PYTHON_RUNTIME => {
                 let python_version = u32_of(c.u64()?)?;
                 let eval_loop_start = c.u64()?;
@@ -518,6 +525,9 @@ mod tests {
                 pythonmalloc_set: true,
                 note: String::new(),
             }),
+            Record::PythonConfig {
+                ignores_environment: true,
+            },
             Record::Alloc(Alloc {
                 seq: 10,
                 thread_id: 42,
@@ -596,6 +606,7 @@ mod tests {
                 Record::Free(f) => encoder.free(f),
                 Record::PythonCode(p) => encoder.python_code(p),
                 Record::PythonRuntime(r) => encoder.python_runtime(r),
+                Record::PythonConfig { ignores_environment } => encoder.python_config(*ignores_environment),
                 Record::Stats(s) => encoder.stats(s),
                 Record::BlockClasses(entries) => encoder.block_classes(entries),
                 Record::Reachability(r) => encoder.reachability(r),

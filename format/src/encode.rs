@@ -194,6 +194,11 @@ impl RecordEncoder {
         put_bytes(out, &code.line_table);
     }
 
+    pub fn python_config(&mut self, ignores_environment: bool) {
+        self.payload.push(tag::PYTHON_CONFIG);
+        self.payload.push(u8::from(ignores_environment));
+    }
+
     pub fn python_runtime(&mut self, runtime: &PythonRuntime) {
         let out = &mut self.payload;
         out.push(tag::PYTHON_RUNTIME);

@@ -19,6 +19,7 @@ pub(crate) mod tag {
     pub const THREAD: u8 = 0x0E;
     pub const ALLOC_REUSE: u8 = 0x0F;
     pub const FREE_RECENT: u8 = 0x10;
+    pub const PYTHON_CONFIG: u8 = 0x11;
 }
 
 /// Frame kind bytes inside a stack node record.
@@ -47,6 +48,12 @@ pub enum Record {
     Free(Free),
     PythonCode(PythonCode),
     PythonRuntime(PythonRuntime),
+    /// What the interpreter's configuration was once it ran Python code.
+    PythonConfig {
+        /// It ignored environment variables (`python -I` or `-E`, an embedder's isolated
+        /// configuration), `PYTHONMALLOC` among them.
+        ignores_environment: bool,
+    },
     /// Classes of blocks live at exit that are not reachable (see [`Reachability`]).
     BlockClasses(Vec<BlockClass>),
     Reachability(Reachability),

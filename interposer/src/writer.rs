@@ -169,6 +169,8 @@ pub struct Writer {
     /// Every code object and interpreter recorded, for a forked child's trace.
     python_codes: Vec<PythonCode>,
     python_runtimes: Vec<PythonRuntime>,
+    /// The PYTHON_CONFIG record, once written.
+    python_ignores_environment: Option<bool>,
     /// The previous stack interned (outermost first) and its node ids, depth by depth:
     /// consecutive events of a thread share most of their outer frames, so only the frames
     /// after the shared part need a lookup.
@@ -203,6 +205,7 @@ impl Writer {
             retired_nodes: Vec::new(),
             python_codes: Vec::new(),
             python_runtimes: Vec::new(),
+            python_ignores_environment: None,
             previous_frames: Vec::new(),
             previous_nodes: Vec::new(),
             modules: Vec::new(),
@@ -282,6 +285,13 @@ impl Writer {
             Message::Batch(batch) => self.process_batch(batch),
             Message::Modules(modules) => self.update_modules(modules),
             Message::PythonCode(code) => {
+                if self.python_ignores_environment.is_none() {
+                    // Known before the first code object was sent.
+                    self.python_ignores_environment = crate::python::ignores_environment();
+                    if let Some(ignores) = self.python_ignores_environment {
+                        self.encoder.python_config(ignores);
+                    }
+                }
                 self.encoder.python_code(&code);
                 self.python_codes.push(*code);
             }
@@ -323,6 +333,9 @@ impl Writer {
         }
         for runtime in &self.python_runtimes {
             self.encoder.python_runtime(runtime);
+        }
+        if let Some(ignores) = self.python_ignores_environment {
+            self.encoder.python_config(ignores);
         }
         for code in &self.python_codes {
             self.encoder.python_code(code);

@@ -86,6 +86,9 @@ pub struct Trace {
     pub python_codes: HashMap<u64, PythonCode>,
     /// The interpreter the process ran, if any.
     pub python: Option<PythonRuntime>,
+    /// Whether it ignored environment variables, `PYTHONMALLOC` among them (None: not
+    /// recorded).
+    pub python_ignores_environment: Option<bool>,
     pub totals: Totals,
     pub live: Vec<LiveBlock>,
     /// The exit-time reachability scan, when the process ran one.
@@ -126,6 +129,7 @@ impl Trace {
         let mut nodes = Vec::new();
         let mut python_codes = HashMap::new();
         let mut python = None;
+        let mut python_ignores_environment = None;
         let mut live = LiveSet::new();
         let mut classes: HashMap<u64, LeakClass> = HashMap::new();
         let mut reachability = None;
@@ -189,6 +193,7 @@ impl Trace {
                     python_codes.insert(code.id, code);
                 }
                 Record::PythonRuntime(runtime) => python = Some(runtime),
+                Record::PythonConfig { ignores_environment } => python_ignores_environment = Some(ignores_environment),
                 Record::BlockClasses(entries) => {
                     classes.extend(entries.iter().map(|entry| (entry.address, entry.class)));
                 }
@@ -225,6 +230,7 @@ impl Trace {
             nodes,
             python_codes,
             python,
+            python_ignores_environment,
             totals: live_totals,
             live,
             reachability,

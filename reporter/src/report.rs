@@ -172,6 +172,8 @@ pub struct Report {
     pub totals: Totals,
     pub stats: Stats,
     pub python: Option<PythonRuntime>,
+    /// Whether the interpreter ignored environment variables (None: not recorded).
+    pub python_ignores_environment: Option<bool>,
     pub reachability: Option<Reachability>,
     pub fork: Option<ForkInfo>,
     pub summary: Summary,
@@ -331,6 +333,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         totals: trace.totals,
         stats: trace.stats,
         python: trace.python.clone(),
+        python_ignores_environment: trace.python_ignores_environment,
         reachability: trace.reachability.clone(),
         fork: trace.fork,
         summary,
@@ -452,6 +455,7 @@ pub fn to_json(report: &Report) -> Value {
             "version": python_version_text(p.python_version),
             "frames_recorded": p.frames_recorded,
             "pythonmalloc_set": p.pythonmalloc_set,
+            "ignores_environment": report.python_ignores_environment,
             "note": (!p.note.is_empty()).then_some(&p.note),
         })),
         "reachability": reachability_json(report.reachability.as_ref()),
@@ -560,10 +564,16 @@ pub fn to_text(report: &Report) -> String {
         } else {
             format!("no Python frames ({})", python.note)
         };
-        let allocator = if python.pythonmalloc_set {
-            "; libleak set PYTHONMALLOC=malloc so Python objects are tracked (LIBLEAK_PYTHONMALLOC=keep opts out)"
-        } else {
-            ""
+        let allocator = match (python.pythonmalloc_set, report.python_ignores_environment) {
+            (true, Some(true)) => {
+                "; libleak set PYTHONMALLOC=malloc, but the interpreter ignored the environment (python -I \
+                 or -E, or an embedder's isolated configuration): Python objects stayed in pymalloc's \
+                 arenas, which are not tracked object by object"
+            }
+            (true, _) => {
+                "; libleak set PYTHONMALLOC=malloc so Python objects are tracked (LIBLEAK_PYTHONMALLOC=keep opts out)"
+            }
+            (false, _) => "",
         };
         let _ = writeln!(
             out,

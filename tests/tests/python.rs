@@ -1,9 +1,11 @@
 //! The bundled example (a leaky C extension driven by a Python script), built and run under
 //! libleak with every interpreter found (see `libleak_tests::pythons`): the report names the
 //! extension's allocating C functions and lines with exact bytes and blocks, and the program
-//! prints the same thing as without libleak.
+//! prints the same thing as without libleak; and what the report says about an interpreter
+//! that ignored the PYTHONMALLOC libleak set.
 
 use std::path::Path;
+use std::process::Command;
 
 use libleak_tests::*;
 
@@ -67,6 +69,45 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
                 "{label}: {row:#}"
             );
             assert_eq!(row["owner"]["python"]["line"].as_u64(), Some(python_line), "{label}");
+        }
+    }
+}
+
+/// `python -I` (and `-E`) ignore `PYTHONMALLOC`: the report must not claim that libleak's
+/// setting made Python objects visible when the interpreter never used it.
+#[test]
+fn an_interpreter_that_ignores_the_environment_is_reported_as_such() {
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("ignore-env{}{}", python.version.0, python.version.1));
+        for (flags, ignores) in [(&[][..], false), (&["-I"][..], true), (&["-E"][..], true)] {
+            let traced = run_traced(
+                &scratch,
+                Command::new(&python.real_path).args(flags).args(["-c", "print('ok')"]),
+            );
+            assert_eq!(traced.output.stdout, b"ok\n", "{label} {flags:?}");
+            let report = report_json(&traced.trace);
+            assert_eq!(report["python"]["pythonmalloc_set"], true, "{label} {flags:?}");
+            assert_eq!(
+                report["python"]["ignores_environment"], ignores,
+                "{label} {flags:?}: {}",
+                report["python"]
+            );
+            let text = run(Command::new(libleak_bin()).arg("report").arg(&traced.trace));
+            let text = String::from_utf8_lossy(&text.stdout);
+            let python_line = text.lines().find(|l| l.starts_with("python: ")).unwrap_or("");
+            assert_eq!(
+                python_line.contains("ignored the environment"),
+                ignores,
+                "{label} {flags:?}: {python_line}"
+            );
+            assert_eq!(
+                python_line.contains("so Python objects are tracked"),
+                !ignores,
+                "{label} {flags:?}: {python_line}"
+            );
         }
     }
 }

@@ -69,6 +69,7 @@ fn python_frames_are_spliced_into_native_stacks_on_every_interpreter() {
         let report = all_live_blocks_json(&trace);
         assert_eq!(report["python"]["frames_recorded"], true, "{label}");
         assert_eq!(report["python"]["pythonmalloc_set"], true, "{label}");
+        assert_eq!(report["python"]["ignores_environment"], false, "{label}");
 
         // Qualified names from 3.11; plain names before.
         let qualified = python.version >= (3, 11);

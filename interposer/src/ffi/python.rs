@@ -48,6 +48,9 @@ pub struct Symbols {
     /// `PyMem_GetAllocator`: copies a domain's allocator; allocation-free (3.13 takes the
     /// allocators' own mutex, which is never held across an allocation).
     get_allocator: Option<GetAllocatorFn>,
+    /// `Py_IgnoreEnvironmentFlag` (0 when absent): the interpreter writes its configuration's
+    /// `!use_environment` there (`-I`, `-E`, an embedder's isolated configuration).
+    ignore_environment_flag: usize,
 }
 
 fn symbol(name: &CStr) -> usize {
@@ -97,6 +100,7 @@ pub fn find_symbols() -> Option<Symbols> {
         this_thread_state,
         attached_thread_state,
         get_allocator,
+        ignore_environment_flag: symbol(c"Py_IgnoreEnvironmentFlag"),
     })
 }
 
@@ -166,6 +170,15 @@ impl Symbols {
     /// library's malloc itself unless an embedder replaced both (`PYTHONMALLOC=malloc`; not
     /// pymalloc, the debug hooks or tracemalloc's wrappers). Objects are then freed through
     /// `free`, where the hooks see them.
+    /// Whether the configured interpreter ignores environment variables such as
+    /// `PYTHONMALLOC`; `None` when the flag is not there to read.
+    pub fn ignores_environment(&self) -> Option<bool> {
+        if self.ignore_environment_flag == 0 {
+            return None;
+        }
+        read::<c_int>(self.ignore_environment_flag).map(|flag| flag != 0)
+    }
+
     pub fn objects_use_raw_allocator(&self) -> bool {
         let Some(get_allocator) = self.get_allocator else {
             return false;

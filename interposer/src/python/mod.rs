@@ -14,7 +14,7 @@ mod codes;
 pub mod gc;
 pub mod layouts;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use libleak_format::{python_version_text, PythonCode, PythonRuntime};
@@ -50,6 +50,19 @@ static EVAL_LOOP_END: AtomicUsize = AtomicUsize::new(0);
 /// Python frames for good (the layout does not match this build).
 static CONFIRMED: AtomicBool = AtomicBool::new(false);
 static FOUND: AtomicBool = AtomicBool::new(false);
+/// Whether the interpreter ignores the environment, read when its first code object is
+/// defined (it is configured by then): 0 not known yet, 1 no, 2 yes.
+static IGNORES_ENVIRONMENT: AtomicU8 = AtomicU8::new(0);
+
+/// Whether the running interpreter ignores environment variables such as the
+/// `PYTHONMALLOC` libleak sets; `None` until known.
+pub fn ignores_environment() -> Option<bool> {
+    match IGNORES_ENVIRONMENT.load(Ordering::Acquire) {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
 
 /// Looks for a CPython interpreter in the process. Returns what the trace should say about
 /// it, or `None` when there is no interpreter (yet: call again after a `dlopen`).
@@ -314,6 +327,11 @@ impl Walk<'_> {
             Some(id) => id,
             None => {
                 let id = codes::insert(code_object, &fingerprint);
+                if IGNORES_ENVIRONMENT.load(Ordering::Relaxed) == 0 {
+                    if let Some(ignores) = symbols.ignores_environment() {
+                        IGNORES_ENVIRONMENT.store(1 + u8::from(ignores), Ordering::Release);
+                    }
+                }
                 let definition = self.copy_code(id, &fingerprint);
                 (self.define)(definition);
                 // Rare (new code objects), and the allocator may have been wrapped since.
