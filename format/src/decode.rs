@@ -440,8 +440,8 @@ impl<R: Read> TraceReader<R> {
         Some(Some(record))
     }
 
-    /// An event record's sequence number and address: spelled out as a delta in the address
-    /// stream, or `by_position` in one of the rings of recent addresses.
+    /// An event record's sequence number and address: the address spelled out as a delta in
+    /// the address stream, or `by_position` in one of the rings of recent addresses.
     fn event_address(
         &mut self,
         c: &mut Cursor<'_>,
@@ -449,23 +449,18 @@ impl<R: Read> TraceReader<R> {
         by_position: bool,
         ring: Recent,
     ) -> Option<(u64, u64)> {
-        if !by_position {
-            return self.seq_and_address(c, addresses);
-        }
         let seq = self.previous_seq.wrapping_add(c.i64()? as u64);
         self.previous_seq = seq;
-        let ring = match ring {
-            Recent::Allocs => &self.recent_allocs,
-            Recent::Frees => &self.recent_frees,
+        let address = if by_position {
+            let ring = match ring {
+                Recent::Allocs => &self.recent_allocs,
+                Recent::Frees => &self.recent_frees,
+            };
+            ring.get(c.u8()?)?
+        } else {
+            self.previous_address = self.previous_address.wrapping_add(addresses.i64()? as u64);
+            self.previous_address
         };
-        Some((seq, ring.get(c.u8()?)?))
-    }
-
-    fn seq_and_address(&mut self, c: &mut Cursor<'_>, addresses: &mut Cursor<'_>) -> Option<(u64, u64)> {
-        let seq = self.previous_seq.wrapping_add(c.i64()? as u64);
-        let address = self.previous_address.wrapping_add(addresses.i64()? as u64);
-        self.previous_seq = seq;
-        self.previous_address = address;
         Some((seq, address))
     }
 }

@@ -123,9 +123,8 @@ impl RecordEncoder {
     }
 
     fn seq_and_address(&mut self, seq: u64, address: u64) {
-        put_i64(&mut self.payload, seq.wrapping_sub(self.previous_seq) as i64);
+        self.seq(seq);
         put_i64(&mut self.addresses, address.wrapping_sub(self.previous_address) as i64);
-        self.previous_seq = seq;
         self.previous_address = address;
     }
 
@@ -305,7 +304,7 @@ impl<'a> Payload<'a> {
         }
     }
 
-    /// True when there are no records (an empty payload is not written).
+    /// True when nothing was encoded (an empty payload is not written).
     pub fn is_empty(&self) -> bool {
         self.records.is_empty() && self.addresses.is_empty()
     }

@@ -3,27 +3,28 @@
 /// The longest LEB128 encoding of a `u64`.
 pub const MAX_VARINT_BYTES: usize = 10;
 
-/// Writes `value` as LEB128 at the start of `out`; returns how many bytes it took.
-pub fn put_u64_into(out: &mut [u8; MAX_VARINT_BYTES], mut value: u64) -> usize {
-    let mut len = 0;
-    loop {
-        let byte = (value & 0x7f) as u8;
+/// Hands `value`'s LEB128 bytes to `emit`, low group first.
+#[inline(always)]
+fn leb128(mut value: u64, mut emit: impl FnMut(u8)) {
+    while value >= 0x80 {
+        emit((value as u8) | 0x80);
         value >>= 7;
-        if value == 0 {
-            out[len] = byte;
-            return len + 1;
-        }
-        out[len] = byte | 0x80;
-        len += 1;
     }
+    emit(value as u8);
 }
 
-pub fn put_u64(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
+/// Writes `value` as LEB128 at the start of `out`; returns how many bytes it took.
+pub fn put_u64_into(out: &mut [u8; MAX_VARINT_BYTES], value: u64) -> usize {
+    let mut len = 0;
+    leb128(value, |byte| {
+        out[len] = byte;
+        len += 1;
+    });
+    len
+}
+
+pub fn put_u64(out: &mut Vec<u8>, value: u64) {
+    leb128(value, |byte| out.push(byte));
 }
 
 pub fn put_i64(out: &mut Vec<u8>, value: i64) {
@@ -112,6 +113,17 @@ mod tests {
             assert_eq!(cursor.i64(), Some(v));
         }
         assert_eq!(cursor.remaining(), 0);
+    }
+
+    #[test]
+    fn a_fixed_buffer_holds_the_same_bytes() {
+        for v in [0u64, 1, 127, 128, 300, u32::MAX as u64, u64::MAX] {
+            let mut spelled = Vec::new();
+            put_u64(&mut spelled, v);
+            let mut fixed = [0; MAX_VARINT_BYTES];
+            let len = put_u64_into(&mut fixed, v);
+            assert_eq!(&fixed[..len], spelled.as_slice(), "{v}");
+        }
     }
 
     #[test]

@@ -166,10 +166,6 @@ impl Symbols {
         unsafe { (self.this_thread_state)() as usize }
     }
 
-    /// Whether Python objects come from the same allocator as raw memory, which is the C
-    /// library's malloc itself unless an embedder replaced both (`PYTHONMALLOC=malloc`; not
-    /// pymalloc, the debug hooks or tracemalloc's wrappers). Objects are then freed through
-    /// `free`, where the hooks see them.
     /// Whether the configured interpreter ignores environment variables such as
     /// `PYTHONMALLOC`; `None` when the flag is not there to read.
     pub fn ignores_environment(&self) -> Option<bool> {
@@ -179,6 +175,10 @@ impl Symbols {
         read::<c_int>(self.ignore_environment_flag).map(|flag| flag != 0)
     }
 
+    /// Whether Python objects come from the same allocator as raw memory, which is the C
+    /// library's malloc itself unless an embedder replaced both (`PYTHONMALLOC=malloc`; not
+    /// pymalloc, the debug hooks or tracemalloc's wrappers). Objects are then freed through
+    /// `free`, where the hooks see them.
     pub fn objects_use_raw_allocator(&self) -> bool {
         let Some(get_allocator) = self.get_allocator else {
             return false;
