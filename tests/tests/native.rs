@@ -479,3 +479,55 @@ fn python_stacks_match_libgccs() {
         );
     }
 }
+
+/// The writer defines each stack by what it shares with the previous one: stacks that
+/// differ only in their outer frames, batches that begin with any kind of event, and threads
+/// taking over each other's batch slot must all come out whole. Every leak's size names its
+/// exact stack (stack_deltas.c).
+#[test]
+fn stacks_differing_only_in_outer_frames_are_recorded_exactly() {
+    let scratch = Scratch::new("stack-deltas");
+    let rounds = 20_000u64;
+    let traced = build_and_trace(
+        &scratch,
+        "gcc",
+        &["stack_deltas.c"],
+        &["-pthread"],
+        &[&rounds.to_string()],
+    );
+    let report = all_live_blocks_json(&traced.trace);
+    let line = line_of("stack_deltas.c", "@delta_leak");
+    let (leak_every, thread_rounds, threads) = (2u64, 3000u64, 6u64);
+    let size = |base: u64, round: u64| base + 2 * ((round * 7) % 13) + (round / 3) % 2;
+    let expected = |base: u64, rounds: u64, copies: u64| {
+        let sizes: Vec<u64> = (0..rounds)
+            .step_by(leak_every as usize)
+            .map(|r| size(base, r))
+            .collect();
+        (copies * sizes.len() as u64, copies * sizes.iter().sum::<u64>())
+    };
+    let mut found = [(0u64, 0u64); 2];
+    for row in leaks_in(&report, "leak_here") {
+        let (blocks, bytes) = (row["blocks"].as_u64().unwrap(), row["bytes"].as_u64().unwrap());
+        assert_eq!(bytes % blocks, 0, "blocks of different sizes share a stack: {row:#}");
+        let each = bytes / blocks;
+        let (base, caller) = if each >= 2000 { (2000, "worker") } else { (1000, "main") };
+        let (depth, right) = ((each - base) / 2, (each - base) % 2 == 1);
+        let mut names = vec!["leak_here"];
+        names.extend(std::iter::repeat_n("descend", depth as usize + 1));
+        names.extend([if right { "via_right" } else { "via_left" }, "walk", caller]);
+        let shown: Vec<&str> = row["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take(names.len())
+            .map(|f| f["function"].as_str().unwrap_or("??"))
+            .collect();
+        assert_eq!(shown, names, "the stack of the {each}-byte leaks: {row:#}");
+        assert_eq!(row["frames"][0]["line"].as_u64(), Some(line), "{row:#}");
+        let totals = &mut found[usize::from(base == 2000)];
+        *totals = (totals.0 + blocks, totals.1 + bytes);
+    }
+    assert_eq!(found[0], expected(1000, rounds, 1), "main thread's leaks");
+    assert_eq!(found[1], expected(2000, thread_rounds, threads), "threads' leaks");
+}
