@@ -72,3 +72,25 @@ pub fn zeroed_atomic_words(n: usize) -> Box<[std::sync::atomic::AtomicU64]> {
     // SAFETY: an all-zero bit pattern is a valid AtomicU64 (zero).
     unsafe { words.assume_init() }
 }
+
+/// Asks the core to fetch, for writing, the cache lines from `from` to `to` bytes past the
+/// start of `words`' buffer (at least the one at `from`): a hint, which never faults and
+/// changes nothing visible.
+#[inline(always)]
+pub fn prefetch_for_write(words: &[u64], from: usize, to: usize) {
+    const LINE: usize = 64;
+    let start = words.as_ptr() as usize;
+    let mut offset = from;
+    loop {
+        let target = start.wrapping_add(offset);
+        // SAFETY: `prefetchw` only hints the cache; it never faults, even on an unmapped
+        // address, and changes no register or memory the program can see.
+        unsafe {
+            std::arch::asm!("prefetchw byte ptr [{0}]", in(reg) target, options(nostack, preserves_flags, readonly));
+        }
+        offset += LINE;
+        if offset >= to {
+            break;
+        }
+    }
+}

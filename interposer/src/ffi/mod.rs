@@ -8,7 +8,7 @@
 //! - `sys`: system calls and libc services (errno, files, threads, modules, time);
 //! - `slots`: the per-thread event batches the writer can drain;
 //! - `python`: CPython's symbols and raw reads of its thread states, frames and code objects;
-//! - `buffer`: uninitialised fixed-size word buffers and zeroed tables;
+//! - `buffer`: uninitialised fixed-size word buffers, zeroed tables, and a write prefetch;
 //! - `memory`: reading our own memory safely while other threads may unmap it (exit scan);
 //! - `signals`: telling a signal handler's allocator calls from libleak's own.
 //!
