@@ -483,20 +483,20 @@ fn python_stacks_match_libgccs() {
 /// The writer defines each stack by what it shares with the previous one: stacks that
 /// differ only in their outer frames, batches that begin with any kind of event, and threads
 /// taking over each other's batch slot must all come out whole. Every leak's size names its
-/// exact stack (stack_deltas.c).
+/// exact stack (outer_frames.c).
 #[test]
 fn stacks_differing_only_in_outer_frames_are_recorded_exactly() {
-    let scratch = Scratch::new("stack-deltas");
+    let scratch = Scratch::new("outer-frames");
     let rounds = 20_000u64;
     let traced = build_and_trace(
         &scratch,
         "gcc",
-        &["stack_deltas.c"],
+        &["outer_frames.c"],
         &["-pthread"],
         &[&rounds.to_string()],
     );
     let report = all_live_blocks_json(&traced.trace);
-    let line = line_of("stack_deltas.c", "@delta_leak");
+    let line = line_of("outer_frames.c", "@delta_leak");
     let (leak_every, thread_rounds, threads) = (2u64, 3000u64, 6u64);
     let size = |base: u64, round: u64| base + 2 * ((round * 7) % 13) + (round / 3) % 2;
     let expected = |base: u64, rounds: u64, copies: u64| {
