@@ -496,7 +496,7 @@ fn stacks_differing_only_in_outer_frames_are_recorded_exactly() {
         &[&rounds.to_string()],
     );
     let report = all_live_blocks_json(&traced.trace);
-    let line = line_of("outer_frames.c", "@delta_leak");
+    let line = line_of("outer_frames.c", "@outer_leak");
     let (leak_every, thread_rounds, threads) = (2u64, 3000u64, 6u64);
     let size = |base: u64, round: u64| base + 2 * ((round * 7) % 13) + (round / 3) % 2;
     let expected = |base: u64, rounds: u64, copies: u64| {
