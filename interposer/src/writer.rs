@@ -513,7 +513,7 @@ impl Writer {
         self.previous_frames.truncate(shared);
         self.previous_nodes.truncate(shared);
         let mut node = self.previous_nodes.last().copied().unwrap_or(0);
-        for &word in frames[..frames.len() - shared].iter().rev() {
+        for (depth, &word) in (shared..).zip(frames[..frames.len() - shared].iter().rev()) {
             let key = NodeKey::new(node, word);
             node = match key.and_then(|key| self.stack_nodes.get(&key)) {
                 Some(&id) => u64::from(id),
@@ -529,8 +529,12 @@ impl Writer {
                     id
                 }
             };
-            self.previous_frames.push(word);
-            self.previous_nodes.push(node);
+            // Unless a module went away meanwhile and the rescan emptied the previous stack:
+            // kept from here, it would sit at the wrong depths.
+            if self.previous_frames.len() == depth {
+                self.previous_frames.push(word);
+                self.previous_nodes.push(node);
+            }
         }
         node
     }
