@@ -1,5 +1,6 @@
-//! The `LIBLEAK_*` environment variables, read once at start-up. This is the only place that
-//! reads the environment.
+//! The `LIBLEAK_*` environment variables, read once at start-up ([`Config::from_env`], then
+//! [`install`]ed for the rest of the process, forked children included). This is the only
+//! place that reads them; the `exec` check reads the program's `PATH` as of the call.
 //!
 //! - `LIBLEAK_OUTPUT`: trace path template; `%p` becomes the pid; a template ending in `/`
 //!   is a directory for the default names. Default `libleak.<program>.<pid>.trace` in the
@@ -18,6 +19,7 @@
 //! - `LIBLEAK_CHECK_UNWIND=N`: also unwind every Nth allocation with libgcc's unwinder and
 //!   compare; at exit, one line on stderr gives the counts (a check of libleak itself).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const DEFAULT_SCAN_SECONDS: f64 = 30.0;
@@ -73,6 +75,18 @@ impl Config {
     }
 }
 
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// Makes `config` the process's configuration (the first call wins) and returns it.
+pub fn install(config: Config) -> &'static Config {
+    CONFIG.get_or_init(move || config)
+}
+
+/// The configuration, once start-up has installed it.
+pub fn get() -> Option<&'static Config> {
+    CONFIG.get()
+}
+
 /// Sets `PYTHONMALLOC=malloc` unless it is set; true when it was set here. Called from the
 /// library constructor (before the interpreter reads its configuration, and before any
 /// thread of the program exists) or right after the `dlopen` that loaded an interpreter.
@@ -85,17 +99,20 @@ pub fn set_pythonmalloc_malloc() -> bool {
 }
 
 /// Applies `LIBLEAK_FOLLOW` to what child processes inherit. Following: a relative or unset
-/// output template becomes absolute, so that a child started in another directory writes
-/// beside this process's trace. Not following: `own_library` leaves `LD_PRELOAD`. Called from
-/// the library constructor, before any thread of the program exists.
-pub fn prepare_children(config: &Config, own_library: &str, cwd: &str) {
+/// output template becomes absolute, here (for forked children, which keep this
+/// configuration) and in `LIBLEAK_OUTPUT` (for programs started by `exec`), so that a child
+/// started in another directory writes beside this process's trace. Not following:
+/// `own_library` leaves `LD_PRELOAD`. Called from the library constructor, before any thread
+/// of the program exists.
+pub fn prepare_children(config: &mut Config, own_library: &str, cwd: &str) {
     if config.follow {
         let absolute = match &config.output_template {
             None => format!("{}/", cwd.trim_end_matches('/')),
             Some(template) if !template.starts_with('/') => format!("{}/{template}", cwd.trim_end_matches('/')),
             Some(_) => return,
         };
-        std::env::set_var("LIBLEAK_OUTPUT", absolute);
+        std::env::set_var("LIBLEAK_OUTPUT", &absolute);
+        config.output_template = Some(absolute);
         return;
     }
     let Some(preload) = std::env::var_os("LD_PRELOAD") else {

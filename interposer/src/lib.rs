@@ -1,38 +1,43 @@
 //! `libleak.so`: injected with `LD_PRELOAD`, it wraps the malloc family, records every
-//! allocation and free with its native stack, and hands batches of events to one writer
+//! allocation and free with its native stack, and hands batches of events to one collector
 //! thread that writes the trace (see `format/SPEC.md`).
 //!
-//! Layout:
-//! - [`ffi`]: every `unsafe` line and FFI call — the exported hooks, the real allocator,
-//!   the unwinder's raw reads, system calls, the per-thread batch slots.
-//! - [`tracker`]: what a hook does once it has the real result: the re-entrancy guard, the
-//!   event encoding into per-thread batches, start-up and exit.
+//! Layers, top first; each imports only the layers below it:
+//! - [`exports`]: the C ABI the program calls (malloc, free, exit, exec, dlopen, …) and the
+//!   library constructor, each a thin delegation to the recorder.
+//! - [`recorder`]: what a hook records, per-thread batches and the channel, and the process's
+//!   lifecycle (start-up, fork, exec, exit).
+//! - [`collector`]: the thread that interns stacks, keeps the module map, encodes and writes
+//!   the trace; it knows nothing of the recorder but the [`collector::EventSource`] it is given.
+//! - [`batch`]: the in-memory event, packed by the recorder and read by the collector.
 //! - [`unwind`]: native stacks: a stepper over cached per-address unwind rules, reusing the
 //!   part of the thread's previous stack that did not change.
-//! - [`writer`]: the writer thread: stack interning, module map, encoding, compression.
 //! - [`python`]: finding CPython and walking the allocating thread's Python frames.
 //! - [`reach`]: the exit-time reachability scan that classifies the blocks live at exit.
-//! - [`stack_words`]: how native and Python frames travel from hooks to the writer.
-//! - [`trace_file`]: the trace file's descriptor, kept out of the program's way.
+//! - [`stack_words`]: how native and Python frames travel from hooks to the collector.
 //! - [`config`]: the `LIBLEAK_*` environment variables, parsed once.
+//! - [`sys`]: every system call, libc service and raw memory read, behind safe functions;
+//!   it imports nothing of the crate.
+//!
+//! `unsafe` code is allowed in [`exports`] and [`sys`] only.
 //!
 //! The interposer must never change what the traced program sees (results, errno, output,
 //! exit status), never allocate through its own hooks, never recurse, and never panic: a
 //! failure stops recording and says so once on stderr.
 #![deny(unsafe_code)]
 
+mod batch;
+mod collector;
 mod config;
-mod ffi;
-mod order;
+mod exports;
 mod python;
 mod reach;
+mod recorder;
 mod stack_words;
-mod trace_file;
-mod tracker;
+mod sys;
 mod unwind;
-mod writer;
 
 /// The global allocator of the interposer's own Rust code is the real allocator, so that
 /// the interposer's bookkeeping never enters the hooks.
 #[global_allocator]
-static OWN_ALLOCATOR: ffi::real::RealAllocator = ffi::real::RealAllocator;
+static OWN_ALLOCATOR: sys::real::RealAllocator = sys::real::RealAllocator;

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::layouts::OBJECT_TYPE;
-use crate::ffi::python as raw;
+use crate::sys::python_raw as raw;
 
 const ENTRIES: usize = 256;
 

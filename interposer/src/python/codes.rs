@@ -21,9 +21,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use super::layouts::{CodeLayout, VAR_OBJECT_SIZE};
-use crate::ffi::buffer::zeroed_atomic_words;
-use crate::ffi::python as raw;
 use crate::stack_words::MAX_CODE_ID;
+use crate::sys::buffer::zeroed_atomic_words;
+use crate::sys::python_raw as raw;
 
 /// Slots of the first table (16,384: 384 KiB); table `n` has `FIRST_SLOTS << n`.
 const FIRST_SLOTS: usize = 1 << 14;

@@ -19,9 +19,9 @@ use std::sync::OnceLock;
 
 use libleak_format::{python_version_text, PythonCode, PythonRuntime};
 
-use crate::ffi::buffer::WordBuffer;
-use crate::ffi::python::{self as raw, Symbols};
 use crate::stack_words;
+use crate::sys::buffer::WordBuffer;
+use crate::sys::python_raw::{self as raw, Symbols};
 use code_cache::{CodeFacts, ThreadCodes};
 use layouts::{CurrentFrame, FrameChain, Layout};
 
@@ -368,7 +368,7 @@ impl Walk<'_> {
 
 fn disable(reason: &str) {
     if WALKING.swap(false, Ordering::Relaxed) {
-        crate::ffi::sys::write_stderr(format!("libleak: {reason}; recording native stacks only\n").as_bytes());
+        crate::sys::write_stderr(format!("libleak: {reason}; recording native stacks only\n").as_bytes());
     }
 }
 

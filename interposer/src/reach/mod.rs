@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use libleak_format::{BlockClass, LeakClass, Module, Reachability, ScanOutcome};
 
-use crate::ffi::memory::MemoryReader;
 use crate::python::gc::GcObjects;
+use crate::sys::memory::MemoryReader;
 pub use roots::ExitingThread;
 
 /// Bytes read from memory at a time.

@@ -10,23 +10,18 @@
 //! threads, which are full of stale pointers.
 //!
 //! glibc's malloc layout (arena heaps aligned to 64 MiB that start with a `heap_info`;
-//! `mmap`'d chunks whose size word has `IS_MMAPPED` set) is the only allocator knowledge
-//! here; nothing else depends on it.
+//! `mmap`'d chunks whose size word has `IS_MMAPPED` set), with its constants from
+//! [`crate::sys::glibc`], is the only allocator knowledge here.
 
 use std::time::Duration;
 
 use libleak_format::Module;
 
-use crate::ffi::memory::MemoryReader;
-use crate::ffi::sys;
+use crate::sys::glibc::{ARENA_HEAP_ALIGN, CHUNK_FLAGS, CHUNK_IS_MMAPPED, CHUNK_NON_MAIN_ARENA};
+use crate::sys::memory::MemoryReader;
+use crate::sys::{self, maps};
 
 const PAGE: u64 = 4096;
-/// glibc: `HEAP_MAX_SIZE` on 64-bit targets; every non-main arena heap is aligned to it.
-const ARENA_HEAP_ALIGN: u64 = 64 << 20;
-/// glibc chunk size flags.
-const CHUNK_IS_MMAPPED: u64 = 0x2;
-const CHUNK_NON_MAIN_ARENA: u64 = 0x4;
-const CHUNK_FLAGS: u64 = 0x7;
 /// The x86-64 red zone: a leaf function may keep data this far below the stack pointer.
 const RED_ZONE: u64 = 128;
 const PF_W: u32 = 2;
@@ -59,23 +54,17 @@ impl Mapping {
 }
 
 pub fn read_maps() -> Vec<Mapping> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/maps") else {
-        return Vec::new();
-    };
-    text.lines().filter_map(parse_mapping).collect()
-}
-
-fn parse_mapping(line: &str) -> Option<Mapping> {
-    let mut fields = line.splitn(6, ' ');
-    let (start, end) = fields.next()?.split_once('-')?;
-    let perms = fields.next()?.as_bytes();
-    let path = fields.nth(3).unwrap_or("").trim_start().to_string();
-    Some(Mapping {
-        start: u64::from_str_radix(start, 16).ok()?,
-        end: u64::from_str_radix(end, 16).ok()?,
-        perms: perms.get(..4)?.try_into().ok()?,
-        path,
-    })
+    let mut mappings = Vec::new();
+    maps::for_each_mapping(&mut |line| {
+        mappings.push(Mapping {
+            start: line.start,
+            end: line.end,
+            perms: line.perms,
+            path: String::from_utf8_lossy(line.path).into_owned(),
+        });
+        true
+    });
+    mappings
 }
 
 /// The thread that called `exit`, seen from libleak's exit handler.
@@ -164,8 +153,8 @@ pub fn collect(
     if let Some(own) = own_module {
         excluded.extend(writable_segments(own));
     }
-    excluded.extend(crate::ffi::real::own_mappings());
-    let own_stack_pointer = crate::ffi::memory::stack_pointer();
+    excluded.extend(crate::sys::real::own_mappings());
+    let own_stack_pointer = crate::sys::memory::stack_pointer();
     let mut stack_mappings: Vec<usize> = Vec::new();
     if let Some(index) = maps.iter().position(|m| m.contains(own_stack_pointer)) {
         stack_mappings.push(index);

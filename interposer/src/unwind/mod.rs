@@ -1,5 +1,5 @@
 //! Native stack capture on every allocation: a stepper over per-address unwind rules
-//! ([`tables`]), and a per-thread cache of the previous stack so that only the frames that
+//! ([`rules`]), and a per-thread cache of the previous stack so that only the frames that
 //! changed since are stepped.
 //!
 //! The cache's argument for exactness: one step is a function of the frame's code address,
@@ -13,17 +13,18 @@
 //! a lock (the loader's, taken by `dl_iterate_phdr` on a rule-cache miss, is the exception
 //! libgcc's own unwinder makes as well).
 
-pub mod tables;
+pub mod rules;
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::ffi::buffer::StackBuffer;
-pub use crate::ffi::unwind::Registers;
-use crate::ffi::unwind::{capture_with_libgcc, read_stack_word};
-use tables::Rule;
+use crate::sys::buffer::StackBuffer;
+use crate::sys::maps;
+pub use crate::sys::stack::Registers;
+use crate::sys::stack::{capture_with_libgcc, read_stack_word};
+use rules::Rule;
 
-pub use crate::ffi::unwind::frames_with_cfa;
+pub use crate::sys::stack::frames_with_cfa;
 
 /// The most frames a stack keeps; deeper stacks are cut (and counted by the caller).
 pub const MAX_FRAMES: usize = 256;
@@ -76,7 +77,7 @@ impl Frame {
 struct PreviousStack {
     frames: [Frame; MAX_FRAMES],
     len: usize,
-    /// [`tables::generation`] when it was stepped.
+    /// [`rules::generation`] when it was stepped.
     generation: u64,
 }
 
@@ -142,16 +143,14 @@ fn stack_top(sp: usize) -> Option<usize> {
 #[inline(never)]
 fn stack_around(sp: usize) -> Option<(usize, usize)> {
     let mut found = None;
-    crate::ffi::unwind::for_each_mapping_line(&mut |line| {
-        let Some((start, end, main_stack)) = parse_mapping(line) else {
-            return true;
-        };
+    maps::for_each_mapping(&mut |mapping| {
+        let (start, end) = (mapping.start as usize, mapping.end as usize);
         if sp < start || sp >= end {
             return true;
         }
-        let low = if main_stack {
+        let low = if mapping.path == b"[stack]" {
             const UNLIMITED_STACK: usize = 1 << 30;
-            end.saturating_sub(crate::ffi::unwind::stack_size_limit().unwrap_or(UNLIMITED_STACK))
+            end.saturating_sub(crate::sys::stack::stack_size_limit().unwrap_or(UNLIMITED_STACK))
         } else {
             start
         };
@@ -161,20 +160,11 @@ fn stack_around(sp: usize) -> Option<(usize, usize)> {
     found
 }
 
-/// (start, end, is the main thread's stack) of a `/proc/self/maps` line.
-fn parse_mapping(line: &[u8]) -> Option<(usize, usize, bool)> {
-    let text = std::str::from_utf8(line.get(..line.iter().position(|&b| b == b' ')?)?).ok()?;
-    let (start, end) = text.split_once('-')?;
-    let start = usize::from_str_radix(start, 16).ok()?;
-    let end = usize::from_str_radix(end, 16).ok()?;
-    Some((start, end, line.ends_with(b"[stack]")))
-}
-
 /// Steps from `registers` to the outermost frame. False when a frame needs libgcc.
 #[inline(always)]
 fn step_all(registers: Registers, top: usize, out: &mut Stack, mut previous: Option<&mut PreviousStack>) -> bool {
     if let Some(previous) = previous.as_deref_mut() {
-        let generation = tables::generation();
+        let generation = rules::generation();
         if previous.generation != generation {
             previous.len = 0;
             previous.generation = generation;
@@ -202,7 +192,7 @@ fn step_all(registers: Registers, top: usize, out: &mut Stack, mut previous: Opt
         }
         out.push(state.ip);
         // Every frame's address is a return address: its call instruction is one byte back.
-        let (frame, next) = match tables::rule_for(state.ip.wrapping_sub(1)) {
+        let (frame, next) = match rules::rule_for(state.ip.wrapping_sub(1)) {
             Rule::Unsupported => {
                 if let Some(previous) = previous {
                     previous.len = 0;

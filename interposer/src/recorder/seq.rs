@@ -31,7 +31,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use crate::ffi::sys;
+use crate::sys;
 
 const ENTRIES: usize = 1 << 16;
 

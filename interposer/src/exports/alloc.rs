@@ -1,27 +1,21 @@
-//! The exported C symbols. Each hook gets the real result from [`real`], and if the tracker
-//! accepts the call (recording, and not already inside a hook on this thread) records it.
+//! The exported allocator symbols. Each hook gets the real result from [`real`], and if the
+//! recorder accepts the call (recording, and not already inside a hook on this thread) records it.
 //! glibc's contract is kept exactly: results, errno (saved after the real call and restored
 //! after recording), `free(NULL)`, `realloc(NULL, n)`, `realloc(p, 0)`, alignment errors.
 //!
 //! The allocating hooks are entered through a stub that hands the body its caller's
 //! registers at the call: the stack is unwound from the program's frame, without stepping
-//! through libleak's own (half of all frames stepped in a Python workload).
+//! through libleak's own (see docs/benchmarks.md, "Where the time goes").
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_int, c_void};
 
-use libleak_format::{AllocKind, ExitKind};
+use libleak_format::AllocKind;
 
-use super::real::{self, bootstrap, Real};
-use super::slots::Slot;
-use super::sys::{errno, set_errno};
-use super::unwind::Registers;
-use crate::{python, tracker};
-
-type Strings = *const *const c_char;
-
-/// What glibc's malloc keeps in a free chunk's user area: `fd`, `bk`, `fd_nextsize`,
-/// `bk_nextsize` (tcache: `next`, `key`).
-const MALLOC_LINK_BYTES: usize = 32;
+use crate::sys::glibc::MALLOC_LINK_BYTES;
+use crate::sys::real::{self, bootstrap, Real};
+use crate::sys::stack::Registers;
+use crate::sys::{errno, set_errno};
+use crate::{python, recorder};
 
 /// Runs the real allocation `call`, recording a non-null result of `size` bytes.
 #[inline(always)]
@@ -35,13 +29,13 @@ fn allocate(
     let Some(real) = real::get() else {
         return bootstrap::alloc(size, early_align);
     };
-    let Some(hook) = tracker::enter() else {
+    let Some(hook) = recorder::enter() else {
         return call(real);
     };
     let ptr = call(real);
     if !ptr.is_null() {
         let saved = errno();
-        if kind != AllocKind::Calloc && tracker::scrub_freed() {
+        if kind != AllocKind::Calloc && recorder::scrub_freed() {
             // A reused block starts with the free lists' links malloc wrote into it (up to
             // four words), heap addresses that outlive the link when the program does not
             // overwrite them (a 4 KiB stdio buffer holding one short line): the exit scan
@@ -222,7 +216,7 @@ unsafe extern "C" fn posix_memalign_body(
         unsafe { *memptr = ptr };
         return 0;
     };
-    let Some(hook) = tracker::enter() else {
+    let Some(hook) = recorder::enter() else {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real.posix_memalign)(memptr, alignment, size) };
     };
@@ -255,21 +249,21 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     };
     // Recording or not: a walk's memo of code objects must hear of every freed one.
     python::code_cache::note_free(ptr as usize);
-    let Some(hook) = tracker::enter() else {
+    let Some(hook) = recorder::enter() else {
         // SAFETY: forwarding the caller's live block.
         return unsafe { (real.free)(ptr) };
     };
     let saved = errno();
     // The free is ordered before the real free, so no other thread can be handed the same
     // address with an earlier sequence number.
-    hook.record_free(ptr as usize, tracker::next_seq(ptr as usize));
-    if tracker::scrub_freed() {
+    hook.record_free(ptr as usize, recorder::next_seq(ptr as usize));
+    if recorder::scrub_freed() {
         // Freed memory is handed out again uninitialised; stale pointers left in it would
         // read as references in the exit scan and hide leaks. Zeroing it first keeps the
         // scan precise (the program may not read a block it freed).
         // SAFETY: `ptr` is a live block of the real allocator, usable for the size it reports.
         let usable = unsafe { (real.malloc_usable_size)(ptr) };
-        if usable <= tracker::MAX_SCRUB_BYTES {
+        if usable <= recorder::MAX_SCRUB_BYTES {
             // SAFETY: as above: `usable` bytes at `ptr` belong to the block being freed.
             unsafe { std::ptr::write_bytes(ptr as *mut u8, 0, usable) };
         }
@@ -341,11 +335,11 @@ unsafe fn resize(ptr: *mut c_void, size: usize, kind: AllocKind, caller: Registe
         return std::ptr::null_mut();
     };
     python::code_cache::note_free(ptr as usize);
-    let Some(hook) = tracker::enter() else {
+    let Some(hook) = recorder::enter() else {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real.realloc)(ptr, size) };
     };
-    let free_seq = tracker::next_seq(ptr as usize);
+    let free_seq = recorder::next_seq(ptr as usize);
     // SAFETY: forwarding the caller's arguments.
     let new_ptr = unsafe { (real.realloc)(ptr, size) };
     let saved = errno();
@@ -373,198 +367,4 @@ pub unsafe extern "C" fn malloc_usable_size(ptr: *mut c_void) -> usize {
     }
     // SAFETY: forwarding the caller's live block.
     real::get().map_or(0, |r| unsafe { (r.malloc_usable_size)(ptr) })
-}
-
-fn exit_group(status: c_int) -> ! {
-    loop {
-        // SAFETY: exit_group ends the process and does not return.
-        unsafe { libc::syscall(libc::SYS_exit_group, status) };
-    }
-}
-
-#[no_mangle]
-pub extern "C" fn exit(status: c_int) -> ! {
-    tracker::note_exit_status(status);
-    match real::get() {
-        // SAFETY: the real exit with the caller's status.
-        Some(r) => unsafe { (r.exit)(status) },
-        None => exit_group(status),
-    }
-}
-
-#[no_mangle]
-pub extern "C" fn _exit(status: c_int) -> ! {
-    tracker::finish(ExitKind::UnderscoreExit, Some(status));
-    match real::get() {
-        // SAFETY: the real _exit with the caller's status.
-        Some(r) => unsafe { (r.underscore_exit)(status) },
-        None => exit_group(status),
-    }
-}
-
-#[no_mangle]
-pub extern "C" fn _Exit(status: c_int) -> ! {
-    tracker::finish(ExitKind::UnderscoreExit, Some(status));
-    match real::get() {
-        // SAFETY: the real _Exit with the caller's status.
-        Some(r) => unsafe { (r.underscore_capital_exit)(status) },
-        None => exit_group(status),
-    }
-}
-
-#[no_mangle]
-pub extern "C" fn abort() -> ! {
-    tracker::finish(ExitKind::Abort, None);
-    match real::get() {
-        // SAFETY: the real abort.
-        Some(r) => unsafe { (r.abort)() },
-        None => loop {
-            // SAFETY: raising SIGABRT on ourselves; the default action ends the process.
-            unsafe { libc::raise(libc::SIGABRT) };
-        },
-    }
-}
-
-/// # Safety
-/// As for dlopen: `filename` is null or a NUL-terminated path.
-#[no_mangle]
-pub unsafe extern "C" fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void {
-    let Some(real) = real::get() else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: forwarding the caller's arguments.
-    let handle = unsafe { (real.dlopen)(filename, flags) };
-    if !handle.is_null() {
-        let saved = errno();
-        tracker::modules_changed();
-        set_errno(saved);
-    }
-    handle
-}
-
-/// # Safety
-/// As for dlclose: `handle` came from dlopen.
-#[no_mangle]
-pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
-    let Some(real) = real::get() else {
-        return -1;
-    };
-    // SAFETY: forwarding the caller's handle.
-    let rc = unsafe { (real.dlclose)(handle) };
-    let saved = errno();
-    tracker::module_unloaded();
-    set_errno(saved);
-    rc
-}
-
-/// Where an `exec` looks for the program, to tell whether it will succeed.
-fn exec_target<'a>(file: *const c_char, search_path: bool) -> tracker::ExecTarget<'a> {
-    if file.is_null() {
-        return tracker::ExecTarget::Unknown;
-    }
-    // SAFETY: exec's contract: `file` is a NUL-terminated string.
-    let file = unsafe { CStr::from_ptr(file) };
-    if search_path && !file.to_bytes().contains(&b'/') {
-        tracker::ExecTarget::SearchPath(file)
-    } else {
-        tracker::ExecTarget::Path(file)
-    }
-}
-
-/// Ends the trace if the exec will run, then makes the real call.
-fn exec(target: tracker::ExecTarget, call: impl FnOnce(&Real) -> c_int) -> c_int {
-    let Some(real) = real::get() else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    tracker::before_exec(target);
-    call(real)
-}
-
-/// # Safety
-/// As for execve.
-#[no_mangle]
-pub unsafe extern "C" fn execve(path: *const c_char, argv: Strings, envp: Strings) -> c_int {
-    // SAFETY: forwarding the caller's arguments.
-    exec(exec_target(path, false), |r| unsafe { (r.execve)(path, argv, envp) })
-}
-
-/// # Safety
-/// As for execv.
-#[no_mangle]
-pub unsafe extern "C" fn execv(path: *const c_char, argv: Strings) -> c_int {
-    // SAFETY: forwarding the caller's arguments.
-    exec(exec_target(path, false), |r| unsafe { (r.execv)(path, argv) })
-}
-
-/// # Safety
-/// As for execvp.
-#[no_mangle]
-pub unsafe extern "C" fn execvp(file: *const c_char, argv: Strings) -> c_int {
-    // SAFETY: forwarding the caller's arguments.
-    exec(exec_target(file, true), |r| unsafe { (r.execvp)(file, argv) })
-}
-
-/// # Safety
-/// As for execvpe.
-#[no_mangle]
-pub unsafe extern "C" fn execvpe(file: *const c_char, argv: Strings, envp: Strings) -> c_int {
-    // SAFETY: forwarding the caller's arguments.
-    exec(exec_target(file, true), |r| unsafe { (r.execvpe)(file, argv, envp) })
-}
-
-/// # Safety
-/// As for fexecve.
-#[no_mangle]
-pub unsafe extern "C" fn fexecve(fd: c_int, argv: Strings, envp: Strings) -> c_int {
-    // SAFETY: forwarding the caller's arguments.
-    exec(tracker::ExecTarget::Unknown, |r| unsafe { (r.fexecve)(fd, argv, envp) })
-}
-
-/// Runs once the library is loaded, before the program's `main`. Not in the crate's own
-/// unit-test binary: its hooks then pass every call through, so the tests neither trace
-/// themselves nor leave trace files in the crate's directory.
-extern "C" fn constructor() {
-    if !cfg!(test) {
-        tracker::start();
-    }
-}
-
-#[used]
-#[link_section = ".init_array"]
-static CONSTRUCTOR: extern "C" fn() = constructor;
-
-/// Registered with atexit: runs after the program's own exit handlers (and after Python's
-/// finalisation, which happens before `exit`).
-pub extern "C" fn at_exit() {
-    tracker::finish(ExitKind::Exit, None);
-}
-
-/// The thread-exit key's destructor; `value` is the thread's slot.
-pub unsafe extern "C" fn thread_exit(value: *mut c_void) {
-    if !value.is_null() {
-        // SAFETY: the key's values are only ever set from `Slot::as_ptr`.
-        tracker::thread_exited(unsafe { Slot::from_ptr(value) });
-    }
-}
-
-pub unsafe extern "C" fn fork_prepare() {
-    let saved = errno();
-    tracker::before_fork();
-    set_errno(saved);
-}
-
-pub unsafe extern "C" fn fork_parent() {
-    tracker::after_fork_in_parent();
-}
-
-pub unsafe extern "C" fn fork_child() {
-    let saved = errno();
-    tracker::after_fork_in_child();
-    set_errno(saved);
-}
-
-pub extern "C" fn writer_main(_: *mut c_void) -> *mut c_void {
-    tracker::run_writer_thread();
-    std::ptr::null_mut()
 }

@@ -18,8 +18,6 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{compiler_fence, AtomicBool, AtomicPtr, Ordering};
 
-use super::sys;
-
 /// Whether slots are ordered by asymmetric fences rather than their locks. Changes only
 /// while a single thread runs (start-up, a forked child).
 static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
@@ -28,14 +26,14 @@ static ASYMMETRIC: AtomicBool = AtomicBool::new(false);
 /// before any other thread appends (at start-up, or in a forked child, where the forking
 /// thread is alone).
 pub fn choose_fences(force_locks: bool) {
-    ASYMMETRIC.store(!force_locks && sys::register_membarrier(), Ordering::SeqCst);
+    ASYMMETRIC.store(!force_locks && super::register_membarrier(), Ordering::SeqCst);
 }
 
 /// In a forked child (alone, before anything appends): registration does not carry over to
 /// the child's address space. Keeps the parent's choice, falling back to the locks if the
 /// registration is refused now.
 pub fn renew_fences_after_fork() {
-    if ASYMMETRIC.load(Ordering::Relaxed) && !sys::register_membarrier() {
+    if ASYMMETRIC.load(Ordering::Relaxed) && !super::register_membarrier() {
         ASYMMETRIC.store(false, Ordering::SeqCst);
     }
 }
@@ -125,7 +123,7 @@ pub fn for_each_batch(mut f: impl FnMut(&mut Vec<u64>)) -> bool {
         return true;
     }
     for_each(|slot| slot.foreign.store(true, Ordering::Relaxed));
-    let fenced = sys::membarrier();
+    let fenced = super::membarrier();
     if fenced {
         for_each(|slot| {
             let mut spins = 0u32;

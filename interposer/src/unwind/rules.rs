@@ -17,7 +17,7 @@ use gimli::{
     UnwindContextStorage, UnwindSection, X86_64,
 };
 
-use crate::ffi::unwind::{with_unwind_tables, UnwindTables};
+use crate::sys::loader::{with_object_containing, LoadedObject};
 
 /// How to step out of a frame whose code address is known.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,11 +161,39 @@ impl<T: gimli::ReaderOffset> UnwindContextStorage<T> for RowsOnStack {
     type Stack = [gimli::UnwindTableRow<T, Self>; 4];
 }
 
+/// The unwind tables of the object whose code holds an address, as the loader maps them.
+struct UnwindTables<'a> {
+    eh_frame_hdr: &'a [u8],
+    eh_frame_hdr_address: usize,
+    /// From `.eh_frame`'s start to the end of the segment holding it: the program headers do
+    /// not give its size, and its entries end the walk themselves.
+    eh_frame: &'a [u8],
+    eh_frame_address: usize,
+    text_address: usize,
+}
+
+impl<'a> UnwindTables<'a> {
+    /// None when the object has no `.eh_frame_hdr`, or it does not say where `.eh_frame` is.
+    fn of(object: &LoadedObject<'a>, address: usize) -> Option<UnwindTables<'a>> {
+        let (text_address, _) = object.segment_containing(address)?;
+        let (eh_frame_hdr, eh_frame_hdr_address) = object.eh_frame_hdr()?;
+        let eh_frame_address = eh_frame_pointer(eh_frame_hdr, eh_frame_hdr_address)?;
+        Some(UnwindTables {
+            eh_frame_hdr,
+            eh_frame_hdr_address,
+            eh_frame: object.bytes_to_segment_end(eh_frame_address)?,
+            eh_frame_address,
+            text_address,
+        })
+    }
+}
+
 fn compute_rule(address: usize) -> Rule {
     let mut rule = Rule::End;
-    with_unwind_tables(address, &mut |tables| {
-        rule = match tables {
+    with_object_containing(address, &mut |object| {
+        rule = match object.and_then(|object| UnwindTables::of(object, address)) {
             Some(tables) => rule_from_tables(&tables, address).unwrap_or(Rule::Unsupported),
+            // No object, or no table describes its code: libgcc ends the stack here too.
             None => Rule::End,
         }
     });
@@ -222,7 +250,7 @@ fn rule_from_tables(tables: &UnwindTables<'_>, address: usize) -> Result<Rule, g
 }
 
 /// The address of `.eh_frame`, from the head of `.eh_frame_hdr` mapped at `hdr_address`.
-pub fn eh_frame_pointer(eh_frame_hdr: &[u8], hdr_address: usize) -> Option<usize> {
+fn eh_frame_pointer(eh_frame_hdr: &[u8], hdr_address: usize) -> Option<usize> {
     let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_address as u64);
     let header = EhFrameHdr::new(eh_frame_hdr, NativeEndian).parse(&bases, 8).ok()?;
     match header.eh_frame_ptr() {

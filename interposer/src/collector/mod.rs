@@ -1,38 +1,52 @@
-//! The writer thread: receives batches of events, interns stacks into a prefix tree (each
-//! distinct stack node written once), keeps the module map current, encodes records and
-//! writes compressed chunks — at least every [`FLUSH_INTERVAL`] while events arrive, so a
-//! killed process leaves a readable trace.
+//! The collector: the thread that receives batches of events, interns stacks into a prefix
+//! tree ([`stack_tree`], each distinct stack node written once), keeps the module map
+//! current ([`modules`]), encodes records and writes compressed chunks to the
+//! [`trace_file`] — at least every [`FLUSH_INTERVAL`] while events arrive, so a killed
+//! process leaves a readable trace.
 //!
-//! It runs with its re-entrancy guard permanently set, so nothing it allocates is recorded,
-//! and with every signal blocked. It must never wait on a producer.
+//! It runs as libleak's own work (nothing it allocates is recorded) and with every signal
+//! blocked. It knows nothing of the recorder above it: the recorder hands it an
+//! [`EventSource`] for the threads' partial batches and the counters. It must never wait on
+//! a producer.
 //!
-//! Around `fork` the writer *parks*: it takes in everything recorded so far, then its thread
-//! ends, leaving its state (live set, stack tree, modules, code objects) consistent for both
-//! processes. The parent resumes it; the child turns it into the start of its own trace
-//! ([`Writer::start_child_trace`]), with every inherited block and the stacks and code
-//! objects they refer to.
+//! Around `fork` the collector *parks*: it takes in everything recorded so far, then its
+//! thread ends, leaving its state (live set, stack tree, modules, code objects) consistent
+//! for both processes. The parent resumes it; the child turns it into the start of its own
+//! trace ([`Collector::start_child_trace`]), with every inherited block and the stacks and
+//! code objects they refer to.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+mod modules;
+mod stack_tree;
+pub mod trace_file;
+
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use libleak_format::live::{AddressHasher, LiveBlock, LiveSet};
+use libleak_format::live::{LiveBlock, LiveSet};
 use libleak_format::{
     Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
-    RecordEncoder,
+    RecordEncoder, Stats,
 };
 
-use crate::ffi::sys;
+use crate::batch::{BatchEvent, BatchEvents};
 use crate::reach::{self, ExitingThread, ScanInput};
-use crate::stack_words;
-use crate::trace_file::TraceFile;
-use crate::tracker::{self, EVENT_ALLOC, EVENT_FREE};
+use crate::sys;
+use modules::ModuleMap;
+use stack_tree::StackTree;
+use trace_file::TraceFile;
+
+/// What the collector needs from the recorder that feeds it.
+pub trait EventSource: Sync {
+    /// Hands over every thread's partial batch (the periodic sweep, and at the end).
+    fn take_partial_batches(&self, each: &mut dyn FnMut(Vec<u64>));
+    /// The recorder's counters, as the trace's end states them.
+    fn stats(&self) -> Stats;
+}
 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(40);
 const CHUNK_BYTES: usize = 1 << 20;
-/// How long the writer keeps napping, rather than blocking, after the last message.
+/// How long the collector keeps napping, rather than blocking, after the last message.
 const NAPPING: Duration = Duration::from_millis(2);
 const NAP_US: u64 = 100;
 /// Block classes per BLOCK_CLASSES record.
@@ -46,7 +60,7 @@ pub struct ScanSettings {
     pub time_limit: Option<Duration>,
 }
 
-/// How the writer ends the trace.
+/// How the collector ends the trace.
 pub struct Ending {
     pub kind: ExitKind,
     pub status: Option<i32>,
@@ -54,9 +68,9 @@ pub struct Ending {
     pub scan_from: Option<ExitingThread>,
 }
 
-/// A live block as the writer keeps it: enough to re-record it in a forked child's trace.
+/// A live block as the collector keeps it: enough to re-record it in a forked child's trace.
 #[derive(Clone, Copy, Debug)]
-struct WriterBlock {
+struct CollectorBlock {
     seq: u64,
     /// The allocation kind in the top byte, the requested size below.
     size_and_kind: u64,
@@ -67,9 +81,9 @@ struct WriterBlock {
 
 const KIND_SHIFT: u32 = 56;
 
-impl WriterBlock {
-    fn new(seq: u64, size: u64, kind: AllocKind, stack: u64, thread_id: u32) -> WriterBlock {
-        WriterBlock {
+impl CollectorBlock {
+    fn new(seq: u64, size: u64, kind: AllocKind, stack: u64, thread_id: u32) -> CollectorBlock {
+        CollectorBlock {
             seq,
             size_and_kind: size.min((1 << KIND_SHIFT) - 1) | (kind as u64) << KIND_SHIFT,
             stack: u32::try_from(stack).unwrap_or(0),
@@ -82,7 +96,7 @@ impl WriterBlock {
     }
 }
 
-impl LiveBlock for WriterBlock {
+impl LiveBlock for CollectorBlock {
     fn seq(&self) -> u64 {
         self.seq
     }
@@ -92,15 +106,15 @@ impl LiveBlock for WriterBlock {
     }
 }
 
-/// How [`Writer::run`] ended.
+/// How [`Collector::run`] ended.
 pub enum Stopped {
     /// The trace is finished (or failed).
     Finished(Result<(), String>),
-    /// Parked for a fork: the state waits for [`Writer::run`] to be called again.
-    Parked(Box<Writer>),
+    /// Parked for a fork: the state waits for [`Collector::run`] to be called again.
+    Parked(Box<Collector>),
 }
 
-/// What a forked child's writer needs to start the child's trace.
+/// What a forked child's collector needs to start the child's trace.
 pub struct ChildStart {
     pub file: TraceFile,
     pub info: ProcessInfo,
@@ -120,116 +134,81 @@ pub enum Message {
     Finish(Ending),
 }
 
-/// A stack node's parent and frame word in 12 bytes, so that an entry of the node table is
-/// 16: with hundreds of thousands of nodes the table was the writer's largest structure
-/// (24-byte entries, 13 MB for alloc_heavy.py 500, and the old and new tables side by side
-/// while it grew).
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct NodeKey {
-    word: [u32; 2],
-    parent: u32,
-}
-
-impl NodeKey {
-    /// `None` for a parent id past `u32::MAX` (never met: 4 G nodes would not fit in memory).
-    fn new(parent: u64, word: u64) -> Option<NodeKey> {
-        Some(NodeKey {
-            word: [word as u32, (word >> 32) as u32],
-            parent: u32::try_from(parent).ok()?,
-        })
-    }
-
-    fn parent_and_word(self) -> (u64, u64) {
-        (
-            u64::from(self.parent),
-            u64::from(self.word[0]) | u64::from(self.word[1]) << 32,
-        )
-    }
-}
-
-impl std::hash::Hash for NodeKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let (parent, word) = self.parent_and_word();
-        state.write_u64(word);
-        state.write_u64(parent);
-    }
-}
-
-pub struct Writer {
+pub struct Collector {
     chunks: ChunkWriter<TraceFile>,
     encoder: RecordEncoder,
     events: Receiver<Message>,
     spare_batches: Sender<Vec<u64>>,
-    /// (parent node, frame word) → node id.
-    stack_nodes: HashMap<NodeKey, u32, BuildHasherDefault<AddressHasher>>,
-    /// Nodes taken out of `stack_nodes` when a module went away, which a forked child may
-    /// still need to re-define the stacks of the blocks it inherited. (The inverse table is
-    /// built only at a fork: kept all along, it was ~16 bytes per node of resident memory.)
-    retired_nodes: Vec<(NodeKey, u32)>,
+    source: &'static dyn EventSource,
+    stacks: StackTree,
     /// Every code object and interpreter recorded, for a forked child's trace.
     python_codes: Vec<PythonCode>,
     python_runtimes: Vec<PythonRuntime>,
     /// The PYTHON_CONFIG record, once written.
     python_ignores_environment: Option<bool>,
-    /// The previous stack interned (outermost first) and its node ids, depth by depth:
-    /// consecutive events of a thread share most of their outer frames, so only the frames
-    /// after the shared part need a lookup.
-    previous_frames: Vec<u64>,
-    previous_nodes: Vec<u64>,
-    modules: Vec<Module>,
-    next_module_id: u64,
-    main_exe: String,
-    loader_generation: (u64, u64),
+    modules: ModuleMap,
     last_flush: Instant,
     /// What is live, for the exit-time scan.
-    live: LiveSet<WriterBlock>,
+    live: LiveSet<CollectorBlock>,
     scan: ScanSettings,
 }
 
-impl Writer {
-    pub fn new(
-        file: TraceFile,
-        info: ProcessInfo,
-        modules: Vec<Module>,
-        python_runtime: Option<PythonRuntime>,
-        events: Receiver<Message>,
-        spare_batches: Sender<Vec<u64>>,
-        scan: ScanSettings,
-    ) -> std::io::Result<Writer> {
-        let mut writer = Writer {
+/// How the collector is started: its trace, what it knows of the process, and where its
+/// events come from.
+pub struct CollectorStart {
+    pub file: TraceFile,
+    pub info: ProcessInfo,
+    pub modules: Vec<Module>,
+    pub python_runtime: Option<PythonRuntime>,
+    pub events: Receiver<Message>,
+    pub spare_batches: Sender<Vec<u64>>,
+    pub source: &'static dyn EventSource,
+    pub scan: ScanSettings,
+}
+
+impl Collector {
+    /// Writes the trace's first records (process, modules, interpreter) and returns the
+    /// collector, ready to [`run`](Self::run).
+    pub fn new(start: CollectorStart) -> std::io::Result<Collector> {
+        let CollectorStart {
+            file,
+            info,
+            modules,
+            python_runtime,
+            events,
+            spare_batches,
+            source,
+            scan,
+        } = start;
+        let mut collector = Collector {
             chunks: ChunkWriter::new(file)?,
             encoder: RecordEncoder::new(),
             events,
             spare_batches,
-            stack_nodes: HashMap::default(),
-            retired_nodes: Vec::new(),
+            source,
+            stacks: StackTree::default(),
             python_codes: Vec::new(),
             python_runtimes: Vec::new(),
             python_ignores_environment: None,
-            previous_frames: Vec::new(),
-            previous_nodes: Vec::new(),
-            modules: Vec::new(),
-            next_module_id: 1,
-            main_exe: info.exe.clone(),
-            loader_generation: sys::loader_generation(),
+            modules: ModuleMap::new(info.exe.clone()),
             last_flush: Instant::now(),
             live: LiveSet::new(),
             scan,
         };
-        writer.encoder.process(&info);
+        collector.encoder.process(&info);
         // On disk before the module list, which takes a while to encode: a process killed
         // meanwhile (test suites kill children right after starting them) still leaves a
         // readable trace that says which process it was.
-        writer.flush()?;
-        writer.update_modules(modules);
+        collector.flush()?;
+        collector.update_modules(modules);
         if let Some(runtime) = python_runtime {
-            writer.python_runtime(runtime);
+            collector.python_runtime(runtime);
         }
-        writer.flush()?;
-        Ok(writer)
+        collector.flush()?;
+        Ok(collector)
     }
 
-    /// Runs until the tracker sends `Finish` or `Park`. An I/O error ends recording.
+    /// Runs until the recorder sends `Finish` or `Park`. An I/O error ends recording.
     pub fn run(mut self: Box<Self>) -> Stopped {
         let mut last_sweep = Instant::now();
         let mut last_message = Instant::now();
@@ -252,7 +231,7 @@ impl Writer {
             }
             if last_sweep.elapsed() >= SWEEP_INTERVAL {
                 last_sweep = Instant::now();
-                tracker::take_all_batches(|batch| self.process_batch(batch));
+                self.source.take_partial_batches(&mut |batch| self.process_batch(batch));
             }
             let due = self.last_flush.elapsed() >= FLUSH_INTERVAL || self.encoder.pending_bytes() >= CHUNK_BYTES;
             if due && self.encoder.pending_bytes() > 0 {
@@ -265,9 +244,9 @@ impl Writer {
     }
 
     /// The next message, or a timeout after [`SWEEP_INTERVAL`]. While messages keep coming
-    /// the writer naps instead of blocking: a blocked receiver makes every sender of a batch
+    /// the collector naps instead of blocking: a blocked receiver makes every sender of a batch
     /// wake it with a system call (and an interrupt to its core), paid by the program's
-    /// threads. After [`NAPPING`] without a message it blocks, so an idle program's writer
+    /// threads. After [`NAPPING`] without a message it blocks, so an idle program's collector
     /// does not wake up thousands of times a second.
     fn next_message(&self, last_message: Instant) -> Result<Message, RecvTimeoutError> {
         loop {
@@ -310,10 +289,10 @@ impl Writer {
         while let Ok(message) = self.events.try_recv() {
             self.handle(message);
         }
-        tracker::take_all_batches(|batch| self.process_batch(batch));
+        self.source.take_partial_batches(&mut |batch| self.process_batch(batch));
     }
 
-    /// Turns the parked state of the parent's writer into the start of a forked child's
+    /// Turns the parked state of the parent's collector into the start of a forked child's
     /// trace: a new file, the child's channels, and every block the child inherited, with the
     /// modules, code objects and stacks they need. The parent's unwritten payload stays the
     /// parent's.
@@ -328,7 +307,7 @@ impl Writer {
         self.spare_batches = spare_batches;
         self.encoder = RecordEncoder::new();
         self.encoder.process(&child.info);
-        for module in &self.modules {
+        for module in self.modules.modules() {
             self.encoder.module(module);
         }
         for runtime in &self.python_runtimes {
@@ -348,9 +327,7 @@ impl Writer {
         // On disk before the inherited blocks, which take a while: a child killed meanwhile
         // still leaves a readable (cut short) trace.
         self.flush()?;
-        let parent_nodes = self.take_node_table();
-        self.previous_frames.clear();
-        self.previous_nodes.clear();
+        let parent_nodes = self.stacks.take_node_table();
         let mut frames = Vec::new();
         for (address, block) in inherited {
             frames.clear();
@@ -359,7 +336,7 @@ impl Writer {
                 frames.push(word);
                 node = parent;
             }
-            let stack = self.intern_stack(&frames);
+            let stack = self.stacks.intern(&frames, &mut self.encoder, &mut self.modules);
             self.encoder.alloc(&Alloc {
                 seq: block.seq,
                 thread_id: block.thread_id,
@@ -375,18 +352,6 @@ impl Writer {
         self.flush()
     }
 
-    /// Node id − 1 → (parent node, frame word) of every node defined in this trace, emptying
-    /// the tables the ids came from (a forked child's trace numbers its nodes afresh).
-    fn take_node_table(&mut self) -> Vec<Option<(u64, u64)>> {
-        let nodes: Vec<(NodeKey, u32)> = self.stack_nodes.drain().chain(self.retired_nodes.drain(..)).collect();
-        let count = nodes.iter().map(|&(_, id)| id).max().unwrap_or(0);
-        let mut table = vec![None; count as usize];
-        for (key, id) in nodes {
-            table[(id - 1) as usize] = Some(key.parent_and_word());
-        }
-        table
-    }
-
     fn finish(&mut self, ending: Ending) -> Result<(), String> {
         self.take_in_everything();
         if let (Some(exiting), Some(time_limit)) = (ending.scan_from, self.scan.time_limit) {
@@ -395,24 +360,25 @@ impl Writer {
         self.encoder.end(&End {
             kind: ending.kind,
             status: ending.status,
-            stats: tracker::stats(),
+            stats: self.source.stats(),
         });
         self.flush().map_err(|e| format!("cannot write the trace: {e}"))
     }
 
     fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration) {
         // Modules loaded since the last snapshot hold roots too.
-        self.update_modules(sys::loaded_modules(&self.main_exe));
+        self.update_modules(sys::loader::loaded_modules(self.modules.main_exe()));
         let blocks = self
             .live
             .live_blocks()
             .into_iter()
             .map(|(address, block)| (address, block.size()))
             .collect();
-        let own_module = self.modules.iter().find(|m| m.contains(self.scan.own_code));
+        let modules = self.modules.modules();
+        let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
         let result = reach::scan(ScanInput {
             blocks,
-            modules: &self.modules,
+            modules,
             own_module,
             exiting: Some(exiting),
             python: crate::python::gc::objects(),
@@ -441,18 +407,19 @@ impl Writer {
     }
 
     fn process_batch(&mut self, mut batch: Vec<u64>) {
-        let mut at = 0;
-        while at < batch.len() {
-            let header = batch[at];
-            let thread_id = (header >> 32) as u32;
-            match header & 0xff {
-                EVENT_ALLOC if at + 4 <= batch.len() => {
-                    let frame_count = ((header >> 16) & 0xffff) as usize;
-                    let frames_end = (at + 4 + frame_count).min(batch.len());
-                    let stack = self.intern_stack(&batch[at + 4..frames_end]);
-                    let kind = AllocKind::from_u8(((header >> 8) & 0xff) as u8).unwrap_or(AllocKind::Malloc);
-                    let (seq, address, size) = (batch[at + 1], batch[at + 2], batch[at + 3]);
-                    let block = WriterBlock::new(seq, size, kind, stack, thread_id);
+        let mut events = BatchEvents::new(&batch).peekable();
+        while let Some(event) = events.next() {
+            match event {
+                BatchEvent::Alloc {
+                    kind,
+                    thread_id,
+                    seq,
+                    address,
+                    size,
+                    frames,
+                } => {
+                    let stack = self.stacks.intern(frames, &mut self.encoder, &mut self.modules);
+                    let block = CollectorBlock::new(seq, size, kind, stack, thread_id);
                     self.encoder.alloc(&Alloc {
                         seq,
                         thread_id,
@@ -461,34 +428,37 @@ impl Writer {
                         stack,
                         kind,
                     });
-                    at = frames_end;
                     // The block freed by the thread's very next event: one live-set update.
-                    let next = batch
-                        .get(at..at + 3)
-                        .filter(|free| free[0] & 0xff == EVENT_FREE && free[2] == address);
-                    match next {
-                        Some(&[header, free_seq, _]) => {
+                    match events
+                        .next_if(|next| matches!(next, BatchEvent::Free { address: freed, .. } if *freed == address))
+                    {
+                        Some(BatchEvent::Free {
+                            thread_id,
+                            seq: free_seq,
+                            ..
+                        }) => {
                             self.live.alloc_and_free(address, block, free_seq);
                             self.encoder.free(&Free {
                                 seq: free_seq,
-                                thread_id: (header >> 32) as u32,
+                                thread_id,
                                 address,
                             });
-                            at += 3;
                         }
                         _ => self.live.alloc(address, block),
                     }
                 }
-                EVENT_FREE if at + 3 <= batch.len() => {
-                    self.live.free(batch[at + 2], batch[at + 1]);
+                BatchEvent::Free {
+                    thread_id,
+                    seq,
+                    address,
+                } => {
+                    self.live.free(address, seq);
                     self.encoder.free(&Free {
-                        seq: batch[at + 1],
+                        seq,
                         thread_id,
-                        address: batch[at + 2],
+                        address,
                     });
-                    at += 3;
                 }
-                _ => break, // cannot happen: batches are written only by the tracker
             }
         }
         batch.clear();
@@ -502,79 +472,10 @@ impl Writer {
         }
     }
 
-    /// Returns the node id of the innermost frame of `frames` (stack words, innermost first).
-    fn intern_stack(&mut self, frames: &[u64]) -> u64 {
-        let shared = frames
-            .iter()
-            .rev()
-            .zip(&self.previous_frames)
-            .take_while(|(a, b)| a == b)
-            .count();
-        self.previous_frames.truncate(shared);
-        self.previous_nodes.truncate(shared);
-        let mut node = self.previous_nodes.last().copied().unwrap_or(0);
-        for (depth, &word) in (shared..).zip(frames[..frames.len() - shared].iter().rev()) {
-            let key = NodeKey::new(node, word);
-            node = match key.and_then(|key| self.stack_nodes.get(&key)) {
-                Some(&id) => u64::from(id),
-                None => {
-                    if stack_words::is_native(word) && !self.modules.iter().any(|m| m.contains(word)) {
-                        self.rescan_if_loader_changed();
-                    }
-                    let id = self.encoder.stack_node(node, stack_words::to_frame(word));
-                    // Past u32::MAX a node is not remembered: defined again when met again.
-                    if let (Some(key), Ok(short_id)) = (key, u32::try_from(id)) {
-                        self.stack_nodes.insert(key, short_id);
-                    }
-                    id
-                }
-            };
-            // Unless a module went away meanwhile and the rescan emptied the previous stack:
-            // kept from here, it would sit at the wrong depths.
-            if self.previous_frames.len() == depth {
-                self.previous_frames.push(word);
-                self.previous_nodes.push(node);
-            }
-        }
-        node
-    }
-
-    fn rescan_if_loader_changed(&mut self) {
-        let generation = sys::loader_generation();
-        if generation != self.loader_generation {
-            let modules = sys::loaded_modules(&self.main_exe);
-            self.update_modules(modules);
-            // Only a snapshot taken here is known to match this generation: one sent by a
-            // hook may predate loads that happened since (the writer can be behind).
-            self.loader_generation = generation;
-        }
-    }
-
     /// Records modules that appeared and disappeared since the last snapshot.
     fn update_modules(&mut self, snapshot: Vec<Module>) {
-        let same = |a: &Module, b: &Module| a.path == b.path && a.bias == b.bias;
-        let before = self.modules.len();
-        self.modules.retain(|known| {
-            let present = snapshot.iter().any(|m| same(m, known));
-            if !present {
-                self.encoder.module_unloaded(known.id);
-            }
-            present
-        });
-        if self.modules.len() != before {
-            // Addresses of an unloaded module may be reused by the next one: stack nodes
-            // defined from now on must not be confused with the old ones.
-            self.retired_nodes.extend(self.stack_nodes.drain());
-            self.previous_frames.clear();
-            self.previous_nodes.clear();
-        }
-        for mut module in snapshot {
-            if !self.modules.iter().any(|known| same(known, &module)) {
-                module.id = self.next_module_id;
-                self.next_module_id += 1;
-                self.encoder.module(&module);
-                self.modules.push(module);
-            }
+        if self.modules.update(snapshot, &mut self.encoder) {
+            self.stacks.retire_all();
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The trace file as the writer writes it. It holds no descriptor between writes: a program
+//! The trace file as the collector writes it. It holds no descriptor between writes: a program
 //! may list its descriptors and expect exactly the ones it opened (CPython's test_subprocess
 //! does, for a child under libleak). Every write opens the file by path, moves the descriptor
 //! high out of the program's way, checks it is still the trace file (device and inode), writes
@@ -14,7 +14,7 @@ use std::io::{self, Write};
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
-use crate::ffi::sys;
+use crate::sys;
 
 pub struct TraceFile {
     path: String,
@@ -30,6 +30,11 @@ impl TraceFile {
             identity: (metadata.dev(), metadata.ino()),
             path,
         })
+    }
+
+    /// Where the trace is.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     /// Opens the trace file, appends `bytes` through one descriptor and closes it.

@@ -98,7 +98,7 @@ fn resolve() -> Option<&'static Real> {
         }
         None => {
             STATE.store(FAILED, Ordering::Release);
-            super::sys::write_stderr(b"libleak: cannot find the real malloc; the program cannot run under libleak\n");
+            super::write_stderr(b"libleak: cannot find the real malloc; the program cannot run under libleak\n");
             None
         }
     }
@@ -179,7 +179,7 @@ pub mod bootstrap {
             let end = match start.checked_add(size) {
                 Some(end) if end <= base() + ARENA_BYTES => end,
                 _ => {
-                    super::super::sys::set_errno(libc::ENOMEM);
+                    super::super::set_errno(libc::ENOMEM);
                     return std::ptr::null_mut();
                 }
             };

@@ -1,0 +1,281 @@
+//! The in-memory event, defined once: how a recording thread packs an allocation or a free
+//! into its batch (a `Vec<u64>`), and how the collector reads it back. Both sides use only
+//! this file, so the layout cannot drift between them.
+//!
+//! An event is a header word followed by its fields, frames innermost first:
+//! - alloc: `[header, seq, address, size, frame…]`;
+//! - free:  `[header, seq, address]`;
+//!
+//! where `header = tag | kind << 8 | frame_count << 16 | thread_id << 32`. Frame words are
+//! those of [`crate::stack_words`].
+//!
+//! Must never allocate: packing runs inside the hooks, into a batch with room reserved.
+
+use libleak_format::AllocKind;
+
+/// Which event a header starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum BatchTag {
+    Alloc = 1,
+    Free = 2,
+}
+
+/// The first word of every event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub tag: BatchTag,
+    /// Meaningful for allocations only.
+    pub kind: AllocKind,
+    /// Stack words after an allocation's fixed fields (at most 65,535).
+    pub frame_count: usize,
+    pub thread_id: u32,
+}
+
+impl Header {
+    #[inline(always)]
+    pub fn pack(self) -> u64 {
+        self.tag as u64
+            | (self.kind as u64) << 8
+            | (self.frame_count as u64 & 0xffff) << 16
+            | u64::from(self.thread_id) << 32
+    }
+
+    /// None for a word that starts no event.
+    #[inline(always)]
+    pub fn unpack(word: u64) -> Option<Header> {
+        let tag = match word & 0xff {
+            1 => BatchTag::Alloc,
+            2 => BatchTag::Free,
+            _ => return None,
+        };
+        Some(Header {
+            tag,
+            kind: AllocKind::from_u8((word >> 8) as u8).unwrap_or(AllocKind::Malloc),
+            frame_count: ((word >> 16) & 0xffff) as usize,
+            thread_id: (word >> 32) as u32,
+        })
+    }
+}
+
+/// Appends an allocation's fixed fields; its `frame_count` stack words must follow.
+#[inline(always)]
+pub fn push_alloc(batch: &mut Vec<u64>, header: Header, seq: u64, address: usize, size: usize) {
+    batch.extend_from_slice(&[header.pack(), seq, address as u64, size as u64]);
+}
+
+/// Appends a free.
+#[inline(always)]
+pub fn push_free(batch: &mut Vec<u64>, thread_id: u32, seq: u64, address: usize) {
+    let header = Header {
+        tag: BatchTag::Free,
+        kind: AllocKind::Malloc,
+        frame_count: 0,
+        thread_id,
+    };
+    batch.extend_from_slice(&[header.pack(), seq, address as u64]);
+}
+
+/// An event kept aside without a stack or a thread (a signal handler's, recorded while its
+/// thread was busy recording another), packed into a fixed number of words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeferredEvent {
+    pub tag: BatchTag,
+    pub kind: AllocKind,
+    pub seq: u64,
+    pub address: usize,
+    pub size: usize,
+}
+
+/// Words of a packed [`DeferredEvent`].
+pub const DEFERRED_WORDS: usize = 4;
+
+impl DeferredEvent {
+    pub fn pack(self) -> [u64; DEFERRED_WORDS] {
+        let header = Header {
+            tag: self.tag,
+            kind: self.kind,
+            frame_count: 0,
+            thread_id: 0,
+        };
+        [header.pack(), self.seq, self.address as u64, self.size as u64]
+    }
+
+    pub fn unpack(words: [u64; DEFERRED_WORDS]) -> Option<DeferredEvent> {
+        let header = Header::unpack(words[0])?;
+        Some(DeferredEvent {
+            tag: header.tag,
+            kind: header.kind,
+            seq: words[1],
+            address: words[2] as usize,
+            size: words[3] as usize,
+        })
+    }
+
+    /// Appends the event to a batch as `thread_id`'s, with no stack.
+    pub fn push(self, batch: &mut Vec<u64>, thread_id: u32) {
+        match self.tag {
+            BatchTag::Alloc => {
+                let header = Header {
+                    tag: BatchTag::Alloc,
+                    kind: self.kind,
+                    frame_count: 0,
+                    thread_id,
+                };
+                push_alloc(batch, header, self.seq, self.address, self.size);
+            }
+            BatchTag::Free => push_free(batch, thread_id, self.seq, self.address),
+        }
+    }
+}
+
+/// An event read back from a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchEvent<'a> {
+    Alloc {
+        kind: AllocKind,
+        thread_id: u32,
+        seq: u64,
+        address: u64,
+        size: u64,
+        /// Stack words, innermost first.
+        frames: &'a [u64],
+    },
+    Free {
+        thread_id: u32,
+        seq: u64,
+        address: u64,
+    },
+}
+
+/// The events of a batch, in the order they were recorded. Stops at the first word that
+/// starts no whole event (which packing never leaves).
+pub struct BatchEvents<'a> {
+    words: &'a [u64],
+}
+
+impl<'a> BatchEvents<'a> {
+    pub fn new(words: &'a [u64]) -> BatchEvents<'a> {
+        BatchEvents { words }
+    }
+}
+
+impl<'a> Iterator for BatchEvents<'a> {
+    type Item = BatchEvent<'a>;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<BatchEvent<'a>> {
+        let header = Header::unpack(*self.words.first()?)?;
+        match header.tag {
+            BatchTag::Alloc => {
+                let &[_, seq, address, size, ref rest @ ..] = self.words else {
+                    self.words = &[];
+                    return None;
+                };
+                let (frames, rest) = rest.split_at(header.frame_count.min(rest.len()));
+                self.words = rest;
+                Some(BatchEvent::Alloc {
+                    kind: header.kind,
+                    thread_id: header.thread_id,
+                    seq,
+                    address,
+                    size,
+                    frames,
+                })
+            }
+            BatchTag::Free => {
+                let &[_, seq, address, ref rest @ ..] = self.words else {
+                    self.words = &[];
+                    return None;
+                };
+                self.words = rest;
+                Some(BatchEvent::Free {
+                    thread_id: header.thread_id,
+                    seq,
+                    address,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_back_as_packed() {
+        let mut batch = Vec::new();
+        let header = Header {
+            tag: BatchTag::Alloc,
+            kind: AllocKind::PosixMemalign,
+            frame_count: 2,
+            thread_id: 0xfedc_ba98,
+        };
+        push_alloc(&mut batch, header, 7, 0x1000, 48);
+        batch.extend_from_slice(&[0x4010, 0x4020]);
+        push_free(&mut batch, 3, 8, 0x1000);
+        DeferredEvent {
+            tag: BatchTag::Alloc,
+            kind: AllocKind::Calloc,
+            seq: 9,
+            address: 0x2000,
+            size: 16,
+        }
+        .push(&mut batch, 5);
+        let events: Vec<_> = BatchEvents::new(&batch).collect();
+        assert_eq!(
+            events,
+            [
+                BatchEvent::Alloc {
+                    kind: AllocKind::PosixMemalign,
+                    thread_id: 0xfedc_ba98,
+                    seq: 7,
+                    address: 0x1000,
+                    size: 48,
+                    frames: &[0x4010, 0x4020],
+                },
+                BatchEvent::Free {
+                    thread_id: 3,
+                    seq: 8,
+                    address: 0x1000
+                },
+                BatchEvent::Alloc {
+                    kind: AllocKind::Calloc,
+                    thread_id: 5,
+                    seq: 9,
+                    address: 0x2000,
+                    size: 16,
+                    frames: &[],
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_header_round_trips_and_a_stray_word_is_no_event() {
+        let header = Header {
+            tag: BatchTag::Free,
+            kind: AllocKind::Malloc,
+            frame_count: 0,
+            thread_id: u32::MAX,
+        };
+        assert_eq!(Header::unpack(header.pack()), Some(header));
+        assert_eq!(Header::unpack(0), None);
+        assert_eq!(BatchEvents::new(&[0, 1, 2]).count(), 0);
+        // An allocation cut short yields nothing rather than reading past the batch.
+        assert_eq!(BatchEvents::new(&[header.pack() & !0xff | 1, 1, 2]).count(), 0);
+    }
+
+    #[test]
+    fn a_deferred_event_round_trips() {
+        let event = DeferredEvent {
+            tag: BatchTag::Free,
+            kind: AllocKind::Malloc,
+            seq: 11,
+            address: 0xdead_0000,
+            size: 0,
+        };
+        assert_eq!(DeferredEvent::unpack(event.pack()), Some(event));
+    }
+}

@@ -1,0 +1,129 @@
+//! Stack interning: every distinct stack is a path in a prefix tree whose nodes are written
+//! to the trace once each (STACK_NODE records), so an allocation names its stack with one
+//! node id. Consecutive events of a thread share most of their outer frames; the previous
+//! stack's path is kept so that only the frames after the shared part are looked up.
+//!
+//! Must never hand out a node id that the trace has not defined, and never reuse a node for
+//! an address whose module went away (another object may be loaded there).
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use libleak_format::live::AddressHasher;
+use libleak_format::RecordEncoder;
+
+use super::modules::ModuleMap;
+use crate::stack_words;
+
+/// A stack node's parent and frame word in 12 bytes, so that an entry of the node table is
+/// 16: with hundreds of thousands of nodes the table is the collector's largest structure
+/// (see docs/benchmarks.md, "Collector memory").
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct NodeKey {
+    word: [u32; 2],
+    parent: u32,
+}
+
+impl NodeKey {
+    /// `None` for a parent id past `u32::MAX` (never met: 4 G nodes would not fit in memory).
+    fn new(parent: u64, word: u64) -> Option<NodeKey> {
+        Some(NodeKey {
+            word: [word as u32, (word >> 32) as u32],
+            parent: u32::try_from(parent).ok()?,
+        })
+    }
+
+    fn parent_and_word(self) -> (u64, u64) {
+        (
+            u64::from(self.parent),
+            u64::from(self.word[0]) | u64::from(self.word[1]) << 32,
+        )
+    }
+}
+
+impl std::hash::Hash for NodeKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (parent, word) = self.parent_and_word();
+        state.write_u64(word);
+        state.write_u64(parent);
+    }
+}
+
+#[derive(Default)]
+pub struct StackTree {
+    /// (parent node, frame word) → node id.
+    nodes: HashMap<NodeKey, u32, BuildHasherDefault<AddressHasher>>,
+    /// Nodes taken out of `nodes` when a module went away, which a forked child may still
+    /// need to re-define the stacks of the blocks it inherited. (The inverse table is built
+    /// only at a fork: it would cost memory per node all along.)
+    retired: Vec<(NodeKey, u32)>,
+    /// The previous stack interned (outermost first) and its node ids, depth by depth.
+    previous_frames: Vec<u64>,
+    previous_nodes: Vec<u64>,
+}
+
+impl StackTree {
+    /// Returns the node id of the innermost frame of `frames` (stack words, innermost
+    /// first), defining the nodes the trace does not have yet. A native frame no known
+    /// module holds makes `modules` rescan the loader first.
+    pub fn intern(&mut self, frames: &[u64], encoder: &mut RecordEncoder, modules: &mut ModuleMap) -> u64 {
+        let shared = frames
+            .iter()
+            .rev()
+            .zip(&self.previous_frames)
+            .take_while(|(a, b)| a == b)
+            .count();
+        self.previous_frames.truncate(shared);
+        self.previous_nodes.truncate(shared);
+        let mut node = self.previous_nodes.last().copied().unwrap_or(0);
+        for (depth, &word) in (shared..).zip(frames[..frames.len() - shared].iter().rev()) {
+            let key = NodeKey::new(node, word);
+            node = match key.and_then(|key| self.nodes.get(&key)) {
+                Some(&id) => u64::from(id),
+                None => {
+                    if stack_words::is_native(word) && !modules.holds(word) && modules.rescan_if_loader_changed(encoder)
+                    {
+                        self.retire_all();
+                    }
+                    let id = encoder.stack_node(node, stack_words::to_frame(word));
+                    // Past u32::MAX a node is not remembered: defined again when met again.
+                    if let (Some(key), Ok(short_id)) = (key, u32::try_from(id)) {
+                        self.nodes.insert(key, short_id);
+                    }
+                    id
+                }
+            };
+            // Unless a module went away meanwhile and the rescan emptied the previous stack:
+            // kept from here, it would sit at the wrong depths.
+            if self.previous_frames.len() == depth {
+                self.previous_frames.push(word);
+                self.previous_nodes.push(node);
+            }
+        }
+        node
+    }
+
+    /// A module went away: nodes defined from now on must not be confused with the old ones.
+    pub fn retire_all(&mut self) {
+        self.retired.extend(self.nodes.drain());
+        self.forget_previous();
+    }
+
+    pub fn forget_previous(&mut self) {
+        self.previous_frames.clear();
+        self.previous_nodes.clear();
+    }
+
+    /// Node id − 1 → (parent node, frame word) of every node defined in this trace, emptying
+    /// the tree (a forked child's trace numbers its nodes afresh).
+    pub fn take_node_table(&mut self) -> Vec<Option<(u64, u64)>> {
+        let nodes: Vec<(NodeKey, u32)> = self.nodes.drain().chain(self.retired.drain(..)).collect();
+        let count = nodes.iter().map(|&(_, id)| id).max().unwrap_or(0);
+        let mut table = vec![None; count as usize];
+        for (key, id) in nodes {
+            table[(id - 1) as usize] = Some(key.parent_and_word());
+        }
+        self.forget_previous();
+        table
+    }
+}

@@ -1,0 +1,14 @@
+//! The top layer: the C ABI the traced program calls, and nothing else. Every exported
+//! symbol makes the real call through [`crate::sys::real`] and delegates what libleak does
+//! about it to [`crate::recorder`]:
+//! - `alloc`: the malloc family, `free`, `malloc_usable_size`;
+//! - `process`: `exit`, `_exit`, `_Exit`, `abort`, the `exec` family, `dlopen`, `dlclose`;
+//! - `init`: the library constructor.
+//!
+//! Must never change what the caller sees (results, errno, `free(NULL)`, alignment errors),
+//! allocate through its own hooks, or hold anything of libleak's across the real call.
+#![allow(unsafe_code)]
+
+mod alloc;
+mod init;
+mod process;
