@@ -173,6 +173,11 @@ fn hand_on_pending(t: &ThreadState) {
         if reserved == 0 {
             return;
         }
+        // A handler interrupting from here on is told apart by a signal frame below this
+        // one (not below the frame of the last event recorded, which lies deeper).
+        let frame = 0u8;
+        t.recording_frame
+            .set(std::hint::black_box(&frame) as *const u8 as usize);
         t.phase.set(Phase::Recording);
         let count = reserved.min(PENDING_EVENTS);
         let mut events = [[0u64; DEFERRED_WORDS]; PENDING_EVENTS];
