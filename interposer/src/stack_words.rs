@@ -1,4 +1,4 @@
-//! How a stack frame travels from a hook to the writer: one `u64` per frame.
+//! How a stack frame travels from a hook to the collector: one `u64` per frame.
 //!
 //! A native return address is stored as is (user-space addresses are below 2^47). A word
 //! with the top bit set is a Python frame: the code id in bits 32..63 and the signed
@@ -7,8 +7,9 @@
 //! An event's words interleave the two stacks: each activation's Python frames sit right
 //! inside the eval-loop native frame that ran them. Readers only rely on the order within
 //! each kind (`format/SPEC.md`); the interleaving is what lets consecutive stacks share
-//! nodes of the writer's prefix tree: with every Python frame after the native stack, a new
-//! instruction offset in the innermost Python frame made the whole native stack new again.
+//! nodes of the collector's prefix tree: were every Python frame after the native stack, a
+//! new instruction offset in the innermost Python frame would make the whole native stack
+//! new again.
 
 use libleak_format::Frame;
 

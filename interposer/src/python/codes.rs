@@ -11,7 +11,7 @@
 //! The first table is small and each next one twice the size, taken into use when the newest
 //! is half full; entries never move, and a lookup probes the newest table first. One large
 //! table would touch a fresh page for nearly every new code object (hashed addresses spread
-//! over all of it): 1,100 page faults and 4.4 MB for `python -c pass`. All tables are
+//! over all of it), a start-up cost every Python program would pay. All tables are
 //! carved from one zeroed allocation made at start-up, whose untouched pages cost nothing,
 //! so that taking a table into use is one atomic store, never a lock (a fork may come at
 //! any moment). When every table is full, a new code object is defined again at each

@@ -2,7 +2,7 @@
 //! then, inside each hook, walks the allocating thread's own frame chain and turns it into
 //! stack words (see [`crate::stack_words`]): code ids, instruction offsets and the ends of
 //! eval-loop activations. A code object seen for the first time is copied (file name,
-//! qualified name, first line, line table) into a [`PythonCode`] definition for the writer.
+//! qualified name, first line, line table) into a [`PythonCode`] definition for the collector.
 //!
 //! The walk never takes the GIL, never allocates through the hooks, never calls into Python
 //! beyond the allocation-free thread-state getters, and stops at the first implausible

@@ -9,7 +9,7 @@
 //! [`crate::python::gc`]): their GC-header links are not references, and a pointer to the
 //! object (past the header) is a pointer to the block's start.
 //!
-//! Runs on the writer thread while other threads may still run: every read goes through
+//! Runs on the collector thread while other threads may still run: every read goes through
 //! [`MemoryReader`], which cannot fault. Bounded by a deadline; past it, nothing is
 //! classified and the outcome says so. Must never write to the program's memory.
 

@@ -298,7 +298,7 @@ fn arena_heap_size(memory: &mut MemoryReader, start: u64, end: u64) -> Option<u6
         && protected <= ARENA_HEAP_ALIGN;
     // Pages past `size` up to `mprotect_size` stay readable after the heap shrank; they are
     // still malloc's, holding whatever the arena's freed chunks held. The sizes may be ahead
-    // of the mapping read earlier: the writer's own arena grows during the scan.
+    // of the mapping read earlier: the collector's own arena grows during the scan.
     plausible.then_some(protected.min(end.saturating_sub(start)))
 }
 

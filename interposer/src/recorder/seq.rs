@@ -3,8 +3,8 @@
 //! The live set needs, for every address, its events in true order: an allocation and a free
 //! of the same address (on the same or another thread) must get increasing numbers when one
 //! happens before the other. A single process-wide counter gives that, but every event of
-//! every thread then writes one cache line: with four allocating threads that line's
-//! transfers between cores were most of the cost inside the hooks.
+//! every thread then writes one cache line, which bounces between the cores of allocating
+//! threads (see docs/benchmarks.md, "Sequence numbers").
 //!
 //! Instead each thread keeps a clock, and a table of clocks indexed by a hash of the address
 //! carries order from one thread to another: an event reads its address's entry, takes a
@@ -19,8 +19,8 @@
 //! A free takes its number before the real free, an allocation after the real allocation.
 //!
 //! While a single thread takes numbers (most Python programs), its clock alone orders
-//! everything and the table is left alone: its read-modify-write on a line hashed from the
-//! address was ~15 % of the allocating thread's time. That thread publishes each number it
+//! everything and the table is left alone: a read-modify-write on a line hashed from the
+//! address, per event, is a cost a lone thread need not pay. That thread publishes each number it
 //! takes (a plain store). The first other thread to need a number switches the process to the
 //! table for good: it announces the switch and runs a process-wide memory barrier
 //! (`membarrier`, as the event slots do). After it, the lone thread sees the switch at its

@@ -76,8 +76,8 @@ pub fn zeroed_atomic_words(n: usize) -> Box<[std::sync::atomic::AtomicU64]> {
 /// Asks the core to fetch, for writing, the cache lines at `from`, `from + 64`, … below `to`
 /// bytes past the start of `words`' buffer (at least the one at `from`): a hint, which never
 /// faults and changes nothing visible. Called with consecutive ranges, it reaches every line:
-/// one ending mid-line is fetched by the next call, which starts there (aligning each range
-/// instead measured slower, one hint more per call).
+/// one ending mid-line is fetched by the next call, which starts there, so no range needs
+/// aligning (see docs/benchmarks.md, "Batch prefetch").
 #[inline(always)]
 pub fn prefetch_for_write(words: &[u64], from: usize, to: usize) {
     const LINE: usize = 64;

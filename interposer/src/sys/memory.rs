@@ -4,9 +4,9 @@
 //! fall back to `/proc/self/mem` where that system call is refused.
 //!
 //! Small reads (a word, a small block) are served from a few cached pages: the scan reads
-//! every live block and its neighbours' headers, one system call each before (11,400 calls,
-//! most of a 13 ms scan, for `python -c pass`). A cached page is a snapshot from a moment of
-//! the scan, as any read is.
+//! every live block and its neighbours' headers, and a system call per read would be most of
+//! the scan's time (see docs/benchmarks.md, "Exit scan"). A cached page is a snapshot from a
+//! moment of the scan, as any read is.
 //!
 //! Never dereferences an address it was given.
 

@@ -205,7 +205,7 @@ pub mod bootstrap {
 
 /// Routes the interposer's own Rust allocations straight to the real allocator (or the
 /// bootstrap arena before it is known), never through the recording hooks. Large blocks
-/// (event batches, the writer's tables) are mapped directly instead: a malloc that has to
+/// (event batches, the collector's tables) are mapped directly instead: a malloc that has to
 /// grow its heap holds the arena lock across a system call, and a signal handler that
 /// allocates and interrupts it there deadlocks the thread; libleak must not open that window
 /// where the program did not. Those mappings are listed in [`own_mappings`], so that the exit
@@ -330,7 +330,7 @@ unsafe impl GlobalAlloc for RealAllocator {
         }
         if let Some(real) = get() {
             // The block goes back to malloc and may be handed to the program next: leave no
-            // copies of block addresses (the writer's tables hold many) for the exit scan to
+            // copies of block addresses (the collector's tables hold many) for the exit scan to
             // take for the program's pointers.
             // SAFETY: `ptr` is a live block of `layout.size()` bytes from this allocator.
             unsafe { std::ptr::write_bytes(ptr, 0, layout.size()) };

@@ -1,15 +1,15 @@
-//! Per-thread event batches that the writer can also reach. Each thread appends to the
-//! batch of the slot it claimed; the writer periodically takes partial batches so that an
+//! Per-thread event batches that the collector can also reach. Each thread appends to the
+//! batch of the slot it claimed; the collector periodically takes partial batches so that an
 //! idle thread's events are not held back, and takes all of them at exit.
 //!
 //! Slots are never freed (a thread's slot is released at its exit and reused by a later
 //! thread), so a `&'static Slot` stays valid.
 //!
-//! Appends are on every allocation's path, takes by the writer rare (a sweep every few tens
+//! Appends are on every allocation's path, takes by the collector rare (a sweep every few tens
 //! of milliseconds). Where the kernel offers `membarrier`, the two sides are ordered by
 //! asymmetric fences: the owner marks itself busy with a plain store and checks for a
 //! foreign access with a plain load (no atomic read-modify-write, whose full fence cost
-//! ~10 % of a Python workload's allocating thread), and the writer, after announcing its
+//! ~10 % of a Python workload's allocating thread), and the collector, after announcing its
 //! access, makes every thread execute a barrier (`membarrier`) before it looks at the busy
 //! marks: either it sees the owner busy and waits, or the owner sees the announcement and
 //! steps back. Elsewhere each slot has a spin lock, held only for an append or a swap.
@@ -47,7 +47,7 @@ pub struct Slot {
     locked: AtomicBool,
     /// The owner is appending (asymmetric fences).
     busy: AtomicBool,
-    /// The writer is taking the batch, or about to (asymmetric fences).
+    /// The collector is taking the batch, or about to (asymmetric fences).
     foreign: AtomicBool,
     claimed: AtomicBool,
     /// In a forked child: a thread of the parent was appending to the slot at the fork (its
@@ -115,7 +115,7 @@ pub fn for_each(mut f: impl FnMut(&'static Slot)) {
 }
 
 /// Runs `f` on the batch of every usable slot, from a thread that owns none of them (the
-/// writer). `f` must be quick: owners wait while it runs. False (and `f` not run) when the
+/// collector). `f` must be quick: owners wait while it runs. False (and `f` not run) when the
 /// barrier failed, which does not happen once registered.
 pub fn for_each_batch(mut f: impl FnMut(&mut Vec<u64>)) -> bool {
     if !ASYMMETRIC.load(Ordering::Relaxed) {
@@ -140,7 +140,7 @@ pub fn for_each_batch(mut f: impl FnMut(&mut Vec<u64>)) -> bool {
 }
 
 /// In a forked child, where only the forking thread lives on: the other threads' slots are
-/// released (their batches stay, for the writer to take), except those a thread had locked
+/// released (their batches stay, for the collector to take), except those a thread had locked
 /// at the fork, which are retired for good. Returns how many were retired.
 pub fn adopt_after_fork(own: Option<&'static Slot>) -> u64 {
     let mut retired = 0;
@@ -167,7 +167,7 @@ impl Slot {
         }
         loop {
             self.busy.store(true, Ordering::Relaxed);
-            // The writer's membarrier stands in for the hardware fence here.
+            // The collector's membarrier stands in for the hardware fence here.
             compiler_fence(Ordering::SeqCst);
             if !self.foreign.load(Ordering::Acquire) {
                 break;
@@ -178,7 +178,7 @@ impl Slot {
                 back_off(&mut spins);
             }
         }
-        // SAFETY: busy and seen no foreign access: the writer keeps off the batch until busy
+        // SAFETY: busy and seen no foreign access: the collector keeps off the batch until busy
         // is cleared (module documentation).
         let result = f(unsafe { &mut *self.batch.get() });
         self.busy.store(false, Ordering::Release);
@@ -213,7 +213,7 @@ impl Slot {
     }
 }
 
-/// One round of waiting for the other side (owner or writer) to finish: spin a little, then
+/// One round of waiting for the other side (owner or collector) to finish: spin a little, then
 /// yield the core, to the other side if it was preempted mid-access. Only ever on the
 /// contended path; the uncontended one never calls it.
 #[inline(always)]
