@@ -40,6 +40,12 @@ pub struct FoundObject {
     pub list_items: Option<(u64, u64)>,
 }
 
+/// The GC header of an object found `object_offset` bytes into its block: the bytes right
+/// before the object (a pre-header, where the version has one, lies before those).
+pub fn gc_header(object_offset: u64) -> std::ops::Range<u64> {
+    object_offset.saturating_sub(GC_HEADER_SIZE)..object_offset
+}
+
 pub struct GcObjects {
     type_type: u64,
     list_type: u64,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use libleak_format::{BlockClass, LeakClass, Module, Reachability, ScanOutcome};
 
-use crate::python::gc::GcObjects;
+use crate::python::gc::{gc_header, GcObjects};
 use crate::sys::memory::MemoryReader;
 pub use roots::ExitingThread;
 
@@ -81,7 +81,7 @@ impl Blocks {
         }
         let object = u64::from(self.object_offsets[index]);
         if object != 0 {
-            if offset < object && offset >= object - crate::python::layouts::GC_HEADER_SIZE {
+            if gc_header(object).contains(&offset) {
                 // A generation-list link; the collector keeps flags in the low bits of its
                 // `_gc_prev` words, so the link may point a few bytes in.
                 return None;
@@ -144,7 +144,7 @@ impl Marker<'_> {
         let end = start + self.blocks.scan_limits[index];
         let object = u64::from(self.blocks.object_offsets[index]);
         let skip = if object != 0 {
-            (start + object - crate::python::layouts::GC_HEADER_SIZE, start + object)
+            (start + gc_header(object).start, start + object)
         } else {
             (0, 0)
         };
