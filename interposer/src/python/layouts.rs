@@ -2,7 +2,7 @@
 //! chain starts, the field offsets of frames, code objects and strings, on x86-64.
 //!
 //! Offsets were printed with `offsetof` against each version's internal headers and checked
-//! by walking real stacks (see `shared/docs/prior-art/python-frames.md` §2.2). Supporting a
+//! by walking real stacks (see `docs/python-frames.md` §2). Supporting a
 //! new version means adding one entry to [`LAYOUTS`] — and nothing anywhere else.
 
 /// How a version links its executing frames.

@@ -223,7 +223,7 @@ pub fn read<T: Copy>(address: usize) -> Option<T> {
     }
     // SAFETY: the address is aligned and in user space; it was reached from the calling
     // thread's own interpreter state, whose frame chain only this thread mutates and which
-    // is alive while this thread is inside malloc (see shared/docs/prior-art/python-frames.md
+    // is alive while this thread is inside malloc (see docs/python-frames.md
     // §1.3). A volatile read keeps the compiler from assuming anything about the value.
     Some(unsafe { std::ptr::read_volatile(address as *const T) })
 }
