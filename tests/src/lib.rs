@@ -1,6 +1,6 @@
 //! Helpers for the end-to-end tests: locating the built `libleak.so` and `libleak`,
 //! compiling fixtures into a per-test directory, running them plainly and under libleak,
-//! reading the JSON report, and finding interpreters. No assertions live here.
+//! reading the JSON report, and finding interpreters; shared assertions (`assert_leak`) too.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};

@@ -3,7 +3,9 @@
 //!
 //! Offsets were printed with `offsetof` against each version's internal headers and checked
 //! by walking real stacks (see `docs/python-frames.md` §2). Supporting a
-//! new version means adding one entry to [`LAYOUTS`] — and nothing anywhere else.
+//! new version whose structures only moved means adding one entry to [`LAYOUTS`]; a new frame
+//! chain shape also needs `python/mod.rs`, and a new line-table format the reporter's line
+//! tables.
 
 /// How a version links its executing frames.
 #[derive(Debug)]

@@ -8,8 +8,8 @@
 //! Appends are on every allocation's path, takes by the collector rare (a sweep every few tens
 //! of milliseconds). Where the kernel offers `membarrier`, the two sides are ordered by
 //! asymmetric fences: the owner marks itself busy with a plain store and checks for a
-//! foreign access with a plain load (no atomic read-modify-write, whose full fence cost
-//! ~10 % of a Python workload's allocating thread), and the collector, after announcing its
+//! foreign access with a plain load (no atomic read-modify-write, whose full fence would be
+//! paid on every event), and the collector, after announcing its
 //! access, makes every thread execute a barrier (`membarrier`) before it looks at the busy
 //! marks: either it sees the owner busy and waits, or the owner sees the announcement and
 //! steps back. Elsewhere each slot has a spin lock, held only for an append or a swap.
