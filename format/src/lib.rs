@@ -14,6 +14,7 @@ mod naming;
 mod recent;
 mod record;
 mod varint;
+mod wire_enum;
 
 pub use decode::{DecodeError, TraceReader};
 pub use encode::{ChunkWriter, Payload, RecordEncoder};
