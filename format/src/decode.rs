@@ -8,7 +8,7 @@ use std::io::{self, Read};
 
 use flate2::read::DeflateDecoder;
 
-use crate::recent::Ring;
+use crate::delta::{DeltaState, Recent};
 use crate::record::*;
 use crate::varint::Cursor;
 use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
@@ -30,12 +30,6 @@ pub enum DecodeError {
     Io(#[from] io::Error),
 }
 
-/// Which ring of recent addresses a position refers to.
-enum Recent {
-    Allocs,
-    Frees,
-}
-
 /// Decodes a trace from any byte source.
 pub struct TraceReader<R: Read> {
     input: R,
@@ -51,14 +45,7 @@ pub struct TraceReader<R: Read> {
     records_end: usize,
     address_position: usize,
     chunk_offset: u64,
-    previous_seq: u64,
-    previous_address: u64,
-    /// The thread of the ALLOC and FREE records that follow (set by THREAD records).
-    current_thread: u32,
-    previous_stack: u64,
-    recent_allocs: Ring,
-    recent_frees: Ring,
-    stack_nodes_defined: u64,
+    delta: DeltaState,
 }
 
 /// Reads as many bytes as are available up to `buf.len()`; returns how many were read.
@@ -107,13 +94,7 @@ impl<R: Read> TraceReader<R> {
             records_end: 0,
             address_position: 0,
             chunk_offset: 0,
-            previous_seq: 0,
-            previous_address: 0,
-            current_thread: 0,
-            previous_stack: 0,
-            recent_allocs: Ring::default(),
-            recent_frees: Ring::default(),
-            stack_nodes_defined: 0,
+            delta: DeltaState::default(),
         })
     }
 
@@ -256,7 +237,7 @@ impl<R: Read> TraceReader<R> {
         let tag = c.u8()?;
         let record = match tag {
             tag::THREAD => {
-                self.current_thread = u32_of(c.u64()?)?;
+                self.delta.set_current_thread(u32_of(c.u64()?)?);
                 return Some(None);
             }
             tag::PROCESS => {
@@ -306,7 +287,7 @@ impl<R: Read> TraceReader<R> {
             tag::MODULE_UNLOADED => Record::ModuleUnloaded { module_id: c.u64()? },
             tag::STACK_NODE => {
                 let parent = c.u64()?;
-                if parent > self.stack_nodes_defined {
+                if parent > self.delta.stack_nodes_defined() {
                     return None;
                 }
                 let frame = match c.u8()? {
@@ -318,9 +299,8 @@ impl<R: Read> TraceReader<R> {
                     frame_kind::PYTHON_ENTRY => Frame::PythonEntry,
                     _ => return None,
                 };
-                self.stack_nodes_defined += 1;
                 Record::StackNode {
-                    id: self.stack_nodes_defined,
+                    id: self.delta.define_stack_node(),
                     parent,
                     frame,
                 }
@@ -328,14 +308,13 @@ impl<R: Read> TraceReader<R> {
             tag::ALLOC | tag::ALLOC_REUSE => {
                 let kind = AllocKind::from_u8(c.u8()?)?;
                 let (seq, address) = self.event_address(c, addresses, tag == tag::ALLOC_REUSE, Recent::Frees)?;
-                self.recent_allocs.push(address);
-                let thread_id = self.current_thread;
+                self.delta.allocated(address);
+                let thread_id = self.delta.current_thread();
                 let size = c.u64()?;
-                let stack = self.previous_stack.wrapping_add(c.i64()? as u64);
-                if stack > self.stack_nodes_defined {
+                let stack = self.delta.stack_from_delta(c.i64()?);
+                if stack > self.delta.stack_nodes_defined() {
                     return None;
                 }
-                self.previous_stack = stack;
                 Record::Alloc(Alloc {
                     seq,
                     thread_id,
@@ -347,8 +326,8 @@ impl<R: Read> TraceReader<R> {
             }
             tag::FREE | tag::FREE_RECENT => {
                 let (seq, address) = self.event_address(c, addresses, tag == tag::FREE_RECENT, Recent::Allocs)?;
-                self.recent_frees.push(address);
-                let thread_id = self.current_thread;
+                self.delta.freed(address);
+                let thread_id = self.delta.current_thread();
                 Record::Free(Free {
                     seq,
                     thread_id,
@@ -449,17 +428,11 @@ impl<R: Read> TraceReader<R> {
         by_position: bool,
         ring: Recent,
     ) -> Option<(u64, u64)> {
-        let seq = self.previous_seq.wrapping_add(c.i64()? as u64);
-        self.previous_seq = seq;
+        let seq = self.delta.seq_from_delta(c.i64()?);
         let address = if by_position {
-            let ring = match ring {
-                Recent::Allocs => &self.recent_allocs,
-                Recent::Frees => &self.recent_frees,
-            };
-            ring.get(c.u8()?)?
+            self.delta.recent(ring).get(c.u8()?)?
         } else {
-            self.previous_address = self.previous_address.wrapping_add(addresses.i64()? as u64);
-            self.previous_address
+            self.delta.address_from_delta(addresses.i64()?)
         };
         Some((seq, address))
     }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod decode;
+mod delta;
 mod encode;
 pub mod live;
 mod naming;
