@@ -6,7 +6,8 @@ use std::io::{self, Write};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
-use crate::recent::{Finder, Ring};
+use crate::delta::{DeltaState, Recent};
+use crate::recent::Finder;
 use crate::record::{
     frame_kind, tag, Alloc, BlockClass, End, ForkInfo, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
     Reachability, Stats,
@@ -18,8 +19,8 @@ use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC};
 /// time (level 1 of zlib-rs is a faster, looser algorithm: 16 % larger).
 const DEFLATE_LEVEL: u32 = 2;
 
-/// Encodes records into an uncompressed payload. Keeps the delta state (previous sequence
-/// number and address, next stack node id) that the decoder mirrors, across chunks.
+/// Encodes records into an uncompressed payload. Keeps the [`DeltaState`] that the decoder
+/// mirrors, across chunks.
 #[derive(Default)]
 pub struct RecordEncoder {
     /// Records, except the address fields of ALLOC and FREE.
@@ -28,17 +29,10 @@ pub struct RecordEncoder {
     /// are close to random bytes; interleaved with the records they kept deflate from
     /// matching the records' repetitive bytes (apart: 23 % smaller traces).
     addresses: Vec<u8>,
-    previous_seq: u64,
-    previous_address: u64,
-    /// The thread of the latest ALLOC or FREE; a THREAD record precedes one of another thread.
-    current_thread: u32,
-    /// The stack of the latest ALLOC or ALLOC_REUSE (stacks are written as deltas from it).
-    previous_stack: u64,
-    recent_allocs: Ring,
-    recent_frees: Ring,
+    delta: DeltaState,
+    /// Where addresses sit in `delta`'s rings of recent allocations and frees.
     alloc_finder: Finder,
     free_finder: Finder,
-    stack_nodes_defined: u64,
 }
 
 impl RecordEncoder {
@@ -118,34 +112,31 @@ impl RecordEncoder {
             }
             Frame::PythonEntry => out.push(frame_kind::PYTHON_ENTRY),
         }
-        self.stack_nodes_defined += 1;
-        self.stack_nodes_defined
+        self.delta.define_stack_node()
     }
 
     fn seq_and_address(&mut self, seq: u64, address: u64) {
         self.seq(seq);
-        put_i64(&mut self.addresses, address.wrapping_sub(self.previous_address) as i64);
-        self.previous_address = address;
+        put_i64(&mut self.addresses, self.delta.address_delta(address));
     }
 
     /// Events come in per-thread batches: naming the thread once per run of its events,
     /// rather than in every record, took ~3 bytes off each event before compression.
     fn thread(&mut self, thread_id: u32) {
-        if thread_id != self.current_thread {
+        if thread_id != self.delta.current_thread() {
             self.payload.push(tag::THREAD);
             put_u64(&mut self.payload, thread_id.into());
-            self.current_thread = thread_id;
+            self.delta.set_current_thread(thread_id);
         }
     }
 
     fn seq(&mut self, seq: u64) {
-        put_i64(&mut self.payload, seq.wrapping_sub(self.previous_seq) as i64);
-        self.previous_seq = seq;
+        put_i64(&mut self.payload, self.delta.seq_delta(seq));
     }
 
     pub fn alloc(&mut self, alloc: &Alloc) {
         self.thread(alloc.thread_id);
-        match self.free_finder.find(&self.recent_frees, alloc.address) {
+        match self.free_finder.find(self.delta.recent(Recent::Frees), alloc.address) {
             Some(back) => {
                 self.payload.push(tag::ALLOC_REUSE);
                 self.payload.push(alloc.kind as u8);
@@ -158,16 +149,16 @@ impl RecordEncoder {
                 self.seq_and_address(alloc.seq, alloc.address);
             }
         }
-        self.recent_allocs.push(alloc.address);
-        self.alloc_finder.pushed(&self.recent_allocs, alloc.address);
+        self.delta.allocated(alloc.address);
+        self.alloc_finder
+            .pushed(self.delta.recent(Recent::Allocs), alloc.address);
         put_u64(&mut self.payload, alloc.size);
-        put_i64(&mut self.payload, alloc.stack.wrapping_sub(self.previous_stack) as i64);
-        self.previous_stack = alloc.stack;
+        put_i64(&mut self.payload, self.delta.stack_delta(alloc.stack));
     }
 
     pub fn free(&mut self, free: &Free) {
         self.thread(free.thread_id);
-        match self.alloc_finder.find(&self.recent_allocs, free.address) {
+        match self.alloc_finder.find(self.delta.recent(Recent::Allocs), free.address) {
             Some(back) => {
                 self.payload.push(tag::FREE_RECENT);
                 self.seq(free.seq);
@@ -178,8 +169,8 @@ impl RecordEncoder {
                 self.seq_and_address(free.seq, free.address);
             }
         }
-        self.recent_frees.push(free.address);
-        self.free_finder.pushed(&self.recent_frees, free.address);
+        self.delta.freed(free.address);
+        self.free_finder.pushed(self.delta.recent(Recent::Frees), free.address);
     }
 
     pub fn python_code(&mut self, code: &PythonCode) {

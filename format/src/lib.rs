@@ -8,12 +8,14 @@
 #![forbid(unsafe_code)]
 
 mod decode;
+mod delta;
 mod encode;
 pub mod live;
 mod naming;
 mod recent;
 mod record;
 mod varint;
+mod wire_enum;
 
 pub use decode::{DecodeError, TraceReader};
 pub use encode::{ChunkWriter, Payload, RecordEncoder};

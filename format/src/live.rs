@@ -30,23 +30,6 @@ pub trait LiveBlock: Copy {
     fn size(&self) -> u64;
 }
 
-/// A block known by its sequence number and size only (the writer's view, and tests').
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SizedBlock {
-    pub seq: u64,
-    pub size: u64,
-}
-
-impl LiveBlock for SizedBlock {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    fn size(&self) -> u64 {
-        self.size
-    }
-}
-
 /// The latest event seen for an address: its sequence number, and for an allocation the index
 /// of its block in [`LiveSet::blocks`]. Kept small (16 bytes): the table holds every address
 /// ever used, and its cache misses were most of the cost of replaying a trace.
@@ -264,6 +247,23 @@ fn store<B>(blocks: &mut Vec<B>, vacant: &mut Vec<u32>, block: B) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block known by its sequence number and size only: all the live set looks at.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct SizedBlock {
+        seq: u64,
+        size: u64,
+    }
+
+    impl LiveBlock for SizedBlock {
+        fn seq(&self) -> u64 {
+            self.seq
+        }
+
+        fn size(&self) -> u64 {
+            self.size
+        }
+    }
 
     fn block(seq: u64, size: u64) -> SizedBlock {
         SizedBlock { seq, size }

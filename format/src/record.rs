@@ -1,5 +1,8 @@
 //! The typed records of a trace. Field meanings are specified in `SPEC.md`; the byte layout
-//! lives in `encode.rs` and `decode.rs` (tags below are shared by both).
+//! lives in `encode.rs` and `decode/records.rs` (tags below are shared by both). Must never
+//! hold encoding state or logic beyond the one-byte enums' `from_u8`/`name`.
+
+use crate::wire_enum::wire_enum;
 
 /// Record tags: the first byte of every record in a chunk payload.
 pub(crate) mod tag {
@@ -125,50 +128,19 @@ pub enum Frame {
     PythonEntry,
 }
 
-/// Which allocator entry point produced a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum AllocKind {
-    Malloc = 0,
-    Calloc = 1,
-    Realloc = 2,
-    PosixMemalign = 3,
-    AlignedAlloc = 4,
-    Memalign = 5,
-    Valloc = 6,
-    Pvalloc = 7,
-    ReallocArray = 8,
-}
-
-impl AllocKind {
-    pub const ALL: [AllocKind; 9] = [
-        AllocKind::Malloc,
-        AllocKind::Calloc,
-        AllocKind::Realloc,
-        AllocKind::PosixMemalign,
-        AllocKind::AlignedAlloc,
-        AllocKind::Memalign,
-        AllocKind::Valloc,
-        AllocKind::Pvalloc,
-        AllocKind::ReallocArray,
-    ];
-
-    pub fn from_u8(value: u8) -> Option<AllocKind> {
-        AllocKind::ALL.get(usize::from(value)).copied()
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AllocKind::Malloc => "malloc",
-            AllocKind::Calloc => "calloc",
-            AllocKind::Realloc => "realloc",
-            AllocKind::PosixMemalign => "posix_memalign",
-            AllocKind::AlignedAlloc => "aligned_alloc",
-            AllocKind::Memalign => "memalign",
-            AllocKind::Valloc => "valloc",
-            AllocKind::Pvalloc => "pvalloc",
-            AllocKind::ReallocArray => "reallocarray",
-        }
+wire_enum! {
+    /// Which allocator entry point produced a block.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum AllocKind {
+        Malloc = 0 => "malloc",
+        Calloc = 1 => "calloc",
+        Realloc = 2 => "realloc",
+        PosixMemalign = 3 => "posix_memalign",
+        AlignedAlloc = 4 => "aligned_alloc",
+        Memalign = 5 => "memalign",
+        Valloc = 6 => "valloc",
+        Pvalloc = 7 => "pvalloc",
+        ReallocArray = 8 => "reallocarray",
     }
 }
 
@@ -242,40 +214,20 @@ pub struct Stats {
     pub slot_locks: bool,
 }
 
-/// How the process ended, as far as the interposer saw it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ExitKind {
-    /// Normal process exit: `exit()` or returning from `main`. Exit handlers and
-    /// interpreter finalisation ran before the live set was taken.
-    Exit = 0,
-    /// `_exit()`/`_Exit()`: every event was recorded, but no exit handlers ran.
-    UnderscoreExit = 1,
-    /// `abort()`: every event up to the call was recorded; the process dies by SIGABRT.
-    Abort = 2,
-    /// `exec` replaced the program image (which starts a trace of its own): every event was
-    /// recorded, but no exit handlers ran.
-    Exec = 3,
-}
-
-impl ExitKind {
-    pub fn from_u8(value: u8) -> Option<ExitKind> {
-        match value {
-            0 => Some(ExitKind::Exit),
-            1 => Some(ExitKind::UnderscoreExit),
-            2 => Some(ExitKind::Abort),
-            3 => Some(ExitKind::Exec),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExitKind::Exit => "exit",
-            ExitKind::UnderscoreExit => "_exit",
-            ExitKind::Abort => "abort",
-            ExitKind::Exec => "exec",
-        }
+wire_enum! {
+    /// How the process ended, as far as the interposer saw it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum ExitKind {
+        /// Normal process exit: `exit()` or returning from `main`. Exit handlers and
+        /// interpreter finalisation ran before the live set was taken.
+        Exit = 0 => "exit",
+        /// `_exit()`/`_Exit()`: every event was recorded, but no exit handlers ran.
+        UnderscoreExit = 1 => "_exit",
+        /// `abort()`: every event up to the call was recorded; the process dies by SIGABRT.
+        Abort = 2 => "abort",
+        /// `exec` replaced the program image (which starts a trace of its own): every event
+        /// was recorded, but no exit handlers ran.
+        Exec = 3 => "exec",
     }
 }
 
@@ -288,43 +240,18 @@ pub struct End {
     pub stats: Stats,
 }
 
-/// How the exit-time scan found a block that was live at exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LeakClass {
-    /// No pointer to the block from outside lost memory: nobody can free it.
-    DefinitelyLost = 1,
-    /// Reachable only from definitely lost blocks: it goes when they go.
-    IndirectlyLost = 2,
-    /// Reached only through pointers into its middle: probably lost.
-    PossiblyLost = 3,
-    /// A pointer to its start is held by a root or by another reachable block.
-    Reachable = 0,
-}
-
-impl LeakClass {
-    pub fn from_u8(value: u8) -> Option<LeakClass> {
-        match value {
-            0 => Some(LeakClass::Reachable),
-            1 => Some(LeakClass::DefinitelyLost),
-            2 => Some(LeakClass::IndirectlyLost),
-            3 => Some(LeakClass::PossiblyLost),
-            _ => None,
-        }
-    }
-
-    /// The name used in reports and the JSON schema.
-    pub fn name(self) -> &'static str {
-        match self {
-            LeakClass::DefinitelyLost => "definitely-lost",
-            LeakClass::IndirectlyLost => "indirectly-lost",
-            LeakClass::PossiblyLost => "possibly-lost",
-            LeakClass::Reachable => "reachable",
-        }
-    }
-
-    /// Whether the block counts as a leak (reachable blocks do not).
-    pub fn is_leak(self) -> bool {
-        self != LeakClass::Reachable
+wire_enum! {
+    /// How the exit-time scan found a block that was live at exit.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum LeakClass {
+        /// No pointer to the block from outside lost memory: nobody can free it.
+        DefinitelyLost = 1 => "definitely-lost",
+        /// Reachable only from definitely lost blocks: it goes when they go.
+        IndirectlyLost = 2 => "indirectly-lost",
+        /// Reached only through pointers into its middle: probably lost.
+        PossiblyLost = 3 => "possibly-lost",
+        /// A pointer to its start is held by a root or by another reachable block.
+        Reachable = 0 => "reachable",
     }
 }
 
@@ -335,26 +262,17 @@ pub struct BlockClass {
     pub class: LeakClass,
 }
 
-/// How the exit-time scan went.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ScanOutcome {
-    /// Every block was classified; blocks without a BLOCK_CLASSES entry are reachable.
-    Complete = 0,
-    /// The time limit ran out: no block is classified.
-    CutShort = 1,
-    /// The scan could not run (see the note): no block is classified.
-    #[default]
-    Failed = 2,
-}
-
-impl ScanOutcome {
-    pub fn from_u8(value: u8) -> Option<ScanOutcome> {
-        match value {
-            0 => Some(ScanOutcome::Complete),
-            1 => Some(ScanOutcome::CutShort),
-            2 => Some(ScanOutcome::Failed),
-            _ => None,
-        }
+wire_enum! {
+    /// How the exit-time scan went.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub enum ScanOutcome {
+        /// Every block was classified; blocks without a BLOCK_CLASSES entry are reachable.
+        Complete = 0 => "complete",
+        /// The time limit ran out: no block is classified.
+        CutShort = 1 => "cut-short",
+        /// The scan could not run (see the note): no block is classified.
+        #[default]
+        Failed = 2 => "failed",
     }
 }
 
@@ -394,4 +312,50 @@ pub struct ForkInfo {
     /// Threads of the parent caught in the middle of recording an event when it forked:
     /// their last events before the fork are missing from this trace.
     pub threads_cut: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each byte names at most one variant, and each variant reads back from its own byte
+    /// (`SPEC.md` gives the bytes; these are the ones it lists).
+    #[test]
+    fn wire_enums_read_back_from_their_bytes_and_from_no_other() {
+        fn check<T: Copy + PartialEq + std::fmt::Debug>(all: &[T], byte: fn(T) -> u8, from: fn(u8) -> Option<T>) {
+            for &variant in all {
+                assert_eq!(from(byte(variant)), Some(variant));
+            }
+            let known = (0..=u8::MAX).filter(|&b| from(b).is_some()).count();
+            assert_eq!(known, all.len());
+        }
+        check(&AllocKind::ALL, |v| v as u8, AllocKind::from_u8);
+        check(&ExitKind::ALL, |v| v as u8, ExitKind::from_u8);
+        check(&LeakClass::ALL, |v| v as u8, LeakClass::from_u8);
+        check(&ScanOutcome::ALL, |v| v as u8, ScanOutcome::from_u8);
+        assert_eq!(AllocKind::ReallocArray as u8, 8);
+        assert_eq!(ExitKind::Exec as u8, 3);
+        assert_eq!(LeakClass::Reachable as u8, 0);
+        assert_eq!(LeakClass::PossiblyLost as u8, 3);
+        assert_eq!(ScanOutcome::Failed as u8, 2);
+    }
+
+    /// The names are in reports and their JSON schema (`docs/report-schema.md`).
+    #[test]
+    fn wire_enum_names_are_the_reported_ones() {
+        let names = |all: &[&'static str]| all.join(" ");
+        assert_eq!(
+            names(&AllocKind::ALL.map(AllocKind::name)),
+            "malloc calloc realloc posix_memalign aligned_alloc memalign valloc pvalloc reallocarray"
+        );
+        assert_eq!(names(&ExitKind::ALL.map(ExitKind::name)), "exit _exit abort exec");
+        assert_eq!(
+            names(&LeakClass::ALL.map(LeakClass::name)),
+            "definitely-lost indirectly-lost possibly-lost reachable"
+        );
+        assert_eq!(
+            names(&ScanOutcome::ALL.map(ScanOutcome::name)),
+            "complete cut-short failed"
+        );
+    }
 }

@@ -1,0 +1,343 @@
+//! Decoding records, the mirror of [`RecordEncoder`](crate::RecordEncoder): [`RecordDecoder`]
+//! turns a chunk's records part and address stream into [`Record`]s, one at a time, keeping
+//! the [`DeltaState`] from chunk to chunk.
+//!
+//! Must never read the file or know how chunks are framed (that is `chunks.rs`), never size an
+//! allocation from a count it has not checked against the bytes left, and never panic: a
+//! record that does not match `SPEC.md` is `None`.
+
+use crate::delta::{DeltaState, Recent};
+use crate::record::*;
+use crate::varint::Cursor;
+
+/// Decodes the records of successive chunks, in file order.
+#[derive(Default)]
+pub(super) struct RecordDecoder {
+    delta: DeltaState,
+}
+
+impl RecordDecoder {
+    /// The record at the start of `c`, whose address (if spelled out) is at the start of
+    /// `addresses`; both cursors move past what it used. `Some(None)` for a record that only
+    /// changes the decoder's state (THREAD), `None` for a malformed one.
+    pub fn decode(&mut self, c: &mut Cursor<'_>, addresses: &mut Cursor<'_>) -> Option<Option<Record>> {
+        fn string(c: &mut Cursor<'_>) -> Option<String> {
+            Some(String::from_utf8_lossy(c.bytes()?).into_owned())
+        }
+        fn u32_of(value: u64) -> Option<u32> {
+            u32::try_from(value).ok()
+        }
+        fn stats(c: &mut Cursor<'_>) -> Option<Stats> {
+            Some(Stats {
+                reentrant_calls: c.u64()?,
+                producer_waits: c.u64()?,
+                truncated_stacks: c.u64()?,
+                slot_locks: match c.u64()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                },
+            })
+        }
+        let tag = c.u8()?;
+        let record = match tag {
+            tag::THREAD => {
+                self.delta.set_current_thread(u32_of(c.u64()?)?);
+                return Some(None);
+            }
+            tag::PROCESS => {
+                let pid = u32_of(c.u64()?)?;
+                let parent_pid = u32_of(c.u64()?)?;
+                let start_time_unix_ns = c.u64()?;
+                let exe = string(c)?;
+                let argc = c.u64()?;
+                let mut argv = Vec::new();
+                for _ in 0..argc {
+                    argv.push(string(c)?);
+                }
+                let cwd = string(c)?;
+                let program = string(c)?;
+                Record::Process(ProcessInfo {
+                    pid,
+                    parent_pid,
+                    start_time_unix_ns,
+                    exe,
+                    argv,
+                    cwd,
+                    program,
+                })
+            }
+            tag::MODULE => {
+                let id = c.u64()?;
+                let path = string(c)?;
+                let bias = c.u64()?;
+                let build_id = c.bytes()?.to_vec();
+                let count = c.u64()?;
+                let mut segments = Vec::new();
+                for _ in 0..count {
+                    segments.push(Segment {
+                        vaddr: c.u64()?,
+                        memsz: c.u64()?,
+                        flags: u32_of(c.u64()?)?,
+                    });
+                }
+                Record::Module(Module {
+                    id,
+                    path,
+                    bias,
+                    build_id,
+                    segments,
+                })
+            }
+            tag::MODULE_UNLOADED => Record::ModuleUnloaded { module_id: c.u64()? },
+            tag::STACK_NODE => {
+                let parent = c.u64()?;
+                if parent > self.delta.stack_nodes_defined() {
+                    return None;
+                }
+                let frame = match c.u8()? {
+                    frame_kind::NATIVE => Frame::Native { address: c.u64()? },
+                    frame_kind::PYTHON => Frame::Python {
+                        code_id: c.u64()?,
+                        instruction_offset: c.i64()?,
+                    },
+                    frame_kind::PYTHON_ENTRY => Frame::PythonEntry,
+                    _ => return None,
+                };
+                Record::StackNode {
+                    id: self.delta.define_stack_node(),
+                    parent,
+                    frame,
+                }
+            }
+            tag::ALLOC | tag::ALLOC_REUSE => {
+                let kind = AllocKind::from_u8(c.u8()?)?;
+                let (seq, address) = self.event_address(c, addresses, tag == tag::ALLOC_REUSE, Recent::Frees)?;
+                self.delta.allocated(address);
+                let thread_id = self.delta.current_thread();
+                let size = c.u64()?;
+                let stack = self.delta.stack_from_delta(c.i64()?);
+                if stack > self.delta.stack_nodes_defined() {
+                    return None;
+                }
+                Record::Alloc(Alloc {
+                    seq,
+                    thread_id,
+                    address,
+                    size,
+                    stack,
+                    kind,
+                })
+            }
+            tag::FREE | tag::FREE_RECENT => {
+                let (seq, address) = self.event_address(c, addresses, tag == tag::FREE_RECENT, Recent::Allocs)?;
+                self.delta.freed(address);
+                let thread_id = self.delta.current_thread();
+                Record::Free(Free {
+                    seq,
+                    thread_id,
+                    address,
+                })
+            }
+            tag::PYTHON_CODE => Record::PythonCode(PythonCode {
+                id: c.u64()?,
+                python_version: u32_of(c.u64()?)?,
+                filename: string(c)?,
+                qualified_name: string(c)?,
+                first_line: u32_of(c.u64()?)?,
+                line_table: c.bytes()?.to_vec(),
+            }),
+            tag::PYTHON_CONFIG => Record::PythonConfig {
+                ignores_environment: match c.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return None,
+                },
+            },
+            tag::PYTHON_RUNTIME => {
+                let python_version = u32_of(c.u64()?)?;
+                let eval_loop_start = c.u64()?;
+                let eval_loop_size = c.u64()?;
+                let flags = c.u64()?;
+                Record::PythonRuntime(PythonRuntime {
+                    python_version,
+                    eval_loop_start,
+                    eval_loop_size,
+                    frames_recorded: flags & 1 != 0,
+                    pythonmalloc_set: flags & 2 != 0,
+                    note: string(c)?,
+                })
+            }
+            tag::BLOCK_CLASSES => {
+                let count = usize::try_from(c.u64()?).ok()?;
+                // Each entry takes at least two bytes: a count beyond that is corruption, and
+                // must not size an allocation.
+                if count > c.remaining() / 2 {
+                    return None;
+                }
+                let mut entries = Vec::with_capacity(count);
+                let mut address = 0u64;
+                for _ in 0..count {
+                    address = address.wrapping_add(c.i64()? as u64);
+                    entries.push(BlockClass {
+                        address,
+                        class: LeakClass::from_u8(c.u8()?)?,
+                    });
+                }
+                Record::BlockClasses(entries)
+            }
+            tag::REACHABILITY => Record::Reachability(Reachability {
+                outcome: ScanOutcome::from_u8(c.u8()?)?,
+                duration_us: c.u64()?,
+                blocks: c.u64()?,
+                root_bytes: c.u64()?,
+                heap_bytes: c.u64()?,
+                python_objects: c.u64()?,
+                immortal_objects: c.u64()?,
+                threads: c.u64()?,
+                threads_unknown: c.u64()?,
+                note: string(c)?,
+            }),
+            tag::FORK => Record::Fork(ForkInfo {
+                parent_pid: u32::try_from(c.u64()?).ok()?,
+                fork_seq: c.u64()?,
+                inherited_blocks: c.u64()?,
+                inherited_bytes: c.u64()?,
+                threads_cut: c.u64()?,
+            }),
+            tag::STATS => Record::Stats(stats(c)?),
+            tag::END => {
+                let kind = ExitKind::from_u8(c.u8()?)?;
+                let status = match c.u8()? {
+                    0 => None,
+                    1 => Some(i32::try_from(c.i64()?).ok()?),
+                    _ => return None,
+                };
+                Record::End(End {
+                    kind,
+                    status,
+                    stats: stats(c)?,
+                })
+            }
+            _ => return None,
+        };
+        Some(Some(record))
+    }
+
+    /// An event record's sequence number and address: the address spelled out as a delta in
+    /// the address stream, or `by_position` in one of the rings of recent addresses.
+    fn event_address(
+        &mut self,
+        c: &mut Cursor<'_>,
+        addresses: &mut Cursor<'_>,
+        by_position: bool,
+        ring: Recent,
+    ) -> Option<(u64, u64)> {
+        let seq = self.delta.seq_from_delta(c.i64()?);
+        let address = if by_position {
+            self.delta.recent(ring).get(c.u8()?)?
+        } else {
+            self.delta.address_from_delta(addresses.i64()?)
+        };
+        Some((seq, address))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{decode_all, encode, sample_records};
+    use super::super::DecodeError;
+    use crate::record::*;
+    use crate::{ChunkWriter, Payload, RecordEncoder};
+
+    #[test]
+    fn round_trips_every_record_kind_across_chunk_sizes() {
+        let records = sample_records();
+        for chunk_every in [1, 2, 3, 100] {
+            let (decoded, truncated) = decode_all(&encode(&records, chunk_every)).unwrap();
+            assert_eq!(decoded, records);
+            assert!(!truncated);
+        }
+    }
+
+    /// malloc's reuse pattern: blocks freed and handed out again, from two threads, far apart
+    /// and close by, so that records name addresses by position and by delta.
+    fn churn_records() -> Vec<Record> {
+        let mut records = vec![Record::Process(ProcessInfo::default())];
+        for id in 1..=3 {
+            records.push(Record::StackNode {
+                id,
+                parent: id - 1,
+                frame: Frame::Native { address: 0x1000 * id },
+            });
+        }
+        let mut seq = 0;
+        for round in 0..700u64 {
+            let thread_id = 7 + (round / 100 % 2) as u32;
+            let address = 0x5000_0000 + (round % 300) * 48 + (round / 500) * 0x10_0000;
+            seq += 1;
+            records.push(Record::Alloc(Alloc {
+                seq,
+                thread_id,
+                address,
+                size: 24 + round % 5,
+                stack: 1 + round % 3,
+                kind: AllocKind::Malloc,
+            }));
+            if round % 7 != 3 {
+                seq += 1;
+                let freed = if round % 3 == 0 {
+                    address
+                } else {
+                    address.wrapping_sub(48)
+                };
+                records.push(Record::Free(Free {
+                    seq,
+                    thread_id,
+                    address: freed,
+                }));
+            }
+        }
+        records
+    }
+
+    #[test]
+    fn addresses_named_by_position_round_trip_and_shorten_the_payload() {
+        let records = churn_records();
+        for chunk_every in [1, 5, 10_000] {
+            let (decoded, _) = decode_all(&encode(&records, chunk_every)).unwrap();
+            assert_eq!(decoded, records);
+        }
+        let mut encoder = RecordEncoder::new();
+        let mut positional = 0;
+        for record in &records {
+            let before = encoder.payload().records().len();
+            match record {
+                Record::Alloc(a) => encoder.alloc(a),
+                Record::Free(f) => encoder.free(f),
+                _ => continue,
+            }
+            let records = encoder.payload().records();
+            let tag_at = records[before..]
+                .iter()
+                .position(|&b| b != tag::THREAD)
+                .map(|i| records[before + i]);
+            if matches!(tag_at, Some(tag::ALLOC_REUSE | tag::FREE_RECENT)) {
+                positional += 1;
+            }
+        }
+        assert!(positional > 500, "{positional} records named an address by position");
+    }
+
+    #[test]
+    fn a_position_beyond_the_records_seen_is_corruption() {
+        let mut encoder = RecordEncoder::new();
+        encoder.process(&ProcessInfo::default());
+        let mut records = encoder.payload().records().to_vec();
+        // A FREE_RECENT (seq delta +1) naming the latest ALLOC, when there is none.
+        records.extend_from_slice(&[tag::FREE_RECENT, 2, 0]);
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        writer.write_chunk(&Payload::new(&records, &[])).unwrap();
+        assert!(matches!(decode_all(writer.get_mut()), Err(DecodeError::Corrupt { .. })));
+    }
+}
