@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use libleak_reporter::replay::Trace;
-use libleak_reporter::report::{self, GroupBy, ReportOptions};
-use libleak_reporter::suppress;
+use libleak_reporter::attribute::suppress;
+use libleak_reporter::model::{GroupBy, Report};
+use libleak_reporter::render::{json, text};
 use libleak_reporter::symbolize::Symbolizer;
+use libleak_reporter::Options;
 
 /// Find memory leaks in programs and the native extensions they load.
 #[derive(Parser)]
@@ -57,7 +58,7 @@ struct OutputArgs {
 }
 
 impl OutputArgs {
-    fn options(&self) -> Result<ReportOptions> {
+    fn options(&self) -> Result<Options> {
         let mut suppressions = if self.no_builtin_suppressions {
             Vec::new()
         } else {
@@ -66,7 +67,7 @@ impl OutputArgs {
         for path in &self.suppressions {
             suppressions.extend(suppress::load(path)?);
         }
-        Ok(ReportOptions {
+        Ok(Options {
             limit: self.limit,
             show_interpreter_frames: self.show_interpreter_frames,
             group_by: self.group_by,
@@ -110,19 +111,16 @@ fn print_report(path: &Path, output: &OutputArgs) -> Result<bool> {
     let options = output.options()?;
     let report = read_report(path, &options, &mut Symbolizer::default())?;
     if output.json {
-        println!("{}", report::to_json(&report));
+        println!("{}", json::to_json(&report));
     } else {
-        print!("{}", report::to_text(&report));
+        print!("{}", text::to_text(&report));
     }
     Ok(within_limit(&report, output))
 }
 
-fn read_report(path: &Path, options: &ReportOptions, symbolizer: &mut Symbolizer) -> Result<report::Report> {
-    let mut progress = Progress::new(path);
-    let trace = Trace::open_with_progress(path, &mut |read, size| progress.show(read, size));
-    progress.clear();
-    let trace = trace.with_context(|| path.display().to_string())?;
-    Ok(report::build(&trace, &path.display().to_string(), symbolizer, options))
+fn read_report(path: &Path, options: &Options, symbolizer: &mut Symbolizer) -> Result<Report> {
+    libleak_reporter::report(path, options, symbolizer, &mut Progress::new(path))
+        .with_context(|| path.display().to_string())
 }
 
 /// A progress line on stderr while a trace is read, when stderr is a terminal and the read
@@ -152,8 +150,10 @@ impl Progress {
             last: now,
         }
     }
+}
 
-    fn show(&mut self, read: u64, size: u64) {
+impl libleak_reporter::ReadProgress for Progress {
+    fn advance(&mut self, read: u64, size: u64) {
         let now = std::time::Instant::now();
         if !self.terminal || now - self.started < Self::AFTER || (self.shown && now - self.last < Self::EVERY) {
             return;
@@ -173,7 +173,7 @@ impl Progress {
         );
     }
 
-    fn clear(&mut self) {
+    fn finish(&mut self) {
         if self.shown {
             eprint!("\r\x1b[K");
             self.shown = false;
@@ -181,7 +181,7 @@ impl Progress {
     }
 }
 
-fn within_limit(report: &report::Report, output: &OutputArgs) -> bool {
+fn within_limit(report: &Report, output: &OutputArgs) -> bool {
     output
         .fail_on_leak
         .is_none_or(|limit| report.summary.leaked_bytes() <= limit)
@@ -227,20 +227,20 @@ fn print_reports(inputs: &[PathBuf], output: &OutputArgs) -> Result<ExitCode> {
             Err(error) => failures.push(format!("{error:#}")),
         }
     }
-    reports.sort_by_key(|r| (r.process.start_time_unix_ns, r.process.pid));
+    reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
     if output.json {
-        println!("{}", report::to_json_many(&reports));
+        println!("{}", json::to_json_many(&reports));
     } else {
         println!("libleak: {} processes", reports.len() + failures.len());
         for report in &reports {
-            println!("  {}", report::summary_line(report));
+            println!("  {}", text::summary_line(report));
         }
         for failure in &failures {
             println!("  unreadable: {failure}");
         }
         for report in &reports {
             println!();
-            print!("{}", report::to_text(report));
+            print!("{}", text::to_text(report));
         }
     }
     for failure in &failures {

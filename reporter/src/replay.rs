@@ -1,18 +1,19 @@
-//! Reads a whole trace: the process, the module map as it changed, the stack nodes (each
-//! native frame resolved to the module that held its address when the node was defined), and
-//! the live set at the end.
+//! Stage 1, replay: reads a whole trace into the process's header, the module map as it
+//! changed, the stack nodes (each native frame resolved to the module that held its address
+//! when the node was defined), and the live set at the end. The module map's knowledge of
+//! which module is libleak's own lives here too.
+//!
+//! Must never symbolize or judge blocks: it reports what the trace says, nothing more.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use libleak_format::{
-    DecodeError, End, ForkInfo, Frame, LeakClass, Module, ProcessInfo, PythonCode, PythonRuntime, Reachability, Record,
-    ScanOutcome, Stats, TraceReader,
-};
+use libleak_format::{DecodeError, Frame, LeakClass, Module, PythonCode, Record, ScanOutcome, Stats, TraceReader};
 
-use crate::live::{LiveBlock, LiveSet, Totals};
+use crate::live::{LiveBlock, LiveSet};
+use crate::model::{Incompleteness, TraceHeader};
 
 /// Why a trace could not be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -42,62 +43,19 @@ pub struct ModuleState {
     pub superseded: bool,
 }
 
-/// Why the trace does not describe a normal, complete exit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Incompleteness {
-    /// The file stops without an end marker: killed, crashed, or still running.
-    Truncated { mid_chunk: bool },
-    /// The process ended through `_exit` or `abort`: all events are there, but exit
-    /// handlers did not run, so blocks they would have freed are still live.
-    AbnormalExit(End),
-}
-
-impl std::fmt::Display for Incompleteness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Incompleteness::Truncated { mid_chunk: true } => write!(
-                f,
-                "the trace stops inside a chunk (the process was killed or crashed); events up to the last complete chunk are shown"
-            ),
-            Incompleteness::Truncated { mid_chunk: false } => write!(
-                f,
-                "the trace has no end marker (the process was killed, crashed, or is still running); events up to the last flush are shown"
-            ),
-            Incompleteness::AbnormalExit(end) if end.kind == libleak_format::ExitKind::Exec => write!(
-                f,
-                "the program image was replaced by exec(): every event was recorded, but exit handlers did not run (the new program has a trace of its own)"
-            ),
-            Incompleteness::AbnormalExit(end) => write!(
-                f,
-                "the process ended through {}(){}: every event was recorded, but exit handlers did not run",
-                end.kind.name(),
-                end.status.map(|s| format!(" with status {s}")).unwrap_or_default()
-            ),
-        }
-    }
+/// Whether `path` is the interposer itself.
+pub fn is_libleak(path: &str) -> bool {
+    path.rsplit('/').next() == Some("libleak.so")
 }
 
 pub struct Trace {
-    pub process: ProcessInfo,
+    pub header: TraceHeader,
     pub modules: Vec<ModuleState>,
     /// Node `id` is at index `id - 1`.
     pub nodes: Vec<StackNode>,
     /// Code objects by id. A code id may be referred to before its definition.
     pub python_codes: HashMap<u64, PythonCode>,
-    /// The interpreter the process ran, if any.
-    pub python: Option<PythonRuntime>,
-    /// Whether it ignored environment variables, `PYTHONMALLOC` among them (None: not
-    /// recorded).
-    pub python_ignores_environment: Option<bool>,
-    pub totals: Totals,
     pub live: Vec<LiveBlock>,
-    /// The exit-time reachability scan, when the process ran one.
-    pub reachability: Option<Reachability>,
-    /// Set when the process was forked from a traced parent.
-    pub fork: Option<ForkInfo>,
-    pub end: Option<End>,
-    pub stats: Stats,
-    pub incomplete: Option<Incompleteness>,
 }
 
 impl Trace {
@@ -111,16 +69,16 @@ impl Trace {
     pub fn open_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Trace, ReplayError> {
         let file = File::open(path).map_err(ReplayError::Open)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Trace::read_reporting(BufReader::with_capacity(1 << 20, file), &mut |read| {
+        Trace::read_with_progress(BufReader::with_capacity(1 << 20, file), &mut |read| {
             progress(read, size)
         })
     }
 
     pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
-        Trace::read_reporting(input, &mut |_| {})
+        Trace::read_with_progress(input, &mut |_| {})
     }
 
-    fn read_reporting(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
+    fn read_with_progress(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
         const PROGRESS_EVERY: u64 = 1 << 18;
         let mut records: u64 = 0;
         let mut reader = TraceReader::new(input)?;
@@ -225,19 +183,21 @@ impl Trace {
             }
         }
         Ok(Trace {
-            process: process.ok_or(ReplayError::NoProcess)?,
+            header: TraceHeader {
+                process: process.ok_or(ReplayError::NoProcess)?,
+                python,
+                python_ignores_environment,
+                totals: live_totals,
+                stats,
+                reachability,
+                fork,
+                end,
+                incomplete,
+            },
             modules,
             nodes,
             python_codes,
-            python,
-            python_ignores_environment,
-            totals: live_totals,
             live,
-            reachability,
-            fork,
-            end,
-            stats,
-            incomplete,
         })
     }
 
@@ -261,7 +221,7 @@ impl Trace {
 }
 
 /// The loaded module holding `address`, else an unloaded one not yet replaced.
-fn find_module(modules: &[ModuleState], address: u64) -> Option<usize> {
+pub fn find_module(modules: &[ModuleState], address: u64) -> Option<usize> {
     let loaded = modules.iter().position(|m| !m.unloaded && m.module.contains(address));
     loaded.or_else(|| {
         modules

@@ -1,8 +1,16 @@
-//! Offline symbolization of native return addresses from the files named in the recorded
-//! module map: DWARF (with inlined frames) from the object itself or from its separate debug
-//! file (found by build-id, then `.gnu_debuglink`, under `/usr/lib/debug` as gdb does), else
-//! the symbol table, else `module+0xoffset` — never a bare `??`. A file whose build-id is not
-//! the recorded one is reported as such and not used, so it cannot mis-symbolize.
+//! Stages 3 and 4, symbolize and merge. Offline symbolization of native return addresses from
+//! the files named in the recorded module map: DWARF (with inlined frames) from the object
+//! itself or from its separate debug file (found by build-id, then `.gnu_debuglink`, under
+//! `/usr/lib/debug` as gdb does), else the symbol table, else `module+0xoffset` — never a bare
+//! `??`. A file whose build-id is not the recorded one is reported as such and not used, so it
+//! cannot mis-symbolize. [`merge`] then builds each stack as the user reads it, and
+//! [`python_lines`] gives Python frames their lines.
+//!
+//! Must never write anything, nor read any file but the modules the trace names and their
+//! debug files.
+
+pub mod merge;
+pub mod python_lines;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

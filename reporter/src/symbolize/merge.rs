@@ -8,12 +8,12 @@
 //! left over (an eval frame not recognised, an unwind cut short) go after the last native
 //! frame: a frame is never dropped and a stack is never refused because the merge is imperfect.
 
-use libleak_format::{Frame, PythonRuntime};
+use libleak_format::{Frame as TraceFrame, PythonRuntime};
 
-use crate::python_lines;
-use crate::replay::{StackNode, Trace};
-use crate::report::ReportFrame;
-use crate::symbolize::{SymbolSource, Symbolizer};
+use super::python_lines;
+use super::{SymbolSource, Symbolizer};
+use crate::model::Frame;
+use crate::replay::{is_libleak, StackNode, Trace};
 
 /// The eval loop: the one function that runs bytecode (its `.cold` part included).
 const EVAL_LOOP: &str = "_PyEval_EvalFrameDefault";
@@ -71,7 +71,7 @@ pub struct Interpreter {
 
 impl Interpreter {
     pub fn of(trace: &Trace) -> Interpreter {
-        let runtime: Option<&PythonRuntime> = trace.python.as_ref();
+        let runtime: Option<&PythonRuntime> = trace.header.python.as_ref();
         let eval_loop = runtime
             .filter(|r| r.eval_loop_start != 0)
             .map(|r| (r.eval_loop_start, r.eval_loop_start + r.eval_loop_size.max(1)));
@@ -92,7 +92,7 @@ impl Interpreter {
 
 /// One native stack node, symbolized (one entry per inlined function, innermost first).
 struct NativeFrame {
-    frames: Vec<ReportFrame>,
+    frames: Vec<Frame>,
     eval_loop: bool,
     interpreter: bool,
 }
@@ -104,24 +104,23 @@ pub fn merged_stack(
     leaf: u64,
     symbolizer: &mut Symbolizer,
     show_interpreter_frames: bool,
-) -> Vec<ReportFrame> {
+) -> Vec<Frame> {
     let mut natives = Vec::new();
-    let mut groups: Vec<Vec<ReportFrame>> = Vec::new();
+    let mut groups: Vec<Vec<Frame>> = Vec::new();
     let mut group = Vec::new();
     for node in trace.stack(leaf) {
         match node.frame {
             // libleak's own frames are never the program's. Past the innermost ones (which the
             // recorder drops) they are those a signal handler interrupted.
-            Frame::Native { .. }
-                if node
-                    .module
-                    .is_some_and(|m| crate::owner::is_libleak(&trace.modules[m].module.path)) => {}
-            Frame::Native { address } => natives.push(native_frame(trace, interpreter, &node, address, symbolizer)),
-            Frame::Python {
+            TraceFrame::Native { .. } if node.module.is_some_and(|m| is_libleak(&trace.modules[m].module.path)) => {}
+            TraceFrame::Native { address } => {
+                natives.push(native_frame(trace, interpreter, &node, address, symbolizer))
+            }
+            TraceFrame::Python {
                 code_id,
                 instruction_offset,
             } => group.push(python_frame(trace, code_id, instruction_offset)),
-            Frame::PythonEntry => groups.push(std::mem::take(&mut group)),
+            TraceFrame::PythonEntry => groups.push(std::mem::take(&mut group)),
         }
     }
     if !group.is_empty() {
@@ -174,7 +173,7 @@ fn native_frame(
         .eval_loop
         .is_some_and(|(start, end)| (start..end).contains(&address.wrapping_sub(1)));
     let interpreter_module = node.module.is_some_and(|m| interpreter.modules.contains(&m));
-    let frame = |function: String, module: Option<String>| ReportFrame {
+    let frame = |function: String, module: Option<String>| Frame {
         kind: "native",
         function: Some(function),
         file: None,
@@ -210,7 +209,7 @@ fn native_frame(
     } else {
         symbolized
             .into_iter()
-            .map(|s| ReportFrame {
+            .map(|s| Frame {
                 kind: "native",
                 function: s.function,
                 file: s.file,
@@ -229,9 +228,9 @@ fn native_frame(
     }
 }
 
-fn python_frame(trace: &Trace, code_id: u64, instruction_offset: i64) -> ReportFrame {
+fn python_frame(trace: &Trace, code_id: u64, instruction_offset: i64) -> Frame {
     let code = trace.python_codes.get(&code_id);
-    ReportFrame {
+    Frame {
         kind: "python",
         function: Some(code.map_or_else(|| "<unknown code>".to_string(), |c| c.qualified_name.clone())),
         file: code.map(|c| c.filename.clone()),
