@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use libleak_format::LeakClass;
+use libleak_format::{AllocKind, LeakClass};
 
 use crate::model::Tally;
 use crate::replay::Trace;
@@ -18,7 +18,7 @@ pub struct StackTally {
     pub class: Option<LeakClass>,
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
-    pub allocator: &'static str,
+    pub allocator: AllocKind,
 }
 
 /// The live blocks by (stack, class), ordered by stack id and then class.
@@ -31,7 +31,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
                 stack: block.stack,
                 class: block.class,
                 tally: Tally::default(),
-                allocator: block.kind.name(),
+                allocator: block.kind,
             })
             .tally
             .add(1, block.size);

@@ -7,27 +7,10 @@
 
 use std::collections::HashMap;
 
-use libleak_format::LeakClass;
-
 use crate::attribute::roles::Roles;
 use crate::attribute::Attributed;
-use crate::model::{Frame, GroupBy, Leak, Omitted, Owner, StackRow, Tally};
+use crate::model::{Class, Frame, GroupBy, Leak, Omitted, Owner, StackRow, Tally};
 use crate::options::Options;
-
-fn class_name(class: Option<LeakClass>) -> &'static str {
-    class.map_or("unclassified", LeakClass::name)
-}
-
-/// Lower is more serious.
-fn severity(kind: &str) -> u8 {
-    match kind {
-        "definitely-lost" => 0,
-        "indirectly-lost" => 1,
-        "unclassified" => 2,
-        "possibly-lost" => 3,
-        _ => 4,
-    }
-}
 
 /// The frames that decide which row a stack joins.
 fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame> {
@@ -55,7 +38,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
         let key = row_key(item.frames, roles, options.group_by);
         let index = *row_of.entry((item.reachable, item.leftover, key)).or_insert_with(|| {
             rows.push(Leak {
-                kind: "",
+                class: Class::of(item.tally.class),
                 bytes: 0,
                 blocks: 0,
                 allocator: item.tally.allocator,
@@ -73,10 +56,10 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
         let row = &mut rows[index];
         row.bytes += bytes;
         row.blocks += blocks;
-        let name = class_name(item.tally.class);
-        match row.classes.iter_mut().find(|(n, _)| *n == name) {
+        let class = Class::of(item.tally.class);
+        match row.classes.iter_mut().find(|(c, _)| *c == class) {
             Some((_, tally)) => tally.add(blocks, bytes),
-            None => row.classes.push((name, Tally { blocks, bytes })),
+            None => row.classes.push((class, Tally { blocks, bytes })),
         }
         // Stacks that differ only in frames the report hides read the same: one stack.
         match row.stacks.iter_mut().find(|s| s.frames == item.frames) {
@@ -92,9 +75,9 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
         }
     }
     for row in &mut rows {
-        row.classes.sort_by_key(|(name, _)| severity(name));
+        row.classes.sort_by_key(|(class, _)| *class);
         // The row reads as its most serious class.
-        row.kind = row.classes[0].0;
+        row.class = row.classes[0].0;
         row.stacks
             .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
         row.frames = row.stacks.first().map(|s| s.frames.clone()).unwrap_or_default();
@@ -106,7 +89,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
                 .map(|i| row.frames[i].clone()),
         };
     }
-    let is_leak = |row: &Leak| row.kind != LeakClass::Reachable.name() && !row.runtime_leftover;
+    let is_leak = |row: &Leak| row.class.is_leak() && !row.runtime_leftover;
     rows.sort_by(|a, b| {
         is_leak(b)
             .cmp(&is_leak(a))

@@ -2,9 +2,12 @@
 //! rows, tallies, the summary, the trace header, the report itself).
 //!
 //! This is the bottom of the reporter: it must never import another module of the crate, and
-//! holds data and its plain arithmetic only, no decisions about stacks or modules.
+//! holds data and its plain arithmetic only, no decisions about stacks or modules. Types whose
+//! JSON form is exactly their fields derive `Serialize`; the rest get views in
+//! [`crate::render::json`].
 
-use libleak_format::{End, ExitKind, ForkInfo, ProcessInfo, PythonRuntime, Reachability, Stats};
+use libleak_format::{AllocKind, End, ExitKind, ForkInfo, LeakClass, ProcessInfo, PythonRuntime, Reachability, Stats};
+use serde::Serialize;
 
 pub use libleak_format::live::Totals;
 
@@ -38,22 +41,85 @@ impl std::str::FromStr for GroupBy {
     }
 }
 
-/// One frame of a stack as the report shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Which kind of code a frame ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    /// Machine code, at a return address.
+    Native,
+    /// A Python function, at the line being run.
+    Python,
+}
+
+/// A block's class as the report names it: the scan's class, or `Unclassified` without a
+/// complete scan. Ordered most serious first (the order rows and per-row classes are read
+/// in), which is why `Unclassified` (possibly a definite leak) comes before `PossiblyLost`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    DefinitelyLost,
+    IndirectlyLost,
+    Unclassified,
+    PossiblyLost,
+    Reachable,
+}
+
+impl Class {
+    /// The class of a block the scan classified as `class` (`None`: not classified).
+    pub fn of(class: Option<LeakClass>) -> Class {
+        match class {
+            Some(LeakClass::DefinitelyLost) => Class::DefinitelyLost,
+            Some(LeakClass::IndirectlyLost) => Class::IndirectlyLost,
+            Some(LeakClass::PossiblyLost) => Class::PossiblyLost,
+            Some(LeakClass::Reachable) => Class::Reachable,
+            None => Class::Unclassified,
+        }
+    }
+
+    /// The name the text and JSON reports use (the trace format's names, plus
+    /// `unclassified`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::DefinitelyLost => "definitely-lost",
+            Class::IndirectlyLost => "indirectly-lost",
+            Class::Unclassified => "unclassified",
+            Class::PossiblyLost => "possibly-lost",
+            Class::Reachable => "reachable",
+        }
+    }
+
+    /// Whether blocks of this class count as leaked (everything but reachable ones).
+    pub fn is_leak(self) -> bool {
+        self != Class::Reachable
+    }
+}
+
+/// One frame of a stack as the report shows it (serialized as in `docs/report-schema.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Frame {
-    pub kind: &'static str,
+    pub kind: FrameKind,
     pub function: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
     pub module: Option<String>,
     pub inlined: bool,
+    #[serde(serialize_with = "hex_address")]
     pub address: Option<u64>,
     /// Set when the module's file on disk has another build-id than the one that ran.
     pub build_id_mismatch: bool,
 }
 
+/// Addresses read as hexadecimal strings (`"0x7f3a5c2011a9"`): JSON numbers lose precision
+/// above 2^53 in most readers.
+fn hex_address<S: serde::Serializer>(address: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match address {
+        Some(address) => serializer.serialize_str(&format!("0x{address:x}")),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// One distinct full stack under a row.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct StackRow {
     pub bytes: u64,
     pub blocks: u64,
@@ -67,27 +133,28 @@ pub struct Owner {
     pub python: Option<Frame>,
 }
 
+/// One row of the report.
 #[derive(Clone, Debug)]
 pub struct Leak {
-    /// The block class (`definitely-lost`, …), or `unclassified` without a complete scan.
-    pub kind: &'static str,
+    /// The row's most serious class.
+    pub class: Class,
     pub bytes: u64,
     pub blocks: u64,
     /// The allocator entry point of the group's first block.
-    pub allocator: &'static str,
+    pub allocator: AllocKind,
     /// The frames of the row's largest stack.
     pub frames: Vec<Frame>,
     /// Every distinct stack under the row, largest first.
     pub stacks: Vec<StackRow>,
-    /// Blocks and bytes per class, most serious first (`kind` is the first).
-    pub classes: Vec<(&'static str, Tally)>,
+    /// Blocks and bytes per class, most serious first (`class` is the first).
+    pub classes: Vec<(Class, Tally)>,
     pub owner: Owner,
     /// Allocated by the runtime alone (listed only with `--show-leftovers`).
     pub runtime_leftover: bool,
 }
 
 /// Blocks and bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {
     pub blocks: u64,
     pub bytes: u64,
@@ -101,7 +168,7 @@ impl Tally {
 }
 
 /// Where every block live at exit went.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
     pub definitely_lost: Tally,
     pub indirectly_lost: Tally,
@@ -186,7 +253,7 @@ impl TraceHeader {
 }
 
 /// Rows beyond the limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Omitted {
     pub leaks: u64,
     pub bytes: u64,
@@ -201,4 +268,42 @@ pub struct Report {
     pub group_by: GroupBy,
     pub leaks: Vec<Leak>,
     pub omitted: Omitted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_order_by_severity_and_keep_the_format_names() {
+        let mut classes = [
+            Class::Reachable,
+            Class::PossiblyLost,
+            Class::Unclassified,
+            Class::IndirectlyLost,
+            Class::DefinitelyLost,
+        ];
+        classes.sort();
+        let names: Vec<&str> = classes.iter().map(|c| c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "definitely-lost",
+                "indirectly-lost",
+                "unclassified",
+                "possibly-lost",
+                "reachable"
+            ]
+        );
+        for class in [
+            LeakClass::DefinitelyLost,
+            LeakClass::IndirectlyLost,
+            LeakClass::PossiblyLost,
+            LeakClass::Reachable,
+        ] {
+            assert_eq!(Class::of(Some(class)).name(), class.name());
+        }
+        assert_eq!(Class::of(None), Class::Unclassified);
+        assert!(Class::Unclassified.is_leak() && !Class::Reachable.is_leak());
+    }
 }

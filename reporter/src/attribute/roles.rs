@@ -12,7 +12,7 @@
 //!
 //! Must stay pure: decisions from paths and frames only.
 
-use crate::model::{Frame, TraceHeader};
+use crate::model::{Frame, FrameKind, TraceHeader};
 use crate::replay::is_libleak;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,8 +90,8 @@ impl Roles {
 
     fn of_frame(&self, frame: &Frame) -> Option<Role> {
         match frame.kind {
-            "native" => Some(frame.module.as_deref().map_or(Role::Program, |m| self.of_module(m))),
-            _ => None,
+            FrameKind::Native => Some(frame.module.as_deref().map_or(Role::Program, |m| self.of_module(m))),
+            FrameKind::Python => None,
         }
     }
 
@@ -106,7 +106,10 @@ impl Roles {
     /// The innermost Python frame outside the owner: the line that called into it.
     pub fn calling_python_line(&self, frames: &[Frame], owner: Option<usize>) -> Option<usize> {
         let from = owner.unwrap_or(0);
-        frames[from..].iter().position(|f| f.kind == "python").map(|i| i + from)
+        frames[from..]
+            .iter()
+            .position(|f| f.kind == FrameKind::Python)
+            .map(|i| i + from)
     }
 
     /// Whether only the runtime (C runtime, interpreter, libleak) allocated the block. A block

@@ -124,12 +124,12 @@ pub fn to_text(report: &Report) -> String {
     }
     summary_text(&mut out, report);
     for (rank, leak) in report.leaks.iter().enumerate() {
-        let mut what = leak.kind.to_string();
+        let mut what = leak.class.name().to_string();
         if leak.classes.len() > 1 {
             let parts: Vec<String> = leak
                 .classes
                 .iter()
-                .map(|(name, tally)| format!("{} {name}", thousands(tally.blocks)))
+                .map(|(class, tally)| format!("{} {}", thousands(tally.blocks), class.name()))
                 .collect();
             what = format!("{what} ({})", parts.join(", "));
         }
@@ -144,7 +144,7 @@ pub fn to_text(report: &Report) -> String {
                 blocks: leak.blocks,
                 bytes: leak.bytes
             }),
-            leak.allocator
+            leak.allocator.name()
         );
         if let Some(owner) = &leak.owner.frame {
             let called_from = leak

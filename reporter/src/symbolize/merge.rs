@@ -12,7 +12,7 @@ use libleak_format::{Frame as TraceFrame, PythonRuntime};
 
 use super::python_lines;
 use super::{SymbolSource, Symbolizer};
-use crate::model::Frame;
+use crate::model::{Frame, FrameKind};
 use crate::replay::{is_libleak, StackNode, Trace};
 
 /// The eval loop: the one function that runs bytecode (its `.cold` part included).
@@ -156,7 +156,7 @@ pub fn merged_stack(
     out.extend(groups.flatten());
     let wrappers = out
         .iter()
-        .take_while(|f| f.kind == "native" && f.function.as_deref().is_some_and(is_allocator_wrapper))
+        .take_while(|f| f.kind == FrameKind::Native && f.function.as_deref().is_some_and(is_allocator_wrapper))
         .count();
     out.drain(..wrappers.min(out.len().saturating_sub(1)));
     out
@@ -174,7 +174,7 @@ fn native_frame(
         .is_some_and(|(start, end)| (start..end).contains(&address.wrapping_sub(1)));
     let interpreter_module = node.module.is_some_and(|m| interpreter.modules.contains(&m));
     let frame = |function: String, module: Option<String>| Frame {
-        kind: "native",
+        kind: FrameKind::Native,
         function: Some(function),
         file: None,
         line: None,
@@ -210,7 +210,7 @@ fn native_frame(
         symbolized
             .into_iter()
             .map(|s| Frame {
-                kind: "native",
+                kind: FrameKind::Native,
                 function: s.function,
                 file: s.file,
                 line: s.line,
@@ -231,7 +231,7 @@ fn native_frame(
 fn python_frame(trace: &Trace, code_id: u64, instruction_offset: i64) -> Frame {
     let code = trace.python_codes.get(&code_id);
     Frame {
-        kind: "python",
+        kind: FrameKind::Python,
         function: Some(code.map_or_else(|| "<unknown code>".to_string(), |c| c.qualified_name.clone())),
         file: code.map(|c| c.filename.clone()),
         line: code
