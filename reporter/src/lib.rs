@@ -38,7 +38,7 @@ pub use symbolize::python_lines;
 use attribute::roles::Roles;
 use replay::{ReplayError, Trace};
 use symbolize::merge::{merged_stack, Interpreter};
-use symbolize::Symbolizer;
+use symbolize::{SymbolTable, Symbolizer};
 
 /// Told how far the reading of a trace has got.
 pub trait ReadProgress {
@@ -68,11 +68,13 @@ pub fn report(
 /// The report of a replayed trace; `trace_path` is how the report names it.
 pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: &Options) -> Report {
     let tallies = classify::tally(trace);
+    let stacks = classify::stacks(&tallies);
+    let symbols = SymbolTable::of_stacks(trace, &stacks, symbolizer);
     let interpreter = Interpreter::of(trace);
-    let merged: HashMap<u64, Vec<model::Frame>> = classify::stacks(&tallies)
+    let merged: HashMap<u64, Vec<model::Frame>> = stacks
         .into_iter()
         .map(|stack| {
-            let frames = merged_stack(trace, &interpreter, stack, symbolizer, options.show_interpreter_frames);
+            let frames = merged_stack(trace, &interpreter, stack, &symbols, options.show_interpreter_frames);
             (stack, frames)
         })
         .collect();

@@ -7,11 +7,13 @@
 //! frames from the inside belongs to the n-th eval-loop native frame from the inside. Groups
 //! left over (an eval frame not recognised, an unwind cut short) go after the last native
 //! frame: a frame is never dropped and a stack is never refused because the merge is imperfect.
+//!
+//! Must stay pure: symbols come from a [`SymbolTable`] filled beforehand, never from files.
 
 use libleak_format::{Frame as TraceFrame, PythonRuntime};
 
 use super::python_lines;
-use super::{SymbolSource, Symbolizer};
+use super::SymbolTable;
 use crate::model::{Frame, FrameKind};
 use crate::replay::{is_libleak, StackNode, Trace};
 
@@ -102,7 +104,7 @@ pub fn merged_stack(
     trace: &Trace,
     interpreter: &Interpreter,
     leaf: u64,
-    symbolizer: &mut Symbolizer,
+    symbols: &SymbolTable,
     show_interpreter_frames: bool,
 ) -> Vec<Frame> {
     let mut natives = Vec::new();
@@ -113,9 +115,7 @@ pub fn merged_stack(
             // libleak's own frames are never the program's. Past the innermost ones (which the
             // recorder drops) they are those a signal handler interrupted.
             TraceFrame::Native { .. } if node.module.is_some_and(|m| is_libleak(&trace.modules[m].module.path)) => {}
-            TraceFrame::Native { address } => {
-                natives.push(native_frame(trace, interpreter, &node, address, symbolizer))
-            }
+            TraceFrame::Native { address } => natives.push(native_frame(trace, interpreter, &node, address, symbols)),
             TraceFrame::Python {
                 code_id,
                 instruction_offset,
@@ -167,7 +167,7 @@ fn native_frame(
     interpreter: &Interpreter,
     node: &StackNode,
     address: u64,
-    symbolizer: &mut Symbolizer,
+    symbols: &SymbolTable,
 ) -> NativeFrame {
     let in_eval_range = interpreter
         .eval_loop
@@ -183,15 +183,16 @@ fn native_frame(
         address: Some(address),
         build_id_mismatch: false,
     };
-    let Some(module) = node.module.map(|i| &trace.modules[i].module) else {
+    let Some(index) = node.module else {
         return NativeFrame {
             frames: vec![frame(format!("0x{address:x}"), None)],
             eval_loop: in_eval_range,
             interpreter: false,
         };
     };
-    let symbolized = symbolizer.symbolize(module, address);
-    let mismatch = symbolizer.source(module) == SymbolSource::BuildIdMismatch;
+    let module = &trace.modules[index].module;
+    let symbolized = symbols.frames(index, address);
+    let mismatch = symbols.build_id_mismatch(index);
     // The physical function is the outermost of an inline chain.
     let eval_by_name = symbolized
         .last()
@@ -208,11 +209,11 @@ fn native_frame(
         vec![unnamed]
     } else {
         symbolized
-            .into_iter()
+            .iter()
             .map(|s| Frame {
                 kind: FrameKind::Native,
-                function: s.function,
-                file: s.file,
+                function: s.function.clone(),
+                file: s.file.clone(),
                 line: s.line,
                 module: Some(module.path.clone()),
                 inlined: s.inlined,

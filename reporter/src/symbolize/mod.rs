@@ -13,12 +13,14 @@ pub mod merge;
 pub mod python_lines;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use addr2line::Loader;
-use libleak_format::Module;
+use libleak_format::{Frame as TraceFrame, Module};
 use object::{Object, ObjectSection};
+
+use crate::replay::{is_libleak, Trace};
 
 /// One symbolized frame; a return address may expand to several (inlined calls).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,6 +40,59 @@ pub enum SymbolSource {
     BuildIdMismatch,
     /// The file is gone or unreadable (or not a file, like the vDSO).
     Unavailable,
+}
+
+/// The symbols of the native frames of some stacks, looked up once so that the merge can be a
+/// pure function of the trace and this table.
+#[derive(Clone, Debug, Default)]
+pub struct SymbolTable {
+    /// By (index into `Trace::modules`, return address); empty when nothing was found.
+    frames: HashMap<(usize, u64), Vec<SymbolizedFrame>>,
+    /// Modules whose file on disk has another build-id than the one that ran.
+    mismatched: HashSet<usize>,
+}
+
+impl SymbolTable {
+    /// Symbolizes every native frame on the stacks `leaves` (libleak's own frames excepted:
+    /// the merge drops them unread).
+    pub fn of_stacks(trace: &Trace, leaves: &[u64], symbolizer: &mut Symbolizer) -> SymbolTable {
+        let mut table = SymbolTable::default();
+        for &leaf in leaves {
+            for node in trace.stack(leaf) {
+                let (TraceFrame::Native { address }, Some(index)) = (node.frame, node.module) else {
+                    continue;
+                };
+                let module = &trace.modules[index].module;
+                if is_libleak(&module.path) || table.frames.contains_key(&(index, address)) {
+                    continue;
+                }
+                if symbolizer.source(module) == SymbolSource::BuildIdMismatch {
+                    table.mismatched.insert(index);
+                }
+                table.insert(index, address, symbolizer.symbolize(module, address));
+            }
+        }
+        table
+    }
+
+    /// Records what `address` in module `module` (an index into `Trace::modules`) is.
+    pub fn insert(&mut self, module: usize, address: u64, frames: Vec<SymbolizedFrame>) {
+        self.frames.insert((module, address), frames);
+    }
+
+    /// Records that module `module`'s file on disk is not the one that ran.
+    pub fn mark_build_id_mismatch(&mut self, module: usize) {
+        self.mismatched.insert(module);
+    }
+
+    /// The frames of `address` in module `module`, innermost first; empty when unknown.
+    pub fn frames(&self, module: usize, address: u64) -> &[SymbolizedFrame] {
+        self.frames.get(&(module, address)).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn build_id_mismatch(&self, module: usize) -> bool {
+        self.mismatched.contains(&module)
+    }
 }
 
 struct ModuleSymbols {
