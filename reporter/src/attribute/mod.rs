@@ -69,3 +69,99 @@ pub fn attribute<'a>(
     }
     (summary, shown)
 }
+
+#[cfg(test)]
+mod tests {
+    use libleak_format::AllocKind;
+
+    use super::*;
+    use crate::model::{FrameKind, Tally};
+    use crate::options::Suppression;
+
+    fn frame(function: &str, module: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            inlined: false,
+            address: Some(1),
+            build_id_mismatch: false,
+        }
+    }
+
+    #[test]
+    fn each_count_is_reachable_a_leftover_suppressed_or_a_leak() {
+        const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+        let merged: HashMap<u64, Vec<Frame>> = [
+            (1, vec![frame("malloc_helper", LIBC), frame("parse", "/usr/bin/prog")]),
+            (2, vec![frame("_dl_allocate_tls", LIBC)]),
+            (
+                3,
+                vec![frame("cache_init", "/usr/lib/libfoo.so"), frame("x", "/usr/bin/prog")],
+            ),
+            (4, Vec::new()),
+        ]
+        .into_iter()
+        .collect();
+        let count = |stack, class, blocks| StackTally {
+            stack,
+            class,
+            tally: Tally {
+                blocks,
+                bytes: blocks * 10,
+            },
+            allocator: AllocKind::Malloc,
+        };
+        let tallies = [
+            count(1, Some(LeakClass::DefinitelyLost), 1),
+            count(1, Some(LeakClass::Reachable), 2),
+            count(1, None, 3),
+            count(2, Some(LeakClass::DefinitelyLost), 4),
+            count(3, Some(LeakClass::PossiblyLost), 5),
+            // No stack (a signal handler's block): anyone's, so never a leftover.
+            count(4, Some(LeakClass::IndirectlyLost), 6),
+        ];
+        let roles = Roles {
+            executable: "/usr/bin/prog".into(),
+            python: false,
+        };
+        let mut options = Options::with_suppressions(vec![Suppression {
+            pattern: "libfoo".into(),
+            origin: "test".into(),
+        }]);
+        let (summary, listed) = attribute(&tallies, &merged, &roles, &options);
+        let tally = |blocks| Tally {
+            blocks,
+            bytes: blocks * 10,
+        };
+        assert_eq!(summary.definitely_lost, tally(1));
+        assert_eq!(summary.reachable, tally(2));
+        assert_eq!(summary.unclassified, tally(3));
+        assert_eq!(summary.runtime_leftovers, tally(4));
+        assert_eq!(summary.suppressed, tally(5));
+        assert_eq!(summary.indirectly_lost, tally(6));
+        assert_eq!(summary.possibly_lost, Tally::default());
+        let blocks: Vec<u64> = listed.iter().map(|a| a.tally.tally.blocks).collect();
+        assert_eq!(blocks, [1, 3, 6]);
+
+        options.show_reachable = true;
+        options.show_leftovers = true;
+        let (_, listed) = attribute(&tallies, &merged, &roles, &options);
+        let flags: Vec<(u64, bool, bool)> = listed
+            .iter()
+            .map(|a| (a.tally.tally.blocks, a.reachable, a.leftover))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (1, false, false),
+                (2, true, false),
+                (3, false, false),
+                (4, false, true),
+                (6, false, false)
+            ]
+        );
+    }
+}

@@ -243,3 +243,206 @@ fn python_frame(trace: &Trace, code_id: u64, instruction_offset: i64) -> Frame {
         build_id_mismatch: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::synthetic::{native, python, trace};
+    use crate::symbolize::SymbolizedFrame;
+
+    const PYTHON: usize = 0;
+    const EXT: usize = 1;
+    const LIBC: usize = 2;
+
+    /// A python3.11 process with an extension, libc and libleak loaded; its eval loop is at
+    /// 0x11000..0x11100, and the table names the frames the tests use.
+    fn python_process() -> (Trace, SymbolTable) {
+        let mut t = trace("/usr/bin/python3.11");
+        assert_eq!(t.load("/usr/bin/python3.11", 0x10000, 0x10000), PYTHON);
+        assert_eq!(t.load("/home/me/ext.so", 0x30000, 0x1000), EXT);
+        assert_eq!(t.load("/lib/x86_64-linux-gnu/libc.so.6", 0x40000, 0x1000), LIBC);
+        t.load("/opt/libleak/libleak.so", 0x50000, 0x1000);
+        t.run_python(0x11000, 0x100);
+        t.code(1, "load", "app.py", 7);
+        t.code(2, "<module>", "app.py", 1);
+        let mut table = SymbolTable::default();
+        let mut name = |module, address, function: &str, file: Option<&str>, line| {
+            let frame = SymbolizedFrame {
+                function: Some(function.to_string()),
+                file: file.map(str::to_string),
+                line,
+                inlined: false,
+            };
+            table.insert(module, address, vec![frame]);
+        };
+        name(EXT, 0x30010, "leaky_alloc", Some("ext.c"), Some(5));
+        name(EXT, 0x30030, "ext_main", Some("ext.c"), Some(30));
+        name(EXT, 0x30040, "make_thing", None, None);
+        name(PYTHON, 0x10500, "PyObject_Call", None, None);
+        name(PYTHON, 0x10900, "Py_RunMain", None, None);
+        // Found by its address range alone: the name says nothing.
+        name(PYTHON, 0x11050, "eval_somewhere", None, None);
+        name(LIBC, 0x40100, "__libc_start_main", None, None);
+        name(LIBC, 0x40200, "operator new(unsigned long)", None, None);
+        (t, table)
+    }
+
+    /// Each frame as `kind function file:line`.
+    fn shown(frames: &[Frame]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| {
+                let kind = match f.kind {
+                    FrameKind::Native => "native",
+                    FrameKind::Python => "python",
+                };
+                format!(
+                    "{kind} {} {}:{}",
+                    f.function.as_deref().unwrap_or("-"),
+                    f.file.as_deref().unwrap_or("-"),
+                    f.line.map_or("-".to_string(), |l| l.to_string())
+                )
+            })
+            .collect()
+    }
+
+    fn merge(trace: &Trace, table: &SymbolTable, leaf: u64, show_interpreter_frames: bool) -> Vec<String> {
+        shown(&merged_stack(
+            trace,
+            &Interpreter::of(trace),
+            leaf,
+            table,
+            show_interpreter_frames,
+        ))
+    }
+
+    #[test]
+    fn python_frames_take_the_eval_loops_place_and_plumbing_is_hidden() {
+        let (mut t, table) = python_process();
+        let leaf = t.define_stack(&[
+            native(0x50010), // libleak's own frame: never shown
+            native(0x30010),
+            native(0x10500),
+            python(1),
+            python(2),
+            TraceFrame::PythonEntry,
+            native(0x11050),
+            native(0x10900),
+            native(0x40100),
+        ]);
+        assert_eq!(
+            merge(&t, &table, leaf, false),
+            [
+                "native leaky_alloc ext.c:5",
+                "python load app.py:7",
+                "python <module> app.py:1"
+            ]
+        );
+        assert_eq!(
+            merge(&t, &table, leaf, true),
+            [
+                "native leaky_alloc ext.c:5",
+                "native PyObject_Call -:-",
+                "python load app.py:7",
+                "python <module> app.py:1",
+                "native eval_somewhere -:-",
+                "native Py_RunMain -:-",
+                "native __libc_start_main -:-"
+            ]
+        );
+    }
+
+    #[test]
+    fn python_groups_without_an_eval_frame_go_after_the_last_native_frame() {
+        let (mut t, table) = python_process();
+        let leaf = t.define_stack(&[
+            native(0x30010),
+            python(1),
+            TraceFrame::PythonEntry,
+            native(0x11050),
+            native(0x30030),
+            // A second activation whose eval frame the unwinder never reached, cut short
+            // before its end marker.
+            python(2),
+        ]);
+        assert_eq!(
+            merge(&t, &table, leaf, false),
+            [
+                "native leaky_alloc ext.c:5",
+                "python load app.py:7",
+                "native ext_main ext.c:30",
+                "python <module> app.py:1"
+            ]
+        );
+    }
+
+    #[test]
+    fn interpreter_frames_at_the_allocation_site_are_kept() {
+        let (mut t, table) = python_process();
+        // PyObject_Call allocated for Python code directly: the site is inside the
+        // interpreter, and hiding it would leave no native frame at all.
+        let leaf = t.define_stack(&[native(0x10500), python(1), TraceFrame::PythonEntry, native(0x11050)]);
+        assert_eq!(
+            merge(&t, &table, leaf, false),
+            ["native PyObject_Call -:-", "python load app.py:7"]
+        );
+    }
+
+    #[test]
+    fn allocator_wrappers_are_trimmed_but_never_the_last_frame() {
+        let (mut t, table) = python_process();
+        let wrapped = t.define_stack(&[native(0x40200), native(0x30040), native(0x40100)]);
+        assert_eq!(
+            merge(&t, &table, wrapped, false),
+            ["native make_thing -:-", "native __libc_start_main -:-"],
+            "without Python frames, start routines stay"
+        );
+        let only_wrapper = t.define_stack(&[native(0x40200)]);
+        assert_eq!(
+            merge(&t, &table, only_wrapper, false),
+            ["native operator new(unsigned long) -:-"]
+        );
+    }
+
+    #[test]
+    fn unknown_addresses_are_named_by_module_offset_or_address() {
+        let (mut t, mut table) = python_process();
+        table.mark_build_id_mismatch(EXT);
+        let leaf = t.define_stack(&[native(0x30050), native(0x90000)]);
+        let frames = merged_stack(&t, &Interpreter::of(&t), leaf, &table, false);
+        assert_eq!(shown(&frames), ["native ext.so+0x50 -:-", "native 0x90000 -:-"]);
+        assert_eq!(frames[0].module.as_deref(), Some("/home/me/ext.so"));
+        assert!(frames[0].build_id_mismatch);
+        assert_eq!(frames[0].address, Some(0x30050));
+        assert_eq!(frames[1].module, None);
+        assert!(!frames[1].build_id_mismatch);
+    }
+
+    #[test]
+    fn inlined_frames_expand_in_place() {
+        let (mut t, mut table) = python_process();
+        table.insert(
+            EXT,
+            0x30060,
+            vec![
+                SymbolizedFrame {
+                    function: Some("inner".into()),
+                    file: Some("ext.c".into()),
+                    line: Some(3),
+                    inlined: true,
+                },
+                SymbolizedFrame {
+                    function: Some("outer".into()),
+                    file: Some("ext.c".into()),
+                    line: Some(9),
+                    inlined: false,
+                },
+            ],
+        );
+        let leaf = t.define_stack(&[native(0x30060)]);
+        let frames = merged_stack(&t, &Interpreter::of(&t), leaf, &table, false);
+        assert_eq!(shown(&frames), ["native inner ext.c:3", "native outer ext.c:9"]);
+        assert!(frames[0].inlined && !frames[1].inlined);
+        assert_eq!(frames[1].address, Some(0x30060));
+    }
+}
