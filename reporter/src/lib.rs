@@ -13,7 +13,8 @@
 //!
 //! [`render`] turns a report into text or JSON. [`model`] is the vocabulary all stages share
 //! and [`options`] what the user asked for; each stage imports only those and the stages
-//! before it. The `libleak` binary is a thin CLI over this.
+//! before it. [`run`] runs a command under libleak and finds its traces. The `libleak`
+//! binary is a thin CLI over this.
 //!
 //! Nothing here may panic on any input file: every failure is a typed error.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod model;
 pub mod options;
 pub mod render;
 pub mod replay;
+pub mod run;
 pub mod symbolize;
 
 use std::collections::HashMap;
