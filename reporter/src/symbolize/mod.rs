@@ -102,7 +102,8 @@ struct ModuleSymbols {
 }
 
 pub struct Symbolizer {
-    debug_root: PathBuf,
+    /// Where separate debug files are looked for; `None`: no file is ever read.
+    debug_root: Option<PathBuf>,
     modules: HashMap<(String, Vec<u8>), ModuleSymbols>,
 }
 
@@ -115,7 +116,17 @@ impl Default for Symbolizer {
 impl Symbolizer {
     pub fn new(debug_root: PathBuf) -> Self {
         Symbolizer {
-            debug_root,
+            debug_root: Some(debug_root),
+            modules: HashMap::new(),
+        }
+    }
+
+    /// A symbolizer that reads no file: every module is unavailable, so frames read as
+    /// `module+0xoffset`. Reports then depend on the trace alone, the same on any machine
+    /// (what committed golden traces need).
+    pub fn without_files() -> Self {
+        Symbolizer {
+            debug_root: None,
             modules: HashMap::new(),
         }
     }
@@ -149,7 +160,13 @@ impl Symbolizer {
     fn load(&mut self, module: &Module) -> &ModuleSymbols {
         let key = (module.path.clone(), module.build_id.clone());
         if !self.modules.contains_key(&key) {
-            let symbols = open_module(&self.debug_root, module);
+            let symbols = match &self.debug_root {
+                Some(debug_root) => open_module(debug_root, module),
+                None => ModuleSymbols {
+                    source: SymbolSource::Unavailable,
+                    loaders: Vec::new(),
+                },
+            };
             self.modules.insert(key.clone(), symbols);
         }
         &self.modules[&key]
