@@ -16,7 +16,8 @@
 //! before it. [`run`] runs a command under libleak and finds its traces. The `libleak`
 //! binary is a thin CLI over this.
 //!
-//! Nothing here may panic on any input file: every failure is a typed error.
+//! Nothing here may panic on any input file (every failure is a typed error), and no stage
+//! may import a later one.
 #![forbid(unsafe_code)]
 
 pub mod attribute;
@@ -30,7 +31,6 @@ pub mod replay;
 pub mod run;
 pub mod symbolize;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 pub use model::Report;
@@ -39,8 +39,7 @@ pub use symbolize::python_lines;
 
 use attribute::roles::Roles;
 use replay::{ReplayError, Trace};
-use symbolize::merge::{merged_stack, Interpreter};
-use symbolize::{SymbolTable, Symbolizer};
+use symbolize::{merge, SymbolTable, Symbolizer};
 
 /// Told how far the reading of a trace has got.
 pub trait ReadProgress {
@@ -72,14 +71,7 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     let tallies = classify::tally(trace);
     let stacks = classify::stacks(&tallies);
     let symbols = SymbolTable::of_stacks(trace, &stacks, symbolizer);
-    let interpreter = Interpreter::of(trace);
-    let merged: HashMap<u64, Vec<model::Frame>> = stacks
-        .into_iter()
-        .map(|stack| {
-            let frames = merged_stack(trace, &interpreter, stack, &symbols, options.show_interpreter_frames);
-            (stack, frames)
-        })
-        .collect();
+    let merged = merge::merged_stacks(trace, &stacks, &symbols, options.show_interpreter_frames);
     let roles = Roles::of(&trace.header);
     let (summary, listed) = attribute::attribute(&tallies, &merged, &roles, options);
     let (leaks, omitted) = group::group(&listed, &roles, options);
@@ -93,8 +85,9 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     }
 }
 
-/// The names this crate had before its stages were split, kept for callers written against
-/// them (the decoder fuzz test among them).
+/// The names this crate had before its stages were split (`report::build`, `to_text`,
+/// `to_json`, `ReportOptions`, `ReportFrame`), kept for callers written against them, the
+/// decoder fuzz test among them. New code uses the stage modules.
 pub mod report {
     pub use crate::build;
     pub use crate::model::{Frame as ReportFrame, GroupBy, Leak, Report, Summary, Tally};

@@ -1,7 +1,7 @@
 //! The `libleak` command: a thin CLI over the reporter library. It parses flags ([`cli`]),
 //! calls the library, prints what it returns and maps the outcome to an exit status.
 //!
-//! No report logic lives here: deciding, grouping and formatting belong to the library.
+//! Must never hold report logic: deciding, grouping and formatting belong to the library.
 
 mod cli;
 

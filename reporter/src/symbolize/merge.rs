@@ -10,6 +10,8 @@
 //!
 //! Must stay pure: symbols come from a [`SymbolTable`] filled beforehand, never from files.
 
+use std::collections::HashMap;
+
 use libleak_format::{Frame as TraceFrame, PythonRuntime};
 
 use super::python_lines;
@@ -97,6 +99,23 @@ struct NativeFrame {
     frames: Vec<Frame>,
     eval_loop: bool,
     interpreter: bool,
+}
+
+/// The frames of each of the stacks `leaves` for the report, innermost first.
+pub fn merged_stacks(
+    trace: &Trace,
+    leaves: &[u64],
+    symbols: &SymbolTable,
+    show_interpreter_frames: bool,
+) -> HashMap<u64, Vec<Frame>> {
+    let interpreter = Interpreter::of(trace);
+    leaves
+        .iter()
+        .map(|&leaf| {
+            let frames = merged_stack(trace, &interpreter, leaf, symbols, show_interpreter_frames);
+            (leaf, frames)
+        })
+        .collect()
 }
 
 /// The frames of stack `leaf` for the report, innermost first.
@@ -444,5 +463,37 @@ mod tests {
         assert_eq!(shown(&frames), ["native inner ext.c:3", "native outer ext.c:9"]);
         assert!(frames[0].inlined && !frames[1].inlined);
         assert_eq!(frames[1].address, Some(0x30060));
+    }
+
+    #[test]
+    fn the_eval_loop_is_also_known_by_name_cold_part_included() {
+        // No eval-loop range recorded: only the symbol name says which frame runs bytecode.
+        let mut t = trace("/usr/bin/python3.11");
+        let python_exe = t.load("/usr/bin/python3.11", 0x10000, 0x10000);
+        t.run_python(0, 0);
+        t.code(1, "work", "app.py", 3);
+        let mut table = SymbolTable::default();
+        for (address, name) in [
+            (0x10100, "_PyEval_EvalFrameDefault.cold"),
+            (0x10200, "_PyEval_EvalFrameDefaultX"),
+        ] {
+            let frame = SymbolizedFrame {
+                function: Some(name.to_string()),
+                ..SymbolizedFrame::default()
+            };
+            table.insert(python_exe, address, vec![frame]);
+        }
+        let cold = t.define_stack(&[python(1), TraceFrame::PythonEntry, native(0x10100)]);
+        let other = t.define_stack(&[python(1), TraceFrame::PythonEntry, native(0x10200)]);
+        let names = |leaf| -> Vec<String> {
+            merged_stack(&t, &Interpreter::of(&t), leaf, &table, false)
+                .into_iter()
+                .filter_map(|f| f.function)
+                .collect()
+        };
+        assert_eq!(names(cold), ["work"]);
+        // Not the eval loop: an interpreter frame at the allocation site, kept, and the
+        // Python group it did not run goes last.
+        assert_eq!(names(other), ["_PyEval_EvalFrameDefaultX", "work"]);
     }
 }
