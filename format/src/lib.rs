@@ -19,7 +19,7 @@ mod wire_enum;
 
 pub use decode::{DecodeError, TraceReader};
 pub use encode::{ChunkWriter, Payload, RecordEncoder};
-pub use naming::{program_name, trace_file_name};
+pub use naming::{program_name, trace_file_name, TraceTemplate};
 pub use record::*;
 
 /// The first eight bytes of every trace file.

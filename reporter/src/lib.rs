@@ -1,18 +1,97 @@
-//! The reporter as a library: [`replay`] reads a trace into the set of blocks live at exit,
-//! [`symbolize`] turns native addresses into functions and lines offline from the recorded
-//! module map, [`merge`] splices Python frames (lines from [`python_lines`]) into native
-//! stacks, [`owner`] decides who is responsible for a stack (and what the runtime left by
-//! itself), [`suppress`] applies LeakSanitizer-style suppressions, and [`report`] groups,
-//! ranks and renders. The `libleak` binary is a thin CLI over these.
+//! The reporter as a library: a trace file in, a [`Report`] out, through one stage after
+//! another (each a module, in this order):
 //!
-//! Nothing here may panic on any input file: every failure is a typed error.
+//! 1. [`replay`]: read the trace into the process header, module map, stack nodes and the
+//!    blocks live at exit ([`live`]);
+//! 2. [`classify`]: count the live blocks by stack and by the class the exit scan gave them;
+//! 3. [`symbolize`]: turn native addresses into functions and lines, offline, from the
+//!    recorded module map;
+//! 4. [`symbolize::merge`]: splice Python frames into native stacks and hide the plumbing;
+//! 5. [`attribute`]: decide who owns each stack, what the runtime left by itself, what is
+//!    suppressed;
+//! 6. [`group`]: gather rows, rank them, apply the limit.
+//!
+//! [`render`] turns a report into text or JSON. [`model`] is the vocabulary all stages share
+//! and [`options`] what the user asked for; each stage imports only those and the stages
+//! before it. [`run`] runs a command under libleak and finds its traces. The `libleak`
+//! binary is a thin CLI over this.
+//!
+//! Nothing here may panic on any input file (every failure is a typed error), and no stage
+//! may import a later one.
 #![forbid(unsafe_code)]
 
+pub mod attribute;
+pub mod classify;
+pub mod group;
 pub mod live;
-pub mod merge;
-pub mod owner;
-pub mod python_lines;
+pub mod model;
+pub mod options;
+pub mod render;
 pub mod replay;
-pub mod report;
-pub mod suppress;
+pub mod run;
 pub mod symbolize;
+
+use std::path::Path;
+
+pub use model::Report;
+pub use options::Options;
+pub use symbolize::python_lines;
+
+use attribute::roles::Roles;
+use replay::{ReplayError, Trace};
+use symbolize::{merge, SymbolTable, Symbolizer};
+
+/// Told how far the reading of a trace has got.
+pub trait ReadProgress {
+    /// `read` bytes of the file's `size` are read; called now and then, and once at the end.
+    fn advance(&mut self, read: u64, size: u64);
+    /// The trace is read (or could not be): the remaining stages take over.
+    fn finish(&mut self) {}
+}
+
+/// Ignores progress.
+impl ReadProgress for () {
+    fn advance(&mut self, _read: u64, _size: u64) {}
+}
+
+/// Reads the trace at `path` and builds its report.
+pub fn report(
+    path: &Path,
+    options: &Options,
+    symbolizer: &mut Symbolizer,
+    progress: &mut dyn ReadProgress,
+) -> Result<Report, ReplayError> {
+    let trace = Trace::open_with_progress(path, &mut |read, size| progress.advance(read, size));
+    progress.finish();
+    Ok(build(&trace?, &path.display().to_string(), symbolizer, options))
+}
+
+/// The report of a replayed trace; `trace_path` is how the report names it.
+pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: &Options) -> Report {
+    let tallies = classify::tally(trace);
+    let stacks = classify::stacks(&tallies);
+    let symbols = SymbolTable::of_stacks(trace, &stacks, symbolizer);
+    let merged = merge::merged_stacks(trace, &stacks, &symbols, options.show_interpreter_frames);
+    let roles = Roles::of(&trace.header);
+    let (summary, listed) = attribute::attribute(&tallies, &merged, &roles, options);
+    let (leaks, omitted) = group::group(&listed, &roles, options);
+    Report {
+        trace_path: trace_path.to_string(),
+        header: trace.header.clone(),
+        summary,
+        group_by: options.group_by,
+        leaks,
+        omitted,
+    }
+}
+
+/// The names this crate had before its stages were split (`report::build`, `to_text`,
+/// `to_json`, `ReportOptions`, `ReportFrame`), kept for callers written against them, the
+/// decoder fuzz test among them. New code uses the stage modules.
+pub mod report {
+    pub use crate::build;
+    pub use crate::model::{Frame as ReportFrame, GroupBy, Leak, Report, Summary, Tally};
+    pub use crate::options::Options as ReportOptions;
+    pub use crate::render::json::{to_json, to_json_many, REPORT_FORMAT, REPORT_VERSION};
+    pub use crate::render::text::{summary_line, to_text};
+}

@@ -1,5 +1,7 @@
 //! The reporter's view of a block live at exit. The live-set rules themselves are shared
 //! with the interposer and live in [`libleak_format::live`].
+//!
+//! Data only: this module must never add rules of its own about which blocks are live.
 
 use libleak_format::{AllocKind, LeakClass};
 

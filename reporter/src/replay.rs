@@ -1,18 +1,19 @@
-//! Reads a whole trace: the process, the module map as it changed, the stack nodes (each
-//! native frame resolved to the module that held its address when the node was defined), and
-//! the live set at the end.
+//! Stage 1, replay: reads a whole trace into the process's header, the module map as it
+//! changed, the stack nodes (each native frame resolved to the module that held its address
+//! when the node was defined), and the live set at the end. The module map's knowledge of
+//! which module is libleak's own lives here too.
+//!
+//! Must never symbolize or judge blocks: it reports what the trace says, nothing more.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use libleak_format::{
-    DecodeError, End, ForkInfo, Frame, LeakClass, Module, ProcessInfo, PythonCode, PythonRuntime, Reachability, Record,
-    ScanOutcome, Stats, TraceReader,
-};
+use libleak_format::{DecodeError, Frame, LeakClass, Module, PythonCode, Record, ScanOutcome, Stats, TraceReader};
 
-use crate::live::{LiveBlock, LiveSet, Totals};
+use crate::live::{LiveBlock, LiveSet};
+use crate::model::{Incompleteness, TraceHeader};
 
 /// Why a trace could not be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -42,62 +43,19 @@ pub struct ModuleState {
     pub superseded: bool,
 }
 
-/// Why the trace does not describe a normal, complete exit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Incompleteness {
-    /// The file stops without an end marker: killed, crashed, or still running.
-    Truncated { mid_chunk: bool },
-    /// The process ended through `_exit` or `abort`: all events are there, but exit
-    /// handlers did not run, so blocks they would have freed are still live.
-    AbnormalExit(End),
-}
-
-impl std::fmt::Display for Incompleteness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Incompleteness::Truncated { mid_chunk: true } => write!(
-                f,
-                "the trace stops inside a chunk (the process was killed or crashed); events up to the last complete chunk are shown"
-            ),
-            Incompleteness::Truncated { mid_chunk: false } => write!(
-                f,
-                "the trace has no end marker (the process was killed, crashed, or is still running); events up to the last flush are shown"
-            ),
-            Incompleteness::AbnormalExit(end) if end.kind == libleak_format::ExitKind::Exec => write!(
-                f,
-                "the program image was replaced by exec(): every event was recorded, but exit handlers did not run (the new program has a trace of its own)"
-            ),
-            Incompleteness::AbnormalExit(end) => write!(
-                f,
-                "the process ended through {}(){}: every event was recorded, but exit handlers did not run",
-                end.kind.name(),
-                end.status.map(|s| format!(" with status {s}")).unwrap_or_default()
-            ),
-        }
-    }
+/// Whether `path` is the interposer itself.
+pub fn is_libleak(path: &str) -> bool {
+    path.rsplit('/').next() == Some("libleak.so")
 }
 
 pub struct Trace {
-    pub process: ProcessInfo,
+    pub header: TraceHeader,
     pub modules: Vec<ModuleState>,
     /// Node `id` is at index `id - 1`.
     pub nodes: Vec<StackNode>,
     /// Code objects by id. A code id may be referred to before its definition.
     pub python_codes: HashMap<u64, PythonCode>,
-    /// The interpreter the process ran, if any.
-    pub python: Option<PythonRuntime>,
-    /// Whether it ignored environment variables, `PYTHONMALLOC` among them (None: not
-    /// recorded).
-    pub python_ignores_environment: Option<bool>,
-    pub totals: Totals,
     pub live: Vec<LiveBlock>,
-    /// The exit-time reachability scan, when the process ran one.
-    pub reachability: Option<Reachability>,
-    /// Set when the process was forked from a traced parent.
-    pub fork: Option<ForkInfo>,
-    pub end: Option<End>,
-    pub stats: Stats,
-    pub incomplete: Option<Incompleteness>,
 }
 
 impl Trace {
@@ -111,16 +69,16 @@ impl Trace {
     pub fn open_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Trace, ReplayError> {
         let file = File::open(path).map_err(ReplayError::Open)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Trace::read_reporting(BufReader::with_capacity(1 << 20, file), &mut |read| {
+        Trace::read_with_progress(BufReader::with_capacity(1 << 20, file), &mut |read| {
             progress(read, size)
         })
     }
 
     pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
-        Trace::read_reporting(input, &mut |_| {})
+        Trace::read_with_progress(input, &mut |_| {})
     }
 
-    fn read_reporting(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
+    fn read_with_progress(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
         const PROGRESS_EVERY: u64 = 1 << 18;
         let mut records: u64 = 0;
         let mut reader = TraceReader::new(input)?;
@@ -143,27 +101,7 @@ impl Trace {
             }
             match record {
                 Record::Process(info) => process = Some(info),
-                Record::Module(module) => {
-                    for old in modules.iter_mut().filter(|m| m.unloaded) {
-                        if old
-                            .module
-                            .segments
-                            .iter()
-                            .any(|s| module.contains(old.module.bias + s.vaddr))
-                            || module
-                                .segments
-                                .iter()
-                                .any(|s| old.module.contains(module.bias + s.vaddr))
-                        {
-                            old.superseded = true;
-                        }
-                    }
-                    modules.push(ModuleState {
-                        module,
-                        unloaded: false,
-                        superseded: false,
-                    });
-                }
+                Record::Module(module) => load_module(&mut modules, module),
                 Record::ModuleUnloaded { module_id } => {
                     for state in modules.iter_mut().filter(|m| m.module.id == module_id) {
                         state.unloaded = true;
@@ -225,19 +163,21 @@ impl Trace {
             }
         }
         Ok(Trace {
-            process: process.ok_or(ReplayError::NoProcess)?,
+            header: TraceHeader {
+                process: process.ok_or(ReplayError::NoProcess)?,
+                python,
+                python_ignores_environment,
+                totals: live_totals,
+                stats,
+                reachability,
+                fork,
+                end,
+                incomplete,
+            },
             modules,
             nodes,
             python_codes,
-            python,
-            python_ignores_environment,
-            totals: live_totals,
             live,
-            reachability,
-            fork,
-            end,
-            stats,
-            incomplete,
         })
     }
 
@@ -260,12 +200,230 @@ impl Trace {
     }
 }
 
+/// Adds a newly loaded module to the map, marking the unloaded modules whose addresses it
+/// takes over as superseded.
+pub fn load_module(modules: &mut Vec<ModuleState>, module: Module) {
+    for old in modules.iter_mut().filter(|m| m.unloaded) {
+        if old
+            .module
+            .segments
+            .iter()
+            .any(|s| module.contains(old.module.bias + s.vaddr))
+            || module
+                .segments
+                .iter()
+                .any(|s| old.module.contains(module.bias + s.vaddr))
+        {
+            old.superseded = true;
+        }
+    }
+    modules.push(ModuleState {
+        module,
+        unloaded: false,
+        superseded: false,
+    });
+}
+
 /// The loaded module holding `address`, else an unloaded one not yet replaced.
-fn find_module(modules: &[ModuleState], address: u64) -> Option<usize> {
+pub fn find_module(modules: &[ModuleState], address: u64) -> Option<usize> {
     let loaded = modules.iter().position(|m| !m.unloaded && m.module.contains(address));
     loaded.or_else(|| {
         modules
             .iter()
             .rposition(|m| m.unloaded && !m.superseded && m.module.contains(address))
     })
+}
+
+/// Traces built in memory for the stages' unit tests.
+#[cfg(test)]
+pub(crate) mod synthetic {
+    use libleak_format::{AllocKind, LeakClass, ProcessInfo, PythonRuntime, Segment};
+
+    use super::*;
+
+    /// A trace of a process running `exe`, with nothing loaded, allocated or recorded yet.
+    pub fn trace(exe: &str) -> Trace {
+        Trace {
+            header: TraceHeader {
+                process: ProcessInfo {
+                    exe: exe.to_string(),
+                    program: exe.rsplit('/').next().unwrap_or(exe).to_string(),
+                    ..ProcessInfo::default()
+                },
+                python: None,
+                python_ignores_environment: None,
+                totals: Default::default(),
+                stats: Stats::default(),
+                reachability: None,
+                fork: None,
+                end: None,
+                incomplete: None,
+            },
+            modules: Vec::new(),
+            nodes: Vec::new(),
+            python_codes: HashMap::new(),
+            live: Vec::new(),
+        }
+    }
+
+    /// A module at `path` covering `start..start + size` (bias `start`, one segment at 0).
+    pub fn module(id: u64, path: &str, start: u64, size: u64) -> Module {
+        Module {
+            id,
+            path: path.to_string(),
+            bias: start,
+            build_id: Vec::new(),
+            segments: vec![Segment {
+                vaddr: 0,
+                memsz: size,
+                flags: 5,
+            }],
+        }
+    }
+
+    impl Trace {
+        /// Loads a module (see [`module`]) and returns its index.
+        pub fn load(&mut self, path: &str, start: u64, size: u64) -> usize {
+            let id = self.modules.len() as u64 + 1;
+            load_module(&mut self.modules, module(id, path, start, size));
+            self.modules.len() - 1
+        }
+
+        /// Marks the process as running CPython with its eval loop at `start..start + size`.
+        pub fn run_python(&mut self, eval_loop_start: u64, eval_loop_size: u64) {
+            self.header.python = Some(PythonRuntime {
+                python_version: 0x030b_07f0,
+                eval_loop_start,
+                eval_loop_size,
+                frames_recorded: true,
+                ..PythonRuntime::default()
+            });
+        }
+
+        /// Defines a code object; its frames read as `name at file:first_line`.
+        pub fn code(&mut self, id: u64, name: &str, file: &str, first_line: u32) {
+            self.python_codes.insert(
+                id,
+                PythonCode {
+                    id,
+                    python_version: 0x030b_07f0,
+                    filename: file.to_string(),
+                    qualified_name: name.to_string(),
+                    first_line,
+                    line_table: Vec::new(),
+                },
+            );
+        }
+
+        /// Defines the stack `innermost_first` as new nodes and returns its leaf's id.
+        pub fn define_stack(&mut self, innermost_first: &[Frame]) -> u64 {
+            let mut parent = 0;
+            for &frame in innermost_first.iter().rev() {
+                let module = match frame {
+                    Frame::Native { address } => find_module(&self.modules, address),
+                    Frame::Python { .. } | Frame::PythonEntry => None,
+                };
+                self.nodes.push(StackNode { parent, frame, module });
+                parent = self.nodes.len() as u64;
+            }
+            parent
+        }
+
+        /// Adds a block live at exit.
+        pub fn live_block(&mut self, stack: u64, size: u64, class: Option<LeakClass>) {
+            let seq = self.live.len() as u64;
+            self.live.push(LiveBlock {
+                seq,
+                address: 0x1000 + seq * 0x100,
+                size,
+                stack,
+                kind: AllocKind::Malloc,
+                thread_id: 1,
+                class,
+            });
+        }
+    }
+
+    /// A Python frame of code `code_id` at its first line.
+    pub fn python(code_id: u64) -> Frame {
+        Frame::Python {
+            code_id,
+            instruction_offset: -1,
+        }
+    }
+
+    pub fn native(address: u64) -> Frame {
+        Frame::Native { address }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::synthetic::{module, native, trace};
+    use super::*;
+
+    fn unload(modules: &mut [ModuleState], index: usize) {
+        modules[index].unloaded = true;
+    }
+
+    #[test]
+    fn find_module_prefers_loaded_then_the_latest_unloaded_not_superseded() {
+        let mut modules = Vec::new();
+        load_module(&mut modules, module(1, "/a.so", 0x1000, 0x1000));
+        load_module(&mut modules, module(2, "/b.so", 0x4000, 0x1000));
+        assert_eq!(find_module(&modules, 0x1800), Some(0));
+        assert_eq!(find_module(&modules, 0x4000), Some(1));
+        assert_eq!(find_module(&modules, 0x3000), None);
+        assert_eq!(find_module(&modules, 0x5000), None, "one past the end");
+
+        // Unloaded and not replaced: its addresses still name it.
+        unload(&mut modules, 0);
+        assert_eq!(find_module(&modules, 0x1800), Some(0));
+        assert!(!modules[0].superseded);
+
+        // A module loaded over part of it supersedes it entirely.
+        load_module(&mut modules, module(3, "/c.so", 0x1800, 0x1000));
+        assert!(modules[0].superseded);
+        assert!(!modules[1].superseded, "loaded modules are never superseded");
+        assert_eq!(find_module(&modules, 0x1900), Some(2));
+        assert_eq!(
+            find_module(&modules, 0x1200),
+            None,
+            "a superseded module's address is unknown"
+        );
+
+        // A module loaded elsewhere supersedes nothing.
+        unload(&mut modules, 1);
+        load_module(&mut modules, module(4, "/d.so", 0x8000, 0x1000));
+        assert!(!modules[1].superseded);
+        assert_eq!(find_module(&modules, 0x4800), Some(1));
+    }
+
+    #[test]
+    fn a_module_loaded_below_an_unloaded_one_supersedes_it_too() {
+        let mut modules = Vec::new();
+        load_module(&mut modules, module(1, "/a.so", 0x2000, 0x1000));
+        unload(&mut modules, 0);
+        // Starts before a.so and reaches into it: only a.so's start lies inside it.
+        load_module(&mut modules, module(2, "/b.so", 0x1000, 0x1800));
+        assert!(modules[0].superseded);
+        assert_eq!(find_module(&modules, 0x2c00), None);
+    }
+
+    #[test]
+    fn stacks_read_innermost_first_and_stop_at_bad_parents() {
+        let mut t = trace("/bin/prog");
+        let leaf = t.define_stack(&[native(3), native(2), native(1)]);
+        assert_eq!(leaf, 3);
+        let addresses: Vec<Frame> = t.stack(leaf).iter().map(|n| n.frame).collect();
+        assert_eq!(addresses, [native(3), native(2), native(1)]);
+        // A node naming itself (or a later node) as parent ends the walk.
+        t.nodes.push(StackNode {
+            parent: 4,
+            frame: native(9),
+            module: None,
+        });
+        assert_eq!(t.stack(4).len(), 1);
+        assert!(t.stack(99).is_empty());
+    }
 }

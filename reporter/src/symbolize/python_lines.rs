@@ -2,7 +2,8 @@
 //! code objects. One decoder per table format; each gives the same answer as the
 //! interpreter's own `PyCode_Addr2Line` for every instruction offset (a test compares them).
 //!
-//! Per-version knowledge of the reporter lives here and nowhere else.
+//! Per-version knowledge of the reporter lives here and nowhere else. Must never read the
+//! interpreter's memory layouts: the tables and the version come from the trace.
 
 /// The line of the instruction at `offset` (bytes from the start of the bytecode), or `None`
 /// when the table says the instruction has no line (or the table is malformed).

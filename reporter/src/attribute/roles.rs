@@ -12,7 +12,8 @@
 //!
 //! Must stay pure: decisions from paths and frames only.
 
-use crate::report::ReportFrame;
+use crate::model::{Frame, FrameKind, TraceHeader};
+use crate::replay::is_libleak;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -60,12 +61,15 @@ pub struct Roles {
     pub python: bool,
 }
 
-/// Whether `path` is the interposer itself.
-pub fn is_libleak(path: &str) -> bool {
-    path.rsplit('/').next() == Some("libleak.so")
-}
-
 impl Roles {
+    /// The roles in the process `header` describes.
+    pub fn of(header: &TraceHeader) -> Roles {
+        Roles {
+            executable: header.process.exe.clone(),
+            python: header.python.is_some(),
+        }
+    }
+
     pub fn of_module(&self, path: &str) -> Role {
         let name = path.rsplit('/').next().unwrap_or(path);
         if is_libleak(path) {
@@ -84,31 +88,34 @@ impl Roles {
         Role::Program
     }
 
-    fn of_frame(&self, frame: &ReportFrame) -> Option<Role> {
+    fn of_frame(&self, frame: &Frame) -> Option<Role> {
         match frame.kind {
-            "native" => Some(frame.module.as_deref().map_or(Role::Program, |m| self.of_module(m))),
-            _ => None,
+            FrameKind::Native => Some(frame.module.as_deref().map_or(Role::Program, |m| self.of_module(m))),
+            FrameKind::Python => None,
         }
     }
 
     /// The index of the owning frame in `frames` (innermost first): the first native frame
     /// outside the runtimes, the interpreter and libleak.
-    pub fn owner(&self, frames: &[ReportFrame]) -> Option<usize> {
+    pub fn owner(&self, frames: &[Frame]) -> Option<usize> {
         frames
             .iter()
             .position(|f| matches!(self.of_frame(f), Some(Role::System | Role::Program)))
     }
 
     /// The innermost Python frame outside the owner: the line that called into it.
-    pub fn calling_python_line(&self, frames: &[ReportFrame], owner: Option<usize>) -> Option<usize> {
+    pub fn calling_python_line(&self, frames: &[Frame], owner: Option<usize>) -> Option<usize> {
         let from = owner.unwrap_or(0);
-        frames[from..].iter().position(|f| f.kind == "python").map(|i| i + from)
+        frames[from..]
+            .iter()
+            .position(|f| f.kind == FrameKind::Python)
+            .map(|i| i + from)
     }
 
     /// Whether only the runtime (C runtime, interpreter, libleak) allocated the block. A block
     /// recorded without a stack (allocated by a signal handler that interrupted the recording
     /// of another event) could be anyone's: it is not a leftover.
-    pub fn is_runtime_leftover(&self, frames: &[ReportFrame]) -> bool {
+    pub fn is_runtime_leftover(&self, frames: &[Frame]) -> bool {
         !frames.is_empty() && self.owner(frames).is_none()
     }
 }

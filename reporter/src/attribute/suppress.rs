@@ -4,40 +4,16 @@
 //! `^` and `$` anchor at the start and end, and without anchors the pattern may match
 //! anywhere.
 //!
-//! libleak's built-in list is a last resort, for memory the scan cannot see the owner of; it
-//! is printed by `libleak suppressions` and switched off with `--no-builtin-suppressions`.
+//! libleak's built-in list ([`crate::options::BUILTIN`]) is a last resort, for memory the scan
+//! cannot see the owner of; it is printed by `libleak suppressions` and switched off with
+//! `--no-builtin-suppressions`.
+//!
+//! Must stay pure apart from [`load`]: matching decides from frame text only.
 
 use std::path::Path;
 
-use crate::report::ReportFrame;
-
-pub struct BuiltinSuppression {
-    pub pattern: &'static str,
-    pub reason: &'static str,
-}
-
-pub const BUILTIN: &[BuiltinSuppression] = &[
-    BuiltinSuppression {
-        pattern: "_dl_allocate_tls",
-        reason: "glibc thread-local storage of exited threads: glibc keeps their stacks cached and reaches the \
-                 storage only through them, and the scan does not treat stale stacks as roots",
-    },
-    BuiltinSuppression {
-        pattern: "_dl_resize_dtv",
-        reason: "glibc's per-thread table of dynamic TLS blocks (same reason)",
-    },
-    BuiltinSuppression {
-        pattern: "tls_get_addr_tail",
-        reason: "dynamic TLS blocks of libraries loaded with dlopen, per thread (same reason)",
-    },
-];
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Suppression {
-    pub pattern: String,
-    /// Where it came from: `builtin`, or `FILE:LINE`.
-    pub origin: String,
-}
+use crate::model::Frame;
+pub use crate::options::{builtin, BuiltinSuppression, Suppression, BUILTIN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuppressionError {
@@ -49,16 +25,6 @@ pub enum SuppressionError {
     },
     #[error("{path}:{line}: expected `leak:PATTERN`, found `{text}`")]
     Syntax { path: String, line: usize, text: String },
-}
-
-pub fn builtin() -> Vec<Suppression> {
-    BUILTIN
-        .iter()
-        .map(|b| Suppression {
-            pattern: b.pattern.to_string(),
-            origin: "builtin".to_string(),
-        })
-        .collect()
 }
 
 pub fn parse(text: &str, path: &str) -> Result<Vec<Suppression>, SuppressionError> {
@@ -95,7 +61,7 @@ pub fn load(path: &Path) -> Result<Vec<Suppression>, SuppressionError> {
 }
 
 /// The first suppression matching any frame of `frames`.
-pub fn matching<'a>(suppressions: &'a [Suppression], frames: &[ReportFrame]) -> Option<&'a Suppression> {
+pub fn matching<'a>(suppressions: &'a [Suppression], frames: &[Frame]) -> Option<&'a Suppression> {
     suppressions.iter().find(|s| {
         frames.iter().any(|frame| {
             [

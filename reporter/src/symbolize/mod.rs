@@ -1,16 +1,26 @@
-//! Offline symbolization of native return addresses from the files named in the recorded
-//! module map: DWARF (with inlined frames) from the object itself or from its separate debug
-//! file (found by build-id, then `.gnu_debuglink`, under `/usr/lib/debug` as gdb does), else
-//! the symbol table, else `module+0xoffset` — never a bare `??`. A file whose build-id is not
-//! the recorded one is reported as such and not used, so it cannot mis-symbolize.
+//! Stages 3 and 4, symbolize and merge. Offline symbolization of native return addresses from
+//! the files named in the recorded module map: DWARF (with inlined frames) from the object
+//! itself or from its separate debug file (found by build-id, then `.gnu_debuglink`, under
+//! `/usr/lib/debug` as gdb does), else the symbol table, else `module+0xoffset` — never a bare
+//! `??`. A file whose build-id is not the recorded one is reported as such and not used, so it
+//! cannot mis-symbolize. [`merge`] then builds each stack as the user reads it, and
+//! [`python_lines`] gives Python frames their lines.
+//!
+//! Must never write anything, nor read any file but the modules the trace names and their
+//! debug files.
+
+pub mod merge;
+pub mod python_lines;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use addr2line::Loader;
-use libleak_format::Module;
+use libleak_format::{Frame as TraceFrame, Module};
 use object::{Object, ObjectSection};
+
+use crate::replay::{is_libleak, Trace};
 
 /// One symbolized frame; a return address may expand to several (inlined calls).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,6 +42,59 @@ pub enum SymbolSource {
     Unavailable,
 }
 
+/// The symbols of the native frames of some stacks, looked up once so that the merge can be a
+/// pure function of the trace and this table.
+#[derive(Clone, Debug, Default)]
+pub struct SymbolTable {
+    /// By (index into `Trace::modules`, return address); empty when nothing was found.
+    frames: HashMap<(usize, u64), Vec<SymbolizedFrame>>,
+    /// Modules whose file on disk has another build-id than the one that ran.
+    mismatched: HashSet<usize>,
+}
+
+impl SymbolTable {
+    /// Symbolizes every native frame on the stacks `leaves` (libleak's own frames excepted:
+    /// the merge drops them unread).
+    pub fn of_stacks(trace: &Trace, leaves: &[u64], symbolizer: &mut Symbolizer) -> SymbolTable {
+        let mut table = SymbolTable::default();
+        for &leaf in leaves {
+            for node in trace.stack(leaf) {
+                let (TraceFrame::Native { address }, Some(index)) = (node.frame, node.module) else {
+                    continue;
+                };
+                let module = &trace.modules[index].module;
+                if is_libleak(&module.path) || table.frames.contains_key(&(index, address)) {
+                    continue;
+                }
+                if symbolizer.source(module) == SymbolSource::BuildIdMismatch {
+                    table.mismatched.insert(index);
+                }
+                table.insert(index, address, symbolizer.symbolize(module, address));
+            }
+        }
+        table
+    }
+
+    /// Records what `address` in module `module` (an index into `Trace::modules`) is.
+    pub fn insert(&mut self, module: usize, address: u64, frames: Vec<SymbolizedFrame>) {
+        self.frames.insert((module, address), frames);
+    }
+
+    /// Records that module `module`'s file on disk is not the one that ran.
+    pub fn mark_build_id_mismatch(&mut self, module: usize) {
+        self.mismatched.insert(module);
+    }
+
+    /// The frames of `address` in module `module`, innermost first; empty when unknown.
+    pub fn frames(&self, module: usize, address: u64) -> &[SymbolizedFrame] {
+        self.frames.get(&(module, address)).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn build_id_mismatch(&self, module: usize) -> bool {
+        self.mismatched.contains(&module)
+    }
+}
+
 struct ModuleSymbols {
     source: SymbolSource,
     /// Most detailed first: separate debug file, then the object itself.
@@ -39,7 +102,8 @@ struct ModuleSymbols {
 }
 
 pub struct Symbolizer {
-    debug_root: PathBuf,
+    /// Where separate debug files are looked for; `None`: no file is ever read.
+    debug_root: Option<PathBuf>,
     modules: HashMap<(String, Vec<u8>), ModuleSymbols>,
 }
 
@@ -52,7 +116,17 @@ impl Default for Symbolizer {
 impl Symbolizer {
     pub fn new(debug_root: PathBuf) -> Self {
         Symbolizer {
-            debug_root,
+            debug_root: Some(debug_root),
+            modules: HashMap::new(),
+        }
+    }
+
+    /// A symbolizer that reads no file: every module is unavailable, so frames read as
+    /// `module+0xoffset`. Reports then depend on the trace alone, the same on any machine
+    /// (what committed golden traces need).
+    pub fn without_files() -> Self {
+        Symbolizer {
+            debug_root: None,
             modules: HashMap::new(),
         }
     }
@@ -86,7 +160,13 @@ impl Symbolizer {
     fn load(&mut self, module: &Module) -> &ModuleSymbols {
         let key = (module.path.clone(), module.build_id.clone());
         if !self.modules.contains_key(&key) {
-            let symbols = open_module(&self.debug_root, module);
+            let symbols = match &self.debug_root {
+                Some(debug_root) => open_module(debug_root, module),
+                None => ModuleSymbols {
+                    source: SymbolSource::Unavailable,
+                    loaders: Vec::new(),
+                },
+            };
             self.modules.insert(key.clone(), symbols);
         }
         &self.modules[&key]

@@ -1,0 +1,167 @@
+//! Stage 5, attribute: decides, for each (stack, class) count, whether it is reachable, left
+//! by the runtime alone ([`roles`]), suppressed ([`suppress`]) or a leak, and sums the report's
+//! summary from those decisions.
+//!
+//! Must stay pure: decisions from the merged frames and the options only, never from files.
+
+pub mod roles;
+pub mod suppress;
+
+use std::collections::HashMap;
+
+use libleak_format::LeakClass;
+
+use crate::classify::StackTally;
+use crate::model::{Frame, Summary};
+use crate::options::Options;
+use roles::Roles;
+
+/// A count the report lists as (part of) a row, with the judgement that decides its row.
+#[derive(Clone, Debug)]
+pub struct Attributed<'a> {
+    pub tally: &'a StackTally,
+    pub frames: &'a [Frame],
+    pub reachable: bool,
+    /// Allocated by the runtime alone.
+    pub leftover: bool,
+}
+
+/// The summary of every count, and the counts to list (in the order of `tallies`).
+pub fn attribute<'a>(
+    tallies: &'a [StackTally],
+    merged: &'a HashMap<u64, Vec<Frame>>,
+    roles: &Roles,
+    options: &Options,
+) -> (Summary, Vec<Attributed<'a>>) {
+    let mut summary = Summary::default();
+    let mut shown = Vec::new();
+    for tally in tallies {
+        let frames = merged.get(&tally.stack).map_or(&[][..], Vec::as_slice);
+        let (blocks, bytes) = (tally.tally.blocks, tally.tally.bytes);
+        let reachable = tally.class == Some(LeakClass::Reachable);
+        let leftover = !reachable && roles.is_runtime_leftover(frames);
+        let listed = if reachable {
+            summary.reachable.add(blocks, bytes);
+            options.show_reachable
+        } else if leftover {
+            summary.runtime_leftovers.add(blocks, bytes);
+            options.show_leftovers
+        } else if suppress::matching(&options.suppressions, frames).is_some() {
+            summary.suppressed.add(blocks, bytes);
+            false
+        } else {
+            match tally.class {
+                Some(LeakClass::DefinitelyLost) => summary.definitely_lost.add(blocks, bytes),
+                Some(LeakClass::IndirectlyLost) => summary.indirectly_lost.add(blocks, bytes),
+                Some(LeakClass::PossiblyLost) => summary.possibly_lost.add(blocks, bytes),
+                Some(LeakClass::Reachable) | None => summary.unclassified.add(blocks, bytes),
+            }
+            true
+        };
+        if listed {
+            shown.push(Attributed {
+                tally,
+                frames,
+                reachable,
+                leftover,
+            });
+        }
+    }
+    (summary, shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use libleak_format::AllocKind;
+
+    use super::*;
+    use crate::model::{FrameKind, Tally};
+    use crate::options::Suppression;
+
+    fn frame(function: &str, module: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            inlined: false,
+            address: Some(1),
+            build_id_mismatch: false,
+        }
+    }
+
+    #[test]
+    fn each_count_is_reachable_a_leftover_suppressed_or_a_leak() {
+        const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+        let merged: HashMap<u64, Vec<Frame>> = [
+            (1, vec![frame("malloc_helper", LIBC), frame("parse", "/usr/bin/prog")]),
+            (2, vec![frame("_dl_allocate_tls", LIBC)]),
+            (
+                3,
+                vec![frame("cache_init", "/usr/lib/libfoo.so"), frame("x", "/usr/bin/prog")],
+            ),
+            (4, Vec::new()),
+        ]
+        .into_iter()
+        .collect();
+        let count = |stack, class, blocks| StackTally {
+            stack,
+            class,
+            tally: Tally {
+                blocks,
+                bytes: blocks * 10,
+            },
+            allocator: AllocKind::Malloc,
+        };
+        let tallies = [
+            count(1, Some(LeakClass::DefinitelyLost), 1),
+            count(1, Some(LeakClass::Reachable), 2),
+            count(1, None, 3),
+            count(2, Some(LeakClass::DefinitelyLost), 4),
+            count(3, Some(LeakClass::PossiblyLost), 5),
+            // No stack (a signal handler's block): anyone's, so never a leftover.
+            count(4, Some(LeakClass::IndirectlyLost), 6),
+        ];
+        let roles = Roles {
+            executable: "/usr/bin/prog".into(),
+            python: false,
+        };
+        let mut options = Options::with_suppressions(vec![Suppression {
+            pattern: "libfoo".into(),
+            origin: "test".into(),
+        }]);
+        let (summary, listed) = attribute(&tallies, &merged, &roles, &options);
+        let tally = |blocks| Tally {
+            blocks,
+            bytes: blocks * 10,
+        };
+        assert_eq!(summary.definitely_lost, tally(1));
+        assert_eq!(summary.reachable, tally(2));
+        assert_eq!(summary.unclassified, tally(3));
+        assert_eq!(summary.runtime_leftovers, tally(4));
+        assert_eq!(summary.suppressed, tally(5));
+        assert_eq!(summary.indirectly_lost, tally(6));
+        assert_eq!(summary.possibly_lost, Tally::default());
+        let blocks: Vec<u64> = listed.iter().map(|a| a.tally.tally.blocks).collect();
+        assert_eq!(blocks, [1, 3, 6]);
+
+        options.show_reachable = true;
+        options.show_leftovers = true;
+        let (_, listed) = attribute(&tallies, &merged, &roles, &options);
+        let flags: Vec<(u64, bool, bool)> = listed
+            .iter()
+            .map(|a| (a.tally.tally.blocks, a.reachable, a.leftover))
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                (1, false, false),
+                (2, true, false),
+                (3, false, false),
+                (4, false, true),
+                (6, false, false)
+            ]
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! Stage 6, group: the listed counts become rows (by site, stack or N frames), each with its
+//! classes, distinct stacks and owner; rows are ranked (leaks first, largest first) and cut
+//! at the limit.
+//!
+//! Must stay pure: it arranges what attribute decided and never decides again whether a block
+//! leaked.
+
+use std::collections::HashMap;
+
+use crate::attribute::roles::Roles;
+use crate::attribute::Attributed;
+use crate::model::{Class, Frame, GroupBy, Leak, Omitted, Owner, StackRow, Tally};
+use crate::options::Options;
+
+/// The frames that decide which row a stack joins.
+fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame> {
+    match group_by {
+        GroupBy::Stack => frames.to_vec(),
+        // The site is where the owner asked for the memory: an extension calling
+        // `PyList_New` at two lines leaks twice, not once inside `PyList_New`.
+        GroupBy::Site => frames
+            .iter()
+            .take(roles.owner(frames).map_or(1, |owner| owner + 1))
+            .cloned()
+            .collect(),
+        GroupBy::Frames(n) => frames.iter().take(n).cloned().collect(),
+    }
+}
+
+/// The rows to list, ranked and cut at `options.limit`, and what the cut left out.
+pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Leak>, Omitted) {
+    let mut rows: Vec<Leak> = Vec::new();
+    // A row is one leak: a site's lost blocks together, whatever holds each (a stale pointer
+    // into one block makes it "possibly lost" without making it another leak).
+    let mut row_of: HashMap<(bool, bool, Vec<Frame>), usize> = HashMap::new();
+    for item in listed {
+        let (blocks, bytes) = (item.tally.tally.blocks, item.tally.tally.bytes);
+        let key = row_key(item.frames, roles, options.group_by);
+        let index = *row_of.entry((item.reachable, item.leftover, key)).or_insert_with(|| {
+            rows.push(Leak {
+                class: Class::of(item.tally.class),
+                bytes: 0,
+                blocks: 0,
+                allocator: item.tally.allocator,
+                frames: Vec::new(),
+                stacks: Vec::new(),
+                classes: Vec::new(),
+                owner: Owner {
+                    frame: None,
+                    python: None,
+                },
+                runtime_leftover: item.leftover,
+            });
+            rows.len() - 1
+        });
+        let row = &mut rows[index];
+        row.bytes += bytes;
+        row.blocks += blocks;
+        let class = Class::of(item.tally.class);
+        match row.classes.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, tally)) => tally.add(blocks, bytes),
+            None => row.classes.push((class, Tally { blocks, bytes })),
+        }
+        // Stacks that differ only in frames the report hides read the same: one stack.
+        match row.stacks.iter_mut().find(|s| s.frames == item.frames) {
+            Some(existing) => {
+                existing.bytes += bytes;
+                existing.blocks += blocks;
+            }
+            None => row.stacks.push(StackRow {
+                bytes,
+                blocks,
+                frames: item.frames.to_vec(),
+            }),
+        }
+    }
+    for row in &mut rows {
+        row.classes.sort_by_key(|(class, _)| *class);
+        // The row reads as its most serious class.
+        row.class = row.classes[0].0;
+        row.stacks
+            .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
+        row.frames = row.stacks.first().map(|s| s.frames.clone()).unwrap_or_default();
+        let owner = roles.owner(&row.frames);
+        row.owner = Owner {
+            frame: owner.map(|i| row.frames[i].clone()),
+            python: roles
+                .calling_python_line(&row.frames, owner)
+                .map(|i| row.frames[i].clone()),
+        };
+    }
+    let is_leak = |row: &Leak| row.class.is_leak() && !row.runtime_leftover;
+    rows.sort_by(|a, b| {
+        is_leak(b)
+            .cmp(&is_leak(a))
+            .then(b.bytes.cmp(&a.bytes))
+            .then(b.blocks.cmp(&a.blocks))
+    });
+    let shown = if options.limit == 0 {
+        rows.len()
+    } else {
+        options.limit.min(rows.len())
+    };
+    let rest = rows.split_off(shown);
+    let omitted = Omitted {
+        leaks: rest.len() as u64,
+        bytes: rest.iter().map(|r| r.bytes).sum(),
+        blocks: rest.iter().map(|r| r.blocks).sum(),
+    };
+    (rows, omitted)
+}
+
+#[cfg(test)]
+mod tests {
+    use libleak_format::{AllocKind, LeakClass};
+
+    use super::*;
+    use crate::classify::StackTally;
+    use crate::model::FrameKind;
+
+    fn roles() -> Roles {
+        Roles {
+            executable: "/usr/bin/prog".into(),
+            python: false,
+        }
+    }
+
+    fn frame(function: &str, module: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            inlined: false,
+            address: Some(1),
+            build_id_mismatch: false,
+        }
+    }
+
+    const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+    const PROG: &str = "/usr/bin/prog";
+
+    fn stacks() -> Vec<Vec<Frame>> {
+        vec![
+            // 0 and 1: `parse` calls strdup from two callers (one site, two stacks).
+            vec![frame("strdup", LIBC), frame("parse", PROG), frame("main_a", PROG)],
+            vec![frame("strdup", LIBC), frame("parse", PROG), frame("main_b", PROG)],
+            // 2: another owner through the same libc function.
+            vec![frame("strdup", LIBC), frame("load", PROG)],
+        ]
+    }
+
+    fn tally(stack: u64, class: Option<LeakClass>, blocks: u64, bytes: u64) -> StackTally {
+        StackTally {
+            stack,
+            class,
+            tally: Tally { blocks, bytes },
+            allocator: AllocKind::Malloc,
+        }
+    }
+
+    fn listed<'a>(tallies: &'a [StackTally], stacks: &'a [Vec<Frame>]) -> Vec<Attributed<'a>> {
+        tallies
+            .iter()
+            .map(|t| Attributed {
+                tally: t,
+                frames: &stacks[t.stack as usize],
+                reachable: t.class == Some(LeakClass::Reachable),
+                leftover: false,
+            })
+            .collect()
+    }
+
+    fn options(group_by: GroupBy, limit: usize) -> Options {
+        Options {
+            group_by,
+            limit,
+            ..Options::with_suppressions(Vec::new())
+        }
+    }
+
+    /// Each row as `functions of its frames: blocks/bytes in N stacks`.
+    fn rows(leaks: &[Leak]) -> Vec<String> {
+        leaks
+            .iter()
+            .map(|leak| {
+                let names: Vec<&str> = leak.frames.iter().filter_map(|f| f.function.as_deref()).collect();
+                format!(
+                    "{} {}: {}/{} in {} stacks",
+                    leak.class.name(),
+                    names.join(">"),
+                    leak.blocks,
+                    leak.bytes,
+                    leak.stacks.len()
+                )
+            })
+            .collect()
+    }
+
+    fn lost() -> Option<LeakClass> {
+        Some(LeakClass::DefinitelyLost)
+    }
+
+    #[test]
+    fn rows_by_site_stack_or_innermost_frames() {
+        let stacks = stacks();
+        let tallies = [
+            tally(0, lost(), 1, 10),
+            tally(1, lost(), 2, 30),
+            tally(2, lost(), 1, 100),
+        ];
+        let listed = listed(&tallies, &stacks);
+        let (by_site, _) = group(&listed, &roles(), &options(GroupBy::Site, 0));
+        assert_eq!(
+            rows(&by_site),
+            [
+                "definitely-lost strdup>load: 1/100 in 1 stacks",
+                "definitely-lost strdup>parse>main_b: 3/40 in 2 stacks"
+            ]
+        );
+        assert_eq!(by_site[1].stacks[0].bytes, 30, "largest stack first");
+        let owner = by_site[1].owner.frame.as_ref().and_then(|f| f.function.as_deref());
+        assert_eq!(owner, Some("parse"));
+        assert!(by_site[1].owner.python.is_none());
+
+        let (by_stack, _) = group(&listed, &roles(), &options(GroupBy::Stack, 0));
+        assert_eq!(
+            rows(&by_stack),
+            [
+                "definitely-lost strdup>load: 1/100 in 1 stacks",
+                "definitely-lost strdup>parse>main_b: 2/30 in 1 stacks",
+                "definitely-lost strdup>parse>main_a: 1/10 in 1 stacks"
+            ]
+        );
+        let (by_one, _) = group(&listed, &roles(), &options(GroupBy::Frames(1), 0));
+        assert_eq!(rows(&by_one), ["definitely-lost strdup>load: 4/140 in 3 stacks"]);
+    }
+
+    #[test]
+    fn a_row_reads_as_its_most_serious_class_and_leaks_rank_first() {
+        let stacks = stacks();
+        let tallies = [
+            tally(0, Some(LeakClass::PossiblyLost), 1, 5),
+            tally(0, None, 1, 5),
+            tally(1, Some(LeakClass::IndirectlyLost), 1, 5),
+            // Reachable blocks of the same site form a row of their own, after every leak
+            // however large.
+            tally(1, Some(LeakClass::Reachable), 9, 9000),
+            tally(2, Some(LeakClass::PossiblyLost), 1, 1),
+        ];
+        let listed = listed(&tallies, &stacks);
+        let (leaks, omitted) = group(&listed, &roles(), &options(GroupBy::Site, 0));
+        assert_eq!(
+            rows(&leaks),
+            [
+                "indirectly-lost strdup>parse>main_a: 3/15 in 2 stacks",
+                "possibly-lost strdup>load: 1/1 in 1 stacks",
+                "reachable strdup>parse>main_b: 9/9000 in 1 stacks"
+            ]
+        );
+        let classes: Vec<(Class, u64)> = leaks[0].classes.iter().map(|(c, t)| (*c, t.blocks)).collect();
+        assert_eq!(
+            classes,
+            [
+                (Class::IndirectlyLost, 1),
+                (Class::Unclassified, 1),
+                (Class::PossiblyLost, 1)
+            ]
+        );
+        assert_eq!(omitted, Omitted::default());
+    }
+
+    #[test]
+    fn the_limit_cuts_the_smallest_rows_and_counts_them() {
+        let stacks = stacks();
+        let tallies = [
+            tally(0, lost(), 1, 10),
+            tally(1, lost(), 2, 30),
+            tally(2, lost(), 4, 100),
+        ];
+        let listed = listed(&tallies, &stacks);
+        let (leaks, omitted) = group(&listed, &roles(), &options(GroupBy::Stack, 1));
+        assert_eq!(rows(&leaks), ["definitely-lost strdup>load: 4/100 in 1 stacks"]);
+        assert_eq!(
+            omitted,
+            Omitted {
+                leaks: 2,
+                bytes: 40,
+                blocks: 3
+            }
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The report's vocabulary: what every stage produces and every renderer reads (frames, leak
+//! rows, tallies, the summary, the trace header, the report itself).
+//!
+//! This is the bottom of the reporter: it must never import another module of the crate, and
+//! holds data and its plain arithmetic only, no decisions about stacks or modules. Types whose
+//! JSON form is exactly their fields derive `Serialize`; the rest get views in
+//! [`crate::render::json`].
+
+use libleak_format::{AllocKind, End, ExitKind, ForkInfo, LeakClass, ProcessInfo, PythonRuntime, Reachability, Stats};
+use serde::Serialize;
+
+pub use libleak_format::live::Totals;
+
+/// How live blocks are grouped into rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    /// By allocation site (the default): the frames from the innermost one outside the
+    /// allocator to the owner's (see [`crate::attribute::roles`]), or the innermost frame
+    /// alone when no frame owns the block.
+    Site,
+    /// By the whole stack as shown.
+    Stack,
+    /// By the innermost N frames as shown.
+    Frames(usize),
+}
+
+impl std::str::FromStr for GroupBy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "site" => Ok(GroupBy::Site),
+            "stack" => Ok(GroupBy::Stack),
+            _ => match text.parse::<usize>() {
+                Ok(n) if n > 0 => Ok(GroupBy::Frames(n)),
+                _ => Err(format!(
+                    "expected `site`, `stack` or a number of frames, found `{text}`"
+                )),
+            },
+        }
+    }
+}
+
+/// Which kind of code a frame ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FrameKind {
+    /// Machine code, at a return address.
+    Native,
+    /// A Python function, at the line being run.
+    Python,
+}
+
+/// A block's class as the report names it: the scan's class, or `Unclassified` without a
+/// complete scan. Ordered most serious first (the order rows and per-row classes are read
+/// in), which is why `Unclassified` (possibly a definite leak) comes before `PossiblyLost`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    DefinitelyLost,
+    IndirectlyLost,
+    Unclassified,
+    PossiblyLost,
+    Reachable,
+}
+
+impl Class {
+    /// The class of a block the scan classified as `class` (`None`: not classified).
+    pub fn of(class: Option<LeakClass>) -> Class {
+        match class {
+            Some(LeakClass::DefinitelyLost) => Class::DefinitelyLost,
+            Some(LeakClass::IndirectlyLost) => Class::IndirectlyLost,
+            Some(LeakClass::PossiblyLost) => Class::PossiblyLost,
+            Some(LeakClass::Reachable) => Class::Reachable,
+            None => Class::Unclassified,
+        }
+    }
+
+    /// The name the text and JSON reports use (the trace format's names, plus
+    /// `unclassified`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::DefinitelyLost => "definitely-lost",
+            Class::IndirectlyLost => "indirectly-lost",
+            Class::Unclassified => "unclassified",
+            Class::PossiblyLost => "possibly-lost",
+            Class::Reachable => "reachable",
+        }
+    }
+
+    /// Whether blocks of this class count as leaked (everything but reachable ones).
+    pub fn is_leak(self) -> bool {
+        self != Class::Reachable
+    }
+}
+
+/// One frame of a stack as the report shows it (serialized as in `docs/report-schema.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub module: Option<String>,
+    pub inlined: bool,
+    #[serde(serialize_with = "hex_address")]
+    pub address: Option<u64>,
+    /// Set when the module's file on disk has another build-id than the one that ran.
+    pub build_id_mismatch: bool,
+}
+
+/// Addresses read as hexadecimal strings (`"0x7f3a5c2011a9"`): JSON numbers lose precision
+/// above 2^53 in most readers.
+fn hex_address<S: serde::Serializer>(address: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match address {
+        Some(address) => serializer.serialize_str(&format!("0x{address:x}")),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// One distinct full stack under a row.
+#[derive(Clone, Debug, Serialize)]
+pub struct StackRow {
+    pub bytes: u64,
+    pub blocks: u64,
+    pub frames: Vec<Frame>,
+}
+
+/// Who is responsible for a row: the owning native frame and the Python line that called it.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub frame: Option<Frame>,
+    pub python: Option<Frame>,
+}
+
+/// One row of the report.
+#[derive(Clone, Debug)]
+pub struct Leak {
+    /// The row's most serious class.
+    pub class: Class,
+    pub bytes: u64,
+    pub blocks: u64,
+    /// The allocator entry point of the group's first block.
+    pub allocator: AllocKind,
+    /// The frames of the row's largest stack.
+    pub frames: Vec<Frame>,
+    /// Every distinct stack under the row, largest first.
+    pub stacks: Vec<StackRow>,
+    /// Blocks and bytes per class, most serious first (`class` is the first).
+    pub classes: Vec<(Class, Tally)>,
+    pub owner: Owner,
+    /// Allocated by the runtime alone (listed only with `--show-leftovers`).
+    pub runtime_leftover: bool,
+}
+
+/// Blocks and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, blocks: u64, bytes: u64) {
+        self.blocks += blocks;
+        self.bytes += bytes;
+    }
+}
+
+/// Where every block live at exit went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub definitely_lost: Tally,
+    pub indirectly_lost: Tally,
+    pub possibly_lost: Tally,
+    /// Live blocks without a class (the scan did not run or did not finish).
+    pub unclassified: Tally,
+    pub reachable: Tally,
+    /// Not reachable, but allocated by the C runtime or the interpreter alone.
+    pub runtime_leftovers: Tally,
+    pub suppressed: Tally,
+}
+
+impl Summary {
+    /// Bytes of definite and indirect leaks (and of unclassified blocks, which may be
+    /// either), not counting runtime leftovers and suppressed blocks: the `--fail-on-leak`
+    /// measure.
+    pub fn leaked_bytes(&self) -> u64 {
+        self.definitely_lost.bytes + self.indirectly_lost.bytes + self.unclassified.bytes
+    }
+}
+
+/// Why the trace does not describe a normal, complete exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incompleteness {
+    /// The file stops without an end marker: killed, crashed, or still running.
+    Truncated { mid_chunk: bool },
+    /// The process ended through `_exit` or `abort`: all events are there, but exit
+    /// handlers did not run, so blocks they would have freed are still live.
+    AbnormalExit(End),
+}
+
+impl std::fmt::Display for Incompleteness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Incompleteness::Truncated { mid_chunk: true } => write!(
+                f,
+                "the trace stops inside a chunk (the process was killed or crashed); events up to the last complete chunk are shown"
+            ),
+            Incompleteness::Truncated { mid_chunk: false } => write!(
+                f,
+                "the trace has no end marker (the process was killed, crashed, or is still running); events up to the last flush are shown"
+            ),
+            Incompleteness::AbnormalExit(end) if end.kind == ExitKind::Exec => write!(
+                f,
+                "the program image was replaced by exec(): every event was recorded, but exit handlers did not run (the new program has a trace of its own)"
+            ),
+            Incompleteness::AbnormalExit(end) => write!(
+                f,
+                "the process ended through {}(){}: every event was recorded, but exit handlers did not run",
+                end.kind.name(),
+                end.status.map(|s| format!(" with status {s}")).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// What a trace says about its process as a whole, read once by replay and carried into the
+/// report unchanged.
+#[derive(Clone, Debug)]
+pub struct TraceHeader {
+    pub process: ProcessInfo,
+    /// The interpreter the process ran, if any.
+    pub python: Option<PythonRuntime>,
+    /// Whether it ignored environment variables, `PYTHONMALLOC` among them (None: not
+    /// recorded).
+    pub python_ignores_environment: Option<bool>,
+    pub totals: Totals,
+    pub stats: Stats,
+    /// The exit-time reachability scan, when the process ran one.
+    pub reachability: Option<Reachability>,
+    /// Set when the process was forked from a traced parent.
+    pub fork: Option<ForkInfo>,
+    pub end: Option<End>,
+    pub incomplete: Option<Incompleteness>,
+}
+
+impl TraceHeader {
+    /// Whether the process exited normally and the trace has its end marker.
+    pub fn complete(&self) -> bool {
+        self.incomplete.is_none()
+    }
+}
+
+/// Rows beyond the limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Omitted {
+    pub leaks: u64,
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub trace_path: String,
+    pub header: TraceHeader,
+    pub summary: Summary,
+    pub group_by: GroupBy,
+    pub leaks: Vec<Leak>,
+    pub omitted: Omitted,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_order_by_severity_and_keep_the_format_names() {
+        let mut classes = [
+            Class::Reachable,
+            Class::PossiblyLost,
+            Class::Unclassified,
+            Class::IndirectlyLost,
+            Class::DefinitelyLost,
+        ];
+        classes.sort();
+        let names: Vec<&str> = classes.iter().map(|c| c.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "definitely-lost",
+                "indirectly-lost",
+                "unclassified",
+                "possibly-lost",
+                "reachable"
+            ]
+        );
+        for class in [
+            LeakClass::DefinitelyLost,
+            LeakClass::IndirectlyLost,
+            LeakClass::PossiblyLost,
+            LeakClass::Reachable,
+        ] {
+            assert_eq!(Class::of(Some(class)).name(), class.name());
+        }
+        assert_eq!(Class::of(None), Class::Unclassified);
+        assert!(Class::Unclassified.is_leak() && !Class::Reachable.is_leak());
+    }
+}

@@ -1,0 +1,31 @@
+//! Stage 7, render: the report as text ([`text`]) and as JSON ([`json`]), both listing exactly
+//! the same rows. Helpers both need live here.
+//!
+//! Renderers only format: they must never filter, reorder or recompute what the pipeline
+//! decided.
+
+pub mod json;
+pub mod text;
+
+use libleak_format::ScanOutcome;
+
+pub fn outcome_name(outcome: ScanOutcome) -> &'static str {
+    match outcome {
+        ScanOutcome::Complete => "complete",
+        ScanOutcome::CutShort => "cut-short",
+        ScanOutcome::Failed => "failed",
+    }
+}
+
+/// `n` with a comma between each group of three digits.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,291 @@
+//! The text report a person reads: the process, how it ended, the summary, then each row
+//! with its owner and stacks; and the one-line summary of a process in a multi-process
+//! report.
+//!
+//! Must never print: it returns the text, and the caller writes it.
+
+use std::fmt::Write as _;
+
+use libleak_format::{python_version_text, ScanOutcome};
+
+use super::{outcome_name, thousands};
+use crate::model::{Frame, Report, Tally};
+
+/// The text of a frame: function, location, module.
+fn frame_text(frame: &Frame) -> String {
+    let function = frame.function.as_deref().unwrap_or("??");
+    let location = match (&frame.file, frame.line) {
+        (Some(file), Some(line)) => format!(" at {file}:{line}"),
+        (Some(file), None) => format!(" in {file}"),
+        _ => String::new(),
+    };
+    let module = frame
+        .module
+        .as_deref()
+        .map(|m| format!(" [{}]", m.rsplit('/').next().unwrap_or(m)))
+        .unwrap_or_default();
+    let inlined = if frame.inlined { " (inlined)" } else { "" };
+    let mismatch = if frame.build_id_mismatch {
+        " (file on disk has another build-id)"
+    } else {
+        ""
+    };
+    format!("{function}{location}{module}{inlined}{mismatch}")
+}
+
+/// Most stacks printed under one row of the text report.
+const STACKS_PER_ROW: usize = 4;
+
+fn blocks_text(tally: Tally) -> String {
+    let plural = if tally.blocks == 1 { "block" } else { "blocks" };
+    format!(
+        "{} bytes in {} {plural}",
+        thousands(tally.bytes),
+        thousands(tally.blocks)
+    )
+}
+
+pub fn to_text(report: &Report) -> String {
+    let mut out = String::new();
+    let p = &report.header.process;
+    let _ = writeln!(
+        out,
+        "libleak report: {} (pid {}): {}",
+        p.program,
+        p.pid,
+        p.argv.join(" ")
+    );
+    if let Some(fork) = &report.header.fork {
+        let _ = writeln!(
+            out,
+            "forked from pid {}: inherited {} blocks, {} bytes{}",
+            fork.parent_pid,
+            fork.inherited_blocks,
+            fork.inherited_bytes,
+            match fork.threads_cut {
+                0 => String::new(),
+                n => format!(" ({n} parent threads were mid-event at the fork; their last events are missing)"),
+            }
+        );
+    }
+    match &report.header.incomplete {
+        None => {
+            let status = report
+                .header
+                .end
+                .and_then(|e| e.status)
+                .map(|s| format!(" with status {s}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "trace complete: the process exited normally{status}");
+        }
+        Some(reason) => {
+            let _ = writeln!(out, "trace INCOMPLETE: {reason}");
+        }
+    }
+    let t = &report.header.totals;
+    let _ = writeln!(
+        out,
+        "{} allocations, {} frees, peak {} bytes live; at exit {} bytes live in {} blocks",
+        thousands(t.allocations),
+        thousands(t.frees),
+        thousands(t.peak_bytes),
+        thousands(t.live_bytes),
+        thousands(t.live_blocks)
+    );
+    if let Some(python) = &report.header.python {
+        let frames = if python.frames_recorded {
+            "Python frames recorded".to_string()
+        } else {
+            format!("no Python frames ({})", python.note)
+        };
+        let allocator = match (python.pythonmalloc_set, report.header.python_ignores_environment) {
+            (true, Some(true)) => {
+                "; libleak set PYTHONMALLOC=malloc, but the interpreter ignored the environment (python -I \
+                 or -E, or an embedder's isolated configuration): Python objects stayed in pymalloc's \
+                 arenas, which are not tracked object by object"
+            }
+            (true, _) => {
+                "; libleak set PYTHONMALLOC=malloc so Python objects are tracked (LIBLEAK_PYTHONMALLOC=keep opts out)"
+            }
+            (false, _) => "",
+        };
+        let _ = writeln!(
+            out,
+            "python: CPython {}, {frames}{allocator}",
+            python_version_text(python.python_version)
+        );
+    }
+    if report.header.stats.producer_waits > 0 {
+        let _ = writeln!(
+            out,
+            "note: threads waited {} times for the trace writer",
+            report.header.stats.producer_waits
+        );
+    }
+    summary_text(&mut out, report);
+    for (rank, leak) in report.leaks.iter().enumerate() {
+        let mut what = leak.class.name().to_string();
+        if leak.classes.len() > 1 {
+            let parts: Vec<String> = leak
+                .classes
+                .iter()
+                .map(|(class, tally)| format!("{} {}", thousands(tally.blocks), class.name()))
+                .collect();
+            what = format!("{what} ({})", parts.join(", "));
+        }
+        if leak.runtime_leftover {
+            what.push_str(", left by the runtime");
+        }
+        let _ = writeln!(
+            out,
+            "\n#{} {} {what} ({})",
+            rank + 1,
+            blocks_text(Tally {
+                blocks: leak.blocks,
+                bytes: leak.bytes
+            }),
+            leak.allocator.name()
+        );
+        if let Some(owner) = &leak.owner.frame {
+            let called_from = leak
+                .owner
+                .python
+                .as_ref()
+                .map(|p| format!(", called from {}", frame_text(p)))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  owner: {}{called_from}", frame_text(owner));
+        }
+        let many = leak.stacks.len() > 1;
+        for (index, stack) in leak.stacks.iter().take(STACKS_PER_ROW).enumerate() {
+            if many {
+                let _ = writeln!(
+                    out,
+                    "  stack {} of {}: {}",
+                    index + 1,
+                    leak.stacks.len(),
+                    blocks_text(Tally {
+                        blocks: stack.blocks,
+                        bytes: stack.bytes
+                    })
+                );
+            }
+            if stack.frames.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "    (no stack: allocated in a signal handler that interrupted libleak recording another allocation)"
+                );
+            }
+            for frame in &stack.frames {
+                let _ = writeln!(out, "    {}", frame_text(frame));
+            }
+        }
+        if leak.stacks.len() > STACKS_PER_ROW {
+            let _ = writeln!(
+                out,
+                "  … and {} more stacks (--json lists them all)",
+                leak.stacks.len() - STACKS_PER_ROW
+            );
+        }
+    }
+    if report.omitted.leaks > 0 {
+        let _ = writeln!(
+            out,
+            "\n… and {} more rows holding {} bytes in {} blocks (use --limit 0 to list all)",
+            thousands(report.omitted.leaks),
+            thousands(report.omitted.bytes),
+            thousands(report.omitted.blocks)
+        );
+    }
+    out
+}
+
+fn summary_text(out: &mut String, report: &Report) {
+    let summary = &report.summary;
+    match &report.header.reachability {
+        Some(scan) if scan.outcome == ScanOutcome::Complete => {
+            let unknown = if scan.threads_unknown > 0 {
+                format!(
+                    "; {} running threads had no readable stack pointer, so every stack was scanned whole",
+                    scan.threads_unknown
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "reachability scan at exit: complete in {:.1} ms, {} blocks, {} bytes of roots{unknown}",
+                scan.duration_us as f64 / 1000.0,
+                thousands(scan.blocks),
+                thousands(scan.root_bytes)
+            );
+        }
+        Some(scan) => {
+            let _ = writeln!(
+                out,
+                "reachability scan at exit: {} ({}); blocks are unclassified",
+                outcome_name(scan.outcome),
+                scan.note
+            );
+        }
+        None if report.header.complete() => {
+            let _ = writeln!(
+                out,
+                "reachability scan at exit: not run (LIBLEAK_SCAN=0); blocks are unclassified"
+            );
+        }
+        None => {}
+    }
+    let lines = [
+        ("definitely lost", summary.definitely_lost, ""),
+        ("indirectly lost", summary.indirectly_lost, ""),
+        (
+            "possibly lost",
+            summary.possibly_lost,
+            " (only pointers into their middle remain)",
+        ),
+        ("unclassified", summary.unclassified, ""),
+        ("reachable", summary.reachable, " (--show-reachable lists them)"),
+        (
+            "left by the runtime",
+            summary.runtime_leftovers,
+            " (allocated by the C runtime or the interpreter alone; --show-leftovers lists them)",
+        ),
+        ("suppressed", summary.suppressed, ""),
+    ];
+    for (label, tally, hint) in lines {
+        if tally.blocks > 0 {
+            let _ = writeln!(out, "  {label}: {}{hint}", blocks_text(tally));
+        }
+    }
+    if report.leaks.is_empty() {
+        let _ = writeln!(out, "\nno leaks");
+    }
+}
+
+/// One line per process for a multi-process report: pid, parent, program, how it ended, and
+/// what it leaked.
+pub fn summary_line(report: &Report) -> String {
+    let p = &report.header.process;
+    let origin = match &report.header.fork {
+        Some(fork) => format!("forked from {}", fork.parent_pid),
+        None => format!("parent {}", p.parent_pid),
+    };
+    let ending = match (&report.header.end, report.header.complete()) {
+        (_, true) => "exited".to_string(),
+        (Some(end), false) => end.kind.name().to_string(),
+        (None, false) => "cut short".to_string(),
+    };
+    let s = &report.summary;
+    format!(
+        "pid {} ({origin}) {}: {ending}; leaked {} bytes in {} blocks ({} definitely, {} indirectly lost, {} unclassified), {} possibly lost; {}",
+        p.pid,
+        p.program,
+        thousands(s.leaked_bytes()),
+        s.definitely_lost.blocks + s.indirectly_lost.blocks + s.unclassified.blocks,
+        thousands(s.definitely_lost.bytes),
+        thousands(s.indirectly_lost.bytes),
+        thousands(s.unclassified.bytes),
+        thousands(s.possibly_lost.bytes),
+        report.trace_path
+    )
+}
