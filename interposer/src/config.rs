@@ -22,6 +22,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use libleak_format::TraceTemplate;
+
 const DEFAULT_SCAN_SECONDS: f64 = 30.0;
 
 pub struct Config {
@@ -106,11 +108,12 @@ pub fn set_pythonmalloc_malloc() -> bool {
 /// of the program exists.
 pub fn prepare_children(config: &mut Config, own_library: &str, cwd: &str) {
     if config.follow {
-        let absolute = match &config.output_template {
-            None => format!("{}/", cwd.trim_end_matches('/')),
-            Some(template) if !template.starts_with('/') => format!("{}/{template}", cwd.trim_end_matches('/')),
-            Some(_) => return,
-        };
+        if config.output_template.as_deref().is_some_and(|t| t.starts_with('/')) {
+            return;
+        }
+        let absolute = TraceTemplate::new(config.output_template.as_deref(), "")
+            .relative_to(cwd)
+            .to_string();
         std::env::set_var("LIBLEAK_OUTPUT", &absolute);
         config.output_template = Some(absolute);
         return;

@@ -7,7 +7,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use libleak_format::{program_name, trace_file_name, ProcessInfo};
+use libleak_format::{program_name, ProcessInfo, TraceTemplate};
 
 use crate::collector::trace_file::TraceFile;
 use crate::config::Config;
@@ -46,22 +46,9 @@ pub fn process_info() -> ProcessInfo {
 /// Creates the trace file: never overwrites an existing file and never follows a symlink; a
 /// taken name gets a numeric suffix before `.trace`.
 pub fn open_trace(config: &Config, info: &ProcessInfo) -> Result<TraceFile, String> {
-    let default_name = trace_file_name(&info.program, info.pid);
-    let template = match &config.output_template {
-        Some(directory) if directory.ends_with('/') => format!("{directory}{default_name}"),
-        Some(template) => template.clone(),
-        None => default_name,
-    };
-    let mut base = template.replace("%p", &info.pid.to_string());
-    if !base.starts_with('/') && !info.cwd.is_empty() {
-        base = format!("{}/{}", info.cwd.trim_end_matches('/'), base);
-    }
+    let template = TraceTemplate::new(config.output_template.as_deref(), &info.program).relative_to(&info.cwd);
     for attempt in 0..1000 {
-        let path = match (attempt, base.strip_suffix(".trace")) {
-            (0, _) => base.clone(),
-            (n, Some(stem)) => format!("{stem}.{n}.trace"),
-            (n, None) => format!("{base}.{n}"),
-        };
+        let path = template.expand(info.pid, attempt);
         let opened = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -76,5 +63,8 @@ pub fn open_trace(config: &Config, info: &ProcessInfo) -> Result<TraceFile, Stri
             Err(e) => return Err(format!("cannot create trace file {path}: {e}")),
         }
     }
-    Err(format!("cannot find a free trace file name near {base}"))
+    Err(format!(
+        "cannot find a free trace file name near {}",
+        template.expand(info.pid, 0)
+    ))
 }
