@@ -35,7 +35,6 @@ use std::path::Path;
 
 pub use model::Report;
 pub use options::Options;
-pub use symbolize::python_lines;
 
 use attribute::roles::Roles;
 use replay::{ReplayError, Trace};
@@ -83,15 +82,4 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         leaks,
         omitted,
     }
-}
-
-/// The names this crate had before its stages were split (`report::build`, `to_text`,
-/// `to_json`, `ReportOptions`, `ReportFrame`), kept for callers written against them, the
-/// decoder fuzz test among them. New code uses the stage modules.
-pub mod report {
-    pub use crate::build;
-    pub use crate::model::{Frame as ReportFrame, GroupBy, Leak, Report, Summary, Tally};
-    pub use crate::options::Options as ReportOptions;
-    pub use crate::render::json::{to_json, to_json_many, REPORT_FORMAT, REPORT_VERSION};
-    pub use crate::render::text::{summary_line, to_text};
 }

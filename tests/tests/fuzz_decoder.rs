@@ -15,9 +15,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use libleak_format::{ChunkWriter, CHUNK_FRAME_LEN, HEADER_LEN};
+use libleak_reporter::render::{json, text};
 use libleak_reporter::replay::Trace;
-use libleak_reporter::report::{self, ReportOptions};
 use libleak_reporter::symbolize::Symbolizer;
+use libleak_reporter::Options;
 use libleak_tests::*;
 
 /// xorshift64*: a fixed, seedable sequence.
@@ -136,9 +137,9 @@ fn mutant(seed_trace: &[u8], seed_payloads: &[Vec<u8>], random: &mut Random) -> 
 fn read_and_report(bytes: &[u8], symbolizer: &mut Symbolizer) -> bool {
     match Trace::read(bytes) {
         Ok(trace) => {
-            let built = report::build(&trace, "fuzz", symbolizer, &ReportOptions::default());
-            let _ = report::to_text(&built);
-            let _ = report::to_json(&built);
+            let built = libleak_reporter::build(&trace, "fuzz", symbolizer, &Options::default());
+            let _ = text::to_text(&built);
+            let _ = json::to_json(&built);
             true
         }
         Err(error) => {

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use libleak_reporter::python_lines::line_at;
+use libleak_reporter::symbolize::python_lines::line_at;
 use libleak_tests::*;
 use serde_json::Value;
 
