@@ -11,7 +11,7 @@ use std::io::{self, Read};
 
 use flate2::read::DeflateDecoder;
 
-use super::DecodeError;
+use super::error::DecodeError;
 use crate::varint::Cursor;
 use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
 

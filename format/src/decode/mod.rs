@@ -10,41 +10,16 @@
 //! payloads; [`TraceReader`] drives both.
 
 mod chunks;
+mod error;
 mod records;
 
-use std::io::{self, Read};
+use std::io::Read;
 
 use crate::record::Record;
 use crate::varint::Cursor;
-use crate::HEADER_LEN;
 use chunks::ChunkReader;
+pub use error::DecodeError;
 use records::RecordDecoder;
-
-/// Why a trace could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("the file is empty (the traced process may have been killed before its first flush)")]
-    Empty,
-    #[error("not a libleak trace (bad magic bytes)")]
-    NotATrace,
-    #[error("the file ends inside its {HEADER_LEN}-byte header")]
-    TruncatedHeader,
-    #[error("unsupported trace format version {found} (this libleak reads version {supported})")]
-    UnsupportedVersion { found: u32, supported: u32 },
-    #[error("corrupt trace at byte {offset}: {reason}")]
-    Corrupt { offset: u64, reason: String },
-    #[error("read failed: {0}")]
-    Io(#[from] io::Error),
-}
-
-impl DecodeError {
-    fn corrupt(offset: u64, reason: impl Into<String>) -> Self {
-        DecodeError::Corrupt {
-            offset,
-            reason: reason.into(),
-        }
-    }
-}
 
 /// Decodes a trace from any byte source.
 pub struct TraceReader<R: Read> {
