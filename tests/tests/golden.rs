@@ -53,7 +53,7 @@ fn outputs(name: &str) -> Vec<(String, String)> {
     let path = tests_dir().join("traces").join(format!("{name}.trace"));
     let trace = match Trace::open(&path) {
         Ok(trace) => trace,
-        Err(error) => return vec![(format!("{name}.error"), error_chain(&error) + "\n")],
+        Err(error) => return vec![(format!("{name}.error.txt"), error_chain(&error) + "\n")],
     };
     let mut out = Vec::new();
     for (suffix, options) in variants(name) {
