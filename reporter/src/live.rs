@@ -9,7 +9,7 @@ pub use libleak_format::live::{LiveSet, Totals};
 
 /// One allocation that is still live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LiveBlock {
+pub struct ExitBlock {
     pub seq: u64,
     pub address: u64,
     pub size: u64,
@@ -20,7 +20,7 @@ pub struct LiveBlock {
     pub class: Option<LeakClass>,
 }
 
-impl libleak_format::live::LiveBlock for LiveBlock {
+impl libleak_format::live::LiveBlock for ExitBlock {
     fn seq(&self) -> u64 {
         self.seq
     }

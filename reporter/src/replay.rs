@@ -12,7 +12,7 @@ use std::path::Path;
 
 use libleak_format::{DecodeError, Frame, LeakClass, Module, PythonCode, Record, ScanOutcome, Stats, TraceReader};
 
-use crate::live::{LiveBlock, LiveSet};
+use crate::live::{ExitBlock, LiveSet};
 use crate::model::{Incompleteness, TraceHeader};
 
 /// Why a trace could not be replayed.
@@ -55,7 +55,7 @@ pub struct Trace {
     pub nodes: Vec<StackNode>,
     /// Code objects by id. A code id may be referred to before its definition.
     pub python_codes: HashMap<u64, PythonCode>,
-    pub live: Vec<LiveBlock>,
+    pub live: Vec<ExitBlock>,
 }
 
 impl Trace {
@@ -116,7 +116,7 @@ impl Trace {
                 }
                 Record::Alloc(alloc) => live.alloc(
                     alloc.address,
-                    LiveBlock {
+                    ExitBlock {
                         seq: alloc.seq,
                         address: alloc.address,
                         size: alloc.size,
@@ -153,7 +153,7 @@ impl Trace {
             Some(e) if e.kind != libleak_format::ExitKind::Exit => Some(Incompleteness::AbnormalExit(e)),
             Some(_) => None,
         };
-        let mut live: Vec<LiveBlock> = live.live_blocks().into_iter().map(|(_, block)| block).collect();
+        let mut live: Vec<ExitBlock> = live.live_blocks().into_iter().map(|(_, block)| block).collect();
         if reachability
             .as_ref()
             .is_some_and(|scan| scan.outcome == ScanOutcome::Complete)
@@ -332,7 +332,7 @@ pub(crate) mod synthetic {
         /// Adds a block live at exit.
         pub fn live_block(&mut self, stack: u64, size: u64, class: Option<LeakClass>) {
             let seq = self.live.len() as u64;
-            self.live.push(LiveBlock {
+            self.live.push(ExitBlock {
                 seq,
                 address: 0x1000 + seq * 0x100,
                 size,
