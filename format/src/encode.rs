@@ -200,6 +200,13 @@ impl RecordEncoder {
         put_bytes(out, runtime.note.as_bytes());
     }
 
+    /// The scan records that follow describe the moment CPython's finalisation began.
+    pub fn finalizing(&mut self, thread_id: u32) {
+        let out = &mut self.payload;
+        out.push(tag::FINALIZING);
+        put_u64(out, u64::from(thread_id));
+    }
+
     /// Entries must be sorted by address; the caller splits long lists into several records.
     pub fn block_classes(&mut self, entries: &[BlockClass]) {
         let out = &mut self.payload;

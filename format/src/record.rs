@@ -23,6 +23,7 @@ pub(crate) mod tag {
     pub const ALLOC_REUSE: u8 = 0x0F;
     pub const FREE_RECENT: u8 = 0x10;
     pub const PYTHON_CONFIG: u8 = 0x11;
+    pub const FINALIZING: u8 = 0x12;
 }
 
 /// Frame kind bytes inside a stack node record.
@@ -57,7 +58,16 @@ pub enum Record {
         /// configuration), `PYTHONMALLOC` among them.
         ignores_environment: bool,
     },
-    /// Classes of blocks live at exit that are not reachable (see [`Reachability`]).
+    /// CPython's finalisation began (its `atexit` callbacks had run and its non-daemon
+    /// threads had ended; no module was torn down yet): the BLOCK_CLASSES and REACHABILITY
+    /// records that follow, up to that REACHABILITY, classify the blocks live at this point
+    /// of the trace instead of those live at exit.
+    Finalizing {
+        /// The thread that finalises the interpreter.
+        thread_id: u32,
+    },
+    /// Classes of blocks live at exit (or at [`Record::Finalizing`]) that are not reachable
+    /// (see [`Reachability`]).
     BlockClasses(Vec<BlockClass>),
     Reachability(Reachability),
     /// The process is a fork child; the ALLOC records that follow, up to `fork_seq`, are

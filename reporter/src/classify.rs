@@ -16,20 +16,26 @@ use crate::replay::Trace;
 pub struct StackTally {
     pub stack: u64,
     pub class: Option<LeakClass>,
+    /// Allocated after CPython's finalisation began (see [`ExitBlock`]).
+    ///
+    /// [`ExitBlock`]: crate::live::ExitBlock
+    pub during_finalization: bool,
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
     pub allocator: AllocKind,
 }
 
-/// The live blocks by (stack, class), ordered by stack id and then class.
+/// The live blocks by (stack, class, during finalisation), ordered by stack id and then
+/// class.
 pub fn tally(trace: &Trace) -> Vec<StackTally> {
-    let mut groups: HashMap<(u64, Option<LeakClass>), StackTally> = HashMap::new();
+    let mut groups: HashMap<(u64, Option<LeakClass>, bool), StackTally> = HashMap::new();
     for block in &trace.live {
         groups
-            .entry((block.stack, block.class))
+            .entry((block.stack, block.class, block.during_finalization))
             .or_insert_with(|| StackTally {
                 stack: block.stack,
                 class: block.class,
+                during_finalization: block.during_finalization,
                 tally: Tally::default(),
                 allocator: block.kind,
             })
@@ -37,7 +43,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
             .add(1, block.size);
     }
     let mut groups: Vec<StackTally> = groups.into_values().collect();
-    groups.sort_by_key(|group| (group.stack, group.class.map(|c| c as u8)));
+    groups.sort_by_key(|group| (group.stack, group.class.map(|c| c as u8), group.during_finalization));
     groups
 }
 

@@ -155,6 +155,7 @@ mod tests {
         StackTally {
             stack,
             class,
+            during_finalization: false,
             tally: Tally { blocks, bytes },
             allocator: AllocKind::Malloc,
         }

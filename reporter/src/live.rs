@@ -16,8 +16,11 @@ pub struct ExitBlock {
     pub stack: u64,
     pub kind: AllocKind,
     pub thread_id: u32,
-    /// What the exit-time scan found; `None` when the trace has no complete scan.
+    /// What the scan that covers it found: the one made when CPython's finalisation began
+    /// for a block live then, else the exit-time scan; `None` when that scan is incomplete.
     pub class: Option<LeakClass>,
+    /// Allocated after CPython's finalisation began: the runtime's, whatever its stack.
+    pub during_finalization: bool,
 }
 
 impl libleak_format::live::LiveBlock for ExitBlock {

@@ -239,6 +239,8 @@ pub struct TraceHeader {
     pub stats: Stats,
     /// The exit-time reachability scan, when the process ran one.
     pub reachability: Option<Reachability>,
+    /// The scan made when CPython's finalisation began, when the process got that far.
+    pub reachability_at_finalization: Option<Reachability>,
     /// Set when the process was forked from a traced parent.
     pub fork: Option<ForkInfo>,
     pub end: Option<End>,

@@ -10,7 +10,9 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use libleak_format::{DecodeError, Frame, LeakClass, Module, PythonCode, Record, ScanOutcome, Stats, TraceReader};
+use libleak_format::{
+    DecodeError, Frame, LeakClass, Module, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
+};
 
 use crate::live::{ExitBlock, LiveSet};
 use crate::model::{Incompleteness, TraceHeader};
@@ -58,6 +60,34 @@ pub struct Trace {
     pub live: Vec<ExitBlock>,
 }
 
+/// The scan made when CPython's finalisation began, as replay meets it: the FINALIZING
+/// record opens it, its BLOCK_CLASSES gather, and its REACHABILITY closes it against the
+/// blocks live at that point of the replay.
+#[derive(Default)]
+struct FinalizationScan {
+    classes: HashMap<u64, LeakClass>,
+    scan: Option<Reachability>,
+    /// (address, seq) of every block live when the scan was made, with its class (`None`
+    /// when the scan did not complete).
+    live_then: HashMap<(u64, u64), Option<LeakClass>>,
+}
+
+impl FinalizationScan {
+    fn close(&mut self, scan: Reachability, live: &LiveSet<ExitBlock>) {
+        let complete = scan.outcome == ScanOutcome::Complete;
+        self.live_then = live
+            .live_blocks()
+            .into_iter()
+            .map(|(address, block)| {
+                let class = complete.then(|| self.classes.get(&address).copied().unwrap_or(LeakClass::Reachable));
+                ((address, block.seq), class)
+            })
+            .collect();
+        self.classes = HashMap::new();
+        self.scan = Some(scan);
+    }
+}
+
 impl Trace {
     pub fn open(path: &Path) -> Result<Trace, ReplayError> {
         let file = File::open(path).map_err(ReplayError::Open)?;
@@ -91,6 +121,7 @@ impl Trace {
         let mut live = LiveSet::new();
         let mut classes: HashMap<u64, LeakClass> = HashMap::new();
         let mut reachability = None;
+        let mut finalization: Option<FinalizationScan> = None;
         let mut fork = None;
         let mut end = None;
         let mut stats = Stats::default();
@@ -124,6 +155,7 @@ impl Trace {
                         kind: alloc.kind,
                         thread_id: alloc.thread_id,
                         class: None,
+                        during_finalization: false,
                     },
                 ),
                 Record::Free(free) => live.free(free.address, free.seq),
@@ -132,10 +164,15 @@ impl Trace {
                 }
                 Record::PythonRuntime(runtime) => python = Some(runtime),
                 Record::PythonConfig { ignores_environment } => python_ignores_environment = Some(ignores_environment),
-                Record::BlockClasses(entries) => {
-                    classes.extend(entries.iter().map(|entry| (entry.address, entry.class)));
-                }
-                Record::Reachability(scan) => reachability = Some(scan),
+                Record::Finalizing { .. } => finalization = Some(FinalizationScan::default()),
+                Record::BlockClasses(entries) => match finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    Some(pending) => pending.classes.extend(entries.iter().map(|e| (e.address, e.class))),
+                    None => classes.extend(entries.iter().map(|entry| (entry.address, entry.class))),
+                },
+                Record::Reachability(scan) => match finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    Some(pending) => pending.close(scan, &live),
+                    None => reachability = Some(scan),
+                },
                 Record::Fork(info) => fork = Some(info),
                 Record::Stats(s) => stats = s,
                 Record::End(e) => {
@@ -162,6 +199,15 @@ impl Trace {
                 block.class = Some(classes.get(&block.address).copied().unwrap_or(LeakClass::Reachable));
             }
         }
+        if let Some(finalization) = &finalization {
+            for block in &mut live {
+                match finalization.live_then.get(&(block.address, block.seq)) {
+                    Some(Some(class)) => block.class = Some(*class),
+                    Some(None) => {}
+                    None => block.during_finalization = true,
+                }
+            }
+        }
         Ok(Trace {
             header: TraceHeader {
                 process: process.ok_or(ReplayError::NoProcess)?,
@@ -170,6 +216,7 @@ impl Trace {
                 totals: live_totals,
                 stats,
                 reachability,
+                reachability_at_finalization: finalization.and_then(|f| f.scan),
                 fork,
                 end,
                 incomplete,
@@ -255,6 +302,7 @@ pub(crate) mod synthetic {
                 totals: Default::default(),
                 stats: Stats::default(),
                 reachability: None,
+                reachability_at_finalization: None,
                 fork: None,
                 end: None,
                 incomplete: None,
@@ -340,6 +388,7 @@ pub(crate) mod synthetic {
                 kind: AllocKind::Malloc,
                 thread_id: 1,
                 class,
+                during_finalization: false,
             });
         }
     }

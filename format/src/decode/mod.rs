@@ -180,6 +180,7 @@ mod testing {
                 truncated_stacks: 3,
                 slot_locks: true,
             }),
+            Record::Finalizing { thread_id: 4321 },
             Record::BlockClasses(vec![
                 BlockClass {
                     address: 0x7000_0000_1000,
@@ -232,6 +233,7 @@ mod testing {
                 Record::PythonRuntime(r) => encoder.python_runtime(r),
                 Record::PythonConfig { ignores_environment } => encoder.python_config(*ignores_environment),
                 Record::Stats(s) => encoder.stats(s),
+                Record::Finalizing { thread_id } => encoder.finalizing(*thread_id),
                 Record::BlockClasses(entries) => encoder.block_classes(entries),
                 Record::Reachability(r) => encoder.reachability(r),
                 Record::Fork(f) => encoder.fork(f),

@@ -168,6 +168,9 @@ impl RecordDecoder {
                     note: string(c)?,
                 })
             }
+            tag::FINALIZING => Record::Finalizing {
+                thread_id: u32_of(c.u64()?)?,
+            },
             tag::BLOCK_CLASSES => {
                 let count = usize::try_from(c.u64()?).ok()?;
                 // Each entry takes at least two bytes: a count beyond that is corruption, and

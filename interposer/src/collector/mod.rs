@@ -19,6 +19,7 @@ mod modules;
 mod stack_tree;
 pub mod trace_file;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -129,6 +130,12 @@ pub enum Message {
     PythonCode(Box<PythonCode>),
     /// An interpreter found after start-up (loaded by `dlopen`).
     PythonRuntime(PythonRuntime),
+    /// CPython's finalisation began: take in everything recorded so far, scan what is live
+    /// now, then set `done`.
+    Finalizing {
+        from: ExitingThread,
+        done: &'static AtomicBool,
+    },
     /// A thread is about to fork: take in everything recorded so far, then park.
     Park,
     Finish(Ending),
@@ -275,6 +282,10 @@ impl Collector {
                 self.python_codes.push(*code);
             }
             Message::PythonRuntime(runtime) => self.python_runtime(runtime),
+            Message::Finalizing { from, done } => {
+                self.scan_at_finalization(from);
+                done.store(true, Ordering::Release);
+            }
             Message::Park | Message::Finish(_) => {}
         }
     }
@@ -363,6 +374,18 @@ impl Collector {
             stats: self.source.stats(),
         });
         self.flush().map_err(|e| format!("cannot write the trace: {e}"))
+    }
+
+    /// The scan made when CPython's finalisation began: what is reachable then is not a
+    /// leak, whatever the teardown of modules leaves behind afterwards.
+    fn scan_at_finalization(&mut self, from: ExitingThread) {
+        let Some(time_limit) = self.scan.time_limit else {
+            return;
+        };
+        self.take_in_everything();
+        self.encoder.finalizing(from.tid);
+        // On disk at the next flush, within FLUSH_INTERVAL, like any other record.
+        self.scan_reachability(from, time_limit);
     }
 
     fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration) {

@@ -134,6 +134,21 @@ pub fn eval_loop() -> (usize, usize) {
     )
 }
 
+/// Whether the calling thread has begun finalising the interpreter (`Py_FinalizeEx` past its
+/// `atexit` callbacks and the wait for non-daemon threads, before modules are torn down).
+/// One load while no thread finalises.
+#[inline]
+pub fn finalizing_here() -> bool {
+    if !WALKING.load(Ordering::Relaxed) {
+        return false;
+    }
+    let Some(interpreter) = INTERPRETER.get() else {
+        return false;
+    };
+    let finalizing: usize = raw::read(interpreter.symbols.runtime + interpreter.layout.finalizing).unwrap_or(0);
+    finalizing != 0 && finalizing == interpreter.symbols.current_thread_state()
+}
+
 /// Appends the calling thread's Python stack to `out`, innermost first. `define` receives
 /// each code object seen for the first time.
 pub fn capture(out: &mut WordBuffer<MAX_WORDS>, define: &mut dyn FnMut(PythonCode)) {

@@ -10,7 +10,7 @@
 //! - `collector_thread`: starting, parking and resuming the collector's thread;
 //! - `channel`: batches and the channel to the collector, and the sweep's [`EventSource`];
 //! - `phase`: entering a hook and recording its event;
-//! - `fork`, `startup`, `modules`, `finish`, `exec`: the process's moments.
+//! - `fork`, `startup`, `modules`, `finalization`, `finish`, `exec`: the process's moments.
 //!
 //! Nothing here may panic, block while holding a slot, or allocate except through the real
 //! allocator (every allocation happens as libleak's own work).
@@ -20,6 +20,7 @@
 mod channel;
 mod collector_thread;
 mod exec;
+mod finalization;
 mod finish;
 mod fork;
 mod modules;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use libleak_format::AllocKind;
 
 use super::channel::{push_event, send_message};
+use super::finalization;
 use super::seq;
 use super::state::{self, without_own_frames};
 use super::stats::{self, REENTRANT_CALLS, TRUNCATED_STACKS};
@@ -122,6 +123,9 @@ impl Hook {
                 hand_on_pending(t);
             }
         });
+        if self.outer == Phase::Outside && finalization::due() {
+            finalization::scan_now();
+        }
     }
 }
 

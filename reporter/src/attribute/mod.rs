@@ -39,7 +39,8 @@ pub fn attribute<'a>(
         let frames = merged.get(&tally.stack).map_or(&[][..], Vec::as_slice);
         let (blocks, bytes) = (tally.tally.blocks, tally.tally.bytes);
         let reachable = tally.class == Some(LeakClass::Reachable);
-        let leftover = !reachable && roles.is_runtime_leftover(frames);
+        // What the runtime allocated while shutting down is its own, whatever the stack.
+        let leftover = !reachable && (tally.during_finalization || roles.is_runtime_leftover(frames));
         let listed = if reachable {
             summary.reachable.add(blocks, bytes);
             options.show_reachable
@@ -108,6 +109,7 @@ mod tests {
         let count = |stack, class, blocks| StackTally {
             stack,
             class,
+            during_finalization: false,
             tally: Tally {
                 blocks,
                 bytes: blocks * 10,

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use libleak_format::{python_version_text, ForkInfo, ProcessInfo};
+use libleak_format::{python_version_text, ForkInfo, ProcessInfo, Reachability};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -33,6 +33,7 @@ struct ReportView<'a> {
     recorder: RecorderView,
     python: Option<PythonView<'a>>,
     reachability: Option<ReachabilityView<'a>>,
+    reachability_at_finalization: Option<ReachabilityView<'a>>,
     summary: &'a Summary,
     group_by: String,
     leaks: Vec<LeakView<'a>>,
@@ -104,6 +105,23 @@ struct ReachabilityView<'a> {
     threads: u64,
     threads_unknown: u64,
     note: Option<&'a str>,
+}
+
+impl<'a> ReachabilityView<'a> {
+    fn of(scan: &'a Reachability) -> ReachabilityView<'a> {
+        ReachabilityView {
+            outcome: outcome_name(scan.outcome),
+            duration_ms: scan.duration_us as f64 / 1000.0,
+            blocks: scan.blocks,
+            root_bytes: scan.root_bytes,
+            heap_bytes: scan.heap_bytes,
+            python_objects: scan.python_objects,
+            immortal_objects: scan.immortal_objects,
+            threads: scan.threads,
+            threads_unknown: scan.threads_unknown,
+            note: note(&scan.note),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -178,18 +196,8 @@ impl<'a> ReportView<'a> {
                 ignores_environment: header.python_ignores_environment,
                 note: note(&python.note),
             }),
-            reachability: header.reachability.as_ref().map(|scan| ReachabilityView {
-                outcome: outcome_name(scan.outcome),
-                duration_ms: scan.duration_us as f64 / 1000.0,
-                blocks: scan.blocks,
-                root_bytes: scan.root_bytes,
-                heap_bytes: scan.heap_bytes,
-                python_objects: scan.python_objects,
-                immortal_objects: scan.immortal_objects,
-                threads: scan.threads,
-                threads_unknown: scan.threads_unknown,
-                note: note(&scan.note),
-            }),
+            reachability: header.reachability.as_ref().map(ReachabilityView::of),
+            reachability_at_finalization: header.reachability_at_finalization.as_ref().map(ReachabilityView::of),
             summary: &report.summary,
             group_by: match report.group_by {
                 GroupBy::Site => "site".to_string(),
@@ -314,6 +322,7 @@ mod tests {
                 totals: Default::default(),
                 stats: Stats::default(),
                 reachability: Some(Reachability::default()),
+                reachability_at_finalization: Some(Reachability::default()),
                 fork: Some(ForkInfo::default()),
                 end: Some(End {
                     kind: ExitKind::Exit,

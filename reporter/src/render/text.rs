@@ -201,6 +201,22 @@ pub fn to_text(report: &Report) -> String {
 
 fn summary_text(out: &mut String, report: &Report) {
     let summary = &report.summary;
+    if let Some(scan) = &report.header.reachability_at_finalization {
+        let _ = match scan.outcome {
+            ScanOutcome::Complete => writeln!(
+                out,
+                "reachability scan at Python finalisation: complete in {:.1} ms, {} blocks; blocks live then are classified by it, blocks allocated after it are the runtime's",
+                scan.duration_us as f64 / 1000.0,
+                thousands(scan.blocks),
+            ),
+            outcome => writeln!(
+                out,
+                "reachability scan at Python finalisation: {} ({}); blocks live then are classified at exit",
+                outcome_name(outcome),
+                scan.note
+            ),
+        };
+    }
     match &report.header.reachability {
         Some(scan) if scan.outcome == ScanOutcome::Complete => {
             let unknown = if scan.threads_unknown > 0 {
