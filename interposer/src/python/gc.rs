@@ -51,6 +51,7 @@ pub struct GcObjects {
     list_type: u64,
     preheader_flags: u64,
     has_immortal_objects: bool,
+    dict_values_prefix: bool,
     types: HashMap<u64, Option<TypeInfo>>,
 }
 
@@ -82,6 +83,22 @@ impl GcObjects {
             immortal,
             list_items,
         })
+    }
+
+    /// Where references point into `block` when it holds a managed dict's values (3.11–3.12):
+    /// past the prefix, whose size the block's size gives (`size + 2` rounded up to a word,
+    /// then a word per value) and whose last byte repeats it.
+    pub fn dict_values_offset(&self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<u64> {
+        if !self.dict_values_prefix {
+            return None;
+        }
+        let prefix = (1..=255u64)
+            .map(|values| ((values + 2).next_multiple_of(8), values))
+            .take_while(|&(prefix, values)| prefix + 8 * values <= size)
+            .find(|&(prefix, values)| prefix + 8 * values == size)
+            .map(|(prefix, _)| prefix)?;
+        let last_prefix_word = read(block + prefix - 8)?;
+        (last_prefix_word >> 56 == prefix).then_some(prefix)
     }
 
     /// An object without a GC header: its type is not garbage-collected and fits the block.
@@ -177,6 +194,7 @@ pub fn objects() -> Option<GcObjects> {
         list_type: interpreter.symbols.list_type as u64,
         preheader_flags: interpreter.layout.gc_preheader_flags,
         has_immortal_objects: interpreter.layout.has_immortal_objects,
+        dict_values_prefix: interpreter.layout.dict_values_prefix,
         types: HashMap::new(),
     })
 }

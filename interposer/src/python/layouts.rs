@@ -94,6 +94,10 @@ pub struct Layout {
     /// 3.12+: objects whose reference count (low 32 bits, as a signed number) is negative
     /// are immortal: the interpreter keeps them for the life of the process by design.
     pub has_immortal_objects: bool,
+    /// 3.11–3.12: a managed dict's values live in a block of their own, referenced past an
+    /// insertion-order prefix whose last byte is the prefix's size (`new_values` in
+    /// Objects/dictobject.c).
+    pub dict_values_prefix: bool,
 }
 
 const UNICODE_UP_TO_3_11: UnicodeLayout = UnicodeLayout {
@@ -138,6 +142,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: 0,
         has_immortal_objects: false,
+        dict_values_prefix: false,
     },
     Layout {
         minor: 10,
@@ -154,6 +159,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: 0,
         has_immortal_objects: false,
+        dict_values_prefix: false,
     },
     Layout {
         minor: 11,
@@ -182,6 +188,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
         has_immortal_objects: false,
+        dict_values_prefix: true,
     },
     Layout {
         minor: 12,
@@ -210,6 +217,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
+        dict_values_prefix: true,
     },
     Layout {
         minor: 13,
@@ -235,6 +243,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: true,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
+        dict_values_prefix: false,
     },
 ];
 

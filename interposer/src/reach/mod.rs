@@ -43,6 +43,9 @@ struct Blocks {
     sizes: Vec<u64>,
     /// Offset of the Python object inside a garbage-collected object's block; 0 otherwise.
     object_offsets: Vec<u8>,
+    /// Where references to a block that holds no object point, when not at its start (a
+    /// managed dict's values, past their prefix); 0: at its start only.
+    reference_offsets: Vec<u8>,
     /// Offset of the next heap chunk's header when it falls inside the block (see
     /// [`roots::next_chunk_offset`]); `u64::MAX` otherwise.
     next_chunks: Vec<u64>,
@@ -61,6 +64,7 @@ impl Blocks {
             addresses: blocks.iter().map(|b| b.0).collect(),
             sizes: blocks.iter().map(|b| b.1).collect(),
             object_offsets: vec![0; blocks.len()],
+            reference_offsets: vec![0; blocks.len()],
             next_chunks: vec![u64::MAX; blocks.len()],
             scan_limits: blocks.iter().map(|b| b.1).collect(),
             lowest,
@@ -89,6 +93,8 @@ impl Blocks {
             if offset == object {
                 return Some((index, Pointer::Start));
             }
+        } else if offset != 0 && offset == u64::from(self.reference_offsets[index]) {
+            return Some((index, Pointer::Start));
         }
         Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
     }
@@ -188,7 +194,11 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     if let Some(mut python) = input.python {
         let mut read = |address: u64| memory.word(address);
         for index in 0..blocks.addresses.len() {
-            let Some(object) = python.find(&mut read, blocks.addresses[index], blocks.sizes[index]) else {
+            let (address, size) = (blocks.addresses[index], blocks.sizes[index]);
+            let Some(object) = python.find(&mut read, address, size) else {
+                if let Some(offset) = python.dict_values_offset(&mut read, address, size) {
+                    blocks.reference_offsets[index] = u8::try_from(offset).unwrap_or(0);
+                }
                 continue;
             };
             if object.garbage_collected {
