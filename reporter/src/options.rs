@@ -53,7 +53,8 @@ pub fn builtin() -> Vec<Suppression> {
 pub struct Options {
     /// Most leaks listed; 0 lists all.
     pub limit: usize,
-    /// Keep the interpreter's own native frames (eval loop, call plumbing) in merged stacks.
+    /// Keep the interpreter's own frames in merged stacks: its native ones (eval loop, call
+    /// plumbing) and importlib's Python ones.
     pub show_interpreter_frames: bool,
     pub group_by: GroupBy,
     /// List reachable blocks as rows too (otherwise one summary line).

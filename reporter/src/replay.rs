@@ -199,16 +199,7 @@ impl Trace {
                 block.class = Some(classes.get(&block.address).copied().unwrap_or(LeakClass::Reachable));
             }
         }
-        if let Some(finalization) = &finalization {
-            for block in &mut live {
-                match finalization.live_then.get(&(block.address, block.seq)) {
-                    Some(Some(class)) => block.class = Some(*class),
-                    Some(None) => {}
-                    None => block.during_finalization = true,
-                }
-            }
-        }
-        Ok(Trace {
+        let mut trace = Trace {
             header: TraceHeader {
                 process: process.ok_or(ReplayError::NoProcess)?,
                 python,
@@ -216,7 +207,7 @@ impl Trace {
                 totals: live_totals,
                 stats,
                 reachability,
-                reachability_at_finalization: finalization.and_then(|f| f.scan),
+                reachability_at_finalization: finalization.as_mut().and_then(|f| f.scan.take()),
                 fork,
                 end,
                 incomplete,
@@ -225,6 +216,48 @@ impl Trace {
             nodes,
             python_codes,
             live,
+        };
+        if let Some(live_then) = finalization.map(|f| f.live_then) {
+            trace.apply_finalization_scan(&live_then);
+        }
+        Ok(trace)
+    }
+
+    /// What the scan made when CPython's finalisation began says about the blocks live at
+    /// exit. A block allocated after it is the runtime's. A block allocated during an import
+    /// (module state, caches, tables built by `PyInit_*` or a module's body) that was
+    /// reachable then is the module's, orphaned only by the teardown: no leak, whatever the
+    /// exit scan says. Other blocks keep the exit scan's class: the finalising interpreter's
+    /// heap is in flux (the garbage collector runs), and a stale pointer found then must not
+    /// hide a leak the exit scan sees.
+    fn apply_finalization_scan(&mut self, live_then: &HashMap<(u64, u64), Option<LeakClass>>) {
+        let mut import_time: HashMap<u64, bool> = HashMap::new();
+        for index in 0..self.live.len() {
+            let block = self.live[index];
+            match live_then.get(&(block.address, block.seq)) {
+                None => self.live[index].during_finalization = true,
+                Some(Some(LeakClass::Reachable)) if block.class != Some(LeakClass::Reachable) => {
+                    let during_import = *import_time
+                        .entry(block.stack)
+                        .or_insert_with(|| self.allocated_during_import(block.stack));
+                    if during_import {
+                        self.live[index].class = Some(LeakClass::Reachable);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Whether stack `leaf` runs through importlib (every import of a Python module or an
+    /// extension does, `PyInit_*` included).
+    fn allocated_during_import(&self, leaf: u64) -> bool {
+        self.stack(leaf).iter().any(|node| match node.frame {
+            Frame::Python { code_id, .. } => self
+                .python_codes
+                .get(&code_id)
+                .is_some_and(|code| code.filename.starts_with("<frozen importlib._bootstrap")),
+            Frame::Native { .. } | Frame::PythonEntry => false,
         })
     }
 

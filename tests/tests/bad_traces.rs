@@ -45,14 +45,15 @@ fn empty_garbage_missing_and_future_version_files_fail_cleanly() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(stderr.matches("No such file").count(), 1, "the cause once: {stderr}");
 
+    let future_version = libleak_format::FORMAT_VERSION + 1;
     let mut future = real_trace(&scratch);
-    future[8..12].copy_from_slice(&7u32.to_le_bytes());
+    future[8..12].copy_from_slice(&future_version.to_le_bytes());
     let future_path = scratch.join("future.trace");
     std::fs::write(&future_path, &future).unwrap();
     assert_clean_failure(
         &report(&future_path),
         &format!(
-            "unsupported trace format version 7 (this libleak reads version {})",
+            "unsupported trace format version {future_version} (this libleak reads version {})",
             libleak_format::FORMAT_VERSION
         ),
     );

@@ -44,7 +44,8 @@ struct Blocks {
     /// Offset of the Python object inside a garbage-collected object's block; 0 otherwise.
     object_offsets: Vec<u8>,
     /// Where references to a block that holds no object point, when not at its start (a
-    /// managed dict's values, past their prefix); 0: at its start only.
+    /// managed dict's values, past their prefix, or a byte before as 3.12 tags them); 0: at
+    /// its start only.
     reference_offsets: Vec<u8>,
     /// Offset of the next heap chunk's header when it falls inside the block (see
     /// [`roots::next_chunk_offset`]); `u64::MAX` otherwise.
@@ -93,7 +94,11 @@ impl Blocks {
             if offset == object {
                 return Some((index, Pointer::Start));
             }
-        } else if offset != 0 && offset == u64::from(self.reference_offsets[index]) {
+        } else if offset != 0 && {
+            // 3.12 tags a managed dict's values pointer by subtracting one.
+            let reference = u64::from(self.reference_offsets[index]);
+            offset == reference || offset + 1 == reference
+        } {
             return Some((index, Pointer::Start));
         }
         Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))

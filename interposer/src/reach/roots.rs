@@ -75,6 +75,10 @@ pub struct ExitingThread {
     pub stack_pointer: u64,
     /// (return address, canonical frame address) of its frames, innermost first.
     pub frames: Vec<(u64, u64)>,
+    /// Whether its stack holds roots. Not for the thread finalising CPython: the program's
+    /// code on it has returned, and the interpreter's shutdown frames lie where the program's
+    /// deepest calls once ran, their unused slots full of stale pointers.
+    pub stack_is_root: bool,
 }
 
 impl ExitingThread {
@@ -164,6 +168,13 @@ pub fn collect(
     let own_tid = sys::gettid();
     for tid in thread_ids().into_iter().filter(|&tid| tid != own_tid) {
         let stack_pointer = match exiting {
+            Some(thread) if thread.tid == tid && !thread.stack_is_root => {
+                roots.threads += 1;
+                if let Some(index) = maps.iter().position(|m| m.contains(thread.stack_pointer)) {
+                    stack_mappings.push(index);
+                }
+                continue;
+            }
             Some(thread) if thread.tid == tid => Some(thread.live_stack_start(modules)),
             _ => registers_with_retry(tid).map(|(stack_pointer, arguments)| {
                 roots.words.extend(arguments);

@@ -18,7 +18,6 @@ use crate::config;
 use crate::python;
 use crate::reach::ExitingThread;
 use crate::sys;
-use crate::unwind;
 
 /// How long the finalising thread waits for the scan beyond its time limit.
 const MARGIN: Duration = Duration::from_secs(10);
@@ -46,12 +45,11 @@ pub fn scan_now() {
         return;
     };
     as_own_work(|| {
-        let mut frames = Vec::new();
-        unwind::frames_with_cfa(&mut frames);
         let from = ExitingThread {
             tid: sys::gettid(),
             stack_pointer: sys::memory::stack_pointer(),
-            frames,
+            frames: Vec::new(),
+            stack_is_root: false,
         };
         if PARKED.load(Ordering::Acquire) {
             collector_thread::resume();

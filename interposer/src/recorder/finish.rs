@@ -84,6 +84,7 @@ fn hand_off(kind: ExitKind, status: Option<i32>) {
             tid: sys::gettid(),
             stack_pointer: sys::memory::stack_pointer(),
             frames,
+            stack_is_root: true,
         }
     });
     offer(

@@ -173,12 +173,25 @@ pub fn merged_stack(
         }
     }
     out.extend(groups.flatten());
+    if !show_interpreter_frames {
+        out.retain(|frame| !is_import_plumbing(frame));
+    }
     let wrappers = out
         .iter()
         .take_while(|f| f.kind == FrameKind::Native && f.function.as_deref().is_some_and(is_allocator_wrapper))
         .count();
     out.drain(..wrappers.min(out.len().saturating_sub(1)));
     out
+}
+
+/// importlib's own Python frames, between an `import` statement and the module it runs:
+/// CPython's tracebacks leave them out as well (`_call_with_frames_removed`).
+fn is_import_plumbing(frame: &Frame) -> bool {
+    frame.kind == FrameKind::Python
+        && frame
+            .file
+            .as_deref()
+            .is_some_and(|file| file.starts_with("<frozen importlib._bootstrap"))
 }
 
 fn native_frame(
@@ -367,6 +380,40 @@ mod tests {
                 "native eval_somewhere -:-",
                 "native Py_RunMain -:-",
                 "native __libc_start_main -:-"
+            ]
+        );
+    }
+
+    #[test]
+    fn importlib_frames_are_hidden_unless_interpreter_frames_are_asked_for() {
+        let (mut t, table) = python_process();
+        t.code(3, "_call_with_frames_removed", "<frozen importlib._bootstrap>", 241);
+        t.code(
+            4,
+            "ExtensionFileLoader.exec_module",
+            "<frozen importlib._bootstrap_external>",
+            1241,
+        );
+        let leaf = t.define_stack(&[
+            native(0x30010),
+            python(3),
+            python(4),
+            python(2),
+            TraceFrame::PythonEntry,
+            native(0x11050),
+            native(0x10900),
+            native(0x40100),
+        ]);
+        assert_eq!(
+            merge(&t, &table, leaf, false),
+            ["native leaky_alloc ext.c:5", "python <module> app.py:1"]
+        );
+        assert_eq!(
+            merge(&t, &table, leaf, true)[1..4],
+            [
+                "python _call_with_frames_removed <frozen importlib._bootstrap>:241",
+                "python ExtensionFileLoader.exec_module <frozen importlib._bootstrap_external>:1241",
+                "python <module> app.py:1",
             ]
         );
     }
