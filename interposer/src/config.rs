@@ -9,6 +9,11 @@
 //!   `LD_PRELOAD` and are traced too; libleak then also exports `LIBLEAK_OUTPUT` (the
 //!   starting directory, when unset) so that a child started elsewhere writes beside it.
 //! - `LIBLEAK_DISABLE=1`: load but record nothing.
+//! - `LIBLEAK_REDACT_ARGS=1`: keep the command line's arguments out of the trace: `argv[0]`
+//!   is recorded and every argument after it as `…`. Even without it, the value of a long
+//!   option whose name ends with `password`, `passwd`, `token`, `secret`, `api-key` or
+//!   `apikey` (any case; `--name=VALUE` or `--name VALUE`) is recorded as `***`. The trace's
+//!   file name is derived from the whole command line either way.
 //! - `LIBLEAK_PYTHONMALLOC=keep`: leave CPython's allocator alone. By default, when the
 //!   process runs CPython and `PYTHONMALLOC` is unset, libleak sets `PYTHONMALLOC=malloc`
 //!   before the interpreter starts, so that Python objects are allocated (and seen) through
@@ -29,6 +34,8 @@ const DEFAULT_SCAN_SECONDS: f64 = 30.0;
 pub struct Config {
     pub output_template: Option<String>,
     pub disabled: bool,
+    /// `LIBLEAK_REDACT_ARGS=1`: record `argv[0]` only, each argument as `…`.
+    pub redact_args: bool,
     /// Trace the processes this one starts (`LIBLEAK_FOLLOW`, on unless `0`).
     pub follow: bool,
     pub python_malloc: PythonMalloc,
@@ -55,6 +62,7 @@ impl Config {
         Config {
             output_template: var("LIBLEAK_OUTPUT"),
             disabled: var("LIBLEAK_DISABLE").is_some_and(|v| v != "0"),
+            redact_args: var("LIBLEAK_REDACT_ARGS").is_some_and(|v| v != "0"),
             follow: var("LIBLEAK_FOLLOW").is_none_or(|v| v != "0"),
             python_malloc: if var("LIBLEAK_PYTHONMALLOC").is_some_and(|v| v == "keep") || var("PYTHONMALLOC").is_some()
             {

