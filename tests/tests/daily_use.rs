@@ -35,6 +35,82 @@ fn trace_like_plain(scratch: &Scratch, exe: &std::path::Path, args: &[&str]) -> 
 }
 
 #[test]
+fn allocator_looked_up_by_handle_is_recorded() {
+    let scratch = Scratch::new("dlsym-handle");
+    let exe = build(&scratch, "dlsym_handle.c");
+    let traced = trace_like_plain(&scratch, &exe, &[]);
+    assert_eq!(traced.output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&traced.output.stdout), "strlen by handle: 7\n");
+    let report = report_json(&traced.trace);
+    assert_eq!(report["complete"], true);
+    let src = "daily/dlsym_handle.c";
+    assert_leak(&report, "leak_by_dlsym", src, line_of(src, "@dlsym_malloc"), 3 * 333, 3);
+    assert_leak(
+        &report,
+        "leak_by_dlvsym",
+        src,
+        line_of(src, "@dlvsym_calloc"),
+        2 * 444,
+        2,
+    );
+    assert_eq!(
+        report["leaks"].as_array().map(Vec::len),
+        Some(2),
+        "only the planted leaks (the block freed through the handle's free is not one): {report:#}"
+    );
+}
+
+#[test]
+fn rtld_next_from_the_programs_own_malloc_still_finds_the_next_one() {
+    let scratch = Scratch::new("rtld-next");
+    let exe = build(&scratch, "next_wrapper.c");
+    let traced = trace_like_plain(&scratch, &exe, &[]);
+    assert_eq!(
+        String::from_utf8_lossy(&traced.output.stdout),
+        "through the wrapper: 1\n"
+    );
+    assert_eq!(traced.output.status.code(), Some(3));
+    // "Next" after the program is libleak's malloc (not libc's, which a wrapper calling the
+    // real dlsym on the program's behalf would give): the leaks are recorded, at the call in
+    // the program's malloc.
+    let report = report_json(&traced.trace);
+    let src = "daily/next_wrapper.c";
+    assert_leak(&report, "malloc", src, line_of(src, "@next_call"), 4 * 77, 4);
+}
+
+#[test]
+fn ctypes_malloc_from_libc_is_recorded_on_every_interpreter() {
+    let pythons = pythons();
+    if pythons.is_empty() {
+        eprintln!("skipping: no supported Python interpreter found");
+        return;
+    }
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new("ctypes-libc");
+        std::fs::copy(
+            fixtures_dir().join("daily/ctypes_libc_malloc.py"),
+            scratch.join("ctypes_libc_malloc.py"),
+        )
+        .expect("copy script");
+        let trace = python.run_script_traced(&scratch, "ctypes_libc_malloc.py", &label);
+        let report = report_json(&trace);
+        let rows: Vec<_> = report["leaks"]
+            .as_array()
+            .expect("leaks")
+            .iter()
+            .filter(|leak| leak["bytes"] == 5 * 4242)
+            .collect();
+        assert_eq!(
+            rows.len(),
+            1,
+            "{label}: one row of the five 4242-byte leaks: {report:#}"
+        );
+        assert_eq!(rows[0]["blocks"], 5, "{label}");
+    }
+}
+
+#[test]
 fn trace_is_private_and_secret_arguments_are_redacted() {
     let scratch = Scratch::new("redact");
     let exe = build(&scratch, "dlsym_handle.c");

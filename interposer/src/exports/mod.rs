@@ -3,6 +3,7 @@
 //! about it to [`crate::recorder`]:
 //! - `alloc`: the malloc family, `free`, `malloc_usable_size`;
 //! - `process`: `exit`, `_exit`, `_Exit`, `abort`, the `exec` family, `dlopen`, `dlclose`;
+//! - `symbols`: `dlsym` and `dlvsym`, handing out the allocator wrappers for lookups by handle;
 //! - `init`: the library constructor.
 //!
 //! Must never change what the caller sees (results, errno, `free(NULL)`, alignment errors),
@@ -12,3 +13,4 @@
 mod alloc;
 mod init;
 mod process;
+mod symbols;
