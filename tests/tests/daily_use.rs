@@ -58,6 +58,9 @@ fn allocator_looked_up_by_handle_is_recorded() {
         Some(2),
         "only the planted leaks (the block freed through the handle's free is not one): {report:#}"
     );
+    // main returned 0: glibc's own call to exit, which no export sees, still has its status.
+    assert_eq!(report["exit"]["kind"], "exit");
+    assert_eq!(report["exit"]["status"], 0, "status of a return from main");
 }
 
 #[test]
@@ -76,6 +79,7 @@ fn rtld_next_from_the_programs_own_malloc_still_finds_the_next_one() {
     let report = report_json(&traced.trace);
     let src = "daily/next_wrapper.c";
     assert_leak(&report, "malloc", src, line_of(src, "@next_call"), 4 * 77, 4);
+    assert_eq!(report["exit"]["status"], 3, "status of a return from main");
 }
 
 #[test]
@@ -107,6 +111,7 @@ fn ctypes_malloc_from_libc_is_recorded_on_every_interpreter() {
             "{label}: one row of the five 4242-byte leaks: {report:#}"
         );
         assert_eq!(rows[0]["blocks"], 5, "{label}");
+        assert_eq!(report["exit"]["status"], 0, "{label}: status of a normal end");
     }
 }
 

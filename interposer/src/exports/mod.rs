@@ -2,7 +2,8 @@
 //! symbol makes the real call through [`crate::sys::real`] and delegates what libleak does
 //! about it to [`crate::recorder`]:
 //! - `alloc`: the malloc family, `free`, `malloc_usable_size`;
-//! - `process`: `exit`, `_exit`, `_Exit`, `abort`, the `exec` family, `dlopen`, `dlclose`;
+//! - `process`: `__libc_start_main` (to learn what `main` returns), `exit`, `_exit`, `_Exit`,
+//!   `abort`, the `exec` family, `dlopen`, `dlclose`;
 //! - `symbols`: `dlsym` and `dlvsym`, handing out the allocator wrappers for lookups by handle;
 //! - `init`: the library constructor.
 //!

@@ -26,6 +26,17 @@ type ExecvFn = unsafe extern "C" fn(*const libc::c_char, Strings) -> c_int;
 type FexecveFn = unsafe extern "C" fn(c_int, Strings, Strings) -> c_int;
 type ReallocArrayFn = unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
 type DlsymFn = unsafe extern "C" fn(*mut c_void, *const libc::c_char) -> *mut c_void;
+/// `__libc_start_main`'s arguments after `main`: argc, argv, init, fini, rtld_fini, stack end.
+pub type MainFn = unsafe extern "C" fn(c_int, *mut *mut libc::c_char, *mut *mut libc::c_char) -> c_int;
+pub type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut libc::c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
 
 /// The resolved entry points. Written once, before `STATE` becomes `READY`.
 pub struct Real {
@@ -52,6 +63,7 @@ pub struct Real {
     pub fexecve: FexecveFn,
     /// Not called (libleak's `reallocarray` uses `realloc`): what `dlsym` answers are compared to.
     pub reallocarray: ReallocArrayFn,
+    pub libc_start_main: StartMainFn,
 }
 
 const UNRESOLVED: u8 = 0;
@@ -153,6 +165,7 @@ fn lookup_all() -> Option<Real> {
         execvpe: next!(c"execvpe", ExecveFn),
         fexecve: next!(c"fexecve", FexecveFn),
         reallocarray: next!(c"reallocarray", ReallocArrayFn),
+        libc_start_main: next!(c"__libc_start_main", StartMainFn),
     })
 }
 
