@@ -168,3 +168,43 @@ fn redact_args_keeps_every_argument_out_but_not_the_file_name() {
     assert_eq!(report["process"]["argv"], serde_json::json!([exe_arg, "…", "…"]));
     assert_eq!(report["process"]["program"], "fixture");
 }
+
+#[test]
+fn not_following_leaves_the_childrens_allocator_alone() {
+    let pythons = pythons();
+    if pythons.is_empty() {
+        eprintln!("skipping: no supported Python interpreter found");
+        return;
+    }
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new("follow-0");
+        let script = fixtures_dir().join("daily/pythonmalloc_children.py");
+        let output = run(Command::new(&python.real_path)
+            .arg(&script)
+            .current_dir(&scratch.path)
+            .env_remove("PYTHONMALLOC")
+            .env("LD_PRELOAD", libleak_so())
+            .env("LIBLEAK_OUTPUT", scratch.join("trace.%p"))
+            .env("LIBLEAK_FOLLOW", "0"));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{label}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The traced interpreter runs on malloc; its child, not traced, on pymalloc as it would
+        // without libleak, and neither sees a PYTHONMALLOC it was not given.
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "parent pymalloc: False\nparent environ: None\nchild environ: None\nchild pymalloc: True\n",
+            "{label}"
+        );
+        let traces = std::fs::read_dir(&scratch.path)
+            .expect("list")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("trace."))
+            .count();
+        assert_eq!(traces, 1, "{label}: only the parent is traced");
+    }
+}

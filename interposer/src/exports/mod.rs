@@ -5,6 +5,7 @@
 //! - `process`: `__libc_start_main` (to learn what `main` returns), `exit`, `_exit`, `_Exit`,
 //!   `abort`, the `exec` family, `dlopen`, `dlclose`;
 //! - `symbols`: `dlsym` and `dlvsym`, handing out the allocator wrappers for lookups by handle;
+//! - `env`: `getenv`, answering `PYTHONMALLOC` for this process alone;
 //! - `init`: the library constructor.
 //!
 //! Must never change what the caller sees (results, errno, `free(NULL)`, alignment errors),
@@ -12,6 +13,7 @@
 #![allow(unsafe_code)]
 
 mod alloc;
+mod env;
 mod init;
 mod process;
 mod symbols;

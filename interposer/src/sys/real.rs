@@ -25,6 +25,7 @@ type ExecveFn = unsafe extern "C" fn(*const libc::c_char, Strings, Strings) -> c
 type ExecvFn = unsafe extern "C" fn(*const libc::c_char, Strings) -> c_int;
 type FexecveFn = unsafe extern "C" fn(c_int, Strings, Strings) -> c_int;
 type ReallocArrayFn = unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
+type GetenvFn = unsafe extern "C" fn(*const libc::c_char) -> *mut libc::c_char;
 type DlsymFn = unsafe extern "C" fn(*mut c_void, *const libc::c_char) -> *mut c_void;
 /// `__libc_start_main`'s arguments after `main`: argc, argv, init, fini, rtld_fini, stack end.
 pub type MainFn = unsafe extern "C" fn(c_int, *mut *mut libc::c_char, *mut *mut libc::c_char) -> c_int;
@@ -63,6 +64,7 @@ pub struct Real {
     pub fexecve: FexecveFn,
     /// Not called (libleak's `reallocarray` uses `realloc`): what `dlsym` answers are compared to.
     pub reallocarray: ReallocArrayFn,
+    pub getenv: GetenvFn,
     pub libc_start_main: StartMainFn,
 }
 
@@ -165,6 +167,7 @@ fn lookup_all() -> Option<Real> {
         execvpe: next!(c"execvpe", ExecveFn),
         fexecve: next!(c"fexecve", FexecveFn),
         reallocarray: next!(c"reallocarray", ReallocArrayFn),
+        getenv: next!(c"getenv", GetenvFn),
         libc_start_main: next!(c"__libc_start_main", StartMainFn),
     })
 }
