@@ -4,7 +4,8 @@
 //! or private) reaches the lookup. They are found here as `RTLD_NEXT` would find them, without
 //! calling the loader: the first object loaded after libleak whose dynamic symbol table
 //! defines the name (libc.so.6 on glibc 2.34 and later, libdl.so.2 before), read from its
-//! file mapped read-only, its default version preferred.
+//! file mapped read-only, its default version preferred; if no object after libleak defines
+//! it (libleak was itself `dlopen`ed), the first other object that does.
 //!
 //! Must never allocate (the real allocator may itself be being looked up, through these),
 //! call `dlsym`, or keep the file mapped or open after the lookup.
@@ -31,7 +32,10 @@ pub fn real_dl() -> Option<(usize, usize)> {
             return (STATE.load(Ordering::Acquire) == DONE)
                 .then(|| (DLSYM.load(Ordering::Acquire), DLVSYM.load(Ordering::Acquire)));
         }
-        let found = find_after_own(&[b"dlsym", b"dlvsym"]);
+        let mut found = find_other(&[b"dlsym", b"dlvsym"], false);
+        if found.contains(&0) {
+            found = find_other(&[b"dlsym", b"dlvsym"], true);
+        }
         DLSYM.store(found[0], Ordering::Release);
         DLVSYM.store(found[1], Ordering::Release);
         STATE.store(DONE, Ordering::Release);
@@ -39,8 +43,9 @@ pub fn real_dl() -> Option<(usize, usize)> {
     Some((DLSYM.load(Ordering::Acquire), DLVSYM.load(Ordering::Acquire)))
 }
 
-/// The absolute address of each name in the first object after ours that defines it.
-fn find_after_own<const N: usize>(names: &[&[u8]; N]) -> [usize; N] {
+/// The absolute address of each name in the first object after ours (with `anywhere`, the
+/// first object but ours) that defines it; 0 where none does.
+fn find_other<const N: usize>(names: &[&[u8]; N], anywhere: bool) -> [usize; N] {
     struct Walk<'a, const N: usize> {
         own: usize,
         past_own: bool,
@@ -54,8 +59,8 @@ fn find_after_own<const N: usize>(names: &[&[u8]; N]) -> [usize; N] {
         // SAFETY: as above, `dlpi_phdr` holds `dlpi_phnum` headers.
         let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
         let contains_own = headers.iter().any(|h| {
-            let start = (info.dlpi_addr + h.p_vaddr) as usize;
-            h.p_type == libc::PT_LOAD && (start..start + h.p_memsz as usize).contains(&walk.own)
+            let start = info.dlpi_addr.wrapping_add(h.p_vaddr) as usize;
+            h.p_type == libc::PT_LOAD && (start..start.wrapping_add(h.p_memsz as usize)).contains(&walk.own)
         });
         if contains_own {
             walk.past_own = true;
@@ -69,8 +74,17 @@ fn find_after_own<const N: usize>(names: &[&[u8]; N]) -> [usize; N] {
         with_mapped_file(path, &mut |file| {
             for (slot, name) in walk.found.iter_mut().zip(walk.names) {
                 if *slot == 0 {
-                    if let Some(value) = defined_symbol(file, name) {
-                        *slot = info.dlpi_addr as usize + value as usize;
+                    // Only an address in the object's mapped code: the file on disk may have
+                    // been replaced since it was loaded.
+                    let in_code = |value: u64| {
+                        headers.iter().any(|h| {
+                            h.p_type == libc::PT_LOAD
+                                && h.p_flags & libc::PF_X != 0
+                                && (h.p_vaddr..h.p_vaddr.saturating_add(h.p_memsz)).contains(&value)
+                        })
+                    };
+                    if let Some(value) = defined_symbol(file, name).filter(|&v| in_code(v)) {
+                        *slot = (info.dlpi_addr as usize).wrapping_add(value as usize);
                     }
                 }
             }
@@ -78,8 +92,8 @@ fn find_after_own<const N: usize>(names: &[&[u8]; N]) -> [usize; N] {
         c_int::from(walk.found.iter().all(|&f| f != 0))
     }
     let mut walk = Walk {
-        own: find_after_own::<N> as *const () as usize,
-        past_own: false,
+        own: find_other::<N> as *const () as usize,
+        past_own: anywhere,
         names,
         found: [0; N],
     };
@@ -118,13 +132,13 @@ fn with_mapped_file(path: &CStr, visit: &mut dyn FnMut(&[u8])) {
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<usize> {
-    Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?).into())
+    Some(u16::from_le_bytes(bytes.get(at..at.checked_add(2)?)?.try_into().ok()?).into())
 }
 fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
-    Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize)
+    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
 }
 fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 const SHT_DYNSYM: usize = 11;
@@ -146,10 +160,10 @@ fn defined_symbol(file: &[u8], name: &[u8]) -> Option<u64> {
     let section = |index: usize| {
         let at = section_offset.checked_add(index.checked_mul(section_size)?)?;
         Some((
-            u32_at(file, at + 4)?,
-            u64_at(file, at + 0x18)? as usize,
-            u64_at(file, at + 0x20)? as usize,
-            u32_at(file, at + 0x28)?,
+            u32_at(file, at.wrapping_add(4))?,
+            u64_at(file, at.wrapping_add(0x18))? as usize,
+            u64_at(file, at.wrapping_add(0x20))? as usize,
+            u32_at(file, at.wrapping_add(0x28))?,
         ))
     };
     let find = |wanted: usize| (0..sections).find_map(|i| section(i).filter(|s| s.0 == wanted));
@@ -159,8 +173,12 @@ fn defined_symbol(file: &[u8], name: &[u8]) -> Option<u64> {
     let versions = find(SHT_GNU_VERSYM).map(|(_, at, _, _)| at);
     let mut fallback = None;
     for index in 0..symbols_size / SYM_BYTES {
-        let at = symbols_at + index * SYM_BYTES;
-        let (name_at, info, section_index) = (u32_at(file, at)?, *file.get(at + 4)?, u16_at(file, at + 6)?);
+        let at = symbols_at.wrapping_add(index * SYM_BYTES);
+        let (name_at, info, section_index) = (
+            u32_at(file, at)?,
+            *file.get(at.wrapping_add(4))?,
+            u16_at(file, at.wrapping_add(6))?,
+        );
         if info & 0xf != STT_FUNC || section_index == 0 {
             continue;
         }
@@ -168,9 +186,9 @@ fn defined_symbol(file: &[u8], name: &[u8]) -> Option<u64> {
         if symbol_name != name {
             continue;
         }
-        let value = u64_at(file, at + 8)?;
+        let value = u64_at(file, at.wrapping_add(8))?;
         let hidden = versions
-            .and_then(|v| u16_at(file, v + 2 * index))
+            .and_then(|v| u16_at(file, v.wrapping_add(2 * index)))
             .is_some_and(|v| v & VERSYM_HIDDEN != 0);
         if !hidden {
             return Some(value);
@@ -178,4 +196,38 @@ fn defined_symbol(file: &[u8], name: &[u8]) -> Option<u64> {
         fallback.get_or_insert(value);
     }
     fallback
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn libc_file() -> Vec<u8> {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let path = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .find(|path| path.contains("/libc.so"))
+            .expect("libc is mapped");
+        std::fs::read(path).expect("read libc")
+    }
+
+    #[test]
+    fn finds_the_real_lookup_functions() {
+        let libc = libc_file();
+        assert!(defined_symbol(&libc, b"dlsym").is_some());
+        assert!(defined_symbol(&libc, b"dlvsym").is_some());
+        assert_eq!(defined_symbol(&libc, b"no_such_function"), None);
+        let (dlsym, dlvsym) = real_dl().expect("looked up");
+        assert!(dlsym != 0 && dlvsym != 0 && dlsym != dlvsym);
+    }
+
+    #[test]
+    fn never_panics_on_a_cut_or_foreign_file() {
+        let libc = libc_file();
+        for cut in [0, 4, 5, 0x3e, 0x40, 4096, libc.len() / 2, libc.len() - 1] {
+            let _ = defined_symbol(&libc[..cut], b"dlsym");
+        }
+        assert_eq!(defined_symbol(b"#!/bin/sh\n", b"dlsym"), None);
+    }
 }
