@@ -208,3 +208,42 @@ fn not_following_leaves_the_childrens_allocator_alone() {
         assert_eq!(traces, 1, "{label}: only the parent is traced");
     }
 }
+
+#[test]
+fn followed_children_run_on_malloc_without_inheriting_pythonmalloc() {
+    let pythons = pythons();
+    if pythons.is_empty() {
+        eprintln!("skipping: no supported Python interpreter found");
+        return;
+    }
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new("follow-1");
+        let script = fixtures_dir().join("daily/pythonmalloc_children.py");
+        let output = run(Command::new(&python.real_path)
+            .arg(&script)
+            .current_dir(&scratch.path)
+            .env_remove("PYTHONMALLOC")
+            .env_remove("LIBLEAK_FOLLOW")
+            .env("LD_PRELOAD", libleak_so())
+            .env("LIBLEAK_OUTPUT", scratch.join("trace.%p")));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{label}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The child is traced: its own libleak makes it run on malloc too.
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout),
+            "parent pymalloc: False\nparent environ: None\nchild environ: None\nchild pymalloc: False\n",
+            "{label}"
+        );
+        let traces = std::fs::read_dir(&scratch.path)
+            .expect("list")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("trace."))
+            .count();
+        assert_eq!(traces, 2, "{label}: the parent and its child are traced");
+    }
+}
