@@ -9,9 +9,15 @@
 //!   `LD_PRELOAD` and are traced too; libleak then also exports `LIBLEAK_OUTPUT` (the
 //!   starting directory, when unset) so that a child started elsewhere writes beside it.
 //! - `LIBLEAK_DISABLE=1`: load but record nothing.
+//! - `LIBLEAK_REDACT_ARGS=1`: keep the command line's arguments out of the trace: `argv[0]`
+//!   is recorded and every argument after it as `…`. Even without it, the value of a long
+//!   option whose name ends with `password`, `passwd`, `token`, `secret`, `api-key` or
+//!   `apikey` (any case; `--name=VALUE` or `--name VALUE`) is recorded as `***`. The trace's
+//!   file name is derived from the whole command line either way.
 //! - `LIBLEAK_PYTHONMALLOC=keep`: leave CPython's allocator alone. By default, when the
-//!   process runs CPython and `PYTHONMALLOC` is unset, libleak sets `PYTHONMALLOC=malloc`
-//!   before the interpreter starts, so that Python objects are allocated (and seen) through
+//!   process runs CPython and `PYTHONMALLOC` is unset, the interpreter is made to read
+//!   `PYTHONMALLOC=malloc` (libleak's `getenv` answers it; the environment, which children
+//!   inherit, is not changed), so that Python objects are allocated (and seen) through
 //!   malloc instead of pymalloc's arenas.
 //! - `LIBLEAK_SCAN=0`: skip the reachability scan at exit (blocks stay unclassified).
 //! - `LIBLEAK_SCAN_SECONDS`: time limit of that scan (default 30); past it the trace says
@@ -19,6 +25,8 @@
 //! - `LIBLEAK_CHECK_UNWIND=N`: also unwind every Nth allocation with libgcc's unwinder and
 //!   compare; at exit, one line on stderr gives the counts (a check of libleak itself).
 
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -29,6 +37,8 @@ const DEFAULT_SCAN_SECONDS: f64 = 30.0;
 pub struct Config {
     pub output_template: Option<String>,
     pub disabled: bool,
+    /// `LIBLEAK_REDACT_ARGS=1`: record `argv[0]` only, each argument as `…`.
+    pub redact_args: bool,
     /// Trace the processes this one starts (`LIBLEAK_FOLLOW`, on unless `0`).
     pub follow: bool,
     pub python_malloc: PythonMalloc,
@@ -55,6 +65,7 @@ impl Config {
         Config {
             output_template: var("LIBLEAK_OUTPUT"),
             disabled: var("LIBLEAK_DISABLE").is_some_and(|v| v != "0"),
+            redact_args: var("LIBLEAK_REDACT_ARGS").is_some_and(|v| v != "0"),
             follow: var("LIBLEAK_FOLLOW").is_none_or(|v| v != "0"),
             python_malloc: if var("LIBLEAK_PYTHONMALLOC").is_some_and(|v| v == "keep") || var("PYTHONMALLOC").is_some()
             {
@@ -89,15 +100,31 @@ pub fn get() -> Option<&'static Config> {
     CONFIG.get()
 }
 
-/// Sets `PYTHONMALLOC=malloc` unless it is set; true when it was set here. Called from the
-/// library constructor (before the interpreter reads its configuration, and before any
-/// thread of the program exists) or right after the `dlopen` that loaded an interpreter.
+/// Whether `getenv("PYTHONMALLOC")` is answered `malloc` (see [`set_pythonmalloc_malloc`]).
+static ANSWER_PYTHONMALLOC: AtomicBool = AtomicBool::new(false);
+
+/// Makes CPython in this process read `PYTHONMALLOC=malloc` unless the variable is set; true
+/// when libleak supplies it. The environment is not changed: the exported `getenv` answers
+/// for the missing variable ([`answer_for_unset`]), so that the programs this process starts
+/// inherit the environment as it was (with `LIBLEAK_FOLLOW=0` they must not run on malloc
+/// for libleak's sake; followed, their own libleak answers them). Called from the library
+/// constructor (before the interpreter reads its configuration) or right after the `dlopen`
+/// that loaded an interpreter.
 pub fn set_pythonmalloc_malloc() -> bool {
+    if ANSWER_PYTHONMALLOC.load(Ordering::Relaxed) {
+        return true;
+    }
     if std::env::var_os("PYTHONMALLOC").is_some() {
         return false;
     }
-    std::env::set_var("PYTHONMALLOC", "malloc");
+    ANSWER_PYTHONMALLOC.store(true, Ordering::Relaxed);
     true
+}
+
+/// What `getenv` answers for `name` when the environment does not have it: `malloc` for
+/// `PYTHONMALLOC` once [`set_pythonmalloc_malloc`] chose it, otherwise nothing.
+pub fn answer_for_unset(name: &CStr) -> Option<&'static CStr> {
+    (name.to_bytes() == b"PYTHONMALLOC" && ANSWER_PYTHONMALLOC.load(Ordering::Relaxed)).then_some(c"malloc")
 }
 
 /// Applies `LIBLEAK_FOLLOW` to what child processes inherit. Following: a relative or unset

@@ -2,7 +2,10 @@
 //! symbol makes the real call through [`crate::sys::real`] and delegates what libleak does
 //! about it to [`crate::recorder`]:
 //! - `alloc`: the malloc family, `free`, `malloc_usable_size`;
-//! - `process`: `exit`, `_exit`, `_Exit`, `abort`, the `exec` family, `dlopen`, `dlclose`;
+//! - `process`: `__libc_start_main` (to learn what `main` returns), `exit`, `_exit`, `_Exit`,
+//!   `abort`, the `exec` family, `dlopen`, `dlclose`;
+//! - `symbols`: `dlsym` and `dlvsym`, handing out the allocator wrappers for lookups by handle;
+//! - `env`: `getenv`, answering `PYTHONMALLOC` for this process alone;
 //! - `init`: the library constructor.
 //!
 //! Must never change what the caller sees (results, errno, `free(NULL)`, alignment errors),
@@ -10,5 +13,7 @@
 #![allow(unsafe_code)]
 
 mod alloc;
+mod env;
 mod init;
 mod process;
+mod symbols;

@@ -1,15 +1,20 @@
-//! The exported process-lifecycle symbols: `exit`, `_exit`, `_Exit`, `abort`, the `exec`
-//! family, `dlopen` and `dlclose`. Each makes the real call and tells the recorder what is
-//! about to happen (or just happened) to the process image.
+//! The exported process-lifecycle symbols: `__libc_start_main`, `exit`, `_exit`, `_Exit`,
+//! `abort`, the `exec` family, `dlopen` and `dlclose`. Each makes the real call and tells the
+//! recorder what is about to happen (or just happened) to the process image.
+//!
+//! A `main` that returns hands its status to glibc, whose call to `exit` is internal to libc
+//! and never reaches the exported `exit`: `__libc_start_main` is therefore handed a `main`
+//! of libleak's that calls the program's and notes what it returns.
 //!
 //! Must never change what the caller sees: results and errno are the real call's.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libleak_format::ExitKind;
 
 use crate::recorder::{self, ExecTarget};
-use crate::sys::real::{self, Real};
+use crate::sys::real::{self, MainFn, Real};
 use crate::sys::{errno, set_errno};
 
 type Strings = *const *const c_char;
@@ -19,6 +24,39 @@ fn exit_group(status: c_int) -> ! {
         // SAFETY: exit_group ends the process and does not return.
         unsafe { libc::syscall(libc::SYS_exit_group, status) };
     }
+}
+
+/// The program's `main`, as `__libc_start_main` was given it.
+static PROGRAM_MAIN: AtomicUsize = AtomicUsize::new(0);
+
+/// The `main` glibc runs: the program's, then the status it returned is noted.
+extern "C" fn main_noting_status(argc: c_int, argv: *mut *mut c_char, envp: *mut *mut c_char) -> c_int {
+    // SAFETY: set below to the program's main (of type MainFn) before this can run.
+    let main = unsafe { std::mem::transmute::<usize, MainFn>(PROGRAM_MAIN.load(Ordering::Acquire)) };
+    // SAFETY: the arguments glibc passes to main.
+    let status = unsafe { main(argc, argv, envp) };
+    recorder::note_exit_status(status);
+    status
+}
+
+/// # Safety
+/// As for glibc's `__libc_start_main` (called by the program's `_start`).
+#[no_mangle]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: c_int,
+    argv: *mut *mut c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> c_int {
+    let Some(real) = real::get() else {
+        exit_group(127); // the real allocator was not found, as said on stderr
+    };
+    PROGRAM_MAIN.store(main as usize, Ordering::Release);
+    // SAFETY: forwarding `_start`'s arguments, with a main of the same signature.
+    unsafe { (real.libc_start_main)(main_noting_status, argc, argv, init, fini, rtld_fini, stack_end) }
 }
 
 #[no_mangle]

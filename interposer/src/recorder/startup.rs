@@ -18,7 +18,7 @@ use super::seq;
 use super::state::{self, State};
 use super::stats;
 use super::thread::{self, as_own_work, EXIT_KEY};
-use super::trace_open::{open_trace, process_info};
+use super::trace_open::{open_trace, process_info, set_redact_all_args};
 use crate::collector::{Collector, CollectorStart, ScanSettings};
 use crate::config::{self, Config, PythonMalloc};
 use crate::python;
@@ -47,6 +47,7 @@ fn start_recording() -> Result<(), String> {
     // Before any event: no other thread appends yet.
     slots::choose_fences(config.slot_locks);
     seq::allow_one_thread_alone(slots::uses_fences());
+    set_redact_all_args(config.redact_args);
     let info = process_info();
     let file = open_trace(&config, &info)?;
     let path = file.path().to_string();

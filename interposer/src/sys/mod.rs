@@ -9,6 +9,7 @@
 //! - `stack`: the unwinder's registers and stack reads, libgcc's unwinder;
 //! - `glibc`: what libleak knows of glibc malloc's internal layout;
 //! - `real`: the next allocator in the lookup chain, and the bootstrap arena;
+//! - `dl_next`: the real `dlsym` and `dlvsym`, found without calling them by name;
 //! - `slots`: the per-thread event batches the collector can drain;
 //! - `python_raw`: CPython's symbols and raw reads of its thread states, frames, code objects;
 //! - `buffer`: uninitialised fixed-size word buffers, zeroed tables, and a write prefetch;
@@ -20,6 +21,7 @@
 #![allow(unsafe_code)]
 
 pub mod buffer;
+pub mod dl_next;
 pub mod glibc;
 pub mod loader;
 pub mod maps;

@@ -24,6 +24,20 @@ type Strings = *const *const libc::c_char;
 type ExecveFn = unsafe extern "C" fn(*const libc::c_char, Strings, Strings) -> c_int;
 type ExecvFn = unsafe extern "C" fn(*const libc::c_char, Strings) -> c_int;
 type FexecveFn = unsafe extern "C" fn(c_int, Strings, Strings) -> c_int;
+type ReallocArrayFn = unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void;
+type GetenvFn = unsafe extern "C" fn(*const libc::c_char) -> *mut libc::c_char;
+type DlsymFn = unsafe extern "C" fn(*mut c_void, *const libc::c_char) -> *mut c_void;
+/// `__libc_start_main`'s arguments after `main`: argc, argv, init, fini, rtld_fini, stack end.
+pub type MainFn = unsafe extern "C" fn(c_int, *mut *mut libc::c_char, *mut *mut libc::c_char) -> c_int;
+pub type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut libc::c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
 
 /// The resolved entry points. Written once, before `STATE` becomes `READY`.
 pub struct Real {
@@ -48,6 +62,10 @@ pub struct Real {
     pub execvp: ExecvFn,
     pub execvpe: ExecveFn,
     pub fexecve: FexecveFn,
+    /// Not called (libleak's `reallocarray` uses `realloc`): what `dlsym` answers are compared to.
+    pub reallocarray: ReallocArrayFn,
+    pub getenv: GetenvFn,
+    pub libc_start_main: StartMainFn,
 }
 
 const UNRESOLVED: u8 = 0;
@@ -104,10 +122,16 @@ fn resolve() -> Option<&'static Real> {
     }
 }
 
+/// `dlsym(RTLD_NEXT, name)` through the real dlsym: libleak's own `dlsym` export would
+/// otherwise answer a call by name. The real one sees this function as its caller, so "next"
+/// means after libleak.
 fn next_symbol(name: &std::ffi::CStr) -> Option<*mut c_void> {
+    let (dlsym, _) = super::dl_next::real_dl().filter(|(dlsym, _)| *dlsym != 0)?;
+    // SAFETY: the address is glibc's dlsym, whose C signature is DlsymFn.
+    let dlsym = unsafe { std::mem::transmute::<usize, DlsymFn>(dlsym) };
     // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name; glibc 2.36's dlsym does not
     // call malloc here, and if it did the call would be served by the bootstrap arena.
-    let ptr = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    let ptr = unsafe { dlsym(libc::RTLD_NEXT, name.as_ptr()) };
     (!ptr.is_null()).then_some(ptr)
 }
 
@@ -142,6 +166,9 @@ fn lookup_all() -> Option<Real> {
         execvp: next!(c"execvp", ExecvFn),
         execvpe: next!(c"execvpe", ExecveFn),
         fexecve: next!(c"fexecve", FexecveFn),
+        reallocarray: next!(c"reallocarray", ReallocArrayFn),
+        getenv: next!(c"getenv", GetenvFn),
+        libc_start_main: next!(c"__libc_start_main", StartMainFn),
     })
 }
 
