@@ -116,10 +116,12 @@ pub fn to_text(report: &Report) -> String {
         );
     }
     if report.header.stats.producer_waits > 0 {
+        let waits = report.header.stats.producer_waits;
         let _ = writeln!(
             out,
-            "note: threads waited {} times for the trace writer",
-            report.header.stats.producer_waits
+            "note: threads waited {} {} for the trace writer",
+            thousands(waits),
+            if waits == 1 { "time" } else { "times" }
         );
     }
     summary_text(&mut out, report);
