@@ -245,6 +245,58 @@ fn signals_sent_to_libleak_run_reach_the_command_once_and_the_report_follows() {
     assert!(text.contains("trace INCOMPLETE"), "{text}");
 }
 
+/// Runs `argv` on a new terminal, types Ctrl-C once `ready` has been printed, and prints what
+/// the terminal showed, then `status N`.
+const CTRL_C_ON_A_TERMINAL_PY: &str = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+while b"ready" not in out:
+    out += os.read(fd, 1024)
+os.write(fd, b"\x03")
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+print("status", os.waitstatus_to_exitcode(status))
+"#;
+
+#[test]
+fn ctrl_c_on_a_terminal_reaches_the_command_once_and_libleak_reports() {
+    let scratch = Scratch::new("run-ctrl-c");
+    let leaky = build_leaky(&scratch);
+    let python = pythons()
+        .into_iter()
+        .next()
+        .expect("a Python interpreter to drive a terminal");
+    let script = scratch.join("ctrl_c.py");
+    std::fs::write(&script, CTRL_C_ON_A_TERMINAL_PY).unwrap();
+    let out = run(Command::new(&python.real_path)
+        .arg(&script)
+        .arg(libleak_bin())
+        .args(["run", "--json", "--report-file", "report.json", "--"])
+        .arg(&leaky)
+        .args(["4242", "wait"])
+        .current_dir(&scratch.path)
+        .env("LIBLEAK_SO", libleak_so()));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", describe(&out));
+    // The terminal sent SIGINT to the whole foreground group: libleak did not send it again.
+    assert!(shown.contains("got 2 1\r\n"), "{shown}");
+    assert!(shown.ends_with("status 42\n"), "{shown}");
+    let reports = processes(&parse(&std::fs::read(scratch.join("report.json")).unwrap(), "report"));
+    assert_eq!(reports.len(), 1);
+    assert_eq!(leaked_bytes(&reports[0]), 4242);
+}
+
 #[test]
 fn the_report_never_goes_into_the_programs_stdout() {
     let pythons = pythons();
