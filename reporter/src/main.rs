@@ -231,6 +231,13 @@ fn run(
     for warning in &run.warnings {
         warn(warning);
     }
+    // On a terminal each process's libleak.so named the private file it wrote; where the
+    // trace is now is what the user can use (pipes and files get the report alone).
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        for trace in &run.traces {
+            warn(&format!("trace written to {}", trace.display()));
+        }
+    }
     use std::os::unix::process::ExitStatusExt;
     let code = run
         .status

@@ -293,6 +293,12 @@ fn ctrl_c_on_a_terminal_reaches_the_command_once_and_libleak_reports() {
     assert!(shown.contains("got 2 1\r\n"), "{shown}");
     assert!(shown.ends_with("status 42\n"), "{shown}");
     let reports = processes(&parse(&std::fs::read(scratch.join("report.json")).unwrap(), "report"));
+    // On a terminal, libleak says where the trace is now.
+    let pid = reports[0]["process"]["pid"].as_u64().unwrap();
+    assert!(
+        shown.contains(&format!("libleak: trace written to libleak.leaky.{pid}.trace\r\n")),
+        "{shown}"
+    );
     assert_eq!(reports.len(), 1);
     assert_eq!(leaked_bytes(&reports[0]), 4242);
 }
