@@ -3,10 +3,11 @@
 //! Declarations only: this module must never run, read or print anything beyond turning
 //! flags into [`Options`].
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use libleak_reporter::attribute::suppress;
 use libleak_reporter::model::GroupBy;
 use libleak_reporter::Options;
@@ -50,7 +51,10 @@ pub struct ReportArgs {
     /// Do not apply libleak's built-in suppressions (see `libleak suppressions`).
     #[arg(long)]
     pub no_builtin_suppressions: bool,
-    /// Exit with status 23 when definitely and indirectly lost bytes exceed BYTES (default 0).
+    /// Exit with status 23 when the leaked bytes exceed BYTES (default 0): definitely lost,
+    /// indirectly lost, and unclassified (no complete scan at exit said which, so they may be
+    /// either); possibly lost, reachable, runtime leftovers and suppressed blocks do not count.
+    /// `--fail-on-leak=1000` or `--fail-on-leak 1000`.
     #[arg(long, value_name = "BYTES", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
     pub fail_on_leak: Option<u64>,
 }
@@ -89,12 +93,19 @@ pub enum Command {
         #[command(flatten)]
         report: ReportArgs,
     },
-    /// Run a command with libleak.so preloaded, then report on its trace. Exits with the
-    /// command's status.
+    /// Run a command with libleak.so preloaded, then report on the traces of exactly the
+    /// processes it started, on stderr (or `--report-file`): the command's own output stays
+    /// its own. Signals sent to libleak are passed on to the command. Exits with the command's
+    /// status (128+N when a signal N killed it), or 23 under `--fail-on-leak`.
     Run {
-        /// Where to write the trace (`%p` becomes the pid).
+        /// Where the traces go: a path in which `%p` becomes the pid, or a directory ending in
+        /// `/`; by default `libleak.<program>.<pid>.trace` in the current directory. A name
+        /// taken gets `.N` before `.trace`.
         #[arg(long = "output", value_name = "OUTPUT")]
         trace_template: Option<String>,
+        /// Write the report to this file instead of stderr.
+        #[arg(long, value_name = "PATH")]
+        report_file: Option<PathBuf>,
         #[command(flatten)]
         report: ReportArgs,
         /// The command and its arguments.
@@ -103,4 +114,125 @@ pub enum Command {
     },
     /// List libleak's built-in suppressions and why each exists.
     Suppressions,
+}
+
+/// The command line with `--fail-on-leak N` (a separate number) spelled `--fail-on-leak=N`.
+///
+/// The flag's value is optional, so clap only takes it when attached with `=`: otherwise
+/// `libleak report --fail-on-leak TRACE` would read the trace's name as the value. A word
+/// made only of digits right after the flag is its value, never a trace or a program: it is
+/// attached here. Reading stops at `--` and, for `run`, at the command, whose words are
+/// never touched.
+pub fn attach_fail_on_leak_values(args: Vec<OsString>) -> Vec<OsString> {
+    let cli = Cli::command();
+    let mut out: Vec<OsString> = Vec::with_capacity(args.len());
+    let mut words = args.into_iter();
+    out.extend(words.next());
+    let mut subcommand: Option<clap::Command> = None;
+    while let Some(word) = words.next() {
+        let text = word.to_string_lossy().into_owned();
+        if text == "--" {
+            out.push(word);
+            break;
+        }
+        let Some(current) = &subcommand else {
+            subcommand = cli.find_subcommand(&text).cloned();
+            out.push(word);
+            if subcommand.is_none() && !text.starts_with('-') {
+                break;
+            }
+            continue;
+        };
+        if text == "--fail-on-leak" {
+            let mut rest = words.clone();
+            if let Some(value) = rest.next().filter(|v| {
+                let v = v.to_string_lossy();
+                !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
+            }) {
+                out.push(format!("--fail-on-leak={}", value.to_string_lossy()).into());
+                words = rest;
+                continue;
+            }
+            out.push(word);
+            continue;
+        }
+        // An option that takes the next word as its value: pass both.
+        let takes_value = text
+            .strip_prefix("--")
+            .filter(|t| !t.contains('='))
+            .is_some_and(|long| {
+                current.get_arguments().any(|arg| {
+                    arg.get_long() == Some(long) && arg.get_action().takes_values() && !arg.is_require_equals_set()
+                })
+            });
+        let positional = !text.starts_with('-');
+        out.push(word);
+        if takes_value {
+            out.extend(words.next());
+        } else if positional && current.get_name() == "run" {
+            break;
+        }
+    }
+    out.extend(words);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached(args: &[&str]) -> Vec<String> {
+        attach_fail_on_leak_values(args.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_number_after_fail_on_leak_is_its_value_and_nothing_else_is() {
+        assert_eq!(
+            attached(&[
+                "libleak",
+                "run",
+                "--fail-on-leak",
+                "1000",
+                "--",
+                "python3",
+                "--fail-on-leak",
+                "5"
+            ]),
+            [
+                "libleak",
+                "run",
+                "--fail-on-leak=1000",
+                "--",
+                "python3",
+                "--fail-on-leak",
+                "5"
+            ]
+        );
+        assert_eq!(
+            attached(&["libleak", "run", "--fail-on-leak", "prog", "--fail-on-leak", "7"]),
+            ["libleak", "run", "--fail-on-leak", "prog", "--fail-on-leak", "7"]
+        );
+        assert_eq!(
+            attached(&["libleak", "report", "--limit", "5", "--fail-on-leak", "9", "t.trace"]),
+            ["libleak", "report", "--limit", "5", "--fail-on-leak=9", "t.trace"]
+        );
+        assert_eq!(
+            attached(&["libleak", "report", "--fail-on-leak", "t.trace"]),
+            ["libleak", "report", "--fail-on-leak", "t.trace"]
+        );
+        // `--output 12` takes 12 as its value: the next flag is still read.
+        assert_eq!(
+            attached(&["libleak", "run", "--output", "12", "--fail-on-leak", "3", "x"]),
+            ["libleak", "run", "--output", "12", "--fail-on-leak=3", "x"]
+        );
+        assert_eq!(attached(&["libleak", "--version"]), ["libleak", "--version"]);
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

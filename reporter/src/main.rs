@@ -5,6 +5,8 @@
 
 mod cli;
 
+use std::fs::File;
+use std::io::{BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,7 +16,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use libleak_reporter::model::Report;
 use libleak_reporter::options::BUILTIN;
-use libleak_reporter::render::{json, text};
+use libleak_reporter::render::json::{self, Unreadable};
+use libleak_reporter::render::text;
 use libleak_reporter::symbolize::Symbolizer;
 use libleak_reporter::{Options, ReadProgress};
 
@@ -25,15 +28,17 @@ const LEAK_EXIT_STATUS: u8 = 23;
 /// The exit status when libleak itself fails (a trace unreadable, a command not run).
 const FAILURE_EXIT_STATUS: u8 = 2;
 
-/// Prints the report; false when `--fail-on-leak` was given and leaks exceed its threshold.
-fn print_report(path: &Path, args: &ReportArgs) -> Result<bool> {
+/// Writes the report of one trace to `out`; false when `--fail-on-leak` was given and leaks
+/// exceed its threshold.
+fn print_report(path: &Path, args: &ReportArgs, out: &mut dyn Write) -> Result<bool> {
     let options = args.options()?;
     let report = read_report(path, &options, &mut Symbolizer::default())?;
     if args.json {
-        println!("{}", json::to_json(&report));
+        writeln!(out, "{}", json::to_json(&report))?;
     } else {
-        print!("{}", text::to_text(&report));
+        write!(out, "{}", text::to_text(&report))?;
     }
+    out.flush()?;
     Ok(within_limit(&report, args))
 }
 
@@ -123,41 +128,45 @@ fn trace_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reports every process: a summary line each (in start order), then each report. A trace
-/// that cannot be read gets a one-line error in the summary and makes the command fail.
-fn print_reports(inputs: &[PathBuf], args: &ReportArgs) -> Result<ExitCode> {
-    let files = trace_files(inputs)?;
-    if let [single] = files.as_slice() {
-        return print_report(single, args).map(exit_for_limit);
+/// Reports every process to `out`: a summary line each (in start order), then each report.
+/// A trace that cannot be read gets a one-line error in the summary (an `unreadable` entry in
+/// JSON) and makes the command fail.
+fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    if let [single] = files {
+        return print_report(single, args, out).map(exit_for_limit);
     }
     let options = args.options()?;
     let mut symbolizer = Symbolizer::default();
     let mut reports = Vec::new();
     let mut failures = Vec::new();
-    for path in &files {
+    for path in files {
         match read_report(path, &options, &mut symbolizer) {
             Ok(report) => reports.push(report),
-            Err(error) => failures.push(format!("{error:#}")),
+            Err(error) => failures.push(Unreadable {
+                trace: path.display().to_string(),
+                error: format!("{error:#}"),
+            }),
         }
     }
     reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
     if args.json {
-        println!("{}", json::to_json_many(&reports));
+        writeln!(out, "{}", json::to_json_many(&reports, &failures))?;
     } else {
-        println!("libleak: {} processes", reports.len() + failures.len());
+        writeln!(out, "libleak: {} processes", reports.len() + failures.len())?;
         for report in &reports {
-            println!("  {}", text::summary_line(report));
+            writeln!(out, "  {}", text::summary_line(report))?;
         }
         for failure in &failures {
-            println!("  unreadable: {failure}");
+            writeln!(out, "  unreadable: {}", failure.error)?;
         }
         for report in &reports {
-            println!();
-            print!("{}", text::to_text(report));
+            writeln!(out)?;
+            write!(out, "{}", text::to_text(report))?;
         }
     }
+    out.flush()?;
     for failure in &failures {
-        eprintln!("libleak: {failure}");
+        warn(&failure.error);
     }
     if !failures.is_empty() {
         return Ok(ExitCode::from(FAILURE_EXIT_STATUS));
@@ -173,47 +182,115 @@ fn exit_for_limit(within_limit: bool) -> ExitCode {
     }
 }
 
-fn print_builtin_suppressions() {
-    println!("# libleak's built-in suppressions (--no-builtin-suppressions turns them off)");
+fn print_builtin_suppressions(out: &mut dyn Write) -> Result<ExitCode> {
+    writeln!(
+        out,
+        "# libleak's built-in suppressions (--no-builtin-suppressions turns them off)"
+    )?;
     for builtin in BUILTIN {
-        println!("# {}\nleak:{}", builtin.reason, builtin.pattern);
+        writeln!(out, "# {}\nleak:{}", builtin.reason, builtin.pattern)?;
     }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Runs the command, reports on its traces, and exits with the command's status (or the
-/// report's, when the command succeeded).
-fn run(trace_template: Option<String>, args: &ReportArgs, command: &[String]) -> Result<ExitCode> {
+/// One line on stderr. A stderr that cannot be written to is no reason to stop (or panic, as
+/// `eprintln!` would): the exit status still tells.
+fn warn(message: &str) {
+    let _ = writeln!(std::io::stderr(), "libleak: {message}");
+}
+
+/// Whether `error` comes from writing into a pipe whose reader has gone (`libleak report T |
+/// head -1`): not a failure of libleak, which then stops quietly, as `cat` and ripgrep do.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == ErrorKind::BrokenPipe)
+    })
+}
+
+/// Runs the command, reports on its traces (on stderr, or into `--report-file`), and exits
+/// with the command's status, or the report's when the command succeeded. A report that
+/// cannot be made never hides the command's own failure.
+fn run(
+    trace_template: Option<String>,
+    report_file: Option<PathBuf>,
+    args: &ReportArgs,
+    command: &[String],
+) -> Result<ExitCode> {
+    // Options and the report file are checked before the command runs, not after.
+    args.options()?;
+    let mut out: Box<dyn Write> = match &report_file {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path).with_context(|| format!("cannot write the report to {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stderr()),
+    };
     let run = libleak_reporter::run::run(command, trace_template.as_deref())?;
-    let report_status = print_reports(&run.traces, args)?;
+    for warning in &run.warnings {
+        warn(warning);
+    }
+    // On a terminal each process's libleak.so named the private file it wrote; where the
+    // trace is now is what the user can use (pipes and files get the report alone).
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        for trace in &run.traces {
+            warn(&format!("trace written to {}", trace.display()));
+        }
+    }
     use std::os::unix::process::ExitStatusExt;
     let code = run
         .status
         .code()
         .unwrap_or_else(|| 128 + run.status.signal().unwrap_or(0));
-    if code == 0 && report_status != ExitCode::SUCCESS {
+    let command_status = ExitCode::from(code.clamp(0, 255) as u8);
+    let report_status = if run.traces.is_empty() {
+        warn("the command left no trace (was libleak.so loaded? a static or set-uid program ignores LD_PRELOAD)");
+        ExitCode::from(FAILURE_EXIT_STATUS)
+    } else {
+        match print_reports(&run.traces, args, &mut out) {
+            Ok(status) => status,
+            Err(error) => {
+                if !is_broken_pipe(&error) {
+                    warn(&format!("{error:#}"));
+                }
+                ExitCode::from(FAILURE_EXIT_STATUS)
+            }
+        }
+    };
+    if code == 0 {
         return Ok(report_status);
     }
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(command_status)
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Report { traces, report } => print_reports(&traces, &report),
-        Command::Suppressions => {
-            print_builtin_suppressions();
-            Ok(ExitCode::SUCCESS)
+    let args = cli::attach_fail_on_leak_values(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version go to stdout, which may be a closed pipe: never panic on it.
+            let _ = error.print();
+            return ExitCode::from(error.exit_code().clamp(0, 255) as u8);
         }
+    };
+    let result = match cli.command {
+        Command::Report { traces, report } => {
+            trace_files(&traces).and_then(|files| print_reports(&files, &report, &mut std::io::stdout().lock()))
+        }
+        Command::Suppressions => print_builtin_suppressions(&mut std::io::stdout().lock()),
         Command::Run {
             trace_template,
+            report_file,
             report,
             command,
-        } => run(trace_template, &report, &command),
+        } => run(trace_template, report_file, &report, &command),
     };
     match result {
         Ok(code) => code,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("libleak: {error:#}");
+            warn(&format!("{error:#}"));
             ExitCode::from(FAILURE_EXIT_STATUS)
         }
     }

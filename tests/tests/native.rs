@@ -336,6 +336,7 @@ fn libleak_run_keeps_the_exit_status_and_prints_the_report() {
     let scratch = Scratch::new("run");
     let exe = scratch.join("fixture");
     compile("gcc", &["alloc_kinds.c"], &exe, &[]);
+    let plain = run(Command::new(&exe).current_dir(&scratch.path));
     let out = run(Command::new(libleak_bin())
         .args(["run", "--output"])
         .arg(scratch.join("run.%p.trace"))
@@ -344,10 +345,14 @@ fn libleak_run_keeps_the_exit_status_and_prints_the_report() {
         .current_dir(&scratch.path)
         .env("LIBLEAK_SO", libleak_so()));
     assert_eq!(out.status.code(), Some(7));
+    // The program's stdout is its own, byte for byte; the report goes to stderr.
+    assert_eq!(out.stdout, plain.stdout);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("realloc_zero_returns_null=1\n"), "{stdout}");
-    assert!(stdout.contains("1,000 bytes in 10 blocks"), "{stdout}");
-    assert!(stdout.contains("leak_malloc at "), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1,000 bytes in 10 blocks"), "{stderr}");
+    assert!(stderr.contains("leak_malloc at "), "{stderr}");
+    assert!(!stdout.contains("leak_malloc"), "{stdout}");
 }
 
 #[test]

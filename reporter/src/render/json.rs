@@ -272,18 +272,30 @@ pub fn to_json(report: &Report) -> Value {
     serde_json::to_value(ReportView::of(report)).expect("every map in a report view has string keys")
 }
 
-/// Several processes' reports as one JSON document (schema: docs/report-schema.md).
-pub fn to_json_many(reports: &[Report]) -> Value {
+/// A trace the multi-process document names without a report: it could not be read.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unreadable {
+    /// The trace's path, as given.
+    pub trace: String,
+    /// Why it could not be read, one line.
+    pub error: String,
+}
+
+/// Several processes' reports as one JSON document, with the traces that could not be read
+/// (schema: docs/report-schema.md).
+pub fn to_json_many(reports: &[Report], unreadable: &[Unreadable]) -> Value {
     #[derive(Serialize)]
     struct Many<'a> {
         format: &'static str,
         version: u32,
         processes: Vec<ReportView<'a>>,
+        unreadable: &'a [Unreadable],
     }
     let many = Many {
         format: "libleak-reports",
         version: REPORT_VERSION,
         processes: reports.iter().map(ReportView::of).collect(),
+        unreadable,
     };
     serde_json::to_value(many).expect("every map in a report view has string keys")
 }
@@ -401,10 +413,19 @@ mod tests {
         written.retain(|p| !p.starts_with("leaks.stacks.frames."));
         assert_eq!(documented, written, "docs/report-schema.md and the JSON written differ");
         // The multi-process document's keys.
-        let many = to_json_many(&[full_report()]);
+        let unreadable = Unreadable {
+            trace: "t.trace".into(),
+            error: "e".into(),
+        };
+        let many = to_json_many(&[full_report()], &[unreadable]);
         let keys: Vec<&String> = many.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["format", "processes", "version"]);
-        assert!(text.contains(r#"{"format": "libleak-reports", "version": 1, "processes": ["#));
+        assert_eq!(keys, ["format", "processes", "unreadable", "version"]);
+        let unreadable_keys: Vec<&String> = many["unreadable"][0].as_object().unwrap().keys().collect();
+        assert_eq!(unreadable_keys, ["error", "trace"]);
+        assert!(text.contains(
+            r#"{"format": "libleak-reports", "version": 1, "processes": [{"format": "libleak-report", ...}, ...],"#
+        ));
+        assert!(text.contains(r#" "unreadable": [{"trace": "/path/to/libleak.app.1236.trace", "error": "#));
     }
 
     #[test]

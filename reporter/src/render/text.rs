@@ -116,10 +116,12 @@ pub fn to_text(report: &Report) -> String {
         );
     }
     if report.header.stats.producer_waits > 0 {
+        let waits = report.header.stats.producer_waits;
         let _ = writeln!(
             out,
-            "note: threads waited {} times for the trace writer",
-            report.header.stats.producer_waits
+            "note: threads waited {} {} for the trace writer",
+            thousands(waits),
+            if waits == 1 { "time" } else { "times" }
         );
     }
     summary_text(&mut out, report);
@@ -304,4 +306,44 @@ pub fn summary_line(report: &Report) -> String {
         thousands(s.possibly_lost.bytes),
         report.trace_path
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use libleak_format::{ProcessInfo, Stats};
+
+    use super::*;
+    use crate::model::{GroupBy, Omitted, Summary, TraceHeader};
+
+    fn with_producer_waits(producer_waits: u64) -> Report {
+        Report {
+            trace_path: "t.trace".into(),
+            header: TraceHeader {
+                process: ProcessInfo::default(),
+                python: None,
+                python_ignores_environment: None,
+                totals: Default::default(),
+                stats: Stats {
+                    producer_waits,
+                    ..Stats::default()
+                },
+                reachability: None,
+                fork: None,
+                end: None,
+                incomplete: None,
+            },
+            summary: Summary::default(),
+            group_by: GroupBy::Site,
+            leaks: Vec::new(),
+            omitted: Omitted::default(),
+        }
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert!(to_text(&with_producer_waits(1)).contains("note: threads waited 1 time for the trace writer\n"));
+        assert!(to_text(&with_producer_waits(2)).contains("note: threads waited 2 times for the trace writer\n"));
+        assert!(to_text(&with_producer_waits(1234)).contains("waited 1,234 times"));
+        assert!(!to_text(&with_producer_waits(0)).contains("waited"));
+    }
 }
