@@ -22,6 +22,8 @@
 //! - `LIBLEAK_SCAN=0`: skip the reachability scan at exit (blocks stay unclassified).
 //! - `LIBLEAK_SCAN_SECONDS`: time limit of that scan (default 30); past it the trace says
 //!   the scan was cut short.
+//! - `LIBLEAK_QUIET=1`: say nothing on stderr at exit (the "trace written to" line a terminal
+//!   otherwise gets).
 //! - `LIBLEAK_CHECK_UNWIND=N`: also unwind every Nth allocation with libgcc's unwinder and
 //!   compare; at exit, one line on stderr gives the counts (a check of libleak itself).
 
@@ -49,6 +51,9 @@ pub struct Config {
     /// `LIBLEAK_SLOT_LOCKS=1`: per-thread buffers take a spin lock per append even where
     /// `membarrier` is available (what happens where it is not; for diagnosis and tests).
     pub slot_locks: bool,
+    /// `LIBLEAK_QUIET=1`: no "trace written to" line at exit, even on a terminal (`libleak
+    /// run` sets it: it moves the traces and names them itself).
+    pub quiet: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +89,7 @@ impl Config {
             },
             check_unwind_every: var("LIBLEAK_CHECK_UNWIND").and_then(|v| v.parse().ok()).unwrap_or(0),
             slot_locks: var("LIBLEAK_SLOT_LOCKS").is_some_and(|v| v != "0"),
+            quiet: var("LIBLEAK_QUIET").is_some_and(|v| v != "0"),
         }
     }
 }

@@ -29,8 +29,8 @@ pub struct ReportArgs {
     /// List at most this many leaks, largest first; 0 lists all.
     #[arg(long, default_value_t = 25)]
     pub limit: usize,
-    /// Keep CPython's own native frames (the eval loop and call plumbing) in stacks that
-    /// show Python frames.
+    /// Keep CPython's own frames in stacks that show Python frames: its native ones (the eval
+    /// loop and call plumbing) and importlib's Python ones.
     #[arg(long)]
     pub show_interpreter_frames: bool,
     /// Group leaks by allocation site (the innermost frame outside the allocator), by whole

@@ -113,6 +113,9 @@ pub fn run(command: &[String], output: Option<&str>) -> Result<Run, RunError> {
         .args(&command[1..])
         .env("LD_PRELOAD", preload)
         .env("LIBLEAK_OUTPUT", private.template())
+        // Each process would name its trace in the private directory, which is gone by
+        // the time the user reads it: run names the traces where it put them.
+        .env("LIBLEAK_QUIET", "1")
         .spawn();
     let mut child = match spawned {
         Ok(child) => child,

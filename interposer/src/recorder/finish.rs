@@ -59,7 +59,7 @@ pub fn finish(kind: ExitKind, status: Option<i32>) {
         wait_for_collector();
         stats::report_unwind_check();
         // An exec'd image says nothing: the program it becomes speaks for the process.
-        if kind != ExitKind::Exec {
+        if kind != ExitKind::Exec && !config::get().is_some_and(|c| c.quiet) {
             say_where_the_trace_is();
         }
     });

@@ -328,6 +328,7 @@ mod tests {
                     ..Stats::default()
                 },
                 reachability: None,
+                reachability_at_finalization: None,
                 fork: None,
                 end: None,
                 incomplete: None,
