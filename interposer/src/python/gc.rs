@@ -57,10 +57,19 @@ pub struct GcObjects {
 
 impl GcObjects {
     /// The Python object a block holds, if it holds one.
-    pub fn find(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<FoundObject> {
-        let (offset, gc_type) = match self.gc_object_offset(read, block, size) {
+    /// `is_address` tells words that are addresses (of live blocks, of loaded modules) from
+    /// others: such a word is no reference count.
+    pub fn find(
+        &mut self,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
+        is_address: &dyn Fn(u64) -> bool,
+        block: u64,
+        size: u64,
+    ) -> Option<FoundObject> {
+        let plausible_refcount = |word: Option<u64>| word.is_some_and(|count| count < 1 << 40 && !is_address(count));
+        let (offset, gc_type) = match self.gc_object_offset(read, &plausible_refcount, block, size) {
             Some((offset, type_address, info)) => (offset, Some((type_address, info))),
-            None if self.is_plain_object(read, block, size) => (0, None),
+            None if self.is_plain_object(read, &plausible_refcount, block, size) => (0, None),
             None => return None,
         };
         let garbage_collected = gc_type.is_some();
@@ -102,8 +111,18 @@ impl GcObjects {
     }
 
     /// An object without a GC header: its type is not garbage-collected and fits the block.
-    fn is_plain_object(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> bool {
-        if size < 16 {
+    /// Its first word must pass for a reference count (0 included: 3.10 keeps zombie frames):
+    /// an array of object pointers (a list's items) whose second or fourth entry points at a
+    /// type would otherwise pass for an object, and the references to its start for the
+    /// collector's list links.
+    fn is_plain_object(
+        &mut self,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
+        plausible_refcount: &dyn Fn(Option<u64>) -> bool,
+        block: u64,
+        size: u64,
+    ) -> bool {
+        if size < 16 || !plausible_refcount(read(block)) {
             return false;
         }
         let Some(type_address) = read(block + OBJECT_TYPE as u64) else {
@@ -118,6 +137,7 @@ impl GcObjects {
     fn gc_object_offset(
         &mut self,
         read: &mut dyn FnMut(u64) -> Option<u64>,
+        plausible_refcount: &dyn Fn(Option<u64>) -> bool,
         block: u64,
         size: u64,
     ) -> Option<(u64, u64, TypeInfo)> {
@@ -128,7 +148,7 @@ impl GcObjects {
         };
         for &preheader in preheaders {
             let offset = preheader + GC_HEADER_SIZE;
-            if offset + 16 > size {
+            if offset + 16 > size || !plausible_refcount(read(block + offset)) {
                 continue;
             }
             let Some(type_address) = read(block + offset + OBJECT_TYPE as u64) else {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use libleak_format::{BlockClass, LeakClass, Module, Reachability, ScanOutcome};
 
-use crate::python::gc::{gc_header, GcObjects};
+use crate::python::gc::{gc_header, FoundObject, GcObjects};
 use crate::sys::memory::MemoryReader;
 pub use roots::ExitingThread;
 
@@ -198,10 +198,25 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let mut immortal = Vec::new();
     if let Some(mut python) = input.python {
         let mut read = |address: u64| memory.word(address);
-        for index in 0..blocks.addresses.len() {
-            let (address, size) = (blocks.addresses[index], blocks.sizes[index]);
-            let Some(object) = python.find(&mut read, address, size) else {
-                if let Some(offset) = python.dict_values_offset(&mut read, address, size) {
+        // A word that names a live block or a loaded module's memory is an address, never a
+        // reference count (non-PIE interpreters put both below any bound on counts).
+        let found: Vec<(usize, Option<FoundObject>, Option<u64>)> = {
+            let blocks = &blocks;
+            let modules = input.modules;
+            let is_address = |word: u64| blocks.find(word).is_some() || modules.iter().any(|m| m.contains(word));
+            (0..blocks.addresses.len())
+                .map(|index| {
+                    let (address, size) = (blocks.addresses[index], blocks.sizes[index]);
+                    match python.find(&mut read, &is_address, address, size) {
+                        Some(object) => (index, Some(object), None),
+                        None => (index, None, python.dict_values_offset(&mut read, address, size)),
+                    }
+                })
+                .collect()
+        };
+        for (index, object, dict_values) in found {
+            let Some(object) = object else {
+                if let Some(offset) = dict_values {
                     blocks.reference_offsets[index] = u8::try_from(offset).unwrap_or(0);
                 }
                 continue;
