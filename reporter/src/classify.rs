@@ -20,22 +20,29 @@ pub struct StackTally {
     ///
     /// [`ExitBlock`]: crate::live::ExitBlock
     pub during_finalization: bool,
+    /// Inherited by a fork child: allocated in the parent before the fork (`seq` below the
+    /// FORK record's `fork_seq`), so the parent's trace may hold the same block.
+    pub inherited: bool,
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
     pub allocator: AllocKind,
 }
 
-/// The live blocks by (stack, class, during finalisation), ordered by stack id and then
-/// class.
+/// The live blocks by (stack, class, during finalisation, inherited), ordered by stack id
+/// and then class.
 pub fn tally(trace: &Trace) -> Vec<StackTally> {
-    let mut groups: HashMap<(u64, Option<LeakClass>, bool), StackTally> = HashMap::new();
+    // Counted apart so that a row can tell whether all its blocks came from the parent.
+    let fork_seq = trace.header.fork.as_ref().map(|fork| fork.fork_seq);
+    let mut groups: HashMap<(u64, Option<LeakClass>, bool, bool), StackTally> = HashMap::new();
     for block in &trace.live {
+        let inherited = fork_seq.is_some_and(|fork_seq| block.seq < fork_seq);
         groups
-            .entry((block.stack, block.class, block.during_finalization))
+            .entry((block.stack, block.class, block.during_finalization, inherited))
             .or_insert_with(|| StackTally {
                 stack: block.stack,
                 class: block.class,
                 during_finalization: block.during_finalization,
+                inherited,
                 tally: Tally::default(),
                 allocator: block.kind,
             })
@@ -43,7 +50,14 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
             .add(1, block.size);
     }
     let mut groups: Vec<StackTally> = groups.into_values().collect();
-    groups.sort_by_key(|group| (group.stack, group.class.map(|c| c as u8), group.during_finalization));
+    groups.sort_by_key(|group| {
+        (
+            group.stack,
+            group.class.map(|c| c as u8),
+            group.during_finalization,
+            group.inherited,
+        )
+    });
     groups
 }
 

@@ -50,12 +50,16 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
                     python: None,
                 },
                 runtime_leftover: item.leftover,
+                inherited: true,
+                also_in: Vec::new(),
             });
             rows.len() - 1
         });
         let row = &mut rows[index];
         row.bytes += bytes;
         row.blocks += blocks;
+        // One block the process allocated itself makes the row its own.
+        row.inherited &= item.tally.inherited;
         let class = Class::of(item.tally.class);
         match row.classes.iter_mut().find(|(c, _)| *c == class) {
             Some((_, tally)) => tally.add(blocks, bytes),
@@ -156,6 +160,7 @@ mod tests {
             stack,
             class,
             during_finalization: false,
+            inherited: false,
             tally: Tally { blocks, bytes },
             allocator: AllocKind::Malloc,
         }
@@ -270,6 +275,23 @@ mod tests {
             ]
         );
         assert_eq!(omitted, Omitted::default());
+    }
+
+    #[test]
+    fn a_row_is_inherited_only_when_every_block_of_it_was() {
+        let stacks = stacks();
+        let inherited = |stack, bytes| StackTally {
+            inherited: true,
+            ..tally(stack, lost(), 1, bytes)
+        };
+        // Site `parse`: one inherited block and one the child allocated itself; site `load`:
+        // an inherited block only.
+        let tallies = [inherited(0, 10), tally(1, lost(), 1, 20), inherited(2, 100)];
+        let listed = listed(&tallies, &stacks);
+        let (leaks, _) = group(&listed, &roles(), &options(GroupBy::Site, 0));
+        let flags: Vec<(u64, bool)> = leaks.iter().map(|l| (l.bytes, l.inherited)).collect();
+        assert_eq!(flags, [(100, true), (30, false)]);
+        assert!(leaks.iter().all(|l| l.also_in.is_empty()));
     }
 
     #[test]

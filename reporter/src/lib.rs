@@ -11,7 +11,8 @@
 //!    suppressed;
 //! 6. [`group`]: gather rows, rank them, apply the limit.
 //!
-//! [`render`] turns a report into text or JSON. [`model`] is the vocabulary all stages share
+//! [`processes`] gathers several processes' reports into one (a leak a fork child inherited
+//! shown once). [`render`] turns a report into text or JSON. [`model`] is the vocabulary all stages share
 //! and [`options`] what the user asked for; each stage imports only those and the stages
 //! before it. [`run`] runs a command under libleak and finds its traces. The `libleak`
 //! binary is a thin CLI over this.
@@ -26,6 +27,7 @@ pub mod group;
 pub mod live;
 pub mod model;
 pub mod options;
+pub mod processes;
 pub mod render;
 pub mod replay;
 pub mod run;
@@ -81,5 +83,6 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         group_by: options.group_by,
         leaks,
         omitted,
+        inherited_shown_elsewhere: Default::default(),
     }
 }

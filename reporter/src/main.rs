@@ -149,6 +149,8 @@ fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> R
         }
     }
     reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
+    // A leak 50 fork children inherited is one leak: shown once, on the parent's row.
+    libleak_reporter::processes::fold_inherited(&mut reports);
     if args.json {
         writeln!(out, "{}", json::to_json_many(&reports, &failures))?;
     } else {

@@ -151,6 +151,12 @@ pub struct Leak {
     pub owner: Owner,
     /// Allocated by the runtime alone (listed only with `--show-leftovers`).
     pub runtime_leftover: bool,
+    /// Every block of the row was inherited from the parent at a fork (allocated before it).
+    pub inherited: bool,
+    /// In a multi-process report: the pids of the forked processes whose identical inherited
+    /// row is not repeated because this row stands for it (the rule is in the `processes`
+    /// module). Empty otherwise.
+    pub also_in: Vec<u32>,
 }
 
 /// Blocks and bytes.
@@ -270,6 +276,19 @@ pub struct Report {
     pub group_by: GroupBy,
     pub leaks: Vec<Leak>,
     pub omitted: Omitted,
+    /// In a multi-process report, the inherited rows of this fork child not repeated because
+    /// an ancestor's report lists them (that row's `also_in` names this process).
+    pub inherited_shown_elsewhere: Folded,
+}
+
+/// A fork child's inherited rows that another process's report shows instead.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Folded {
+    pub leaks: u64,
+    pub bytes: u64,
+    pub blocks: u64,
+    /// The pids whose reports hold the rows, in the order first met.
+    pub shown_in: Vec<u32>,
 }
 
 #[cfg(test)]

@@ -110,6 +110,7 @@ mod tests {
             stack,
             class,
             during_finalization: false,
+            inherited: false,
             tally: Tally {
                 blocks,
                 bytes: blocks * 10,

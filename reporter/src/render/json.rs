@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::outcome_name;
-use crate::model::{Frame, GroupBy, Omitted, Report, StackRow, Summary, Tally};
+use crate::model::{Folded, Frame, GroupBy, Omitted, Report, StackRow, Summary, Tally};
 
 pub const REPORT_FORMAT: &str = "libleak-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -38,6 +38,13 @@ struct ReportView<'a> {
     group_by: String,
     leaks: Vec<LeakView<'a>>,
     omitted: Omitted,
+    /// Written only when rows were folded, so that single-process reports keep their shape.
+    #[serde(skip_serializing_if = "nothing_folded")]
+    inherited_shown_elsewhere: &'a Folded,
+}
+
+fn nothing_folded(folded: &Folded) -> bool {
+    folded.leaks == 0
 }
 
 #[derive(Serialize)]
@@ -131,6 +138,12 @@ struct LeakView<'a> {
     blocks: u64,
     allocator: &'static str,
     runtime_leftover: bool,
+    /// Written only on a fork child's inherited rows (`true`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    inherited: bool,
+    /// Written only on a row standing for other processes' identical inherited rows.
+    #[serde(skip_serializing_if = "<[u32]>::is_empty")]
+    also_in: &'a [u32],
     classes: BTreeMap<&'static str, Tally>,
     owner: OwnerView<'a>,
     frames: &'a [Frame],
@@ -206,6 +219,7 @@ impl<'a> ReportView<'a> {
             },
             leaks: report.leaks.iter().map(LeakView::of).collect(),
             omitted: report.omitted,
+            inherited_shown_elsewhere: &report.inherited_shown_elsewhere,
         }
     }
 }
@@ -245,6 +259,8 @@ impl<'a> LeakView<'a> {
             blocks: leak.blocks,
             allocator: leak.allocator.name(),
             runtime_leftover: leak.runtime_leftover,
+            inherited: leak.inherited,
+            also_in: &leak.also_in,
             classes: leak
                 .classes
                 .iter()
@@ -362,8 +378,16 @@ mod tests {
                     python: Some(frames[1].clone()),
                 },
                 runtime_leftover: false,
+                inherited: true,
+                also_in: vec![2],
             }],
             omitted: Omitted::default(),
+            inherited_shown_elsewhere: Folded {
+                leaks: 1,
+                bytes: 1,
+                blocks: 1,
+                shown_in: vec![1],
+            },
         }
     }
 

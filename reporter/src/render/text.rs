@@ -138,6 +138,11 @@ pub fn to_text(report: &Report) -> String {
         if leak.runtime_leftover {
             what.push_str(", left by the runtime");
         }
+        if leak.inherited {
+            // Allocated before the fork: the parent's code, not this process's.
+            let parent = report.header.fork.as_ref().map(|f| f.parent_pid).unwrap_or_default();
+            what.push_str(&format!(", inherited from pid {parent} at the fork"));
+        }
         let _ = writeln!(
             out,
             "\n#{} {} {what} ({})",
@@ -156,6 +161,20 @@ pub fn to_text(report: &Report) -> String {
                 .map(|p| format!(", called from {}", frame_text(p)))
                 .unwrap_or_default();
             let _ = writeln!(out, "  owner: {}{called_from}", frame_text(owner));
+        }
+        if !leak.also_in.is_empty() {
+            let pids: Vec<String> = leak.also_in.iter().map(u32::to_string).collect();
+            let _ = writeln!(
+                out,
+                "  also in {} forked {} (inherited, not repeated): pid {}",
+                leak.also_in.len(),
+                if leak.also_in.len() == 1 {
+                    "process"
+                } else {
+                    "processes"
+                },
+                pids.join(", ")
+            );
         }
         let many = leak.stacks.len() > 1;
         for (index, stack) in leak.stacks.iter().take(STACKS_PER_ROW).enumerate() {
@@ -188,6 +207,21 @@ pub fn to_text(report: &Report) -> String {
                 leak.stacks.len() - STACKS_PER_ROW
             );
         }
+    }
+    let folded = &report.inherited_shown_elsewhere;
+    if folded.leaks > 0 {
+        let pids: Vec<String> = folded.shown_in.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "\n{} inherited {} ({}) not repeated: shown in the report of pid {}, whose row names this process",
+            thousands(folded.leaks),
+            if folded.leaks == 1 { "row" } else { "rows" },
+            blocks_text(Tally {
+                blocks: folded.blocks,
+                bytes: folded.bytes
+            }),
+            pids.join(", ")
+        );
     }
     if report.omitted.leaks > 0 {
         let _ = writeln!(
@@ -275,7 +309,8 @@ fn summary_text(out: &mut String, report: &Report) {
             let _ = writeln!(out, "  {label}: {}{hint}", blocks_text(tally));
         }
     }
-    if report.leaks.is_empty() {
+    // Rows shown in an ancestor's report are leaks of this process all the same.
+    if report.leaks.is_empty() && report.inherited_shown_elsewhere.leaks == 0 {
         let _ = writeln!(out, "\nno leaks");
     }
 }
@@ -337,6 +372,7 @@ mod tests {
             group_by: GroupBy::Site,
             leaks: Vec::new(),
             omitted: Omitted::default(),
+            inherited_shown_elsewhere: Default::default(),
         }
     }
 

@@ -1,0 +1,192 @@
+//! Fork children reported together with their parent: a leak each child inherited unchanged is
+//! one row, the parent's, naming the children it also appears in; a child's own leak and an
+//! inherited block only the children leak stay in the children's reports, marked. The exact
+//! counts are asserted, so a leak shown once per child (or not at all) fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use libleak_tests::*;
+use serde_json::Value;
+
+const SOURCE: &str = "forks/five_children.c";
+const CHILDREN: usize = 5;
+
+/// Builds and runs the fixture under libleak, every process tracing into one directory;
+/// returns that directory (the parent waits for its children, so every trace is finished).
+fn traced_run(scratch: &Scratch) -> PathBuf {
+    let exe = scratch.join("five_children");
+    compile("gcc", &[SOURCE], &exe, &[]);
+    let directory = scratch.join("traces");
+    std::fs::create_dir_all(&directory).unwrap();
+    let output = run(Command::new(&exe)
+        .env("LD_PRELOAD", libleak_so())
+        .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(&directory).unwrap().count(),
+        CHILDREN + 1,
+        "a trace per process"
+    );
+    directory
+}
+
+/// `libleak report ARGS… DIRECTORY`'s stdout (the command must succeed).
+fn report(directory: &Path, args: &[&str]) -> String {
+    let out = run(Command::new(libleak_bin()).arg("report").args(args).arg(directory));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every row of every process with `bytes`, as (pid, row).
+fn rows_of(processes: &[Value], bytes: u64) -> Vec<(u64, &Value)> {
+    processes
+        .iter()
+        .flat_map(|p| {
+            let pid = p["process"]["pid"].as_u64().unwrap();
+            p["leaks"].as_array().unwrap().iter().map(move |row| (pid, row))
+        })
+        .filter(|(_, row)| row["bytes"] == bytes)
+        .collect()
+}
+
+fn pid(process: &Value) -> u64 {
+    process["process"]["pid"].as_u64().unwrap()
+}
+
+#[test]
+fn an_inherited_leak_is_reported_once_with_the_children_it_is_in() {
+    let scratch = Scratch::new("fork-reports");
+    let directory = traced_run(&scratch);
+    let document: Value = serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap();
+    let processes = document["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), CHILDREN + 1, "{document:#}");
+    let parent = processes.iter().find(|p| p["fork"].is_null()).unwrap();
+    let children: Vec<&Value> = processes.iter().filter(|p| !p["fork"].is_null()).collect();
+    assert_eq!(children.len(), CHILDREN);
+    let mut child_pids: Vec<u64> = children.iter().map(|c| pid(c)).collect();
+    for child in &children {
+        assert_eq!(child["fork"]["parent_pid"].as_u64(), Some(pid(parent)));
+        assert_eq!(child["exit"]["status"], 0);
+    }
+
+    // The 777-byte leak: one row in the whole document, the parent's, naming all five children
+    // (in start order, which is fork order).
+    let leak_777 = rows_of(processes, 777);
+    assert_eq!(leak_777.len(), 1, "{document:#}");
+    let (owner, row) = leak_777[0];
+    assert_eq!(owner, pid(parent));
+    assert_leak(parent, "parent_leak", SOURCE, line_of(SOURCE, "@parent_leak"), 777, 1);
+    assert_eq!(row["kind"], "definitely-lost");
+    assert!(row.get("inherited").is_none(), "the parent's own leak: {row:#}");
+    let also_in: Vec<u64> = row["also_in"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    child_pids.sort();
+    let mut listed = also_in.clone();
+    listed.sort();
+    assert_eq!(listed, child_pids, "{row:#}");
+    assert_eq!(parent["leaks"].as_array().unwrap().len(), 1, "the parent's only leak");
+    assert!(parent.get("inherited_shown_elsewhere").is_none());
+
+    // Each child: the 777-byte row counted as shown elsewhere, still in its summary.
+    for child in &children {
+        assert_eq!(
+            child["inherited_shown_elsewhere"],
+            serde_json::json!({"leaks": 1, "bytes": 777, "blocks": 1, "shown_in": [pid(parent)]}),
+            "{child:#}"
+        );
+        assert!(child["summary"]["definitely_lost"]["bytes"].as_u64().unwrap() >= 777 + 333);
+    }
+
+    // The 555-byte leak is one child's own: once, not inherited.
+    let leak_555 = rows_of(processes, 555);
+    assert_eq!(leak_555.len(), 1, "{document:#}");
+    let (leaker, row) = leak_555[0];
+    assert!(child_pids.contains(&leaker));
+    assert!(
+        row.get("inherited").is_none() && row.get("also_in").is_none(),
+        "{row:#}"
+    );
+    let leaker = children.iter().find(|c| pid(c) == leaker).unwrap();
+    assert_leak(leaker, "child_leak", SOURCE, line_of(SOURCE, "@child_leak"), 555, 1);
+
+    // The 333-byte block the parent freed but every child dropped: in each child, inherited.
+    let leak_333 = rows_of(processes, 333);
+    assert_eq!(leak_333.len(), CHILDREN, "{document:#}");
+    for (pid, row) in &leak_333 {
+        assert!(child_pids.contains(pid));
+        assert_eq!(row["inherited"], true, "{row:#}");
+        assert!(row.get("also_in").is_none());
+    }
+    // Nothing else: 1 row in the parent, 1 per child plus the 555.
+    let rows: usize = processes.iter().map(|p| p["leaks"].as_array().unwrap().len()).sum();
+    assert_eq!(rows, 1 + CHILDREN + 1, "{document:#}");
+
+    // The text report says the same: one 777-byte row, naming the children in start order.
+    let text = report(&directory, &["--limit", "0"]);
+    let rows_777: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('#') && l.contains(" 777 bytes in 1 block "))
+        .collect();
+    assert_eq!(rows_777, ["#1 777 bytes in 1 block definitely-lost (malloc)"], "{text}");
+    let pids: Vec<String> = also_in.iter().map(u64::to_string).collect();
+    let also = format!(
+        "  also in 5 forked processes (inherited, not repeated): pid {}\n",
+        pids.join(", ")
+    );
+    assert_eq!(text.matches(&also).count(), 1, "{text}");
+    let folded = format!(
+        "\n1 inherited row (777 bytes in 1 block) not repeated: shown in the report of pid {}, whose row names this process\n",
+        pid(parent)
+    );
+    assert_eq!(text.matches(&folded).count(), CHILDREN, "{text}");
+    let inherited_333 = format!(
+        " 333 bytes in 1 block definitely-lost, inherited from pid {} at the fork (malloc)",
+        pid(parent)
+    );
+    assert_eq!(text.matches(&inherited_333).count(), CHILDREN, "{text}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with('#') && l.contains(" 555 bytes"))
+            .count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("no leaks"), "every process leaked: {text}");
+}
+
+#[test]
+fn a_child_reported_alone_shows_its_inherited_leaks_marked() {
+    let scratch = Scratch::new("fork-report-alone");
+    let directory = traced_run(&scratch);
+    let child = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|path| !report_json(path)["fork"].is_null())
+        .unwrap();
+    let alone = report_json(&child);
+    let parent_pid = alone["fork"]["parent_pid"].as_u64().unwrap();
+    let rows_777 = leaks_in(&alone, "parent_leak");
+    assert_eq!(rows_777.len(), 1, "{alone:#}");
+    assert_eq!(rows_777[0]["inherited"], true);
+    assert!(rows_777[0].get("also_in").is_none());
+    assert!(alone.get("inherited_shown_elsewhere").is_none());
+    let text = report(&child, &[]);
+    assert_eq!(
+        text.matches(&format!(
+            "777 bytes in 1 block definitely-lost, inherited from pid {parent_pid} at the fork (malloc)"
+        ))
+        .count(),
+        1,
+        "{text}"
+    );
+}
