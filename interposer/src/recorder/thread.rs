@@ -35,8 +35,11 @@ pub enum Phase {
     OwnWork,
 }
 
-/// Events a signal handler's allocator calls can leave for the interrupted hook to record.
-pub const PENDING_EVENTS: usize = 32;
+/// Events signal handlers' allocator calls can leave for the interrupted hook to record. A
+/// recording that runs long (an unwind-rule cache miss parses DWARF) can be interrupted by a
+/// fast timer's handler again and again, each time with a few events: 4 KiB of thread-local
+/// space per thread keeps room for them.
+pub const PENDING_EVENTS: usize = 128;
 
 pub struct ThreadState {
     pub phase: Cell<Phase>,
