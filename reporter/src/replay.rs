@@ -60,6 +60,13 @@ pub struct Trace {
     pub live: Vec<ExitBlock>,
 }
 
+/// Whether a Python code object's file is importlib's own (`<frozen importlib._bootstrap>`,
+/// `<frozen importlib._bootstrap_external>`): the frames between an `import` and the module
+/// it runs.
+pub fn is_importlib_file(filename: &str) -> bool {
+    filename.starts_with("<frozen importlib._bootstrap")
+}
+
 /// The scan made when CPython's finalisation began, as replay meets it: the FINALIZING
 /// record opens it, its BLOCK_CLASSES gather, and its REACHABILITY closes it against the
 /// blocks live at that point of the replay.
@@ -256,7 +263,7 @@ impl Trace {
             Frame::Python { code_id, .. } => self
                 .python_codes
                 .get(&code_id)
-                .is_some_and(|code| code.filename.starts_with("<frozen importlib._bootstrap")),
+                .is_some_and(|code| is_importlib_file(&code.filename)),
             Frame::Native { .. } | Frame::PythonEntry => false,
         })
     }

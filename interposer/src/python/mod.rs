@@ -43,6 +43,9 @@ fn interpreter() -> Option<&'static Interpreter> {
     INTERPRETER.get()
 }
 static WALKING: AtomicBool = AtomicBool::new(false);
+/// The address of `_PyRuntime`'s finalizing thread state once an interpreter is walked, else
+/// 0: the one word a hook reads to notice that finalisation began.
+static FINALIZING_WORD: AtomicUsize = AtomicUsize::new(0);
 /// The eval loop's code (start, end) while Python frames are recorded; (0, 0) otherwise.
 static EVAL_LOOP_START: AtomicUsize = AtomicUsize::new(0);
 static EVAL_LOOP_END: AtomicUsize = AtomicUsize::new(0);
@@ -96,10 +99,12 @@ pub fn detect() -> Option<PythonRuntime> {
                     Ordering::Relaxed,
                 );
                 let code_type = symbols.code_type;
+                let symbols_runtime = symbols.runtime;
                 let _ = INTERPRETER.set(Interpreter { symbols, layout });
                 codes::init();
                 code_cache::watch_frees(code_type);
                 WALKING.store(true, Ordering::Release);
+                FINALIZING_WORD.store(symbols_runtime + layout.finalizing, Ordering::Relaxed);
                 runtime.frames_recorded = true;
             }
         },
@@ -136,17 +141,25 @@ pub fn eval_loop() -> (usize, usize) {
 
 /// Whether the calling thread has begun finalising the interpreter (`Py_FinalizeEx` past its
 /// `atexit` callbacks and the wait for non-daemon threads, before modules are torn down).
-/// One load while no thread finalises.
-#[inline]
+/// One load (of [`FINALIZING_WORD`]) while no interpreter is watched, two while no thread
+/// finalises.
+#[inline(always)]
 pub fn finalizing_here() -> bool {
-    if !WALKING.load(Ordering::Relaxed) {
-        return false;
-    }
+    let word = FINALIZING_WORD.load(Ordering::Relaxed);
+    word != 0 && raw::read::<usize>(word).is_some_and(|finalizing| finalizing != 0) && finalizing_is_this_thread(word)
+}
+
+#[cold]
+fn finalizing_is_this_thread(word: usize) -> bool {
     let Some(interpreter) = INTERPRETER.get() else {
         return false;
     };
-    let finalizing: usize = raw::read(interpreter.symbols.runtime + interpreter.layout.finalizing).unwrap_or(0);
-    finalizing != 0 && finalizing == interpreter.symbols.current_thread_state()
+    raw::read::<usize>(word) == Some(interpreter.symbols.current_thread_state())
+}
+
+/// Stops [`finalizing_here`] from looking (the moment it watches for has been seen).
+pub fn stop_watching_finalization() {
+    FINALIZING_WORD.store(0, Ordering::Relaxed);
 }
 
 /// Appends the calling thread's Python stack to `out`, innermost first. `define` receives

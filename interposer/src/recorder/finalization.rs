@@ -22,23 +22,27 @@ use crate::sys;
 /// How long the finalising thread waits for the scan beyond its time limit.
 const MARGIN: Duration = Duration::from_secs(10);
 
-/// The scan was asked for (at most once per process).
+/// The scan was asked for (at most once per process; a hook may race another to it).
 static TAKEN: AtomicBool = AtomicBool::new(false);
 /// The collector has written the scan.
 static DONE: AtomicBool = AtomicBool::new(false);
 
-/// Whether this hook call is the first one on the finalising thread since finalisation
-/// began (cheap while it has not: one load).
+/// Whether this hook call is on the finalising thread since finalisation began, and the scan
+/// not yet made (cheap while it has not begun: a load or two, see `python::finalizing_here`).
 #[inline(always)]
 pub fn due() -> bool {
-    !TAKEN.load(Ordering::Relaxed) && python::finalizing_here()
+    python::finalizing_here()
 }
 
 /// Has the collector scan what is live now, and waits for it.
 #[cold]
 #[inline(never)]
 pub fn scan_now() {
-    if TAKEN.swap(true, Ordering::AcqRel) || !state::is_recording() || !state::in_recorded_process() {
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    python::stop_watching_finalization();
+    if !state::is_recording() || !state::in_recorded_process() {
         return;
     }
     let Some(time_limit) = config::get().and_then(|c| c.scan_time_limit) else {

@@ -9,8 +9,9 @@
 //!   `trace_open`: the process record and the trace file;
 //! - `collector_thread`: starting, parking and resuming the collector's thread;
 //! - `channel`: batches and the channel to the collector, and the sweep's [`EventSource`];
+//! - `finalization`: the scan when CPython's finalisation begins;
 //! - `phase`: entering a hook and recording its event;
-//! - `fork`, `startup`, `modules`, `finalization`, `finish`, `exec`: the process's moments.
+//! - `fork`, `startup`, `modules`, `finish`, `exec`: the process's moments.
 //!
 //! Nothing here may panic, block while holding a slot, or allocate except through the real
 //! allocator (every allocation happens as libleak's own work).

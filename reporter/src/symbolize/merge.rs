@@ -17,7 +17,7 @@ use libleak_format::{Frame as TraceFrame, PythonRuntime};
 use super::python_lines;
 use super::SymbolTable;
 use crate::model::{Frame, FrameKind};
-use crate::replay::{is_libleak, StackNode, Trace};
+use crate::replay::{is_importlib_file, is_libleak, StackNode, Trace};
 
 /// The eval loop: the one function that runs bytecode (its `.cold` part included).
 const EVAL_LOOP: &str = "_PyEval_EvalFrameDefault";
@@ -187,11 +187,7 @@ pub fn merged_stack(
 /// importlib's own Python frames, between an `import` statement and the module it runs:
 /// CPython's tracebacks leave them out as well (`_call_with_frames_removed`).
 fn is_import_plumbing(frame: &Frame) -> bool {
-    frame.kind == FrameKind::Python
-        && frame
-            .file
-            .as_deref()
-            .is_some_and(|file| file.starts_with("<frozen importlib._bootstrap"))
+    frame.kind == FrameKind::Python && frame.file.as_deref().is_some_and(is_importlib_file)
 }
 
 fn native_frame(
