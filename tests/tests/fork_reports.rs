@@ -190,3 +190,40 @@ fn a_child_reported_alone_shows_its_inherited_leaks_marked() {
         "{text}"
     );
 }
+
+/// `with multiprocessing.Pool(4)` ends by terminating its workers, often before their first
+/// flush: each worker's trace must still be readable (cut short, saying which process it was),
+/// and `libleak run` must exit as the program did, with every process in the report.
+#[test]
+fn pool_workers_terminated_early_leave_readable_traces_and_run_exits_like_the_program() {
+    const POOL: &str = "import multiprocessing\n\
+def square(x):\n    return x * x\n\
+if __name__ == '__main__':\n    with multiprocessing.Pool(4) as pool:\n        print(sum(pool.map(square, range(100))))\n";
+    for python in pythons() {
+        let scratch = Scratch::new(&format!("pool-{}.{}", python.version.0, python.version.1));
+        std::fs::write(scratch.join("pool.py"), POOL).unwrap();
+        for attempt in 0..3 {
+            let report_file = scratch.join(&format!("report{attempt}.json"));
+            let out = run(Command::new(libleak_bin())
+                .args(["run", "--json", "--report-file"])
+                .arg(&report_file)
+                .arg("--")
+                .arg(&python.path)
+                .arg("pool.py")
+                .current_dir(&scratch.path)
+                .env("LIBLEAK_SO", libleak_so()));
+            let label = python.label();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{label}: {stderr}");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "328350\n", "{label}");
+            let document: Value = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
+            assert_eq!(document["unreadable"], Value::Array(vec![]), "{label}: {document}");
+            let processes = document["processes"].as_array().unwrap();
+            assert_eq!(processes.len(), 5, "{label}: the parent and 4 workers");
+            let parent = processes.iter().find(|p| p["fork"].is_null() && p["complete"] == true);
+            let parent_pid = parent.expect("the parent's complete trace")["process"]["pid"].clone();
+            let workers = processes.iter().filter(|p| p["process"]["parent_pid"] == parent_pid);
+            assert_eq!(workers.count(), 4, "{label}: every worker names the parent");
+        }
+    }
+}

@@ -116,9 +116,42 @@ pub enum Stopped {
 }
 
 /// What a forked child's collector needs to start the child's trace.
+/// A trace file whose header and process record are on disk: a process killed from here on
+/// leaves a trace that says which process it was.
+pub struct OpenedTrace {
+    chunks: ChunkWriter<TraceFile>,
+    encoder: RecordEncoder,
+    path: String,
+}
+
+impl OpenedTrace {
+    /// Writes the header and the process record of a new trace, as one chunk.
+    pub fn begin(file: TraceFile, info: &ProcessInfo) -> std::io::Result<OpenedTrace> {
+        let path = file.path().to_string();
+        let mut opened = OpenedTrace {
+            chunks: ChunkWriter::new(file)?,
+            encoder: RecordEncoder::new(),
+            path,
+        };
+        opened.encoder.process(info);
+        write_pending(&mut opened.chunks, &mut opened.encoder)?;
+        Ok(opened)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+/// Writes what `encoder` holds as one chunk.
+fn write_pending(chunks: &mut ChunkWriter<TraceFile>, encoder: &mut RecordEncoder) -> std::io::Result<()> {
+    let result = chunks.write_chunk(&encoder.payload());
+    encoder.clear_payload();
+    result
+}
+
 pub struct ChildStart {
-    pub file: TraceFile,
-    pub info: ProcessInfo,
+    pub trace: OpenedTrace,
     pub fork: ForkInfo,
 }
 
@@ -313,11 +346,10 @@ impl Collector {
         events: Receiver<Message>,
         spare_batches: Sender<Vec<u64>>,
     ) -> std::io::Result<()> {
-        self.chunks = ChunkWriter::new(child.file)?;
+        self.chunks = child.trace.chunks;
+        self.encoder = child.trace.encoder;
         self.events = events;
         self.spare_batches = spare_batches;
-        self.encoder = RecordEncoder::new();
-        self.encoder.process(&child.info);
         for module in self.modules.modules() {
             self.encoder.module(module);
         }
@@ -424,9 +456,7 @@ impl Collector {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.last_flush = Instant::now();
-        let result = self.chunks.write_chunk(&self.encoder.payload());
-        self.encoder.clear_payload();
-        result
+        write_pending(&mut self.chunks, &mut self.encoder)
     }
 
     fn process_batch(&mut self, mut batch: Vec<u64>) {

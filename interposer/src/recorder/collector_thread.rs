@@ -16,7 +16,7 @@ use libleak_format::ForkInfo;
 use super::state::{self, State};
 use super::thread::{as_own_work, Phase, THREAD};
 use super::trace_open::{open_trace, process_info};
-use crate::collector::{ChildStart, Collector, Message, Stopped};
+use crate::collector::{ChildStart, Collector, Message, OpenedTrace, Stopped};
 use crate::config;
 use crate::sys::{self, threads};
 
@@ -45,8 +45,12 @@ pub struct PendingChild {
     pub fork: ForkInfo,
     pub events: Receiver<Message>,
     pub spare_batches: Sender<Vec<u64>>,
+    /// The child's trace, once its first event opened it (see [`open_child_trace_early`]).
+    pub trace: Option<OpenedTrace>,
 }
 pub static PENDING_CHILD: Mutex<Option<PendingChild>> = Mutex::new(None);
+/// Set in a forked child until its trace file exists.
+pub static CHILD_TRACE_DUE: AtomicBool = AtomicBool::new(false);
 
 /// Starts the collector's thread on the parked collector. False when it cannot start.
 pub fn spawn() -> bool {
@@ -61,6 +65,9 @@ pub fn spawn() -> bool {
 
 #[cold]
 pub fn resume_if_due() {
+    if CHILD_TRACE_DUE.load(Ordering::Relaxed) {
+        open_child_trace_early();
+    }
     let parked_for = sys::monotonic_ns().saturating_sub(PARKED_AT_NS.load(Ordering::Relaxed));
     if parked_for >= RESUME_AFTER_FORK.as_nanos() as u64 {
         resume();
@@ -80,6 +87,38 @@ pub fn resume() {
         state::set(State::Off);
         sys::write_stderr(b"libleak: cannot restart the writer thread after fork; recording stopped\n");
     }
+}
+
+/// A forked child's first event creates its trace file, with the header and the process
+/// record, on the spot: the collector itself resumes only [`RESUME_AFTER_FORK`] later, and
+/// pool workers are often terminated before that; their traces must still say which process
+/// they were and that it was cut short.
+#[cold]
+fn open_child_trace_early() {
+    if !CHILD_TRACE_DUE.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    as_own_work(|| {
+        // Held while the file is made, so that a collector resuming meanwhile waits for it
+        // rather than opening a second trace.
+        let Ok(mut pending) = PENDING_CHILD.lock() else { return };
+        let Some(child) = pending.as_mut().filter(|child| child.trace.is_none()) else {
+            return;
+        };
+        // On failure the collector tries again when it resumes, and says why if it fails too.
+        if let Ok(trace) = begin_trace() {
+            note_trace_path(trace.path());
+            child.trace = Some(trace);
+        }
+    });
+}
+
+fn begin_trace() -> Result<OpenedTrace, String> {
+    let config = config::get().ok_or("no configuration")?;
+    let info = process_info();
+    let file = open_trace(config, &info)?;
+    let path = file.path().to_string();
+    OpenedTrace::begin(file, &info).map_err(|e| format!("cannot write {path}: {e}"))
 }
 
 pub fn note_trace_path(path: &str) {
@@ -122,15 +161,16 @@ fn run() {
 }
 
 fn start_child_trace(collector: &mut Collector, child: PendingChild) -> Result<(), String> {
-    let config = config::get().ok_or("no configuration")?;
-    let info = process_info();
-    let file = open_trace(config, &info)?;
-    let path = file.path().to_string();
+    CHILD_TRACE_DUE.store(false, Ordering::Relaxed);
+    let trace = match child.trace {
+        Some(trace) => trace,
+        None => begin_trace()?,
+    };
+    let path = trace.path().to_string();
     collector
         .start_child_trace(
             ChildStart {
-                file,
-                info,
+                trace,
                 fork: child.fork,
             },
             child.events,

@@ -14,7 +14,7 @@ use libleak_format::ForkInfo;
 
 use super::channel::{self, MAX_FORK_DEPTH};
 use super::collector_thread::{
-    PendingChild, COLLECTOR_THREAD, FINISHED, FORKING, PARKED, PARKED_AT_NS, PENDING_CHILD, TRACE_OPEN,
+    PendingChild, CHILD_TRACE_DUE, COLLECTOR_THREAD, FINISHED, FORKING, PARKED, PARKED_AT_NS, PENDING_CHILD, TRACE_OPEN,
 };
 use super::seq;
 use super::state::{self, State};
@@ -113,8 +113,10 @@ fn after_fork_in_child() {
                 },
                 events,
                 spare_batches,
+                trace: None,
             });
         }
+        CHILD_TRACE_DUE.store(true, Ordering::Relaxed);
         TRACE_OPEN.store(false, Ordering::Relaxed);
         FINISHED.store(false, Ordering::Relaxed);
         COLLECTOR_THREAD.store(0, Ordering::Relaxed);
