@@ -31,35 +31,38 @@ fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame> {
 pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Leak>, Omitted) {
     let mut rows: Vec<Leak> = Vec::new();
     // A row is one leak: a site's lost blocks together, whatever holds each (a stale pointer
-    // into one block makes it "possibly lost" without making it another leak).
-    let mut row_of: HashMap<(bool, bool, Vec<Frame>), usize> = HashMap::new();
+    // into one block makes it "possibly lost" without making it another leak). A fork child's
+    // inherited blocks are kept apart from those it allocated itself: they are the parent's
+    // leak, shown once for the whole process family (see `processes`).
+    let mut row_of: HashMap<(bool, bool, bool, Vec<Frame>), usize> = HashMap::new();
     for item in listed {
         let (blocks, bytes) = (item.tally.tally.blocks, item.tally.tally.bytes);
         let key = row_key(item.frames, roles, options.group_by);
-        let index = *row_of.entry((item.reachable, item.leftover, key)).or_insert_with(|| {
-            rows.push(Leak {
-                class: Class::of(item.tally.class),
-                bytes: 0,
-                blocks: 0,
-                allocator: item.tally.allocator,
-                frames: Vec::new(),
-                stacks: Vec::new(),
-                classes: Vec::new(),
-                owner: Owner {
-                    frame: None,
-                    python: None,
-                },
-                runtime_leftover: item.leftover,
-                inherited: true,
-                also_in: Vec::new(),
+        let inherited = item.tally.inherited;
+        let index = *row_of
+            .entry((item.reachable, item.leftover, inherited, key))
+            .or_insert_with(|| {
+                rows.push(Leak {
+                    class: Class::of(item.tally.class),
+                    bytes: 0,
+                    blocks: 0,
+                    allocator: item.tally.allocator,
+                    frames: Vec::new(),
+                    stacks: Vec::new(),
+                    classes: Vec::new(),
+                    owner: Owner {
+                        frame: None,
+                        python: None,
+                    },
+                    runtime_leftover: item.leftover,
+                    inherited,
+                    also_in: Vec::new(),
+                });
+                rows.len() - 1
             });
-            rows.len() - 1
-        });
         let row = &mut rows[index];
         row.bytes += bytes;
         row.blocks += blocks;
-        // One block the process allocated itself makes the row its own.
-        row.inherited &= item.tally.inherited;
         let class = Class::of(item.tally.class);
         match row.classes.iter_mut().find(|(c, _)| *c == class) {
             Some((_, tally)) => tally.add(blocks, bytes),
@@ -278,19 +281,19 @@ mod tests {
     }
 
     #[test]
-    fn a_row_is_inherited_only_when_every_block_of_it_was() {
+    fn inherited_blocks_and_the_childs_own_make_separate_rows() {
         let stacks = stacks();
         let inherited = |stack, bytes| StackTally {
             inherited: true,
             ..tally(stack, lost(), 1, bytes)
         };
-        // Site `parse`: one inherited block and one the child allocated itself; site `load`:
-        // an inherited block only.
+        // Site `parse`: one inherited block and one the child allocated itself (two rows); site
+        // `load`: an inherited block only.
         let tallies = [inherited(0, 10), tally(1, lost(), 1, 20), inherited(2, 100)];
         let listed = listed(&tallies, &stacks);
         let (leaks, _) = group(&listed, &roles(), &options(GroupBy::Site, 0));
         let flags: Vec<(u64, bool)> = leaks.iter().map(|l| (l.bytes, l.inherited)).collect();
-        assert_eq!(flags, [(100, true), (30, false)]);
+        assert_eq!(flags, [(100, true), (20, false), (10, true)]);
         assert!(leaks.iter().all(|l| l.also_in.is_empty()));
     }
 

@@ -227,3 +227,61 @@ if __name__ == '__main__':\n    with multiprocessing.Pool(4) as pool:\n        p
         }
     }
 }
+
+/// The same from Python: a C extension's 777-byte leak made before five `os.fork()`s is one row,
+/// the parent's, naming the five children, whether they end by `os._exit` or by returning; the
+/// 555 bytes one child leaks itself stay its own.
+#[test]
+fn python_fork_children_do_not_repeat_the_parents_leak() {
+    const SCRIPT: &str = "import os, sys\nimport frames\n\
+frames.alloc(777)\n\
+children = []\n\
+for i in range(5):\n    pid = os.fork()\n    if pid == 0:\n        if i == 2:\n            frames.alloc(555)\n        if i % 2:\n            os._exit(0)\n        sys.exit(0)\n    children.append(pid)\n\
+for pid in children:\n    assert os.waitpid(pid, 0)[1] == 0\n\
+print('forked', len(children))\n";
+    let source = fixtures_dir().join("pyframes/frames.c");
+    for python in pythons() {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("pyfork-{}.{}", python.version.0, python.version.1));
+        python.build_extension(&source, "frames", &scratch.path);
+        std::fs::write(scratch.join("forks.py"), SCRIPT).unwrap();
+        let directory = scratch.join("traces");
+        std::fs::create_dir_all(&directory).unwrap();
+        let out = run(Command::new(&python.real_path)
+            .arg("forks.py")
+            .current_dir(&scratch.path)
+            .env("PYTHONPATH", &scratch.path)
+            .env("LD_PRELOAD", libleak_so())
+            .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "forked 5\n", "{label}");
+        let document: Value = serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap();
+        let processes = document["processes"].as_array().unwrap();
+        assert_eq!(processes.len(), 6, "{label}: {document:#}");
+        let parent = processes.iter().find(|p| p["fork"].is_null()).unwrap();
+        let mut child_pids: Vec<u64> = processes.iter().filter(|p| !p["fork"].is_null()).map(pid).collect();
+        child_pids.sort();
+        let leak_777 = rows_of(processes, 777);
+        assert_eq!(leak_777.len(), 1, "{label}: {document:#}");
+        let (owner, row) = leak_777[0];
+        assert_eq!(owner, pid(parent), "{label}");
+        assert_eq!(row["blocks"], 1, "{label}");
+        let mut also_in: Vec<u64> = row["also_in"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        also_in.sort();
+        assert_eq!(also_in, child_pids, "{label}: {row:#}");
+        let leak_555 = rows_of(processes, 555);
+        assert_eq!(leak_555.len(), 1, "{label}: {document:#}");
+        assert!(child_pids.contains(&leak_555[0].0), "{label}");
+        assert!(leak_555[0].1.get("inherited").is_none(), "{label}");
+    }
+}
