@@ -61,9 +61,9 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
     groups
 }
 
-/// The distinct stacks of `tallies`, in order.
-pub fn stacks(tallies: &[StackTally]) -> Vec<u64> {
-    let mut stacks: Vec<u64> = tallies.iter().map(|t| t.stack).collect();
+/// The distinct stacks of `tallies` (in the order [`tally`] gives), in order.
+pub fn stacks<'a>(tallies: impl IntoIterator<Item = &'a StackTally>) -> Vec<u64> {
+    let mut stacks: Vec<u64> = tallies.into_iter().map(|t| t.stack).collect();
     stacks.dedup();
     stacks
 }

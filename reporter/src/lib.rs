@@ -70,7 +70,11 @@ pub fn report(
 /// The report of a replayed trace; `trace_path` is how the report names it.
 pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: &Options) -> Report {
     let tallies = classify::tally(trace);
-    let stacks = classify::stacks(&tallies);
+    // Reachable blocks are only counted unless listed: their stacks need no symbols.
+    let needs_frames = |tally: &&classify::StackTally| {
+        options.show_reachable || tally.class != Some(libleak_format::LeakClass::Reachable)
+    };
+    let stacks = classify::stacks(tallies.iter().filter(needs_frames));
     let symbols = SymbolTable::of_stacks(trace, &stacks, symbolizer);
     let merged = merge::merged_stacks(trace, &stacks, &symbols, options.show_interpreter_frames);
     let roles = Roles::of(&trace.header);
