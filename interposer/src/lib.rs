@@ -15,6 +15,7 @@
 //! - [`python`]: finding CPython and walking the allocating thread's Python frames.
 //! - [`reach`]: the exit-time reachability scan that classifies the blocks live at exit.
 //! - [`stack_words`]: how native and Python frames travel from hooks to the collector.
+//! - [`segments`]: which loaded object holds an address, by binary search.
 //! - [`config`]: the `LIBLEAK_*` environment variables, parsed once.
 //! - [`sys`]: every system call, libc service and raw memory read, behind safe functions;
 //!   it imports nothing of the crate.
@@ -32,6 +33,7 @@ mod config;
 mod exports;
 mod python;
 mod reach;
+mod segments;
 mod recorder;
 mod stack_words;
 mod sys;

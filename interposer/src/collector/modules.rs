@@ -7,10 +7,12 @@
 
 use libleak_format::{Module, RecordEncoder};
 
+use crate::segments::SegmentIndex;
 use crate::sys::loader;
 
 pub struct ModuleMap {
     modules: Vec<Module>,
+    segments: SegmentIndex,
     next_module_id: u64,
     main_exe: String,
     /// The loader's (adds, removes) counters when the map was last known to match them.
@@ -22,6 +24,7 @@ impl ModuleMap {
     pub fn new(main_exe: String) -> ModuleMap {
         ModuleMap {
             modules: Vec::new(),
+            segments: SegmentIndex::default(),
             next_module_id: 1,
             main_exe,
             loader_generation: loader::loader_generation(),
@@ -38,7 +41,7 @@ impl ModuleMap {
 
     /// Whether a known module holds `address`.
     pub fn holds(&self, address: u64) -> bool {
-        self.modules.iter().any(|m| m.contains(address))
+        self.segments.holds(address)
     }
 
     /// Records modules that appeared and disappeared since the last snapshot. True when
@@ -62,6 +65,7 @@ impl ModuleMap {
                 self.modules.push(module);
             }
         }
+        self.segments = SegmentIndex::new(&self.modules);
         some_went_away
     }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use libleak_format::{BlockClass, LeakClass, Module, Reachability, ScanOutcome};
 
 use crate::python::gc::{gc_header, FoundObject, GcObjects};
+use crate::segments::SegmentIndex;
 use crate::sys::memory::MemoryReader;
 pub use roots::ExitingThread;
 
@@ -202,8 +203,8 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         // reference count (non-PIE interpreters put both below any bound on counts).
         let found: Vec<(usize, Option<FoundObject>, Option<u64>)> = {
             let blocks = &blocks;
-            let modules = input.modules;
-            let is_address = |word: u64| blocks.find(word).is_some() || modules.iter().any(|m| m.contains(word));
+            let modules = SegmentIndex::new(input.modules);
+            let is_address = |word: u64| blocks.find(word).is_some() || modules.holds(word);
             (0..blocks.addresses.len())
                 .map(|index| {
                     let (address, size) = (blocks.addresses[index], blocks.sizes[index]);
