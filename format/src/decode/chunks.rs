@@ -291,7 +291,10 @@ impl<R: Read> ChunkReader<R> {
         if !self.fill_to(end)? {
             return Ok(Attempt::Cut);
         }
-        let (from, to) = ((frame_end - self.window_start) as usize, (end - self.window_start) as usize);
+        let (from, to) = (
+            (frame_end - self.window_start) as usize,
+            (end - self.window_start) as usize,
+        );
         if !inflate_exactly(&self.window[from..to], payload_len as usize, &mut self.payload)
             || crc32fast::hash(&self.payload) != crc
         {
@@ -458,7 +461,11 @@ mod tests {
         assert!(!inflate_exactly(&compressed, payload.len() + 1, &mut out));
         let trailing = [compressed.as_slice(), &[0]].concat();
         assert!(!inflate_exactly(&trailing, payload.len(), &mut out));
-        assert!(!inflate_exactly(&compressed[..compressed.len() - 1], payload.len(), &mut out));
+        assert!(!inflate_exactly(
+            &compressed[..compressed.len() - 1],
+            payload.len(),
+            &mut out
+        ));
         for len in [0, 1, 100, 65_535, 65_536, 70_000] {
             let data = vec![3u8; len];
             let mut compressed = Vec::with_capacity(len + 1024);

@@ -359,7 +359,11 @@ mod tests {
         let mut writer = ChunkWriter::new(Vec::new()).unwrap();
         writer.write_chunk(&Payload::new(&records, &[])).unwrap();
         let read = decode_all(writer.get_mut()).unwrap();
-        assert_eq!(read.records, [Record::Process(ProcessInfo::default())], "kept: the CRC matched");
+        assert_eq!(
+            read.records,
+            [Record::Process(ProcessInfo::default())],
+            "kept: the CRC matched"
+        );
         assert_eq!(
             read.damage,
             [Damage {
