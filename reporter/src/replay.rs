@@ -12,7 +12,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use libleak_format::{
-    DecodeError, Frame, LeakClass, Mark, Module, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
+    DecodeError, Frame, LeakClass, Mark, Module, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome, Stats,
+    TraceReader,
 };
 
 use crate::live::{ExitBlock, LiveSet};
@@ -275,7 +276,16 @@ impl Trace {
         }
         let mut trace = Trace {
             header: TraceHeader {
-                process: process.ok_or(ReplayError::NoProcess)?,
+                process: match process {
+                    Some(process) => process,
+                    // The events that survived are worth a report all the same.
+                    None if !reader.damage().is_empty() => ProcessInfo {
+                        program: "unknown".to_string(),
+                        exe: "(the process record was in a damaged part of the trace)".to_string(),
+                        ..ProcessInfo::default()
+                    },
+                    None => return Err(ReplayError::NoProcess),
+                },
                 python,
                 python_ignores_environment,
                 totals: live_totals,
