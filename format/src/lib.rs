@@ -36,5 +36,5 @@ pub const CHUNK_FRAME_LEN: usize = 16;
 /// a false match comes once in 4 GiB, and must then also pass the chunk's lengths, inflation
 /// and CRC-32.
 pub const CHUNK_SYNC: [u8; 4] = [0xF7, 0xD3, 0xA9, 0x1E];
-/// Upper bound on a chunk's compressed or uncompressed payload; larger lengths are corruption.
+/// Upper bound on a chunk's compressed or uncompressed payload; a frame stating more is damaged.
 pub const MAX_CHUNK_BYTES: u32 = 64 << 20;

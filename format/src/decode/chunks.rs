@@ -21,6 +21,9 @@ use crate::{CHUNK_FRAME_LEN, CHUNK_SYNC, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_
 
 /// How much the reader asks its input for at a time while it looks for a sync marker.
 const SCAN_BLOCK: usize = 64 << 10;
+/// The most the window grows by at a time: it grows only as bytes arrive, not by what a
+/// (possibly damaged) frame claims.
+const READ_BLOCK: usize = 1 << 20;
 
 /// What a chunk's prologue says (`SPEC.md`, "Chunk prologue").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -345,7 +348,8 @@ impl<R: Read> ChunkReader<R> {
             if have >= end {
                 return Ok(true);
             }
-            if !self.read_more((end - have) as usize)? {
+            let want = usize::try_from(end - have).unwrap_or(READ_BLOCK).min(READ_BLOCK);
+            if !self.read_more(want)? {
                 return Ok(false);
             }
         }
