@@ -1,8 +1,9 @@
-//! The state that records are written relative to (`SPEC.md`, "Event records" and
-//! "Stack nodes"): the previous sequence number, address and stack, the current thread, the
-//! rings of recent addresses and the number of stack nodes defined. The encoder and the
-//! decoder each own one [`DeltaState`] and make the same calls in the same record order, so
-//! the two sides cannot keep different state.
+//! The state that records are written relative to (`SPEC.md`, "Decoder state"): the
+//! previous sequence number, address and stack, the current thread, the rings of recent
+//! addresses and the number of stack nodes defined. The encoder and the decoder each own one
+//! [`DeltaState`] and make the same calls in the same record order, so the two sides cannot
+//! keep different state. Everything but the stack node count starts afresh with each chunk
+//! ([`DeltaState::start_chunk`]), so that a reader can decode any chunk on its own.
 //!
 //! Must never hold what only one side needs (the encoder's `Finder`s stay in `encode.rs`),
 //! and never choose an encoding or judge a value: it only does the arithmetic that both sides
@@ -17,7 +18,7 @@ pub(crate) enum Recent {
     Frees,
 }
 
-/// Carried from record to record and across chunks, from the start of the trace.
+/// Carried from record to record within a chunk; only the stack node count crosses chunks.
 #[derive(Default)]
 pub(crate) struct DeltaState {
     previous_seq: u64,
@@ -120,6 +121,19 @@ impl DeltaState {
         self.stack_nodes_defined
     }
 
+    /// Back to the state a chunk starts in, with `stack_nodes_before` nodes defined before it
+    /// (`SPEC.md`, "Chunk prologue"). The rings keep their memory: a chunk starts every
+    /// 100 ms, and the traced process pays for every allocation of the writer thread.
+    pub fn start_chunk(&mut self, stack_nodes_before: u64) {
+        self.previous_seq = 0;
+        self.previous_address = 0;
+        self.current_thread = 0;
+        self.previous_stack = 0;
+        self.recent_allocs.clear();
+        self.recent_frees.clear();
+        self.stack_nodes_defined = stack_nodes_before;
+    }
+
     /// The highest stack node id defined so far (0 before any).
     #[inline]
     pub fn stack_nodes_defined(&self) -> u64 {
@@ -141,5 +155,25 @@ mod tests {
             assert_eq!(reader.stack_from_delta(writer.stack_delta(value)), value);
         }
         assert_eq!(writer.stack_delta(13), 1, "deltas are from the previous value");
+    }
+
+    #[test]
+    fn a_chunk_starts_from_the_initial_state_but_the_node_count() {
+        let mut state = DeltaState::default();
+        state.seq_delta(5);
+        state.address_delta(0x1000);
+        state.stack_delta(3);
+        state.set_current_thread(7);
+        state.allocated(0x1000);
+        state.freed(0x2000);
+        state.define_stack_node();
+        state.start_chunk(41);
+        assert_eq!(state.seq_delta(5), 5);
+        assert_eq!(state.address_delta(0x1000), 0x1000);
+        assert_eq!(state.stack_delta(3), 3);
+        assert_eq!(state.current_thread(), 0);
+        assert_eq!(state.recent(Recent::Allocs).get(0), None);
+        assert_eq!(state.recent(Recent::Frees).get(0), None);
+        assert_eq!(state.define_stack_node(), 42);
     }
 }

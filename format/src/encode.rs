@@ -3,24 +3,26 @@
 //! must never be called from an allocation hook.
 
 use std::io::{self, Write};
+use std::time::Instant;
 
 use flate2::{Compress, Compression, FlushCompress, Status};
 
 use crate::delta::{DeltaState, Recent};
 use crate::recent::Finder;
 use crate::record::{
-    frame_kind, tag, Alloc, BlockClass, End, ForkInfo, Frame, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
-    Reachability, Stats,
+    frame_kind, tag, Alloc, BlockClass, End, ForkInfo, Frame, Free, Mark, Module, ProcessInfo, PythonCode,
+    PythonRuntime, Reachability, Stats,
 };
 use crate::varint::{put_bytes, put_i64, put_u64, put_u64_into, MAX_VARINT_BYTES};
-use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC};
+use crate::{CHUNK_FRAME_LEN, CHUNK_SYNC, FORMAT_VERSION, HEADER_LEN, MAGIC};
 
 /// zlib-rs at level 2: 4.5 % smaller than miniz_oxide's level 1 for about the same writer
 /// time (level 1 of zlib-rs is a faster, looser algorithm: 16 % larger).
 const DEFLATE_LEVEL: u32 = 2;
 
 /// Encodes records into an uncompressed payload. Keeps the [`DeltaState`] that the decoder
-/// mirrors, across chunks.
+/// mirrors; each payload starts from the state a chunk starts in, so that a reader can
+/// decode it without the chunks before it.
 #[derive(Default)]
 pub struct RecordEncoder {
     /// Records, except the address fields of ALLOC and FREE.
@@ -33,6 +35,8 @@ pub struct RecordEncoder {
     /// Where addresses sit in `delta`'s rings of recent allocations and frees.
     alloc_finder: Finder,
     free_finder: Finder,
+    /// Stack nodes defined before this payload: its prologue's `stack_nodes_before`.
+    stack_nodes_before: u64,
 }
 
 impl RecordEncoder {
@@ -48,13 +52,21 @@ impl RecordEncoder {
     /// The payload encoded since the last [`RecordEncoder::clear_payload`], in the pieces
     /// [`ChunkWriter::write_chunk`] takes.
     pub fn payload(&self) -> Payload<'_> {
-        Payload::new(&self.payload, &self.addresses)
+        Payload::new(&self.payload, &self.addresses).with_stack_nodes_before(self.stack_nodes_before)
     }
 
-    /// Starts a new payload (after it was written as a chunk), keeping the delta state.
+    /// Starts a new payload (after it was written as a chunk), from the state a chunk starts
+    /// in: the next records spell their thread and deltas out again. Measured against
+    /// version 7 (state across chunks): +0.03 % on a C program's trace (2 M events in 25
+    /// chunks), nothing beyond the 0.1 % run-to-run noise on Python ones (47 chunks of
+    /// 100 ms); in exchange every chunk reads on its own after damage to those before it.
     pub fn clear_payload(&mut self) {
         self.payload.clear();
         self.addresses.clear();
+        self.stack_nodes_before = self.delta.stack_nodes_defined();
+        self.delta.start_chunk(self.stack_nodes_before);
+        self.alloc_finder.clear();
+        self.free_finder.clear();
     }
 
     pub fn process(&mut self, info: &ProcessInfo) {
@@ -253,6 +265,15 @@ impl RecordEncoder {
         }
     }
 
+    pub fn mark(&mut self, mark: &Mark) {
+        let out = &mut self.payload;
+        out.push(tag::MARK);
+        put_u64(out, mark.seq);
+        put_u64(out, mark.time_ns);
+        put_u64(out, mark.thread_id.into());
+        put_bytes(out, mark.label.as_bytes());
+    }
+
     fn stats_fields(out: &mut Vec<u8>, stats: &Stats) {
         put_u64(out, stats.reentrant_calls);
         put_u64(out, stats.producer_waits);
@@ -280,25 +301,31 @@ impl RecordEncoder {
     }
 }
 
-/// A chunk's payload before compression: the length of its records part (LEB128), the
-/// records, then the address stream (`SPEC.md`, "Payload encoding").
+/// A chunk's payload before compression: the chunk prologue's stack node count, the records
+/// and the address stream (`SPEC.md`, "Payload encoding"). [`ChunkWriter::write_chunk`]
+/// adds the prologue's time and the records' length.
 pub struct Payload<'a> {
-    records_len: [u8; MAX_VARINT_BYTES],
-    records_len_bytes: usize,
+    stack_nodes_before: u64,
     records: &'a [u8],
     addresses: &'a [u8],
 }
 
 impl<'a> Payload<'a> {
-    /// A payload of `records` and the `addresses` their ALLOC and FREE records refer to.
+    /// A payload of `records` and the `addresses` their ALLOC and FREE records refer to, in a
+    /// chunk that no stack node precedes.
     pub fn new(records: &'a [u8], addresses: &'a [u8]) -> Self {
-        let mut records_len = [0; MAX_VARINT_BYTES];
-        let records_len_bytes = put_u64_into(&mut records_len, records.len() as u64);
         Payload {
-            records_len,
-            records_len_bytes,
+            stack_nodes_before: 0,
             records,
             addresses,
+        }
+    }
+
+    /// The same payload in a chunk after `count` stack nodes were defined.
+    pub fn with_stack_nodes_before(self, count: u64) -> Self {
+        Payload {
+            stack_nodes_before: count,
+            ..self
         }
     }
 
@@ -312,13 +339,9 @@ impl<'a> Payload<'a> {
         self.records
     }
 
-    /// The payload's bytes, in order, in three pieces.
-    pub fn parts(&self) -> [&[u8]; 3] {
-        [
-            &self.records_len[..self.records_len_bytes],
-            self.records,
-            self.addresses,
-        ]
+    /// The address stream.
+    pub fn addresses(&self) -> &'a [u8] {
+        self.addresses
     }
 }
 
@@ -331,6 +354,8 @@ pub struct ChunkWriter<W: Write> {
     /// Kept from chunk to chunk: a fresh compressor per chunk allocated (and the traced
     /// process then unmapped, with a TLB shootdown to its cores) ~300 KB of state each time.
     compressor: Compress,
+    /// When the first chunk was written: chunk prologues and MARK records count time from it.
+    started: Option<Instant>,
 }
 
 impl<W: Write> ChunkWriter<W> {
@@ -343,18 +368,45 @@ impl<W: Write> ChunkWriter<W> {
             out,
             compressed: Vec::new(),
             compressor: Compress::new(Compression::new(DEFLATE_LEVEL), false),
+            started: None,
         })
     }
 
-    /// Compresses the payload into one chunk and writes it with a single `write_all`.
+    /// Nanoseconds from the first chunk to `instant` (0 before it, or when no chunk was
+    /// written yet): the clock of chunk prologues and of MARK records.
+    pub fn time_ns(&self, instant: Instant) -> u64 {
+        self.started.map_or(0, |started| {
+            u64::try_from(instant.saturating_duration_since(started).as_nanos()).unwrap_or(u64::MAX)
+        })
+    }
+
+    /// Compresses the payload into one chunk, stamped with the time now, and writes it with a
+    /// single `write_all`.
     pub fn write_chunk(&mut self, payload: &Payload<'_>) -> io::Result<()> {
         if payload.is_empty() {
             return Ok(());
         }
-        self.write_raw_chunk(&payload.parts())
+        let now = Instant::now();
+        self.started.get_or_insert(now);
+        self.write_chunk_at(payload, self.time_ns(now))
     }
 
-    /// Writes a chunk whose payload is the concatenation of `parts`, whatever they hold.
+    /// As [`ChunkWriter::write_chunk`], with the prologue's time given.
+    pub fn write_chunk_at(&mut self, payload: &Payload<'_>, time_ns: u64) -> io::Result<()> {
+        // Prologue and records length: three varints.
+        let mut head = [0u8; 3 * MAX_VARINT_BYTES];
+        let mut len = 0;
+        for value in [payload.stack_nodes_before, time_ns, payload.records.len() as u64] {
+            let mut varint = [0u8; MAX_VARINT_BYTES];
+            let n = put_u64_into(&mut varint, value);
+            head[len..len + n].copy_from_slice(&varint[..n]);
+            len += n;
+        }
+        self.write_raw_chunk(&[&head[..len], payload.records, payload.addresses])
+    }
+
+    /// Writes a chunk whose payload is the concatenation of `parts`, whatever they hold (the
+    /// prologue included).
     pub fn write_raw_chunk(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         let total: usize = parts.iter().map(|part| part.len()).sum();
         self.compressed.clear();
@@ -384,9 +436,10 @@ impl<W: Write> ChunkWriter<W> {
             }
         }
         let compressed_len = (self.compressed.len() - CHUNK_FRAME_LEN) as u32;
-        self.compressed[0..4].copy_from_slice(&compressed_len.to_le_bytes());
-        self.compressed[4..8].copy_from_slice(&(total as u32).to_le_bytes());
-        self.compressed[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+        self.compressed[0..4].copy_from_slice(&CHUNK_SYNC);
+        self.compressed[4..8].copy_from_slice(&compressed_len.to_le_bytes());
+        self.compressed[8..12].copy_from_slice(&(total as u32).to_le_bytes());
+        self.compressed[12..16].copy_from_slice(&crc.finalize().to_le_bytes());
         self.out.write_all(&self.compressed)?;
         self.out.flush()
     }

@@ -30,6 +30,11 @@ impl Ring {
         self.count += 1;
     }
 
+    /// Forgets every address (a chunk starts).
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
     /// The address `back` records before the latest (0: the latest).
     pub fn get(&self, back: u8) -> Option<u64> {
         let back = u64::from(back);
@@ -62,6 +67,11 @@ impl Default for Finder {
 impl Finder {
     fn slot(address: u64) -> usize {
         ((address >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize % FINDER_SLOTS
+    }
+
+    /// Forgets every address (a chunk starts; its ring was cleared).
+    pub fn clear(&mut self) {
+        self.slots.fill((u64::MAX, 0));
     }
 
     /// Notes that `ring`'s latest record (just pushed) holds `address`.

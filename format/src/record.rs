@@ -24,6 +24,7 @@ pub(crate) mod tag {
     pub const FREE_RECENT: u8 = 0x10;
     pub const PYTHON_CONFIG: u8 = 0x11;
     pub const FINALIZING: u8 = 0x12;
+    pub const MARK: u8 = 0x13;
 }
 
 /// Frame kind bytes inside a stack node record.
@@ -74,7 +75,22 @@ pub enum Record {
     /// the blocks it inherited.
     Fork(ForkInfo),
     Stats(Stats),
+    /// A point of the run named by the program or the user.
+    Mark(Mark),
     End(End),
+}
+
+/// A labelled point of the run: the events with a smaller `seq` (on its thread, or on the
+/// addresses it orders against) happened before it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// The event sequence number at the mark (absolute, not a delta).
+    pub seq: u64,
+    /// Nanoseconds since the trace's first chunk was written, on the clock of
+    /// [`TraceReader::chunk_time_ns`](crate::TraceReader::chunk_time_ns).
+    pub time_ns: u64,
+    pub thread_id: u32,
+    pub label: String,
 }
 
 /// Who the traced process is.

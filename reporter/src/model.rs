@@ -6,7 +6,9 @@
 //! JSON form is exactly their fields derive `Serialize`; the rest get views in
 //! [`crate::render::json`].
 
-use libleak_format::{AllocKind, End, ExitKind, ForkInfo, LeakClass, ProcessInfo, PythonRuntime, Reachability, Stats};
+use libleak_format::{
+    AllocKind, Damage, End, ExitKind, ForkInfo, LeakClass, ProcessInfo, PythonRuntime, Reachability, Stats,
+};
 use serde::Serialize;
 
 pub use libleak_format::live::Totals;
@@ -251,12 +253,20 @@ pub struct TraceHeader {
     pub fork: Option<ForkInfo>,
     pub end: Option<End>,
     pub incomplete: Option<Incompleteness>,
+    /// The parts of the file the reader skipped, in file order: the events recorded there
+    /// are missing (and stacks defined there read as lost).
+    pub damage: Vec<Damage>,
 }
 
 impl TraceHeader {
     /// Whether the process exited normally and the trace has its end marker.
     pub fn complete(&self) -> bool {
         self.incomplete.is_none()
+    }
+
+    /// Bytes of the file skipped as damaged.
+    pub fn damaged_bytes(&self) -> u64 {
+        self.damage.iter().map(|d| d.bytes).sum()
     }
 }
 

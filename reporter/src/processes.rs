@@ -149,6 +149,7 @@ mod tests {
                 }),
                 end: None,
                 incomplete: None,
+                damage: Vec::new(),
             },
             summary: Summary::default(),
             group_by: GroupBy::Site,

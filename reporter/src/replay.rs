@@ -1,7 +1,8 @@
 //! Stage 1, replay: reads a whole trace into the process's header, the module map as it
 //! changed, the stack nodes (each native frame resolved to the module that held its address
-//! when the node was defined), and the live set at the end. The module map's knowledge of
-//! which module is libleak's own lives here too.
+//! when the node was defined), the marks, and the live set at the end. The module map's
+//! knowledge of which module is libleak's own lives here too. Damage the reader skipped is
+//! carried in the header; stacks whose nodes it lost end in a [`StackNode::lost`] node.
 //!
 //! Must never symbolize or judge blocks: it reports what the trace says, nothing more.
 
@@ -11,7 +12,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use libleak_format::{
-    DecodeError, Frame, LeakClass, Module, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
+    DecodeError, Frame, LeakClass, Mark, Module, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome, Stats,
+    TraceReader,
 };
 
 use crate::live::{ExitBlock, LiveSet};
@@ -35,6 +37,61 @@ pub struct StackNode {
     pub frame: Frame,
     /// Index into [`Trace::modules`] of the module holding a native frame's address.
     pub module: Option<usize>,
+    /// Stands for the rest of a stack whose nodes were defined in a damaged part of the
+    /// trace (`frame` and `module` then mean nothing): always the outermost.
+    pub lost: bool,
+}
+
+impl StackNode {
+    /// The end of a stack whose outer nodes were lost.
+    const LOST: StackNode = StackNode {
+        parent: 0,
+        frame: Frame::PythonEntry,
+        module: None,
+        lost: true,
+    };
+}
+
+/// The stack nodes by id. Ids count up in file order, with gaps where damage lost the nodes
+/// that had them, so a node's place in the list is not its id.
+#[derive(Clone, Debug, Default)]
+pub struct StackNodes {
+    nodes: Vec<StackNode>,
+    /// Where each run of consecutive ids starts: (its first id, its index in `nodes`).
+    runs: Vec<(u64, usize)>,
+}
+
+impl StackNodes {
+    /// Adds node `id`, which must be above every id so far (else it is dropped: the trace
+    /// reader never gives one).
+    pub fn insert(&mut self, id: u64, node: StackNode) {
+        let next = self
+            .runs
+            .last()
+            .map(|&(first, index)| first + (self.nodes.len() - index) as u64);
+        match next {
+            Some(next) if id == next => {}
+            Some(next) if id < next => return,
+            _ => self.runs.push((id, self.nodes.len())),
+        }
+        self.nodes.push(node);
+    }
+
+    /// Node `id`, unless it was never defined (or lost).
+    pub fn get(&self, id: u64) -> Option<&StackNode> {
+        let run = self.runs.partition_point(|&(first, _)| first <= id).checked_sub(1)?;
+        let (first, index) = self.runs[run];
+        let end = self.runs.get(run + 1).map_or(self.nodes.len(), |&(_, next)| next);
+        let at = index.checked_add(usize::try_from(id - first).ok()?)?;
+        (at < end).then(|| &self.nodes[at])
+    }
+
+    /// The highest id defined (0 when none).
+    pub fn last_id(&self) -> u64 {
+        self.runs
+            .last()
+            .map_or(0, |&(first, index)| first + (self.nodes.len() - index) as u64 - 1)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -53,11 +110,12 @@ pub fn is_libleak(path: &str) -> bool {
 pub struct Trace {
     pub header: TraceHeader,
     pub modules: Vec<ModuleState>,
-    /// Node `id` is at index `id - 1`.
-    pub nodes: Vec<StackNode>,
+    pub nodes: StackNodes,
     /// Code objects by id. A code id may be referred to before its definition.
     pub python_codes: HashMap<u64, PythonCode>,
     pub live: Vec<ExitBlock>,
+    /// The MARK records, in file order.
+    pub marks: Vec<Mark>,
 }
 
 /// Whether a Python code object's file is importlib's own (`<frozen importlib._bootstrap>`,
@@ -121,7 +179,8 @@ impl Trace {
         let mut reader = TraceReader::new(input)?;
         let mut process = None;
         let mut modules: Vec<ModuleState> = Vec::new();
-        let mut nodes = Vec::new();
+        let mut nodes = StackNodes::default();
+        let mut marks = Vec::new();
         let mut python_codes = HashMap::new();
         let mut python = None;
         let mut python_ignores_environment = None;
@@ -145,12 +204,20 @@ impl Trace {
                         state.unloaded = true;
                     }
                 }
-                Record::StackNode { parent, frame, .. } => {
+                Record::StackNode { id, parent, frame } => {
                     let module = match frame {
                         Frame::Native { address } => find_module(&modules, address),
                         Frame::Python { .. } | Frame::PythonEntry => None,
                     };
-                    nodes.push(StackNode { parent, frame, module });
+                    nodes.insert(
+                        id,
+                        StackNode {
+                            parent,
+                            frame,
+                            module,
+                            lost: false,
+                        },
+                    );
                 }
                 Record::Alloc(alloc) => live.alloc(
                     alloc.address,
@@ -181,6 +248,7 @@ impl Trace {
                     None => reachability = Some(scan),
                 },
                 Record::Fork(info) => fork = Some(info),
+                Record::Mark(mark) => marks.push(mark),
                 Record::Stats(s) => stats = s,
                 Record::End(e) => {
                     stats = e.stats;
@@ -208,7 +276,16 @@ impl Trace {
         }
         let mut trace = Trace {
             header: TraceHeader {
-                process: process.ok_or(ReplayError::NoProcess)?,
+                process: match process {
+                    Some(process) => process,
+                    // The events that survived are worth a report all the same.
+                    None if !reader.damage().is_empty() => ProcessInfo {
+                        program: "unknown".to_string(),
+                        exe: "(the process record was in a damaged part of the trace)".to_string(),
+                        ..ProcessInfo::default()
+                    },
+                    None => return Err(ReplayError::NoProcess),
+                },
                 python,
                 python_ignores_environment,
                 totals: live_totals,
@@ -218,11 +295,13 @@ impl Trace {
                 fork,
                 end,
                 incomplete,
+                damage: reader.damage().to_vec(),
             },
             modules,
             nodes,
             python_codes,
             live,
+            marks,
         };
         if let Some(live_then) = finalization.map(|f| f.live_then) {
             trace.apply_finalization_scan(&live_then);
@@ -268,12 +347,14 @@ impl Trace {
         })
     }
 
-    /// The frames of stack `leaf`, innermost first.
+    /// The frames of stack `leaf`, innermost first; a [`StackNode::lost`] node last when the
+    /// walk reached a node the trace does not have (defined in a damaged part of it).
     pub fn stack(&self, leaf: u64) -> Vec<StackNode> {
         let mut frames = Vec::new();
         let mut id = leaf;
         while id != 0 {
-            let Some(node) = usize::try_from(id - 1).ok().and_then(|i| self.nodes.get(i)) else {
+            let Some(node) = self.nodes.get(id) else {
+                frames.push(StackNode::LOST);
                 break;
             };
             frames.push(*node);
@@ -346,11 +427,13 @@ pub(crate) mod synthetic {
                 fork: None,
                 end: None,
                 incomplete: None,
+                damage: Vec::new(),
             },
             modules: Vec::new(),
-            nodes: Vec::new(),
+            nodes: StackNodes::default(),
             python_codes: HashMap::new(),
             live: Vec::new(),
+            marks: Vec::new(),
         }
     }
 
@@ -411,8 +494,17 @@ pub(crate) mod synthetic {
                     Frame::Native { address } => find_module(&self.modules, address),
                     Frame::Python { .. } | Frame::PythonEntry => None,
                 };
-                self.nodes.push(StackNode { parent, frame, module });
-                parent = self.nodes.len() as u64;
+                let id = self.nodes.last_id() + 1;
+                self.nodes.insert(
+                    id,
+                    StackNode {
+                        parent,
+                        frame,
+                        module,
+                        lost: false,
+                    },
+                );
+                parent = id;
             }
             parent
         }
@@ -507,12 +599,86 @@ mod tests {
         let addresses: Vec<Frame> = t.stack(leaf).iter().map(|n| n.frame).collect();
         assert_eq!(addresses, [native(3), native(2), native(1)]);
         // A node naming itself (or a later node) as parent ends the walk.
-        t.nodes.push(StackNode {
-            parent: 4,
-            frame: native(9),
-            module: None,
-        });
+        t.nodes.insert(
+            4,
+            StackNode {
+                parent: 4,
+                frame: native(9),
+                module: None,
+                lost: false,
+            },
+        );
         assert_eq!(t.stack(4).len(), 1);
-        assert!(t.stack(99).is_empty());
+        let lost = t.stack(99);
+        assert!(lost.len() == 1 && lost[0].lost);
+    }
+
+    #[test]
+    fn nodes_are_found_by_id_across_the_gaps_damage_left() {
+        let mut nodes = StackNodes::default();
+        let node = |address| StackNode {
+            parent: 0,
+            frame: native(address),
+            module: None,
+            lost: false,
+        };
+        for id in [1, 2, 3, 7, 8, 20] {
+            nodes.insert(id, node(id));
+        }
+        nodes.insert(8, node(99));
+        for id in [1, 2, 3, 7, 8, 20] {
+            assert_eq!(nodes.get(id).map(|n| n.frame), Some(native(id)), "{id}");
+        }
+        for id in [0, 4, 6, 9, 19, 21, u64::MAX] {
+            assert!(nodes.get(id).is_none(), "{id}");
+        }
+        assert_eq!(nodes.last_id(), 20);
+        assert_eq!(StackNodes::default().last_id(), 0);
+    }
+
+    /// A trace written with the encoder, its second chunk then damaged: the stack defined
+    /// there reads as lost under the block allocated after it, and the marks are kept.
+    #[test]
+    fn stacks_defined_in_a_damaged_chunk_read_as_lost() {
+        use libleak_format::{Alloc, AllocKind, ChunkWriter, ProcessInfo, RecordEncoder};
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        let mut encoder = RecordEncoder::new();
+        let flush = |encoder: &mut RecordEncoder, writer: &mut ChunkWriter<Vec<u8>>| {
+            writer.write_chunk(&encoder.payload()).unwrap();
+            encoder.clear_payload();
+        };
+        encoder.process(&ProcessInfo::default());
+        let outer = encoder.stack_node(0, native(0x10));
+        flush(&mut encoder, &mut writer);
+        let middle = encoder.stack_node(outer, native(0x20));
+        flush(&mut encoder, &mut writer);
+        let lost_at = writer.get_mut().len();
+        let inner = encoder.stack_node(middle, native(0x30));
+        encoder.alloc(&Alloc {
+            seq: 1,
+            thread_id: 1,
+            address: 0x1000,
+            size: 48,
+            stack: inner,
+            kind: AllocKind::Malloc,
+        });
+        encoder.mark(&Mark {
+            seq: 2,
+            time_ns: 5,
+            thread_id: 1,
+            label: "after".into(),
+        });
+        flush(&mut encoder, &mut writer);
+        let mut bytes = std::mem::take(writer.get_mut());
+        bytes[lost_at - 3] ^= 0xff;
+        let trace = Trace::read(bytes.as_slice()).unwrap();
+        assert_eq!(trace.header.damage.len(), 1);
+        assert_eq!(trace.live.len(), 1);
+        let stack = trace.stack(trace.live[0].stack);
+        assert_eq!(stack.len(), 2);
+        assert_eq!(stack[0].frame, native(0x30));
+        assert!(stack[1].lost);
+        assert_eq!(trace.marks.len(), 1);
+        assert_eq!(trace.marks[0].label, "after");
     }
 }

@@ -1,6 +1,7 @@
 //! `libleak report` on files that are not whole, valid traces: a clear one-line error and a
-//! non-zero exit (never a panic), or, for a trace cut short, the report up to where it ends,
-//! marked incomplete.
+//! non-zero exit (never a panic) when the header cannot be read; for a trace cut short, the
+//! report up to where it ends, marked incomplete; for a damaged trace, the report of every
+//! chunk but the damaged ones, marked damaged (exit 0, as for an incomplete one).
 
 use std::process::{Command, Output};
 
@@ -75,15 +76,77 @@ fn empty_garbage_missing_and_future_version_files_fail_cleanly() {
     assert_clean_failure(&report(&short_header), "header");
 }
 
+/// The offset and length of the chunk holding the allocation of `size` bytes.
+fn chunk_of_alloc(trace: &[u8], size: u64) -> (usize, usize) {
+    let mut reader = libleak_format::TraceReader::new(trace).unwrap();
+    let mut chunk_start = libleak_format::HEADER_LEN;
+    let mut chunk_end = chunk_start;
+    while let Some(record) = reader.next_record().unwrap() {
+        let end = reader.bytes_read() as usize;
+        if end != chunk_end {
+            (chunk_start, chunk_end) = (chunk_end, end);
+        }
+        if matches!(record, libleak_format::Record::Alloc(alloc) if alloc.size == size) {
+            return (chunk_start, chunk_end - chunk_start);
+        }
+    }
+    panic!("no allocation of {size} bytes");
+}
+
 #[test]
-fn a_corrupted_chunk_is_an_error_naming_the_offset() {
-    let scratch = Scratch::new("corrupt");
-    let mut bytes = real_trace(&scratch);
-    // Flip a byte inside the first chunk's compressed payload (after its 12-byte frame).
-    bytes[16 + 12 + 5] ^= 0xa5;
-    let path = scratch.join("corrupt.trace");
+fn a_damaged_chunk_is_skipped_and_the_leaks_after_it_are_reported() {
+    let scratch = Scratch::new("damaged");
+    let exe = scratch.join("phases");
+    compile("gcc", &["phases.c"], &exe, &[]);
+    let traced = run_traced(&scratch, &mut Command::new(&exe));
+    let mut bytes = std::fs::read(&traced.trace).unwrap();
+    // The second phase's chunk, one byte flipped in the middle of its compressed bytes.
+    let (at, len) = chunk_of_alloc(&bytes, 2222);
+    assert!(at > chunk_of_alloc(&bytes, 1111).0 && at < chunk_of_alloc(&bytes, 3333).0);
+    let flipped = at + libleak_format::CHUNK_FRAME_LEN + (len - libleak_format::CHUNK_FRAME_LEN) / 2;
+    bytes[flipped] ^= 0x10;
+    let path = scratch.join("damaged.trace");
     std::fs::write(&path, &bytes).unwrap();
-    assert_clean_failure(&report(&path), "corrupt trace at byte 16");
+
+    let out = run(Command::new(libleak_bin()).arg("report").arg(&path));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let thousands = |n: usize| {
+        let digits = n.to_string();
+        let mut out = String::new();
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(digit);
+        }
+        out
+    };
+    assert!(
+        text.contains(&format!(
+            "trace DAMAGED: {} bytes at byte {} skipped; allocations and frees recorded there are missing\n",
+            thousands(len),
+            thousands(at)
+        )),
+        "{text}"
+    );
+    assert!(text.contains("trace complete: the process exited normally"), "{text}");
+
+    let json = report_json(&path);
+    assert_eq!(json["damage"], serde_json::json!([{"offset": at, "bytes": len}]));
+    let line = |marker| line_of("phases.c", marker);
+    assert_leak(&json, "leak_first", "phases.c", line("@leak_first"), 1111, 1);
+    assert_leak(&json, "leak_third", "phases.c", line("@leak_third"), 3333, 1);
+    assert!(
+        leaks_in(&json, "leak_second").is_empty(),
+        "its allocation was in the damaged chunk"
+    );
+    assert_eq!(json["summary"]["definitely_lost"]["bytes"], 1111 + 3333);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A fuzz run of the trace reader and the report built on it, part of the test suite: real
 //! traces (a C program, and a Python one when an interpreter is installed) mutated tens of
-//! thousands of times, deterministically. Half the mutants keep a valid chunk framing around
+//! thousands of times, deterministically; and every single-byte change of a committed trace,
+//! each of which must lose at most the chunk it hit. Half the mutants keep a valid chunk framing around
 //! mutated payloads, so that the record decoder and the replay see garbage rather than the
 //! chunk checks rejecting it first. Every mutant must give a trace or an error: no panic, no
 //! hang, no allocation beyond bounds (the process's peak memory is checked at the end; an
@@ -14,7 +15,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use libleak_format::{ChunkWriter, CHUNK_FRAME_LEN, HEADER_LEN};
+use libleak_format::{ChunkWriter, Damage, Record, TraceReader, CHUNK_FRAME_LEN, HEADER_LEN};
 use libleak_reporter::render::{json, text};
 use libleak_reporter::replay::Trace;
 use libleak_reporter::symbolize::Symbolizer;
@@ -47,14 +48,15 @@ fn payloads(trace: &[u8]) -> Vec<Vec<u8>> {
     let mut at = HEADER_LEN;
     while at + CHUNK_FRAME_LEN <= trace.len() {
         let word = |i: usize| u32::from_le_bytes(trace[at + i..at + i + 4].try_into().unwrap()) as usize;
-        let compressed = &trace[at + CHUNK_FRAME_LEN..at + CHUNK_FRAME_LEN + word(0)];
+        // The frame: sync marker, compressed length, payload length, CRC-32.
+        let compressed = &trace[at + CHUNK_FRAME_LEN..at + CHUNK_FRAME_LEN + word(4)];
         let mut payload = Vec::new();
         flate2::read::DeflateDecoder::new(compressed)
             .read_to_end(&mut payload)
             .unwrap();
-        assert_eq!(payload.len(), word(4));
+        assert_eq!(payload.len(), word(8));
         out.push(payload);
-        at += CHUNK_FRAME_LEN + word(0);
+        at += CHUNK_FRAME_LEN + word(4);
     }
     out
 }
@@ -227,4 +229,94 @@ fn mutated_traces_give_a_trace_or_an_error_never_a_panic_a_hang_or_a_huge_alloca
     assert!(runs >= 500, "only {runs} mutants in the time budget");
     assert!(accepted > 0 && accepted < runs, "{accepted} of {runs} accepted");
     assert!(peak < 1 << 30, "peak memory {peak} bytes");
+}
+
+/// The file offset and length of each chunk of a well-formed trace.
+fn chunks(trace: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = HEADER_LEN;
+    while at + CHUNK_FRAME_LEN <= trace.len() {
+        let len = CHUNK_FRAME_LEN + u32::from_le_bytes(trace[at + 4..at + 8].try_into().unwrap()) as usize;
+        out.push((at, len));
+        at += len;
+    }
+    out
+}
+
+/// Where each ALLOC of the trace is, by its size: the offset of the chunk holding it.
+fn chunk_of_alloc(trace: &[u8], size: u64) -> usize {
+    let chunks = chunks(trace);
+    let mut reader = TraceReader::new(trace).unwrap();
+    while let Some(record) = reader.next_record().unwrap() {
+        if let Record::Alloc(alloc) = record {
+            if alloc.size == size {
+                let end = reader.bytes_read() as usize;
+                return chunks.iter().find(|&&(at, len)| at + len == end).unwrap().0;
+            }
+        }
+    }
+    panic!("no allocation of {size} bytes");
+}
+
+/// `tests/traces/phases.trace` (`tests/fixtures/phases.c`): one leak per phase, each phase in a
+/// chunk of its own. Every byte after the header, inverted and then zeroed, must give a
+/// report or an error through the whole library (decoder, replay, report, both renderings),
+/// never a panic; a change anywhere in the second phase's chunk must lose that chunk and
+/// nothing else: its leak is gone, the leaks recorded before and after it are there, and the
+/// damage names the chunk exactly.
+#[test]
+fn every_byte_inverted_or_zeroed_gives_a_report_or_an_error_and_loses_at_most_its_chunk() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/phases.trace");
+    let trace = std::fs::read(&path).unwrap();
+    let chunks = chunks(&trace);
+    let middle = chunk_of_alloc(&trace, 2222);
+    let (first, last) = (chunk_of_alloc(&trace, 1111), chunk_of_alloc(&trace, 3333));
+    assert!(
+        first < middle && middle < last,
+        "each phase in a chunk of its own: {chunks:?}"
+    );
+    let middle_len = chunks.iter().find(|&&(at, _)| at == middle).unwrap().1;
+    let mut symbolizer = Symbolizer::without_files();
+    let (mut reports, mut errors, mut checked) = (0, 0, 0);
+    for at in 0..trace.len() {
+        for change in [|b: u8| b ^ 0xff, |_| 0] {
+            let mut mutant = trace.clone();
+            mutant[at] = change(mutant[at]);
+            if mutant[at] == trace[at] {
+                continue;
+            }
+            let outcome = catch_unwind(AssertUnwindSafe(|| read_and_report(&mutant, &mut symbolizer)));
+            match outcome {
+                Ok(true) => reports += 1,
+                Ok(false) if at < HEADER_LEN => errors += 1,
+                Ok(false) => panic!("byte {at} changed to {:#x}: the trace could not be read", mutant[at]),
+                Err(_) => panic!("byte {at} changed to {:#x}: panicked", mutant[at]),
+            }
+            if !(middle..middle + middle_len).contains(&at) {
+                continue;
+            }
+            let read = Trace::read(mutant.as_slice()).unwrap_or_else(|e| panic!("byte {at}: {e}"));
+            assert_eq!(
+                read.header.damage,
+                [Damage {
+                    offset: middle as u64,
+                    bytes: middle_len as u64
+                }],
+                "byte {at}"
+            );
+            let mut sizes: Vec<u64> = read.live.iter().map(|block| block.size).collect();
+            sizes.sort();
+            assert_eq!(sizes, [1111, 3333], "byte {at}");
+            let report = libleak_reporter::build(&read, "phases.trace", &mut symbolizer, &Options::default());
+            let mut leaked: Vec<u64> = report.leaks.iter().map(|leak| leak.bytes).collect();
+            leaked.sort();
+            assert_eq!(leaked, [1111, 3333], "byte {at}");
+            assert!(text::to_text(&report).contains("trace DAMAGED: "), "byte {at}");
+            checked += 1;
+        }
+    }
+    assert!(
+        errors > 0 && reports > 0 && checked >= middle_len,
+        "{errors} errors, {reports} reports, {checked} checked"
+    );
 }

@@ -1,24 +1,77 @@
 //! Reading the file's framing, the mirror of [`ChunkWriter`](crate::ChunkWriter):
 //! [`ChunkReader`] checks the header, then reads one chunk at a time (its frame, the
-//! compressed bytes, the inflated payload and its CRC-32) and splits the payload into the
-//! records part and the address stream (`SPEC.md`, "Payload encoding"). A file that stops
-//! inside a frame or a chunk is truncation, which the reader reports rather than fails on.
+//! compressed bytes, the inflated payload and its CRC-32), reads its prologue and splits the
+//! rest into the records part and the address stream (`SPEC.md`, "Chunk" and "Payload
+//! encoding"). A chunk that does not validate is damage: the reader looks for the next sync
+//! marker whose chunk validates and goes on from there. A file that stops inside its last
+//! chunk is truncation, which the reader reports rather than fails on.
 //!
-//! Must never interpret records (that is `records.rs`), never allocate more than
-//! [`MAX_CHUNK_BYTES`] per chunk, and never panic, whatever the input.
+//! Must never interpret records (that is `records.rs`), never hold more than one chunk's
+//! compressed bytes (plus one read block) and one payload, each at most
+//! [`MAX_CHUNK_BYTES`], and never panic, whatever the input.
 
 use std::io::{self, Read};
 
-use flate2::read::DeflateDecoder;
+use flate2::{Decompress, FlushDecompress, Status};
 
 use super::error::DecodeError;
+use super::Damage;
 use crate::varint::Cursor;
-use crate::{CHUNK_FRAME_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
+use crate::{CHUNK_FRAME_LEN, CHUNK_SYNC, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
+
+/// How much the reader asks its input for at a time while it looks for a sync marker.
+const SCAN_BLOCK: usize = 64 << 10;
+/// The most the window grows by at a time: it grows only as bytes arrive, not by what a
+/// (possibly damaged) frame claims.
+const READ_BLOCK: usize = 1 << 20;
+
+/// What a chunk's prologue says (`SPEC.md`, "Chunk prologue").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Prologue {
+    /// STACK_NODE records in all earlier chunks.
+    pub stack_nodes_before: u64,
+    /// Nanoseconds since the first chunk was written.
+    pub time_ns: u64,
+}
+
+/// Which stack node counts a chunk's prologue may state: exactly the running count when the
+/// chunk follows one that was read whole, else at least it (a lost chunk may have defined
+/// more; none can have taken ids back).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Expected {
+    pub stack_nodes: u64,
+    pub exact: bool,
+}
+
+/// What [`ChunkReader::next_chunk`] found.
+pub(super) struct NextChunk {
+    /// The bytes skipped before the chunk now loaded (or before the end of the data).
+    pub damage: Option<Damage>,
+    /// A chunk was loaded; `false` at the end of the readable data.
+    pub loaded: bool,
+}
+
+/// One attempt at reading a chunk at a given offset.
+enum Attempt {
+    /// The chunk validates and is loaded; the next one starts at this offset.
+    Valid(u64),
+    /// No byte at all at the offset: the end of the file.
+    End,
+    /// The file ends inside the chunk.
+    Cut,
+    /// The chunk does not validate.
+    Bad,
+}
 
 /// Reads a trace's header and then its chunks, one at a time, from any byte source.
 pub(super) struct ChunkReader<R: Read> {
     input: R,
-    /// File offset of the next unread byte.
+    input_ended: bool,
+    /// Bytes read from the input and not yet dropped: `window[0]` is at file offset
+    /// `window_start`.
+    window: Vec<u8>,
+    window_start: u64,
+    /// File offset where the next chunk is expected.
     offset: u64,
     truncated: bool,
     /// The current chunk's payload: records from `records_position` to `records_end`, their
@@ -27,8 +80,10 @@ pub(super) struct ChunkReader<R: Read> {
     records_position: usize,
     records_end: usize,
     address_position: usize,
-    /// File offset of the current chunk's frame.
+    /// File offset and length (frame included) of the current chunk.
     chunk_offset: u64,
+    chunk_len: u64,
+    prologue: Prologue,
 }
 
 /// Reads as many bytes as are available up to `buf.len()`; returns how many were read.
@@ -43,6 +98,36 @@ fn read_up_to<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0u8; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+/// Inflates `compressed` into `out` (cleared first), which must then hold exactly `len`
+/// bytes, the stream having ended exactly at the end of `compressed`: trailing bytes would
+/// mean a `compressed_len` grown by damage, which swallowed the next chunk.
+fn inflate_exactly(compressed: &[u8], len: usize, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    // One spare byte, so that a stream longer than stated shows as such instead of stalling.
+    out.reserve_exact(len + 1);
+    let mut inflater = Decompress::new(false);
+    loop {
+        let (read, written) = (inflater.total_in(), inflater.total_out());
+        let Some(rest) = usize::try_from(read).ok().and_then(|read| compressed.get(read..)) else {
+            return false;
+        };
+        match inflater.decompress_vec(rest, out, FlushDecompress::Finish) {
+            Ok(Status::StreamEnd) => {
+                return inflater.total_in() == compressed.len() as u64 && out.len() == len;
+            }
+            Ok(_) if out.len() > len => return false,
+            Ok(_) if inflater.total_in() != read || inflater.total_out() != written => {}
+            Ok(_) | Err(_) => return false,
+        }
+    }
 }
 
 impl<R: Read> ChunkReader<R> {
@@ -60,7 +145,7 @@ impl<R: Read> ChunkReader<R> {
         if got < HEADER_LEN {
             return Err(DecodeError::TruncatedHeader);
         }
-        let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        let version = u32_at(&header, 8);
         if version != FORMAT_VERSION {
             return Err(DecodeError::UnsupportedVersion {
                 found: version,
@@ -69,6 +154,9 @@ impl<R: Read> ChunkReader<R> {
         }
         Ok(ChunkReader {
             input,
+            input_ended: false,
+            window: Vec::new(),
+            window_start: HEADER_LEN as u64,
             offset: HEADER_LEN as u64,
             truncated: false,
             payload: Vec::new(),
@@ -76,10 +164,12 @@ impl<R: Read> ChunkReader<R> {
             records_end: 0,
             address_position: 0,
             chunk_offset: 0,
+            chunk_len: 0,
+            prologue: Prologue::default(),
         })
     }
 
-    /// True once the reader has seen the file stop inside a chunk.
+    /// True once the reader has seen the file stop inside its last chunk.
     pub fn is_truncated(&self) -> bool {
         self.truncated
     }
@@ -105,76 +195,216 @@ impl<R: Read> ChunkReader<R> {
         self.address_position += addresses;
     }
 
-    /// The payload offset of the first record not read yet.
-    pub fn record_position(&self) -> usize {
-        self.records_position
+    /// The current chunk's prologue.
+    pub fn prologue(&self) -> Prologue {
+        self.prologue
     }
 
-    /// A corruption of the current chunk.
-    pub fn corrupt(&self, reason: impl Into<String>) -> DecodeError {
-        DecodeError::corrupt(self.chunk_offset, reason)
-    }
-
-    /// Replaces the current chunk with the next one. `Ok(false)` at the end of the readable
-    /// data: the end of the file, or a chunk cut short (see [`ChunkReader::is_truncated`]).
-    pub fn next_chunk(&mut self) -> Result<bool, DecodeError> {
-        let chunk_offset = self.offset;
-        let mut frame = [0u8; CHUNK_FRAME_LEN];
-        let got = read_up_to(&mut self.input, &mut frame)?;
-        if got < frame.len() {
-            self.truncated = got != 0;
-            return Ok(false);
-        }
-        let compressed_len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
-        let raw_len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        let crc = u32::from_le_bytes([frame[8], frame[9], frame[10], frame[11]]);
-        if compressed_len == 0 || compressed_len > MAX_CHUNK_BYTES || raw_len > MAX_CHUNK_BYTES {
-            return Err(DecodeError::corrupt(
-                chunk_offset,
-                format!("impossible chunk lengths {compressed_len}/{raw_len}"),
-            ));
-        }
-        let mut compressed = vec![0u8; compressed_len as usize];
-        let got = read_up_to(&mut self.input, &mut compressed)?;
-        if got < compressed.len() {
-            self.truncated = true;
-            return Ok(false);
-        }
-        self.offset += CHUNK_FRAME_LEN as u64 + u64::from(compressed_len);
-        // The previous chunk is gone from here on: leave nothing of it unread.
+    /// Drops the rest of the current chunk, which holds a malformed record: returns it as
+    /// damage.
+    pub fn abandon(&mut self) -> Damage {
         self.payload.clear();
         (self.records_position, self.records_end, self.address_position) = (0, 0, 0);
-        self.payload.reserve(raw_len as usize);
-        let inflated = DeflateDecoder::new(&compressed[..])
-            .take(u64::from(raw_len) + 1)
-            .read_to_end(&mut self.payload);
-        if inflated.is_err() || self.payload.len() != raw_len as usize {
-            return Err(self.failed(chunk_offset, "chunk does not decompress to its stated length"));
+        Damage {
+            offset: self.chunk_offset,
+            bytes: self.chunk_len,
         }
-        if crc32fast::hash(&self.payload) != crc {
-            return Err(self.failed(chunk_offset, "chunk checksum mismatch"));
+    }
+
+    /// Replaces the current chunk with the next one that validates, skipping damage. Stops at
+    /// the end of the readable data (`loaded` false): the end of the file, or a chunk cut
+    /// short by it (see [`ChunkReader::is_truncated`]).
+    pub fn next_chunk(&mut self, expected: Expected) -> io::Result<NextChunk> {
+        let start = self.offset;
+        let first = self.try_chunk(start, expected)?;
+        match first {
+            Attempt::Valid(end) => return Ok(self.loaded(end, None)),
+            Attempt::End => {
+                return Ok(NextChunk {
+                    damage: None,
+                    loaded: false,
+                })
+            }
+            Attempt::Cut | Attempt::Bad => {}
+        }
+        // After damage any count at least the running one is possible.
+        let expected = Expected {
+            exact: false,
+            ..expected
+        };
+        // A chunk cut by the end of the file: the truncated tail, unless a chunk that
+        // validates follows (then it was a damaged frame that claimed too many bytes).
+        let mut cut_at = matches!(first, Attempt::Cut).then_some(start);
+        let mut from = start + 1;
+        while let Some(candidate) = self.find_sync(from)? {
+            match self.try_chunk(candidate, expected)? {
+                Attempt::Valid(end) => {
+                    let damage = Damage {
+                        offset: start,
+                        bytes: candidate - start,
+                    };
+                    return Ok(self.loaded(end, Some(damage)));
+                }
+                Attempt::Cut => {
+                    cut_at.get_or_insert(candidate);
+                }
+                Attempt::End | Attempt::Bad => {}
+            }
+            from = candidate + 1;
+        }
+        let data_end = self.window_start + self.window.len() as u64;
+        self.truncated = cut_at.is_some();
+        let damage_end = cut_at.unwrap_or(data_end);
+        self.offset = data_end;
+        self.window.clear();
+        self.window_start = data_end;
+        Ok(NextChunk {
+            damage: (damage_end > start).then_some(Damage {
+                offset: start,
+                bytes: damage_end - start,
+            }),
+            loaded: false,
+        })
+    }
+
+    fn loaded(&mut self, end: u64, damage: Option<Damage>) -> NextChunk {
+        self.offset = end;
+        self.drop_before(end);
+        NextChunk { damage, loaded: true }
+    }
+
+    /// Reads the chunk at `at` and, when it validates, makes it the current one.
+    fn try_chunk(&mut self, at: u64, expected: Expected) -> io::Result<Attempt> {
+        let frame_end = at + CHUNK_FRAME_LEN as u64;
+        if !self.fill_to(frame_end)? {
+            let available = self.window_start + self.window.len() as u64;
+            return Ok(if available <= at { Attempt::End } else { Attempt::Cut });
+        }
+        let frame = self.slice(at, frame_end);
+        if frame[..4] != CHUNK_SYNC {
+            return Ok(Attempt::Bad);
+        }
+        let compressed_len = u32_at(frame, 4);
+        let payload_len = u32_at(frame, 8);
+        let crc = u32_at(frame, 12);
+        if compressed_len == 0 || compressed_len > MAX_CHUNK_BYTES || payload_len > MAX_CHUNK_BYTES {
+            return Ok(Attempt::Bad);
+        }
+        let end = frame_end + u64::from(compressed_len);
+        if !self.fill_to(end)? {
+            return Ok(Attempt::Cut);
+        }
+        let (from, to) = (
+            (frame_end - self.window_start) as usize,
+            (end - self.window_start) as usize,
+        );
+        if !inflate_exactly(&self.window[from..to], payload_len as usize, &mut self.payload)
+            || crc32fast::hash(&self.payload) != crc
+        {
+            self.payload.clear();
+            return Ok(Attempt::Bad);
         }
         let mut prefix = Cursor::new(&self.payload);
-        let records_len = prefix.u64();
+        let (Some(stack_nodes_before), Some(time_ns), Some(records_len)) = (prefix.u64(), prefix.u64(), prefix.u64())
+        else {
+            self.payload.clear();
+            return Ok(Attempt::Bad);
+        };
         let records_start = prefix.position();
-        let records_end = records_len
-            .and_then(|len| usize::try_from(len).ok())
+        let records_end = usize::try_from(records_len)
+            .ok()
             .and_then(|len| records_start.checked_add(len))
             .filter(|&end| end <= self.payload.len());
-        let Some(records_end) = records_end else {
-            return Err(self.failed(chunk_offset, "chunk records length out of range"));
+        let count_fits = if expected.exact {
+            stack_nodes_before == expected.stack_nodes
+        } else {
+            stack_nodes_before >= expected.stack_nodes
+        };
+        let Some(records_end) = records_end.filter(|_| count_fits) else {
+            self.payload.clear();
+            return Ok(Attempt::Bad);
         };
         self.records_position = records_start;
         self.records_end = records_end;
         self.address_position = records_end;
-        self.chunk_offset = chunk_offset;
-        Ok(true)
+        self.chunk_offset = at;
+        self.chunk_len = end - at;
+        self.prologue = Prologue {
+            stack_nodes_before,
+            time_ns,
+        };
+        Ok(Attempt::Valid(end))
     }
 
-    /// The chunk at `chunk_offset` is corrupt: drops what was read of it.
-    fn failed(&mut self, chunk_offset: u64, reason: &str) -> DecodeError {
-        self.payload.clear();
-        DecodeError::corrupt(chunk_offset, reason)
+    /// The window's bytes from file offset `from` to `to`, which it must hold.
+    fn slice(&self, from: u64, to: u64) -> &[u8] {
+        &self.window[(from - self.window_start) as usize..(to - self.window_start) as usize]
+    }
+
+    /// Reads until the window reaches file offset `end`; false when the file ends first.
+    fn fill_to(&mut self, end: u64) -> io::Result<bool> {
+        loop {
+            let have = self.window_start + self.window.len() as u64;
+            if have >= end {
+                return Ok(true);
+            }
+            let want = usize::try_from(end - have).unwrap_or(READ_BLOCK).min(READ_BLOCK);
+            if !self.read_more(want)? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Appends up to `want` more bytes of the input to the window; false at its end.
+    fn read_more(&mut self, want: usize) -> io::Result<bool> {
+        if self.input_ended {
+            return Ok(false);
+        }
+        let old = self.window.len();
+        self.window.resize(old + want, 0);
+        let got = read_up_to(&mut self.input, &mut self.window[old..]);
+        let got = match got {
+            Ok(got) => got,
+            Err(e) => {
+                self.window.truncate(old);
+                return Err(e);
+            }
+        };
+        self.window.truncate(old + got);
+        if got < want {
+            self.input_ended = true;
+        }
+        Ok(got > 0)
+    }
+
+    /// Forgets the window's bytes before file offset `offset`.
+    fn drop_before(&mut self, offset: u64) {
+        let drop = offset.saturating_sub(self.window_start).min(self.window.len() as u64);
+        self.window.drain(..drop as usize);
+        self.window_start += drop;
+    }
+
+    /// The file offset of the first sync marker at or after `from`, reading on as needed; the
+    /// window keeps everything from there on.
+    fn find_sync(&mut self, from: u64) -> io::Result<Option<u64>> {
+        let mut at = from.max(self.window_start);
+        loop {
+            self.drop_before(at);
+            let start = (at - self.window_start) as usize;
+            if let Some(found) = self
+                .window
+                .get(start..)
+                .and_then(|rest| rest.windows(CHUNK_SYNC.len()).position(|w| w == CHUNK_SYNC))
+            {
+                return Ok(Some(at + found as u64));
+            }
+            // A marker may straddle the end of what was read.
+            let have = self.window_start + self.window.len() as u64;
+            at = at.max(have.saturating_sub(CHUNK_SYNC.len() as u64 - 1));
+            if !self.read_more(SCAN_BLOCK)? {
+                return Ok(None);
+            }
+        }
     }
 }
 
@@ -188,8 +418,12 @@ mod tests {
         let bytes = encode(&sample_records(), 2);
         for len in 0..bytes.len() {
             match decode_all(&bytes[..len]) {
-                Ok((records, truncated)) => {
-                    assert!(len < HEADER_LEN || truncated || records.len() % 2 == 0, "prefix {len}");
+                Ok(read) => {
+                    assert!(read.damage.is_empty(), "prefix {len}: {:?}", read.damage);
+                    assert!(
+                        len < HEADER_LEN || read.truncated || read.records.len() % 2 == 0,
+                        "prefix {len}"
+                    );
                 }
                 Err(DecodeError::Empty) => assert_eq!(len, 0),
                 Err(DecodeError::TruncatedHeader) => assert!(len < HEADER_LEN),
@@ -199,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn typed_errors_for_bad_headers_and_corruption() {
+    fn typed_errors_for_bad_headers() {
         assert!(matches!(decode_all(b""), Err(DecodeError::Empty)));
         assert!(matches!(
             decode_all(b"hello world, not a trace"),
@@ -214,9 +448,36 @@ mod tests {
             }) => {}
             other => panic!("{other:?}"),
         }
-        let mut flipped = encode(&sample_records(), 100);
-        let last = flipped.len() - 3;
-        flipped[last] ^= 0x55;
-        assert!(matches!(decode_all(&flipped), Err(DecodeError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn inflation_must_end_exactly_at_the_stated_lengths() {
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut compressor = flate2::Compress::new(flate2::Compression::new(2), false);
+        let mut compressed = Vec::with_capacity(10_000);
+        compressor
+            .compress_vec(&payload, &mut compressed, flate2::FlushCompress::Finish)
+            .unwrap();
+        let mut out = Vec::new();
+        assert!(inflate_exactly(&compressed, payload.len(), &mut out));
+        assert_eq!(out, payload);
+        assert!(!inflate_exactly(&compressed, payload.len() - 1, &mut out));
+        assert!(!inflate_exactly(&compressed, payload.len() + 1, &mut out));
+        let trailing = [compressed.as_slice(), &[0]].concat();
+        assert!(!inflate_exactly(&trailing, payload.len(), &mut out));
+        assert!(!inflate_exactly(
+            &compressed[..compressed.len() - 1],
+            payload.len(),
+            &mut out
+        ));
+        for len in [0, 1, 100, 65_535, 65_536, 70_000] {
+            let data = vec![3u8; len];
+            let mut compressed = Vec::with_capacity(len + 1024);
+            flate2::Compress::new(flate2::Compression::new(2), false)
+                .compress_vec(&data, &mut compressed, flate2::FlushCompress::Finish)
+                .unwrap();
+            assert!(inflate_exactly(&compressed, len, &mut out), "{len}");
+            assert_eq!(out.len(), len);
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Why a trace could not be read: the one error type of the decoder, shared by its framing
-//! and record halves. Must never carry more than a short reason (no input bytes).
+//! Why a trace could not be read at all: the one error type of the decoder. Damage past the
+//! header is not an error (see [`super::Damage`]). Must never carry input bytes.
 
 use std::io;
 
@@ -16,17 +16,6 @@ pub enum DecodeError {
     TruncatedHeader,
     #[error("unsupported trace format version {found} (this libleak reads version {supported})")]
     UnsupportedVersion { found: u32, supported: u32 },
-    #[error("corrupt trace at byte {offset}: {reason}")]
-    Corrupt { offset: u64, reason: String },
     #[error("read failed: {0}")]
     Io(#[from] io::Error),
-}
-
-impl DecodeError {
-    pub(super) fn corrupt(offset: u64, reason: impl Into<String>) -> Self {
-        DecodeError::Corrupt {
-            offset,
-            reason: reason.into(),
-        }
-    }
 }

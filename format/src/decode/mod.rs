@@ -1,8 +1,11 @@
 //! Reading traces. [`TraceReader`] checks the header, then yields records chunk by chunk.
-//! A file that stops inside a chunk is not an error: the reader yields every record of the
-//! complete chunks and reports [`TraceReader::is_truncated`]. Anything else that does not
-//! match `SPEC.md` is a [`DecodeError`]. Must never panic or allocate more than
-//! [`MAX_CHUNK_BYTES`](crate::MAX_CHUNK_BYTES) per chunk, whatever the input.
+//! Damage does not stop it: a chunk that does not validate, or that holds a malformed
+//! record, is skipped and noted as [`Damage`], and reading resumes at the next chunk that
+//! validates, which is decodable on its own. A file that stops inside its last chunk is not
+//! an error either: the reader yields every record of the complete chunks and reports
+//! [`TraceReader::is_truncated`]. Only a header it cannot read (or the input failing) is a
+//! [`DecodeError`]. Must never panic or allocate more than
+//! [`MAX_CHUNK_BYTES`](crate::MAX_CHUNK_BYTES) per buffer, whatever the input.
 //!
 //! The reader mirrors the writer's two halves: `chunks.rs` ([`ChunkReader`], the mirror of
 //! [`ChunkWriter`](crate::ChunkWriter)) reads the framing, and `records.rs`
@@ -17,9 +20,19 @@ use std::io::Read;
 
 use crate::record::Record;
 use crate::varint::Cursor;
-use chunks::ChunkReader;
+use chunks::{ChunkReader, Expected};
 pub use error::DecodeError;
 use records::RecordDecoder;
+
+/// A part of the file the reader skipped: no record in it was read, except those of a chunk
+/// that validated before a malformed record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// File offset where the damaged region starts (a chunk's frame).
+    pub offset: u64,
+    /// Bytes skipped from there.
+    pub bytes: u64,
+}
 
 /// Decodes a trace from any byte source.
 pub struct TraceReader<R: Read> {
@@ -28,6 +41,12 @@ pub struct TraceReader<R: Read> {
     /// No chunk is read after this: the END record was seen (nothing may follow it), or the
     /// readable data ran out.
     finished: bool,
+    /// The current chunk follows one that was read whole, so its prologue must state the
+    /// running stack node count exactly.
+    continuous: bool,
+    damage: Vec<Damage>,
+    /// The prologue time of the chunk the last record returned came from.
+    chunk_time_ns: Option<u64>,
 }
 
 impl<R: Read> TraceReader<R> {
@@ -37,12 +56,26 @@ impl<R: Read> TraceReader<R> {
             chunks: ChunkReader::new(input)?,
             records: RecordDecoder::default(),
             finished: false,
+            continuous: true,
+            damage: Vec::new(),
+            chunk_time_ns: None,
         })
     }
 
-    /// True once the reader has seen the file stop inside a chunk.
+    /// True once the reader has seen the file stop inside its last chunk.
     pub fn is_truncated(&self) -> bool {
         self.chunks.is_truncated()
+    }
+
+    /// The regions skipped so far, in file order; adjacent ones are merged.
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
+    }
+
+    /// Nanoseconds from the trace's first chunk to the writing of the chunk that the record
+    /// last returned came from (`None` before the first record).
+    pub fn chunk_time_ns(&self) -> Option<u64> {
+        self.chunk_time_ns
     }
 
     /// Bytes of the file consumed so far.
@@ -50,14 +83,24 @@ impl<R: Read> TraceReader<R> {
         self.chunks.bytes_read()
     }
 
-    /// The next record, or `None` at the end of the readable data.
+    fn note_damage(&mut self, damage: Damage) {
+        match self.damage.last_mut() {
+            Some(last) if last.offset + last.bytes == damage.offset => last.bytes += damage.bytes,
+            _ => self.damage.push(damage),
+        }
+    }
+
+    /// The next record, or `None` at the end of the readable data. Fails only when the input
+    /// does.
     pub fn next_record(&mut self) -> Result<Option<Record>, DecodeError> {
         // One record per call, straight from the chunk's payload: records are 112-byte values,
         // and queueing a whole chunk's of them cost a fifth of a report's time.
         loop {
+            if self.finished {
+                return Ok(None);
+            }
             let (records, addresses) = self.chunks.unread();
             if !records.is_empty() {
-                let record_start = self.chunks.record_position();
                 let mut records = Cursor::new(records);
                 let mut addresses = Cursor::new(addresses);
                 let decoded = self.records.decode(&mut records, &mut addresses);
@@ -68,24 +111,35 @@ impl<R: Read> TraceReader<R> {
                         if let Record::End(_) = record {
                             self.finished = true;
                         }
+                        self.chunk_time_ns = Some(self.chunks.prologue().time_ns);
                         return Ok(Some(record));
                     }
                     None => {
-                        return Err(self
-                            .chunks
-                            .corrupt(format!("malformed record at payload byte {record_start}")))
+                        let damage = self.chunks.abandon();
+                        self.note_damage(damage);
+                        self.continuous = false;
+                        continue;
                     }
                 }
             }
             if !addresses.is_empty() {
-                return Err(self
-                    .chunks
-                    .corrupt("the address stream holds more than the records refer to"));
+                // Addresses the records do not use: the records part lost some of its own.
+                let damage = self.chunks.abandon();
+                self.note_damage(damage);
+                self.continuous = false;
+                continue;
             }
-            if self.finished {
-                return Ok(None);
+            let next = self.chunks.next_chunk(Expected {
+                stack_nodes: self.records.stack_nodes_defined(),
+                exact: self.continuous,
+            })?;
+            if let Some(damage) = next.damage {
+                self.note_damage(damage);
             }
-            if !self.chunks.next_chunk()? {
+            if next.loaded {
+                self.records.start_chunk(self.chunks.prologue().stack_nodes_before);
+                self.continuous = true;
+            } else {
                 self.finished = true;
             }
         }
@@ -203,6 +257,12 @@ mod testing {
                 threads_unknown: 1,
                 note: "n".into(),
             }),
+            Record::Mark(Mark {
+                seq: 1 << 33,
+                time_ns: 123_456_789,
+                thread_id: 42,
+                label: "epoch 2".into(),
+            }),
             Record::Fork(ForkInfo {
                 parent_pid: 77,
                 fork_seq: 1 << 40,
@@ -237,6 +297,7 @@ mod testing {
                 Record::BlockClasses(entries) => encoder.block_classes(entries),
                 Record::Reachability(r) => encoder.reachability(r),
                 Record::Fork(f) => encoder.fork(f),
+                Record::Mark(m) => encoder.mark(m),
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {
@@ -248,25 +309,55 @@ mod testing {
         writer.get_mut().clone()
     }
 
-    pub fn decode_all(bytes: &[u8]) -> Result<(Vec<Record>, bool), DecodeError> {
+    /// What a reader made of a whole file.
+    #[derive(Debug)]
+    pub struct Read {
+        pub records: Vec<Record>,
+        pub truncated: bool,
+        pub damage: Vec<Damage>,
+    }
+
+    pub fn decode_all(bytes: &[u8]) -> Result<Read, DecodeError> {
         let mut reader = TraceReader::new(bytes)?;
-        let mut out = Vec::new();
+        let mut records = Vec::new();
         while let Some(record) = reader.next_record()? {
-            out.push(record);
+            records.push(record);
         }
-        Ok((out, reader.is_truncated()))
+        Ok(Read {
+            records,
+            truncated: reader.is_truncated(),
+            damage: reader.damage().to_vec(),
+        })
+    }
+
+    /// The file offsets of the chunks of a well-formed trace.
+    pub fn chunk_offsets(bytes: &[u8]) -> Vec<usize> {
+        let mut offsets = Vec::new();
+        let mut at = crate::HEADER_LEN;
+        while at + crate::CHUNK_FRAME_LEN <= bytes.len() {
+            offsets.push(at);
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            at += crate::CHUNK_FRAME_LEN + len;
+        }
+        offsets
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{decode_all, encode, sample_records};
+    use super::testing::{chunk_offsets, decode_all, encode, sample_records};
     use super::*;
     use crate::record::*;
-    use crate::{ChunkWriter, Payload, RecordEncoder};
+    use crate::{ChunkWriter, Payload, RecordEncoder, CHUNK_FRAME_LEN, HEADER_LEN};
+
+    fn one_chunk(records: &[u8], addresses: &[u8]) -> Vec<u8> {
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        writer.write_chunk(&Payload::new(records, addresses)).unwrap();
+        std::mem::take(writer.get_mut())
+    }
 
     #[test]
-    fn addresses_travel_apart_and_a_stream_left_over_or_overlong_is_corruption() {
+    fn addresses_travel_apart_and_a_stream_left_over_or_overlong_is_damage() {
         let mut encoder = RecordEncoder::new();
         let alloc = Alloc {
             seq: 1,
@@ -278,29 +369,180 @@ mod tests {
         };
         encoder.alloc(&alloc);
         let payload = encoder.payload();
-        let (records, addresses) = (payload.records().to_vec(), payload.parts()[2].to_vec());
+        let (records, addresses) = (payload.records().to_vec(), payload.addresses().to_vec());
         let mut spelled = Vec::new();
         crate::varint::put_i64(&mut spelled, alloc.address as i64);
         assert_eq!(addresses, spelled);
-        let chunk = |records: &[u8], addresses: &[u8]| {
-            let mut writer = ChunkWriter::new(Vec::new()).unwrap();
-            writer.write_chunk(&Payload::new(records, addresses)).unwrap();
-            std::mem::take(writer.get_mut())
-        };
-        let (decoded, _) = decode_all(&chunk(&records, &addresses)).unwrap();
-        assert_eq!(decoded, [Record::Alloc(alloc)]);
+        let read = decode_all(&one_chunk(&records, &addresses)).unwrap();
+        assert_eq!(read.records, [Record::Alloc(alloc)]);
+        assert!(read.damage.is_empty());
         let left_over = [addresses.as_slice(), &[2]].concat();
-        assert!(matches!(
-            decode_all(&chunk(&records, &left_over)),
-            Err(DecodeError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            decode_all(&chunk(&records, &addresses[..addresses.len() - 1])),
-            Err(DecodeError::Corrupt { .. })
-        ));
+        let read = decode_all(&one_chunk(&records, &left_over)).unwrap();
+        assert_eq!(read.damage.len(), 1);
+        let read = decode_all(&one_chunk(&records, &addresses[..addresses.len() - 1])).unwrap();
+        assert!(read.records.is_empty());
+        assert_eq!(read.damage.len(), 1);
+        // A records length past the payload's end.
         let mut writer = ChunkWriter::new(Vec::new()).unwrap();
-        writer.write_raw_chunk(&[&[200], &records]).unwrap();
-        assert!(matches!(decode_all(writer.get_mut()), Err(DecodeError::Corrupt { .. })));
+        writer.write_raw_chunk(&[&[0, 0, 200], &records]).unwrap();
+        let read = decode_all(writer.get_mut()).unwrap();
+        assert!(read.records.is_empty());
+        assert_eq!(read.damage.len(), 1);
+    }
+
+    /// Many small chunks, with stack nodes spread over them.
+    fn several_chunks() -> (Vec<Record>, Vec<u8>) {
+        let mut records = vec![Record::Process(ProcessInfo::default())];
+        for i in 0..60u64 {
+            records.push(Record::StackNode {
+                id: i + 1,
+                parent: i,
+                frame: Frame::Native { address: 0x1000 + i },
+            });
+            records.push(Record::Alloc(Alloc {
+                seq: i,
+                thread_id: 3,
+                address: 0x5000 + i * 64,
+                size: 10 + i,
+                stack: i + 1,
+                kind: AllocKind::Malloc,
+            }));
+        }
+        let bytes = encode(&records, 6);
+        (records, bytes)
+    }
+
+    #[test]
+    fn damage_in_a_middle_chunk_loses_that_chunk_only() {
+        let (records, bytes) = several_chunks();
+        let chunks = chunk_offsets(&bytes);
+        assert!(chunks.len() >= 10);
+        let (from, to) = (chunks[4], chunks[5]);
+        for at in from..to {
+            for damage in [0xffu8, 0x01] {
+                let mut mutant = bytes.clone();
+                mutant[at] ^= damage;
+                let read = decode_all(&mutant).unwrap();
+                assert!(!read.truncated, "byte {at}");
+                assert_eq!(
+                    read.damage,
+                    [Damage {
+                        offset: from as u64,
+                        bytes: (to - from) as u64
+                    }],
+                    "byte {at}"
+                );
+                assert_eq!(read.records[..24], records[..24], "byte {at}");
+                assert_eq!(read.records[24..], records[30..], "byte {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn nodes_defined_in_a_lost_chunk_may_be_named_after_it() {
+        let (records, bytes) = several_chunks();
+        let chunks = chunk_offsets(&bytes);
+        let mut mutant = bytes.clone();
+        mutant[chunks[1] + CHUNK_FRAME_LEN + 2] ^= 0x40;
+        let read = decode_all(&mutant).unwrap();
+        assert_eq!(read.damage.len(), 1);
+        // The third chunk's first node has the id it had, and its parent was lost.
+        assert_eq!(read.records[6..], records[12..]);
+    }
+
+    #[test]
+    fn a_cut_at_the_end_is_truncation_and_a_cut_frame_in_the_middle_is_damage() {
+        let (records, bytes) = several_chunks();
+        let chunks = chunk_offsets(&bytes);
+        let last = *chunks.last().unwrap();
+        let read = decode_all(&bytes[..last + 20]).unwrap();
+        assert!(read.truncated && read.damage.is_empty());
+        assert_eq!(read.records, records[..records.len() - 1]);
+        // A compressed length grown past the end of the file, in the middle of it.
+        let mut mutant = bytes.clone();
+        mutant[chunks[3] + 6] = 0x10;
+        let read = decode_all(&mutant).unwrap();
+        assert!(!read.truncated);
+        assert_eq!(read.damage[0].offset, chunks[3] as u64);
+        assert_eq!(read.records.len(), records.len() - 6);
+        // Grown, but still inside the file: the next chunk must not be swallowed.
+        let mut mutant = bytes.clone();
+        mutant[chunks[3] + 4] = mutant[chunks[3] + 4].wrapping_add(40);
+        let read = decode_all(&mutant).unwrap();
+        assert_eq!(read.damage[0].offset, chunks[3] as u64);
+        assert_eq!(read.records.len(), records.len() - 6);
+        // A damaged chunk just before a cut one: both show.
+        let mut mutant = bytes[..last + 20].to_vec();
+        let before = chunks[chunks.len() - 2];
+        mutant[before + CHUNK_FRAME_LEN + 1] ^= 0xff;
+        let read = decode_all(&mutant).unwrap();
+        assert!(read.truncated);
+        assert_eq!(
+            read.damage,
+            [Damage {
+                offset: before as u64,
+                bytes: (last - before) as u64
+            }]
+        );
+        // Damage running to the end of the file.
+        let mut mutant = bytes.clone();
+        mutant[last + CHUNK_FRAME_LEN + 1] ^= 0xff;
+        let read = decode_all(&mutant).unwrap();
+        assert!(!read.truncated);
+        assert_eq!(
+            read.damage,
+            [Damage {
+                offset: last as u64,
+                bytes: (bytes.len() - last) as u64
+            }]
+        );
+    }
+
+    #[test]
+    fn a_prologue_that_disagrees_with_the_running_count_is_damage() {
+        let mut encoder = RecordEncoder::new();
+        encoder.stack_node(0, Frame::PythonEntry);
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        writer.write_chunk(&encoder.payload()).unwrap();
+        encoder.clear_payload();
+        encoder.stack_node(1, Frame::PythonEntry);
+        let good = encoder.payload();
+        let (records, addresses) = (good.records().to_vec(), good.addresses().to_vec());
+        writer
+            .write_chunk(&Payload::new(&records, &addresses).with_stack_nodes_before(1))
+            .unwrap();
+        writer
+            .write_chunk(&Payload::new(&records, &addresses).with_stack_nodes_before(5))
+            .unwrap();
+        let read = decode_all(writer.get_mut()).unwrap();
+        assert_eq!(read.records.len(), 2);
+        assert_eq!(read.damage.len(), 1);
+    }
+
+    #[test]
+    fn chunk_time_is_that_of_the_last_record_returned() {
+        let mut encoder = RecordEncoder::new();
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        for (i, time) in [0u64, 5_000, 1 << 40].into_iter().enumerate() {
+            encoder.module_unloaded(i as u64);
+            encoder.module_unloaded(i as u64 + 10);
+            writer.write_chunk_at(&encoder.payload(), time).unwrap();
+            encoder.clear_payload();
+        }
+        let mut reader = TraceReader::new(writer.get_mut().as_slice()).unwrap();
+        assert_eq!(reader.chunk_time_ns(), None);
+        let mut times = Vec::new();
+        while reader.next_record().unwrap().is_some() {
+            times.push(reader.chunk_time_ns().unwrap());
+        }
+        assert_eq!(times, [0, 0, 5_000, 5_000, 1 << 40, 1 << 40]);
+        // The writer's own clock: the first chunk is at 0.
+        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
+        encoder.module_unloaded(1);
+        writer.write_chunk(&encoder.payload()).unwrap();
+        let mut reader = TraceReader::new(writer.get_mut().as_slice()).unwrap();
+        reader.next_record().unwrap();
+        assert_eq!(reader.chunk_time_ns(), Some(0));
     }
 
     #[test]
@@ -317,7 +559,10 @@ mod tests {
                 let at = (state as usize) % bytes.len();
                 bytes[at] = (state >> 32) as u8;
             }
-            let _ = decode_all(&bytes);
+            if let Ok(read) = decode_all(&bytes) {
+                let skipped: u64 = read.damage.iter().map(|d| d.bytes).sum();
+                assert!(skipped <= (bytes.len() - HEADER_LEN) as u64);
+            }
         }
     }
 }

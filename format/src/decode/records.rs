@@ -1,6 +1,6 @@
 //! Decoding records, the mirror of [`RecordEncoder`](crate::RecordEncoder): [`RecordDecoder`]
 //! turns a chunk's records part and address stream into [`Record`]s, one at a time, keeping
-//! the [`DeltaState`] from chunk to chunk.
+//! the [`DeltaState`] from record to record (and the stack node count from chunk to chunk).
 //!
 //! Must never read the file or know how chunks are framed (that is `chunks.rs`), never size an
 //! allocation from a count it has not checked against the bytes left, and never panic: a
@@ -17,6 +17,16 @@ pub(super) struct RecordDecoder {
 }
 
 impl RecordDecoder {
+    /// A new chunk starts, after `stack_nodes_before` stack nodes.
+    pub fn start_chunk(&mut self, stack_nodes_before: u64) {
+        self.delta.start_chunk(stack_nodes_before);
+    }
+
+    /// The highest stack node id defined so far.
+    pub fn stack_nodes_defined(&self) -> u64 {
+        self.delta.stack_nodes_defined()
+    }
+
     /// The record at the start of `c`, whose address (if spelled out) is at the start of
     /// `addresses`; both cursors move past what it used. `Some(None)` for a record that only
     /// changes the decoder's state (THREAD), `None` for a malformed one.
@@ -209,6 +219,12 @@ impl RecordDecoder {
                 threads_cut: c.u64()?,
             }),
             tag::STATS => Record::Stats(stats(c)?),
+            tag::MARK => Record::Mark(Mark {
+                seq: c.u64()?,
+                time_ns: c.u64()?,
+                thread_id: u32_of(c.u64()?)?,
+                label: string(c)?,
+            }),
             tag::END => {
                 let kind = ExitKind::from_u8(c.u8()?)?;
                 let status = match c.u8()? {
@@ -248,18 +264,18 @@ impl RecordDecoder {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{decode_all, encode, sample_records};
-    use super::super::DecodeError;
+    use super::super::testing::{chunk_offsets, decode_all, encode, sample_records};
+    use super::super::Damage;
     use crate::record::*;
-    use crate::{ChunkWriter, Payload, RecordEncoder};
+    use crate::{ChunkWriter, Payload, RecordEncoder, HEADER_LEN};
 
     #[test]
     fn round_trips_every_record_kind_across_chunk_sizes() {
         let records = sample_records();
         for chunk_every in [1, 2, 3, 100] {
-            let (decoded, truncated) = decode_all(&encode(&records, chunk_every)).unwrap();
-            assert_eq!(decoded, records);
-            assert!(!truncated);
+            let read = decode_all(&encode(&records, chunk_every)).unwrap();
+            assert_eq!(read.records, records);
+            assert!(!read.truncated && read.damage.is_empty());
         }
     }
 
@@ -308,8 +324,9 @@ mod tests {
     fn addresses_named_by_position_round_trip_and_shorten_the_payload() {
         let records = churn_records();
         for chunk_every in [1, 5, 10_000] {
-            let (decoded, _) = decode_all(&encode(&records, chunk_every)).unwrap();
-            assert_eq!(decoded, records);
+            let read = decode_all(&encode(&records, chunk_every)).unwrap();
+            assert_eq!(read.records, records);
+            assert!(read.damage.is_empty());
         }
         let mut encoder = RecordEncoder::new();
         let mut positional = 0;
@@ -333,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn a_position_beyond_the_records_seen_is_corruption() {
+    fn a_position_beyond_the_records_seen_is_damage() {
         let mut encoder = RecordEncoder::new();
         encoder.process(&ProcessInfo::default());
         let mut records = encoder.payload().records().to_vec();
@@ -341,6 +358,38 @@ mod tests {
         records.extend_from_slice(&[tag::FREE_RECENT, 2, 0]);
         let mut writer = ChunkWriter::new(Vec::new()).unwrap();
         writer.write_chunk(&Payload::new(&records, &[])).unwrap();
-        assert!(matches!(decode_all(writer.get_mut()), Err(DecodeError::Corrupt { .. })));
+        let read = decode_all(writer.get_mut()).unwrap();
+        assert_eq!(
+            read.records,
+            [Record::Process(ProcessInfo::default())],
+            "kept: the CRC matched"
+        );
+        assert_eq!(
+            read.damage,
+            [Damage {
+                offset: HEADER_LEN as u64,
+                bytes: (writer.get_mut().len() - HEADER_LEN) as u64
+            }]
+        );
+    }
+
+    /// Positions and deltas never reach into the chunk before: each chunk decodes alone.
+    #[test]
+    fn each_chunk_starts_from_the_initial_state() {
+        let records = churn_records();
+        let bytes = encode(&records, 50);
+        let whole = decode_all(&bytes).unwrap().records;
+        let chunks = chunk_offsets(&bytes);
+        assert!(chunks.len() > 10);
+        // Drop the third chunk's frame sync: the records of every other chunk survive.
+        let mut damaged = bytes.clone();
+        damaged[chunks[2]] ^= 0xff;
+        let read = decode_all(&damaged).unwrap();
+        assert_eq!(read.damage.len(), 1);
+        assert_eq!(read.damage[0].offset, chunks[2] as u64);
+        assert_eq!(read.damage[0].bytes, (chunks[3] - chunks[2]) as u64);
+        assert_eq!(read.records.len(), whole.len() - 50);
+        assert_eq!(read.records[..100], whole[..100]);
+        assert_eq!(read.records[100..], whole[150..]);
     }
 }

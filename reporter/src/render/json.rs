@@ -28,6 +28,7 @@ struct ReportView<'a> {
     fork: Option<ForkView>,
     complete: bool,
     incomplete_reason: Option<String>,
+    damage: Vec<DamageView>,
     exit: Option<ExitView>,
     totals: TotalsView,
     recorder: RecorderView,
@@ -65,6 +66,12 @@ struct ForkView {
     inherited_blocks: u64,
     inherited_bytes: u64,
     threads_cut: u64,
+}
+
+#[derive(Serialize)]
+struct DamageView {
+    offset: u64,
+    bytes: u64,
 }
 
 #[derive(Serialize)]
@@ -184,6 +191,14 @@ impl<'a> ReportView<'a> {
             fork: header.fork.as_ref().map(ForkView::of),
             complete: header.complete(),
             incomplete_reason: header.incomplete.as_ref().map(ToString::to_string),
+            damage: header
+                .damage
+                .iter()
+                .map(|d| DamageView {
+                    offset: d.offset,
+                    bytes: d.bytes,
+                })
+                .collect(),
             exit: header.end.map(|end| ExitView {
                 kind: end.kind.name(),
                 status: end.status,
@@ -358,6 +373,7 @@ mod tests {
                     stats: Stats::default(),
                 }),
                 incomplete: None,
+                damage: vec![libleak_format::Damage { offset: 16, bytes: 100 }],
             },
             summary: Summary::default(),
             group_by: GroupBy::Site,
@@ -455,7 +471,7 @@ mod tests {
     #[test]
     fn keys_are_written_in_alphabetical_order_and_addresses_in_hex() {
         let text = to_json(&full_report()).to_string();
-        assert!(text.starts_with(r#"{"complete":true,"exit":{"kind":"exit","status":0},"fork":{"fork_seq":0,"#));
+        assert!(text.starts_with(r#"{"complete":true,"damage":[{"bytes":100,"offset":16}],"exit":{"kind":"exit","status":0},"fork":{"fork_seq":0,"#));
         assert!(text.contains(
             r#""frames":[{"address":"0x10","build_id_mismatch":false,"file":"f.c","function":"f","inlined":false,"kind":"native","line":1,"module":"/m.so"}"#
         ));

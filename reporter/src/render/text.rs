@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use libleak_format::{python_version_text, ScanOutcome};
 
 use super::{outcome_name, thousands};
-use crate::model::{Frame, Report, Tally};
+use crate::model::{Frame, Incompleteness, Report, Tally};
 
 /// The text of a frame: function, location, module.
 fn frame_text(frame: &Frame) -> String {
@@ -81,6 +81,9 @@ pub fn to_text(report: &Report) -> String {
         Some(reason) => {
             let _ = writeln!(out, "trace INCOMPLETE: {reason}");
         }
+    }
+    if let Some(damage) = damage_text(report) {
+        let _ = writeln!(out, "{damage}");
     }
     let t = &report.header.totals;
     let _ = writeln!(
@@ -311,7 +314,42 @@ fn summary_text(out: &mut String, report: &Report) {
     }
     // Rows shown in an ancestor's report are leaks of this process all the same.
     if report.leaks.is_empty() && report.inherited_shown_elsewhere.leaks == 0 {
-        let _ = writeln!(out, "\nno leaks");
+        let _ = writeln!(out, "\n{}", no_leaks_text(report));
+    }
+}
+
+/// The line saying which parts of the file were skipped as damaged, if any.
+fn damage_text(report: &Report) -> Option<String> {
+    let damage = &report.header.damage;
+    let first = damage.first()?;
+    let skipped = thousands(report.header.damaged_bytes());
+    let place = match damage.len() {
+        1 => format!("{skipped} bytes at byte {} skipped", thousands(first.offset)),
+        n => format!(
+            "{skipped} bytes from byte {} on skipped ({n} regions)",
+            thousands(first.offset)
+        ),
+    };
+    Some(format!(
+        "trace DAMAGED: {place}; allocations and frees recorded there are missing"
+    ))
+}
+
+/// "no leaks", qualified when the trace cannot hold every event: a process killed before
+/// its last flush may have leaked afterwards, and damage loses allocations.
+fn no_leaks_text(report: &Report) -> &'static str {
+    let cut_short = matches!(report.header.incomplete, Some(Incompleteness::Truncated { .. }));
+    match (cut_short, report.header.damage.is_empty()) {
+        (false, true) => "no leaks",
+        (true, true) => {
+            "no leaks among the events recorded (the trace is incomplete: what the process did after its last flush is not in it)"
+        }
+        (false, false) => {
+            "no leaks among the events read (the trace is damaged: allocations recorded in its damaged parts are not in it)"
+        }
+        (true, false) => {
+            "no leaks among the events read (the trace is incomplete and damaged: what the process did after its last flush, and allocations recorded in its damaged parts, are not in it)"
+        }
     }
 }
 
@@ -327,6 +365,11 @@ pub fn summary_line(report: &Report) -> String {
         (_, true) => "exited".to_string(),
         (Some(end), false) => end.kind.name().to_string(),
         (None, false) => "cut short".to_string(),
+    };
+    let ending = if report.header.damage.is_empty() {
+        ending
+    } else {
+        format!("{ending}, trace damaged")
     };
     let s = &report.summary;
     format!(
@@ -367,6 +410,7 @@ mod tests {
                 fork: None,
                 end: None,
                 incomplete: None,
+                damage: Vec::new(),
             },
             summary: Summary::default(),
             group_by: GroupBy::Site,
@@ -374,6 +418,38 @@ mod tests {
             omitted: Omitted::default(),
             inherited_shown_elsewhere: Default::default(),
         }
+    }
+
+    #[test]
+    fn damage_and_a_cut_short_trace_qualify_no_leaks() {
+        let mut report = with_producer_waits(0);
+        assert!(to_text(&report).ends_with("\nno leaks\n"));
+        assert!(!to_text(&report).contains("DAMAGED"));
+        report.header.incomplete = Some(Incompleteness::Truncated { mid_chunk: false });
+        assert!(to_text(&report).contains(
+            "\nno leaks among the events recorded (the trace is incomplete: what the process did after its last flush is not in it)\n"
+        ));
+        report.header.damage = vec![
+            libleak_format::Damage {
+                offset: 5678,
+                bytes: 1000,
+            },
+            libleak_format::Damage {
+                offset: 9000,
+                bytes: 234,
+            },
+        ];
+        let text = to_text(&report);
+        assert!(text.contains(
+            "trace DAMAGED: 1,234 bytes from byte 5,678 on skipped (2 regions); allocations and frees recorded there are missing\n"
+        ));
+        assert!(text.contains("no leaks among the events read (the trace is incomplete and damaged"));
+        report.header.damage.truncate(1);
+        report.header.incomplete = None;
+        let text = to_text(&report);
+        assert!(text.contains("trace DAMAGED: 1,000 bytes at byte 5,678 skipped; allocations"));
+        assert!(text.contains("\nno leaks among the events read (the trace is damaged:"));
+        assert!(summary_line(&report).contains(": exited, trace damaged; leaked"));
     }
 
     #[test]

@@ -129,7 +129,12 @@ pub fn merged_stack(
     let mut natives = Vec::new();
     let mut groups: Vec<Vec<Frame>> = Vec::new();
     let mut group = Vec::new();
+    let mut lost = false;
     for node in trace.stack(leaf) {
+        if node.lost {
+            lost = true;
+            continue;
+        }
         match node.frame {
             // libleak's own frames are never the program's. Past the innermost ones (which the
             // recorder drops) they are those a signal handler interrupted.
@@ -181,7 +186,24 @@ pub fn merged_stack(
         .take_while(|f| f.kind == FrameKind::Native && f.function.as_deref().is_some_and(is_allocator_wrapper))
         .count();
     out.drain(..wrappers.min(out.len().saturating_sub(1)));
+    if lost {
+        out.push(lost_frame());
+    }
     out
+}
+
+/// Stands for the outer frames of a stack defined in a damaged part of the trace.
+fn lost_frame() -> Frame {
+    Frame {
+        kind: FrameKind::Native,
+        function: Some("[outer frames lost in a damaged part of the trace]".to_string()),
+        file: None,
+        line: None,
+        module: None,
+        inlined: false,
+        address: None,
+        build_id_mismatch: false,
+    }
 }
 
 /// importlib's own Python frames, between an `import` statement and the module it runs:
