@@ -10,8 +10,8 @@ use flate2::{Compress, Compression, FlushCompress, Status};
 use crate::delta::{DeltaState, Recent};
 use crate::recent::Finder;
 use crate::record::{
-    frame_kind, tag, Alloc, BlockClass, End, ForkInfo, Frame, Free, Mark, Module, ProcessInfo, PythonCode,
-    PythonRuntime, Reachability, Stats,
+    frame_kind, holder_kind, tag, Alloc, BlockClass, BlockHolder, End, ForkInfo, Frame, Free, Holder, Mark, Module,
+    ProcessInfo, PythonCode, PythonRuntime, Reachability, Stats,
 };
 use crate::varint::{put_bytes, put_i64, put_u64, put_u64_into, MAX_VARINT_BYTES};
 use crate::{CHUNK_FRAME_LEN, CHUNK_SYNC, FORMAT_VERSION, HEADER_LEN, MAGIC};
@@ -228,6 +228,39 @@ impl RecordEncoder {
         for entry in entries {
             put_i64(out, entry.address.wrapping_sub(previous) as i64);
             out.push(entry.class as u8);
+            previous = entry.address;
+        }
+    }
+
+    /// The next holders of the scan under way.
+    pub fn holders(&mut self, holders: &[Holder]) {
+        let out = &mut self.payload;
+        out.push(tag::HOLDERS);
+        put_u64(out, holders.len() as u64);
+        for holder in holders {
+            match holder {
+                Holder::Python(name) => {
+                    out.push(holder_kind::PYTHON);
+                    put_bytes(out, name.as_bytes());
+                }
+                Holder::RootWord(address) => {
+                    out.push(holder_kind::ROOT_WORD);
+                    put_u64(out, *address);
+                }
+                Holder::Register => out.push(holder_kind::REGISTER),
+            }
+        }
+    }
+
+    /// Entries must be sorted by address; the caller splits long lists into several records.
+    pub fn block_holders(&mut self, entries: &[BlockHolder]) {
+        let out = &mut self.payload;
+        out.push(tag::BLOCK_HOLDERS);
+        put_u64(out, entries.len() as u64);
+        let mut previous = 0u64;
+        for entry in entries {
+            put_i64(out, entry.address.wrapping_sub(previous) as i64);
+            put_u64(out, entry.holder.into());
             previous = entry.address;
         }
     }

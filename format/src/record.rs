@@ -25,6 +25,15 @@ pub(crate) mod tag {
     pub const PYTHON_CONFIG: u8 = 0x11;
     pub const FINALIZING: u8 = 0x12;
     pub const MARK: u8 = 0x13;
+    pub const HOLDERS: u8 = 0x14;
+    pub const BLOCK_HOLDERS: u8 = 0x15;
+}
+
+/// Holder kind bytes inside a HOLDERS record.
+pub(crate) mod holder_kind {
+    pub const PYTHON: u8 = 0;
+    pub const ROOT_WORD: u8 = 1;
+    pub const REGISTER: u8 = 2;
 }
 
 /// Frame kind bytes inside a stack node record.
@@ -77,6 +86,12 @@ pub enum Record {
     Stats(Stats),
     /// A point of the run named by the program or the user.
     Mark(Mark),
+    /// Names of what holds reachable blocks, in the scan at [`Record::Finalizing`]: the next
+    /// ids of that scan (its first holder is id 1).
+    Holders(Vec<Holder>),
+    /// Which holder holds each of these reachable blocks (in the scan at
+    /// [`Record::Finalizing`]).
+    BlockHolders(Vec<BlockHolder>),
     End(End),
 }
 
@@ -279,6 +294,28 @@ wire_enum! {
         /// A pointer to its start is held by a root or by another reachable block.
         Reachable = 0 => "reachable",
     }
+}
+
+/// What a reachable block was first reached from, breadth first, by the scan made when
+/// CPython's finalisation began.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A Python name: a module global or a class attribute (`app._RESULTS`,
+    /// `app.Bus.listeners`).
+    Python(String),
+    /// The root word at this address: a static of a loaded module, a thread's stack, or an
+    /// anonymous mapping (the module map tells which).
+    RootWord(u64),
+    /// A register of a thread blocked in a system call.
+    Register,
+}
+
+/// One block's holder, by its address (unique among the blocks live at the scan).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockHolder {
+    pub address: u64,
+    /// A holder id of the same scan (1 = its first).
+    pub holder: u32,
 }
 
 /// One block's class, by its address (unique among the blocks live at exit).

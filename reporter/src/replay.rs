@@ -12,8 +12,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use libleak_format::{
-    DecodeError, Frame, LeakClass, Mark, Module, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome, Stats,
-    TraceReader,
+    DecodeError, Frame, Holder, LeakClass, Mark, Module, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome,
+    Stats, TraceReader,
 };
 
 use crate::live::{ExitBlock, LiveSet};
@@ -116,6 +116,25 @@ pub struct Trace {
     pub live: Vec<ExitBlock>,
     /// The MARK records, in file order.
     pub marks: Vec<Mark>,
+    /// Who held the blocks live when CPython's finalisation began, when the scan then named
+    /// holders.
+    pub holding: Option<Holding>,
+}
+
+/// Who held the blocks live when CPython's finalisation began, summed by allocation stack.
+#[derive(Debug, Default)]
+pub struct Holding {
+    /// Holder `id` is at index `id - 1`.
+    pub names: Vec<Holder>,
+    /// By stack: each holder of some of its blocks, most bytes first.
+    pub by_stack: HashMap<u64, Vec<Held>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub holder: u32,
+    pub bytes: u64,
+    pub blocks: u64,
 }
 
 /// Whether a Python code object's file is importlib's own (`<frozen importlib._bootstrap>`,
@@ -135,11 +154,42 @@ struct FinalizationScan {
     /// (address, seq) of every block live when the scan was made, with its class (`None`
     /// when the scan did not complete).
     live_then: HashMap<(u64, u64), Option<LeakClass>>,
+    holder_names: Vec<Holder>,
+    block_holders: HashMap<u64, u32>,
+    holding: Option<Holding>,
 }
 
 impl FinalizationScan {
     fn close(&mut self, scan: Reachability, live: &LiveSet<ExitBlock>) {
         let complete = scan.outcome == ScanOutcome::Complete;
+        if complete && !self.holder_names.is_empty() {
+            let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
+            for (address, block) in live.live_blocks() {
+                let Some(&holder) = self.block_holders.get(&address) else {
+                    continue;
+                };
+                let held = by_stack.entry(block.stack).or_default();
+                match held.iter_mut().find(|h| h.holder == holder) {
+                    Some(h) => {
+                        h.bytes += block.size;
+                        h.blocks += 1;
+                    }
+                    None => held.push(Held {
+                        holder,
+                        bytes: block.size,
+                        blocks: 1,
+                    }),
+                }
+            }
+            for held in by_stack.values_mut() {
+                held.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.holder.cmp(&b.holder)));
+            }
+            self.holding = Some(Holding {
+                names: std::mem::take(&mut self.holder_names),
+                by_stack,
+            });
+        }
+        self.block_holders = HashMap::new();
         self.live_then = live
             .live_blocks()
             .into_iter()
@@ -249,6 +299,18 @@ impl Trace {
                 },
                 Record::Fork(info) => fork = Some(info),
                 Record::Mark(mark) => marks.push(mark),
+                Record::Holders(names) => {
+                    if let Some(pending) = finalization.as_mut().filter(|f| f.scan.is_none()) {
+                        pending.holder_names.extend(names);
+                    }
+                }
+                Record::BlockHolders(entries) => {
+                    if let Some(pending) = finalization.as_mut().filter(|f| f.scan.is_none()) {
+                        pending
+                            .block_holders
+                            .extend(entries.iter().map(|e| (e.address, e.holder)));
+                    }
+                }
                 Record::Stats(s) => stats = s,
                 Record::End(e) => {
                     stats = e.stats;
@@ -302,6 +364,7 @@ impl Trace {
             python_codes,
             live,
             marks,
+            holding: finalization.as_mut().and_then(|f| f.holding.take()),
         };
         if let Some(live_then) = finalization.map(|f| f.live_then) {
             trace.apply_finalization_scan(&live_then);
@@ -434,6 +497,7 @@ pub(crate) mod synthetic {
             python_codes: HashMap::new(),
             live: Vec::new(),
             marks: Vec::new(),
+            holding: None,
         }
     }
 

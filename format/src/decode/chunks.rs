@@ -14,8 +14,7 @@ use std::io::{self, Read};
 
 use flate2::{Decompress, FlushDecompress, Status};
 
-use super::error::DecodeError;
-use super::Damage;
+use super::error::{Damage, DecodeError};
 use crate::varint::Cursor;
 use crate::{CHUNK_FRAME_LEN, CHUNK_SYNC, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
 

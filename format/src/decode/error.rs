@@ -1,5 +1,6 @@
-//! Why a trace could not be read at all: the one error type of the decoder. Damage past the
-//! header is not an error (see [`super::Damage`]). Must never carry input bytes.
+//! Why a trace could not be read at all (the one error type of the decoder), and what of it
+//! was skipped ([`Damage`]: damage past the header is not an error). Must never carry input
+//! bytes.
 
 use std::io;
 
@@ -18,4 +19,14 @@ pub enum DecodeError {
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("read failed: {0}")]
     Io(#[from] io::Error),
+}
+
+/// A part of the file the reader skipped: no record in it was read, except those of a chunk
+/// that validated before a malformed record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// File offset where the damaged region starts (a chunk's frame).
+    pub offset: u64,
+    /// Bytes skipped from there.
+    pub bytes: u64,
 }

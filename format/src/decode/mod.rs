@@ -21,18 +21,8 @@ use std::io::Read;
 use crate::record::Record;
 use crate::varint::Cursor;
 use chunks::{ChunkReader, Expected};
-pub use error::DecodeError;
+pub use error::{Damage, DecodeError};
 use records::RecordDecoder;
-
-/// A part of the file the reader skipped: no record in it was read, except those of a chunk
-/// that validated before a malformed record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Damage {
-    /// File offset where the damaged region starts (a chunk's frame).
-    pub offset: u64,
-    /// Bytes skipped from there.
-    pub bytes: u64,
-}
 
 /// Decodes a trace from any byte source.
 pub struct TraceReader<R: Read> {
@@ -257,6 +247,21 @@ mod testing {
                 threads_unknown: 1,
                 note: "n".into(),
             }),
+            Record::Holders(vec![
+                Holder::Python("app._RESULTS".into()),
+                Holder::RootWord(0x7f00_0000_1000),
+                Holder::Register,
+            ]),
+            Record::BlockHolders(vec![
+                BlockHolder {
+                    address: 0x5000,
+                    holder: 1,
+                },
+                BlockHolder {
+                    address: 0x4000,
+                    holder: 3,
+                },
+            ]),
             Record::Mark(Mark {
                 seq: 1 << 33,
                 time_ns: 123_456_789,
@@ -298,6 +303,8 @@ mod testing {
                 Record::Reachability(r) => encoder.reachability(r),
                 Record::Fork(f) => encoder.fork(f),
                 Record::Mark(m) => encoder.mark(m),
+                Record::Holders(holders) => encoder.holders(holders),
+                Record::BlockHolders(entries) => encoder.block_holders(entries),
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {

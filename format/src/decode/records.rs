@@ -219,6 +219,39 @@ impl RecordDecoder {
                 threads_cut: c.u64()?,
             }),
             tag::STATS => Record::Stats(stats(c)?),
+            tag::HOLDERS => {
+                let count = usize::try_from(c.u64()?).ok()?;
+                // Each holder takes at least one byte.
+                if count > c.remaining() {
+                    return None;
+                }
+                let mut holders = Vec::with_capacity(count);
+                for _ in 0..count {
+                    holders.push(match c.u8()? {
+                        holder_kind::PYTHON => Holder::Python(string(c)?),
+                        holder_kind::ROOT_WORD => Holder::RootWord(c.u64()?),
+                        holder_kind::REGISTER => Holder::Register,
+                        _ => return None,
+                    });
+                }
+                Record::Holders(holders)
+            }
+            tag::BLOCK_HOLDERS => {
+                let count = usize::try_from(c.u64()?).ok()?;
+                if count > c.remaining() / 2 {
+                    return None;
+                }
+                let mut entries = Vec::with_capacity(count);
+                let mut address = 0u64;
+                for _ in 0..count {
+                    address = address.wrapping_add(c.i64()? as u64);
+                    entries.push(BlockHolder {
+                        address,
+                        holder: u32_of(c.u64()?)?,
+                    });
+                }
+                Record::BlockHolders(entries)
+            }
             tag::MARK => Record::Mark(Mark {
                 seq: c.u64()?,
                 time_ns: c.u64()?,

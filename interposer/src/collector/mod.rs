@@ -50,8 +50,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// How long the collector keeps napping, rather than blocking, after the last message.
 const NAPPING: Duration = Duration::from_millis(2);
 const NAP_US: u64 = 100;
-/// Block classes per BLOCK_CLASSES record.
-const CLASSES_PER_RECORD: usize = 4096;
+/// Entries per BLOCK_CLASSES, HOLDERS or BLOCK_HOLDERS record.
+const ENTRIES_PER_RECORD: usize = 4096;
 
 /// What the exit-time scan needs from start-up.
 pub struct ScanSettings {
@@ -398,7 +398,7 @@ impl Collector {
     fn finish(&mut self, ending: Ending) -> Result<(), String> {
         self.take_in_everything();
         if let (Some(exiting), Some(time_limit)) = (ending.scan_from, self.scan.time_limit) {
-            self.scan_reachability(exiting, time_limit);
+            self.scan_reachability(exiting, time_limit, false);
         }
         self.encoder.end(&End {
             kind: ending.kind,
@@ -417,10 +417,13 @@ impl Collector {
         self.take_in_everything();
         self.encoder.finalizing(from.tid);
         // On disk at the next flush, within FLUSH_INTERVAL, like any other record.
-        self.scan_reachability(from, time_limit);
+        self.scan_reachability(from, time_limit, true);
     }
 
-    fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration) {
+    /// With `name_holders`, the scan also names what holds each reachable block (module
+    /// globals, class attributes, roots): asked for at Python's finalisation, when the modules
+    /// still hold what the program kept.
+    fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration, name_holders: bool) {
         // Modules loaded since the last snapshot hold roots too.
         self.update_modules(sys::loader::loaded_modules(self.modules.main_exe()));
         let blocks = self
@@ -437,10 +440,19 @@ impl Collector {
             own_module,
             exiting: Some(exiting),
             python: crate::python::gc::objects(),
+            namer: name_holders.then(crate::python::holders::namer).flatten(),
             time_limit,
         });
-        for classes in result.classes.chunks(CLASSES_PER_RECORD) {
+        for classes in result.classes.chunks(ENTRIES_PER_RECORD) {
             self.encoder.block_classes(classes);
+        }
+        if let Some(holders) = &result.holders {
+            for names in holders.names.chunks(ENTRIES_PER_RECORD) {
+                self.encoder.holders(names);
+            }
+            for blocks in holders.blocks.chunks(ENTRIES_PER_RECORD) {
+                self.encoder.block_holders(blocks);
+            }
         }
         self.encoder.reachability(&result.summary);
     }

@@ -38,6 +38,8 @@ pub struct FoundObject {
     pub immortal: bool,
     /// For a list: its item array and the bytes of it in use.
     pub list_items: Option<(u64, u64)>,
+    /// The type of a garbage-collected object.
+    pub gc_type: Option<u64>,
 }
 
 /// The GC header of an object found `object_offset` bytes into its block: the bytes right
@@ -91,6 +93,7 @@ impl GcObjects {
             garbage_collected,
             immortal,
             list_items,
+            gc_type: gc_type.map(|(type_address, _)| type_address),
         })
     }
 
@@ -167,6 +170,11 @@ impl GcObjects {
             }
         }
         None
+    }
+
+    /// The flags of the type object at `address`, if it is one.
+    pub fn type_flags(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, address: u64) -> Option<u64> {
+        self.type_info(read, address).map(|info| info.flags)
     }
 
     /// The flags and size of the type object at `address`, if it is one: its metatype chain

@@ -78,6 +78,17 @@ pub struct UnicodeLayout {
     pub needs_ready: bool,
 }
 
+/// How a dict's keys table (`PyDictKeysObject`) gives its size and its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DictKeys {
+    /// 3.9, 3.10: `dk_size` (slots) at 8 and `dk_nentries` at 32; the index array at 40 has
+    /// 1, 2, 4 or 8 bytes per slot by `dk_size`; entries are (hash, key, value).
+    SizeField,
+    /// 3.11+: `dk_log2_index_bytes` at byte 9, `dk_kind` at byte 10 and `dk_nentries` at 24;
+    /// the index array at 32; entries are (key, value) when `dk_kind` is not 0 (general).
+    Log2Fields,
+}
+
 #[derive(Debug)]
 pub struct Layout {
     pub minor: u8,
@@ -98,6 +109,7 @@ pub struct Layout {
     /// insertion-order prefix whose last byte is the prefix's size (`new_values` in
     /// Objects/dictobject.c).
     pub dict_values_prefix: bool,
+    pub dict_keys: DictKeys,
 }
 
 const UNICODE_UP_TO_3_11: UnicodeLayout = UnicodeLayout {
@@ -143,6 +155,7 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: 0,
         has_immortal_objects: false,
         dict_values_prefix: false,
+        dict_keys: DictKeys::SizeField,
     },
     Layout {
         minor: 10,
@@ -160,6 +173,7 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: 0,
         has_immortal_objects: false,
         dict_values_prefix: false,
+        dict_keys: DictKeys::SizeField,
     },
     Layout {
         minor: 11,
@@ -189,6 +203,7 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
         has_immortal_objects: false,
         dict_values_prefix: true,
+        dict_keys: DictKeys::Log2Fields,
     },
     Layout {
         minor: 12,
@@ -218,6 +233,7 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
         dict_values_prefix: true,
+        dict_keys: DictKeys::Log2Fields,
     },
     Layout {
         minor: 13,
@@ -244,6 +260,7 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
         dict_values_prefix: false,
+        dict_keys: DictKeys::Log2Fields,
     },
 ];
 
@@ -267,6 +284,17 @@ pub const GC_PREHEADER_SIZE: u64 = 16;
 pub const BYTES_DATA: usize = 32;
 pub const UNICODE_LENGTH: usize = 16;
 pub const UNICODE_STATE: usize = 32;
+/// `PyDictObject`: `ma_keys` and `ma_values` (non-NULL for a split table).
+pub const DICT_KEYS: u64 = 32;
+pub const DICT_VALUES: u64 = 40;
+/// `PyModuleObject`: `md_dict`, and `md_name` (kept for logging after the dict is cleared).
+pub const MODULE_DICT: u64 = 16;
+pub const MODULE_NAME: u64 = 48;
+/// `PyTypeObject.tp_dict` (set for heap types; static builtin types of 3.12+ keep it
+/// elsewhere).
+pub const TYPE_DICT: u64 = 264;
+/// `Py_TPFLAGS_HEAPTYPE`: a type made at run time (a `class` statement, `PyType_FromSpec`).
+pub const TYPE_FLAG_HEAPTYPE: u64 = 1 << 9;
 
 pub fn for_minor(minor: u8) -> Option<&'static Layout> {
     LAYOUTS.iter().find(|layout| layout.minor == minor)

@@ -12,6 +12,7 @@
 pub mod code_cache;
 mod codes;
 pub mod gc;
+pub mod holders;
 pub mod layouts;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};

@@ -15,11 +15,13 @@
 
 pub mod roots;
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use libleak_format::{BlockClass, LeakClass, Module, Reachability, ScanOutcome};
+use libleak_format::{BlockClass, BlockHolder, Holder, LeakClass, Module, Reachability, ScanOutcome};
 
 use crate::python::gc::{gc_header, FoundObject, GcObjects};
+use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
 use crate::sys::memory::MemoryReader;
 pub use roots::ExitingThread;
@@ -32,6 +34,13 @@ const DEADLINE_CHECK_EVERY: u32 = 1024;
 const UNREACHED: u8 = 0;
 const POSSIBLY: u8 = 1;
 const REACHABLE: u8 = 2;
+
+/// The two floods of the marking: from the named roots, then from every other root.
+#[derive(Clone, Copy)]
+enum Phase {
+    Named,
+    Anonymous,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pointer {
@@ -125,9 +134,9 @@ impl Marker<'_> {
         !self.out_of_time
     }
 
-    /// Calls `each` with every aligned word in `[start, end)`, skipping `[skip_start,
-    /// skip_end)`.
-    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), each: &mut dyn FnMut(u64)) {
+    /// Calls `each` with the address and value of every aligned word in `[start, end)`,
+    /// skipping `[skip_start, skip_end)`.
+    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), each: &mut dyn FnMut(u64, u64)) {
         let mut at = start & !7;
         while at < end && !self.out_of_time {
             let len = ((end - at) as usize).min(WINDOW);
@@ -138,7 +147,7 @@ impl Marker<'_> {
                 if address >= skip.0 && address < skip.1 {
                     continue;
                 }
-                each(u64::from_ne_bytes(chunk.try_into().unwrap_or_default()));
+                each(address, u64::from_ne_bytes(chunk.try_into().unwrap_or_default()));
             }
             if read < len {
                 // An unmapped page: skip to the next one.
@@ -151,7 +160,7 @@ impl Marker<'_> {
     }
 
     /// The words of block `index`, without its GC header.
-    fn block_words(&mut self, index: usize, each: &mut dyn FnMut(u64)) {
+    fn block_words(&mut self, index: usize, each: &mut dyn FnMut(u64, u64)) {
         let start = self.blocks.addresses[index];
         let end = start + self.blocks.scan_limits[index];
         let object = u64::from(self.blocks.object_offsets[index]);
@@ -168,6 +177,17 @@ impl Marker<'_> {
 pub struct ScanResult {
     pub classes: Vec<BlockClass>,
     pub summary: Reachability,
+    /// Who holds each reachable block, when holders were asked for.
+    pub holders: Option<Holders>,
+}
+
+/// The holder of every reachable block that has one: the nearest named root, breadth first.
+#[derive(Default, Debug)]
+pub struct Holders {
+    /// Holder `id` is at index `id - 1`.
+    pub names: Vec<Holder>,
+    /// By address.
+    pub blocks: Vec<BlockHolder>,
 }
 
 pub struct ScanInput<'a> {
@@ -177,6 +197,8 @@ pub struct ScanInput<'a> {
     pub own_module: Option<&'a Module>,
     pub exiting: Option<ExitingThread>,
     pub python: Option<GcObjects>,
+    /// Set to name the holders of reachable blocks (the scan at Python's finalisation).
+    pub namer: Option<Namer>,
     pub time_limit: Duration,
 }
 
@@ -197,6 +219,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         }
     }
     let mut immortal = Vec::new();
+    let mut named_roots: Vec<(u64, String)> = Vec::new();
     if let Some(mut python) = input.python {
         let mut read = |address: u64| memory.word(address);
         // A word that names a live block or a loaded module's memory is an address, never a
@@ -215,6 +238,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 })
                 .collect()
         };
+        let mut module_objects = Vec::new();
         for (index, object, dict_values) in found {
             let Some(object) = object else {
                 if let Some(offset) = dict_values {
@@ -229,11 +253,23 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             if object.immortal {
                 immortal.push(index);
             }
+            if let (Some(namer), Some(object_type)) = (&input.namer, object.gc_type) {
+                if namer.is_module_type(object_type) {
+                    module_objects.push(blocks.addresses[index] + object.offset);
+                }
+            }
             if let Some((items, in_use)) = object.list_items {
                 if let Ok(items_index) = blocks.addresses.binary_search(&items) {
                     blocks.scan_limits[items_index] = blocks.scan_limits[items_index].min(in_use);
                 }
             }
+        }
+        if let Some(namer) = &input.namer {
+            named_roots = namer.named_roots(
+                &mut read,
+                &mut |read, address| python.type_flags(read, address),
+                &module_objects,
+            );
         }
     }
     summary.immortal_objects = immortal.len() as u64;
@@ -252,7 +288,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
 
     let count = blocks.addresses.len();
     let mut state = vec![UNREACHED; count];
-    let mut work: Vec<usize> = Vec::new();
+    let mut work: VecDeque<usize> = VecDeque::new();
     let mut marker = Marker {
         blocks: &blocks,
         memory: &mut memory,
@@ -262,11 +298,21 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         out_of_time: false,
         heap_bytes: 0,
     };
+    let naming = input.namer.is_some();
+    // Holder id of each block (0: none); only when naming.
+    let mut holder: Vec<u32> = if naming { vec![0; count] } else { Vec::new() };
+    let mut holder_names: Vec<Holder> = Vec::new();
 
     // Reachable and possibly-lost blocks: a flood from the roots, where a block reached only
-    // through interior pointers passes on only "possibly".
+    // through interior pointers passes on only "possibly". Breadth first, from the named
+    // roots before any other: a block is then held by the name nearest to it.
     {
-        let raise = |value: u64, from: u8, state: &mut Vec<u8>, work: &mut Vec<usize>| {
+        let raise = |value: u64,
+                     from: u8,
+                     label: u32,
+                     state: &mut Vec<u8>,
+                     holder: &mut Vec<u32>,
+                     work: &mut VecDeque<usize>| {
             if let Some((index, pointer)) = blocks.find(value) {
                 let strength = if from == REACHABLE && pointer == Pointer::Start {
                     REACHABLE
@@ -275,28 +321,74 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 };
                 if state[index] < strength {
                     state[index] = strength;
-                    work.push(index);
+                    if naming && holder[index] == 0 {
+                        holder[index] = label;
+                    }
+                    work.push_back(index);
                 }
             }
         };
-        for &word in &roots.words {
-            raise(word, REACHABLE, &mut state, &mut work);
-        }
-        for &index in &immortal {
-            state[index] = REACHABLE;
-            work.push(index);
-        }
-        for &(start, end) in &roots.ranges {
-            marker.words(start, end, (0, 0), &mut |word| {
-                raise(word, REACHABLE, &mut state, &mut work)
-            });
-        }
-        while let Some(index) = work.pop() {
-            if !marker.tick() {
-                break;
+        // A new holder id for a root that reaches a block nobody holds yet (0: none).
+        let new_holder = |value: u64, name: &mut dyn FnMut() -> Holder, holder: &[u32], names: &mut Vec<Holder>| {
+            if !naming {
+                return 0;
             }
-            let from = state[index];
-            marker.block_words(index, &mut |word| raise(word, from, &mut state, &mut work));
+            match blocks.find(value) {
+                Some((index, _)) if holder[index] == 0 => {
+                    names.push(name());
+                    names.len() as u32
+                }
+                _ => 0,
+            }
+        };
+        // The named roots flood first, to the end: a block they reach is held by a name even
+        // when a root word (a stale stack slot, a C cache) points at it too.
+        for phase in [Phase::Named, Phase::Anonymous] {
+            match phase {
+                Phase::Named => {
+                    for (object, name) in std::mem::take(&mut named_roots) {
+                        let mut name = Some(name);
+                        let label = new_holder(
+                            object,
+                            &mut || Holder::Python(name.take().unwrap_or_default()),
+                            &holder,
+                            &mut holder_names,
+                        );
+                        raise(object, REACHABLE, label, &mut state, &mut holder, &mut work);
+                    }
+                }
+                Phase::Anonymous => {
+                    let mut register_holder = 0;
+                    for &word in &roots.words {
+                        if register_holder == 0 {
+                            register_holder = new_holder(word, &mut || Holder::Register, &holder, &mut holder_names);
+                        }
+                        raise(word, REACHABLE, register_holder, &mut state, &mut holder, &mut work);
+                    }
+                    for &index in &immortal {
+                        if state[index] < REACHABLE {
+                            state[index] = REACHABLE;
+                            work.push_back(index);
+                        }
+                    }
+                    for &(start, end) in &roots.ranges {
+                        marker.words(start, end, (0, 0), &mut |address, word| {
+                            let label = new_holder(word, &mut || Holder::RootWord(address), &holder, &mut holder_names);
+                            raise(word, REACHABLE, label, &mut state, &mut holder, &mut work)
+                        });
+                    }
+                }
+            }
+            while let Some(index) = work.pop_front() {
+                if !marker.tick() {
+                    break;
+                }
+                let from = state[index];
+                let label = holder.get(index).copied().unwrap_or(0);
+                marker.block_words(index, &mut |_, word| {
+                    raise(word, from, label, &mut state, &mut holder, &mut work)
+                });
+            }
         }
     }
 
@@ -308,16 +400,16 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             continue;
         }
         work.clear();
-        work.push(leader);
-        while let Some(index) = work.pop() {
+        work.push_back(leader);
+        while let Some(index) = work.pop_back() {
             if !marker.tick() {
                 break;
             }
-            marker.block_words(index, &mut |word| {
+            marker.block_words(index, &mut |_, word| {
                 if let Some((target, _)) = blocks.find(word) {
                     if target != leader && state[target] == UNREACHED && !indirect[target] {
                         indirect[target] = true;
-                        work.push(target);
+                        work.push_back(target);
                     }
                 }
             });
@@ -332,6 +424,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         return ScanResult {
             classes: Vec::new(),
             summary,
+            holders: None,
         };
     }
     summary.outcome = ScanOutcome::Complete;
@@ -349,5 +442,63 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             })
         })
         .collect();
-    ScanResult { classes, summary }
+    let holders = naming.then(|| holders_of(&blocks.addresses, &holder, holder_names));
+    ScanResult {
+        classes,
+        summary,
+        holders,
+    }
+}
+
+/// The holders that hold some block, renumbered from 1 in order, and each held block's.
+fn holders_of(addresses: &[u64], holder: &[u32], names: Vec<Holder>) -> Holders {
+    let mut renumbered = vec![0u32; names.len() + 1];
+    let mut kept = Vec::new();
+    let mut blocks = Vec::new();
+    for (&address, &id) in addresses.iter().zip(holder) {
+        if id == 0 {
+            continue;
+        }
+        if renumbered[id as usize] == 0 {
+            kept.push(id);
+            renumbered[id as usize] = kept.len() as u32;
+        }
+        blocks.push(BlockHolder {
+            address,
+            holder: renumbered[id as usize],
+        });
+    }
+    let mut names: Vec<Option<Holder>> = names.into_iter().map(Some).collect();
+    Holders {
+        names: kept.iter().filter_map(|&id| names[id as usize - 1].take()).collect(),
+        blocks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libleak_format::{BlockHolder, Holder};
+
+    use super::holders_of;
+
+    #[test]
+    fn only_holders_that_hold_a_block_are_kept_renumbered_in_address_order() {
+        let names = vec![
+            Holder::Python("app.unused".into()),
+            Holder::Python("app._RESULTS".into()),
+            Holder::RootWord(0x1000),
+            Holder::Register,
+        ];
+        let holders = holders_of(&[0x10, 0x20, 0x30, 0x40], &[3, 0, 2, 3], names);
+        assert_eq!(
+            holders.names,
+            [Holder::RootWord(0x1000), Holder::Python("app._RESULTS".into())]
+        );
+        let blocks: Vec<(u64, u32)> = holders
+            .blocks
+            .iter()
+            .map(|b: &BlockHolder| (b.address, b.holder))
+            .collect();
+        assert_eq!(blocks, [(0x10, 1), (0x30, 2), (0x40, 1)]);
+    }
 }

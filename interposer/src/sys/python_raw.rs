@@ -38,6 +38,9 @@ pub struct Symbols {
     /// `PyType_Type`: the metatype every type object leads to.
     pub type_type: usize,
     pub list_type: usize,
+    /// `PyModule_Type`, `PyDict_Type`: what the scan at finalisation names holders from.
+    pub module_type: usize,
+    pub dict_type: usize,
     pub eval_loop_start: usize,
     pub eval_loop_size: usize,
     /// `PyGILState_GetThisThreadState`: the thread state bound to the calling OS thread.
@@ -95,6 +98,8 @@ pub fn find_symbols() -> Option<Symbols> {
         unicode_type,
         type_type,
         list_type,
+        module_type: symbol(c"PyModule_Type"),
+        dict_type: symbol(c"PyDict_Type"),
         eval_loop_start,
         eval_loop_size: symbol_size(eval_loop_start),
         this_thread_state,

@@ -9,6 +9,7 @@
 //! Must never write anything, nor read any file but the modules the trace names and their
 //! debug files.
 
+pub mod holders;
 pub mod merge;
 pub mod python_lines;
 
@@ -155,6 +156,18 @@ impl Symbolizer {
             }
         }
         Vec::new()
+    }
+
+    /// The symbol covering data address `address` of `module` (a static variable), from the
+    /// symbol table.
+    pub fn data_symbol(&mut self, module: &Module, address: u64) -> Option<String> {
+        let probe = address.wrapping_sub(module.bias);
+        let symbols = self.load(module);
+        symbols
+            .loaders
+            .iter()
+            .find_map(|loader| loader.find_symbol(probe))
+            .map(|name| addr2line::demangle_auto(Cow::Borrowed(name), None).into_owned())
     }
 
     fn load(&mut self, module: &Module) -> &ModuleSymbols {
