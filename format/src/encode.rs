@@ -221,15 +221,12 @@ impl RecordEncoder {
 
     /// Entries must be sorted by address; the caller splits long lists into several records.
     pub fn block_classes(&mut self, entries: &[BlockClass]) {
-        let out = &mut self.payload;
-        out.push(tag::BLOCK_CLASSES);
-        put_u64(out, entries.len() as u64);
-        let mut previous = 0u64;
-        for entry in entries {
-            put_i64(out, entry.address.wrapping_sub(previous) as i64);
-            out.push(entry.class as u8);
-            previous = entry.address;
-        }
+        self.address_entries(
+            tag::BLOCK_CLASSES,
+            entries,
+            |e| e.address,
+            |out, e| out.push(e.class as u8),
+        );
     }
 
     /// The next holders of the scan under way.
@@ -254,14 +251,31 @@ impl RecordEncoder {
 
     /// Entries must be sorted by address; the caller splits long lists into several records.
     pub fn block_holders(&mut self, entries: &[BlockHolder]) {
+        self.address_entries(
+            tag::BLOCK_HOLDERS,
+            entries,
+            |e| e.address,
+            |out, e| put_u64(out, e.holder.into()),
+        );
+    }
+
+    /// A record of `entries` keyed by address: the count, then per entry the address as a
+    /// delta from the previous one's (the first from 0) and what `rest` writes.
+    fn address_entries<T>(
+        &mut self,
+        record_tag: u8,
+        entries: &[T],
+        address: impl Fn(&T) -> u64,
+        mut rest: impl FnMut(&mut Vec<u8>, &T),
+    ) {
         let out = &mut self.payload;
-        out.push(tag::BLOCK_HOLDERS);
+        out.push(record_tag);
         put_u64(out, entries.len() as u64);
         let mut previous = 0u64;
         for entry in entries {
-            put_i64(out, entry.address.wrapping_sub(previous) as i64);
-            put_u64(out, entry.holder.into());
-            previous = entry.address;
+            put_i64(out, address(entry).wrapping_sub(previous) as i64);
+            rest(out, entry);
+            previous = address(entry);
         }
     }
 

@@ -37,6 +37,26 @@ impl RecordDecoder {
         fn u32_of(value: u64) -> Option<u32> {
             u32::try_from(value).ok()
         }
+        /// A count, then per entry an address (a delta from the previous entry's, the first
+        /// from 0) and what `rest` reads.
+        fn address_entries<T>(
+            c: &mut Cursor<'_>,
+            mut rest: impl FnMut(&mut Cursor<'_>, u64) -> Option<T>,
+        ) -> Option<Vec<T>> {
+            let count = usize::try_from(c.u64()?).ok()?;
+            // Each entry takes at least two bytes: a count beyond that is corruption, and must
+            // not size an allocation.
+            if count > c.remaining() / 2 {
+                return None;
+            }
+            let mut entries = Vec::with_capacity(count);
+            let mut address = 0u64;
+            for _ in 0..count {
+                address = address.wrapping_add(c.i64()? as u64);
+                entries.push(rest(c, address)?);
+            }
+            Some(entries)
+        }
         fn stats(c: &mut Cursor<'_>) -> Option<Stats> {
             Some(Stats {
                 reentrant_calls: c.u64()?,
@@ -181,24 +201,12 @@ impl RecordDecoder {
             tag::FINALIZING => Record::Finalizing {
                 thread_id: u32_of(c.u64()?)?,
             },
-            tag::BLOCK_CLASSES => {
-                let count = usize::try_from(c.u64()?).ok()?;
-                // Each entry takes at least two bytes: a count beyond that is corruption, and
-                // must not size an allocation.
-                if count > c.remaining() / 2 {
-                    return None;
-                }
-                let mut entries = Vec::with_capacity(count);
-                let mut address = 0u64;
-                for _ in 0..count {
-                    address = address.wrapping_add(c.i64()? as u64);
-                    entries.push(BlockClass {
-                        address,
-                        class: LeakClass::from_u8(c.u8()?)?,
-                    });
-                }
-                Record::BlockClasses(entries)
-            }
+            tag::BLOCK_CLASSES => Record::BlockClasses(address_entries(c, |c, address| {
+                Some(BlockClass {
+                    address,
+                    class: LeakClass::from_u8(c.u8()?)?,
+                })
+            })?),
             tag::REACHABILITY => Record::Reachability(Reachability {
                 outcome: ScanOutcome::from_u8(c.u8()?)?,
                 duration_us: c.u64()?,
@@ -236,22 +244,12 @@ impl RecordDecoder {
                 }
                 Record::Holders(holders)
             }
-            tag::BLOCK_HOLDERS => {
-                let count = usize::try_from(c.u64()?).ok()?;
-                if count > c.remaining() / 2 {
-                    return None;
-                }
-                let mut entries = Vec::with_capacity(count);
-                let mut address = 0u64;
-                for _ in 0..count {
-                    address = address.wrapping_add(c.i64()? as u64);
-                    entries.push(BlockHolder {
-                        address,
-                        holder: u32_of(c.u64()?)?,
-                    });
-                }
-                Record::BlockHolders(entries)
-            }
+            tag::BLOCK_HOLDERS => Record::BlockHolders(address_entries(c, |c, address| {
+                Some(BlockHolder {
+                    address,
+                    holder: u32_of(c.u64()?)?,
+                })
+            })?),
             tag::MARK => Record::Mark(Mark {
                 seq: c.u64()?,
                 time_ns: c.u64()?,
