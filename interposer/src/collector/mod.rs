@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use libleak_format::live::{LiveBlock, LiveSet};
 use libleak_format::{
-    Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Module, ProcessInfo, PythonCode, PythonRuntime,
+    Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
     RecordEncoder, Stats,
 };
 
@@ -168,6 +168,14 @@ pub enum Message {
     Finalizing {
         from: ExitingThread,
         done: &'static AtomicBool,
+    },
+    /// The program named this point of the run (`libleak_mark`); `seq` is above every event
+    /// before it.
+    Mark {
+        seq: u64,
+        at: Instant,
+        thread_id: u32,
+        label: String,
     },
     /// A thread is about to fork: take in everything recorded so far, then park.
     Park,
@@ -319,6 +327,17 @@ impl Collector {
                 self.scan_at_finalization(from);
                 done.store(true, Ordering::Release);
             }
+            Message::Mark {
+                seq,
+                at,
+                thread_id,
+                label,
+            } => self.encoder.mark(&Mark {
+                seq,
+                time_ns: self.chunks.time_ns(at),
+                thread_id,
+                label,
+            }),
             Message::Park | Message::Finish(_) => {}
         }
     }

@@ -6,7 +6,8 @@
 //!   `abort`, the `exec` family, `dlopen`, `dlclose`;
 //! - `symbols`: `dlsym` and `dlvsym`, handing out the allocator wrappers for lookups by handle;
 //! - `env`: `getenv`, answering `PYTHONMALLOC` for this process alone;
-//! - `init`: the library constructor.
+//! - `init`: the library constructor;
+//! - `mark`: `libleak_mark`, for the program to name a point of its run.
 //!
 //! Must never change what the caller sees (results, errno, `free(NULL)`, alignment errors),
 //! allocate through its own hooks, or hold anything of libleak's across the real call.
@@ -15,5 +16,6 @@
 mod alloc;
 mod env;
 mod init;
+mod mark;
 mod process;
 mod symbols;

@@ -9,7 +9,8 @@
 //!   `trace_open`: the process record and the trace file;
 //! - `collector_thread`: starting, parking and resuming the collector's thread;
 //! - `channel`: batches and the channel to the collector, and the sweep's [`EventSource`];
-//! - `finalization`: the scan when CPython's finalisation begins;
+//! - `finalization`: the scan when CPython's finalisation begins; `mark`: points of the run
+//!   the program names;
 //! - `phase`: entering a hook and recording its event;
 //! - `fork`, `startup`, `modules`, `finish`, `exec`: the process's moments.
 //!
@@ -24,6 +25,7 @@ mod exec;
 mod finalization;
 mod finish;
 mod fork;
+mod mark;
 mod modules;
 mod phase;
 mod seq;
@@ -35,6 +37,7 @@ mod trace_open;
 
 pub use exec::{before_exec, ExecTarget};
 pub use finish::{finish, note_exit_status};
+pub use mark::{mark, MAX_LABEL_BYTES};
 pub use modules::{module_unloaded, modules_changed};
 pub use phase::{enter, next_seq, scrub_freed, MAX_SCRUB_BYTES};
 pub use startup::start;
