@@ -11,7 +11,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use libleak_format::{
-    DecodeError, Frame, LeakClass, Module, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
+    Alloc, DecodeError, Frame, Free, LeakClass, Module, PythonCode, Reachability, Record, ScanOutcome, Stats,
+    TraceReader,
 };
 
 use crate::live::{ExitBlock, LiveSet};
@@ -95,6 +96,30 @@ impl FinalizationScan {
     }
 }
 
+/// Told of every allocation and free as replay reads them (in file order, which is not
+/// sequence order across threads), and of the FINALIZING record: the growth report's hook.
+pub trait ReplayObserver {
+    fn alloc(&mut self, alloc: &Alloc);
+    fn free(&mut self, free: &Free);
+    fn finalizing(&mut self);
+}
+
+/// Observes nothing.
+impl ReplayObserver for () {
+    fn alloc(&mut self, _alloc: &Alloc) {}
+    fn free(&mut self, _free: &Free) {}
+    fn finalizing(&mut self) {}
+}
+
+fn observe(record: &Record, observer: &mut dyn ReplayObserver) {
+    match record {
+        Record::Alloc(alloc) => observer.alloc(alloc),
+        Record::Free(free) => observer.free(free),
+        Record::Finalizing { .. } => observer.finalizing(),
+        _ => {}
+    }
+}
+
 impl Trace {
     pub fn open(path: &Path) -> Result<Trace, ReplayError> {
         let file = File::open(path).map_err(ReplayError::Open)?;
@@ -116,6 +141,16 @@ impl Trace {
     }
 
     fn read_with_progress(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
+        Trace::read_observing(input, progress, &mut ())
+    }
+
+    /// As [`Trace::read`], also telling `observer` of each event and `progress` of the bytes
+    /// read (as [`Trace::open_with_progress`] does).
+    pub fn read_observing(
+        input: impl std::io::Read,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+    ) -> Result<Trace, ReplayError> {
         const PROGRESS_EVERY: u64 = 1 << 18;
         let mut records: u64 = 0;
         let mut reader = TraceReader::new(input)?;
@@ -137,6 +172,7 @@ impl Trace {
             if records.is_multiple_of(PROGRESS_EVERY) {
                 progress(reader.bytes_read());
             }
+            observe(&record, observer);
             match record {
                 Record::Process(info) => process = Some(info),
                 Record::Module(module) => load_module(&mut modules, module),
