@@ -4,6 +4,7 @@
 //! Renderers only format: they must never filter, reorder or recompute what the pipeline
 //! decided.
 
+pub mod growth;
 pub mod json;
 pub mod text;
 
