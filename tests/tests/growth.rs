@@ -73,24 +73,24 @@ fn setup(python: &Python, label: &str) -> Scratch {
     scratch
 }
 
+/// Runs `app.py ARGS…` plainly and under libleak (same output) and returns the trace.
 fn traced_app(python: &Python, scratch: &Scratch, args: &[&str], label: &str) -> std::path::PathBuf {
-    let mut command = Command::new(&python.real_path);
-    command
-        .arg("app.py")
-        .args(args)
-        .current_dir(&scratch.path)
-        .env("PYTHONPATH", &scratch.path);
-    let plain = run(&mut Command::new(&python.real_path)
-        .arg("app.py")
-        .args(args)
-        .current_dir(&scratch.path)
-        .env("PYTHONPATH", &scratch.path));
+    let command = || {
+        let mut command = Command::new(&python.real_path);
+        command
+            .arg("app.py")
+            .args(args)
+            .current_dir(&scratch.path)
+            .env("PYTHONPATH", &scratch.path);
+        command
+    };
+    let plain = run(&mut command());
     assert!(
         plain.status.success(),
         "{label}: {}",
         String::from_utf8_lossy(&plain.stderr)
     );
-    let traced = run_traced(scratch, &mut command);
+    let traced = run_traced(scratch, &mut command());
     assert_eq!(traced.output.status.code(), Some(0), "{label}");
     assert_eq!(traced.output.stdout, plain.stdout, "{label}: stdout changed");
     traced.trace
