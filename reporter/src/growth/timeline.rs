@@ -11,6 +11,7 @@
 //! Must never look at frames or symbols (stacks are ids here), nor judge growth: that is
 //! [`super::trend`]'s, on sites.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -99,6 +100,7 @@ pub struct Timeline {
     index_of: FastMap<u64, u32>,
     addresses: FastMap<u64, Latest>,
     dirty: Vec<u32>,
+    last_stack: Option<(u64, u32)>,
 }
 
 impl Timeline {
@@ -122,6 +124,7 @@ impl Timeline {
             index_of: FastMap::default(),
             addresses: FastMap::default(),
             dirty: Vec::new(),
+            last_stack: None,
         }
     }
 
@@ -150,6 +153,12 @@ impl Timeline {
     }
 
     fn stack_index(&mut self, stack: u64) -> u32 {
+        // Allocations come in runs from one stack (a loop building a list).
+        if let Some((last, index)) = self.last_stack {
+            if last == stack {
+                return index;
+            }
+        }
         let next = self.stacks.len() as u32;
         let index = *self.index_of.entry(stack).or_insert(next);
         if index == next {
@@ -161,6 +170,7 @@ impl Timeline {
                 dirty: false,
             });
         }
+        self.last_stack = Some((stack, index));
         index
     }
 
@@ -272,16 +282,25 @@ impl ReplayObserver for Timeline {
             stack,
             live: true,
         };
-        match self.addresses.get(&alloc.address).copied() {
-            Some(latest) if latest.seq >= alloc.seq => {}
-            previous => {
-                if let Some(old) = previous.filter(|l| l.live) {
-                    // Its free is still to come: it ended before this allocation.
-                    self.remove(old, alloc.seq);
-                }
-                self.addresses.insert(alloc.address, fresh);
-                self.add(stack, alloc.size);
+        // One table lookup per event: replaying is most of the report's time.
+        let (added, replaced) = match self.addresses.entry(alloc.address) {
+            Slot::Vacant(vacant) => {
+                vacant.insert(fresh);
+                (true, None)
             }
+            Slot::Occupied(mut latest) if latest.get().seq < alloc.seq => {
+                let previous = latest.insert(fresh);
+                (true, previous.live.then_some(previous))
+            }
+            // Older than what is known: freed (and perhaps reused) since.
+            Slot::Occupied(_) => (false, None),
+        };
+        if let Some(old) = replaced {
+            // Its free is still to come: it ended before this allocation.
+            self.remove(old, alloc.seq);
+        }
+        if added {
+            self.add(stack, alloc.size);
         }
         self.event(alloc.seq);
     }
@@ -290,22 +309,25 @@ impl ReplayObserver for Timeline {
         if self.stop.is_some() {
             return;
         }
-        match self.addresses.get(&free.address).copied() {
-            Some(latest) if latest.seq >= free.seq => {}
-            previous => {
-                self.addresses.insert(
-                    free.address,
-                    Latest {
-                        seq: free.seq,
-                        size: 0,
-                        stack: 0,
-                        live: false,
-                    },
-                );
-                if let Some(old) = previous.filter(|l| l.live) {
-                    self.remove(old, free.seq);
-                }
+        let freed = Latest {
+            seq: free.seq,
+            size: 0,
+            stack: 0,
+            live: false,
+        };
+        let gone = match self.addresses.entry(free.address) {
+            Slot::Vacant(vacant) => {
+                vacant.insert(freed);
+                None
             }
+            Slot::Occupied(mut latest) if latest.get().seq < free.seq => {
+                let previous = latest.insert(freed);
+                previous.live.then_some(previous)
+            }
+            Slot::Occupied(_) => None,
+        };
+        if let Some(old) = gone {
+            self.remove(old, free.seq);
         }
         self.event(free.seq);
     }
