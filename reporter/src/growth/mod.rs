@@ -156,10 +156,6 @@ impl GrowthReport {
         // Rows are ranked by growth, and those cut by the limit are the smallest.
         self.growing.first().map_or(0, |row| row.growth_bytes)
     }
-
-    pub fn any_growing(&self) -> bool {
-        !self.growing.is_empty() || self.omitted.leaks > 0
-    }
 }
 
 /// A `--between` end as a sequence number.
@@ -179,7 +175,9 @@ pub fn report(
     symbolizer: &mut Symbolizer,
     progress: &mut dyn ReadProgress,
 ) -> Result<GrowthReport, GrowthError> {
-    // Format 8 traces carry chunk times; until replay hands them over, seq is the only axis.
+    // Format 8 traces carry chunk times; until replay hands them to the observer, seq is the
+    // only axis. `--between` in seconds needs the clock before the pass that counts the
+    // window: from the chunk headers, or from a first pass.
     let clock = Clock::default();
     let window = match options.between {
         Some((from, to)) => {
@@ -260,7 +258,7 @@ pub fn build(
             live_bytes: site.bytes.last().copied().unwrap_or(0),
             live_blocks: site.blocks.last().copied().unwrap_or(0),
             first_seq: first.seq,
-            window_events: (last.events - first.events) / trend::WINDOWS as u64,
+            window_events: last.events.saturating_sub(first.events) / trend::WINDOWS as u64,
             bytes_per_window,
             bytes_per_s: window_seconds.map(|s| bytes_per_window / s),
             window_min_bytes: verdict.window_bytes,
