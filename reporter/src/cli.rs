@@ -73,7 +73,14 @@ pub struct ReportArgs {
     pub between: Vec<Moment>,
     /// With --growth (implied): exit with status 24 when a growing site gained more than BYTES
     /// (default 0: any growing site). `--fail-on-growth=100000` or `--fail-on-growth 100000`.
-    #[arg(long, value_name = "BYTES", num_args = 0..=1, require_equals = true, default_missing_value = "0", conflicts_with = "fail_on_leak")]
+    #[arg(
+        long,
+        value_name = "BYTES",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "0",
+        conflicts_with = "fail_on_leak"
+    )]
     pub fail_on_growth: Option<u64>,
 }
 
@@ -131,7 +138,8 @@ pub enum Command {
     /// Run a command with libleak.so preloaded, then report on the traces of exactly the
     /// processes it started, on stderr (or `--report-file`): the command's own output stays
     /// its own. Signals sent to libleak are passed on to the command. Exits with the command's
-    /// status (128+N when a signal N killed it), or 23 under `--fail-on-leak`.
+    /// status (128+N when a signal N killed it), or 23 under `--fail-on-leak` (24 under
+    /// `--fail-on-growth`).
     Run {
         /// Where the traces go: a path in which `%p` becomes the pid, or a directory ending in
         /// `/`; by default `libleak.<program>.<pid>.trace` in the current directory. A name

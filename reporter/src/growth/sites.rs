@@ -1,8 +1,9 @@
 //! Stacks become sites: each stack that may add to a site's growth (see [`holds_at_end`]) is
-//! symbolized and merged as the leak report does, and stacks join the site the leak report's default grouping would put them in
-//! ([`group::row_key`] by site: the frames up to the owner), keyed also by the innermost
-//! Python line that called into it, so that Python code allocating through the interpreter
-//! (no owner outside it) is told apart by line. A site's series is the sum of its stacks'.
+//! symbolized and merged as the leak report does, and joins the site the leak report's
+//! default grouping would put it in ([`group::row_key`] by site: the frames up to the owner),
+//! keyed also by the innermost Python line that called into it, so that Python code
+//! allocating through the interpreter (no owner outside it) is told apart by line. A site's
+//! series is the sum of its stacks'.
 //!
 //! Must never judge growth (that is [`super::trend`]'s) nor read anything but the trace's
 //! modules through the symbolizer.

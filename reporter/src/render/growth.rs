@@ -133,11 +133,13 @@ pub fn to_text(report: &GrowthReport) -> String {
             thousands(period.last_seq)
         ),
     };
+    let samples = report.timeline.len();
     let _ = writeln!(
         out,
-        "analysed: {} events {ends}; {} samples, one every {} events",
+        "analysed: {} events {ends}; {} {}, one every {} events",
         thousands(period.events),
-        report.timeline.len(),
+        thousands(samples as u64),
+        if samples == 1 { "sample" } else { "samples" },
         thousands(period.interval)
     );
     let bytes: Vec<u64> = report.timeline.iter().map(|t| t.live_bytes).collect();
