@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use libleak_reporter::attribute::suppress;
 use libleak_reporter::model::GroupBy;
+use libleak_reporter::options::{GrowthOptions, Moment};
 use libleak_reporter::Options;
 
 /// Find memory leaks in programs and the native extensions they load.
@@ -57,6 +58,30 @@ pub struct ReportArgs {
     /// `--fail-on-leak=1000` or `--fail-on-leak 1000`.
     #[arg(long, value_name = "BYTES", num_args = 0..=1, require_equals = true, default_missing_value = "0")]
     pub fail_on_leak: Option<u64>,
+    /// Instead of what leaked, report memory that stays reachable but keeps growing while the
+    /// program runs (an unbounded dict, a list of listeners, a cache without eviction): the
+    /// sites whose live bytes trend upward until Python's finalisation, most growth first,
+    /// each with its Python line, native frames and a sparkline. --limit applies; --group-by,
+    /// --show-* and suppressions do not.
+    #[arg(long, conflicts_with = "fail_on_leak")]
+    pub growth: bool,
+    /// With --growth (implied): also list, per site, what was allocated between FROM and TO
+    /// and is still live at TO, and (apart) what was freed then of older blocks. FROM and TO
+    /// are event numbers, `seq:N` (the JSON timeline gives them), or seconds since the start,
+    /// `Ns`, for traces that record times.
+    #[arg(long, num_args = 2, value_names = ["FROM", "TO"], conflicts_with = "fail_on_leak")]
+    pub between: Vec<Moment>,
+    /// With --growth (implied): exit with status 24 when a growing site gained more than BYTES
+    /// (default 0: any growing site). `--fail-on-growth=100000` or `--fail-on-growth 100000`.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "0",
+        conflicts_with = "fail_on_leak"
+    )]
+    pub fail_on_growth: Option<u64>,
 }
 
 impl ReportArgs {
@@ -81,6 +106,27 @@ impl ReportArgs {
     }
 }
 
+impl ReportArgs {
+    /// Whether the growth report is asked for (`--growth`, or a flag that implies it).
+    pub fn growth_mode(&self) -> bool {
+        self.growth || !self.between.is_empty() || self.fail_on_growth.is_some()
+    }
+
+    /// The growth report options these flags ask for.
+    pub fn growth_options(&self) -> GrowthOptions {
+        GrowthOptions {
+            limit: self.limit,
+            show_interpreter_frames: self.show_interpreter_frames,
+            // Given twice, the last window counts.
+            between: self
+                .between
+                .rchunks_exact(2)
+                .next()
+                .map(|pair| (pair[0].clone(), pair[1].clone())),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Report what a traced process left allocated at exit, ranked by bytes. Given several
@@ -96,7 +142,8 @@ pub enum Command {
     /// Run a command with libleak.so preloaded, then report on the traces of exactly the
     /// processes it started, on stderr (or `--report-file`): the command's own output stays
     /// its own. Signals sent to libleak are passed on to the command. Exits with the command's
-    /// status (128+N when a signal N killed it), or 23 under `--fail-on-leak`.
+    /// status (128+N when a signal N killed it), or 23 under `--fail-on-leak` (24 under
+    /// `--fail-on-growth`).
     Run {
         /// Where the traces go: a path in which `%p` becomes the pid, or a directory ending in
         /// `/`; by default `libleak.<program>.<pid>.trace` in the current directory. A name
@@ -116,7 +163,12 @@ pub enum Command {
     Suppressions,
 }
 
-/// The command line with `--fail-on-leak N` (a separate number) spelled `--fail-on-leak=N`.
+/// Flags whose value is optional and a number: `--fail-on-leak N` is spelled for clap as
+/// `--fail-on-leak=N`, and so is `--fail-on-growth N`.
+const OPTIONAL_NUMBER_FLAGS: &[&str] = &["--fail-on-leak", "--fail-on-growth"];
+
+/// The command line with `--fail-on-leak N` (a separate number) spelled `--fail-on-leak=N`,
+/// and `--fail-on-growth N` likewise.
 ///
 /// The flag's value is optional, so clap only takes it when attached with `=`: otherwise
 /// `libleak report --fail-on-leak TRACE` would read the trace's name as the value. A word
@@ -143,32 +195,33 @@ pub fn attach_fail_on_leak_values(args: Vec<OsString>) -> Vec<OsString> {
             }
             continue;
         };
-        if text == "--fail-on-leak" {
+        if OPTIONAL_NUMBER_FLAGS.contains(&text.as_str()) {
             let mut rest = words.clone();
             if let Some(value) = rest.next().filter(|v| {
                 let v = v.to_string_lossy();
                 !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())
             }) {
-                out.push(format!("--fail-on-leak={}", value.to_string_lossy()).into());
+                out.push(format!("{text}={}", value.to_string_lossy()).into());
                 words = rest;
                 continue;
             }
             out.push(word);
             continue;
         }
-        // An option that takes the next word as its value: pass both.
-        let takes_value = text
+        // An option that takes the next words as its values (`--between` two): pass them all.
+        let values = text
             .strip_prefix("--")
             .filter(|t| !t.contains('='))
-            .is_some_and(|long| {
-                current.get_arguments().any(|arg| {
+            .and_then(|long| {
+                current.get_arguments().find(|arg| {
                     arg.get_long() == Some(long) && arg.get_action().takes_values() && !arg.is_require_equals_set()
                 })
-            });
+            })
+            .map_or(0, |arg| arg.get_num_args().map_or(1, |range| range.min_values().max(1)));
         let positional = !text.starts_with('-');
         out.push(word);
-        if takes_value {
-            out.extend(words.next());
+        if values > 0 {
+            out.extend(words.by_ref().take(values));
         } else if positional && current.get_name() == "run" {
             break;
         }
@@ -229,6 +282,57 @@ mod tests {
             ["libleak", "run", "--output", "12", "--fail-on-leak=3", "x"]
         );
         assert_eq!(attached(&["libleak", "--version"]), ["libleak", "--version"]);
+        // `--between` takes two words, and a command after them is still untouched.
+        assert_eq!(
+            attached(&[
+                "libleak",
+                "run",
+                "--between",
+                "seq:1",
+                "seq:9",
+                "--fail-on-growth",
+                "5",
+                "prog",
+                "--fail-on-growth",
+                "6"
+            ]),
+            [
+                "libleak",
+                "run",
+                "--between",
+                "seq:1",
+                "seq:9",
+                "--fail-on-growth=5",
+                "prog",
+                "--fail-on-growth",
+                "6"
+            ]
+        );
+    }
+
+    #[test]
+    fn growth_flags_imply_the_growth_report_and_exclude_the_leak_gate() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(attach_fail_on_leak_values(args.iter().map(OsString::from).collect()));
+        let Command::Report { report, .. } = parse(&["libleak", "report", "--between", "seq:10", "seq:20", "t"])
+            .unwrap()
+            .command
+        else {
+            panic!("a report command");
+        };
+        assert!(report.growth_mode());
+        assert_eq!(
+            report.growth_options().between,
+            Some((Moment::Seq(10), Moment::Seq(20)))
+        );
+        let Command::Report { report, .. } = parse(&["libleak", "report", "--fail-on-growth", "t"]).unwrap().command
+        else {
+            panic!("a report command");
+        };
+        assert_eq!(report.fail_on_growth, Some(0));
+        assert!(report.growth_mode());
+        assert!(parse(&["libleak", "report", "--growth", "--fail-on-leak", "t"]).is_err());
+        assert!(parse(&["libleak", "report", "--between", "10", "20", "t"]).is_err());
     }
 
     #[test]

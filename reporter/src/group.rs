@@ -13,7 +13,7 @@ use crate::model::{Class, Frame, GroupBy, Leak, Omitted, Owner, StackRow, Tally}
 use crate::options::Options;
 
 /// The frames that decide which row a stack joins.
-fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame> {
+pub fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame> {
     match group_by {
         GroupBy::Stack => frames.to_vec(),
         // The site is where the owner asked for the memory: an extension calling

@@ -11,6 +11,9 @@
 //!    suppressed;
 //! 6. [`group`]: gather rows, rank them, apply the limit.
 //!
+//! [`growth`] is the other report: memory that stays reachable but keeps growing while the
+//! program runs, judged from the same replay and shared stages 3–6.
+//!
 //! [`processes`] gathers several processes' reports into one (a leak a fork child inherited
 //! shown once). [`render`] turns a report into text or JSON. [`model`] is the vocabulary all stages share
 //! and [`options`] what the user asked for; each stage imports only those and the stages
@@ -24,6 +27,7 @@
 pub mod attribute;
 pub mod classify;
 pub mod group;
+pub mod growth;
 pub mod live;
 pub mod model;
 pub mod options;

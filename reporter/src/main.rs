@@ -14,10 +14,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use libleak_reporter::growth::GrowthReport;
 use libleak_reporter::model::Report;
-use libleak_reporter::options::BUILTIN;
+use libleak_reporter::options::{GrowthOptions, BUILTIN};
 use libleak_reporter::render::json::{self, Unreadable};
-use libleak_reporter::render::text;
+use libleak_reporter::render::{growth, text};
 use libleak_reporter::symbolize::Symbolizer;
 use libleak_reporter::{Options, ReadProgress};
 
@@ -25,6 +26,9 @@ use cli::{Cli, Command, ReportArgs};
 
 /// The exit status of `--fail-on-leak` when leaks exceed the threshold (LeakSanitizer's).
 const LEAK_EXIT_STATUS: u8 = 23;
+/// The exit status of `--fail-on-growth` when a growing site exceeds the threshold (the leak
+/// gate's plus one, so that a script can tell them apart).
+const GROWTH_EXIT_STATUS: u8 = 24;
 /// The exit status when libleak itself fails (a trace unreadable, a command not run).
 const FAILURE_EXIT_STATUS: u8 = 2;
 
@@ -132,6 +136,9 @@ fn trace_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// A trace that cannot be read gets a one-line error in the summary (an `unreadable` entry in
 /// JSON) and makes the command fail.
 fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    if args.growth_mode() {
+        return print_growth_reports(files, args, out);
+    }
     if let [single] = files {
         return print_report(single, args, out).map(exit_for_limit);
     }
@@ -174,6 +181,71 @@ fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> R
         return Ok(ExitCode::from(FAILURE_EXIT_STATUS));
     }
     Ok(exit_for_limit(reports.iter().all(|r| within_limit(r, args))))
+}
+
+fn read_growth_report(path: &Path, options: &GrowthOptions, symbolizer: &mut Symbolizer) -> Result<GrowthReport> {
+    libleak_reporter::growth::report(path, options, symbolizer, &mut Progress::new(path))
+        .with_context(|| path.display().to_string())
+}
+
+fn growth_within_limit(report: &GrowthReport, args: &ReportArgs) -> bool {
+    args.fail_on_growth.is_none_or(|limit| report.largest_growth() <= limit)
+}
+
+/// The growth report of every process to `out`, as [`print_reports`] does for leaks.
+fn print_growth_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> Result<ExitCode> {
+    let options = args.growth_options();
+    let mut symbolizer = Symbolizer::default();
+    if let [single] = files {
+        let report = read_growth_report(single, &options, &mut symbolizer)?;
+        if args.json {
+            writeln!(out, "{}", growth::json::to_json(&report))?;
+        } else {
+            write!(out, "{}", growth::to_text(&report))?;
+        }
+        out.flush()?;
+        return Ok(exit_for_growth(growth_within_limit(&report, args)));
+    }
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    for path in files {
+        match read_growth_report(path, &options, &mut symbolizer) {
+            Ok(report) => reports.push(report),
+            Err(error) => failures.push(Unreadable {
+                trace: path.display().to_string(),
+                error: format!("{error:#}"),
+            }),
+        }
+    }
+    reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
+    if args.json {
+        writeln!(out, "{}", growth::json::to_json_many(&reports, &failures))?;
+    } else {
+        writeln!(out, "libleak: {} processes", reports.len() + failures.len())?;
+        for failure in &failures {
+            writeln!(out, "  unreadable: {}", failure.error)?;
+        }
+        for report in &reports {
+            writeln!(out)?;
+            write!(out, "{}", growth::to_text(report))?;
+        }
+    }
+    out.flush()?;
+    for failure in &failures {
+        warn(&failure.error);
+    }
+    if !failures.is_empty() {
+        return Ok(ExitCode::from(FAILURE_EXIT_STATUS));
+    }
+    Ok(exit_for_growth(reports.iter().all(|r| growth_within_limit(r, args))))
+}
+
+fn exit_for_growth(within_limit: bool) -> ExitCode {
+    if within_limit {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(GROWTH_EXIT_STATUS)
+    }
 }
 
 fn exit_for_limit(within_limit: bool) -> ExitCode {

@@ -90,3 +90,68 @@ impl Default for Options {
         Options::with_suppressions(builtin())
     }
 }
+
+/// A moment of the run, as `--between` names it: an event sequence number (`seq:1000`),
+/// seconds since the trace started (`2.5s`), or a mark the program made with
+/// `libleak_mark` (`mark:LABEL`, its first occurrence).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Moment {
+    Seq(u64),
+    Seconds(f64),
+    Mark(String),
+}
+
+impl std::str::FromStr for Moment {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parsed = if let Some(seq) = text.strip_prefix("seq:") {
+            seq.parse().ok().map(Moment::Seq)
+        } else if let Some(label) = text.strip_prefix("mark:") {
+            Some(Moment::Mark(label.to_string()))
+        } else if let Some(seconds) = text.strip_suffix('s') {
+            seconds
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Moment::Seconds)
+        } else {
+            None
+        };
+        parsed.ok_or_else(|| {
+            format!(
+                "expected an event number such as `seq:1000`, seconds such as `2.5s` or a mark such as `mark:LABEL`, found `{text}`"
+            )
+        })
+    }
+}
+
+/// Every setting of a growth report (`--growth`).
+#[derive(Clone, Debug, Default)]
+pub struct GrowthOptions {
+    /// Most growing sites listed; 0 lists all.
+    pub limit: usize,
+    /// As [`Options::show_interpreter_frames`].
+    pub show_interpreter_frames: bool,
+    /// `--between FROM TO`: also count what this window allocated and left live.
+    pub between: Option<(Moment, Moment)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_are_event_numbers_or_seconds() {
+        assert_eq!("seq:1000".parse::<Moment>(), Ok(Moment::Seq(1000)));
+        assert_eq!("2.5s".parse::<Moment>(), Ok(Moment::Seconds(2.5)));
+        assert_eq!("7s".parse::<Moment>(), Ok(Moment::Seconds(7.0)));
+        assert_eq!(
+            "mark:request 10".parse::<Moment>(),
+            Ok(Moment::Mark("request 10".into()))
+        );
+        for bad in ["1000", "seq:", "seq:-1", "-1s", "s", "nans", "2.5"] {
+            assert!(bad.parse::<Moment>().is_err(), "{bad}");
+        }
+    }
+}

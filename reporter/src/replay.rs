@@ -12,8 +12,8 @@ use std::io::BufReader;
 use std::path::Path;
 
 use libleak_format::{
-    DecodeError, Frame, Holder, LeakClass, Mark, Module, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome,
-    Stats, TraceReader,
+    Alloc, DecodeError, Frame, Free, Holder, LeakClass, Mark, Module, ProcessInfo, PythonCode, Reachability, Record,
+    ScanOutcome, Stats, TraceReader,
 };
 
 use crate::live::{ExitBlock, LiveSet};
@@ -203,6 +203,64 @@ impl FinalizationScan {
     }
 }
 
+/// Told of every allocation and free as replay reads them (in file order, which is not
+/// sequence order across threads), and of the FINALIZING record: the growth report's hook.
+pub trait ReplayObserver {
+    fn alloc(&mut self, alloc: &Alloc);
+    fn free(&mut self, free: &Free);
+    fn finalizing(&mut self);
+    /// The events up to sequence number `seq` had happened `time_ns` after the trace started:
+    /// from each chunk's prologue time (told once the chunk is read) and from each MARK.
+    fn time(&mut self, _seq: u64, _time_ns: u64) {}
+}
+
+/// Observes nothing.
+impl ReplayObserver for () {
+    fn alloc(&mut self, _alloc: &Alloc) {}
+    fn free(&mut self, _free: &Free) {}
+    fn finalizing(&mut self) {}
+}
+
+/// What replay tells an observer about time: each chunk's prologue time once the chunk has
+/// been read, paired with the highest sequence number read so far.
+#[derive(Default)]
+struct ChunkTimes {
+    highest_seq: u64,
+    chunk_time_ns: Option<u64>,
+}
+
+impl ChunkTimes {
+    /// Called before each record is handled, with the time of the chunk it came from.
+    fn next(&mut self, record_chunk_time: Option<u64>, observer: &mut dyn ReplayObserver) {
+        if record_chunk_time != self.chunk_time_ns {
+            self.finish(observer);
+            self.chunk_time_ns = record_chunk_time;
+        }
+    }
+
+    fn finish(&mut self, observer: &mut dyn ReplayObserver) {
+        if let Some(time_ns) = self.chunk_time_ns.take() {
+            observer.time(self.highest_seq, time_ns);
+        }
+    }
+}
+
+fn observe(record: &Record, times: &mut ChunkTimes, observer: &mut dyn ReplayObserver) {
+    match record {
+        Record::Alloc(alloc) => {
+            times.highest_seq = times.highest_seq.max(alloc.seq);
+            observer.alloc(alloc)
+        }
+        Record::Free(free) => {
+            times.highest_seq = times.highest_seq.max(free.seq);
+            observer.free(free)
+        }
+        Record::Finalizing { .. } => observer.finalizing(),
+        Record::Mark(mark) => observer.time(mark.seq.saturating_sub(1), mark.time_ns),
+        _ => {}
+    }
+}
+
 impl Trace {
     pub fn open(path: &Path) -> Result<Trace, ReplayError> {
         let file = File::open(path).map_err(ReplayError::Open)?;
@@ -224,6 +282,16 @@ impl Trace {
     }
 
     fn read_with_progress(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
+        Trace::read_observing(input, progress, &mut ())
+    }
+
+    /// As [`Trace::read`], also telling `observer` of each event and `progress` of the bytes
+    /// read (as [`Trace::open_with_progress`] does).
+    pub fn read_observing(
+        input: impl std::io::Read,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+    ) -> Result<Trace, ReplayError> {
         const PROGRESS_EVERY: u64 = 1 << 18;
         let mut records: u64 = 0;
         let mut reader = TraceReader::new(input)?;
@@ -241,11 +309,14 @@ impl Trace {
         let mut fork = None;
         let mut end = None;
         let mut stats = Stats::default();
+        let mut chunk_times = ChunkTimes::default();
         while let Some(record) = reader.next_record()? {
             records += 1;
             if records.is_multiple_of(PROGRESS_EVERY) {
                 progress(reader.bytes_read());
             }
+            chunk_times.next(reader.chunk_time_ns(), observer);
+            observe(&record, &mut chunk_times, observer);
             match record {
                 Record::Process(info) => process = Some(info),
                 Record::Module(module) => load_module(&mut modules, module),
@@ -319,6 +390,7 @@ impl Trace {
             }
         }
         progress(reader.bytes_read());
+        chunk_times.finish(observer);
         let live_totals = live.totals();
         let incomplete = match end {
             None => Some(Incompleteness::Truncated {

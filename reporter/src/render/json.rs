@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::outcome_name;
-use crate::model::{Folded, Frame, GroupBy, Omitted, Report, StackRow, Summary, Tally};
+use crate::model::{Folded, Frame, GroupBy, Omitted, Owner, Report, StackRow, Summary, Tally};
 
 pub const REPORT_FORMAT: &str = "libleak-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -157,8 +157,9 @@ struct LeakView<'a> {
     stacks: &'a [StackRow],
 }
 
+/// A row's owner as both reports write it: its native frame, flat, and the calling Python line.
 #[derive(Serialize)]
-struct OwnerView<'a> {
+pub(super) struct OwnerView<'a> {
     module: Option<&'a str>,
     function: Option<&'a str>,
     file: Option<&'a str>,
@@ -171,6 +172,23 @@ struct PythonLineView<'a> {
     function: Option<&'a str>,
     file: Option<&'a str>,
     line: Option<u32>,
+}
+
+impl<'a> OwnerView<'a> {
+    pub(super) fn of(owner: &'a Owner) -> OwnerView<'a> {
+        let frame = owner.frame.as_ref();
+        OwnerView {
+            module: frame.and_then(|f| f.module.as_deref()),
+            function: frame.and_then(|f| f.function.as_deref()),
+            file: frame.and_then(|f| f.file.as_deref()),
+            line: frame.and_then(|f| f.line),
+            python: owner.python.as_ref().map(|f| PythonLineView {
+                function: f.function.as_deref(),
+                file: f.file.as_deref(),
+                line: f.line,
+            }),
+        }
+    }
 }
 
 /// An empty note reads as `null`.
@@ -267,7 +285,6 @@ impl ForkView {
 
 impl<'a> LeakView<'a> {
     fn of(leak: &'a crate::model::Leak) -> LeakView<'a> {
-        let owner = leak.owner.frame.as_ref();
         LeakView {
             kind: leak.class.name(),
             bytes: leak.bytes,
@@ -281,17 +298,7 @@ impl<'a> LeakView<'a> {
                 .iter()
                 .map(|(class, tally)| (class.name(), *tally))
                 .collect(),
-            owner: OwnerView {
-                module: owner.and_then(|f| f.module.as_deref()),
-                function: owner.and_then(|f| f.function.as_deref()),
-                file: owner.and_then(|f| f.file.as_deref()),
-                line: owner.and_then(|f| f.line),
-                python: leak.owner.python.as_ref().map(|f| PythonLineView {
-                    function: f.function.as_deref(),
-                    file: f.file.as_deref(),
-                    line: f.line,
-                }),
-            },
+            owner: OwnerView::of(&leak.owner),
             frames: &leak.frames,
             stacks: &leak.stacks,
         }
@@ -338,7 +345,7 @@ mod tests {
     use libleak_format::{AllocKind, End, ExitKind, PythonRuntime, Reachability, Stats};
 
     use super::*;
-    use crate::model::{Class, FrameKind, Leak, Owner, TraceHeader};
+    use crate::model::{Class, FrameKind, Leak, TraceHeader};
 
     fn frame(kind: FrameKind) -> Frame {
         Frame {

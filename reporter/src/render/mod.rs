@@ -1,9 +1,10 @@
 //! Stage 7, render: the report as text ([`text`]) and as JSON ([`json`]), both listing exactly
-//! the same rows. Helpers both need live here.
+//! the same rows; [`growth`] does the same for the growth report. Helpers both need live here.
 //!
 //! Renderers only format: they must never filter, reorder or recompute what the pipeline
 //! decided.
 
+pub mod growth;
 pub mod json;
 pub mod text;
 

@@ -12,7 +12,7 @@ use super::{outcome_name, thousands};
 use crate::model::{Frame, Incompleteness, Report, Tally};
 
 /// The text of a frame: function, location, module.
-fn frame_text(frame: &Frame) -> String {
+pub(super) fn frame_text(frame: &Frame) -> String {
     let function = frame.function.as_deref().unwrap_or("??");
     let location = match (&frame.file, frame.line) {
         (Some(file), Some(line)) => format!(" at {file}:{line}"),

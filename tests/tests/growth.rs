@@ -1,0 +1,367 @@
+//! `libleak report --growth`: memory that is never lost but keeps growing. A request loop
+//! (`fixtures/growth/app.py`) keeps results in two unbounded containers (a module dict of
+//! objects made by a C extension, a class-attribute list of closures) among a bounded
+//! `lru_cache`, a `deque(maxlen=50)`, a big temporary per call and a one-off burst: the two
+//! unbounded sites are the top rows with their exact lines, none of the others is listed, at
+//! two sizes; the same loop keeping nothing lists nothing. A C extension's static array of
+//! buffers is the top row with its C line and Python caller. `--fail-on-growth`, `--json`,
+//! `--between`, and a process killed before finalisation. On every interpreter found.
+
+use std::path::Path;
+use std::process::Command;
+
+use libleak_tests::*;
+use serde_json::Value;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    fixtures_dir().join("growth").join(name)
+}
+
+fn app_line(marker: &str) -> u64 {
+    line_of("growth/app.py", marker)
+}
+
+/// `libleak report --growth --json --limit 0 EXTRA… TRACE`: the document and the exit status.
+fn growth_json(trace: &Path, extra: &[&str]) -> (Value, Option<i32>) {
+    let out = run(Command::new(libleak_bin())
+        .args(["report", "--growth", "--json", "--limit", "0"])
+        .args(extra)
+        .arg(trace));
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "growth report is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (json, out.status.code())
+}
+
+/// The innermost Python frame of a row: (file, line).
+fn python_line(row: &Value) -> Option<(String, u64)> {
+    row["frames"]
+        .as_array()?
+        .iter()
+        .find(|f| f["kind"] == "python")
+        .map(|f| {
+            (
+                f["file"].as_str().unwrap_or("").to_string(),
+                f["line"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+fn is_app_line(row: &Value, marker: &str) -> bool {
+    python_line(row).is_some_and(|(file, line)| file.ends_with("/app.py") && line == app_line(marker))
+}
+
+/// The extension's payload row: `make` at its malloc line, called from the results line.
+fn is_make_payload(row: &Value) -> bool {
+    let owner = &row["owner"];
+    owner["function"] == "make"
+        && owner["file"].as_str().is_some_and(|f| f.ends_with("growthext.c"))
+        && owner["line"].as_u64() == Some(line_of("growth/growthext.c", "@growth_make"))
+        && owner["python"]["line"].as_u64() == Some(app_line("@growth_results"))
+        && owner["python"]["file"].as_str().is_some_and(|f| f.ends_with("/app.py"))
+}
+
+fn setup(python: &Python, label: &str) -> Scratch {
+    let scratch = Scratch::new(label);
+    python.build_extension(&fixture("growthext.c"), "growthext", &scratch.path);
+    for script in ["app.py", "static_array.py"] {
+        std::fs::copy(fixture(script), scratch.join(script)).unwrap();
+    }
+    scratch
+}
+
+/// Runs `app.py ARGS…` plainly and under libleak (same output) and returns the trace.
+fn traced_app(python: &Python, scratch: &Scratch, args: &[&str], label: &str) -> std::path::PathBuf {
+    let command = || {
+        let mut command = Command::new(&python.real_path);
+        command
+            .arg("app.py")
+            .args(args)
+            .current_dir(&scratch.path)
+            .env("PYTHONPATH", &scratch.path);
+        command
+    };
+    let plain = run(&mut command());
+    assert!(
+        plain.status.success(),
+        "{label}: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let traced = run_traced(scratch, &mut command());
+    assert_eq!(traced.output.status.code(), Some(0), "{label}");
+    assert_eq!(traced.output.stdout, plain.stdout, "{label}: stdout changed");
+    traced.trace
+}
+
+#[test]
+fn unbounded_containers_are_the_top_growing_sites_and_bounded_ones_are_not_listed() {
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    let not_growth = ["@growth_temporary", "@growth_deque", "@growth_cache", "@growth_burst"];
+    for python in pythons {
+        let label = python.label();
+        let scratch = setup(&python, &format!("growth{}{}", python.version.0, python.version.1));
+        for (iterations, size) in [("400", "1000"), ("600", "3000")] {
+            let label = format!("{label} {iterations}x{size}");
+            let trace = traced_app(&python, &scratch, &[iterations, size], &label);
+            let (report, status) = growth_json(&trace, &[]);
+            assert_eq!(status, Some(0), "{label}: no gate, no failure");
+            assert_eq!(report["format"], "libleak-growth", "{label}");
+            assert_eq!(
+                report["period"]["ends"], "finalization",
+                "{label}: {}",
+                report["period"]
+            );
+            let rows = report["growing"].as_array().unwrap();
+            assert!(rows.len() >= 2, "{label}: {report:#}");
+            assert!(
+                is_make_payload(&rows[0]),
+                "{label}: row 1 is the extension's payload: {:#}",
+                rows[0]
+            );
+            assert_eq!(
+                rows[0]["owner"]["python"]["function"], "handle",
+                "{label}: {:#}",
+                rows[0]["owner"]
+            );
+            let count: u64 = iterations.parse().unwrap();
+            let payload: u64 = size.parse().unwrap();
+            let gained = rows[0]["growth_bytes"].as_u64().unwrap();
+            assert!(
+                gained >= payload * count * 8 / 10 && gained <= payload * count,
+                "{label}: payload growth {gained}"
+            );
+            // All payloads, but for the first call or two that a specializing interpreter (3.11+)
+            // makes through another path: their stacks step once, no part of the growth.
+            let live = rows[0]["live_bytes"].as_u64().unwrap();
+            assert!(
+                live % payload == 0 && ((count - 5) * payload..=count * payload).contains(&live),
+                "{label}: {live} bytes live"
+            );
+            assert!(
+                is_app_line(&rows[1], "@growth_listeners"),
+                "{label}: row 2 is the listeners' closures: {:#}",
+                rows[1]
+            );
+            for row in rows {
+                for marker in not_growth {
+                    assert!(!is_app_line(row, marker), "{label}: {marker} listed as growth: {row:#}");
+                }
+                assert_eq!(
+                    row["series"].as_array().unwrap().len(),
+                    report["timeline"].as_array().unwrap().len(),
+                    "{label}"
+                );
+            }
+            // Who holds them: the module dict and the class attribute, by name, nearly all.
+            assert_eq!(report["holders"]["recorded"], true, "{label}");
+            for (row, holder) in [(&rows[0], "__main__._RESULTS"), (&rows[1], "__main__.Bus.listeners")] {
+                assert_eq!(row["held_by"][0], holder, "{label}: {:#}", row["holders"]);
+                let share = row["holders"][0]["share"].as_f64().unwrap();
+                assert!(share >= 0.95, "{label}: {holder} holds {share} of {:#}", row["holders"]);
+            }
+            // Times: seconds since the start at every point, never going back.
+            let seconds: Vec<f64> = report["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["t_s"].as_f64().expect("t_s"))
+                .collect();
+            assert!(seconds.windows(2).all(|w| w[0] <= w[1]), "{label}: {seconds:?}");
+            assert!(seconds.last() > seconds.first(), "{label}: {seconds:?}");
+            assert!(rows[0]["bytes_per_s"].as_f64().is_some_and(|r| r > 0.0), "{label}");
+            assert_eq!(
+                growth_json(&trace, &["--fail-on-growth"]).1,
+                Some(24),
+                "{label}: a growing site fails the gate"
+            );
+            assert_eq!(
+                growth_json(&trace, &["--fail-on-growth=100000000"]).1,
+                Some(0),
+                "{label}: below the threshold"
+            );
+            if iterations == "400" {
+                check_between(&report, &trace, &label);
+                check_text(&trace, &label);
+            }
+        }
+        // The same loop keeping nothing: bounded structures, temporaries and the burst alone.
+        let control = traced_app(
+            &python,
+            &scratch,
+            &["400", "1000", "control"],
+            &format!("{label} control"),
+        );
+        let (report, status) = growth_json(&control, &["--fail-on-growth"]);
+        assert_eq!(report["growing"], serde_json::json!([]), "{label} control: {report:#}");
+        assert_eq!(status, Some(0), "{label} control");
+    }
+}
+
+/// `--between` from 60% of the run (after the burst at iteration 150 of 400) to its end lists
+/// both growing sites, the payload first, and not the burst.
+fn check_between(report: &Value, trace: &Path, label: &str) {
+    let timeline = report["timeline"].as_array().unwrap();
+    let from = timeline[timeline.len() * 6 / 10]["seq"].as_u64().unwrap();
+    let to = timeline.last().unwrap()["seq"].as_u64().unwrap();
+    let (window, status) = growth_json(trace, &["--between", &format!("seq:{from}"), &format!("seq:{to}")]);
+    assert_eq!(status, Some(0), "{label}");
+    let between = &window["between"];
+    assert_eq!(
+        (between["from_seq"].as_u64(), between["to_seq"].as_u64()),
+        (Some(from), Some(to))
+    );
+    let grown = between["grown"].as_array().unwrap();
+    assert!(is_make_payload(&grown[0]), "{label}: {between:#}");
+    assert!(
+        grown.iter().take(4).any(|row| is_app_line(row, "@growth_listeners")),
+        "{label}: {between:#}"
+    );
+    assert!(
+        !grown.iter().any(|row| is_app_line(row, "@growth_burst")),
+        "{label}: the burst is older than the window: {between:#}"
+    );
+    assert!(between["shrunk"].is_array(), "{label}");
+    // The same window named by the program's marks, and in seconds (the whole run).
+    let (by_marks, status) = growth_json(trace, &["--between", "mark:late requests", "mark:loop done"]);
+    assert_eq!(status, Some(0), "{label}");
+    let marked = &by_marks["between"];
+    assert!(is_make_payload(&marked["grown"][0]), "{label}: {marked:#}");
+    assert!(
+        !marked["grown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| is_app_line(row, "@growth_burst")),
+        "{label}: {marked:#}"
+    );
+    let (by_seconds, status) = growth_json(trace, &["--between", "0s", "3600s"]);
+    assert_eq!(status, Some(0), "{label}");
+    let whole = &by_seconds["between"];
+    assert_eq!(whole["from_seq"], 0, "{label}: {whole:#}");
+    assert!(whole["clipped"] == true, "{label}: an hour reaches past finalisation");
+    assert!(
+        whole["grown"].as_array().unwrap().iter().any(is_make_payload),
+        "{label}: {whole:#}"
+    );
+    let missing = run(Command::new(libleak_bin())
+        .args(["report", "--between", "mark:no such mark", "mark:loop done"])
+        .arg(trace));
+    assert_eq!(missing.status.code(), Some(2), "{label}: an unknown mark is refused");
+    let bad = run(Command::new(libleak_bin())
+        .args(["report", "--between", "1000", "2000"])
+        .arg(trace));
+    assert_eq!(bad.status.code(), Some(2), "{label}: a bare number is refused");
+}
+
+/// The text report: ranked rows with a sparkline, the Python line and native frame.
+fn check_text(trace: &Path, label: &str) {
+    let out = run(Command::new(libleak_bin()).args(["report", "--growth"]).arg(trace));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{label}");
+    let first = text.split("\n#2 ").next().unwrap();
+    assert!(first.contains("\n#1 grew "), "{label}: {text}");
+    assert!(first.contains('█'), "{label}: a sparkline: {first}");
+    let make_line = format!("growthext.c:{}", line_of("growth/growthext.c", "@growth_make"));
+    let owner = "  owner: make at ";
+    assert!(
+        first.lines().any(|l| l.starts_with(owner) && l.contains(&make_line)),
+        "{label}: {first}"
+    );
+    assert!(
+        first.contains(&format!("app.py:{}", app_line("@growth_results"))),
+        "{label}: {first}"
+    );
+    assert!(text.contains("holders: named by the scan"), "{label}: {text}");
+    assert!(first.contains("\n  held by: __main__._RESULTS ("), "{label}: {first}");
+}
+
+#[test]
+fn a_static_c_array_of_buffers_is_the_top_row_with_its_c_line_and_python_caller() {
+    for python in pythons() {
+        let label = python.label();
+        let scratch = setup(
+            &python,
+            &format!("growth-static{}{}", python.version.0, python.version.1),
+        );
+        let mut command = Command::new(&python.real_path);
+        command
+            .args(["static_array.py", "500"])
+            .current_dir(&scratch.path)
+            .env("PYTHONPATH", &scratch.path);
+        let traced = run_traced(&scratch, &mut command);
+        assert_eq!(traced.output.status.code(), Some(0), "{label}");
+        let (report, _) = growth_json(&traced.trace, &[]);
+        let top = &report["growing"][0];
+        let owner = &top["owner"];
+        assert_eq!(owner["function"], "keep", "{label}: {report:#}");
+        assert!(owner["file"].as_str().unwrap().ends_with("growthext.c"), "{label}");
+        assert_eq!(
+            owner["line"].as_u64(),
+            Some(line_of("growth/growthext.c", "@growth_keep")),
+            "{label}"
+        );
+        assert_eq!(
+            owner["python"]["line"].as_u64(),
+            Some(line_of("growth/static_array.py", "@growth_static_call")),
+            "{label}: {owner:#}"
+        );
+        assert_eq!(owner["python"]["function"], "serve", "{label}");
+        // A specializing interpreter (3.11+) makes the first call or two through another path:
+        // those blocks' stacks step once and are no part of the growth.
+        let blocks = top["live_blocks"].as_u64().unwrap();
+        assert!((495..=500).contains(&blocks), "{label}: {blocks} blocks");
+        assert_eq!(top["live_bytes"].as_u64(), Some(blocks * 256), "{label}");
+        assert!(top["blocks"].as_u64().unwrap() >= 400, "{label}: {top:#}");
+        // Held by the C static array, named from the extension's symbol table.
+        let holder = top["held_by"][0].as_str().unwrap_or("");
+        assert!(
+            holder.starts_with("static kept in growthext."),
+            "{label}: {:#}",
+            top["holders"]
+        );
+        assert!(top["holders"][0]["blocks"].as_u64().unwrap() >= 495, "{label}");
+    }
+}
+
+/// A server killed before it could finalise: growth still ranks, and the report says that
+/// there was no finalisation and no holders.
+#[test]
+fn a_killed_process_still_ranks_its_growth_and_says_finalisation_is_absent() {
+    for python in pythons() {
+        let label = python.label();
+        let scratch = setup(
+            &python,
+            &format!("growth-killed{}{}", python.version.0, python.version.1),
+        );
+        let mut command = Command::new(&python.real_path);
+        command
+            .args(["app.py", "400", "1000", "kill"])
+            .current_dir(&scratch.path)
+            .env("PYTHONPATH", &scratch.path);
+        let traced = run_traced(&scratch, &mut command);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(traced.output.status.signal(), Some(9), "{label}");
+        let (report, _) = growth_json(&traced.trace, &[]);
+        assert_eq!(report["complete"], false, "{label}");
+        assert_eq!(report["period"]["ends"], "last-event", "{label}");
+        assert!(
+            report["holders"]["note"]
+                .as_str()
+                .unwrap()
+                .contains("never reached Python's finalisation"),
+            "{label}: {}",
+            report["holders"]
+        );
+        assert!(is_make_payload(&report["growing"][0]), "{label}: {report:#}");
+        let text = run(Command::new(libleak_bin())
+            .args(["report", "--growth"])
+            .arg(&traced.trace));
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("trace INCOMPLETE"), "{label}: {text}");
+        assert!(text.contains("so there was no finalisation"), "{label}: {text}");
+    }
+}
