@@ -313,6 +313,19 @@ fn arena_heap_size(memory: &mut MemoryReader, start: u64, end: u64) -> Option<u6
     plausible.then_some(protected.min(end.saturating_sub(start)))
 }
 
+/// Where the arena heap that `start` lies inside (past its first page) ends, when it does: a
+/// heap's pages can be two lines of `/proc/self/maps`, since a forked child's kernel does not
+/// merge the part it grew with the part it inherited, and the second line starts at no
+/// heap's aligned base.
+fn arena_heap_continued(memory: &mut MemoryReader, start: u64) -> Option<u64> {
+    let base = start & !(ARENA_HEAP_ALIGN - 1);
+    if base == start {
+        return None;
+    }
+    let heap_end = base + arena_heap_size(memory, base, base + ARENA_HEAP_ALIGN)?;
+    (heap_end > start).then_some(heap_end)
+}
+
 /// Where, inside a live block of glibc's heap, the header of the next chunk starts: malloc's
 /// own pointers to that chunk (the arena's top, bins and last remainder) land there, and
 /// must not be taken for references into the block. `None` for `mmap`'d chunks and
@@ -345,7 +358,7 @@ fn mmapped_chunk_len(memory: &mut MemoryReader, page: u64, end: u64) -> Option<u
 /// mappings merged into one line of `/proc/self/maps` are told apart by their headers.
 fn non_malloc_pages(memory: &mut MemoryReader, start: u64, end: u64) -> Vec<(u64, u64)> {
     let mut pages = Vec::new();
-    let mut at = start;
+    let mut at = arena_heap_continued(memory, start).map_or(start, |heap_end| heap_end.min(end));
     let mut run_start = None;
     while at < end {
         let malloc_owned = if at.is_multiple_of(ARENA_HEAP_ALIGN) {
