@@ -255,8 +255,21 @@ impl RecordEncoder {
             tag::BLOCK_HOLDERS,
             entries,
             |e| e.address,
-            |out, e| put_u64(out, e.holder.into()),
+            |out, e| {
+                put_u64(out, e.holder.into());
+                put_u64(out, e.object_type.into());
+            },
         );
+    }
+
+    /// The next object type names of the scan under way.
+    pub fn object_types(&mut self, names: &[String]) {
+        let out = &mut self.payload;
+        out.push(tag::OBJECT_TYPES);
+        put_u64(out, names.len() as u64);
+        for name in names {
+            put_bytes(out, name.as_bytes());
+        }
     }
 
     /// A record of `entries` keyed by address: the count, then per entry the address as a

@@ -27,6 +27,7 @@ pub(crate) mod tag {
     pub const MARK: u8 = 0x13;
     pub const HOLDERS: u8 = 0x14;
     pub const BLOCK_HOLDERS: u8 = 0x15;
+    pub const OBJECT_TYPES: u8 = 0x16;
 }
 
 /// Holder kind bytes inside a HOLDERS record.
@@ -92,6 +93,9 @@ pub enum Record {
     /// Which holder holds each of these reachable blocks (in the scan at
     /// [`Record::Finalizing`]).
     BlockHolders(Vec<BlockHolder>),
+    /// Names of the Python types of objects in the scan at [`Record::Finalizing`]: the next
+    /// type ids of that scan (its first type is id 1).
+    ObjectTypes(Vec<String>),
     End(End),
 }
 
@@ -316,6 +320,9 @@ pub struct BlockHolder {
     pub address: u64,
     /// A holder id of the same scan (1 = its first).
     pub holder: u32,
+    /// The type of the Python object the block holds, as a type id of the same scan (1 = its
+    /// first); 0 when the block holds no object the scan recognised.
+    pub object_type: u32,
 }
 
 /// One block's class, by its address (unique among the blocks live at exit).

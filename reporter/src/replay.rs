@@ -128,6 +128,11 @@ pub struct Holding {
     pub names: Vec<Holder>,
     /// By stack: each holder of some of its blocks, most bytes first.
     pub by_stack: HashMap<u64, Vec<Held>>,
+    /// Object type `id` is at index `id - 1`.
+    pub types: Vec<String>,
+    /// By stack: the Python type of the objects its blocks held (type id, bytes, blocks), most
+    /// bytes first; blocks that held no recognised object are not counted.
+    pub types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,7 +160,9 @@ struct FinalizationScan {
     /// when the scan did not complete).
     live_then: HashMap<(u64, u64), Option<LeakClass>>,
     holder_names: Vec<Holder>,
-    block_holders: HashMap<u64, u32>,
+    /// Address → (holder id, object type id).
+    block_holders: HashMap<u64, (u32, u32)>,
+    object_types: Vec<String>,
     holding: Option<Holding>,
 }
 
@@ -164,10 +171,21 @@ impl FinalizationScan {
         let complete = scan.outcome == ScanOutcome::Complete;
         if complete && !self.holder_names.is_empty() {
             let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
+            let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
             for (address, block) in live.live_blocks() {
-                let Some(&holder) = self.block_holders.get(&address) else {
+                let Some(&(holder, object_type)) = self.block_holders.get(&address) else {
                     continue;
                 };
+                if object_type != 0 {
+                    let types = types_by_stack.entry(block.stack).or_default();
+                    match types.iter_mut().find(|t| t.0 == object_type) {
+                        Some(t) => {
+                            t.1 += block.size;
+                            t.2 += 1;
+                        }
+                        None => types.push((object_type, block.size, 1)),
+                    }
+                }
                 let held = by_stack.entry(block.stack).or_default();
                 match held.iter_mut().find(|h| h.holder == holder) {
                     Some(h) => {
@@ -184,9 +202,14 @@ impl FinalizationScan {
             for held in by_stack.values_mut() {
                 held.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.holder.cmp(&b.holder)));
             }
+            for types in types_by_stack.values_mut() {
+                types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            }
             self.holding = Some(Holding {
                 names: std::mem::take(&mut self.holder_names),
                 by_stack,
+                types: std::mem::take(&mut self.object_types),
+                types_by_stack,
             });
         }
         self.block_holders = HashMap::new();
@@ -379,7 +402,12 @@ impl Trace {
                     if let Some(pending) = finalization.as_mut().filter(|f| f.scan.is_none()) {
                         pending
                             .block_holders
-                            .extend(entries.iter().map(|e| (e.address, e.holder)));
+                            .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type))));
+                    }
+                }
+                Record::ObjectTypes(names) => {
+                    if let Some(pending) = finalization.as_mut().filter(|f| f.scan.is_none()) {
+                        pending.object_types.extend(names);
                     }
                 }
                 Record::Stats(s) => stats = s,

@@ -163,6 +163,20 @@ fn unbounded_containers_are_the_top_growing_sites_and_bounded_ones_are_not_liste
                 let share = row["holders"][0]["share"].as_f64().unwrap();
                 assert!(share >= 0.95, "{label}: {holder} holds {share} of {:#}", row["holders"]);
             }
+            // What they are: the closures are `function` objects; the extension's objects, on
+            // their own row (their `PyObject_New` line), are `growthext.Result`.
+            assert_eq!(
+                rows[1]["types"][0]["name"], "function",
+                "{label}: {:#}",
+                rows[1]["types"]
+            );
+            let object_line = line_of("growth/growthext.c", "@growth_new_result");
+            let objects = rows
+                .iter()
+                .find(|row| row["owner"]["function"] == "make" && row["owner"]["line"].as_u64() == Some(object_line))
+                .unwrap_or_else(|| panic!("{label}: no row for the Result objects: {report:#}"));
+            assert_eq!(objects["types"][0]["name"], "growthext.Result", "{label}: {objects:#}");
+            assert_eq!(objects["held_by"][0], "__main__._RESULTS", "{label}");
             // Times: seconds since the start at every point, never going back.
             let seconds: Vec<f64> = report["timeline"]
                 .as_array()

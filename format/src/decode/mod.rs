@@ -256,12 +256,15 @@ mod testing {
                 BlockHolder {
                     address: 0x5000,
                     holder: 1,
+                    object_type: 2,
                 },
                 BlockHolder {
                     address: 0x4000,
                     holder: 3,
+                    object_type: 0,
                 },
             ]),
+            Record::ObjectTypes(vec!["dict".into(), "app.Item".into()]),
             Record::Mark(Mark {
                 seq: 1 << 33,
                 time_ns: 123_456_789,
@@ -305,6 +308,7 @@ mod testing {
                 Record::Mark(m) => encoder.mark(m),
                 Record::Holders(holders) => encoder.holders(holders),
                 Record::BlockHolders(entries) => encoder.block_holders(entries),
+                Record::ObjectTypes(names) => encoder.object_types(names),
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {

@@ -248,8 +248,21 @@ impl RecordDecoder {
                 Some(BlockHolder {
                     address,
                     holder: u32_of(c.u64()?)?,
+                    object_type: u32_of(c.u64()?)?,
                 })
             })?),
+            tag::OBJECT_TYPES => {
+                let count = usize::try_from(c.u64()?).ok()?;
+                // Each name takes at least its length byte.
+                if count > c.remaining() {
+                    return None;
+                }
+                let mut names = Vec::with_capacity(count);
+                for _ in 0..count {
+                    names.push(string(c)?);
+                }
+                Record::ObjectTypes(names)
+            }
             tag::MARK => Record::Mark(Mark {
                 seq: c.u64()?,
                 time_ns: c.u64()?,

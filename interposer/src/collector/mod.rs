@@ -469,6 +469,9 @@ impl Collector {
             for names in holders.names.chunks(ENTRIES_PER_RECORD) {
                 self.encoder.holders(names);
             }
+            for types in holders.types.chunks(ENTRIES_PER_RECORD) {
+                self.encoder.object_types(types);
+            }
             for blocks in holders.blocks.chunks(ENTRIES_PER_RECORD) {
                 self.encoder.block_holders(blocks);
             }

@@ -16,9 +16,11 @@ use std::collections::HashMap;
 
 use super::layouts::{
     GC_HEADER_SIZE, GC_PREHEADER_SIZE, LIST_ITEMS, LIST_SIZE, OBJECT_TYPE, TYPE_BASIC_SIZE, TYPE_FLAGS,
-    TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS,
+    TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS, TYPE_NAME,
 };
 
+/// Longest type name read (longer ones are cut).
+const MAX_TYPE_NAME_BYTES: u64 = 128;
 /// How deep a chain of metatypes is followed before giving up on a candidate type.
 const MAX_METATYPE_DEPTH: usize = 4;
 
@@ -40,6 +42,8 @@ pub struct FoundObject {
     pub list_items: Option<(u64, u64)>,
     /// The type of a garbage-collected object.
     pub gc_type: Option<u64>,
+    /// The object's type (garbage-collected or not).
+    pub type_address: Option<u64>,
 }
 
 /// The GC header of an object found `object_offset` bytes into its block: the bytes right
@@ -94,6 +98,9 @@ impl GcObjects {
             immortal,
             list_items,
             gc_type: gc_type.map(|(type_address, _)| type_address),
+            type_address: gc_type
+                .map(|(type_address, _)| type_address)
+                .or_else(|| read(object + OBJECT_TYPE as u64)),
         })
     }
 
@@ -170,6 +177,23 @@ impl GcObjects {
             }
         }
         None
+    }
+
+    /// The name of the type object at `address` (`tp_name`: `dict`, `app.Item`), if it is
+    /// one and the name is readable.
+    pub fn type_name(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, address: u64) -> Option<String> {
+        self.type_info(read, address)?;
+        let name = read(address + TYPE_NAME)?;
+        let mut bytes = Vec::new();
+        'words: for at in (0..MAX_TYPE_NAME_BYTES).step_by(8) {
+            for byte in read(name + at)?.to_le_bytes() {
+                if byte == 0 {
+                    break 'words;
+                }
+                bytes.push(byte);
+            }
+        }
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The flags of the type object at `address`, if it is one.

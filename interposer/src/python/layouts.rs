@@ -270,6 +270,8 @@ pub const VAR_OBJECT_SIZE: usize = 16;
 pub const TYPE_FLAGS: usize = 168;
 pub const TYPE_FLAG_UNICODE_SUBCLASS: u64 = 1 << 28;
 pub const TYPE_BASIC_SIZE: usize = 32;
+/// `PyTypeObject.tp_name`: a C string.
+pub const TYPE_NAME: u64 = 24;
 /// `Py_TPFLAGS_HAVE_GC`: instances start with a GC header (`PyGC_Head`, two words).
 pub const TYPE_FLAG_HAVE_GC: u64 = 1 << 14;
 pub const TYPE_FLAG_MANAGED_DICT: u64 = 1 << 4;

@@ -15,7 +15,7 @@
 
 pub mod roots;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use libleak_format::{BlockClass, BlockHolder, Holder, LeakClass, Module, Reachability, ScanOutcome};
@@ -181,13 +181,16 @@ pub struct ScanResult {
     pub holders: Option<Holders>,
 }
 
-/// The holder of every reachable block that has one: the nearest named root, breadth first.
+/// The holder of every reachable block that has one: the nearest named root, breadth first;
+/// and the Python type of the object each of those blocks holds.
 #[derive(Default, Debug)]
 pub struct Holders {
     /// Holder `id` is at index `id - 1`.
     pub names: Vec<Holder>,
     /// By address.
     pub blocks: Vec<BlockHolder>,
+    /// Type `id` is at index `id - 1`.
+    pub types: Vec<String>,
 }
 
 pub struct ScanInput<'a> {
@@ -220,6 +223,10 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     }
     let mut immortal = Vec::new();
     let mut named_roots: Vec<(u64, String)> = Vec::new();
+    // Per block, the id of its object's type (0: none); only when naming holders.
+    let mut object_types: Vec<u32> = Vec::new();
+    let mut type_ids: HashMap<u64, u32> = HashMap::new();
+    let mut type_names: Vec<String> = Vec::new();
     if let Some(mut python) = input.python {
         let mut read = |address: u64| memory.word(address);
         // A word that names a live block or a loaded module's memory is an address, never a
@@ -239,6 +246,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 .collect()
         };
         let mut module_objects = Vec::new();
+        if input.namer.is_some() {
+            object_types = vec![0; blocks.addresses.len()];
+        }
         for (index, object, dict_values) in found {
             let Some(object) = object else {
                 if let Some(offset) = dict_values {
@@ -258,11 +268,31 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     module_objects.push(blocks.addresses[index] + object.offset);
                 }
             }
+            if input.namer.is_some() {
+                if let Some(type_address) = object.type_address {
+                    let next = type_ids.len() as u32 + 1;
+                    let id = *type_ids.entry(type_address).or_insert(next);
+                    object_types[index] = id;
+                }
+            }
             if let Some((items, in_use)) = object.list_items {
                 if let Ok(items_index) = blocks.addresses.binary_search(&items) {
                     blocks.scan_limits[items_index] = blocks.scan_limits[items_index].min(in_use);
                 }
             }
+        }
+        if input.namer.is_some() {
+            // Ids by first sight; a type whose name cannot be read is named by its address.
+            let mut by_id: Vec<(u32, u64)> = type_ids.iter().map(|(&address, &id)| (id, address)).collect();
+            by_id.sort_unstable();
+            type_names = by_id
+                .into_iter()
+                .map(|(_, address)| {
+                    python
+                        .type_name(&mut read, address)
+                        .unwrap_or_else(|| format!("type@{address:#x}"))
+                })
+                .collect();
         }
         if let Some(namer) = &input.namer {
             named_roots = namer.named_roots(
@@ -442,7 +472,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             })
         })
         .collect();
-    let holders = naming.then(|| holders_of(&blocks.addresses, &holder, holder_names));
+    let holders = naming.then(|| holders_of(&blocks.addresses, &holder, holder_names, &object_types, type_names));
     ScanResult {
         classes,
         summary,
@@ -450,12 +480,20 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     }
 }
 
-/// The holders that hold some block, renumbered from 1 in order, and each held block's.
-fn holders_of(addresses: &[u64], holder: &[u32], names: Vec<Holder>) -> Holders {
+/// The holders that hold some block, renumbered from 1 in order, and each held block's, with
+/// the type of the object it holds (`object_types` by block, empty when unknown; ids into
+/// `types`, which are kept as they are).
+fn holders_of(
+    addresses: &[u64],
+    holder: &[u32],
+    names: Vec<Holder>,
+    object_types: &[u32],
+    types: Vec<String>,
+) -> Holders {
     let mut renumbered = vec![0u32; names.len() + 1];
     let mut kept = Vec::new();
     let mut blocks = Vec::new();
-    for (&address, &id) in addresses.iter().zip(holder) {
+    for (index, (&address, &id)) in addresses.iter().zip(holder).enumerate() {
         if id == 0 {
             continue;
         }
@@ -466,12 +504,14 @@ fn holders_of(addresses: &[u64], holder: &[u32], names: Vec<Holder>) -> Holders 
         blocks.push(BlockHolder {
             address,
             holder: renumbered[id as usize],
+            object_type: object_types.get(index).copied().unwrap_or(0),
         });
     }
     let mut names: Vec<Option<Holder>> = names.into_iter().map(Some).collect();
     Holders {
         names: kept.iter().filter_map(|&id| names[id as usize - 1].take()).collect(),
         blocks,
+        types,
     }
 }
 
@@ -489,7 +529,13 @@ mod tests {
             Holder::RootWord(0x1000),
             Holder::Register,
         ];
-        let holders = holders_of(&[0x10, 0x20, 0x30, 0x40], &[3, 0, 2, 3], names);
+        let holders = holders_of(
+            &[0x10, 0x20, 0x30, 0x40],
+            &[3, 0, 2, 3],
+            names,
+            &[1, 1, 0, 2],
+            vec!["dict".into(), "list".into()],
+        );
         assert_eq!(
             holders.names,
             [Holder::RootWord(0x1000), Holder::Python("app._RESULTS".into())]

@@ -120,6 +120,43 @@ pub struct GrowthRow {
     /// What held the site's blocks live when finalisation began, most bytes first (empty
     /// without the scan's holders).
     pub held_by: Vec<HeldBy>,
+    /// The Python types of the objects among those blocks, most bytes first.
+    pub types: Vec<ObjectType>,
+}
+
+/// One Python type among a growing site's objects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectType {
+    pub name: String,
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+/// The Python types of the objects of `stacks` live when finalisation began, most bytes first.
+fn object_types(trace: &Trace, stacks: impl Iterator<Item = u64>) -> Vec<ObjectType> {
+    let Some(holding) = &trace.holding else {
+        return Vec::new();
+    };
+    let mut types: Vec<ObjectType> = Vec::new();
+    for &(id, bytes, blocks) in stacks.filter_map(|stack| holding.types_by_stack.get(&stack)).flatten() {
+        let Some(name) = holding.types.get(id as usize - 1) else {
+            continue;
+        };
+        match types.iter_mut().find(|t| &t.name == name) {
+            Some(t) => {
+                t.bytes += bytes;
+                t.blocks += blocks;
+            }
+            None => types.push(ObjectType {
+                name: name.clone(),
+                bytes,
+                blocks,
+            }),
+        }
+    }
+    types.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    types.truncate(MAX_HOLDERS);
+    types
 }
 
 /// One holder of a growing site's blocks.
@@ -132,7 +169,7 @@ pub struct HeldBy {
     pub share: f64,
 }
 
-/// Holders listed per growing site at most.
+/// Holders (and object types) listed per growing site at most.
 const MAX_HOLDERS: usize = 5;
 
 /// The holders of the blocks of `stacks` (trace stack ids) live when finalisation began.
@@ -363,6 +400,10 @@ pub fn build(
                 trace,
                 site.stacks.iter().map(|&index| timeline.stacks[index as usize].stack),
                 symbolizer,
+            ),
+            types: object_types(
+                trace,
+                site.stacks.iter().map(|&index| timeline.stacks[index as usize].stack),
             ),
         });
     }

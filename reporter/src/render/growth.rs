@@ -217,6 +217,23 @@ fn row_text(out: &mut String, rank: usize, row: &GrowthRow) {
             .collect();
         let _ = writeln!(out, "  held by: {}", holders.join("; "));
     }
+    if !row.types.is_empty() {
+        let types: Vec<String> = row
+            .types
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} ({})",
+                    t.name,
+                    tally_text(Tally {
+                        blocks: t.blocks,
+                        bytes: t.bytes
+                    })
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  objects: {}", types.join("; "));
+    }
     owner_lines(out, &row.owner, &row.frames);
 }
 
@@ -262,7 +279,7 @@ pub(super) mod tests {
 
     use super::*;
     use crate::growth::sites::WindowSite;
-    use crate::growth::{HeldBy, Period, TimelinePoint};
+    use crate::growth::{HeldBy, ObjectType, Period, TimelinePoint};
     use crate::model::{FrameKind, Omitted, TraceHeader};
 
     fn frame(kind: FrameKind, function: &str, line: u32) -> Frame {
@@ -342,6 +359,11 @@ pub(super) mod tests {
                     blocks: 9,
                     share: 1.0,
                 }],
+                types: vec![ObjectType {
+                    name: "dict".into(),
+                    bytes: 4000,
+                    blocks: 9,
+                }],
             }],
             omitted: Omitted::default(),
             sites_judged: 1,
@@ -388,7 +410,7 @@ pub(super) mod tests {
         );
         assert!(text.contains("\nbetween seq 1 and seq 50: "), "{text}");
         assert!(
-            text.contains("\n  held by: app._RESULTS (100%, 9,000 bytes in 9 blocks)\n"),
+            text.contains("\n  held by: app._RESULTS (100%, 9,000 bytes in 9 blocks)\n  objects: dict (4,000 bytes in 9 blocks)\n"),
             "{text}"
         );
         let finalized = to_text(&full_report(PeriodEnd::Finalization));

@@ -95,6 +95,15 @@ struct RowView<'a> {
     /// Holder names, most bytes first.
     held_by: Vec<&'a str>,
     holders: Vec<HolderView<'a>>,
+    /// Python types of the site's objects live when finalisation began.
+    types: Vec<TypeView<'a>>,
+}
+
+#[derive(Serialize)]
+struct TypeView<'a> {
+    name: &'a str,
+    bytes: u64,
+    blocks: u64,
 }
 
 #[derive(Serialize)]
@@ -216,6 +225,15 @@ impl<'a> GrowthView<'a> {
                             bytes: h.bytes,
                             blocks: h.blocks,
                             share: (h.share * 1000.0).round() / 1000.0,
+                        })
+                        .collect(),
+                    types: row
+                        .types
+                        .iter()
+                        .map(|t| TypeView {
+                            name: &t.name,
+                            bytes: t.bytes,
+                            blocks: t.blocks,
                         })
                         .collect(),
                 })
