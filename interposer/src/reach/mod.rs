@@ -409,15 +409,25 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     }
                 }
             }
-            while let Some(index) = work.pop_front() {
-                if !marker.tick() {
-                    break;
+            // Level by level, each level in address order: breadth first as the holders need,
+            // and neighbouring blocks read one after another, so that most reads hit the
+            // reader's page cache instead of making a system call each.
+            let mut level: Vec<usize> = Vec::new();
+            while !work.is_empty() && !marker.out_of_time {
+                level.clear();
+                level.extend(work.drain(..));
+                level.sort_unstable();
+                level.dedup();
+                for &index in &level {
+                    if !marker.tick() {
+                        break;
+                    }
+                    let from = state[index];
+                    let label = holder.get(index).copied().unwrap_or(0);
+                    marker.block_words(index, &mut |_, word| {
+                        raise(word, from, label, &mut state, &mut holder, &mut work)
+                    });
                 }
-                let from = state[index];
-                let label = holder.get(index).copied().unwrap_or(0);
-                marker.block_words(index, &mut |_, word| {
-                    raise(word, from, label, &mut state, &mut holder, &mut work)
-                });
             }
         }
     }
