@@ -221,8 +221,11 @@ def _print_summary(reports):
             print(f"  {_row_text(row)}")
             if (share["bytes"], share["blocks"]) != (row["bytes"], row["blocks"]):
                 print(f"    of which {_amount(share['bytes'], share['blocks'])} during this test")
-    for trace in traces:
-        if trace:
-            print(f"libleak: trace {trace} (`libleak report {trace}` for the full report)")
+    traces = [trace for trace in traces if trace]
+    if len(traces) == 1:
+        print(f"libleak: trace {traces[0]} (`libleak report {traces[0]}` for the full report)")
+    elif traces:
+        # pytest-xdist: a trace per worker, and the controller's.
+        print(f"libleak: traces {', '.join(traces)} (`libleak report TRACE…` for the full reports)")
     sys.stdout.flush()
     return list(by_test)
