@@ -57,6 +57,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
                     runtime_leftover: item.leftover,
                     inherited,
                     also_in: Vec::new(),
+                    tests: None,
                 });
                 rows.len() - 1
             });

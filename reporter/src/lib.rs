@@ -11,6 +11,9 @@
 //!    suppressed;
 //! 6. [`group`]: gather rows, rank them, apply the limit.
 //!
+//! [`tests_of`] then names, in a test run's trace, the tests during which each row's blocks
+//! were allocated.
+//!
 //! [`growth`] is the other report: memory that stays reachable but keeps growing while the
 //! program runs, judged from the same replay and shared stages 3–6.
 //!
@@ -36,6 +39,7 @@ pub mod render;
 pub mod replay;
 pub mod run;
 pub mod symbolize;
+pub mod tests_of;
 
 use std::path::Path;
 
@@ -83,7 +87,8 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     let merged = merge::merged_stacks(trace, &stacks, &symbols, options.show_interpreter_frames);
     let roles = Roles::of(&trace.header);
     let (summary, listed) = attribute::attribute(&tallies, &merged, &roles, options);
-    let (leaks, omitted) = group::group(&listed, &roles, options);
+    let (mut leaks, omitted) = group::group(&listed, &roles, options);
+    tests_of::attribute_tests(trace, &listed, &roles, options, &mut leaks);
     Report {
         trace_path: trace_path.to_string(),
         header: trace.header.clone(),

@@ -159,6 +159,19 @@ pub struct Leak {
     /// row is not repeated because this row stands for it (the rule is in the `processes`
     /// module). Empty otherwise.
     pub also_in: Vec<u32>,
+    /// When the trace marks tests (`test-start <nodeid>` / `test-end <nodeid>`): the tests
+    /// during which the row's blocks were allocated, most bytes first (blocks allocated
+    /// outside every test are in none). `None` for a trace without test marks.
+    pub tests: Option<Vec<TestShare>>,
+}
+
+/// The part of a row allocated while one test ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TestShare {
+    /// The test's id as the test runner named it (pytest's node id).
+    pub nodeid: String,
+    pub bytes: u64,
+    pub blocks: u64,
 }
 
 /// Blocks and bytes.

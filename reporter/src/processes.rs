@@ -126,6 +126,7 @@ mod tests {
             runtime_leftover: false,
             inherited,
             also_in: Vec::new(),
+            tests: None,
         }
     }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::outcome_name;
-use crate::model::{Folded, Frame, GroupBy, Omitted, Owner, Report, StackRow, Summary, Tally};
+use crate::model::{Folded, Frame, GroupBy, Omitted, Owner, Report, StackRow, Summary, Tally, TestShare};
 
 pub const REPORT_FORMAT: &str = "libleak-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -155,6 +155,9 @@ struct LeakView<'a> {
     owner: OwnerView<'a>,
     frames: &'a [Frame],
     stacks: &'a [StackRow],
+    /// Written only when the trace marks tests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tests: Option<&'a [TestShare]>,
 }
 
 /// A row's owner as both reports write it: its native frame, flat, and the calling Python line.
@@ -301,6 +304,7 @@ impl<'a> LeakView<'a> {
             owner: OwnerView::of(&leak.owner),
             frames: &leak.frames,
             stacks: &leak.stacks,
+            tests: leak.tests.as_deref(),
         }
     }
 }
@@ -403,6 +407,11 @@ mod tests {
                 runtime_leftover: false,
                 inherited: true,
                 also_in: vec![2],
+                tests: Some(vec![TestShare {
+                    nodeid: "t.py::test".into(),
+                    bytes: 1,
+                    blocks: 1,
+                }]),
             }],
             omitted: Omitted::default(),
             inherited_shown_elsewhere: Folded {

@@ -179,6 +179,20 @@ pub fn to_text(report: &Report) -> String {
                 pids.join(", ")
             );
         }
+        for test in leak.tests.iter().flatten() {
+            let _ = writeln!(
+                out,
+                "  during test: {} ({})",
+                test.nodeid,
+                blocks_text(Tally {
+                    blocks: test.blocks,
+                    bytes: test.bytes
+                })
+            );
+        }
+        if leak.tests.as_ref().is_some_and(Vec::is_empty) {
+            let _ = writeln!(out, "  during test: none (allocated outside every test)");
+        }
         let many = leak.stacks.len() > 1;
         for (index, stack) in leak.stacks.iter().take(STACKS_PER_ROW).enumerate() {
             if many {
