@@ -219,22 +219,23 @@ function leakedTotal(s) {
 function leakSection(doc) {
   const s = doc.summary;
   const leaked = leakedTotal(s);
-  const out = processHeader(doc);
+  const about = processHeader(doc);
+  const heading = about.shift();
   const t = doc.totals;
-  out.push(el('p', null, `${thousands(t.allocations)} allocations, ${thousands(t.frees)} frees, peak ${thousands(t.peak_bytes)} bytes live; at exit ${thousands(t.live_bytes)} bytes live in ${thousands(t.live_blocks)} blocks`));
-  if (doc.python) out.push(el('p', null, `python: CPython ${doc.python.version}, ${doc.python.frames_recorded ? 'Python frames recorded' : `no Python frames (${doc.python.note || ''})`}`));
-  out.push(el('p', { class: `headline${leaked.bytes ? ' bad' : ''}`, 'data-leaked-bytes': leaked.bytes, 'data-leaked-blocks': leaked.blocks },
+  about.push(el('p', null, `${thousands(t.allocations)} allocations, ${thousands(t.frees)} frees, peak ${thousands(t.peak_bytes)} bytes live; at exit ${thousands(t.live_bytes)} bytes live in ${thousands(t.live_blocks)} blocks`));
+  if (doc.python) about.push(el('p', null, `python: CPython ${doc.python.version}, ${doc.python.frames_recorded ? 'Python frames recorded' : `no Python frames (${doc.python.note || ''})`}`));
+  about.push(el('p', { class: `headline${leaked.bytes ? ' bad' : ''}`, 'data-leaked-bytes': leaked.bytes, 'data-leaked-blocks': leaked.blocks },
     `${amount(leaked.bytes, leaked.blocks)} leaked`));
-  out.push(el('h3', null, 'summary'), summaryTable(s));
-  const lines = [];
-  if (s.reachable.blocks) lines.push(`still reachable at exit: ${amount(s.reachable.bytes, s.reachable.blocks)} (--show-reachable lists them)`);
-  if (s.runtime_leftovers.blocks) lines.push(`left by the C runtime or the interpreter alone: ${amount(s.runtime_leftovers.bytes, s.runtime_leftovers.blocks)} (--show-leftovers lists them)`);
-  if (s.suppressed.blocks) lines.push(`suppressed: ${amount(s.suppressed.bytes, s.suppressed.blocks)}`);
+  if (s.reachable.blocks) about.push(`still reachable at exit: ${amount(s.reachable.bytes, s.reachable.blocks)} (--show-reachable lists them)`);
+  if (s.runtime_leftovers.blocks) about.push(`left by the C runtime or the interpreter alone: ${amount(s.runtime_leftovers.bytes, s.runtime_leftovers.blocks)} (--show-leftovers lists them)`);
+  if (s.suppressed.blocks) about.push(`suppressed: ${amount(s.suppressed.bytes, s.suppressed.blocks)}`);
   if (doc.inherited_shown_elsewhere) {
     const f = doc.inherited_shown_elsewhere;
-    lines.push(`${f.leaks} inherited rows (${amount(f.bytes, f.blocks)}) shown in the report of pid ${f.shown_in.join(', ')}`);
+    about.push(`${f.leaks} inherited rows (${amount(f.bytes, f.blocks)}) shown in the report of pid ${f.shown_in.join(', ')}`);
   }
-  out.push(lines.map((line) => el('p', { class: 'muted' }, line)));
+  const out = [heading, el('div', { class: 'top' },
+    el('div', null, about.map((line) => (typeof line === 'string' ? el('p', { class: 'muted' }, line) : line))),
+    el('div', null, summaryTable(s)))];
   if (doc.leaks.length) {
     out.push(el('h3', null, 'leaked bytes by stack (outermost frame at the top)'), flameGraph(doc.leaks));
     out.push(el('h3', null, 'leaks'), leakTable(doc.leaks));
