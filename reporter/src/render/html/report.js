@@ -63,9 +63,10 @@ function hideTip() {
   TIP.hidden = true;
 }
 
-function processHeader(doc) {
+// `index`: the process's place on the page (two traces may share a pid).
+function processHeader(doc, index) {
   const p = doc.process;
-  const out = [el('h2', { id: `pid-${p.pid}` }, `${p.program} (pid ${p.pid})`), el('p', { class: 'mono' }, p.argv.join(' '))];
+  const out = [el('h2', { id: `process-${index}` }, `${p.program} (pid ${p.pid})`), el('p', { class: 'mono' }, p.argv.join(' '))];
   if (doc.trace) out.push(el('p', { class: 'muted' }, `trace: ${doc.trace}`));
   if (doc.fork) out.push(el('p', null, `forked from pid ${doc.fork.parent_pid}: inherited ${thousands(doc.fork.inherited_blocks)} blocks, ${thousands(doc.fork.inherited_bytes)} bytes`));
   if (doc.complete) {
@@ -166,9 +167,9 @@ function flameGraph(leaks) {
   return [box, info];
 }
 
-function stackBlock(stack, n) {
+function stackBlock(stack, title) {
   return el('div', { class: 'stack' },
-    el('div', null, `stack ${n}: ${amount(stack.bytes, stack.blocks)}`),
+    el('div', null, title),
     stack.frames.length
       ? stack.frames.map((f) => el('div', { class: `frame ${f.kind}` }, frameText(f)))
       : el('div', { class: 'frame' }, '(no stack recorded)'));
@@ -183,7 +184,7 @@ function leakDetail(leak) {
     o.python ? el('p', null, `called from Python: ${place(o.python)}`) : null,
     leak.also_in ? el('p', null, `also in forked processes ${leak.also_in.join(', ')}`) : null,
     leak.inherited ? el('p', null, 'inherited from the parent at fork') : null,
-    leak.stacks.map((s, i) => stackBlock(s, i + 1)),
+    leak.stacks.map((s, i) => stackBlock(s, `stack ${i + 1}: ${amount(s.bytes, s.blocks)}`)),
   ];
 }
 
@@ -216,10 +217,10 @@ function leakedTotal(s) {
   };
 }
 
-function leakSection(doc) {
+function leakSection(doc, index) {
   const s = doc.summary;
   const leaked = leakedTotal(s);
-  const about = processHeader(doc);
+  const about = processHeader(doc, index);
   const heading = about.shift();
   const t = doc.totals;
   about.push(el('p', null, `${thousands(t.allocations)} allocations, ${thousands(t.frees)} frees, peak ${thousands(t.peak_bytes)} bytes live; at exit ${thousands(t.live_bytes)} bytes live in ${thousands(t.live_blocks)} blocks`));
@@ -269,16 +270,22 @@ function timelineChart(doc) {
   const live = doc.timeline.map((p) => p.live_bytes);
   const top = doc.growing.slice(0, LINE_COLOURS.length - 1);
   const high = Math.max(1, ...live);
-  const lines = [[points(live, 1000, 200, high), LINE_COLOURS[0], 2]];
-  top.forEach((row, i) => lines.push([points(row.series, 1000, 200, high), LINE_COLOURS[i + 1], 1.5]));
   const last = doc.timeline[doc.timeline.length - 1];
   const axis = last && last.t_s != null ? `0 to ${last.t_s.toFixed(2)} s` : `events 0 to ${thousands(last ? last.seq : 0)}`;
-  return [
-    svg('chart', 1000, 200, lines),
-    el('p', { class: 'muted' }, `live bytes from 0 to ${thousands(high)}, ${axis} (${doc.timeline.length} samples)`),
-    el('div', { class: 'legend' }, el('span', null, el('i', { style: `background:${LINE_COLOURS[0]}` }), 'whole process'),
-      top.map((row, i) => el('span', null, el('i', { style: `background:${LINE_COLOURS[i + 1]}` }), `#${i + 1} ${place(row.owner.function ? row.owner : row.owner.python || {})}`))),
+  const out = [
+    svg('chart', 1000, 200, [[points(live, 1000, 200, high), LINE_COLOURS[0], 2]]),
+    el('p', { class: 'muted' }, `the whole process: live bytes from 0 to ${thousands(high)}, ${axis} (${doc.timeline.length} samples)`),
   ];
+  if (top.length) {
+    // The sites on a scale of their own: beside the whole process they would be flat lines.
+    const siteHigh = Math.max(1, ...top.flatMap((row) => row.series));
+    out.push(
+      svg('chart', 1000, 200, top.map((row, i) => [points(row.series, 1000, 200, siteHigh), LINE_COLOURS[i + 1], 2])),
+      el('p', { class: 'muted' }, `the top growing sites: live bytes from 0 to ${thousands(siteHigh)}, same time axis`),
+      el('div', { class: 'legend' }, top.map((row, i) => el('span', null, el('i', { style: `background:${LINE_COLOURS[i + 1]}` }),
+        `#${i + 1} ${place(row.owner.function ? row.owner : row.owner.python || {})}`))));
+  }
+  return out;
 }
 
 function growthTable(rows) {
@@ -290,7 +297,7 @@ function growthTable(rows) {
     const detail = el('tr', { class: 'detail', hidden: '' }, el('td', { colspan: 8 },
       el('p', null, `rose in ${row.rising_windows} of 9 windows; ${thousands(Math.round(row.bytes_per_window))} bytes per window of ${thousands(row.window_events)} events${row.bytes_per_s != null ? `; ${thousands(Math.round(row.bytes_per_s))} bytes per second` : ''}; ${row.stacks} distinct stacks`),
       (row.holders || []).map((h) => el('p', null, `held by ${h.name}: ${amount(h.bytes, h.blocks)} (${(100 * h.share).toFixed(0)}%)`)),
-      stackBlock({ bytes: row.live_bytes, blocks: row.live_blocks, frames: row.frames }, 1)));
+      stackBlock(row, `the stack holding the most at the end (of ${row.stacks}):`)));
     const tr = el('tr', {
       class: 'row',
       onclick: () => { detail.hidden = !detail.hidden; tr.classList.toggle('open', !detail.hidden); },
@@ -300,13 +307,14 @@ function growthTable(rows) {
     el('td', null, svg('spark', 140, 26, [[points(row.series, 140, 24, Math.max(1, ...row.series)), '#d9480f', 1.5]])),
     el('td', { class: 'frames' }, o.function ? place(o) : ''), el('td', { class: 'frames' }, o.python ? place(o.python) : ''),
     el('td', { class: 'frames' }, (row.held_by || []).join(', ')));
+    if (i === 0) tr.click();
     table.append(tr, detail);
   });
   return table;
 }
 
-function growthSection(doc) {
-  const out = processHeader(doc);
+function growthSection(doc, index) {
+  const out = processHeader(doc, index);
   const p = doc.period;
   out.push(el('p', null, `analysed: ${thousands(p.events)} events up to seq ${thousands(p.last_seq)} (${p.ends}); one sample every ${thousands(p.sample_interval)} events`));
   out.push(el('p', { class: 'muted' }, `holders: ${doc.holders.note}`));
@@ -333,12 +341,12 @@ function render() {
   const title = growth ? 'libleak growth report' : 'libleak report';
   ROOT.append(el('h1', null, docs.length === 1 ? `${title}: ${docs[0].process.program} (pid ${docs[0].process.pid})` : `${title}: ${docs.length} processes`));
   if (DATA.processes) {
-    ROOT.append(el('ul', { class: 'procs' }, docs.map((d) => {
+    ROOT.append(el('ul', { class: 'procs' }, docs.map((d, i) => {
       const what = growth ? `${d.growing.length} growing sites` : `${amount(leakedTotal(d.summary).bytes, leakedTotal(d.summary).blocks)} leaked`;
-      return el('li', null, el('a', { href: `#pid-${d.process.pid}` }, `${d.process.program} (pid ${d.process.pid})`), `: ${what}`);
+      return el('li', null, el('a', { href: `#process-${i}` }, `${d.process.program} (pid ${d.process.pid})`), `: ${what}`);
     }), (DATA.unreadable || []).map((u) => el('li', { class: 'warn' }, `unreadable: ${u.error}`))));
   }
-  for (const doc of docs) ROOT.append(section(doc));
+  docs.forEach((doc, i) => ROOT.append(section(doc, i)));
 }
 
 render();
