@@ -293,7 +293,8 @@ pub fn profile_proto(reports: &[Report]) -> Vec<u8> {
         out.message(5, |m| {
             m.uint(1, i as u64 + 1);
             m.int(2, name);
-            m.int(3, name);
+            // No system_name: the report's names are demangled already, and pprof demangles a
+            // function whose name equals its system_name again (`<module>` comes out empty).
             m.int(4, file);
         });
     }
