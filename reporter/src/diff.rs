@@ -129,24 +129,49 @@ impl Diff {
     }
 }
 
-/// The leak rows of `report` (leftovers and reachable rows aside) by site.
-fn sites(report: &Report) -> BTreeMap<Site, (Class, Tally)> {
+/// One leak row as the comparison reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteRow {
+    pub site: Site,
+    pub kind: Class,
+    pub tally: Tally,
+}
+
+/// The leak rows of `report` (leftovers and reachable rows aside), by site.
+pub fn site_rows(report: &Report) -> Vec<SiteRow> {
+    report
+        .leaks
+        .iter()
+        .filter(|l| l.class.is_leak() && !l.runtime_leftover)
+        .map(|leak| SiteRow {
+            site: Site::of(leak),
+            kind: leak.class,
+            tally: Tally {
+                blocks: leak.blocks,
+                bytes: leak.bytes,
+            },
+        })
+        .collect()
+}
+
+/// Rows on one site added up, with their most serious class.
+fn by_site(rows: &[SiteRow]) -> BTreeMap<Site, (Class, Tally)> {
     let mut sites: BTreeMap<Site, (Class, Tally)> = BTreeMap::new();
-    for leak in report.leaks.iter().filter(|l| l.class.is_leak() && !l.runtime_leftover) {
-        let entry = sites.entry(Site::of(leak)).or_insert((leak.class, Tally::default()));
-        entry.0 = entry.0.min(leak.class);
-        entry.1.add(leak.blocks, leak.bytes);
+    for row in rows {
+        let entry = sites.entry(row.site.clone()).or_insert((row.kind, Tally::default()));
+        entry.0 = entry.0.min(row.kind);
+        entry.1.add(row.tally.blocks, row.tally.bytes);
     }
     sites
 }
 
-fn side(report: &Report, sites: &BTreeMap<Site, (Class, Tally)>) -> Side {
+fn side(trace: &str, sites: &BTreeMap<Site, (Class, Tally)>) -> Side {
     let mut leaked = Tally::default();
     for (_, tally) in sites.values() {
         leaked.add(tally.blocks, tally.bytes);
     }
     Side {
-        trace: report.trace_path.clone(),
+        trace: trace.to_string(),
         sites: sites.len(),
         leaked,
     }
@@ -154,11 +179,21 @@ fn side(report: &Report, sites: &BTreeMap<Site, (Class, Tally)>) -> Side {
 
 /// Compares the leak rows of two reports (made with the same options, every row listed).
 pub fn diff(before: &Report, after: &Report) -> Diff {
-    let old = sites(before);
-    let new_sites = sites(after);
+    compare(
+        &before.trace_path,
+        &site_rows(before),
+        &after.trace_path,
+        &site_rows(after),
+    )
+}
+
+/// Compares two runs' rows; the traces are named as given.
+pub fn compare(before_trace: &str, before: &[SiteRow], after_trace: &str, after: &[SiteRow]) -> Diff {
+    let old = by_site(before);
+    let new_sites = by_site(after);
     let mut diff = Diff {
-        before: side(before, &old),
-        after: side(after, &new_sites),
+        before: side(before_trace, &old),
+        after: side(after_trace, &new_sites),
         fixed: Vec::new(),
         new: Vec::new(),
         changed: Vec::new(),
@@ -346,98 +381,47 @@ pub fn to_json(diff: &Diff) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use libleak_format::{AllocKind, ProcessInfo, Stats};
-
     use super::*;
-    use crate::model::{FrameKind, GroupBy, Leak, Omitted, Owner, StackRow, Summary, TraceHeader};
 
-    fn frame(kind: FrameKind, function: &str, line: u32, address: Option<u64>) -> Frame {
-        Frame {
-            kind,
-            function: Some(function.into()),
-            file: Some(format!("{function}.src")),
-            line: Some(line),
-            module: Some("/run1/ext.so".into()),
-            inlined: false,
-            address,
-            build_id_mismatch: false,
-        }
-    }
-
-    /// A row leaking at `function:line`, called from Python line `py_line`, at `address`.
-    fn leak(function: &str, line: u32, py_line: u32, address: u64, blocks: u64, bytes: u64) -> Leak {
-        let native = frame(FrameKind::Native, function, line, Some(address));
-        let python = frame(FrameKind::Python, "main", py_line, None);
-        let frames = vec![native.clone(), python.clone()];
-        Leak {
-            class: Class::DefinitelyLost,
-            bytes,
-            blocks,
-            allocator: AllocKind::Malloc,
-            frames: frames.clone(),
-            stacks: vec![StackRow { bytes, blocks, frames }],
-            classes: vec![(Class::DefinitelyLost, Tally { blocks, bytes })],
-            owner: Owner {
-                frame: Some(native),
-                python: Some(python),
+    /// A row leaking at `function:line`, called from Python line `py_line`.
+    fn row(function: &str, line: u32, py_line: u32, blocks: u64, bytes: u64) -> SiteRow {
+        SiteRow {
+            site: Site {
+                function: Some(function.into()),
+                file: Some(format!("{function}.c")),
+                line: Some(line),
+                python: Some(PythonLine {
+                    function: Some("main".into()),
+                    file: Some("app.py".into()),
+                    line: Some(py_line),
+                }),
             },
-            runtime_leftover: false,
-            inherited: false,
-            also_in: Vec::new(),
-        }
-    }
-
-    fn report(leaks: Vec<Leak>) -> Report {
-        Report {
-            trace_path: "t.trace".into(),
-            header: TraceHeader {
-                process: ProcessInfo::default(),
-                python: None,
-                python_ignores_environment: None,
-                totals: Default::default(),
-                stats: Stats::default(),
-                reachability: None,
-                reachability_at_finalization: None,
-                fork: None,
-                end: None,
-                incomplete: None,
-                damage: Vec::new(),
-            },
-            summary: Summary::default(),
-            group_by: GroupBy::Site,
-            leaks,
-            omitted: Omitted::default(),
-            inherited_shown_elsewhere: Default::default(),
+            kind: Class::DefinitelyLost,
+            tally: Tally { blocks, bytes },
         }
     }
 
     #[test]
-    fn sites_match_across_runs_whatever_their_addresses() {
-        let before = report(vec![
-            leak("parse", 15, 7, 0x1000, 40, 10240),
-            leak("label", 25, 14, 0x2000, 3, 96),
-            leak("keep", 5, 20, 0x3000, 1, 8),
-        ]);
-        let mut after_leaks = vec![
-            leak("label", 25, 14, 0x7000, 2, 64),
-            leak("keep", 5, 20, 0x8000, 1, 8),
-            leak("fresh", 30, 9, 0x9000, 1, 500),
+    fn sites_sort_into_fixed_new_changed_and_unchanged() {
+        let before = [
+            row("parse", 15, 7, 40, 10240),
+            row("label", 25, 14, 3, 96),
+            row("keep", 5, 20, 1, 8),
         ];
-        // A second row on one site (another allocation inside the owner) is added to it.
-        let mut extra = leak("label", 25, 14, 0x7100, 1, 16);
-        extra.frames[0].function = Some("strdup".into());
-        after_leaks.push(extra);
-        let after = report(after_leaks);
-        let diff = diff(&before, &after);
+        // Two rows on one site (two allocations inside the owner) are added up.
+        let after = [
+            row("label", 25, 14, 2, 64),
+            row("keep", 5, 20, 1, 8),
+            row("fresh", 30, 9, 1, 500),
+            row("label", 25, 14, 1, 16),
+        ];
+        let diff = compare("a.trace", &before, "b.trace", &after);
         let names = |rows: &[SiteDiff]| -> Vec<String> { rows.iter().map(|r| r.site.text()).collect() };
         assert_eq!(
             names(&diff.fixed),
-            ["parse at parse.src:15, called from main at main.src:7"]
+            ["parse at parse.c:15, called from main at app.py:7"]
         );
-        assert_eq!(
-            names(&diff.new),
-            ["fresh at fresh.src:30, called from main at main.src:9"]
-        );
+        assert_eq!(names(&diff.new), ["fresh at fresh.c:30, called from main at app.py:9"]);
         assert_eq!(diff.changed.len(), 1);
         assert_eq!(diff.changed[0].after, Some(Tally { blocks: 3, bytes: 80 }));
         assert_eq!(diff.changed[0].bytes_delta(), -16);
@@ -450,6 +434,7 @@ mod tests {
                 bytes: 10344
             }
         );
+        assert_eq!((diff.after.sites, diff.after.trace.as_str()), (3, "b.trace"));
 
         let json = to_json(&diff);
         assert_eq!(json["format"], DIFF_FORMAT);
@@ -461,13 +446,19 @@ mod tests {
     }
 
     #[test]
+    fn the_python_line_is_part_of_the_site() {
+        let diff = compare("a", &[row("f", 1, 7, 1, 8)], "b", &[row("f", 1, 8, 1, 8)]);
+        assert_eq!((diff.fixed.len(), diff.new.len(), diff.unchanged), (1, 1, 0));
+    }
+
+    #[test]
     fn only_new_or_grown_sites_make_a_run_worse() {
-        let before = report(vec![leak("a", 1, 1, 1, 4, 400), leak("b", 2, 2, 2, 1, 10)]);
-        let fewer = report(vec![leak("a", 1, 1, 1, 2, 200)]);
-        assert!(!diff(&before, &fewer).worse());
-        let grown = report(vec![leak("a", 1, 1, 1, 5, 500), leak("b", 2, 2, 2, 1, 10)]);
-        assert!(diff(&before, &grown).worse());
-        let same = diff(&before, &before);
+        let before = [row("a", 1, 1, 4, 400), row("b", 2, 2, 1, 10)];
+        let fewer = [row("a", 1, 1, 2, 200)];
+        assert!(!compare("x", &before, "y", &fewer).worse());
+        let grown = [row("a", 1, 1, 5, 500), row("b", 2, 2, 1, 10)];
+        assert!(compare("x", &before, "y", &grown).worse());
+        let same = compare("x", &before, "y", &before);
         assert!(!same.worse());
         assert_eq!((same.unchanged, same.changed.len()), (2, 0));
     }
