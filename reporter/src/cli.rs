@@ -21,12 +21,40 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// What the report is printed as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// For people (the default).
+    Text,
+    /// One JSON document (schema: docs/report-schema.md); `--json` says the same.
+    Json,
+    /// Brendan Gregg's folded stacks, `frame;frame;...;frame BYTES` per merged stack, outermost
+    /// frame first: input for flamegraph.pl, inferno and speedscope.
+    Folded,
+    /// A gzipped pprof profile (profile.proto) for `go tool pprof`, Pyroscope or Grafana:
+    /// binary, so it is never written to a terminal.
+    Pprof,
+}
+
 /// How to report: the options every subcommand that reports shares.
 #[derive(clap::Args, Clone)]
 pub struct ReportArgs {
-    /// Print the report as one JSON document (schema: docs/report-schema.md).
-    #[arg(long)]
+    /// Print the report as one JSON document (schema: docs/report-schema.md); the same as
+    /// `--format json`.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Print the report as text, JSON, folded stacks (flame graph input) or a gzipped pprof
+    /// profile. folded and pprof hold the stacks of the rows the report lists, with their
+    /// leaked bytes (and blocks, in pprof): `--limit 0` puts every row in. Several traces give
+    /// one output; in folded, each stack then starts with a `program (pid N)` frame.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Also write the report as one self-contained HTML page to FILE (no network needed to
+    /// view it): summary, flame graph of leaked bytes by stack, rows that open onto their
+    /// stacks; with --growth, the live-bytes timeline and the growing sites. What is printed
+    /// does not change.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
     /// List at most this many leaks, largest first; 0 lists all.
     #[arg(long, default_value_t = 25)]
     pub limit: usize,
@@ -107,6 +135,15 @@ impl ReportArgs {
 }
 
 impl ReportArgs {
+    /// The format asked for, `--json` read as `--format json`.
+    pub fn output_format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.format
+        }
+    }
+
     /// Whether the growth report is asked for (`--growth`, or a flag that implies it).
     pub fn growth_mode(&self) -> bool {
         self.growth || !self.between.is_empty() || self.fail_on_growth.is_some()
@@ -132,10 +169,17 @@ pub enum Command {
     /// Report what a traced process left allocated at exit, ranked by bytes. Given several
     /// traces, or a directory (every `*.trace` in it), reports each process after a one-line
     /// summary per process.
+    ///
+    /// The report goes to stdout, or to the file `--output` names; `--format pprof` (binary)
+    /// is refused when stdout is a terminal: give `--output FILE` or redirect it. `--html
+    /// FILE` writes an HTML page besides.
     Report {
         /// Trace files written by libleak.so, or directories holding them.
         #[arg(required = true, value_name = "TRACE|DIR")]
         traces: Vec<PathBuf>,
+        /// Write the report to FILE instead of stdout (written once the report is made).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
         #[command(flatten)]
         report: ReportArgs,
     },
@@ -150,7 +194,8 @@ pub enum Command {
         /// taken gets `.N` before `.trace`.
         #[arg(long = "output", value_name = "OUTPUT")]
         trace_template: Option<String>,
-        /// Write the report to this file instead of stderr.
+        /// Write the report to this file instead of stderr (needed by `--format pprof`, which is
+        /// binary).
         #[arg(long, value_name = "PATH")]
         report_file: Option<PathBuf>,
         #[command(flatten)]
@@ -161,6 +206,68 @@ pub enum Command {
     },
     /// List libleak's built-in suppressions and why each exists.
     Suppressions,
+    /// Compare the leaks of two runs ("did my fix work"): sites fixed, new, and changed.
+    ///
+    /// Both traces are reported with every row (no --limit), and rows are matched by site:
+    /// the owner's function, file and line (the innermost frame's when no frame owns the row)
+    /// and the Python line that called it; addresses and module paths, which change between
+    /// runs, are not compared. Rows of one run on the same site are added up. A site is fixed
+    /// when only BEFORE leaks there, new when only AFTER does, changed when both do with other
+    /// bytes or blocks, unchanged otherwise.
+    ///
+    /// Exits 0, or with --fail-on-new 23 when AFTER leaks at a new site or more bytes at an old
+    /// one; 2 when a trace cannot be read.
+    ///
+    /// --json prints one document: {"format": "libleak-diff", "version": 1, "before": {"trace",
+    /// "sites", "bytes", "blocks"}, "after": {same}, "fixed": [ROW], "new": [ROW], "changed":
+    /// [ROW], "unchanged": N}, where ROW is {"site": {"function", "file", "line", "python":
+    /// {"function", "file", "line"} or null}, "kind" (the row's class, as in the leak report),
+    /// "before": {"bytes", "blocks"} or null, "after": the same or null, "bytes_delta",
+    /// "blocks_delta"}; fixed and new are largest first, changed by the size of the change.
+    Diff(DiffArgs),
+}
+
+/// The flags of `libleak diff`.
+#[derive(clap::Args, Clone)]
+pub struct DiffArgs {
+    /// The trace of the run before the change.
+    #[arg(value_name = "BEFORE.trace")]
+    pub before: PathBuf,
+    /// The trace of the run after it.
+    #[arg(value_name = "AFTER.trace")]
+    pub after: PathBuf,
+    /// Print the comparison as one JSON document (schema above).
+    #[arg(long)]
+    pub json: bool,
+    /// Exit with status 23 when AFTER leaks at a site BEFORE did not, or more bytes at one it
+    /// did.
+    #[arg(long)]
+    pub fail_on_new: bool,
+    /// Suppress leaks matching this file's `leak:PATTERN` lines in both runs; may be given
+    /// several times.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
+    /// Do not apply libleak's built-in suppressions (see `libleak suppressions`).
+    #[arg(long)]
+    pub no_builtin_suppressions: bool,
+}
+
+impl DiffArgs {
+    /// The options both runs are reported with: every row, suppression files read.
+    pub fn options(&self) -> Result<Options> {
+        let mut suppressions = if self.no_builtin_suppressions {
+            Vec::new()
+        } else {
+            suppress::builtin()
+        };
+        for path in &self.suppressions {
+            suppressions.extend(suppress::load(path)?);
+        }
+        Ok(Options {
+            limit: 0,
+            ..Options::with_suppressions(suppressions)
+        })
+    }
 }
 
 /// Flags whose value is optional and a number: `--fail-on-leak N` is spelled for clap as

@@ -20,7 +20,8 @@
 //! [`processes`] gathers several processes' reports into one (a leak a fork child inherited
 //! shown once). [`render`] turns a report into text or JSON. [`model`] is the vocabulary all stages share
 //! and [`options`] what the user asked for; each stage imports only those and the stages
-//! before it. [`run`] runs a command under libleak and finds its traces. The `libleak`
+//! before it. [`run`] runs a command under libleak and finds its traces. [`diff`] compares
+//! two finished reports by site (`libleak diff`). The `libleak`
 //! binary is a thin CLI over this.
 //!
 //! Nothing here may panic on any input file (every failure is a typed error), and no stage
@@ -29,6 +30,7 @@
 
 pub mod attribute;
 pub mod classify;
+pub mod diff;
 pub mod group;
 pub mod growth;
 pub mod live;

@@ -14,15 +14,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use libleak_reporter::diff;
 use libleak_reporter::growth::GrowthReport;
 use libleak_reporter::model::Report;
 use libleak_reporter::options::{GrowthOptions, BUILTIN};
 use libleak_reporter::render::json::{self, Unreadable};
-use libleak_reporter::render::{growth, text};
+use libleak_reporter::render::{folded, growth, html, pprof, text};
 use libleak_reporter::symbolize::Symbolizer;
 use libleak_reporter::{Options, ReadProgress};
 
-use cli::{Cli, Command, ReportArgs};
+use cli::{Cli, Command, DiffArgs, Format, ReportArgs};
 
 /// The exit status of `--fail-on-leak` when leaks exceed the threshold (LeakSanitizer's).
 const LEAK_EXIT_STATUS: u8 = 23;
@@ -32,18 +33,52 @@ const GROWTH_EXIT_STATUS: u8 = 24;
 /// The exit status when libleak itself fails (a trace unreadable, a command not run).
 const FAILURE_EXIT_STATUS: u8 = 2;
 
-/// Writes the report of one trace to `out`; false when `--fail-on-leak` was given and leaks
-/// exceed its threshold.
-fn print_report(path: &Path, args: &ReportArgs, out: &mut dyn Write) -> Result<bool> {
-    let options = args.options()?;
-    let report = read_report(path, &options, &mut Symbolizer::default())?;
-    if args.json {
-        writeln!(out, "{}", json::to_json(&report))?;
-    } else {
-        write!(out, "{}", text::to_text(&report))?;
+/// Writes the leak report of `reports` to `out` in the format asked for, and the HTML page
+/// when `--html` asks for one. `single`: one trace was given (its document is not wrapped).
+fn write_leak_report(
+    reports: &[Report],
+    failures: &[Unreadable],
+    single: bool,
+    args: &ReportArgs,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let document = || match reports {
+        [report] if single => json::to_json(report),
+        _ => json::to_json_many(reports, failures),
+    };
+    if let Some(path) = &args.html {
+        write_html(path, &document())?;
+    }
+    match args.output_format() {
+        Format::Json => writeln!(out, "{}", document())?,
+        Format::Folded => write!(out, "{}", folded::to_folded(reports))?,
+        Format::Pprof => out.write_all(&pprof::to_pprof(reports).context("cannot compress the pprof profile")?)?,
+        Format::Text if single => {
+            for report in reports {
+                write!(out, "{}", text::to_text(report))?;
+            }
+        }
+        Format::Text => {
+            writeln!(out, "libleak: {} processes", reports.len() + failures.len())?;
+            for report in reports {
+                writeln!(out, "  {}", text::summary_line(report))?;
+            }
+            for failure in failures {
+                writeln!(out, "  unreadable: {}", failure.error)?;
+            }
+            for report in reports {
+                writeln!(out)?;
+                write!(out, "{}", text::to_text(report))?;
+            }
+        }
     }
     out.flush()?;
-    Ok(within_limit(&report, args))
+    Ok(())
+}
+
+fn write_html(path: &Path, document: &serde_json::Value) -> Result<()> {
+    std::fs::write(path, html::page(document))
+        .with_context(|| format!("cannot write the HTML report to {}", path.display()))
 }
 
 fn read_report(path: &Path, options: &Options, symbolizer: &mut Symbolizer) -> Result<Report> {
@@ -139,11 +174,13 @@ fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> R
     if args.growth_mode() {
         return print_growth_reports(files, args, out);
     }
-    if let [single] = files {
-        return print_report(single, args, out).map(exit_for_limit);
-    }
     let options = args.options()?;
     let mut symbolizer = Symbolizer::default();
+    if let [single] = files {
+        let report = read_report(single, &options, &mut symbolizer)?;
+        write_leak_report(std::slice::from_ref(&report), &[], true, args, out)?;
+        return Ok(exit_for_limit(within_limit(&report, args)));
+    }
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for path in files {
@@ -158,22 +195,7 @@ fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> R
     reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
     // A leak 50 fork children inherited is one leak: shown once, on the parent's row.
     libleak_reporter::processes::fold_inherited(&mut reports);
-    if args.json {
-        writeln!(out, "{}", json::to_json_many(&reports, &failures))?;
-    } else {
-        writeln!(out, "libleak: {} processes", reports.len() + failures.len())?;
-        for report in &reports {
-            writeln!(out, "  {}", text::summary_line(report))?;
-        }
-        for failure in &failures {
-            writeln!(out, "  unreadable: {}", failure.error)?;
-        }
-        for report in &reports {
-            writeln!(out)?;
-            write!(out, "{}", text::to_text(report))?;
-        }
-    }
-    out.flush()?;
+    write_leak_report(&reports, &failures, false, args, out)?;
     for failure in &failures {
         warn(&failure.error);
     }
@@ -181,6 +203,55 @@ fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> R
         return Ok(ExitCode::from(FAILURE_EXIT_STATUS));
     }
     Ok(exit_for_limit(reports.iter().all(|r| within_limit(r, args))))
+}
+
+/// Refuses what cannot be drawn, before any trace is read or command run.
+fn check_format(args: &ReportArgs) -> Result<()> {
+    let format = args.output_format();
+    if args.growth_mode() && matches!(format, Format::Folded | Format::Pprof) {
+        bail!("--format folded and pprof draw the leak report; the growth report is text, JSON (--json) or --html");
+    }
+    Ok(())
+}
+
+/// `libleak report`: to stdout, or into `--output`'s file once the report is made (so that
+/// an unreadable trace leaves no empty file behind).
+fn report_command(inputs: &[PathBuf], output: Option<&Path>, args: &ReportArgs) -> Result<ExitCode> {
+    check_format(args)?;
+    let binary = args.output_format() == Format::Pprof;
+    if output.is_none() && binary && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        bail!("--format pprof is binary and stdout is a terminal: give --output FILE or redirect stdout");
+    }
+    let files = trace_files(inputs)?;
+    let Some(path) = output else {
+        return print_reports(&files, args, &mut std::io::stdout().lock());
+    };
+    let mut buffer = Vec::new();
+    let status = print_reports(&files, args, &mut buffer)?;
+    std::fs::write(path, buffer).with_context(|| format!("cannot write the report to {}", path.display()))?;
+    Ok(status)
+}
+
+/// `libleak diff`: both traces reported with every row, compared by site.
+fn diff_command(args: &DiffArgs) -> Result<ExitCode> {
+    let options = args.options()?;
+    for path in [&args.before, &args.after] {
+        if path.is_dir() {
+            bail!("{}: a directory; libleak diff compares two trace files", path.display());
+        }
+    }
+    let mut symbolizer = Symbolizer::default();
+    let before = read_report(&args.before, &options, &mut symbolizer)?;
+    let after = read_report(&args.after, &options, &mut symbolizer)?;
+    let comparison = diff::diff(&before, &after);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", diff::to_json(&comparison))?;
+    } else {
+        write!(out, "{}", diff::to_text(&comparison))?;
+    }
+    out.flush()?;
+    Ok(exit_for_limit(!(args.fail_on_new && comparison.worse())))
 }
 
 fn read_growth_report(path: &Path, options: &GrowthOptions, symbolizer: &mut Symbolizer) -> Result<GrowthReport> {
@@ -198,7 +269,10 @@ fn print_growth_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Writ
     let mut symbolizer = Symbolizer::default();
     if let [single] = files {
         let report = read_growth_report(single, &options, &mut symbolizer)?;
-        if args.json {
+        if let Some(path) = &args.html {
+            write_html(path, &growth::json::to_json(&report))?;
+        }
+        if args.output_format() == Format::Json {
             writeln!(out, "{}", growth::json::to_json(&report))?;
         } else {
             write!(out, "{}", growth::to_text(&report))?;
@@ -218,7 +292,10 @@ fn print_growth_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Writ
         }
     }
     reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
-    if args.json {
+    if let Some(path) = &args.html {
+        write_html(path, &growth::json::to_json_many(&reports, &failures))?;
+    }
+    if args.output_format() == Format::Json {
         writeln!(out, "{}", growth::json::to_json_many(&reports, &failures))?;
     } else {
         writeln!(out, "libleak: {} processes", reports.len() + failures.len())?;
@@ -293,8 +370,15 @@ fn run(
     args: &ReportArgs,
     command: &[String],
 ) -> Result<ExitCode> {
-    // Options and the report file are checked before the command runs, not after.
+    // Options and the report files are checked before the command runs, not after.
     args.options()?;
+    check_format(args)?;
+    if args.output_format() == Format::Pprof && report_file.is_none() {
+        bail!("--format pprof is binary: give --report-file FILE (the report would go to stderr)");
+    }
+    if let Some(path) = &args.html {
+        File::create(path).with_context(|| format!("cannot write the HTML report to {}", path.display()))?;
+    }
     let mut out: Box<dyn Write> = match &report_file {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot write the report to {}", path.display()))?,
@@ -349,9 +433,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Report { traces, report } => {
-            trace_files(&traces).and_then(|files| print_reports(&files, &report, &mut std::io::stdout().lock()))
-        }
+        Command::Report { traces, output, report } => report_command(&traces, output.as_deref(), &report),
+        Command::Diff(args) => diff_command(&args),
         Command::Suppressions => print_builtin_suppressions(&mut std::io::stdout().lock()),
         Command::Run {
             trace_template,

@@ -1,11 +1,16 @@
 //! Stage 7, render: the report as text ([`text`]) and as JSON ([`json`]), both listing exactly
-//! the same rows; [`growth`] does the same for the growth report. Helpers both need live here.
+//! the same rows; [`growth`] does the same for the growth report. Hand-offs to other tools
+//! draw the same rows: [`folded`] (flame graph input), [`pprof`] (a profile.proto), and
+//! [`html`] (one page rendering the JSON document it embeds). Helpers they share live here.
 //!
 //! Renderers only format: they must never filter, reorder or recompute what the pipeline
 //! decided.
 
+pub mod folded;
 pub mod growth;
+pub mod html;
 pub mod json;
+pub mod pprof;
 pub mod text;
 
 use libleak_format::ScanOutcome;
