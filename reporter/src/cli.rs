@@ -10,7 +10,7 @@ use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};
 use libleak_reporter::attribute::suppress;
 use libleak_reporter::model::GroupBy;
-use libleak_reporter::options::{GrowthOptions, Moment};
+use libleak_reporter::options::{GrowthOptions, Moment, Suppression};
 use libleak_reporter::Options;
 
 /// Find memory leaks in programs and the native extensions they load.
@@ -112,17 +112,19 @@ pub struct ReportArgs {
     pub fail_on_growth: Option<u64>,
 }
 
+/// libleak's built-in suppressions (unless turned off) and those of the files given.
+fn suppressions(no_builtin: bool, files: &[PathBuf]) -> Result<Vec<Suppression>> {
+    let mut suppressions = if no_builtin { Vec::new() } else { suppress::builtin() };
+    for path in files {
+        suppressions.extend(suppress::load(path)?);
+    }
+    Ok(suppressions)
+}
+
 impl ReportArgs {
     /// The report options these flags ask for, suppression files read.
     pub fn options(&self) -> Result<Options> {
-        let mut suppressions = if self.no_builtin_suppressions {
-            Vec::new()
-        } else {
-            suppress::builtin()
-        };
-        for path in &self.suppressions {
-            suppressions.extend(suppress::load(path)?);
-        }
+        let suppressions = suppressions(self.no_builtin_suppressions, &self.suppressions)?;
         Ok(Options {
             limit: self.limit,
             show_interpreter_frames: self.show_interpreter_frames,
@@ -255,14 +257,7 @@ pub struct DiffArgs {
 impl DiffArgs {
     /// The options both runs are reported with: every row, suppression files read.
     pub fn options(&self) -> Result<Options> {
-        let mut suppressions = if self.no_builtin_suppressions {
-            Vec::new()
-        } else {
-            suppress::builtin()
-        };
-        for path in &self.suppressions {
-            suppressions.extend(suppress::load(path)?);
-        }
+        let suppressions = suppressions(self.no_builtin_suppressions, &self.suppressions)?;
         Ok(Options {
             limit: 0,
             ..Options::with_suppressions(suppressions)
