@@ -31,6 +31,7 @@ pub mod sites;
 pub mod timeline;
 pub mod trend;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -132,31 +133,39 @@ pub struct ObjectType {
     pub blocks: u64,
 }
 
+/// `(name, bytes, blocks)` summed by name, most bytes first, cut at [`MAX_HOLDERS`]; and the
+/// bytes of them all.
+fn ranked_by_name(items: impl Iterator<Item = (String, u64, u64)>) -> (Vec<(String, u64, u64)>, u64) {
+    let mut summed: Vec<(String, u64, u64)> = Vec::new();
+    for (name, bytes, blocks) in items {
+        match summed.iter_mut().find(|entry| entry.0 == name) {
+            Some(entry) => {
+                entry.1 += bytes;
+                entry.2 += blocks;
+            }
+            None => summed.push((name, bytes, blocks)),
+        }
+    }
+    let total = summed.iter().map(|entry| entry.1).sum();
+    summed.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    summed.truncate(MAX_HOLDERS);
+    (summed, total)
+}
+
 /// The Python types of the objects of `stacks` live when finalisation began, most bytes first.
 fn object_types(trace: &Trace, stacks: impl Iterator<Item = u64>) -> Vec<ObjectType> {
     let Some(holding) = &trace.holding else {
         return Vec::new();
     };
-    let mut types: Vec<ObjectType> = Vec::new();
-    for &(id, bytes, blocks) in stacks.filter_map(|stack| holding.types_by_stack.get(&stack)).flatten() {
-        let Some(name) = holding.types.get(id as usize - 1) else {
-            continue;
-        };
-        match types.iter_mut().find(|t| &t.name == name) {
-            Some(t) => {
-                t.bytes += bytes;
-                t.blocks += blocks;
-            }
-            None => types.push(ObjectType {
-                name: name.clone(),
-                bytes,
-                blocks,
-            }),
-        }
-    }
-    types.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
-    types.truncate(MAX_HOLDERS);
-    types
+    let types = stacks
+        .filter_map(|stack| holding.types_by_stack.get(&stack))
+        .flatten()
+        .filter_map(|&(id, bytes, blocks)| Some((holding.types.get(id as usize - 1)?.clone(), bytes, blocks)));
+    ranked_by_name(types)
+        .0
+        .into_iter()
+        .map(|(name, bytes, blocks)| ObjectType { name, bytes, blocks })
+        .collect()
 }
 
 /// One holder of a growing site's blocks.
@@ -172,48 +181,34 @@ pub struct HeldBy {
 /// Holders (and object types) listed per growing site at most.
 const MAX_HOLDERS: usize = 5;
 
-/// The holders of the blocks of `stacks` (trace stack ids) live when finalisation began.
+/// The holders of the blocks of `stacks` (trace stack ids) live when finalisation began. Root
+/// words of one static (the elements of a C array) are one holder by name.
 fn held_by(trace: &Trace, stacks: impl Iterator<Item = u64>, symbolizer: &mut Symbolizer) -> Vec<HeldBy> {
     let Some(holding) = &trace.holding else {
         return Vec::new();
     };
-    let mut by_holder: Vec<(u32, u64, u64)> = Vec::new();
-    for held in stacks.filter_map(|stack| holding.by_stack.get(&stack)).flatten() {
-        match by_holder.iter_mut().find(|(holder, _, _)| *holder == held.holder) {
-            Some(entry) => {
-                entry.1 += held.bytes;
-                entry.2 += held.blocks;
-            }
-            None => by_holder.push((held.holder, held.bytes, held.blocks)),
-        }
-    }
-    let total: u64 = by_holder.iter().map(|h| h.1).sum();
-    // Root words of one static (the elements of a C array) are one holder by name.
-    let mut named: Vec<HeldBy> = Vec::new();
-    for (holder, bytes, blocks) in by_holder {
-        let Some(holder) = holding.names.get(holder as usize - 1) else {
+    // A site's blocks share few holders: name each once.
+    let mut names: HashMap<u32, String> = HashMap::new();
+    let mut held = Vec::new();
+    for entry in stacks.filter_map(|stack| holding.by_stack.get(&stack)).flatten() {
+        let Some(holder) = holding.names.get(entry.holder as usize - 1) else {
             continue;
         };
-        let name = holder_name(trace, holder, symbolizer);
-        match named.iter_mut().find(|h| h.name == name) {
-            Some(entry) => {
-                entry.bytes += bytes;
-                entry.blocks += blocks;
-            }
-            None => named.push(HeldBy {
-                name,
-                bytes,
-                blocks,
-                share: 0.0,
-            }),
-        }
+        let name = names
+            .entry(entry.holder)
+            .or_insert_with(|| holder_name(trace, holder, symbolizer));
+        held.push((name.clone(), entry.bytes, entry.blocks));
     }
-    named.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
-    named.truncate(MAX_HOLDERS);
-    for entry in &mut named {
-        entry.share = entry.bytes as f64 / total.max(1) as f64;
-    }
-    named
+    let (ranked, total) = ranked_by_name(held.into_iter());
+    ranked
+        .into_iter()
+        .map(|(name, bytes, blocks)| HeldBy {
+            name,
+            bytes,
+            blocks,
+            share: bytes as f64 / total.max(1) as f64,
+        })
+        .collect()
 }
 
 /// What a `--between` window allocated and left live, and what it freed of older blocks.
