@@ -323,6 +323,9 @@ impl RecordEncoder {
         ] {
             put_u64(out, value);
         }
+        put_bytes(out, fork.parent_trace.as_bytes());
+        put_u64(out, fork.parent_trace_bytes);
+        put_u64(out, fork.parent_start_time_unix_ns);
     }
 
     pub fn mark(&mut self, mark: &Mark) {
@@ -416,6 +419,8 @@ pub struct ChunkWriter<W: Write> {
     compressor: Compress,
     /// When the first chunk was written: chunk prologues and MARK records count time from it.
     started: Option<Instant>,
+    /// Bytes written so far, header included: where the next chunk starts.
+    bytes_written: u64,
 }
 
 impl<W: Write> ChunkWriter<W> {
@@ -429,7 +434,17 @@ impl<W: Write> ChunkWriter<W> {
             compressed: Vec::new(),
             compressor: Compress::new(Compression::new(DEFLATE_LEVEL), false),
             started: None,
+            bytes_written: HEADER_LEN as u64,
         })
+    }
+
+    /// Bytes written so far, header included (a chunk boundary).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    pub fn get_ref(&self) -> &W {
+        &self.out
     }
 
     /// Nanoseconds from the first chunk to `instant` (0 before it, or when no chunk was
@@ -501,6 +516,7 @@ impl<W: Write> ChunkWriter<W> {
         self.compressed[8..12].copy_from_slice(&(total as u32).to_le_bytes());
         self.compressed[12..16].copy_from_slice(&crc.finalize().to_le_bytes());
         self.out.write_all(&self.compressed)?;
+        self.bytes_written += self.compressed.len() as u64;
         self.out.flush()
     }
 

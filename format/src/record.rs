@@ -370,18 +370,27 @@ pub struct Reachability {
     pub note: String,
 }
 
-/// Where a forked child's trace starts from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Where a forked child's trace starts from: the parent's trace up to the fork.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ForkInfo {
     pub parent_pid: u32,
     /// Events with a smaller sequence number happened in the parent before the fork.
     pub fork_seq: u64,
-    /// Blocks live in the parent when it forked, recorded as ALLOC records in this trace.
+    /// Blocks live in the parent when it forked. They are not in this trace: the parent's
+    /// trace holds them, in its first `parent_trace_bytes` bytes.
     pub inherited_blocks: u64,
     pub inherited_bytes: u64,
     /// Threads of the parent caught in the middle of recording an event when it forked:
-    /// their last events before the fork are missing from this trace.
+    /// their last events before the fork are missing.
     pub threads_cut: u64,
+    /// The parent's trace file, as the parent opened it (an absolute path).
+    pub parent_trace: String,
+    /// The parent's trace file's length when it forked: that prefix holds every event the
+    /// parent had recorded, and ends on a chunk boundary.
+    pub parent_trace_bytes: u64,
+    /// The parent's PROCESS `start_time_unix_ns`: tells its trace from another process's
+    /// that had the same pid.
+    pub parent_start_time_unix_ns: u64,
 }
 
 #[cfg(test)]

@@ -49,6 +49,7 @@ pub use model::Report;
 pub use options::Options;
 
 use attribute::roles::Roles;
+use replay::parents::ParentTraces;
 use replay::{ReplayError, Trace};
 use symbolize::{merge, SymbolTable, Symbolizer};
 
@@ -72,7 +73,19 @@ pub fn report(
     symbolizer: &mut Symbolizer,
     progress: &mut dyn ReadProgress,
 ) -> Result<Report, ReplayError> {
-    let trace = Trace::open_with_progress(path, &mut |read, size| progress.advance(read, size));
+    report_in_family(path, options, symbolizer, progress, &mut ParentTraces::default())
+}
+
+/// As [`report`], reading a forked child's inherited blocks through `parents`, which keeps
+/// the parents' traces read for their other children.
+pub fn report_in_family(
+    path: &Path,
+    options: &Options,
+    symbolizer: &mut Symbolizer,
+    progress: &mut dyn ReadProgress,
+    parents: &mut ParentTraces,
+) -> Result<Report, ReplayError> {
+    let trace = Trace::open_in_family(path, &mut |read, size| progress.advance(read, size), parents);
     progress.finish();
     Ok(build(&trace?, &path.display().to_string(), symbolizer, options))
 }

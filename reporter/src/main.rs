@@ -20,6 +20,7 @@ use libleak_reporter::model::Report;
 use libleak_reporter::options::{GrowthOptions, BUILTIN};
 use libleak_reporter::render::json::{self, Unreadable};
 use libleak_reporter::render::{folded, growth, html, pprof, text};
+use libleak_reporter::replay::parents::ParentTraces;
 use libleak_reporter::symbolize::Symbolizer;
 use libleak_reporter::{Options, ReadProgress};
 
@@ -81,8 +82,13 @@ fn write_html(path: &Path, document: &serde_json::Value) -> Result<()> {
         .with_context(|| format!("cannot write the HTML report to {}", path.display()))
 }
 
-fn read_report(path: &Path, options: &Options, symbolizer: &mut Symbolizer) -> Result<Report> {
-    libleak_reporter::report(path, options, symbolizer, &mut Progress::new(path))
+fn read_report(
+    path: &Path,
+    options: &Options,
+    symbolizer: &mut Symbolizer,
+    parents: &mut ParentTraces,
+) -> Result<Report> {
+    libleak_reporter::report_in_family(path, options, symbolizer, &mut Progress::new(path), parents)
         .with_context(|| path.display().to_string())
 }
 
@@ -176,15 +182,17 @@ fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> R
     }
     let options = args.options()?;
     let mut symbolizer = Symbolizer::default();
+    // Children of one parent read its trace once, up to each child's fork in turn.
+    let mut parents = ParentTraces::default();
     if let [single] = files {
-        let report = read_report(single, &options, &mut symbolizer)?;
+        let report = read_report(single, &options, &mut symbolizer, &mut parents)?;
         write_leak_report(std::slice::from_ref(&report), &[], true, args, out)?;
         return Ok(exit_for_limit(within_limit(&report, args)));
     }
     let mut reports = Vec::new();
     let mut failures = Vec::new();
     for path in files {
-        match read_report(path, &options, &mut symbolizer) {
+        match read_report(path, &options, &mut symbolizer, &mut parents) {
             Ok(report) => reports.push(report),
             Err(error) => failures.push(Unreadable {
                 trace: path.display().to_string(),
@@ -241,8 +249,9 @@ fn diff_command(args: &DiffArgs) -> Result<ExitCode> {
         }
     }
     let mut symbolizer = Symbolizer::default();
-    let before = read_report(&args.before, &options, &mut symbolizer)?;
-    let after = read_report(&args.after, &options, &mut symbolizer)?;
+    let mut parents = ParentTraces::default();
+    let before = read_report(&args.before, &options, &mut symbolizer, &mut parents)?;
+    let after = read_report(&args.after, &options, &mut symbolizer, &mut parents)?;
     let comparison = diff::diff(&before, &after);
     let mut out = std::io::stdout().lock();
     if args.json {

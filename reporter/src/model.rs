@@ -264,11 +264,24 @@ pub struct TraceHeader {
     pub reachability_at_finalization: Option<Reachability>,
     /// Set when the process was forked from a traced parent.
     pub fork: Option<ForkInfo>,
+    /// Whether the blocks a forked child inherited were read from its parent's trace (`None`
+    /// when it inherited none, or is no forked child).
+    pub inheritance: Option<Inherited>,
     pub end: Option<End>,
     pub incomplete: Option<Incompleteness>,
     /// The parts of the file the reader skipped, in file order: the events recorded there
     /// are missing (and stacks defined there read as lost).
     pub damage: Vec<Damage>,
+}
+
+/// Where a forked child's inherited blocks came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inherited {
+    /// From the parent's trace, read up to the fork.
+    Read,
+    /// Not known: why the parent's trace could not be read (the child's own blocks are
+    /// reported all the same).
+    Missing(String),
 }
 
 impl TraceHeader {

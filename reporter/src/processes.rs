@@ -148,6 +148,7 @@ mod tests {
                     parent_pid,
                     ..ForkInfo::default()
                 }),
+                inheritance: None,
                 end: None,
                 incomplete: None,
                 damage: Vec::new(),

@@ -439,10 +439,10 @@ mod tests {
             Err(DecodeError::NotATrace)
         ));
         let mut future = encode(&sample_records(), 100);
-        future[8] = 9;
+        future[8] = 10;
         match decode_all(&future) {
             Err(DecodeError::UnsupportedVersion {
-                found: 9,
+                found: 10,
                 supported: FORMAT_VERSION,
             }) => {}
             other => panic!("{other:?}"),

@@ -83,6 +83,13 @@ impl<R: Read> TraceReader<R> {
     /// The next record, or `None` at the end of the readable data. Fails only when the input
     /// does.
     pub fn next_record(&mut self) -> Result<Option<Record>, DecodeError> {
+        self.next_record_within(u64::MAX)
+    }
+
+    /// As [`TraceReader::next_record`], reading no chunk that starts at byte `limit` or
+    /// later: `None` there, and reading may go on later with a higher limit. (A forked
+    /// child's inheritance is its parent's trace up to the byte where the fork left it.)
+    pub fn next_record_within(&mut self, limit: u64) -> Result<Option<Record>, DecodeError> {
         // One record per call, straight from the chunk's payload: records are 112-byte values,
         // and queueing a whole chunk's of them cost a fifth of a report's time.
         loop {
@@ -118,6 +125,9 @@ impl<R: Read> TraceReader<R> {
                 self.note_damage(damage);
                 self.continuous = false;
                 continue;
+            }
+            if self.chunks.bytes_read() >= limit {
+                return Ok(None);
             }
             let next = self.chunks.next_chunk(Expected {
                 stack_nodes: self.records.stack_nodes_defined(),
@@ -277,6 +287,9 @@ mod testing {
                 inherited_blocks: 5,
                 inherited_bytes: 500,
                 threads_cut: 1,
+                parent_trace: "/tmp/libleak.app.76.trace".into(),
+                parent_trace_bytes: 123_456,
+                parent_start_time_unix_ns: 1 << 60,
             }),
             Record::End(End {
                 kind: ExitKind::Exec,

@@ -225,6 +225,9 @@ impl RecordDecoder {
                 inherited_blocks: c.u64()?,
                 inherited_bytes: c.u64()?,
                 threads_cut: c.u64()?,
+                parent_trace: string(c)?,
+                parent_trace_bytes: c.u64()?,
+                parent_start_time_unix_ns: c.u64()?,
             }),
             tag::STATS => Record::Stats(stats(c)?),
             tag::HOLDERS => {

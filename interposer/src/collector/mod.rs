@@ -11,21 +11,23 @@
 //!
 //! Around `fork` the collector *parks*: it takes in everything recorded so far, then its
 //! thread ends, leaving its state (live set, stack tree, modules, code objects) consistent
-//! for both processes. The parent resumes it; the child turns it into the start of its own
-//! trace ([`Collector::start_child_trace`]), with every inherited block and the stacks and
-//! code objects they refer to.
+//! for both processes, and its trace flushed up to the fork. The parent resumes it; the child
+//! turns it into the start of its own trace ([`Collector::start_child_trace`]), which names
+//! the parent's trace and its length at the fork instead of repeating the blocks the child
+//! inherited: a child's trace holds its own work only.
 
 mod modules;
 mod stack_tree;
 pub mod trace_file;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use libleak_format::live::{LiveBlock, LiveSet};
 use libleak_format::{
-    Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
+    Alloc, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
     RecordEncoder, Stats,
 };
 
@@ -69,32 +71,13 @@ pub struct Ending {
     pub scan_from: Option<ExitingThread>,
 }
 
-/// A live block as the collector keeps it: enough to re-record it in a forked child's trace.
+/// A live block as the collector keeps it: what the exit scan needs (its stack is in the
+/// trace already, and a forked child's trace refers to its parent's for the blocks it
+/// inherited).
 #[derive(Clone, Copy, Debug)]
 struct CollectorBlock {
     seq: u64,
-    /// The allocation kind in the top byte, the requested size below.
-    size_and_kind: u64,
-    /// Stack node id (0 when it did not fit).
-    stack: u32,
-    thread_id: u32,
-}
-
-const KIND_SHIFT: u32 = 56;
-
-impl CollectorBlock {
-    fn new(seq: u64, size: u64, kind: AllocKind, stack: u64, thread_id: u32) -> CollectorBlock {
-        CollectorBlock {
-            seq,
-            size_and_kind: size.min((1 << KIND_SHIFT) - 1) | (kind as u64) << KIND_SHIFT,
-            stack: u32::try_from(stack).unwrap_or(0),
-            thread_id,
-        }
-    }
-
-    fn kind(&self) -> AllocKind {
-        AllocKind::from_u8((self.size_and_kind >> KIND_SHIFT) as u8).unwrap_or(AllocKind::Malloc)
-    }
+    size: u64,
 }
 
 impl LiveBlock for CollectorBlock {
@@ -103,7 +86,7 @@ impl LiveBlock for CollectorBlock {
     }
 
     fn size(&self) -> u64 {
-        self.size_and_kind & ((1 << KIND_SHIFT) - 1)
+        self.size
     }
 }
 
@@ -122,6 +105,7 @@ pub struct OpenedTrace {
     chunks: ChunkWriter<TraceFile>,
     encoder: RecordEncoder,
     path: String,
+    start_time_unix_ns: u64,
 }
 
 impl OpenedTrace {
@@ -132,6 +116,7 @@ impl OpenedTrace {
             chunks: ChunkWriter::new(file)?,
             encoder: RecordEncoder::new(),
             path,
+            start_time_unix_ns: info.start_time_unix_ns,
         };
         opened.encoder.process(info);
         write_pending(&mut opened.chunks, &mut opened.encoder)?;
@@ -190,7 +175,12 @@ pub struct Collector {
     source: &'static dyn EventSource,
     stacks: StackTree,
     /// Every code object and interpreter recorded, for a forked child's trace.
-    python_codes: Vec<PythonCode>,
+    python_codes: HashMap<u64, PythonCode>,
+    /// In a forked child: the ids of the code objects known from the parent that this trace
+    /// has not written yet (written when a stack first refers to one).
+    codes_unwritten: HashSet<u64>,
+    /// The PROCESS record's start time: a forked child's trace names its parent's by it.
+    start_time_unix_ns: u64,
     python_runtimes: Vec<PythonRuntime>,
     /// The PYTHON_CONFIG record, once written.
     python_ignores_environment: Option<bool>,
@@ -235,7 +225,9 @@ impl Collector {
             spare_batches,
             source,
             stacks: StackTree::default(),
-            python_codes: Vec::new(),
+            python_codes: HashMap::new(),
+            codes_unwritten: HashSet::new(),
+            start_time_unix_ns: info.start_time_unix_ns,
             python_runtimes: Vec::new(),
             python_ignores_environment: None,
             modules: ModuleMap::new(info.exe.clone()),
@@ -320,7 +312,8 @@ impl Collector {
                     }
                 }
                 self.encoder.python_code(&code);
-                self.python_codes.push(*code);
+                self.codes_unwritten.remove(&code.id);
+                self.python_codes.insert(code.id, *code);
             }
             Message::PythonRuntime(runtime) => self.python_runtime(runtime),
             Message::Finalizing { from, done } => {
@@ -356,17 +349,23 @@ impl Collector {
     }
 
     /// Turns the parked state of the parent's collector into the start of a forked child's
-    /// trace: a new file, the child's channels, and every block the child inherited, with the
-    /// modules, code objects and stacks they need. The parent's unwritten payload stays the
-    /// parent's.
+    /// trace: a new file and the child's channels. The trace names the parent's trace and its
+    /// length at the fork (the parent flushed everything before it forked), where the blocks
+    /// the child inherited are, rather than repeat them; it defines its own stacks afresh and
+    /// the parent's code objects as its stacks first refer to them. The parent's unwritten
+    /// payload stays the parent's.
     pub fn start_child_trace(
         &mut self,
         child: ChildStart,
         events: Receiver<Message>,
         spare_batches: Sender<Vec<u64>>,
     ) -> std::io::Result<()> {
+        let parent_trace = self.chunks.get_ref().path().to_string();
+        let parent_trace_bytes = self.chunks.bytes_written();
+        let parent_start_time_unix_ns = self.start_time_unix_ns;
         self.chunks = child.trace.chunks;
         self.encoder = child.trace.encoder;
+        self.start_time_unix_ns = child.trace.start_time_unix_ns;
         self.events = events;
         self.spare_batches = spare_batches;
         for module in self.modules.modules() {
@@ -378,40 +377,33 @@ impl Collector {
         if let Some(ignores) = self.python_ignores_environment {
             self.encoder.python_config(ignores);
         }
-        for code in &self.python_codes {
-            self.encoder.python_code(code);
-        }
-        let inherited = self.live.live_blocks();
-        let mut fork = child.fork;
-        fork.inherited_blocks = inherited.len() as u64;
-        fork.inherited_bytes = inherited.iter().map(|(_, block)| block.size()).sum();
-        self.encoder.fork(&fork);
-        // On disk before the inherited blocks, which take a while: a child killed meanwhile
-        // still leaves a readable (cut short) trace.
-        self.flush()?;
-        let parent_nodes = self.stacks.take_node_table();
-        let mut frames = Vec::new();
-        for (address, block) in inherited {
-            frames.clear();
-            let mut node = u64::from(block.stack);
-            while let Some(&Some((parent, word))) = node.checked_sub(1).and_then(|i| parent_nodes.get(i as usize)) {
-                frames.push(word);
-                node = parent;
-            }
-            let stack = self.stacks.intern(&frames, &mut self.encoder, &mut self.modules);
-            self.encoder.alloc(&Alloc {
-                seq: block.seq,
-                thread_id: block.thread_id,
-                address,
-                size: block.size(),
-                stack,
-                kind: block.kind(),
-            });
-            if self.encoder.pending_bytes() >= CHUNK_BYTES {
-                self.flush()?;
-            }
-        }
+        self.codes_unwritten = self.python_codes.keys().copied().collect();
+        self.stacks.start_child_trace();
+        let inherited = self.live.totals();
+        self.encoder.fork(&ForkInfo {
+            inherited_blocks: inherited.live_blocks,
+            inherited_bytes: inherited.live_bytes,
+            parent_trace,
+            parent_trace_bytes,
+            parent_start_time_unix_ns,
+            ..child.fork
+        });
         self.flush()
+    }
+
+    /// Writes the code objects that stacks defined since the last call refer to and that
+    /// this (forked child's) trace does not have yet.
+    fn write_noted_codes(&mut self) {
+        let Some(noted) = self.stacks.take_noted_codes() else {
+            return;
+        };
+        for code_id in noted {
+            if self.codes_unwritten.remove(&code_id) {
+                if let Some(code) = self.python_codes.get(&code_id) {
+                    self.encoder.python_code(code);
+                }
+            }
+        }
     }
 
     fn finish(&mut self, ending: Ending) -> Result<(), String> {
@@ -506,7 +498,8 @@ impl Collector {
                     frames,
                 } => {
                     let stack = self.stacks.intern(frames, &mut self.encoder, &mut self.modules);
-                    let block = CollectorBlock::new(seq, size, kind, stack, thread_id);
+                    self.write_noted_codes();
+                    let block = CollectorBlock { seq, size };
                     self.encoder.alloc(&Alloc {
                         seq,
                         thread_id,

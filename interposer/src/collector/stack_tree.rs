@@ -53,10 +53,10 @@ impl std::hash::Hash for NodeKey {
 pub struct StackTree {
     /// (parent node, frame word) → node id.
     nodes: HashMap<NodeKey, u32, BuildHasherDefault<AddressHasher>>,
-    /// Nodes taken out of `nodes` when a module went away, which a forked child may still
-    /// need to re-define the stacks of the blocks it inherited. (The inverse table is built
-    /// only at a fork: it would cost memory per node all along.)
-    retired: Vec<(NodeKey, u32)>,
+    /// While set (in a forked child), the code ids of the Python frames of nodes defined,
+    /// for the collector to write the code objects this trace does not have yet.
+    noting_codes: bool,
+    noted_codes: Vec<u64>,
     /// The previous stack interned (outermost first) and its node ids, depth by depth.
     previous_frames: Vec<u64>,
     previous_nodes: Vec<u64>,
@@ -85,7 +85,11 @@ impl StackTree {
                     {
                         self.retire_all();
                     }
-                    let id = encoder.stack_node(node, stack_words::to_frame(word));
+                    let frame = stack_words::to_frame(word);
+                    if let (true, libleak_format::Frame::Python { code_id, .. }) = (self.noting_codes, frame) {
+                        self.noted_codes.push(code_id);
+                    }
+                    let id = encoder.stack_node(node, frame);
                     // Past u32::MAX a node is not remembered: defined again when met again.
                     if let (Some(key), Ok(short_id)) = (key, u32::try_from(id)) {
                         self.nodes.insert(key, short_id);
@@ -105,7 +109,7 @@ impl StackTree {
 
     /// A module went away: nodes defined from now on must not be confused with the old ones.
     pub fn retire_all(&mut self) {
-        self.retired.extend(self.nodes.drain());
+        self.nodes.clear();
         self.forget_previous();
     }
 
@@ -114,16 +118,17 @@ impl StackTree {
         self.previous_nodes.clear();
     }
 
-    /// Node id − 1 → (parent node, frame word) of every node defined in this trace, emptying
-    /// the tree (a forked child's trace numbers its nodes afresh).
-    pub fn take_node_table(&mut self) -> Vec<Option<(u64, u64)>> {
-        let nodes: Vec<(NodeKey, u32)> = self.nodes.drain().chain(self.retired.drain(..)).collect();
-        let count = nodes.iter().map(|&(_, id)| id).max().unwrap_or(0);
-        let mut table = vec![None; count as usize];
-        for (key, id) in nodes {
-            table[(id - 1) as usize] = Some(key.parent_and_word());
-        }
+    /// Forgets every node, for a forked child's trace, which numbers its nodes afresh, and
+    /// from then on notes the code objects that new nodes refer to (see
+    /// [`StackTree::take_noted_codes`]).
+    pub fn start_child_trace(&mut self) {
+        self.nodes = HashMap::default();
         self.forget_previous();
-        table
+        self.noting_codes = true;
+    }
+
+    /// The code ids of the Python frames defined since the last call (in a forked child).
+    pub fn take_noted_codes(&mut self) -> Option<std::vec::Drain<'_, u64>> {
+        (!self.noted_codes.is_empty()).then(|| self.noted_codes.drain(..))
     }
 }

@@ -14,7 +14,7 @@ use libleak_format::ForkInfo;
 
 use super::channel::{self, MAX_FORK_DEPTH};
 use super::collector_thread::{
-    PendingChild, CHILD_TRACE_DUE, COLLECTOR_THREAD, FINISHED, FORKING, PARKED, PARKED_AT_NS, PENDING_CHILD, TRACE_OPEN,
+    self, PendingChild, CHILD_TRACE_DUE, COLLECTOR_THREAD, FINISHED, FORKING, PARKED, PARKED_AT_NS, PENDING_CHILD, TRACE_OPEN,
 };
 use super::seq;
 use super::state::{self, State};
@@ -51,6 +51,14 @@ fn before_fork() {
         return;
     }
     as_own_work(|| {
+        // Still parked from an earlier fork (this process forks again within
+        // RESUME_AFTER_FORK, or is a child that has not started its own trace yet): resume it
+        // first, so that it takes in what was recorded since, starts this process's trace if
+        // due, and flushes it all before parking again. The new child's trace starts where
+        // this one then ends.
+        if PARKED.load(Ordering::Acquire) {
+            collector_thread::resume();
+        }
         FORKING.store(true, Ordering::SeqCst);
         if !PARKED.load(Ordering::Acquire) {
             let deadline = Instant::now() + PARK_TIMEOUT;

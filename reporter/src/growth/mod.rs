@@ -44,6 +44,7 @@ use timeline::{Stop, Timeline};
 
 use crate::model::{Frame, Omitted, Owner, Tally, TraceHeader};
 use crate::options::{GrowthOptions, Moment};
+use crate::replay::parents::ParentTraces;
 use crate::replay::{ReplayError, ReplayObserver, Trace};
 use crate::symbolize::holders::holder_name;
 use crate::symbolize::Symbolizer;
@@ -318,7 +319,15 @@ pub fn report(
     };
     let (input, size) = open(path)?;
     let mut timeline = Timeline::new(window);
-    let trace = Trace::read_observing(input, &mut |read| progress.advance(read, size), &mut timeline);
+    // A forked child's inherited blocks are read from its parent's trace, untold to the
+    // timeline: the child's growth is its own.
+    let trace = Trace::read_with(
+        input,
+        &mut |read| progress.advance(read, size),
+        &mut timeline,
+        &mut ParentTraces::default(),
+        Some(path),
+    );
     progress.finish();
     let trace = trace?;
     timeline.finish(Stop::TraceEnd);

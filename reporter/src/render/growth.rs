@@ -321,6 +321,7 @@ pub(super) mod tests {
                 reachability: None,
                 reachability_at_finalization: None,
                 fork: None,
+                inheritance: None,
                 end: None,
                 incomplete: None,
                 damage: Vec::new(),

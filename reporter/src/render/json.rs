@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::outcome_name;
-use crate::model::{Folded, Frame, GroupBy, Omitted, Owner, Report, StackRow, Summary, Tally, TestShare};
+use crate::model::{Folded, Frame, GroupBy, Inherited, Omitted, Owner, Report, StackRow, Summary, Tally, TestShare};
 
 pub const REPORT_FORMAT: &str = "libleak-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -66,6 +66,14 @@ struct ForkView {
     inherited_blocks: u64,
     inherited_bytes: u64,
     threads_cut: u64,
+    /// The parent's trace, where the inherited blocks are.
+    parent_trace: String,
+    parent_trace_bytes: u64,
+    /// Whether the inherited blocks were read from the parent's trace; when not,
+    /// `inherited_unknown` says why (the child's own blocks are reported all the same).
+    inherited_read: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inherited_unknown: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -209,7 +217,10 @@ impl<'a> ReportView<'a> {
             version: REPORT_VERSION,
             trace: &report.trace_path,
             process: ProcessView::of(&header.process),
-            fork: header.fork.as_ref().map(ForkView::of),
+            fork: header
+                .fork
+                .as_ref()
+                .map(|fork| ForkView::of(fork, header.inheritance.as_ref())),
             complete: header.complete(),
             incomplete_reason: header.incomplete.as_ref().map(ToString::to_string),
             damage: header
@@ -275,13 +286,20 @@ impl<'a> ProcessView<'a> {
 }
 
 impl ForkView {
-    fn of(fork: &ForkInfo) -> ForkView {
+    fn of(fork: &ForkInfo, inheritance: Option<&Inherited>) -> ForkView {
         ForkView {
             parent_pid: fork.parent_pid,
             fork_seq: fork.fork_seq,
             inherited_blocks: fork.inherited_blocks,
             inherited_bytes: fork.inherited_bytes,
             threads_cut: fork.threads_cut,
+            parent_trace: fork.parent_trace.clone(),
+            parent_trace_bytes: fork.parent_trace_bytes,
+            inherited_read: inheritance == Some(&Inherited::Read),
+            inherited_unknown: match inheritance {
+                Some(Inherited::Missing(reason)) => Some(reason.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -378,6 +396,7 @@ mod tests {
                 reachability: Some(Reachability::default()),
                 reachability_at_finalization: Some(Reachability::default()),
                 fork: Some(ForkInfo::default()),
+                inheritance: None,
                 end: Some(End {
                     kind: ExitKind::Exit,
                     status: Some(0),

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use libleak_format::{python_version_text, ScanOutcome};
 
 use super::{outcome_name, thousands};
-use crate::model::{Frame, Incompleteness, Report, Tally};
+use crate::model::{Frame, Incompleteness, Inherited, Report, Tally};
 
 /// The text of a frame: function, location, module.
 pub(super) fn frame_text(frame: &Frame) -> String {
@@ -67,6 +67,12 @@ pub fn to_text(report: &Report) -> String {
                 n => format!(" ({n} parent threads were mid-event at the fork; their last events are missing)"),
             }
         );
+        if let Some(Inherited::Missing(reason)) = &report.header.inheritance {
+            let _ = writeln!(
+                out,
+                "INHERITED BLOCKS UNKNOWN: {reason}; only the blocks this process allocated itself are reported"
+            );
+        }
     }
     match &report.header.incomplete {
         None => {
@@ -422,6 +428,7 @@ mod tests {
                 reachability: None,
                 reachability_at_finalization: None,
                 fork: None,
+                inheritance: None,
                 end: None,
                 incomplete: None,
                 damage: Vec::new(),

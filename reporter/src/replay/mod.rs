@@ -4,6 +4,9 @@
 //! knowledge of which module is libleak's own lives here too. Damage the reader skipped is
 //! carried in the header; stacks whose nodes it lost end in a [`StackNode::lost`] node.
 //!
+//! A forked child's trace starts where its parent's stood at the fork: the blocks it
+//! inherited are read from the parent's trace ([`parents`]), with their stacks.
+//!
 //! Must never symbolize or judge blocks: it reports what the trace says, nothing more.
 
 use std::collections::HashMap;
@@ -16,8 +19,11 @@ use libleak_format::{
     ScanOutcome, Stats, TraceReader,
 };
 
+pub mod parents;
+
 use crate::live::{ExitBlock, LiveSet};
-use crate::model::{Incompleteness, TraceHeader};
+use crate::model::{Incompleteness, Inherited, TraceHeader};
+use parents::{Inheritance, NoParents, ParentTraces};
 
 /// Why a trace could not be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +65,24 @@ pub struct StackNodes {
     nodes: Vec<StackNode>,
     /// Where each run of consecutive ids starts: (its first id, its index in `nodes`).
     runs: Vec<(u64, usize)>,
+    /// Nodes imported from a parent's trace, ids [`IMPORTED_NODES`] and up, in order.
+    imported: Vec<StackNode>,
 }
+
+/// The first id of the stack nodes a forked child's replay imports from its parent's trace:
+/// far above any id a trace defines (a trace's ids are counted in a `u32` by the writer).
+pub const IMPORTED_NODES: u64 = 1 << 62;
 
 impl StackNodes {
     /// Adds node `id`, which must be above every id so far (else it is dropped: the trace
     /// reader never gives one).
     pub fn insert(&mut self, id: u64, node: StackNode) {
+        if id >= IMPORTED_NODES {
+            if id - IMPORTED_NODES == self.imported.len() as u64 {
+                self.imported.push(node);
+            }
+            return;
+        }
         let next = self
             .runs
             .last()
@@ -79,6 +97,9 @@ impl StackNodes {
 
     /// Node `id`, unless it was never defined (or lost).
     pub fn get(&self, id: u64) -> Option<&StackNode> {
+        if id >= IMPORTED_NODES {
+            return self.imported.get(usize::try_from(id - IMPORTED_NODES).ok()?);
+        }
         let run = self.runs.partition_point(|&(first, _)| first <= id).checked_sub(1)?;
         let (first, index) = self.runs[run];
         let end = self.runs.get(run + 1).map_or(self.nodes.len(), |&(_, next)| next);
@@ -86,7 +107,7 @@ impl StackNodes {
         (at < end).then(|| &self.nodes[at])
     }
 
-    /// The highest id defined (0 when none).
+    /// The highest id the trace defined (0 when none); imported nodes do not count.
     pub fn last_id(&self) -> u64 {
         self.runs
             .last()
@@ -284,141 +305,201 @@ fn observe(record: &Record, times: &mut ChunkTimes, observer: &mut dyn ReplayObs
     }
 }
 
-impl Trace {
-    pub fn open(path: &Path) -> Result<Trace, ReplayError> {
-        let file = File::open(path).map_err(ReplayError::Open)?;
-        Trace::read(BufReader::with_capacity(1 << 20, file))
-    }
+/// A replay under way: what the records read so far say. A forked child's trace is read
+/// on from what its parent's said at the fork (see [`parents`]).
+#[derive(Default)]
+pub struct Replay {
+    process: Option<ProcessInfo>,
+    pub(crate) modules: Vec<ModuleState>,
+    pub(crate) nodes: StackNodes,
+    marks: Vec<Mark>,
+    pub(crate) python_codes: HashMap<u64, PythonCode>,
+    python: Option<libleak_format::PythonRuntime>,
+    python_ignores_environment: Option<bool>,
+    pub(crate) live: LiveSet<ExitBlock>,
+    classes: HashMap<u64, LeakClass>,
+    reachability: Option<Reachability>,
+    finalization: Option<FinalizationScan>,
+    fork: Option<libleak_format::ForkInfo>,
+    inheritance: Option<Inherited>,
+    end: Option<libleak_format::End>,
+    stats: Stats,
+    /// The next id for a stack node imported from a parent's trace.
+    next_imported_node: u64,
+}
 
-    /// As [`Trace::open`], calling `progress` with the bytes of the file read so far and its
-    /// size, now and then (every few hundred thousand records) and once at the end.
-    pub fn open_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Trace, ReplayError> {
-        let file = File::open(path).map_err(ReplayError::Open)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Trace::read_with_progress(BufReader::with_capacity(1 << 20, file), &mut |read| {
-            progress(read, size)
-        })
-    }
-
-    pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
-        Trace::read_with_progress(input, &mut |_| {})
-    }
-
-    fn read_with_progress(input: impl std::io::Read, progress: &mut dyn FnMut(u64)) -> Result<Trace, ReplayError> {
-        Trace::read_observing(input, progress, &mut ())
-    }
-
-    /// As [`Trace::read`], also telling `observer` of each event and `progress` of the bytes
-    /// read (as [`Trace::open_with_progress`] does).
-    pub fn read_observing(
-        input: impl std::io::Read,
-        progress: &mut dyn FnMut(u64),
-        observer: &mut dyn ReplayObserver,
-    ) -> Result<Trace, ReplayError> {
-        const PROGRESS_EVERY: u64 = 1 << 18;
-        let mut records: u64 = 0;
-        let mut reader = TraceReader::new(input)?;
-        let mut process = None;
-        let mut modules: Vec<ModuleState> = Vec::new();
-        let mut nodes = StackNodes::default();
-        let mut marks = Vec::new();
-        let mut python_codes = HashMap::new();
-        let mut python = None;
-        let mut python_ignores_environment = None;
-        let mut live = LiveSet::new();
-        let mut classes: HashMap<u64, LeakClass> = HashMap::new();
-        let mut reachability = None;
-        let mut finalization: Option<FinalizationScan> = None;
-        let mut fork = None;
-        let mut end = None;
-        let mut stats = Stats::default();
-        let mut chunk_times = ChunkTimes::default();
-        while let Some(record) = reader.next_record()? {
-            records += 1;
-            if records.is_multiple_of(PROGRESS_EVERY) {
-                progress(reader.bytes_read());
+impl Replay {
+    pub(crate) fn handle(&mut self, record: Record, parents: &mut dyn Inheritance, trace_path: Option<&Path>) {
+        match record {
+            Record::Process(info) => self.process = Some(info),
+            Record::Module(module) => load_module(&mut self.modules, module),
+            Record::ModuleUnloaded { module_id } => {
+                for state in self.modules.iter_mut().filter(|m| m.module.id == module_id) {
+                    state.unloaded = true;
+                }
             }
-            chunk_times.next(reader.chunk_time_ns(), observer);
-            observe(&record, &mut chunk_times, observer);
-            match record {
-                Record::Process(info) => process = Some(info),
-                Record::Module(module) => load_module(&mut modules, module),
-                Record::ModuleUnloaded { module_id } => {
-                    for state in modules.iter_mut().filter(|m| m.module.id == module_id) {
-                        state.unloaded = true;
-                    }
-                }
-                Record::StackNode { id, parent, frame } => {
-                    let module = match frame {
-                        Frame::Native { address } => find_module(&modules, address),
-                        Frame::Python { .. } | Frame::PythonEntry => None,
-                    };
-                    nodes.insert(
-                        id,
-                        StackNode {
-                            parent,
-                            frame,
-                            module,
-                            lost: false,
-                        },
-                    );
-                }
-                Record::Alloc(alloc) => live.alloc(
-                    alloc.address,
-                    ExitBlock {
-                        seq: alloc.seq,
-                        address: alloc.address,
-                        size: alloc.size,
-                        stack: alloc.stack,
-                        kind: alloc.kind,
-                        thread_id: alloc.thread_id,
-                        class: None,
-                        during_finalization: false,
+            Record::StackNode { id, parent, frame } => {
+                let module = match frame {
+                    Frame::Native { address } => find_module(&self.modules, address),
+                    Frame::Python { .. } | Frame::PythonEntry => None,
+                };
+                self.nodes.insert(
+                    id,
+                    StackNode {
+                        parent,
+                        frame,
+                        module,
+                        lost: false,
                     },
-                ),
-                Record::Free(free) => live.free(free.address, free.seq),
-                Record::PythonCode(code) => {
-                    python_codes.insert(code.id, code);
-                }
-                Record::PythonRuntime(runtime) => python = Some(runtime),
-                Record::PythonConfig { ignores_environment } => python_ignores_environment = Some(ignores_environment),
-                Record::Finalizing { .. } => finalization = Some(FinalizationScan::default()),
-                Record::BlockClasses(entries) => match finalization.as_mut().filter(|f| f.scan.is_none()) {
-                    Some(pending) => pending.classes.extend(entries.iter().map(|e| (e.address, e.class))),
-                    None => classes.extend(entries.iter().map(|entry| (entry.address, entry.class))),
+                );
+            }
+            Record::Alloc(alloc) => self.live.alloc(
+                alloc.address,
+                ExitBlock {
+                    seq: alloc.seq,
+                    address: alloc.address,
+                    size: alloc.size,
+                    stack: alloc.stack,
+                    kind: alloc.kind,
+                    thread_id: alloc.thread_id,
+                    class: None,
+                    during_finalization: false,
                 },
-                Record::Reachability(scan) => match finalization.as_mut().filter(|f| f.scan.is_none()) {
-                    Some(pending) => pending.close(scan, &live),
-                    None => reachability = Some(scan),
-                },
-                Record::Fork(info) => fork = Some(info),
-                Record::Mark(mark) => marks.push(mark),
-                Record::Holders(names) => {
-                    if let Some(pending) = finalization.as_mut().filter(|f| f.scan.is_none()) {
-                        pending.holder_names.extend(names);
-                    }
+            ),
+            Record::Free(free) => self.live.free(free.address, free.seq),
+            Record::PythonCode(code) => {
+                self.python_codes.insert(code.id, code);
+            }
+            Record::PythonRuntime(runtime) => self.python = Some(runtime),
+            Record::PythonConfig { ignores_environment } => self.python_ignores_environment = Some(ignores_environment),
+            Record::Finalizing { .. } => self.finalization = Some(FinalizationScan::default()),
+            Record::BlockClasses(entries) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                Some(pending) => pending.classes.extend(entries.iter().map(|e| (e.address, e.class))),
+                None => self
+                    .classes
+                    .extend(entries.iter().map(|entry| (entry.address, entry.class))),
+            },
+            Record::Reachability(scan) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                Some(pending) => pending.close(scan, &self.live),
+                None => self.reachability = Some(scan),
+            },
+            Record::Fork(info) => {
+                if self.fork.is_none() && info.inherited_blocks > 0 {
+                    let outcome = parents.at_fork(&info, trace_path, &mut |parent| self.inherit(parent));
+                    self.inheritance = Some(match outcome {
+                        Ok(()) => Inherited::Read,
+                        Err(reason) => Inherited::Missing(reason),
+                    });
                 }
-                Record::BlockHolders(entries) => {
-                    if let Some(pending) = finalization.as_mut().filter(|f| f.scan.is_none()) {
-                        pending
-                            .block_holders
-                            .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type))));
-                    }
+                self.fork = Some(info);
+            }
+            Record::Mark(mark) => self.marks.push(mark),
+            Record::Holders(names) => {
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending.holder_names.extend(names);
                 }
-                Record::ObjectTypes(names) => {
-                    if let Some(pending) = finalization.as_mut().filter(|f| f.scan.is_none()) {
-                        pending.object_types.extend(names);
-                    }
+            }
+            Record::BlockHolders(entries) => {
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending
+                        .block_holders
+                        .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type))));
                 }
-                Record::Stats(s) => stats = s,
-                Record::End(e) => {
-                    stats = e.stats;
-                    end = Some(e);
+            }
+            Record::ObjectTypes(names) => {
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending.object_types.extend(names);
                 }
+            }
+            Record::Stats(s) => self.stats = s,
+            Record::End(e) => {
+                self.stats = e.stats;
+                self.end = Some(e);
             }
         }
-        progress(reader.bytes_read());
-        chunk_times.finish(observer);
+    }
+
+    /// Takes in the blocks a forked child inherited, live in its parent at the fork, with
+    /// their stacks (imported under ids of their own, [`IMPORTED_NODES`] and up) and the code
+    /// objects those refer to.
+    fn inherit(&mut self, parent: &Replay) {
+        if self.next_imported_node == 0 {
+            self.next_imported_node = IMPORTED_NODES;
+        }
+        let mut imported: HashMap<u64, u64> = HashMap::new();
+        for (address, block) in parent.live.live_blocks() {
+            let stack = self.import_stack(parent, block.stack, &mut imported);
+            self.live.alloc(address, ExitBlock { stack, ..block });
+        }
+    }
+
+    /// The id in this replay of node `id` of `parent`'s, importing it and its callers first.
+    fn import_stack(&mut self, parent: &Replay, id: u64, imported: &mut HashMap<u64, u64>) -> u64 {
+        let mut chain = Vec::new();
+        let mut at = id;
+        while at != 0 && !imported.contains_key(&at) {
+            let Some(node) = parent.nodes.get(at) else { break };
+            chain.push((at, *node));
+            at = node.parent;
+        }
+        // The outermost node not imported: 0, an imported one, or one the parent lost.
+        let mut caller = imported.get(&at).copied().unwrap_or(0);
+        if at != 0 && caller == 0 {
+            caller = self.next_imported_node;
+            self.next_imported_node += 1;
+            self.nodes.insert(caller, StackNode::LOST);
+            imported.insert(at, caller);
+        }
+        for (parent_id, node) in chain.into_iter().rev() {
+            let module = match node.frame {
+                Frame::Native { address } => find_module(&self.modules, address),
+                Frame::Python { code_id, .. } => {
+                    if let (false, Some(code)) = (
+                        self.python_codes.contains_key(&code_id),
+                        parent.python_codes.get(&code_id),
+                    ) {
+                        self.python_codes.insert(code_id, code.clone());
+                    }
+                    None
+                }
+                Frame::PythonEntry => None,
+            };
+            let id = self.next_imported_node;
+            self.next_imported_node += 1;
+            self.nodes.insert(
+                id,
+                StackNode {
+                    parent: caller,
+                    module,
+                    ..node
+                },
+            );
+            imported.insert(parent_id, id);
+            caller = id;
+        }
+        caller
+    }
+
+    /// The trace as read; `reader` says what was damaged and whether the file was cut short.
+    pub(crate) fn finish<R: std::io::Read>(self, reader: &TraceReader<R>) -> Result<Trace, ReplayError> {
+        let Replay {
+            process,
+            modules,
+            nodes,
+            marks,
+            python_codes,
+            python,
+            python_ignores_environment,
+            live,
+            classes,
+            reachability,
+            mut finalization,
+            fork,
+            inheritance,
+            end,
+            stats,
+            next_imported_node: _,
+        } = self;
         let live_totals = live.totals();
         let incomplete = match end {
             None => Some(Incompleteness::Truncated {
@@ -455,6 +536,7 @@ impl Trace {
                 reachability,
                 reachability_at_finalization: finalization.as_mut().and_then(|f| f.scan.take()),
                 fork,
+                inheritance,
                 end,
                 incomplete,
                 damage: reader.damage().to_vec(),
@@ -470,6 +552,83 @@ impl Trace {
             trace.apply_finalization_scan(&live_then);
         }
         Ok(trace)
+    }
+}
+
+impl Trace {
+    /// Reads the trace at `path`; a forked child's inherited blocks come from its parent's
+    /// trace, looked for where [`parents::ParentTraces`] says.
+    pub fn open(path: &Path) -> Result<Trace, ReplayError> {
+        Trace::open_with_progress(path, &mut |_, _| {})
+    }
+
+    /// As [`Trace::open`], calling `progress` with the bytes of the file read so far and its
+    /// size, now and then (every few hundred thousand records) and once at the end.
+    pub fn open_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Trace, ReplayError> {
+        Trace::open_in_family(path, progress, &mut ParentTraces::default())
+    }
+
+    /// As [`Trace::open_with_progress`], with the parents' traces read through `parents`
+    /// (which keeps them for the next child of the same parent).
+    pub fn open_in_family(
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+        parents: &mut dyn Inheritance,
+    ) -> Result<Trace, ReplayError> {
+        let file = File::open(path).map_err(ReplayError::Open)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Trace::read_with(
+            BufReader::with_capacity(1 << 20, file),
+            &mut |read| progress(read, size),
+            &mut (),
+            parents,
+            Some(path),
+        )
+    }
+
+    /// Reads a trace from `input`, as it is: a forked child's inherited blocks are not
+    /// looked for.
+    pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
+        Trace::read_observing(input, &mut |_| {}, &mut ())
+    }
+
+    /// As [`Trace::read`], also telling `observer` of each event and `progress` of the bytes
+    /// read (as [`Trace::open_with_progress`] does).
+    pub fn read_observing(
+        input: impl std::io::Read,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+    ) -> Result<Trace, ReplayError> {
+        Trace::read_with(input, progress, observer, &mut NoParents, None)
+    }
+
+    /// Reads a trace from `input` (which is at `path`, when it is a file), telling
+    /// `observer` of each event, `progress` of the bytes read, and reading a forked child's
+    /// inherited blocks through `parents`.
+    pub fn read_with(
+        input: impl std::io::Read,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+        parents: &mut dyn Inheritance,
+        path: Option<&Path>,
+    ) -> Result<Trace, ReplayError> {
+        const PROGRESS_EVERY: u64 = 1 << 18;
+        let mut records: u64 = 0;
+        let mut reader = TraceReader::new(input)?;
+        let mut replay = Replay::default();
+        let mut chunk_times = ChunkTimes::default();
+        while let Some(record) = reader.next_record()? {
+            records += 1;
+            if records.is_multiple_of(PROGRESS_EVERY) {
+                progress(reader.bytes_read());
+            }
+            chunk_times.next(reader.chunk_time_ns(), observer);
+            observe(&record, &mut chunk_times, observer);
+            replay.handle(record, parents, path);
+        }
+        progress(reader.bytes_read());
+        chunk_times.finish(observer);
+        replay.finish(&reader)
     }
 
     /// What the scan made when CPython's finalisation began says about the blocks live at
@@ -588,6 +747,7 @@ pub(crate) mod synthetic {
                 reachability: None,
                 reachability_at_finalization: None,
                 fork: None,
+                inheritance: None,
                 end: None,
                 incomplete: None,
                 damage: Vec::new(),

@@ -1,0 +1,181 @@
+//! A forked child's inheritance: the blocks live in its parent when it forked, read from the
+//! parent's trace up to the byte the child's FORK record names. The parent's replay is kept
+//! between children ([`ParentTraces`]): the children of one parent fork at growing offsets,
+//! and each is read on from where the last one left it, so a family of a thousand workers
+//! reads its parent's trace once (when its traces are read in the order they were forked).
+//!
+//! Must never fail a child's report: a parent's trace that is gone, another process's or
+//! damaged makes its inheritance unknown, said in the child's report, and nothing more.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use libleak_format::{ForkInfo, Record, TraceReader};
+
+use super::Replay;
+
+/// Finds what forked children inherited.
+pub trait Inheritance {
+    /// Calls `inherit` with the replay of the parent's trace as it stood when the child
+    /// described by `fork` was forked; `child_trace` is where the child's trace is (its
+    /// directory is searched too). Err: why the parent's trace could not be read that far.
+    fn at_fork(
+        &mut self,
+        fork: &ForkInfo,
+        child_trace: Option<&Path>,
+        inherit: &mut dyn FnMut(&Replay),
+    ) -> Result<(), String>;
+}
+
+/// Looks for no parent's trace (a trace read from memory, not from a file).
+pub struct NoParents;
+
+impl Inheritance for NoParents {
+    fn at_fork(&mut self, _: &ForkInfo, _: Option<&Path>, _: &mut dyn FnMut(&Replay)) -> Result<(), String> {
+        Err("the parent's trace was not looked for".to_string())
+    }
+}
+
+/// How many parents' replays are kept at a time.
+const KEPT: usize = 4;
+/// How deep a chain of forks is followed (a child of a child of …).
+const MAX_DEPTH: u32 = 16;
+
+/// Reads parents' traces, keeping the latest [`KEPT`] replays for the next children.
+#[derive(Default)]
+pub struct ParentTraces {
+    kept: Vec<ParentReplay>,
+    depth: u32,
+}
+
+/// A parent's trace read up to some chunk boundary.
+struct ParentReplay {
+    path: PathBuf,
+    pid: u32,
+    start_time_unix_ns: u64,
+    reader: TraceReader<BufReader<File>>,
+    replay: Replay,
+}
+
+impl ParentReplay {
+    /// Opens the first of `candidates` that is the trace of the parent `fork` names.
+    fn open(candidates: &[PathBuf], fork: &ForkInfo, parents: &mut ParentTraces) -> Result<ParentReplay, String> {
+        let mut reasons = Vec::new();
+        for path in candidates {
+            match ParentReplay::open_one(path, fork, parents) {
+                Ok(parent) => return Ok(parent),
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        reasons.dedup();
+        Err(reasons.join("; "))
+    }
+
+    fn open_one(path: &Path, fork: &ForkInfo, parents: &mut ParentTraces) -> Result<ParentReplay, String> {
+        let shown = path.display();
+        let file = File::open(path).map_err(|e| format!("the parent's trace {shown} cannot be opened ({e})"))?;
+        let mut reader = TraceReader::new(BufReader::with_capacity(1 << 20, file))
+            .map_err(|e| format!("the parent's trace {shown} cannot be read ({e})"))?;
+        let first = reader
+            .next_record_within(fork.parent_trace_bytes)
+            .map_err(|e| format!("the parent's trace {shown} cannot be read ({e})"))?;
+        let Some(Record::Process(process)) = first else {
+            return Err(format!("the parent's trace {shown} does not start with its process"));
+        };
+        if process.pid != fork.parent_pid || process.start_time_unix_ns != fork.parent_start_time_unix_ns {
+            return Err(format!(
+                "{shown} is the trace of another process (pid {}) than the parent",
+                process.pid
+            ));
+        }
+        let mut replay = Replay::default();
+        replay.handle(Record::Process(process.clone()), parents, Some(path));
+        Ok(ParentReplay {
+            path: path.to_path_buf(),
+            pid: process.pid,
+            start_time_unix_ns: process.start_time_unix_ns,
+            reader,
+            replay,
+        })
+    }
+
+    fn is_parent_in(&self, fork: &ForkInfo) -> bool {
+        self.pid == fork.parent_pid
+            && self.start_time_unix_ns == fork.parent_start_time_unix_ns
+            && self.reader.bytes_read() <= fork.parent_trace_bytes
+    }
+
+    /// Reads on up to byte `limit`, which must be a chunk boundary the file reaches.
+    fn advance_to(&mut self, limit: u64, parents: &mut ParentTraces) -> Result<(), String> {
+        let shown = self.path.display().to_string();
+        loop {
+            match self.reader.next_record_within(limit) {
+                Ok(Some(record)) => self.replay.handle(record, parents, Some(&self.path)),
+                Ok(None) => break,
+                Err(e) => return Err(format!("the parent's trace {shown} cannot be read ({e})")),
+            }
+        }
+        let reached = self.reader.bytes_read();
+        if !self.reader.damage().is_empty() {
+            return Err(format!("the parent's trace {shown} is damaged before the fork"));
+        }
+        if reached != limit {
+            return Err(format!(
+                "the parent's trace {shown} ends at byte {reached}, before the fork (byte {limit})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ParentTraces {
+    /// Where the parent's trace may be: where the parent wrote it, and beside the child's
+    /// (traces moved or copied together).
+    fn candidates(fork: &ForkInfo, child_trace: Option<&Path>) -> Vec<PathBuf> {
+        let written = PathBuf::from(&fork.parent_trace);
+        let mut candidates = vec![written.clone()];
+        if let (Some(dir), Some(name)) = (child_trace.and_then(Path::parent), written.file_name()) {
+            let beside = dir.join(name);
+            if beside != written {
+                candidates.push(beside);
+            }
+        }
+        candidates
+    }
+}
+
+impl Inheritance for ParentTraces {
+    fn at_fork(
+        &mut self,
+        fork: &ForkInfo,
+        child_trace: Option<&Path>,
+        inherit: &mut dyn FnMut(&Replay),
+    ) -> Result<(), String> {
+        if fork.parent_trace.is_empty() {
+            return Err("the trace does not name its parent's".to_string());
+        }
+        if self.depth >= MAX_DEPTH {
+            return Err(format!("more than {MAX_DEPTH} forks deep"));
+        }
+        self.depth += 1;
+        let kept = self.kept.iter().position(|parent| parent.is_parent_in(fork));
+        let parent = match kept {
+            Some(index) => Ok(self.kept.remove(index)),
+            None => ParentReplay::open(&ParentTraces::candidates(fork, child_trace), fork, self),
+        };
+        let outcome = parent.and_then(|mut parent| {
+            let advanced = parent.advance_to(fork.parent_trace_bytes, self);
+            if advanced.is_ok() {
+                inherit(&parent.replay);
+                if self.kept.len() >= KEPT {
+                    self.kept.remove(0);
+                }
+                self.kept.push(parent);
+            }
+            advanced
+        });
+        self.depth -= 1;
+        outcome
+    }
+}
