@@ -285,3 +285,82 @@ print('forked', len(children))\n";
         assert!(leak_555[0].1.get("inherited").is_none(), "{label}");
     }
 }
+
+/// A parent with a large heap forks children that each leak their own amount: each child's
+/// trace holds its own work only (a small fraction of the parent's), the inherited blocks are
+/// read from the parent's trace (every free of one matched), every child's own leak is exact,
+/// and the parent's is shown once. With the parent's trace gone, a child still reports its
+/// own leak exactly and says why its inherited blocks are unknown.
+#[test]
+fn children_of_a_large_parent_record_only_their_own_work() {
+    const BIG: &str = "forks/big_parent.c";
+    let scratch = Scratch::new("fork-big-parent");
+    let exe = scratch.join("big_parent");
+    compile("gcc", &[BIG], &exe, &[]);
+    let directory = scratch.join("traces");
+    std::fs::create_dir_all(&directory).unwrap();
+    let output = run(Command::new(&exe)
+        .env("LD_PRELOAD", libleak_so())
+        .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let traces: Vec<PathBuf> = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(traces.len(), 4, "a trace per process");
+    let reports: Vec<(PathBuf, Value)> = traces.iter().map(|t| (t.clone(), report_json(t))).collect();
+    let (parent_path, parent) = reports.iter().find(|(_, r)| r["fork"].is_null()).unwrap();
+    let parent_size = std::fs::metadata(parent_path).unwrap().len();
+    let mut children: Vec<&(PathBuf, Value)> = reports.iter().filter(|(_, r)| !r["fork"].is_null()).collect();
+    children.sort_by_key(|(_, r)| r["process"]["start_time_unix_ns"].as_u64());
+    assert_eq!(children.len(), 3);
+
+    assert_leak(parent, "parent_leak", BIG, line_of(BIG, "@parent_leak"), 4321, 1);
+    assert_eq!(parent["leaks"].as_array().unwrap().len(), 1, "{parent:#}");
+    for (number, (path, child)) in children.iter().enumerate() {
+        let size = std::fs::metadata(path).unwrap().len();
+        assert!(
+            size * 5 < parent_size,
+            "{}: {size} bytes, the parent's {parent_size}: a child's trace must not repeat the parent's heap",
+            path.display()
+        );
+        let fork = &child["fork"];
+        assert_eq!(fork["inherited_read"], true, "{fork:#}");
+        assert_eq!(fork["parent_trace"], parent_path.display().to_string());
+        assert!(fork["inherited_blocks"].as_u64().unwrap() > 200_000, "{fork:#}");
+        // The ten inherited blocks each child freed were read from the parent's trace.
+        assert_eq!(child["totals"]["unmatched_frees"], 0, "{:#}", child["totals"]);
+        let own = 1001 * (number as u64 + 1);
+        assert_leak(child, "child_leak", BIG, line_of(BIG, "@child_leak"), own, 1);
+        assert_leak(child, "parent_leak", BIG, line_of(BIG, "@parent_leak"), 4321, 1);
+        assert_eq!(leaks_in(child, "parent_leak")[0]["inherited"], true);
+        assert_eq!(child["leaks"].as_array().unwrap().len(), 2, "{child:#}");
+    }
+
+    // Together: the parent's leak once, naming the three children; each child's own once.
+    let together: Value = serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap();
+    let processes = together["processes"].as_array().unwrap();
+    let parent_rows = rows_of(processes, 4321);
+    assert_eq!(parent_rows.len(), 1, "{together:#}");
+    assert_eq!(parent_rows[0].1["also_in"].as_array().map(Vec::len), Some(3));
+    for own in [1001, 2002, 3003] {
+        assert_eq!(rows_of(processes, own).len(), 1, "{own}: {together:#}");
+    }
+
+    // The parent's trace gone: each child's own leak still exact, the loss said.
+    std::fs::remove_file(parent_path).unwrap();
+    let (path, _) = children[1];
+    let alone = report_json(path);
+    assert_leak(&alone, "child_leak", BIG, line_of(BIG, "@child_leak"), 2002, 1);
+    assert_eq!(alone["leaks"].as_array().unwrap().len(), 1, "{alone:#}");
+    assert_eq!(alone["fork"]["inherited_read"], false);
+    let why = alone["fork"]["inherited_unknown"].as_str().unwrap();
+    assert!(why.contains("cannot be opened"), "{why}");
+    let text = report(path, &[]);
+    assert!(text.contains("INHERITED BLOCKS UNKNOWN: the parent's trace"), "{text}");
+}

@@ -436,6 +436,29 @@ mod tests {
         (records, bytes)
     }
 
+    /// A forked child's inheritance is its parent's trace up to a chunk boundary, read on
+    /// later for the next child: reading stops before the chunk at the limit and goes on.
+    #[test]
+    fn reading_within_a_limit_stops_at_its_chunk_boundary_and_goes_on() {
+        let (records, bytes) = several_chunks();
+        let offsets = chunk_offsets(&bytes);
+        let mut reader = TraceReader::new(bytes.as_slice()).unwrap();
+        let mut read = Vec::new();
+        for &limit in &offsets[1..] {
+            while let Some(record) = reader.next_record_within(limit as u64).unwrap() {
+                read.push(record);
+            }
+            assert_eq!(reader.bytes_read(), limit as u64);
+        }
+        let before_last = read.len();
+        assert!(before_last > 0 && before_last < records.len());
+        while let Some(record) = reader.next_record().unwrap() {
+            read.push(record);
+        }
+        assert_eq!(read, records);
+        assert!(reader.damage().is_empty());
+    }
+
     #[test]
     fn damage_in_a_middle_chunk_loses_that_chunk_only() {
         let (records, bytes) = several_chunks();

@@ -14,7 +14,8 @@ use libleak_format::ForkInfo;
 
 use super::channel::{self, MAX_FORK_DEPTH};
 use super::collector_thread::{
-    self, PendingChild, CHILD_TRACE_DUE, COLLECTOR_THREAD, FINISHED, FORKING, PARKED, PARKED_AT_NS, PENDING_CHILD, TRACE_OPEN,
+    self, PendingChild, CHILD_TRACE_DUE, COLLECTOR_THREAD, FINISHED, FORKING, PARKED, PARKED_AT_NS, PENDING_CHILD,
+    TRACE_OPEN,
 };
 use super::seq;
 use super::state::{self, State};

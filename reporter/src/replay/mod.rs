@@ -871,6 +871,132 @@ mod tests {
         modules[index].unloaded = true;
     }
 
+    /// Hands the child the parent's replay as it stands.
+    struct Parent<'a>(&'a Replay);
+
+    impl parents::Inheritance for Parent<'_> {
+        fn at_fork(
+            &mut self,
+            _: &libleak_format::ForkInfo,
+            _: Option<&Path>,
+            inherit: &mut dyn FnMut(&Replay),
+        ) -> Result<(), String> {
+            inherit(self.0);
+            Ok(())
+        }
+    }
+
+    fn alloc(seq: u64, address: u64, size: u64, stack: u64) -> Record {
+        Record::Alloc(Alloc {
+            seq,
+            thread_id: 1,
+            address,
+            size,
+            stack,
+            kind: libleak_format::AllocKind::Malloc,
+        })
+    }
+
+    #[test]
+    fn a_child_inherits_the_parents_live_blocks_with_their_stacks_and_codes() {
+        let mut parent = Replay::default();
+        let code = PythonCode {
+            id: 9,
+            filename: "app.py".into(),
+            qualified_name: "load".into(),
+            ..PythonCode::default()
+        };
+        let records = vec![
+            Record::Process(ProcessInfo::default()),
+            Record::Module(module(1, "/lib/a.so", 0x1000, 0x1000)),
+            Record::StackNode {
+                id: 1,
+                parent: 0,
+                frame: Frame::Native { address: 0x1100 },
+            },
+            Record::StackNode {
+                id: 2,
+                parent: 1,
+                frame: Frame::Python {
+                    code_id: 9,
+                    instruction_offset: 4,
+                },
+            },
+            Record::StackNode {
+                id: 3,
+                parent: 2,
+                frame: Frame::Native { address: 0x1200 },
+            },
+            Record::PythonCode(code.clone()),
+            alloc(1, 0xa000, 10, 3),
+            alloc(2, 0xb000, 20, 2),
+            alloc(3, 0xc000, 30, 3),
+            Record::Free(Free {
+                seq: 4,
+                thread_id: 1,
+                address: 0xc000,
+            }),
+        ];
+        for record in records {
+            parent.handle(record, &mut NoParents, None);
+        }
+        let fork = libleak_format::ForkInfo {
+            parent_pid: 1,
+            fork_seq: 5,
+            inherited_blocks: 2,
+            inherited_bytes: 30,
+            ..Default::default()
+        };
+        let mut child = Replay::default();
+        let records = vec![
+            Record::Process(ProcessInfo::default()),
+            Record::Module(module(1, "/lib/a.so", 0x1000, 0x1000)),
+            Record::Fork(fork),
+            // The child's own ids start at 1 again.
+            Record::StackNode {
+                id: 1,
+                parent: 0,
+                frame: Frame::Native { address: 0x1300 },
+            },
+            alloc(6, 0xd000, 40, 1),
+            Record::Free(Free {
+                seq: 7,
+                thread_id: 1,
+                address: 0xb000,
+            }),
+        ];
+        for record in records {
+            child.handle(record, &mut Parent(&parent), None);
+        }
+        let empty = empty_trace();
+        let trace = child.finish(&TraceReader::new(empty.as_slice()).unwrap()).unwrap();
+        assert_eq!(trace.header.inheritance, Some(Inherited::Read));
+        assert_eq!(trace.header.totals.unmatched_frees, 0);
+        let mut live: Vec<(u64, Vec<Frame>)> = trace
+            .live
+            .iter()
+            .map(|b| (b.size, trace.stack(b.stack).iter().map(|n| n.frame).collect()))
+            .collect();
+        live.sort_by_key(|(size, _)| *size);
+        let inherited = vec![
+            Frame::Native { address: 0x1200 },
+            Frame::Python {
+                code_id: 9,
+                instruction_offset: 4,
+            },
+            Frame::Native { address: 0x1100 },
+        ];
+        assert_eq!(live, [(10, inherited), (40, vec![Frame::Native { address: 0x1300 }])]);
+        assert_eq!(trace.python_codes.get(&9), Some(&code));
+        let inherited_block = trace.live.iter().find(|b| b.size == 10).unwrap();
+        assert_eq!(trace.stack(inherited_block.stack)[0].module, Some(0));
+    }
+
+    /// A well-formed trace with nothing in it but the header.
+    fn empty_trace() -> Vec<u8> {
+        libleak_format::ChunkWriter::new(Vec::new()).unwrap().get_ref().clone()
+    }
+
     #[test]
     fn find_module_prefers_loaded_then_the_latest_unloaded_not_superseded() {
         let mut modules = Vec::new();
