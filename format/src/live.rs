@@ -205,16 +205,28 @@ impl<B: LiveBlock> LiveSet<B> {
         totals
     }
 
-    /// Every block still live with its address, in sequence order.
+    /// Every block still live with its address, in sequence order (address order among
+    /// equal sequence numbers, which only damage can make).
     pub fn live_blocks(&self) -> Vec<(u64, B)> {
-        let mut blocks: Vec<(u64, B)> = self
-            .by_address
-            .iter()
-            .filter(|(_, latest)| latest.block != FREED)
-            .map(|(&address, latest)| (address, self.blocks[latest.block as usize]))
-            .collect();
-        blocks.sort_by_key(|(_, b)| b.seq());
+        let mut blocks: Vec<(u64, B)> = Vec::with_capacity(self.totals.live_blocks as usize);
+        self.for_each_live(|address, block| blocks.push((address, *block)));
+        blocks.sort_unstable_by_key(|(address, b)| (b.seq(), *address));
         blocks
+    }
+
+    /// Calls `each` with every block still live and its address, in no particular order.
+    pub fn for_each_live(&self, mut each: impl FnMut(u64, &B)) {
+        for (&address, latest) in &self.by_address {
+            if latest.block != FREED {
+                each(address, &self.blocks[latest.block as usize]);
+            }
+        }
+    }
+
+    /// Makes room for `additional` more addresses.
+    pub fn reserve(&mut self, additional: usize) {
+        self.by_address.reserve(additional);
+        self.blocks.reserve(additional);
     }
 }
 

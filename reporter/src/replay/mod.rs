@@ -305,6 +305,39 @@ fn observe(record: &Record, times: &mut ChunkTimes, observer: &mut dyn ReplayObs
     }
 }
 
+/// A parent's node ids → the ids their imports got in a child's replay: by index for the
+/// parent's own ids (dense, from 1) up to [`ImportedIds::DENSE`], hashed beyond (ids a
+/// damaged trace skipped to, and the few a parent imported itself).
+#[derive(Default)]
+struct ImportedIds {
+    dense: Vec<u64>,
+    sparse: HashMap<u64, u64>,
+}
+
+impl ImportedIds {
+    const DENSE: u64 = 1 << 24;
+
+    fn get(&self, id: u64) -> Option<u64> {
+        if id < Self::DENSE {
+            self.dense.get(id as usize).copied().filter(|&imported| imported != 0)
+        } else {
+            self.sparse.get(&id).copied()
+        }
+    }
+
+    fn insert(&mut self, id: u64, imported: u64) {
+        if id < Self::DENSE {
+            let index = id as usize;
+            if index >= self.dense.len() {
+                self.dense.resize(index + 1, 0);
+            }
+            self.dense[index] = imported;
+        } else {
+            self.sparse.insert(id, imported);
+        }
+    }
+}
+
 /// A replay under way: what the records read so far say. A forked child's trace is read
 /// on from what its parent's said at the fork (see [`parents`]).
 #[derive(Default)]
@@ -426,24 +459,28 @@ impl Replay {
         if self.next_imported_node == 0 {
             self.next_imported_node = IMPORTED_NODES;
         }
-        let mut imported: HashMap<u64, u64> = HashMap::new();
-        for (address, block) in parent.live.live_blocks() {
+        let mut imported = ImportedIds::default();
+        self.live.reserve(parent.live.totals().live_blocks as usize);
+        parent.live.for_each_live(|address, block| {
             let stack = self.import_stack(parent, block.stack, &mut imported);
-            self.live.alloc(address, ExitBlock { stack, ..block });
-        }
+            self.live.alloc(address, ExitBlock { stack, ..*block });
+        });
     }
 
     /// The id in this replay of node `id` of `parent`'s, importing it and its callers first.
-    fn import_stack(&mut self, parent: &Replay, id: u64, imported: &mut HashMap<u64, u64>) -> u64 {
+    fn import_stack(&mut self, parent: &Replay, id: u64, imported: &mut ImportedIds) -> u64 {
+        if let Some(known) = imported.get(id) {
+            return known;
+        }
         let mut chain = Vec::new();
         let mut at = id;
-        while at != 0 && !imported.contains_key(&at) {
+        while at != 0 && imported.get(at).is_none() {
             let Some(node) = parent.nodes.get(at) else { break };
             chain.push((at, *node));
             at = node.parent;
         }
         // The outermost node not imported: 0, an imported one, or one the parent lost.
-        let mut caller = imported.get(&at).copied().unwrap_or(0);
+        let mut caller = imported.get(at).unwrap_or(0);
         if at != 0 && caller == 0 {
             caller = self.next_imported_node;
             self.next_imported_node += 1;
@@ -454,10 +491,9 @@ impl Replay {
             let module = match node.frame {
                 Frame::Native { address } => find_module(&self.modules, address),
                 Frame::Python { code_id, .. } => {
-                    if let (false, Some(code)) = (
-                        self.python_codes.contains_key(&code_id),
-                        parent.python_codes.get(&code_id),
-                    ) {
+                    if let (false, Some(code)) =
+                        (self.python_codes.contains_key(&code_id), parent.python_codes.get(&code_id))
+                    {
                         self.python_codes.insert(code_id, code.clone());
                     }
                     None
