@@ -92,6 +92,75 @@ fn read_report(
         .with_context(|| path.display().to_string())
 }
 
+/// Reads the reports of many traces on as many threads as there are cores (at most
+/// [`READERS`]), each with its own symbolizer and parents' traces: thread `k` takes traces
+/// `k`, `k + n`, `k + 2n`, … of the list, so that a family's children, listed in the order
+/// they were forked, go to every thread in turn and each thread reads their parent's trace
+/// once, up to each fork. Returns the reports and, for the traces that could not be read,
+/// why; a bar on a terminal counts the traces read.
+fn read_many<T: Send, E: std::error::Error + Send + Sync + 'static>(
+    files: &[PathBuf],
+    read: impl Fn(&Path, &mut Symbolizer, &mut ParentTraces) -> Result<T, E> + Sync,
+) -> (Vec<T>, Vec<Unreadable>) {
+    use std::io::IsTerminal;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, READERS)
+        .min(files.len().max(1));
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("libleak: reading traces [{bar:30}] {pos} of {len}") {
+            bar.set_style(style.progress_chars("## "));
+        }
+        bar
+    });
+    let read = &read;
+    let bar = &bar;
+    let results: Vec<(usize, Result<T, Unreadable>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|first| {
+                scope.spawn(move || {
+                    let mut symbolizer = Symbolizer::default();
+                    let mut parents = ParentTraces::default();
+                    let mut done = Vec::new();
+                    for (index, path) in files.iter().enumerate().skip(first).step_by(threads) {
+                        let result = read(path, &mut symbolizer, &mut parents).map_err(|error| Unreadable {
+                            trace: path.display().to_string(),
+                            error: format!("{:#}", anyhow::Error::new(error).context(path.display().to_string())),
+                        });
+                        done.push((index, result));
+                        if let Some(bar) = bar {
+                            bar.inc(1);
+                        }
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().unwrap_or_default())
+            .collect()
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let mut results = results;
+    results.sort_by_key(|(index, _)| *index);
+    let mut reports = Vec::new();
+    let mut failures = Vec::new();
+    for (_, result) in results {
+        match result {
+            Ok(report) => reports.push(report),
+            Err(unreadable) => failures.push(unreadable),
+        }
+    }
+    (reports, failures)
+}
+
+/// Most threads reading traces at once.
+const READERS: usize = 8;
+
 /// A progress bar on stderr while a trace is read, when stderr is a terminal and the read
 /// takes long enough to be worth one (never in pipes, files or CI logs).
 struct Progress {
@@ -181,25 +250,19 @@ fn print_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> R
         return print_growth_reports(files, args, out);
     }
     let options = args.options()?;
-    let mut symbolizer = Symbolizer::default();
-    // Children of one parent read its trace once, up to each child's fork in turn.
-    let mut parents = ParentTraces::default();
     if let [single] = files {
-        let report = read_report(single, &options, &mut symbolizer, &mut parents)?;
+        let report = read_report(
+            single,
+            &options,
+            &mut Symbolizer::default(),
+            &mut ParentTraces::default(),
+        )?;
         write_leak_report(std::slice::from_ref(&report), &[], true, args, out)?;
         return Ok(exit_for_limit(within_limit(&report, args)));
     }
-    let mut reports = Vec::new();
-    let mut failures = Vec::new();
-    for path in files {
-        match read_report(path, &options, &mut symbolizer, &mut parents) {
-            Ok(report) => reports.push(report),
-            Err(error) => failures.push(Unreadable {
-                trace: path.display().to_string(),
-                error: format!("{error:#}"),
-            }),
-        }
-    }
+    let (mut reports, failures) = read_many(files, |path, symbolizer, parents| {
+        libleak_reporter::report_in_family(path, &options, symbolizer, &mut (), parents)
+    });
     reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
     // A leak 50 fork children inherited is one leak: shown once, on the parent's row.
     libleak_reporter::processes::fold_inherited(&mut reports);
@@ -275,9 +338,8 @@ fn growth_within_limit(report: &GrowthReport, args: &ReportArgs) -> bool {
 /// The growth report of every process to `out`, as [`print_reports`] does for leaks.
 fn print_growth_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Write) -> Result<ExitCode> {
     let options = args.growth_options();
-    let mut symbolizer = Symbolizer::default();
     if let [single] = files {
-        let report = read_growth_report(single, &options, &mut symbolizer)?;
+        let report = read_growth_report(single, &options, &mut Symbolizer::default())?;
         if let Some(path) = &args.html {
             write_html(path, &growth::json::to_json(&report))?;
         }
@@ -289,17 +351,9 @@ fn print_growth_reports(files: &[PathBuf], args: &ReportArgs, out: &mut dyn Writ
         out.flush()?;
         return Ok(exit_for_growth(growth_within_limit(&report, args)));
     }
-    let mut reports = Vec::new();
-    let mut failures = Vec::new();
-    for path in files {
-        match read_growth_report(path, &options, &mut symbolizer) {
-            Ok(report) => reports.push(report),
-            Err(error) => failures.push(Unreadable {
-                trace: path.display().to_string(),
-                error: format!("{error:#}"),
-            }),
-        }
-    }
+    let (mut reports, failures) = read_many(files, |path, symbolizer, _| {
+        libleak_reporter::growth::report(path, &options, symbolizer, &mut ())
+    });
     reports.sort_by_key(|r| (r.header.process.start_time_unix_ns, r.header.process.pid));
     if let Some(path) = &args.html {
         write_html(path, &growth::json::to_json_many(&reports, &failures))?;

@@ -491,9 +491,10 @@ impl Replay {
             let module = match node.frame {
                 Frame::Native { address } => find_module(&self.modules, address),
                 Frame::Python { code_id, .. } => {
-                    if let (false, Some(code)) =
-                        (self.python_codes.contains_key(&code_id), parent.python_codes.get(&code_id))
-                    {
+                    if let (false, Some(code)) = (
+                        self.python_codes.contains_key(&code_id),
+                        parent.python_codes.get(&code_id),
+                    ) {
                         self.python_codes.insert(code_id, code.clone());
                     }
                     None
