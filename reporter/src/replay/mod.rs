@@ -36,26 +36,45 @@ pub enum ReplayError {
     NoProcess,
 }
 
-/// One stack node: a frame and its caller.
+/// One stack node: a frame and its caller. 40 bytes: a real-package trace defines millions.
 #[derive(Clone, Copy, Debug)]
 pub struct StackNode {
     pub parent: u64,
     pub frame: Frame,
-    /// Index into [`Trace::modules`] of the module holding a native frame's address.
-    pub module: Option<usize>,
+    /// Index into [`Trace::modules`] of the module holding a native frame's address, or
+    /// [`StackNode::NO_MODULE`].
+    module_index: u32,
     /// Stands for the rest of a stack whose nodes were defined in a damaged part of the
     /// trace (`frame` and `module` then mean nothing): always the outermost.
     pub lost: bool,
 }
 
 impl StackNode {
+    const NO_MODULE: u32 = u32::MAX;
+
     /// The end of a stack whose outer nodes were lost.
     const LOST: StackNode = StackNode {
         parent: 0,
         frame: Frame::PythonEntry,
-        module: None,
+        module_index: Self::NO_MODULE,
         lost: true,
     };
+
+    pub fn new(parent: u64, frame: Frame, module: Option<usize>) -> StackNode {
+        StackNode {
+            parent,
+            frame,
+            module_index: module
+                .and_then(|index| u32::try_from(index).ok())
+                .unwrap_or(Self::NO_MODULE),
+            lost: false,
+        }
+    }
+
+    /// Index into [`Trace::modules`] of the module holding a native frame's address.
+    pub fn module(&self) -> Option<usize> {
+        (self.module_index != Self::NO_MODULE).then_some(self.module_index as usize)
+    }
 }
 
 /// The stack nodes by id. Ids count up in file order, with gaps where damage lost the nodes
@@ -359,9 +378,25 @@ pub struct Replay {
     stats: Stats,
     /// The next id for a stack node imported from a parent's trace.
     next_imported_node: u64,
+    /// The module the last native frame was in: consecutive frames are mostly in one.
+    last_module: Option<usize>,
 }
 
 impl Replay {
+    /// [`find_module`], trying the last module found first (a loaded module holding the
+    /// address is the one `find_module` gives: loaded modules do not overlap).
+    fn module_of(&mut self, address: u64) -> Option<usize> {
+        if let Some(last) = self.last_module {
+            let state = &self.modules[last];
+            if !state.unloaded && state.module.contains(address) {
+                return Some(last);
+            }
+        }
+        let found = find_module(&self.modules, address);
+        self.last_module = found.filter(|&index| !self.modules[index].unloaded);
+        found
+    }
+
     pub(crate) fn handle(&mut self, record: Record, parents: &mut dyn Inheritance, trace_path: Option<&Path>) {
         match record {
             Record::Process(info) => self.process = Some(info),
@@ -373,18 +408,10 @@ impl Replay {
             }
             Record::StackNode { id, parent, frame } => {
                 let module = match frame {
-                    Frame::Native { address } => find_module(&self.modules, address),
+                    Frame::Native { address } => self.module_of(address),
                     Frame::Python { .. } | Frame::PythonEntry => None,
                 };
-                self.nodes.insert(
-                    id,
-                    StackNode {
-                        parent,
-                        frame,
-                        module,
-                        lost: false,
-                    },
-                );
+                self.nodes.insert(id, StackNode::new(parent, frame, module));
             }
             Record::Alloc(alloc) => self.live.alloc(
                 alloc.address,
@@ -503,14 +530,7 @@ impl Replay {
             };
             let id = self.next_imported_node;
             self.next_imported_node += 1;
-            self.nodes.insert(
-                id,
-                StackNode {
-                    parent: caller,
-                    module,
-                    ..node
-                },
-            );
+            self.nodes.insert(id, StackNode::new(caller, node.frame, module));
             imported.insert(parent_id, id);
             caller = id;
         }
@@ -536,6 +556,7 @@ impl Replay {
             end,
             stats,
             next_imported_node: _,
+            last_module: _,
         } = self;
         let live_totals = live.totals();
         let incomplete = match end {
@@ -856,15 +877,7 @@ pub(crate) mod synthetic {
                     Frame::Python { .. } | Frame::PythonEntry => None,
                 };
                 let id = self.nodes.last_id() + 1;
-                self.nodes.insert(
-                    id,
-                    StackNode {
-                        parent,
-                        frame,
-                        module,
-                        lost: false,
-                    },
-                );
+                self.nodes.insert(id, StackNode::new(parent, frame, module));
                 parent = id;
             }
             parent
@@ -1026,7 +1039,7 @@ mod tests {
         assert_eq!(live, [(10, inherited), (40, vec![Frame::Native { address: 0x1300 }])]);
         assert_eq!(trace.python_codes.get(&9), Some(&code));
         let inherited_block = trace.live.iter().find(|b| b.size == 10).unwrap();
-        assert_eq!(trace.stack(inherited_block.stack)[0].module, Some(0));
+        assert_eq!(trace.stack(inherited_block.stack)[0].module(), Some(0));
     }
 
     /// A well-formed trace with nothing in it but the header.
@@ -1086,15 +1099,7 @@ mod tests {
         let addresses: Vec<Frame> = t.stack(leaf).iter().map(|n| n.frame).collect();
         assert_eq!(addresses, [native(3), native(2), native(1)]);
         // A node naming itself (or a later node) as parent ends the walk.
-        t.nodes.insert(
-            4,
-            StackNode {
-                parent: 4,
-                frame: native(9),
-                module: None,
-                lost: false,
-            },
-        );
+        t.nodes.insert(4, StackNode::new(4, native(9), None));
         assert_eq!(t.stack(4).len(), 1);
         let lost = t.stack(99);
         assert!(lost.len() == 1 && lost[0].lost);
@@ -1103,12 +1108,7 @@ mod tests {
     #[test]
     fn nodes_are_found_by_id_across_the_gaps_damage_left() {
         let mut nodes = StackNodes::default();
-        let node = |address| StackNode {
-            parent: 0,
-            frame: native(address),
-            module: None,
-            lost: false,
-        };
+        let node = |address| StackNode::new(0, native(address), None);
         for id in [1, 2, 3, 7, 8, 20] {
             nodes.insert(id, node(id));
         }

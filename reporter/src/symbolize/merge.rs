@@ -138,7 +138,7 @@ pub fn merged_stack(
         match node.frame {
             // libleak's own frames are never the program's. Past the innermost ones (which the
             // recorder drops) they are those a signal handler interrupted.
-            TraceFrame::Native { .. } if node.module.is_some_and(|m| is_libleak(&trace.modules[m].module.path)) => {}
+            TraceFrame::Native { .. } if node.module().is_some_and(|m| is_libleak(&trace.modules[m].module.path)) => {}
             TraceFrame::Native { address } => natives.push(native_frame(trace, interpreter, &node, address, symbols)),
             TraceFrame::Python {
                 code_id,
@@ -222,7 +222,7 @@ fn native_frame(
     let in_eval_range = interpreter
         .eval_loop
         .is_some_and(|(start, end)| (start..end).contains(&address.wrapping_sub(1)));
-    let interpreter_module = node.module.is_some_and(|m| interpreter.modules.contains(&m));
+    let interpreter_module = node.module().is_some_and(|m| interpreter.modules.contains(&m));
     let frame = |function: String, module: Option<String>| Frame {
         kind: FrameKind::Native,
         function: Some(function),
@@ -233,7 +233,7 @@ fn native_frame(
         address: Some(address),
         build_id_mismatch: false,
     };
-    let Some(index) = node.module else {
+    let Some(index) = node.module() else {
         return NativeFrame {
             frames: vec![frame(format!("0x{address:x}"), None)],
             eval_loop: in_eval_range,

@@ -60,7 +60,7 @@ impl SymbolTable {
         let mut table = SymbolTable::default();
         for &leaf in leaves {
             for node in trace.stack(leaf) {
-                let (TraceFrame::Native { address }, Some(index)) = (node.frame, node.module) else {
+                let (TraceFrame::Native { address }, Some(index)) = (node.frame, node.module()) else {
                     continue;
                 };
                 let module = &trace.modules[index].module;
@@ -215,8 +215,10 @@ struct ObjectFacts {
 }
 
 fn object_facts(path: &Path) -> Option<ObjectFacts> {
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+    // Through a read cache: only the headers and the two notes are read, not the whole file
+    // (a wheel's bundled libraries run to tens of megabytes).
+    let data = object::ReadCache::new(std::fs::File::open(path).ok()?);
+    let file = object::File::parse(&data).ok()?;
     Some(ObjectFacts {
         build_id: file.build_id().ok().flatten().map(<[u8]>::to_vec),
         debuglink: file
