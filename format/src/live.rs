@@ -223,6 +223,11 @@ impl<B: LiveBlock> LiveSet<B> {
         }
     }
 
+    /// Whether any allocation or free of `address` was seen.
+    pub fn has_events_at(&self, address: u64) -> bool {
+        self.by_address.contains_key(&address)
+    }
+
     /// Makes room for `additional` more addresses.
     pub fn reserve(&mut self, additional: usize) {
         self.by_address.reserve(additional);

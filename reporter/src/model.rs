@@ -200,6 +200,10 @@ pub struct Summary {
     /// Not reachable, but allocated by the C runtime or the interpreter alone.
     pub runtime_leftovers: Tally,
     pub suppressed: Tally,
+    /// Blocks a forked child inherited and never judged: it ended before its exit scan
+    /// (killed, as pools terminate their workers, or with the scan off). They were its
+    /// parent's, whose report judges them.
+    pub inherited_unjudged: Tally,
 }
 
 impl Summary {

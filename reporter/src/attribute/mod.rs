@@ -41,7 +41,10 @@ pub fn attribute<'a>(
         let reachable = tally.class == Some(LeakClass::Reachable);
         // What the runtime allocated while shutting down is its own, whatever the stack.
         let leftover = !reachable && (tally.during_finalization || roles.is_runtime_leftover(frames));
-        let listed = if reachable {
+        let listed = if tally.inherited && tally.class.is_none() {
+            summary.inherited_unjudged.add(blocks, bytes);
+            false
+        } else if reachable {
             summary.reachable.add(blocks, bytes);
             options.show_reachable
         } else if leftover {

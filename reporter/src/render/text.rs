@@ -326,6 +326,11 @@ fn summary_text(out: &mut String, report: &Report) {
             " (allocated by the C runtime or the interpreter alone; --show-leftovers lists them)",
         ),
         ("suppressed", summary.suppressed, ""),
+        (
+            "inherited, not judged",
+            summary.inherited_unjudged,
+            " (the process ended before its exit scan; its parent's report judges them)",
+        ),
     ];
     for (label, tally, hint) in lines {
         if tally.blocks > 0 {

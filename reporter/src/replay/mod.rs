@@ -207,12 +207,13 @@ struct FinalizationScan {
 }
 
 impl FinalizationScan {
-    fn close(&mut self, scan: Reachability, live: &LiveSet<ExitBlock>) {
+    /// `live`: every block live when the scan was made.
+    fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>) {
         let complete = scan.outcome == ScanOutcome::Complete;
         if complete && !self.holder_names.is_empty() {
             let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
             let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
-            for (address, block) in live.live_blocks() {
+            for &(address, block) in &live {
                 let Some(&(holder, object_type)) = self.block_holders.get(&address) else {
                     continue;
                 };
@@ -254,7 +255,6 @@ impl FinalizationScan {
         }
         self.block_holders = HashMap::new();
         self.live_then = live
-            .live_blocks()
             .into_iter()
             .map(|(address, block)| {
                 let class = complete.then(|| self.classes.get(&address).copied().unwrap_or(LeakClass::Reachable));
@@ -376,6 +376,11 @@ pub struct Replay {
     inheritance: Option<Inherited>,
     end: Option<libleak_format::End>,
     stats: Stats,
+    /// A forked child's inheritance: the blocks live in its parent at the fork (stacks
+    /// imported), kept apart from `live` so that a child of a large parent does not rebuild
+    /// its parent's live set: one still lives while the child's events never name its
+    /// address (any event there came after it, so its free came first).
+    inherited: Vec<(u64, ExitBlock)>,
     /// The next id for a stack node imported from a parent's trace.
     next_imported_node: u64,
     /// The module the last native frame was in: consecutive frames are mostly in one.
@@ -439,10 +444,17 @@ impl Replay {
                     .classes
                     .extend(entries.iter().map(|entry| (entry.address, entry.class))),
             },
-            Record::Reachability(scan) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {
-                Some(pending) => pending.close(scan, &self.live),
-                None => self.reachability = Some(scan),
-            },
+            Record::Reachability(scan) => {
+                if self.finalization.as_ref().is_some_and(|f| f.scan.is_none()) {
+                    let mut live_now = self.live.live_blocks();
+                    live_now.extend(self.inherited_live());
+                    if let Some(pending) = self.finalization.as_mut() {
+                        pending.close(scan, live_now);
+                    }
+                } else {
+                    self.reachability = Some(scan);
+                }
+            }
             Record::Fork(info) => {
                 if self.fork.is_none() && info.inherited_blocks > 0 {
                     let outcome = parents.at_fork(&info, trace_path, &mut |parent| self.inherit(parent));
@@ -487,11 +499,25 @@ impl Replay {
             self.next_imported_node = IMPORTED_NODES;
         }
         let mut imported = ImportedIds::default();
-        self.live.reserve(parent.live.totals().live_blocks as usize);
-        parent.live.for_each_live(|address, block| {
-            let stack = self.import_stack(parent, block.stack, &mut imported);
-            self.live.alloc(address, ExitBlock { stack, ..*block });
-        });
+        self.inherited.reserve(parent.live.totals().live_blocks as usize);
+        // The parent's own inheritance too, when it was a forked child.
+        let parents_inherited: Vec<(u64, ExitBlock)> = parent.inherited_live().collect();
+        let mut take = |replay: &mut Replay, address: u64, block: &ExitBlock| {
+            let stack = replay.import_stack(parent, block.stack, &mut imported);
+            replay.inherited.push((address, ExitBlock { stack, ..*block }));
+        };
+        for (address, block) in &parents_inherited {
+            take(self, *address, block);
+        }
+        parent.live.for_each_live(|address, block| take(self, address, block));
+    }
+
+    /// The inherited blocks still live: those whose addresses this trace's events never name.
+    fn inherited_live(&self) -> impl Iterator<Item = (u64, ExitBlock)> + '_ {
+        self.inherited
+            .iter()
+            .filter(|(address, _)| !self.live.has_events_at(*address))
+            .copied()
     }
 
     /// The id in this replay of node `id` of `parent`'s, importing it and its callers first.
@@ -555,10 +581,28 @@ impl Replay {
             inheritance,
             end,
             stats,
+            inherited,
             next_imported_node: _,
             last_module: _,
         } = self;
-        let live_totals = live.totals();
+        let mut live_totals = live.totals();
+        let inherited_live: Vec<ExitBlock> = inherited
+            .iter()
+            .filter(|(address, _)| !live.has_events_at(*address))
+            .map(|&(_, block)| block)
+            .collect();
+        if !inherited.is_empty() {
+            // The inherited blocks count as allocated before the child's own; each one freed
+            // matched the first free of its address.
+            let freed = (inherited.len() - inherited_live.len()) as u64;
+            let inherited_bytes: u64 = inherited.iter().map(|(_, b)| b.size).sum();
+            live_totals.allocations += inherited.len() as u64;
+            live_totals.frees += freed;
+            live_totals.unmatched_frees = live_totals.unmatched_frees.saturating_sub(freed);
+            live_totals.live_blocks += inherited_live.len() as u64;
+            live_totals.live_bytes += inherited_live.iter().map(|b| b.size).sum::<u64>();
+            live_totals.peak_bytes += inherited_bytes;
+        }
         let incomplete = match end {
             None => Some(Incompleteness::Truncated {
                 mid_chunk: reader.is_truncated(),
@@ -566,7 +610,10 @@ impl Replay {
             Some(e) if e.kind != libleak_format::ExitKind::Exit => Some(Incompleteness::AbnormalExit(e)),
             Some(_) => None,
         };
-        let mut live: Vec<ExitBlock> = live.live_blocks().into_iter().map(|(_, block)| block).collect();
+        let own = live.live_blocks();
+        // Inherited blocks first: they were allocated before every block of the child's own.
+        let mut live = inherited_live;
+        live.extend(own.into_iter().map(|(_, block)| block));
         if reachability
             .as_ref()
             .is_some_and(|scan| scan.outcome == ScanOutcome::Complete)

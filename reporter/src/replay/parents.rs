@@ -7,6 +7,7 @@
 //! Must never fail a child's report: a parent's trace that is gone, another process's or
 //! damaged makes its inheritance unknown, said in the child's report, and nothing more.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,10 @@ const MAX_DEPTH: u32 = 16;
 pub struct ParentTraces {
     kept: Vec<ParentReplay>,
     depth: u32,
+    /// By directory: the process (pid, start time) of each trace there, listed when a
+    /// parent's trace is not where the child's FORK record says (traces renamed or moved, as
+    /// `libleak run` does when it delivers them).
+    directories: HashMap<PathBuf, Vec<(u32, u64, PathBuf)>>,
 }
 
 /// A parent's trace read up to some chunk boundary.
@@ -130,19 +135,58 @@ impl ParentReplay {
 }
 
 impl ParentTraces {
-    /// Where the parent's trace may be: where the parent wrote it, and beside the child's
-    /// (traces moved or copied together).
-    fn candidates(fork: &ForkInfo, child_trace: Option<&Path>) -> Vec<PathBuf> {
+    /// Where the parent's trace may be: where the parent wrote it, beside the child's under
+    /// the same name (traces moved or copied together), and any trace beside the child's
+    /// whose process is the parent (traces renamed).
+    fn candidates(&mut self, fork: &ForkInfo, child_trace: Option<&Path>) -> Vec<PathBuf> {
         let written = PathBuf::from(&fork.parent_trace);
         let mut candidates = vec![written.clone()];
-        if let (Some(dir), Some(name)) = (child_trace.and_then(Path::parent), written.file_name()) {
-            let beside = dir.join(name);
-            if beside != written {
-                candidates.push(beside);
-            }
+        let Some(dir) = child_trace.and_then(Path::parent) else {
+            return candidates;
+        };
+        if let Some(name) = written.file_name() {
+            candidates.push(dir.join(name));
         }
+        if !candidates.iter().any(|path| path.is_file()) {
+            let listed = self
+                .directories
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| processes_in(dir));
+            candidates.extend(
+                listed
+                    .iter()
+                    .filter(|(pid, start, _)| *pid == fork.parent_pid && *start == fork.parent_start_time_unix_ns)
+                    .map(|(_, _, path)| path.clone()),
+            );
+        }
+        candidates.dedup();
         candidates
     }
+}
+
+/// The process of every trace in `dir`: (pid, start time, path).
+fn processes_in(dir: &Path) -> Vec<(u32, u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.extension()? != "trace" {
+                return None;
+            }
+            let file = File::open(&path).ok()?;
+            let mut reader = TraceReader::new(BufReader::with_capacity(1 << 16, file)).ok()?;
+            match reader.next_record().ok()?? {
+                Record::Process(process) => Some((process.pid, process.start_time_unix_ns, path)),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 impl Inheritance for ParentTraces {
@@ -162,7 +206,10 @@ impl Inheritance for ParentTraces {
         let kept = self.kept.iter().position(|parent| parent.is_parent_in(fork));
         let parent = match kept {
             Some(index) => Ok(self.kept.remove(index)),
-            None => ParentReplay::open(&ParentTraces::candidates(fork, child_trace), fork, self),
+            None => {
+                let candidates = self.candidates(fork, child_trace);
+                ParentReplay::open(&candidates, fork, self)
+            }
         };
         let outcome = parent.and_then(|mut parent| {
             let advanced = parent.advance_to(fork.parent_trace_bytes, self);

@@ -86,6 +86,7 @@ function summaryTable(s) {
     ['definitely lost', s.definitely_lost], ['indirectly lost', s.indirectly_lost],
     ['unclassified', s.unclassified], ['possibly lost', s.possibly_lost], ['reachable', s.reachable],
     ['runtime leftovers', s.runtime_leftovers], ['suppressed', s.suppressed],
+    ['inherited, not judged', s.inherited_unjudged],
   ];
   return el('table', { class: 'summary' },
     el('tr', null, el('th', null, 'class'), el('th', { class: 'num' }, 'bytes'), el('th', { class: 'num' }, 'blocks')),
@@ -230,6 +231,7 @@ function leakSection(doc, index) {
   if (s.reachable.blocks) about.push(`still reachable at exit: ${amount(s.reachable.bytes, s.reachable.blocks)} (--show-reachable lists them)`);
   if (s.runtime_leftovers.blocks) about.push(`left by the C runtime or the interpreter alone: ${amount(s.runtime_leftovers.bytes, s.runtime_leftovers.blocks)} (--show-leftovers lists them)`);
   if (s.suppressed.blocks) about.push(`suppressed: ${amount(s.suppressed.bytes, s.suppressed.blocks)}`);
+  if (s.inherited_unjudged && s.inherited_unjudged.blocks) about.push(`inherited, not judged: ${amount(s.inherited_unjudged.bytes, s.inherited_unjudged.blocks)} (the process ended before its exit scan; its parent's report judges them)`);
   if (doc.inherited_shown_elsewhere) {
     const f = doc.inherited_shown_elsewhere;
     about.push(`${f.leaks} inherited rows (${amount(f.bytes, f.blocks)}) shown in the report of pid ${f.shown_in.join(', ')}`);
