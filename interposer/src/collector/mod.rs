@@ -186,8 +186,12 @@ pub struct Collector {
     python_ignores_environment: Option<bool>,
     modules: ModuleMap,
     last_flush: Instant,
-    /// What is live, for the exit-time scan.
+    /// What is live, for the exit-time scan: in a forked child, what the child allocated.
     live: LiveSet<CollectorBlock>,
+    /// In a forked child, the live sets of its ancestors at their forks (oldest first), never
+    /// written to: a child of a large parent copies none of its pages. A block there is still
+    /// live while no later set (nor `live`) has seen an event at its address.
+    inherited: Vec<LiveSet<CollectorBlock>>,
     scan: ScanSettings,
 }
 
@@ -233,6 +237,7 @@ impl Collector {
             modules: ModuleMap::new(info.exe.clone()),
             last_flush: Instant::now(),
             live: LiveSet::new(),
+            inherited: Vec::new(),
             scan,
         };
         collector.encoder.process(&info);
@@ -379,16 +384,36 @@ impl Collector {
         }
         self.codes_unwritten = self.python_codes.keys().copied().collect();
         self.stacks.start_child_trace();
-        let inherited = self.live.totals();
+        self.inherited.push(std::mem::take(&mut self.live));
+        let mut inherited = (0, 0);
+        self.for_each_live(|_, block| {
+            inherited.0 += 1;
+            inherited.1 += block.size;
+        });
         self.encoder.fork(&ForkInfo {
-            inherited_blocks: inherited.live_blocks,
-            inherited_bytes: inherited.live_bytes,
+            inherited_blocks: inherited.0,
+            inherited_bytes: inherited.1,
             parent_trace,
             parent_trace_bytes,
             parent_start_time_unix_ns,
             ..child.fork
         });
         self.flush()
+    }
+
+    /// Calls `each` with every block live in this process: its own and those inherited and
+    /// not freed since.
+    fn for_each_live(&self, mut each: impl FnMut(u64, &CollectorBlock)) {
+        self.live.for_each_live(&mut each);
+        for (layer, inherited) in self.inherited.iter().enumerate() {
+            let later = &self.inherited[layer + 1..];
+            inherited.for_each_live(|address, block| {
+                let touched = self.live.has_events_at(address) || later.iter().any(|set| set.has_events_at(address));
+                if !touched {
+                    each(address, block);
+                }
+            });
+        }
     }
 
     /// Writes the code objects that stacks defined since the last call refer to and that
@@ -437,12 +462,8 @@ impl Collector {
     fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration, name_holders: bool) {
         // Modules loaded since the last snapshot hold roots too.
         self.update_modules(sys::loader::loaded_modules(self.modules.main_exe()));
-        let blocks = self
-            .live
-            .live_blocks()
-            .into_iter()
-            .map(|(address, block)| (address, block.size()))
-            .collect();
+        let mut blocks = Vec::new();
+        self.for_each_live(|address, block| blocks.push((address, block.size)));
         let modules = self.modules.modules();
         let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
         let result = reach::scan(ScanInput {
