@@ -93,10 +93,10 @@ fn read_report(
 }
 
 /// Reads the reports of many traces on as many threads as there are cores (at most
-/// [`READERS`]), each with its own symbolizer and parents' traces: thread `k` takes traces
-/// `k`, `k + n`, `k + 2n`, … of the list, so that a family's children, listed in the order
-/// they were forked, go to every thread in turn and each thread reads their parent's trace
-/// once, up to each fork. Returns the reports and, for the traces that could not be read,
+/// [`READERS`]), each with its own symbolizer and parents' traces: each thread takes the next
+/// trace of the list when it is done with one, so that a family's children, listed in the
+/// order they were forked, come to each thread in that order and each thread reads their
+/// parent's trace once, up to each fork. Returns the reports and, for the traces that could not be read,
 /// why; a bar on a terminal counts the traces read.
 fn read_many<T: Send, E: std::error::Error + Send + Sync + 'static>(
     files: &[PathBuf],
@@ -116,14 +116,20 @@ fn read_many<T: Send, E: std::error::Error + Send + Sync + 'static>(
     });
     let read = &read;
     let bar = &bar;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = &next;
+    let next_file = |next: &std::sync::atomic::AtomicUsize| {
+        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        files.get(index).map(|path| (index, path))
+    };
     let results: Vec<(usize, Result<T, Unreadable>)> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|first| {
+            .map(|_| {
                 scope.spawn(move || {
                     let mut symbolizer = Symbolizer::default();
                     let mut parents = ParentTraces::default();
                     let mut done = Vec::new();
-                    for (index, path) in files.iter().enumerate().skip(first).step_by(threads) {
+                    while let Some((index, path)) = next_file(&next) {
                         let result = read(path, &mut symbolizer, &mut parents).map_err(|error| Unreadable {
                             trace: path.display().to_string(),
                             error: format!("{:#}", anyhow::Error::new(error).context(path.display().to_string())),
