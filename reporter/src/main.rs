@@ -129,7 +129,7 @@ fn read_many<T: Send, E: std::error::Error + Send + Sync + 'static>(
                     let mut symbolizer = Symbolizer::default();
                     let mut parents = ParentTraces::default();
                     let mut done = Vec::new();
-                    while let Some((index, path)) = next_file(&next) {
+                    while let Some((index, path)) = next_file(next) {
                         let result = read(path, &mut symbolizer, &mut parents).map_err(|error| Unreadable {
                             trace: path.display().to_string(),
                             error: format!("{:#}", anyhow::Error::new(error).context(path.display().to_string())),
