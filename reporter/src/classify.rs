@@ -5,6 +5,9 @@
 //! who owns a stack comes later (attribute).
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use libleak_format::live::AddressHasher;
 
 use libleak_format::{AllocKind, LeakClass};
 
@@ -33,7 +36,9 @@ pub struct StackTally {
 pub fn tally(trace: &Trace) -> Vec<StackTally> {
     // Counted apart so that a row can tell whether all its blocks came from the parent.
     let fork_seq = trace.header.fork.as_ref().map(|fork| fork.fork_seq);
-    let mut groups: HashMap<(u64, Option<LeakClass>, bool, bool), StackTally> = HashMap::new();
+    // A fast hash: millions of blocks in a fork child of a large parent; sorted below.
+    let mut groups: HashMap<(u64, Option<LeakClass>, bool, bool), StackTally, BuildHasherDefault<AddressHasher>> =
+        HashMap::default();
     for block in &trace.live {
         let inherited = fork_seq.is_some_and(|fork_seq| block.seq < fork_seq);
         groups
