@@ -31,14 +31,16 @@ pub struct StackTally {
     pub allocator: AllocKind,
 }
 
+/// (stack, class, during finalisation, inherited).
+type TallyKey = (u64, Option<LeakClass>, bool, bool);
+
 /// The live blocks by (stack, class, during finalisation, inherited), ordered by stack id
 /// and then class.
 pub fn tally(trace: &Trace) -> Vec<StackTally> {
     // Counted apart so that a row can tell whether all its blocks came from the parent.
     let fork_seq = trace.header.fork.as_ref().map(|fork| fork.fork_seq);
     // A fast hash: millions of blocks in a fork child of a large parent; sorted below.
-    let mut groups: HashMap<(u64, Option<LeakClass>, bool, bool), StackTally, BuildHasherDefault<AddressHasher>> =
-        HashMap::default();
+    let mut groups: HashMap<TallyKey, StackTally, BuildHasherDefault<AddressHasher>> = HashMap::default();
     for block in &trace.live {
         let inherited = fork_seq.is_some_and(|fork_seq| block.seq < fork_seq);
         groups
