@@ -13,7 +13,9 @@
 //! [`MemoryReader`], which cannot fault. Bounded by a deadline; past it, nothing is
 //! classified and the outcome says so. Must never write to the program's memory.
 
+mod index;
 pub mod roots;
+mod sort;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use crate::python::gc::{gc_header, GcObjects};
 use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
 use crate::sys::memory::{MemoryReader, MAX_WINDOW};
+use index::AddressIndex;
 pub use roots::ExitingThread;
 
 /// Bytes read from memory at a time.
@@ -68,17 +71,20 @@ struct Blocks {
     next_chunks: Vec<u64>,
     /// Bytes of the block worth scanning (a list's item array: the items in use).
     scan_limits: Vec<u64>,
+    index: AddressIndex,
     lowest: u64,
     highest_end: u64,
 }
 
 impl Blocks {
     fn new(mut blocks: Vec<(u64, u64)>) -> Blocks {
-        blocks.sort_unstable();
+        sort::by_address(&mut blocks);
         let lowest = blocks.first().map_or(u64::MAX, |b| b.0);
         let highest_end = blocks.iter().map(|(a, s)| a + (*s).max(1)).max().unwrap_or(0);
+        let addresses: Vec<u64> = blocks.iter().map(|b| b.0).collect();
         Blocks {
-            addresses: blocks.iter().map(|b| b.0).collect(),
+            index: AddressIndex::new(&addresses, |i| blocks[i].0 + blocks[i].1.max(1)),
+            addresses,
             sizes: blocks.iter().map(|b| b.1).collect(),
             object_offsets: vec![0; blocks.len()],
             reference_offsets: vec![0; blocks.len()],
@@ -95,7 +101,7 @@ impl Blocks {
         if value < self.lowest || value >= self.highest_end {
             return None;
         }
-        let index = self.addresses.partition_point(|&a| a <= value).checked_sub(1)?;
+        let index = self.index.last_at_or_below(&self.addresses, value)?;
         let offset = value - self.addresses[index];
         if offset >= self.sizes[index].max(1) || offset == self.next_chunks[index] {
             return None;
