@@ -17,6 +17,7 @@ mod index;
 pub mod roots;
 mod sort;
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ const GAP: u64 = 4096;
 /// The bytes of a block the recognition of Python objects reads (the header of a managed
 /// dict's values is the farthest).
 const OBJECT_HEAD: u64 = 512;
+/// A next-chunk offset not read yet.
+const NOT_READ: u64 = u64::MAX - 1;
 /// How often the deadline is checked, in blocks or windows processed.
 const DEADLINE_CHECK_EVERY: u32 = 1024;
 
@@ -277,22 +280,22 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         ..Reachability::default()
     };
 
-    for index in 0..blocks.addresses.len() {
-        let address = blocks.addresses[index];
-        if !memory.holds(address.saturating_sub(8), address) {
-            let (start, end) = blocks.run(
-                index,
-                index + 1..blocks.addresses.len(),
-                |_| true,
-                (8, 0),
-                &blocks.sizes,
-            );
-            memory.prefetch(start, end);
-        }
-        if let Some(offset) = roots::next_chunk_offset(&mut memory, address) {
-            if offset < blocks.sizes[index] {
-                blocks.next_chunks[index] = offset;
+    // Where each block's next chunk starts; the recognition of Python objects reads the same
+    // memory and finds them on its way.
+    if input.python.is_none() {
+        for index in 0..blocks.addresses.len() {
+            let address = blocks.addresses[index];
+            if !memory.holds(address.saturating_sub(8), address) {
+                let (start, end) = blocks.run(
+                    index,
+                    index + 1..blocks.addresses.len(),
+                    |_| true,
+                    (8, 0),
+                    &blocks.sizes,
+                );
+                memory.prefetch(start, end);
             }
+            blocks.next_chunks[index] = next_chunk(&mut memory, address, blocks.sizes[index]);
         }
     }
     let mut immortal = Vec::new();
@@ -312,19 +315,54 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         let mut object_offsets = vec![0u8; count];
         let mut reference_offsets = vec![0u8; count];
         let mut list_items: Vec<(u64, u64)> = Vec::new();
+        let mut next_chunks = std::mem::take(&mut blocks.next_chunks);
+        next_chunks.fill(NOT_READ);
         {
             let blocks = &blocks;
             let modules = SegmentIndex::new(input.modules);
+            let next_chunks = Cell::from_mut(next_chunks.as_mut_slice()).as_slice_of_cells();
+            let memory = RefCell::new(&mut memory);
+            // A block's next chunk, read in passing: while this block is being looked at,
+            // or when a word points into a block not reached yet.
+            let next_chunk_of = |index: usize| {
+                let known = next_chunks[index].get();
+                if known != NOT_READ {
+                    return known;
+                }
+                let Ok(mut memory) = memory.try_borrow_mut() else {
+                    return u64::MAX;
+                };
+                let offset = next_chunk(&mut memory, blocks.addresses[index], blocks.sizes[index]);
+                next_chunks[index].set(offset);
+                offset
+            };
             // A word that names a live block or a loaded module's memory is an address, never
             // a reference count (non-PIE interpreters put both below any bound on counts).
-            let is_address = |word: u64| blocks.find(word).is_some() || modules.holds(word);
+            // As `blocks.find(word).is_some()` when no block holds an object yet.
+            let is_block = |word: u64| {
+                if word < blocks.lowest || word >= blocks.highest_end {
+                    return false;
+                }
+                blocks
+                    .index
+                    .last_at_or_below(&blocks.addresses, word)
+                    .is_some_and(|index| {
+                        let offset = word - blocks.addresses[index];
+                        offset < blocks.sizes[index].max(1) && offset != next_chunk_of(index)
+                    })
+            };
+            let is_address = |word: u64| is_block(word) || modules.holds(word);
             for index in 0..count {
                 let (address, size) = (blocks.addresses[index], blocks.sizes[index]);
-                if !memory.holds(address, address + size.min(OBJECT_HEAD)) {
-                    let (start, end) = blocks.run(index, index + 1..count, |_| true, (0, OBJECT_HEAD), &blocks.sizes);
-                    memory.prefetch(start, end);
+                if let Ok(mut memory) = memory.try_borrow_mut() {
+                    if !memory.holds(address.saturating_sub(8), address + size.min(OBJECT_HEAD)) {
+                        let (start, end) =
+                            blocks.run(index, index + 1..count, |_| true, (8, OBJECT_HEAD), &blocks.sizes);
+                        memory.prefetch(start, end);
+                    }
                 }
-                let mut read = |address: u64| memory.word(address);
+                next_chunk_of(index);
+                let mut read = |address: u64| memory.try_borrow_mut().ok().and_then(|mut memory| memory.word(address));
                 let Some(object) = python.find(&mut read, &is_address, address, size) else {
                     if let Some(offset) = python.dict_values_offset(&mut read, address, size) {
                         reference_offsets[index] = u8::try_from(offset).unwrap_or(0);
@@ -355,6 +393,12 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 }
             }
         }
+        for (index, offset) in next_chunks.iter_mut().enumerate() {
+            if *offset == NOT_READ {
+                *offset = next_chunk(&mut memory, blocks.addresses[index], blocks.sizes[index]);
+            }
+        }
+        blocks.next_chunks = next_chunks;
         blocks.object_offsets = object_offsets;
         blocks.reference_offsets = reference_offsets;
         for (items, in_use) in list_items {
@@ -571,6 +615,14 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         summary,
         holders,
     }
+}
+
+/// Where the next heap chunk's header starts inside the block at `address` (see
+/// [`roots::next_chunk_offset`]); `u64::MAX` when not inside it.
+fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> u64 {
+    roots::next_chunk_offset(memory, address)
+        .filter(|&offset| offset < size)
+        .unwrap_or(u64::MAX)
 }
 
 /// Puts a level of the flood in address order (block indices are), without repeats: with a
