@@ -33,6 +33,10 @@ impl AddressIndex {
             return index;
         }
         let budget = addresses.len() * ENTRIES_PER_BLOCK;
+        // Buckets about as large as the mean block, at first: fewer entries than blocks.
+        let total = (0..addresses.len()).fold(0u64, |total, i| total.saturating_add(ends(i) - addresses[i]));
+        let mean = (total / addresses.len() as u64).max(1);
+        index.shift = (64 - (mean - 1).leading_zeros()).clamp(4, 62);
         while index.shift < 63 && Self::entries(addresses, &ends, index.shift) > budget {
             index.shift += 1;
         }

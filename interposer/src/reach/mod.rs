@@ -180,7 +180,7 @@ impl Marker<'_> {
 
     /// Calls `each` with the address and value of every aligned word in `[start, end)`,
     /// skipping `[skip_start, skip_end)`.
-    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), each: &mut dyn FnMut(u64, u64)) {
+    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), mut each: impl FnMut(u64, u64)) {
         let mut at = start & !7;
         while at < end && !self.out_of_time {
             let len = ((end - at) as usize).min(WINDOW);
@@ -219,7 +219,7 @@ impl Marker<'_> {
     }
 
     /// The words of block `index`, without its GC header.
-    fn block_words(&mut self, index: usize, each: &mut dyn FnMut(u64, u64)) {
+    fn block_words(&mut self, index: usize, each: impl FnMut(u64, u64)) {
         let start = self.blocks.addresses[index];
         let end = start + self.blocks.scan_limits[index];
         let object = u64::from(self.blocks.object_offsets[index]);
