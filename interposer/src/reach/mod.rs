@@ -35,6 +35,9 @@ const WINDOW: usize = MAX_WINDOW;
 /// Blocks read one after another are read together, with one system call, when no more
 /// than this lies between them: a system call costs about as much as copying this much.
 const GAP: u64 = 4096;
+/// The shortest run of blocks read into the window at once; shorter ones are read through
+/// the reader's page cache.
+const MIN_RUN: u64 = 2 * 4096;
 /// The bytes of a block the recognition of Python objects reads (the header of a managed
 /// dict's values is the farthest).
 const OBJECT_HEAD: u64 = 512;
@@ -215,7 +218,12 @@ impl Marker<'_> {
         let (start, end) = self
             .blocks
             .run(index, rest, wanted, (0, u64::MAX), &self.blocks.scan_limits);
-        self.memory.prefetch(start & !7, end);
+        // A short run is left to the reader's page cache: a walk down a linked list (a block
+        // per level, or the lost blocks of a chain read backwards) would otherwise read a
+        // window per block, where a page serves the neighbours too.
+        if end - start >= MIN_RUN {
+            self.memory.prefetch(start & !7, end);
+        }
     }
 
     /// The words of block `index`, without its GC header.
@@ -571,7 +579,13 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             if !marker.tick() {
                 break;
             }
-            marker.prefetch(index, index + 1..count, |next| state[next] == UNREACHED);
+            // Leaders come in address order, with the lost blocks still to lead after them;
+            // the blocks a leader reaches are read where they lie, through the page cache.
+            if index == leader {
+                marker.prefetch(index, index + 1..count, |next| {
+                    state[next] == UNREACHED && !indirect[next]
+                });
+            }
             marker.block_words(index, &mut |_, word| {
                 if let Some((target, _)) = blocks.find(word) {
                     if target != leader && state[target] == UNREACHED && !indirect[target] {

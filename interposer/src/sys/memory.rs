@@ -1,11 +1,12 @@
 //! Reading the process's own memory where it may change or disappear while we read it: the
 //! exit-time scan runs while other threads (daemon threads) may still free and unmap. Reads
-//! go through `/proc/self/mem`, which fails cleanly on an unmapped page, and fall back to
-//! `process_vm_readv` on ourselves where that file cannot be opened. `/proc/self/mem` comes
-//! first because `process_vm_readv` pins the pages it reads, and pinning a page a forked
-//! child still shares with its parent copies it: a worker's scan at exit copied the whole
-//! heap it inherited, at a third of the speed (see docs/benchmarks.md, "Exit scan").
-//! Reading the file leaves shared pages shared.
+//! larger than a page go through `/proc/self/mem`, which fails cleanly on an unmapped page,
+//! and fall back to `process_vm_readv` on ourselves where that file cannot be opened:
+//! `process_vm_readv` pins the pages it reads, and pinning a page a forked child still
+//! shares with its parent copies it, so a worker's scan at exit copied the whole heap it
+//! inherited, at a third of the speed. Reading the file leaves shared pages shared. Reads
+//! of a page or less use `process_vm_readv` (falling back to the file where it is refused):
+//! its fixed cost is a third of the file's.
 //!
 //! Two caches keep system calls few (see docs/benchmarks.md, "Exit scan"):
 //! - a window: one contiguous stretch of up to [`MAX_WINDOW`] bytes, read with one system
@@ -45,10 +46,12 @@ pub struct MemoryReader {
     page_tags: Vec<(u64, usize)>,
     /// Sorted, disjoint readable ranges; empty: not known, try every read.
     readable: Vec<(u64, u64)>,
-    /// Opened at the first read.
+    /// Opened at the first read larger than a page.
     proc_mem: Option<File>,
     /// Set when `/proc/self/mem` cannot be opened.
-    use_vm_readv: bool,
+    proc_mem_refused: bool,
+    /// Set when `process_vm_readv` is refused (seccomp, no such system call).
+    vm_readv_refused: bool,
 }
 
 impl MemoryReader {
@@ -64,7 +67,8 @@ impl MemoryReader {
             page_tags: Vec::new(),
             readable: Vec::new(),
             proc_mem: None,
-            use_vm_readv: false,
+            proc_mem_refused: false,
+            vm_readv_refused: false,
         }
     }
 
@@ -201,9 +205,32 @@ impl MemoryReader {
         if out.is_empty() {
             return 0;
         }
-        if !self.use_vm_readv && self.proc_mem.is_none() {
+        // A page or less: `process_vm_readv` costs a third of a `/proc/self/mem` read, and
+        // copies at most the pages it reads when they are shared with a parent.
+        if out.len() <= PAGE && !self.vm_readv_refused {
+            let local = libc::iovec {
+                iov_base: out.as_mut_ptr().cast(),
+                iov_len: out.len(),
+            };
+            let remote = libc::iovec {
+                iov_base: address as *mut libc::c_void,
+                iov_len: out.len(),
+            };
+            // SAFETY: `local` describes `out`, which we own and may write; the kernel checks
+            // `remote` against our own address space and returns EFAULT instead of faulting.
+            let read = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+            if read >= 0 {
+                return read as usize;
+            }
+            let error = std::io::Error::last_os_error().raw_os_error();
+            if !matches!(error, Some(libc::EPERM | libc::ENOSYS | libc::EACCES)) {
+                return 0;
+            }
+            self.vm_readv_refused = true;
+        }
+        if !self.proc_mem_refused && self.proc_mem.is_none() {
             self.proc_mem = File::open("/proc/self/mem").ok();
-            self.use_vm_readv = self.proc_mem.is_none();
+            self.proc_mem_refused = self.proc_mem.is_none();
         }
         if let Some(file) = &self.proc_mem {
             let mut filled = 0;
@@ -215,6 +242,9 @@ impl MemoryReader {
             }
             return filled;
         }
+        if self.vm_readv_refused {
+            return 0;
+        }
         let local = libc::iovec {
             iov_base: out.as_mut_ptr().cast(),
             iov_len: out.len(),
@@ -223,8 +253,7 @@ impl MemoryReader {
             iov_base: address as *mut libc::c_void,
             iov_len: out.len(),
         };
-        // SAFETY: `local` describes `out`, which we own and may write; the kernel checks
-        // `remote` against our own address space and returns EFAULT instead of faulting.
+        // SAFETY: as above.
         let read = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
         read.max(0) as usize
     }
