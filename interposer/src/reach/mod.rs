@@ -13,21 +13,36 @@
 //! [`MemoryReader`], which cannot fault. Bounded by a deadline; past it, nothing is
 //! classified and the outcome says so. Must never write to the program's memory.
 
+mod index;
 pub mod roots;
+mod sort;
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use libleak_format::{BlockClass, BlockHolder, Holder, LeakClass, Module, Reachability, ScanOutcome};
 
-use crate::python::gc::{gc_header, FoundObject, GcObjects};
+use crate::python::gc::{gc_header, GcObjects};
 use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
-use crate::sys::memory::MemoryReader;
+use crate::sys::memory::{MemoryReader, MAX_WINDOW};
+use index::AddressIndex;
 pub use roots::ExitingThread;
 
 /// Bytes read from memory at a time.
-const WINDOW: usize = 1 << 20;
+const WINDOW: usize = MAX_WINDOW;
+/// Blocks read one after another are read together, with one system call, when no more
+/// than this lies between them: a system call costs about as much as copying this much.
+const GAP: u64 = 4096;
+/// The shortest run of blocks read into the window at once; shorter ones are read through
+/// the reader's page cache.
+const MIN_RUN: u64 = 2 * 4096;
+/// The bytes of a block the recognition of Python objects reads (the header of a managed
+/// dict's values is the farthest).
+const OBJECT_HEAD: u64 = 512;
+/// A next-chunk offset not read yet.
+const NOT_READ: u64 = u64::MAX - 1;
 /// How often the deadline is checked, in blocks or windows processed.
 const DEADLINE_CHECK_EVERY: u32 = 1024;
 
@@ -62,17 +77,20 @@ struct Blocks {
     next_chunks: Vec<u64>,
     /// Bytes of the block worth scanning (a list's item array: the items in use).
     scan_limits: Vec<u64>,
+    index: AddressIndex,
     lowest: u64,
     highest_end: u64,
 }
 
 impl Blocks {
     fn new(mut blocks: Vec<(u64, u64)>) -> Blocks {
-        blocks.sort_unstable();
+        sort::by_address(&mut blocks);
         let lowest = blocks.first().map_or(u64::MAX, |b| b.0);
         let highest_end = blocks.iter().map(|(a, s)| a + (*s).max(1)).max().unwrap_or(0);
+        let addresses: Vec<u64> = blocks.iter().map(|b| b.0).collect();
         Blocks {
-            addresses: blocks.iter().map(|b| b.0).collect(),
+            index: AddressIndex::new(&addresses, |i| blocks[i].0 + blocks[i].1.max(1)),
+            addresses,
             sizes: blocks.iter().map(|b| b.1).collect(),
             object_offsets: vec![0; blocks.len()],
             reference_offsets: vec![0; blocks.len()],
@@ -89,7 +107,7 @@ impl Blocks {
         if value < self.lowest || value >= self.highest_end {
             return None;
         }
-        let index = self.addresses.partition_point(|&a| a <= value).checked_sub(1)?;
+        let index = self.index.last_at_or_below(&self.addresses, value)?;
         let offset = value - self.addresses[index];
         if offset >= self.sizes[index].max(1) || offset == self.next_chunks[index] {
             return None;
@@ -115,10 +133,39 @@ impl Blocks {
     }
 }
 
+impl Blocks {
+    /// The stretch of memory to read at once before reading `[address - lead, address +
+    /// min(limit, head))` of block `first`: the same parts of the blocks in `rest` (in address
+    /// order) that follow it closely and are `wanted`, up to [`MAX_WINDOW`] bytes.
+    fn run(
+        &self,
+        first: usize,
+        rest: impl Iterator<Item = usize>,
+        wanted: impl Fn(usize) -> bool,
+        (lead, head): (u64, u64),
+        limits: &[u64],
+    ) -> (u64, u64) {
+        let part = |index: usize| {
+            let address = self.addresses[index];
+            (address.saturating_sub(lead), address + limits[index].min(head))
+        };
+        let (start, mut end) = part(first);
+        for index in rest {
+            let (next_start, next_end) = part(index);
+            if next_start > end.saturating_add(GAP) || next_end - start > MAX_WINDOW as u64 {
+                break;
+            }
+            if wanted(index) {
+                end = end.max(next_end);
+            }
+        }
+        (start, end)
+    }
+}
+
 struct Marker<'a> {
     blocks: &'a Blocks,
     memory: &'a mut MemoryReader,
-    buffer: Vec<u8>,
     deadline: Instant,
     ticks: u32,
     out_of_time: bool,
@@ -136,13 +183,13 @@ impl Marker<'_> {
 
     /// Calls `each` with the address and value of every aligned word in `[start, end)`,
     /// skipping `[skip_start, skip_end)`.
-    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), each: &mut dyn FnMut(u64, u64)) {
+    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), mut each: impl FnMut(u64, u64)) {
         let mut at = start & !7;
         while at < end && !self.out_of_time {
             let len = ((end - at) as usize).min(WINDOW);
-            self.buffer.resize(len, 0);
-            let read = self.memory.read(at, &mut self.buffer[..len]);
-            for (i, chunk) in self.buffer[..read].chunks_exact(8).enumerate() {
+            let bytes = self.memory.bytes(at, len);
+            let read = bytes.len();
+            for (i, chunk) in bytes.chunks_exact(8).enumerate() {
                 let address = at + (i as u64) * 8;
                 if address >= skip.0 && address < skip.1 {
                     continue;
@@ -159,8 +206,28 @@ impl Marker<'_> {
         }
     }
 
+    /// Before reading block `index`: unless the reader's window holds it, reads it together
+    /// with the blocks of `rest` (those to be read next, in address order) that follow it
+    /// closely.
+    fn prefetch(&mut self, index: usize, rest: impl Iterator<Item = usize>, wanted: impl Fn(usize) -> bool) {
+        let start = self.blocks.addresses[index];
+        let end = start + self.blocks.scan_limits[index];
+        if end - start >= MAX_WINDOW as u64 || self.memory.holds(start & !7, end) {
+            return;
+        }
+        let (start, end) = self
+            .blocks
+            .run(index, rest, wanted, (0, u64::MAX), &self.blocks.scan_limits);
+        // A short run is left to the reader's page cache: a walk down a linked list (a block
+        // per level, or the lost blocks of a chain read backwards) would otherwise read a
+        // window per block, where a page serves the neighbours too.
+        if end - start >= MIN_RUN {
+            self.memory.prefetch(start & !7, end);
+        }
+    }
+
     /// The words of block `index`, without its GC header.
-    fn block_words(&mut self, index: usize, each: &mut dyn FnMut(u64, u64)) {
+    fn block_words(&mut self, index: usize, each: impl FnMut(u64, u64)) {
         let start = self.blocks.addresses[index];
         let end = start + self.blocks.scan_limits[index];
         let object = u64::from(self.blocks.object_offsets[index]);
@@ -208,17 +275,35 @@ pub struct ScanInput<'a> {
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
     let mut memory = MemoryReader::new();
+    memory.set_readable(
+        roots::read_maps()
+            .iter()
+            .filter(|m| m.perms[0] == b'r')
+            .map(|m| (m.start, m.end))
+            .collect(),
+    );
     let mut blocks = Blocks::new(input.blocks);
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
         ..Reachability::default()
     };
 
-    for index in 0..blocks.addresses.len() {
-        if let Some(offset) = roots::next_chunk_offset(&mut memory, blocks.addresses[index]) {
-            if offset < blocks.sizes[index] {
-                blocks.next_chunks[index] = offset;
+    // Where each block's next chunk starts; the recognition of Python objects reads the same
+    // memory and finds them on its way.
+    if input.python.is_none() {
+        for index in 0..blocks.addresses.len() {
+            let address = blocks.addresses[index];
+            if !memory.holds(address.saturating_sub(8), address) {
+                let (start, end) = blocks.run(
+                    index,
+                    index + 1..blocks.addresses.len(),
+                    |_| true,
+                    (8, 0),
+                    &blocks.sizes,
+                );
+                memory.prefetch(start, end);
             }
+            blocks.next_chunks[index] = next_chunk(&mut memory, address, blocks.sizes[index]);
         }
     }
     let mut immortal = Vec::new();
@@ -228,59 +313,108 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let mut type_ids: HashMap<u64, u32> = HashMap::new();
     let mut type_names: Vec<String> = Vec::new();
     if let Some(mut python) = input.python {
-        let mut read = |address: u64| memory.word(address);
-        // A word that names a live block or a loaded module's memory is an address, never a
-        // reference count (non-PIE interpreters put both below any bound on counts).
-        let found: Vec<(usize, Option<FoundObject>, Option<u64>)> = {
-            let blocks = &blocks;
-            let modules = SegmentIndex::new(input.modules);
-            let is_address = |word: u64| blocks.find(word).is_some() || modules.holds(word);
-            (0..blocks.addresses.len())
-                .map(|index| {
-                    let (address, size) = (blocks.addresses[index], blocks.sizes[index]);
-                    match python.find(&mut read, &is_address, address, size) {
-                        Some(object) => (index, Some(object), None),
-                        None => (index, None, python.dict_values_offset(&mut read, address, size)),
-                    }
-                })
-                .collect()
-        };
+        let count = blocks.addresses.len();
         let mut module_objects = Vec::new();
         if input.namer.is_some() {
-            object_types = vec![0; blocks.addresses.len()];
+            object_types = vec![0; count];
         }
-        for (index, object, dict_values) in found {
-            let Some(object) = object else {
-                if let Some(offset) = dict_values {
-                    blocks.reference_offsets[index] = u8::try_from(offset).unwrap_or(0);
+        // Found first and applied after: while looking, every block counts as holding no
+        // object (`is_address` asks `find`).
+        let mut object_offsets = vec![0u8; count];
+        let mut reference_offsets = vec![0u8; count];
+        let mut list_items: Vec<(u64, u64)> = Vec::new();
+        let mut next_chunks = std::mem::take(&mut blocks.next_chunks);
+        next_chunks.fill(NOT_READ);
+        {
+            let blocks = &blocks;
+            let modules = SegmentIndex::new(input.modules);
+            let next_chunks = Cell::from_mut(next_chunks.as_mut_slice()).as_slice_of_cells();
+            let memory = RefCell::new(&mut memory);
+            // A block's next chunk, read in passing: while this block is being looked at,
+            // or when a word points into a block not reached yet.
+            let next_chunk_of = |index: usize| {
+                let known = next_chunks[index].get();
+                if known != NOT_READ {
+                    return known;
                 }
-                continue;
+                let Ok(mut memory) = memory.try_borrow_mut() else {
+                    return u64::MAX;
+                };
+                let offset = next_chunk(&mut memory, blocks.addresses[index], blocks.sizes[index]);
+                next_chunks[index].set(offset);
+                offset
             };
-            if object.garbage_collected {
-                blocks.object_offsets[index] = u8::try_from(object.offset).unwrap_or(0);
-                summary.python_objects += 1;
-            }
-            if object.immortal {
-                immortal.push(index);
-            }
-            if let (Some(namer), Some(object_type)) = (&input.namer, object.gc_type) {
-                if namer.is_module_type(object_type) {
-                    module_objects.push(blocks.addresses[index] + object.offset);
+            // A word that names a live block or a loaded module's memory is an address, never
+            // a reference count (non-PIE interpreters put both below any bound on counts).
+            // As `blocks.find(word).is_some()` when no block holds an object yet.
+            let is_block = |word: u64| {
+                if word < blocks.lowest || word >= blocks.highest_end {
+                    return false;
                 }
-            }
-            if input.namer.is_some() {
-                if let Some(type_address) = object.type_address {
-                    let next = type_ids.len() as u32 + 1;
-                    let id = *type_ids.entry(type_address).or_insert(next);
-                    object_types[index] = id;
+                blocks
+                    .index
+                    .last_at_or_below(&blocks.addresses, word)
+                    .is_some_and(|index| {
+                        let offset = word - blocks.addresses[index];
+                        offset < blocks.sizes[index].max(1) && offset != next_chunk_of(index)
+                    })
+            };
+            let is_address = |word: u64| is_block(word) || modules.holds(word);
+            for index in 0..count {
+                let (address, size) = (blocks.addresses[index], blocks.sizes[index]);
+                if let Ok(mut memory) = memory.try_borrow_mut() {
+                    if !memory.holds(address.saturating_sub(8), address + size.min(OBJECT_HEAD)) {
+                        let (start, end) =
+                            blocks.run(index, index + 1..count, |_| true, (8, OBJECT_HEAD), &blocks.sizes);
+                        memory.prefetch(start, end);
+                    }
                 }
-            }
-            if let Some((items, in_use)) = object.list_items {
-                if let Ok(items_index) = blocks.addresses.binary_search(&items) {
-                    blocks.scan_limits[items_index] = blocks.scan_limits[items_index].min(in_use);
+                next_chunk_of(index);
+                let mut read = |address: u64| memory.try_borrow_mut().ok().and_then(|mut memory| memory.word(address));
+                let Some(object) = python.find(&mut read, &is_address, address, size) else {
+                    if let Some(offset) = python.dict_values_offset(&mut read, address, size) {
+                        reference_offsets[index] = u8::try_from(offset).unwrap_or(0);
+                    }
+                    continue;
+                };
+                if object.garbage_collected {
+                    object_offsets[index] = u8::try_from(object.offset).unwrap_or(0);
+                    summary.python_objects += 1;
+                }
+                if object.immortal {
+                    immortal.push(index);
+                }
+                if let (Some(namer), Some(object_type)) = (&input.namer, object.gc_type) {
+                    if namer.is_module_type(object_type) {
+                        module_objects.push(address + object.offset);
+                    }
+                }
+                if input.namer.is_some() {
+                    if let Some(type_address) = object.type_address {
+                        let next = type_ids.len() as u32 + 1;
+                        let id = *type_ids.entry(type_address).or_insert(next);
+                        object_types[index] = id;
+                    }
+                }
+                if let Some(items) = object.list_items {
+                    list_items.push(items);
                 }
             }
         }
+        for (index, offset) in next_chunks.iter_mut().enumerate() {
+            if *offset == NOT_READ {
+                *offset = next_chunk(&mut memory, blocks.addresses[index], blocks.sizes[index]);
+            }
+        }
+        blocks.next_chunks = next_chunks;
+        blocks.object_offsets = object_offsets;
+        blocks.reference_offsets = reference_offsets;
+        for (items, in_use) in list_items {
+            if let Ok(items_index) = blocks.addresses.binary_search(&items) {
+                blocks.scan_limits[items_index] = blocks.scan_limits[items_index].min(in_use);
+            }
+        }
+        let mut read = |address: u64| memory.word(address);
         if input.namer.is_some() {
             // Ids by first sight; a type whose name cannot be read is named by its address.
             let mut by_id: Vec<(u32, u64)> = type_ids.iter().map(|(&address, &id)| (id, address)).collect();
@@ -322,7 +456,6 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let mut marker = Marker {
         blocks: &blocks,
         memory: &mut memory,
-        buffer: Vec::with_capacity(WINDOW),
         deadline: started + input.time_limit,
         ticks: 0,
         out_of_time: false,
@@ -332,6 +465,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     // Holder id of each block (0: none); only when naming.
     let mut holder: Vec<u32> = if naming { vec![0; count] } else { Vec::new() };
     let mut holder_names: Vec<Holder> = Vec::new();
+    let mut level_bits = vec![0u64; count.div_ceil(64)];
 
     // Reachable and possibly-lost blocks: a flood from the roots, where a block reached only
     // through interior pointers passes on only "possibly". Breadth first, from the named
@@ -416,12 +550,12 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             while !work.is_empty() && !marker.out_of_time {
                 level.clear();
                 level.extend(work.drain(..));
-                level.sort_unstable();
-                level.dedup();
-                for &index in &level {
+                sort_level(&mut level, &mut level_bits);
+                for (position, &index) in level.iter().enumerate() {
                     if !marker.tick() {
                         break;
                     }
+                    marker.prefetch(index, level[position + 1..].iter().copied(), |_| true);
                     let from = state[index];
                     let label = holder.get(index).copied().unwrap_or(0);
                     marker.block_words(index, &mut |_, word| {
@@ -444,6 +578,13 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         while let Some(index) = work.pop_back() {
             if !marker.tick() {
                 break;
+            }
+            // Leaders come in address order, with the lost blocks still to lead after them;
+            // the blocks a leader reaches are read where they lie, through the page cache.
+            if index == leader {
+                marker.prefetch(index, index + 1..count, |next| {
+                    state[next] == UNREACHED && !indirect[next]
+                });
             }
             marker.block_words(index, &mut |_, word| {
                 if let Some((target, _)) = blocks.find(word) {
@@ -487,6 +628,34 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         classes,
         summary,
         holders,
+    }
+}
+
+/// Where the next heap chunk's header starts inside the block at `address` (see
+/// [`roots::next_chunk_offset`]); `u64::MAX` when not inside it.
+fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> u64 {
+    roots::next_chunk_offset(memory, address)
+        .filter(|&offset| offset < size)
+        .unwrap_or(u64::MAX)
+}
+
+/// Puts a level of the flood in address order (block indices are), without repeats: with a
+/// bitmap of all blocks when the level is large, else by sorting.
+fn sort_level(level: &mut Vec<usize>, bits: &mut [u64]) {
+    if level.len() < bits.len() {
+        level.sort_unstable();
+        level.dedup();
+        return;
+    }
+    for &index in level.iter() {
+        bits[index / 64] |= 1 << (index % 64);
+    }
+    level.clear();
+    for (at, word) in bits.iter_mut().enumerate() {
+        while *word != 0 {
+            level.push(at * 64 + word.trailing_zeros() as usize);
+            *word &= *word - 1;
+        }
     }
 }
 
