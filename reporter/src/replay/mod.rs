@@ -114,6 +114,11 @@ impl StackNodes {
         self.nodes.push(node);
     }
 
+    /// Makes room for `additional` more nodes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.nodes.reserve(additional);
+    }
+
     /// Node `id`, unless it was never defined (or lost).
     pub fn get(&self, id: u64) -> Option<&StackNode> {
         if id >= IMPORTED_NODES {
@@ -682,8 +687,9 @@ impl Trace {
     ) -> Result<Trace, ReplayError> {
         let file = File::open(path).map_err(ReplayError::Open)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Trace::read_with(
+        Trace::read_sized(
             BufReader::with_capacity(1 << 20, file),
+            Some(size),
             &mut |read| progress(read, size),
             &mut (),
             parents,
@@ -717,10 +723,30 @@ impl Trace {
         parents: &mut dyn Inheritance,
         path: Option<&Path>,
     ) -> Result<Trace, ReplayError> {
+        Trace::read_sized(input, None, progress, observer, parents, path)
+    }
+
+    /// As [`Trace::read_with`]; `size`, the file's length when known, sizes the tables up
+    /// front (address space only: pages are touched as they fill), sparing the copies of
+    /// their growth.
+    fn read_sized(
+        input: impl std::io::Read,
+        size: Option<u64>,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+        parents: &mut dyn Inheritance,
+        path: Option<&Path>,
+    ) -> Result<Trace, ReplayError> {
         const PROGRESS_EVERY: u64 = 1 << 18;
         let mut records: u64 = 0;
         let mut reader = TraceReader::new(input)?;
         let mut replay = Replay::default();
+        if let Some(size) = size {
+            // A real-package trace holds about one stack node per 7 bytes.
+            replay
+                .nodes
+                .reserve(usize::try_from(size / 4).unwrap_or(0).min(1 << 28));
+        }
         let mut chunk_times = ChunkTimes::default();
         while let Some(record) = reader.next_record()? {
             records += 1;
