@@ -4,6 +4,9 @@
 //! and each is read on from where the last one left it, so a family of a thousand workers
 //! reads its parent's trace once (when its traces are read in the order they were forked).
 //!
+//! The ways to open a trace file live here too ([`Trace::open`] and its variants): a file's
+//! trace may be a fork child's.
+//!
 //! Must never fail a child's report: a parent's trace that is gone, another process's or
 //! damaged makes its inheritance unknown, said in the child's report, and nothing more.
 
@@ -14,29 +17,8 @@ use std::path::{Path, PathBuf};
 
 use libleak_format::{ForkInfo, Record, TraceReader};
 
-use super::Replay;
-
-/// Finds what forked children inherited.
-pub trait Inheritance {
-    /// Calls `inherit` with the replay of the parent's trace as it stood when the child
-    /// described by `fork` was forked; `child_trace` is where the child's trace is (its
-    /// directory is searched too). Err: why the parent's trace could not be read that far.
-    fn at_fork(
-        &mut self,
-        fork: &ForkInfo,
-        child_trace: Option<&Path>,
-        inherit: &mut dyn FnMut(&Replay),
-    ) -> Result<(), String>;
-}
-
-/// Looks for no parent's trace (a trace read from memory, not from a file).
-pub struct NoParents;
-
-impl Inheritance for NoParents {
-    fn at_fork(&mut self, _: &ForkInfo, _: Option<&Path>, _: &mut dyn FnMut(&Replay)) -> Result<(), String> {
-        Err("the parent's trace was not looked for".to_string())
-    }
-}
+use super::reading::{Inheritance, Replay};
+use super::{ReplayError, Trace};
 
 /// How many parents' replays are kept at a time.
 const KEPT: usize = 4;
@@ -224,5 +206,38 @@ impl Inheritance for ParentTraces {
         });
         self.depth -= 1;
         outcome
+    }
+}
+
+impl Trace {
+    /// Reads the trace at `path`; a forked child's inherited blocks come from its parent's
+    /// trace, looked for where [`ParentTraces`] says.
+    pub fn open(path: &Path) -> Result<Trace, ReplayError> {
+        Trace::open_with_progress(path, &mut |_, _| {})
+    }
+
+    /// As [`Trace::open`], calling `progress` with the bytes of the file read so far and its
+    /// size, now and then (every few hundred thousand records) and once at the end.
+    pub fn open_with_progress(path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Trace, ReplayError> {
+        Trace::open_in_family(path, progress, &mut ParentTraces::default())
+    }
+
+    /// As [`Trace::open_with_progress`], with the parents' traces read through `parents`
+    /// (which keeps them for the next child of the same parent).
+    pub fn open_in_family(
+        path: &Path,
+        progress: &mut dyn FnMut(u64, u64),
+        parents: &mut dyn Inheritance,
+    ) -> Result<Trace, ReplayError> {
+        let file = File::open(path).map_err(ReplayError::Open)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Trace::read_sized(
+            BufReader::with_capacity(1 << 20, file),
+            Some(size),
+            &mut |read| progress(read, size),
+            &mut (),
+            parents,
+            Some(path),
+        )
     }
 }

@@ -1,0 +1,700 @@
+//! Stage 1's reading: the records of a trace, one after another, into a [`Replay`] that
+//! becomes the [`Trace`]. A forked child's replay starts from its parent's at the fork, handed
+//! over through [`Inheritance`] (see [`super::parents`] for the parents' traces themselves).
+//!
+//! Must never symbolize or judge blocks, nor read a file but through the reader it is given.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use libleak_format::{
+    Frame, Holder, LeakClass, Mark, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
+};
+
+use super::{
+    find_module, load_module, Held, Holding, ModuleState, ReplayError, ReplayObserver, StackNode, StackNodes, Trace,
+    IMPORTED_NODES,
+};
+use crate::live::{ExitBlock, LiveSet};
+use crate::model::{Incompleteness, Inherited, TraceHeader};
+
+/// Finds what forked children inherited.
+pub trait Inheritance {
+    /// Calls `inherit` with the replay of the parent's trace as it stood when the child
+    /// described by `fork` was forked; `child_trace` is where the child's trace is (its
+    /// directory is searched too). Err: why the parent's trace could not be read that far.
+    fn at_fork(
+        &mut self,
+        fork: &libleak_format::ForkInfo,
+        child_trace: Option<&Path>,
+        inherit: &mut dyn FnMut(&Replay),
+    ) -> Result<(), String>;
+}
+
+/// Looks for no parent's trace (a trace read from memory, not from a file).
+pub struct NoParents;
+
+impl Inheritance for NoParents {
+    fn at_fork(
+        &mut self,
+        _: &libleak_format::ForkInfo,
+        _: Option<&Path>,
+        _: &mut dyn FnMut(&Replay),
+    ) -> Result<(), String> {
+        Err("the parent's trace was not looked for".to_string())
+    }
+}
+
+/// The scan made when CPython's finalisation began, as replay meets it: the FINALIZING
+/// record opens it, its BLOCK_CLASSES gather, and its REACHABILITY closes it against the
+/// blocks live at that point of the replay.
+#[derive(Default)]
+struct FinalizationScan {
+    classes: HashMap<u64, LeakClass>,
+    scan: Option<Reachability>,
+    /// (address, seq) of every block live when the scan was made, with its class (`None`
+    /// when the scan did not complete).
+    live_then: HashMap<(u64, u64), Option<LeakClass>>,
+    holder_names: Vec<Holder>,
+    /// Address → (holder id, object type id).
+    block_holders: HashMap<u64, (u32, u32)>,
+    object_types: Vec<String>,
+    holding: Option<Holding>,
+}
+
+impl FinalizationScan {
+    /// `live`: every block live when the scan was made.
+    fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>) {
+        let complete = scan.outcome == ScanOutcome::Complete;
+        if complete && !self.holder_names.is_empty() {
+            let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
+            let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
+            for &(address, block) in &live {
+                let Some(&(holder, object_type)) = self.block_holders.get(&address) else {
+                    continue;
+                };
+                if object_type != 0 {
+                    let types = types_by_stack.entry(block.stack).or_default();
+                    match types.iter_mut().find(|t| t.0 == object_type) {
+                        Some(t) => {
+                            t.1 += block.size;
+                            t.2 += 1;
+                        }
+                        None => types.push((object_type, block.size, 1)),
+                    }
+                }
+                let held = by_stack.entry(block.stack).or_default();
+                match held.iter_mut().find(|h| h.holder == holder) {
+                    Some(h) => {
+                        h.bytes += block.size;
+                        h.blocks += 1;
+                    }
+                    None => held.push(Held {
+                        holder,
+                        bytes: block.size,
+                        blocks: 1,
+                    }),
+                }
+            }
+            for held in by_stack.values_mut() {
+                held.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.holder.cmp(&b.holder)));
+            }
+            for types in types_by_stack.values_mut() {
+                types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            }
+            self.holding = Some(Holding {
+                names: std::mem::take(&mut self.holder_names),
+                by_stack,
+                types: std::mem::take(&mut self.object_types),
+                types_by_stack,
+            });
+        }
+        self.block_holders = HashMap::new();
+        self.live_then = live
+            .into_iter()
+            .map(|(address, block)| {
+                let class = complete.then(|| self.classes.get(&address).copied().unwrap_or(LeakClass::Reachable));
+                ((address, block.seq), class)
+            })
+            .collect();
+        self.classes = HashMap::new();
+        self.scan = Some(scan);
+    }
+}
+
+/// What replay tells an observer about time: each chunk's prologue time once the chunk has
+/// been read, paired with the highest sequence number read so far.
+#[derive(Default)]
+struct ChunkTimes {
+    highest_seq: u64,
+    chunk_time_ns: Option<u64>,
+}
+
+impl ChunkTimes {
+    /// Called before each record is handled, with the time of the chunk it came from.
+    fn next(&mut self, record_chunk_time: Option<u64>, observer: &mut dyn ReplayObserver) {
+        if record_chunk_time != self.chunk_time_ns {
+            self.finish(observer);
+            self.chunk_time_ns = record_chunk_time;
+        }
+    }
+
+    fn finish(&mut self, observer: &mut dyn ReplayObserver) {
+        if let Some(time_ns) = self.chunk_time_ns.take() {
+            observer.time(self.highest_seq, time_ns);
+        }
+    }
+}
+
+fn observe(record: &Record, times: &mut ChunkTimes, observer: &mut dyn ReplayObserver) {
+    match record {
+        Record::Alloc(alloc) => {
+            times.highest_seq = times.highest_seq.max(alloc.seq);
+            observer.alloc(alloc)
+        }
+        Record::Free(free) => {
+            times.highest_seq = times.highest_seq.max(free.seq);
+            observer.free(free)
+        }
+        Record::Finalizing { .. } => observer.finalizing(),
+        Record::Mark(mark) => observer.time(mark.seq.saturating_sub(1), mark.time_ns),
+        _ => {}
+    }
+}
+
+/// A parent's node ids → the ids their imports got in a child's replay: by index for the
+/// parent's own ids (dense, from 1) up to [`ImportedIds::DENSE`], hashed beyond (ids a
+/// damaged trace skipped to, and the few a parent imported itself).
+#[derive(Default)]
+struct ImportedIds {
+    dense: Vec<u64>,
+    sparse: HashMap<u64, u64>,
+}
+
+impl ImportedIds {
+    const DENSE: u64 = 1 << 24;
+
+    fn get(&self, id: u64) -> Option<u64> {
+        if id < Self::DENSE {
+            self.dense.get(id as usize).copied().filter(|&imported| imported != 0)
+        } else {
+            self.sparse.get(&id).copied()
+        }
+    }
+
+    fn insert(&mut self, id: u64, imported: u64) {
+        if id < Self::DENSE {
+            let index = id as usize;
+            if index >= self.dense.len() {
+                self.dense.resize(index + 1, 0);
+            }
+            self.dense[index] = imported;
+        } else {
+            self.sparse.insert(id, imported);
+        }
+    }
+}
+
+/// A replay under way: what the records read so far say. A forked child's trace is read
+/// on from what its parent's said at the fork (see [`parents`]).
+#[derive(Default)]
+pub struct Replay {
+    process: Option<ProcessInfo>,
+    pub(crate) modules: Vec<ModuleState>,
+    pub(crate) nodes: StackNodes,
+    marks: Vec<Mark>,
+    pub(crate) python_codes: HashMap<u64, PythonCode>,
+    python: Option<libleak_format::PythonRuntime>,
+    python_ignores_environment: Option<bool>,
+    pub(crate) live: LiveSet<ExitBlock>,
+    classes: HashMap<u64, LeakClass>,
+    reachability: Option<Reachability>,
+    finalization: Option<FinalizationScan>,
+    fork: Option<libleak_format::ForkInfo>,
+    inheritance: Option<Inherited>,
+    end: Option<libleak_format::End>,
+    stats: Stats,
+    /// A forked child's inheritance: the blocks live in its parent at the fork (stacks
+    /// imported), kept apart from `live` so that a child of a large parent does not rebuild
+    /// its parent's live set: one still lives while the child's events never name its
+    /// address (any event there came after it, so its free came first).
+    inherited: Vec<(u64, ExitBlock)>,
+    /// The next id for a stack node imported from a parent's trace.
+    next_imported_node: u64,
+    /// The module the last native frame was in: consecutive frames are mostly in one.
+    last_module: Option<usize>,
+}
+
+impl Replay {
+    /// [`find_module`], trying the last module found first (a loaded module holding the
+    /// address is the one `find_module` gives: loaded modules do not overlap).
+    fn module_of(&mut self, address: u64) -> Option<usize> {
+        if let Some(last) = self.last_module {
+            let state = &self.modules[last];
+            if !state.unloaded && state.module.contains(address) {
+                return Some(last);
+            }
+        }
+        let found = find_module(&self.modules, address);
+        self.last_module = found.filter(|&index| !self.modules[index].unloaded);
+        found
+    }
+
+    pub(crate) fn handle(&mut self, record: Record, parents: &mut dyn Inheritance, trace_path: Option<&Path>) {
+        match record {
+            Record::Process(info) => self.process = Some(info),
+            Record::Module(module) => load_module(&mut self.modules, module),
+            Record::ModuleUnloaded { module_id } => {
+                for state in self.modules.iter_mut().filter(|m| m.module.id == module_id) {
+                    state.unloaded = true;
+                }
+            }
+            Record::StackNode { id, parent, frame } => {
+                let module = match frame {
+                    Frame::Native { address } => self.module_of(address),
+                    Frame::Python { .. } | Frame::PythonEntry => None,
+                };
+                self.nodes.insert(id, StackNode::new(parent, frame, module));
+            }
+            Record::Alloc(alloc) => self.live.alloc(
+                alloc.address,
+                ExitBlock {
+                    seq: alloc.seq,
+                    address: alloc.address,
+                    size: alloc.size,
+                    stack: alloc.stack,
+                    kind: alloc.kind,
+                    thread_id: alloc.thread_id,
+                    class: None,
+                    during_finalization: false,
+                },
+            ),
+            Record::Free(free) => self.live.free(free.address, free.seq),
+            Record::PythonCode(code) => {
+                self.python_codes.insert(code.id, code);
+            }
+            Record::PythonRuntime(runtime) => self.python = Some(runtime),
+            Record::PythonConfig { ignores_environment } => self.python_ignores_environment = Some(ignores_environment),
+            Record::Finalizing { .. } => self.finalization = Some(FinalizationScan::default()),
+            Record::BlockClasses(entries) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                Some(pending) => pending.classes.extend(entries.iter().map(|e| (e.address, e.class))),
+                None => self
+                    .classes
+                    .extend(entries.iter().map(|entry| (entry.address, entry.class))),
+            },
+            Record::Reachability(scan) => {
+                if self.finalization.as_ref().is_some_and(|f| f.scan.is_none()) {
+                    let mut live_now = self.live.live_blocks();
+                    live_now.extend(self.inherited_live());
+                    if let Some(pending) = self.finalization.as_mut() {
+                        pending.close(scan, live_now);
+                    }
+                } else {
+                    self.reachability = Some(scan);
+                }
+            }
+            Record::Fork(info) => {
+                if self.fork.is_none() && info.inherited_blocks > 0 {
+                    let outcome = parents.at_fork(&info, trace_path, &mut |parent| self.inherit(parent));
+                    self.inheritance = Some(match outcome {
+                        Ok(()) => Inherited::Read,
+                        Err(reason) => Inherited::Missing(reason),
+                    });
+                }
+                self.fork = Some(info);
+            }
+            Record::Mark(mark) => self.marks.push(mark),
+            Record::Holders(names) => {
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending.holder_names.extend(names);
+                }
+            }
+            Record::BlockHolders(entries) => {
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending
+                        .block_holders
+                        .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type))));
+                }
+            }
+            Record::ObjectTypes(names) => {
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending.object_types.extend(names);
+                }
+            }
+            Record::Stats(s) => self.stats = s,
+            Record::End(e) => {
+                self.stats = e.stats;
+                self.end = Some(e);
+            }
+        }
+    }
+
+    /// Takes in the blocks a forked child inherited, live in its parent at the fork, with
+    /// their stacks (imported under ids of their own, [`IMPORTED_NODES`] and up) and the code
+    /// objects those refer to.
+    fn inherit(&mut self, parent: &Replay) {
+        if self.next_imported_node == 0 {
+            self.next_imported_node = IMPORTED_NODES;
+        }
+        let mut imported = ImportedIds::default();
+        self.inherited.reserve(parent.live.totals().live_blocks as usize);
+        // The parent's own inheritance too, when it was a forked child.
+        let parents_inherited: Vec<(u64, ExitBlock)> = parent.inherited_live().collect();
+        let mut take = |replay: &mut Replay, address: u64, block: &ExitBlock| {
+            let stack = replay.import_stack(parent, block.stack, &mut imported);
+            replay.inherited.push((address, ExitBlock { stack, ..*block }));
+        };
+        for (address, block) in &parents_inherited {
+            take(self, *address, block);
+        }
+        parent.live.for_each_live(|address, block| take(self, address, block));
+    }
+
+    /// The inherited blocks still live: those whose addresses this trace's events never name.
+    fn inherited_live(&self) -> impl Iterator<Item = (u64, ExitBlock)> + '_ {
+        self.inherited
+            .iter()
+            .filter(|(address, _)| !self.live.has_events_at(*address))
+            .copied()
+    }
+
+    /// The id in this replay of node `id` of `parent`'s, importing it and its callers first.
+    fn import_stack(&mut self, parent: &Replay, id: u64, imported: &mut ImportedIds) -> u64 {
+        if let Some(known) = imported.get(id) {
+            return known;
+        }
+        let mut chain = Vec::new();
+        let mut at = id;
+        while at != 0 && imported.get(at).is_none() {
+            let Some(node) = parent.nodes.get(at) else { break };
+            chain.push((at, *node));
+            at = node.parent;
+        }
+        // The outermost node not imported: 0, an imported one, or one the parent lost.
+        let mut caller = imported.get(at).unwrap_or(0);
+        if at != 0 && caller == 0 {
+            caller = self.next_imported_node;
+            self.next_imported_node += 1;
+            self.nodes.insert(caller, StackNode::LOST);
+            imported.insert(at, caller);
+        }
+        for (parent_id, node) in chain.into_iter().rev() {
+            let module = match node.frame {
+                Frame::Native { address } => find_module(&self.modules, address),
+                Frame::Python { code_id, .. } => {
+                    if let (false, Some(code)) = (
+                        self.python_codes.contains_key(&code_id),
+                        parent.python_codes.get(&code_id),
+                    ) {
+                        self.python_codes.insert(code_id, code.clone());
+                    }
+                    None
+                }
+                Frame::PythonEntry => None,
+            };
+            let id = self.next_imported_node;
+            self.next_imported_node += 1;
+            self.nodes.insert(id, StackNode::new(caller, node.frame, module));
+            imported.insert(parent_id, id);
+            caller = id;
+        }
+        caller
+    }
+
+    /// The trace as read; `reader` says what was damaged and whether the file was cut short.
+    pub(crate) fn finish<R: std::io::Read>(self, reader: &TraceReader<R>) -> Result<Trace, ReplayError> {
+        let Replay {
+            process,
+            modules,
+            nodes,
+            marks,
+            python_codes,
+            python,
+            python_ignores_environment,
+            live,
+            classes,
+            reachability,
+            mut finalization,
+            fork,
+            inheritance,
+            end,
+            stats,
+            inherited,
+            next_imported_node: _,
+            last_module: _,
+        } = self;
+        let mut live_totals = live.totals();
+        let inherited_live: Vec<ExitBlock> = inherited
+            .iter()
+            .filter(|(address, _)| !live.has_events_at(*address))
+            .map(|&(_, block)| block)
+            .collect();
+        if !inherited.is_empty() {
+            // The inherited blocks count as allocated before the child's own; each one freed
+            // matched the first free of its address.
+            let freed = (inherited.len() - inherited_live.len()) as u64;
+            let inherited_bytes: u64 = inherited.iter().map(|(_, b)| b.size).sum();
+            live_totals.allocations += inherited.len() as u64;
+            live_totals.frees += freed;
+            live_totals.unmatched_frees = live_totals.unmatched_frees.saturating_sub(freed);
+            live_totals.live_blocks += inherited_live.len() as u64;
+            live_totals.live_bytes += inherited_live.iter().map(|b| b.size).sum::<u64>();
+            live_totals.peak_bytes += inherited_bytes;
+        }
+        let incomplete = match end {
+            None => Some(Incompleteness::Truncated {
+                mid_chunk: reader.is_truncated(),
+            }),
+            Some(e) if e.kind != libleak_format::ExitKind::Exit => Some(Incompleteness::AbnormalExit(e)),
+            Some(_) => None,
+        };
+        let own = live.live_blocks();
+        // Inherited blocks first: they were allocated before every block of the child's own.
+        let mut live = inherited_live;
+        live.extend(own.into_iter().map(|(_, block)| block));
+        if reachability
+            .as_ref()
+            .is_some_and(|scan| scan.outcome == ScanOutcome::Complete)
+        {
+            for block in &mut live {
+                block.class = Some(classes.get(&block.address).copied().unwrap_or(LeakClass::Reachable));
+            }
+        }
+        let mut trace = Trace {
+            header: TraceHeader {
+                process: match process {
+                    Some(process) => process,
+                    // The events that survived are worth a report all the same.
+                    None if !reader.damage().is_empty() => ProcessInfo {
+                        program: "unknown".to_string(),
+                        exe: "(the process record was in a damaged part of the trace)".to_string(),
+                        ..ProcessInfo::default()
+                    },
+                    None => return Err(ReplayError::NoProcess),
+                },
+                python,
+                python_ignores_environment,
+                totals: live_totals,
+                stats,
+                reachability,
+                reachability_at_finalization: finalization.as_mut().and_then(|f| f.scan.take()),
+                fork,
+                inheritance,
+                end,
+                incomplete,
+                damage: reader.damage().to_vec(),
+            },
+            modules,
+            nodes,
+            python_codes,
+            live,
+            marks,
+            holding: finalization.as_mut().and_then(|f| f.holding.take()),
+        };
+        if let Some(live_then) = finalization.map(|f| f.live_then) {
+            trace.apply_finalization_scan(&live_then);
+        }
+        Ok(trace)
+    }
+}
+
+impl Trace {
+    /// Reads a trace from `input`, as it is: a forked child's inherited blocks are not
+    /// looked for.
+    pub fn read(input: impl std::io::Read) -> Result<Trace, ReplayError> {
+        Trace::read_observing(input, &mut |_| {}, &mut ())
+    }
+
+    /// As [`Trace::read`], also telling `observer` of each event and `progress` of the bytes
+    /// read (as [`Trace::open_with_progress`] does).
+    pub fn read_observing(
+        input: impl std::io::Read,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+    ) -> Result<Trace, ReplayError> {
+        Trace::read_with(input, progress, observer, &mut NoParents, None)
+    }
+
+    /// Reads a trace from `input` (which is at `path`, when it is a file), telling
+    /// `observer` of each event, `progress` of the bytes read, and reading a forked child's
+    /// inherited blocks through `parents`.
+    pub fn read_with(
+        input: impl std::io::Read,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+        parents: &mut dyn Inheritance,
+        path: Option<&Path>,
+    ) -> Result<Trace, ReplayError> {
+        Trace::read_sized(input, None, progress, observer, parents, path)
+    }
+
+    /// As [`Trace::read_with`]; `size`, the file's length when known, sizes the tables up
+    /// front (address space only: pages are touched as they fill), sparing the copies of
+    /// their growth.
+    pub(crate) fn read_sized(
+        input: impl std::io::Read,
+        size: Option<u64>,
+        progress: &mut dyn FnMut(u64),
+        observer: &mut dyn ReplayObserver,
+        parents: &mut dyn Inheritance,
+        path: Option<&Path>,
+    ) -> Result<Trace, ReplayError> {
+        const PROGRESS_EVERY: u64 = 1 << 18;
+        let mut records: u64 = 0;
+        let mut reader = TraceReader::new(input)?;
+        let mut replay = Replay::default();
+        if let Some(size) = size {
+            // A real-package trace holds about one stack node per 7 bytes.
+            replay
+                .nodes
+                .reserve(usize::try_from(size / 4).unwrap_or(0).min(1 << 28));
+        }
+        let mut chunk_times = ChunkTimes::default();
+        while let Some(record) = reader.next_record()? {
+            records += 1;
+            if records.is_multiple_of(PROGRESS_EVERY) {
+                progress(reader.bytes_read());
+            }
+            chunk_times.next(reader.chunk_time_ns(), observer);
+            observe(&record, &mut chunk_times, observer);
+            replay.handle(record, parents, path);
+        }
+        progress(reader.bytes_read());
+        chunk_times.finish(observer);
+        replay.finish(&reader)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libleak_format::{Alloc, Free};
+
+    use super::super::synthetic::module;
+    use super::*;
+
+    /// Hands the child the parent's replay as it stands.
+    struct Parent<'a>(&'a Replay);
+
+    impl Inheritance for Parent<'_> {
+        fn at_fork(
+            &mut self,
+            _: &libleak_format::ForkInfo,
+            _: Option<&Path>,
+            inherit: &mut dyn FnMut(&Replay),
+        ) -> Result<(), String> {
+            inherit(self.0);
+            Ok(())
+        }
+    }
+
+    fn alloc(seq: u64, address: u64, size: u64, stack: u64) -> Record {
+        Record::Alloc(Alloc {
+            seq,
+            thread_id: 1,
+            address,
+            size,
+            stack,
+            kind: libleak_format::AllocKind::Malloc,
+        })
+    }
+
+    #[test]
+    fn a_child_inherits_the_parents_live_blocks_with_their_stacks_and_codes() {
+        let mut parent = Replay::default();
+        let code = PythonCode {
+            id: 9,
+            filename: "app.py".into(),
+            qualified_name: "load".into(),
+            ..PythonCode::default()
+        };
+        let records = vec![
+            Record::Process(ProcessInfo::default()),
+            Record::Module(module(1, "/lib/a.so", 0x1000, 0x1000)),
+            Record::StackNode {
+                id: 1,
+                parent: 0,
+                frame: Frame::Native { address: 0x1100 },
+            },
+            Record::StackNode {
+                id: 2,
+                parent: 1,
+                frame: Frame::Python {
+                    code_id: 9,
+                    instruction_offset: 4,
+                },
+            },
+            Record::StackNode {
+                id: 3,
+                parent: 2,
+                frame: Frame::Native { address: 0x1200 },
+            },
+            Record::PythonCode(code.clone()),
+            alloc(1, 0xa000, 10, 3),
+            alloc(2, 0xb000, 20, 2),
+            alloc(3, 0xc000, 30, 3),
+            Record::Free(Free {
+                seq: 4,
+                thread_id: 1,
+                address: 0xc000,
+            }),
+        ];
+        for record in records {
+            parent.handle(record, &mut NoParents, None);
+        }
+        let fork = libleak_format::ForkInfo {
+            parent_pid: 1,
+            fork_seq: 5,
+            inherited_blocks: 2,
+            inherited_bytes: 30,
+            ..Default::default()
+        };
+        let mut child = Replay::default();
+        let records = vec![
+            Record::Process(ProcessInfo::default()),
+            Record::Module(module(1, "/lib/a.so", 0x1000, 0x1000)),
+            Record::Fork(fork),
+            // The child's own ids start at 1 again.
+            Record::StackNode {
+                id: 1,
+                parent: 0,
+                frame: Frame::Native { address: 0x1300 },
+            },
+            alloc(6, 0xd000, 40, 1),
+            Record::Free(Free {
+                seq: 7,
+                thread_id: 1,
+                address: 0xb000,
+            }),
+        ];
+        for record in records {
+            child.handle(record, &mut Parent(&parent), None);
+        }
+        let empty = empty_trace();
+        let trace = child.finish(&TraceReader::new(empty.as_slice()).unwrap()).unwrap();
+        assert_eq!(trace.header.inheritance, Some(Inherited::Read));
+        assert_eq!(trace.header.totals.unmatched_frees, 0);
+        let mut live: Vec<(u64, Vec<Frame>)> = trace
+            .live
+            .iter()
+            .map(|b| (b.size, trace.stack(b.stack).iter().map(|n| n.frame).collect()))
+            .collect();
+        live.sort_by_key(|(size, _)| *size);
+        let inherited = vec![
+            Frame::Native { address: 0x1200 },
+            Frame::Python {
+                code_id: 9,
+                instruction_offset: 4,
+            },
+            Frame::Native { address: 0x1100 },
+        ];
+        assert_eq!(live, [(10, inherited), (40, vec![Frame::Native { address: 0x1300 }])]);
+        assert_eq!(trace.python_codes.get(&9), Some(&code));
+        let inherited_block = trace.live.iter().find(|b| b.size == 10).unwrap();
+        assert_eq!(trace.stack(inherited_block.stack)[0].module(), Some(0));
+    }
+
+    /// A well-formed trace with nothing in it but the header.
+    fn empty_trace() -> Vec<u8> {
+        libleak_format::ChunkWriter::new(Vec::new()).unwrap().get_ref().clone()
+    }
+}
