@@ -13,6 +13,7 @@
 //! [`MemoryReader`], which cannot fault. Bounded by a deadline; past it, nothing is
 //! classified and the outcome says so. Must never write to the program's memory.
 
+mod blocks;
 mod index;
 pub mod roots;
 mod sort;
@@ -27,14 +28,11 @@ use crate::python::gc::{gc_header, GcObjects};
 use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
 use crate::sys::memory::{MemoryReader, MAX_WINDOW};
-use index::AddressIndex;
+use blocks::{next_chunk, Blocks, Pointer};
 pub use roots::ExitingThread;
 
 /// Bytes read from memory at a time.
 const WINDOW: usize = MAX_WINDOW;
-/// Blocks read one after another are read together, with one system call, when no more
-/// than this lies between them: a system call costs about as much as copying this much.
-const GAP: u64 = 4096;
 /// The shortest run of blocks read into the window at once; shorter ones are read through
 /// the reader's page cache.
 const MIN_RUN: u64 = 2 * 4096;
@@ -55,112 +53,6 @@ const REACHABLE: u8 = 2;
 enum Phase {
     Named,
     Anonymous,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Pointer {
-    Start,
-    Interior,
-}
-
-struct Blocks {
-    addresses: Vec<u64>,
-    sizes: Vec<u64>,
-    /// Offset of the Python object inside a garbage-collected object's block; 0 otherwise.
-    object_offsets: Vec<u8>,
-    /// Where references to a block that holds no object point, when not at its start (a
-    /// managed dict's values, past their prefix, or a byte before as 3.12 tags them); 0: at
-    /// its start only.
-    reference_offsets: Vec<u8>,
-    /// Offset of the next heap chunk's header when it falls inside the block (see
-    /// [`roots::next_chunk_offset`]); `u64::MAX` otherwise.
-    next_chunks: Vec<u64>,
-    /// Bytes of the block worth scanning (a list's item array: the items in use).
-    scan_limits: Vec<u64>,
-    index: AddressIndex,
-    lowest: u64,
-    highest_end: u64,
-}
-
-impl Blocks {
-    fn new(mut blocks: Vec<(u64, u64)>) -> Blocks {
-        sort::by_address(&mut blocks);
-        let lowest = blocks.first().map_or(u64::MAX, |b| b.0);
-        let highest_end = blocks.iter().map(|(a, s)| a + (*s).max(1)).max().unwrap_or(0);
-        let addresses: Vec<u64> = blocks.iter().map(|b| b.0).collect();
-        Blocks {
-            index: AddressIndex::new(&addresses, |i| blocks[i].0 + blocks[i].1.max(1)),
-            addresses,
-            sizes: blocks.iter().map(|b| b.1).collect(),
-            object_offsets: vec![0; blocks.len()],
-            reference_offsets: vec![0; blocks.len()],
-            next_chunks: vec![u64::MAX; blocks.len()],
-            scan_limits: blocks.iter().map(|b| b.1).collect(),
-            lowest,
-            highest_end,
-        }
-    }
-
-    /// The block `value` points into, and how.
-    #[inline]
-    fn find(&self, value: u64) -> Option<(usize, Pointer)> {
-        if value < self.lowest || value >= self.highest_end {
-            return None;
-        }
-        let index = self.index.last_at_or_below(&self.addresses, value)?;
-        let offset = value - self.addresses[index];
-        if offset >= self.sizes[index].max(1) || offset == self.next_chunks[index] {
-            return None;
-        }
-        let object = u64::from(self.object_offsets[index]);
-        if object != 0 {
-            if gc_header(object).contains(&offset) {
-                // A generation-list link; the collector keeps flags in the low bits of its
-                // `_gc_prev` words, so the link may point a few bytes in.
-                return None;
-            }
-            if offset == object {
-                return Some((index, Pointer::Start));
-            }
-        } else if offset != 0 && {
-            // 3.12 tags a managed dict's values pointer by subtracting one.
-            let reference = u64::from(self.reference_offsets[index]);
-            offset == reference || offset + 1 == reference
-        } {
-            return Some((index, Pointer::Start));
-        }
-        Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
-    }
-}
-
-impl Blocks {
-    /// The stretch of memory to read at once before reading `[address - lead, address +
-    /// min(limit, head))` of block `first`: the same parts of the blocks in `rest` (in address
-    /// order) that follow it closely and are `wanted`, up to [`MAX_WINDOW`] bytes.
-    fn run(
-        &self,
-        first: usize,
-        rest: impl Iterator<Item = usize>,
-        wanted: impl Fn(usize) -> bool,
-        (lead, head): (u64, u64),
-        limits: &[u64],
-    ) -> (u64, u64) {
-        let part = |index: usize| {
-            let address = self.addresses[index];
-            (address.saturating_sub(lead), address + limits[index].min(head))
-        };
-        let (start, mut end) = part(first);
-        for index in rest {
-            let (next_start, next_end) = part(index);
-            if next_start > end.saturating_add(GAP) || next_end - start > MAX_WINDOW as u64 {
-                break;
-            }
-            if wanted(index) {
-                end = end.max(next_end);
-            }
-        }
-        (start, end)
-    }
 }
 
 struct Marker<'a> {
@@ -629,14 +521,6 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         summary,
         holders,
     }
-}
-
-/// Where the next heap chunk's header starts inside the block at `address` (see
-/// [`roots::next_chunk_offset`]); `u64::MAX` when not inside it.
-fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> u64 {
-    roots::next_chunk_offset(memory, address)
-        .filter(|&offset| offset < size)
-        .unwrap_or(u64::MAX)
 }
 
 /// Puts a level of the flood in address order (block indices are), without repeats: with a

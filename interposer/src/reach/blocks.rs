@@ -1,0 +1,128 @@
+//! The live blocks as the scan sees them: sorted by address, with what it learnt of each
+//! (the Python object inside, where references to it point, where the next heap chunk's
+//! header falls), and the look-up of the block a word points into.
+//!
+//! Must never read memory but through the [`MemoryReader`] it is given.
+
+use super::index::AddressIndex;
+use super::{roots, sort};
+use crate::python::gc::gc_header;
+use crate::sys::memory::{MemoryReader, MAX_WINDOW};
+
+/// Blocks read one after another are read together, with one system call, when no more
+/// than this lies between them: a system call costs about as much as copying this much.
+const GAP: u64 = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pointer {
+    Start,
+    Interior,
+}
+
+pub(super) struct Blocks {
+    pub(super) addresses: Vec<u64>,
+    pub(super) sizes: Vec<u64>,
+    /// Offset of the Python object inside a garbage-collected object's block; 0 otherwise.
+    pub(super) object_offsets: Vec<u8>,
+    /// Where references to a block that holds no object point, when not at its start (a
+    /// managed dict's values, past their prefix, or a byte before as 3.12 tags them); 0: at
+    /// its start only.
+    pub(super) reference_offsets: Vec<u8>,
+    /// Offset of the next heap chunk's header when it falls inside the block (see
+    /// [`roots::next_chunk_offset`]); `u64::MAX` otherwise.
+    pub(super) next_chunks: Vec<u64>,
+    /// Bytes of the block worth scanning (a list's item array: the items in use).
+    pub(super) scan_limits: Vec<u64>,
+    pub(super) index: AddressIndex,
+    pub(super) lowest: u64,
+    pub(super) highest_end: u64,
+}
+
+impl Blocks {
+    pub(super) fn new(mut blocks: Vec<(u64, u64)>) -> Blocks {
+        sort::by_address(&mut blocks);
+        let lowest = blocks.first().map_or(u64::MAX, |b| b.0);
+        let highest_end = blocks.iter().map(|(a, s)| a + (*s).max(1)).max().unwrap_or(0);
+        let addresses: Vec<u64> = blocks.iter().map(|b| b.0).collect();
+        Blocks {
+            index: AddressIndex::new(&addresses, |i| blocks[i].0 + blocks[i].1.max(1)),
+            addresses,
+            sizes: blocks.iter().map(|b| b.1).collect(),
+            object_offsets: vec![0; blocks.len()],
+            reference_offsets: vec![0; blocks.len()],
+            next_chunks: vec![u64::MAX; blocks.len()],
+            scan_limits: blocks.iter().map(|b| b.1).collect(),
+            lowest,
+            highest_end,
+        }
+    }
+
+    /// The block `value` points into, and how.
+    #[inline]
+    pub(super) fn find(&self, value: u64) -> Option<(usize, Pointer)> {
+        if value < self.lowest || value >= self.highest_end {
+            return None;
+        }
+        let index = self.index.last_at_or_below(&self.addresses, value)?;
+        let offset = value - self.addresses[index];
+        if offset >= self.sizes[index].max(1) || offset == self.next_chunks[index] {
+            return None;
+        }
+        let object = u64::from(self.object_offsets[index]);
+        if object != 0 {
+            if gc_header(object).contains(&offset) {
+                // A generation-list link; the collector keeps flags in the low bits of its
+                // `_gc_prev` words, so the link may point a few bytes in.
+                return None;
+            }
+            if offset == object {
+                return Some((index, Pointer::Start));
+            }
+        } else if offset != 0 && {
+            // 3.12 tags a managed dict's values pointer by subtracting one.
+            let reference = u64::from(self.reference_offsets[index]);
+            offset == reference || offset + 1 == reference
+        } {
+            return Some((index, Pointer::Start));
+        }
+        Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
+    }
+}
+
+impl Blocks {
+    /// The stretch of memory to read at once before reading `[address - lead, address +
+    /// min(limit, head))` of block `first`: the same parts of the blocks in `rest` (in address
+    /// order) that follow it closely and are `wanted`, up to [`MAX_WINDOW`] bytes.
+    pub(super) fn run(
+        &self,
+        first: usize,
+        rest: impl Iterator<Item = usize>,
+        wanted: impl Fn(usize) -> bool,
+        (lead, head): (u64, u64),
+        limits: &[u64],
+    ) -> (u64, u64) {
+        let part = |index: usize| {
+            let address = self.addresses[index];
+            (address.saturating_sub(lead), address + limits[index].min(head))
+        };
+        let (start, mut end) = part(first);
+        for index in rest {
+            let (next_start, next_end) = part(index);
+            if next_start > end.saturating_add(GAP) || next_end - start > MAX_WINDOW as u64 {
+                break;
+            }
+            if wanted(index) {
+                end = end.max(next_end);
+            }
+        }
+        (start, end)
+    }
+}
+
+/// Where the next heap chunk's header starts inside the block at `address` (see
+/// [`roots::next_chunk_offset`]); `u64::MAX` when not inside it.
+pub(super) fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> u64 {
+    roots::next_chunk_offset(memory, address)
+        .filter(|&offset| offset < size)
+        .unwrap_or(u64::MAX)
+}
