@@ -61,6 +61,12 @@ impl ParentReplay {
 
     fn open_one(path: &Path, fork: &ForkInfo, parents: &mut ParentTraces) -> Result<ParentReplay, String> {
         let shown = path.display();
+        // The path comes from the child's trace: never open a device or a pipe through it.
+        let metadata =
+            std::fs::metadata(path).map_err(|e| format!("the parent's trace {shown} cannot be opened ({e})"))?;
+        if !metadata.is_file() {
+            return Err(format!("the parent's trace {shown} is not a regular file"));
+        }
         let file = File::open(path).map_err(|e| format!("the parent's trace {shown} cannot be opened ({e})"))?;
         let mut reader = TraceReader::new(BufReader::with_capacity(1 << 20, file))
             .map_err(|e| format!("the parent's trace {shown} cannot be read ({e})"))?;
