@@ -164,7 +164,7 @@ fn processes_in(dir: &Path) -> Vec<(u32, u64, PathBuf)> {
     entries
         .filter_map(|entry| {
             let path = entry.ok()?.path();
-            if path.extension()? != "trace" {
+            if path.extension()? != "trace" || !path.is_file() {
                 return None;
             }
             let file = File::open(&path).ok()?;
