@@ -544,10 +544,11 @@ impl Trace {
         let mut reader = TraceReader::new(input)?;
         let mut replay = Replay::default();
         if let Some(size) = size {
-            // A real-package trace holds about one stack node per 7 bytes.
+            // A real-package trace holds about one stack node per 7 bytes; capped so that a
+            // huge trace asks for no more than 640 MB of address space up front.
             replay
                 .nodes
-                .reserve(usize::try_from(size / 4).unwrap_or(0).min(1 << 28));
+                .reserve(usize::try_from(size / 6).unwrap_or(0).min(1 << 24));
         }
         let mut chunk_times = ChunkTimes::default();
         while let Some(record) = reader.next_record()? {
