@@ -15,8 +15,14 @@ const CHILDREN: usize = 5;
 /// Builds and runs the fixture under libleak, every process tracing into one directory;
 /// returns that directory (the parent waits for its children, so every trace is finished).
 fn traced_run(scratch: &Scratch) -> PathBuf {
-    let exe = scratch.join("five_children");
-    compile("gcc", &[SOURCE], &exe, &[]);
+    traced_run_of(scratch, SOURCE, CHILDREN + 1)
+}
+
+/// Builds the C fixture `source`, runs it under libleak with every process tracing into one
+/// directory, checks it exits 0 leaving `processes` traces, and returns the directory.
+fn traced_run_of(scratch: &Scratch, source: &str, processes: usize) -> PathBuf {
+    let exe = scratch.join("fixture");
+    compile("gcc", &[source], &exe, &[]);
     let directory = scratch.join("traces");
     std::fs::create_dir_all(&directory).unwrap();
     let output = run(Command::new(&exe)
@@ -30,7 +36,7 @@ fn traced_run(scratch: &Scratch) -> PathBuf {
     );
     assert_eq!(
         std::fs::read_dir(&directory).unwrap().count(),
-        CHILDREN + 1,
+        processes,
         "a trace per process"
     );
     directory
@@ -316,24 +322,11 @@ print('forked', len(children))\n";
 fn children_of_a_large_parent_record_only_their_own_work() {
     const BIG: &str = "forks/big_parent.c";
     let scratch = Scratch::new("fork-big-parent");
-    let exe = scratch.join("big_parent");
-    compile("gcc", &[BIG], &exe, &[]);
-    let directory = scratch.join("traces");
-    std::fs::create_dir_all(&directory).unwrap();
-    let output = run(Command::new(&exe)
-        .env("LD_PRELOAD", libleak_so())
-        .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let directory = traced_run_of(&scratch, BIG, 4);
     let traces: Vec<PathBuf> = std::fs::read_dir(&directory)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(traces.len(), 4, "a trace per process");
     let reports: Vec<(PathBuf, Value)> = traces.iter().map(|t| (t.clone(), report_json(t))).collect();
     let (parent_path, parent) = reports.iter().find(|(_, r)| r["fork"].is_null()).unwrap();
     let parent_size = std::fs::metadata(parent_path).unwrap().len();
