@@ -31,6 +31,14 @@ pub struct StackTally {
     pub allocator: AllocKind,
 }
 
+impl StackTally {
+    /// Blocks a fork child inherited and never judged: it ended before its exit scan. Its
+    /// parent's report judges them; they are counted apart and never listed.
+    pub fn unjudged_inheritance(&self) -> bool {
+        self.inherited && self.class.is_none()
+    }
+}
+
 /// (stack, class, during finalisation, inherited).
 type TallyKey = (u64, Option<LeakClass>, bool, bool);
 

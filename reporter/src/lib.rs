@@ -96,8 +96,8 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     // Reachable blocks are only counted unless listed: their stacks need no symbols.
     // Inherited blocks a child never judged are not listed either (see attribute).
     let needs_frames = |tally: &&classify::StackTally| {
-        let unjudged_inherited = tally.inherited && tally.class.is_none();
-        !unjudged_inherited && (options.show_reachable || tally.class != Some(libleak_format::LeakClass::Reachable))
+        !tally.unjudged_inheritance()
+            && (options.show_reachable || tally.class != Some(libleak_format::LeakClass::Reachable))
     };
     let stacks = classify::stacks(tallies.iter().filter(needs_frames));
     let symbols = SymbolTable::of_stacks(trace, &stacks, symbolizer);

@@ -252,7 +252,7 @@ impl std::fmt::Display for Incompleteness {
 
 /// What a trace says about its process as a whole, read once by replay and carried into the
 /// report unchanged.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TraceHeader {
     pub process: ProcessInfo,
     /// The interpreter the process ran, if any.

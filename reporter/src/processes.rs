@@ -87,7 +87,7 @@ pub fn fold_inherited(reports: &mut [Report]) {
 
 #[cfg(test)]
 mod tests {
-    use libleak_format::{AllocKind, ForkInfo, ProcessInfo, Stats};
+    use libleak_format::{AllocKind, ForkInfo, ProcessInfo};
 
     use super::*;
     use crate::model::{Class, Frame, FrameKind, GroupBy, Omitted, Owner, StackRow, Summary, Tally, TraceHeader};
@@ -138,20 +138,11 @@ mod tests {
                     pid,
                     ..ProcessInfo::default()
                 },
-                python: None,
-                python_ignores_environment: None,
-                totals: Default::default(),
-                stats: Stats::default(),
-                reachability: None,
-                reachability_at_finalization: None,
                 fork: forked_from.map(|parent_pid| ForkInfo {
                     parent_pid,
                     ..ForkInfo::default()
                 }),
-                inheritance: None,
-                end: None,
-                incomplete: None,
-                damage: Vec::new(),
+                ..TraceHeader::default()
             },
             summary: Summary::default(),
             group_by: GroupBy::Site,

@@ -208,17 +208,7 @@ impl MemoryReader {
         // A page or less: `process_vm_readv` costs a third of a `/proc/self/mem` read, and
         // copies at most the pages it reads when they are shared with a parent.
         if out.len() <= PAGE && !self.vm_readv_refused {
-            let local = libc::iovec {
-                iov_base: out.as_mut_ptr().cast(),
-                iov_len: out.len(),
-            };
-            let remote = libc::iovec {
-                iov_base: address as *mut libc::c_void,
-                iov_len: out.len(),
-            };
-            // SAFETY: `local` describes `out`, which we own and may write; the kernel checks
-            // `remote` against our own address space and returns EFAULT instead of faulting.
-            let read = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
+            let read = self.vm_readv(address, out);
             if read >= 0 {
                 return read as usize;
             }
@@ -245,6 +235,12 @@ impl MemoryReader {
         if self.vm_readv_refused {
             return 0;
         }
+        self.vm_readv(address, out).max(0) as usize
+    }
+
+    /// `process_vm_readv` of `out.len()` bytes at `address` of this process into `out`: the
+    /// bytes read, or -1 (errno says why).
+    fn vm_readv(&self, address: u64, out: &mut [u8]) -> isize {
         let local = libc::iovec {
             iov_base: out.as_mut_ptr().cast(),
             iov_len: out.len(),
@@ -253,9 +249,9 @@ impl MemoryReader {
             iov_base: address as *mut libc::c_void,
             iov_len: out.len(),
         };
-        // SAFETY: as above.
-        let read = unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) };
-        read.max(0) as usize
+        // SAFETY: `local` describes `out`, which we own and may write; the kernel checks
+        // `remote` against our own address space and returns EFAULT instead of faulting.
+        unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) }
     }
 
     pub fn word(&mut self, address: u64) -> Option<u64> {

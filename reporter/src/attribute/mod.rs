@@ -41,7 +41,7 @@ pub fn attribute<'a>(
         let reachable = tally.class == Some(LeakClass::Reachable);
         // What the runtime allocated while shutting down is its own, whatever the stack.
         let leftover = !reachable && (tally.during_finalization || roles.is_runtime_leftover(frames));
-        let listed = if tally.inherited && tally.class.is_none() {
+        let listed = if tally.unjudged_inheritance() {
             summary.inherited_unjudged.add(blocks, bytes);
             false
         } else if reachable {
@@ -128,6 +128,16 @@ mod tests {
             count(3, Some(LeakClass::PossiblyLost), 5),
             // No stack (a signal handler's block): anyone's, so never a leftover.
             count(4, Some(LeakClass::IndirectlyLost), 6),
+            // Inherited by a fork child that ended before its exit scan: its parent's to judge.
+            StackTally {
+                inherited: true,
+                ..count(1, None, 7)
+            },
+            // Inherited and judged by the child's scan: a leak like any other.
+            StackTally {
+                inherited: true,
+                ..count(1, Some(LeakClass::DefinitelyLost), 8)
+            },
         ];
         let roles = Roles {
             executable: "/usr/bin/prog".into(),
@@ -142,7 +152,8 @@ mod tests {
             blocks,
             bytes: blocks * 10,
         };
-        assert_eq!(summary.definitely_lost, tally(1));
+        assert_eq!(summary.definitely_lost, tally(1 + 8));
+        assert_eq!(summary.inherited_unjudged, tally(7));
         assert_eq!(summary.reachable, tally(2));
         assert_eq!(summary.unclassified, tally(3));
         assert_eq!(summary.runtime_leftovers, tally(4));
@@ -150,7 +161,7 @@ mod tests {
         assert_eq!(summary.indirectly_lost, tally(6));
         assert_eq!(summary.possibly_lost, Tally::default());
         let blocks: Vec<u64> = listed.iter().map(|a| a.tally.tally.blocks).collect();
-        assert_eq!(blocks, [1, 3, 6]);
+        assert_eq!(blocks, [1, 3, 6, 8]);
 
         options.show_reachable = true;
         options.show_leftovers = true;
@@ -166,7 +177,8 @@ mod tests {
                 (2, true, false),
                 (3, false, false),
                 (4, false, true),
-                (6, false, false)
+                (6, false, false),
+                (8, false, false)
             ]
         );
     }

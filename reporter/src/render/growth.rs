@@ -275,7 +275,6 @@ fn between_text(out: &mut String, between: &Between) {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use libleak_format::{ProcessInfo, Stats};
 
     use super::*;
     use crate::growth::sites::WindowSite;
@@ -312,20 +311,7 @@ pub(super) mod tests {
         };
         GrowthReport {
             trace_path: "t.trace".into(),
-            header: TraceHeader {
-                process: ProcessInfo::default(),
-                python: None,
-                python_ignores_environment: None,
-                totals: Default::default(),
-                stats: Stats::default(),
-                reachability: None,
-                reachability_at_finalization: None,
-                fork: None,
-                inheritance: None,
-                end: None,
-                incomplete: None,
-                damage: Vec::new(),
-            },
+            header: TraceHeader::default(),
             period: Period {
                 last_seq: 100,
                 events: 100,

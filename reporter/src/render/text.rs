@@ -413,7 +413,7 @@ pub fn summary_line(report: &Report) -> String {
 
 #[cfg(test)]
 mod tests {
-    use libleak_format::{ProcessInfo, Stats};
+    use libleak_format::Stats;
 
     use super::*;
     use crate::model::{GroupBy, Omitted, Summary, TraceHeader};
@@ -422,21 +422,11 @@ mod tests {
         Report {
             trace_path: "t.trace".into(),
             header: TraceHeader {
-                process: ProcessInfo::default(),
-                python: None,
-                python_ignores_environment: None,
-                totals: Default::default(),
                 stats: Stats {
                     producer_waits,
                     ..Stats::default()
                 },
-                reachability: None,
-                reachability_at_finalization: None,
-                fork: None,
-                inheritance: None,
-                end: None,
-                incomplete: None,
-                damage: Vec::new(),
+                ..TraceHeader::default()
             },
             summary: Summary::default(),
             group_by: GroupBy::Site,

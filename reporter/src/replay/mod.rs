@@ -305,7 +305,7 @@ pub fn find_module(modules: &[ModuleState], address: u64) -> Option<usize> {
 /// Traces built in memory for the stages' unit tests.
 #[cfg(test)]
 pub(crate) mod synthetic {
-    use libleak_format::{AllocKind, LeakClass, ProcessInfo, PythonRuntime, Segment, Stats};
+    use libleak_format::{AllocKind, LeakClass, ProcessInfo, PythonRuntime, Segment};
 
     use super::*;
 
@@ -318,17 +318,7 @@ pub(crate) mod synthetic {
                     program: exe.rsplit('/').next().unwrap_or(exe).to_string(),
                     ..ProcessInfo::default()
                 },
-                python: None,
-                python_ignores_environment: None,
-                totals: Default::default(),
-                stats: Stats::default(),
-                reachability: None,
-                reachability_at_finalization: None,
-                fork: None,
-                inheritance: None,
-                end: None,
-                incomplete: None,
-                damage: Vec::new(),
+                ..TraceHeader::default()
             },
             modules: Vec::new(),
             nodes: StackNodes::default(),

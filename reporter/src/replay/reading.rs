@@ -403,6 +403,7 @@ impl Replay {
 
     /// The trace as read; `reader` says what was damaged and whether the file was cut short.
     pub(crate) fn finish<R: std::io::Read>(self, reader: &TraceReader<R>) -> Result<Trace, ReplayError> {
+        let inherited_live: Vec<ExitBlock> = self.inherited_live().map(|(_, block)| block).collect();
         let Replay {
             process,
             modules,
@@ -424,11 +425,6 @@ impl Replay {
             last_module: _,
         } = self;
         let mut live_totals = live.totals();
-        let inherited_live: Vec<ExitBlock> = inherited
-            .iter()
-            .filter(|(address, _)| !live.has_events_at(*address))
-            .map(|&(_, block)| block)
-            .collect();
         if !inherited.is_empty() {
             // The inherited blocks count as allocated before the child's own; each one freed
             // matched the first free of its address.
@@ -588,6 +584,14 @@ mod tests {
         }
     }
 
+    fn free(seq: u64, address: u64) -> Record {
+        Record::Free(Free {
+            seq,
+            thread_id: 1,
+            address,
+        })
+    }
+
     fn alloc(seq: u64, address: u64, size: u64, stack: u64) -> Record {
         Record::Alloc(Alloc {
             seq,
@@ -633,11 +637,7 @@ mod tests {
             alloc(1, 0xa000, 10, 3),
             alloc(2, 0xb000, 20, 2),
             alloc(3, 0xc000, 30, 3),
-            Record::Free(Free {
-                seq: 4,
-                thread_id: 1,
-                address: 0xc000,
-            }),
+            free(4, 0xc000),
         ];
         for record in records {
             parent.handle(record, &mut NoParents, None);
@@ -661,11 +661,7 @@ mod tests {
                 frame: Frame::Native { address: 0x1300 },
             },
             alloc(6, 0xd000, 40, 1),
-            Record::Free(Free {
-                seq: 7,
-                thread_id: 1,
-                address: 0xb000,
-            }),
+            free(7, 0xb000),
         ];
         for record in records {
             child.handle(record, &mut Parent(&parent), None);
