@@ -10,8 +10,8 @@ use flate2::{Compress, Compression, FlushCompress, Status};
 use crate::delta::{DeltaState, Recent};
 use crate::recent::Finder;
 use crate::record::{
-    frame_kind, holder_kind, tag, Alloc, BlockClass, BlockHolder, End, ForkInfo, Frame, Free, Holder, Mark, Module,
-    ProcessInfo, PythonCode, PythonRuntime, Reachability, Stats,
+    frame_kind, holder_kind, tag, Alloc, BlockClass, BlockHolder, End, ForkInfo, Frame, Free, Holder, LostBlock, Mark,
+    Module, ProcessInfo, PythonCode, PythonRuntime, Reachability, Stats,
 };
 use crate::varint::{put_bytes, put_i64, put_u64, put_u64_into, MAX_VARINT_BYTES};
 use crate::{CHUNK_FRAME_LEN, CHUNK_SYNC, FORMAT_VERSION, HEADER_LEN, MAGIC};
@@ -270,6 +270,21 @@ impl RecordEncoder {
         for name in names {
             put_bytes(out, name.as_bytes());
         }
+    }
+
+    /// Entries must be sorted by address; the caller splits long lists into several records.
+    pub fn lost_blocks(&mut self, entries: &[LostBlock]) {
+        self.address_entries(
+            tag::LOST_BLOCKS,
+            entries,
+            |e| e.address,
+            |out, e| {
+                put_i64(out, e.root.wrapping_sub(e.address) as i64);
+                put_u64(out, e.object_type.into());
+                put_u64(out, e.refcount);
+                put_u64(out, e.references);
+            },
+        );
     }
 
     /// A record of `entries` keyed by address: the count, then per entry the address as a

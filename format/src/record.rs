@@ -28,6 +28,7 @@ pub(crate) mod tag {
     pub const HOLDERS: u8 = 0x14;
     pub const BLOCK_HOLDERS: u8 = 0x15;
     pub const OBJECT_TYPES: u8 = 0x16;
+    pub const LOST_BLOCKS: u8 = 0x17;
 }
 
 /// Holder kind bytes inside a HOLDERS record.
@@ -96,6 +97,10 @@ pub enum Record {
     /// Names of the Python types of objects in the scan at [`Record::Finalizing`]: the next
     /// type ids of that scan (its first type is id 1).
     ObjectTypes(Vec<String>),
+    /// The structure of the lost memory the scan found: which leaked root keeps each lost
+    /// block, and what each lost Python object is, with its reference count against the
+    /// references the scan found to it.
+    LostBlocks(Vec<LostBlock>),
     End(End),
 }
 
@@ -295,6 +300,10 @@ wire_enum! {
         IndirectlyLost = 2 => "indirectly-lost",
         /// Reached only through pointers into its middle: probably lost.
         PossiblyLost = 3 => "possibly-lost",
+        /// Lost, but garbage the Python garbage collector would free: Python objects whose
+        /// every reference comes from lost memory that no leaked reference or lost C block
+        /// keeps (a reference cycle dropped by its last owner), and the memory they own.
+        Collectable = 4 => "collectable",
         /// A pointer to its start is held by a root or by another reachable block.
         Reachable = 0 => "reachable",
     }
@@ -323,6 +332,24 @@ pub struct BlockHolder {
     /// The type of the Python object the block holds, as a type id of the same scan (1 = its
     /// first); 0 when the block holds no object the scan recognised.
     pub object_type: u32,
+}
+
+/// A block the scan found lost (or possibly lost), by its address: the root of the leaked
+/// structure it belongs to, and the Python object it holds, if any.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostBlock {
+    pub address: u64,
+    /// The address of the block whose leak keeps this one: this block's own when it is a
+    /// root (a leaked structure's top), another lost block's when it is part of that one's
+    /// structure.
+    pub root: u64,
+    /// The type of the Python object the block holds, as a type id of the same scan (1 = its
+    /// first); 0 when the block holds no object the scan recognised.
+    pub object_type: u32,
+    /// The object's reference count (0 when the block holds no object the scan recognised).
+    pub refcount: u64,
+    /// How many pointers to the object's start the scan found in lost memory.
+    pub references: u64,
 }
 
 /// One block's class, by its address (unique among the blocks live at exit).
@@ -430,7 +457,7 @@ mod tests {
         assert_eq!(names(&ExitKind::ALL.map(ExitKind::name)), "exit _exit abort exec");
         assert_eq!(
             names(&LeakClass::ALL.map(LeakClass::name)),
-            "definitely-lost indirectly-lost possibly-lost reachable"
+            "definitely-lost indirectly-lost possibly-lost collectable reachable"
         );
         assert_eq!(
             names(&ScanOutcome::ALL.map(ScanOutcome::name)),

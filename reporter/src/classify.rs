@@ -11,7 +11,8 @@ use libleak_format::live::AddressHasher;
 
 use libleak_format::{AllocKind, LeakClass};
 
-use crate::model::Tally;
+use crate::live::ExitBlock;
+use crate::model::{Class, References, Tally};
 use crate::replay::Trace;
 
 /// The live blocks of one stack and one class.
@@ -26,6 +27,14 @@ pub struct StackTally {
     /// Inherited by a fork child: allocated in the parent before the fork (`seq` below the
     /// FORK record's `fork_seq`), so the parent's trace may hold the same block.
     pub inherited: bool,
+    /// Part of the structure of a leaked block of another stack (this one): these blocks
+    /// leak because that one does, and are judged and listed with it.
+    pub part_of: Option<u64>,
+    /// The Python type of the objects these blocks hold, as an index into the trace's
+    /// object types (lost blocks only).
+    pub object_type: Option<u32>,
+    /// The references these blocks' objects hold and the scan could not find.
+    pub references: References,
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
     pub allocator: AllocKind,
@@ -37,48 +46,134 @@ impl StackTally {
     pub fn unjudged_inheritance(&self) -> bool {
         self.inherited && self.class.is_none()
     }
+
+    /// The key these blocks were counted under.
+    pub fn key(&self) -> TallyKey {
+        TallyKey {
+            stack: self.stack,
+            class: self.class,
+            during_finalization: self.during_finalization,
+            inherited: self.inherited,
+            part_of: self.part_of,
+            object_type: self.object_type,
+        }
+    }
+
+    /// The stack whose owner answers for these blocks: their structure's root's, else their
+    /// own.
+    pub fn judged_stack(&self) -> u64 {
+        self.part_of.unwrap_or(self.stack)
+    }
 }
 
-/// (stack, class, during finalisation, inherited).
-type TallyKey = (u64, Option<LeakClass>, bool, bool);
+/// What makes a count: each block is counted under exactly one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TallyKey {
+    pub stack: u64,
+    pub class: Option<LeakClass>,
+    pub during_finalization: bool,
+    pub inherited: bool,
+    pub part_of: Option<u64>,
+    pub object_type: Option<u32>,
+}
 
-/// The live blocks by (stack, class, during finalisation, inherited), ordered by stack id
-/// and then class.
+/// Finds each live block's [`TallyKey`].
+pub struct Keys<'a> {
+    trace: &'a Trace,
+    fork_seq: Option<u64>,
+    /// The stack of every lost block some other block's structure hangs from, by address.
+    root_stacks: HashMap<u64, u64, BuildHasherDefault<AddressHasher>>,
+}
+
+impl<'a> Keys<'a> {
+    pub fn new(trace: &'a Trace) -> Keys<'a> {
+        let mut root_stacks: HashMap<u64, u64, BuildHasherDefault<AddressHasher>> = HashMap::default();
+        if !trace.lost.is_empty() {
+            for facts in trace.lost.values() {
+                root_stacks.insert(facts.root, 0);
+            }
+            for block in &trace.live {
+                if let Some(stack) = root_stacks.get_mut(&block.address) {
+                    if block.class.is_some_and(|class| Class::of(Some(class)).is_leak()) {
+                        *stack = block.stack;
+                    }
+                }
+            }
+            root_stacks.retain(|_, stack| *stack != 0);
+        }
+        Keys {
+            trace,
+            // Counted apart so that a row can tell whether all its blocks came from the parent.
+            fork_seq: trace.header.fork.as_ref().map(|fork| fork.fork_seq),
+            root_stacks,
+        }
+    }
+
+    pub fn of(&self, block: &ExitBlock) -> TallyKey {
+        let facts = self.trace.lost.get(&block.address);
+        let part_of = facts
+            .filter(|facts| facts.root != block.address)
+            .and_then(|facts| self.root_stacks.get(&facts.root).copied());
+        TallyKey {
+            stack: block.stack,
+            class: block.class,
+            during_finalization: block.during_finalization,
+            inherited: self.fork_seq.is_some_and(|fork_seq| block.seq < fork_seq),
+            part_of,
+            object_type: facts.and_then(|facts| facts.object_type),
+        }
+    }
+}
+
+/// The live blocks by [`TallyKey`], ordered by key.
 pub fn tally(trace: &Trace) -> Vec<StackTally> {
-    // Counted apart so that a row can tell whether all its blocks came from the parent.
-    let fork_seq = trace.header.fork.as_ref().map(|fork| fork.fork_seq);
+    let keys = Keys::new(trace);
     // A fast hash: millions of blocks in a fork child of a large parent; sorted below.
     let mut groups: HashMap<TallyKey, StackTally, BuildHasherDefault<AddressHasher>> = HashMap::default();
     for block in &trace.live {
-        let inherited = fork_seq.is_some_and(|fork_seq| block.seq < fork_seq);
-        groups
-            .entry((block.stack, block.class, block.during_finalization, inherited))
-            .or_insert_with(|| StackTally {
-                stack: block.stack,
-                class: block.class,
-                during_finalization: block.during_finalization,
-                inherited,
-                tally: Tally::default(),
-                allocator: block.kind,
-            })
-            .tally
-            .add(1, block.size);
+        let key = keys.of(block);
+        let group = groups.entry(key).or_insert_with(|| StackTally {
+            stack: key.stack,
+            class: key.class,
+            during_finalization: key.during_finalization,
+            inherited: key.inherited,
+            part_of: key.part_of,
+            object_type: key.object_type,
+            references: References::default(),
+            tally: Tally::default(),
+            allocator: block.kind,
+        });
+        group.tally.add(1, block.size);
+        if let Some(facts) = trace.lost.get(&block.address).filter(|f| f.leaked_references() > 0) {
+            group.references.add(References {
+                objects: 1,
+                refcount: facts.refcount,
+                found: facts.references,
+            });
+        }
     }
-    let mut groups: Vec<StackTally> = groups.into_values().collect();
-    groups.sort_by_key(|group| {
+    let mut groups: Vec<(TallyKey, StackTally)> = groups.into_iter().collect();
+    groups.sort_by_key(|(key, _)| {
         (
-            group.stack,
-            group.class.map(|c| c as u8),
-            group.during_finalization,
-            group.inherited,
+            key.stack,
+            key.class.map(|c| c as u8),
+            key.during_finalization,
+            key.inherited,
+            key.part_of,
+            key.object_type,
         )
     });
-    groups
+    groups.into_iter().map(|(_, group)| group).collect()
 }
 
-/// The distinct stacks of `tallies` (in the order [`tally`] gives), in order.
+/// The distinct stacks of `tallies` and of the structures they are part of, in order.
 pub fn stacks<'a>(tallies: impl IntoIterator<Item = &'a StackTally>) -> Vec<u64> {
-    let mut stacks: Vec<u64> = tallies.into_iter().map(|t| t.stack).collect();
+    let mut stacks: Vec<u64> = Vec::new();
+    for tally in tallies {
+        stacks.push(tally.stack);
+        stacks.extend(tally.part_of);
+    }
+    stacks.sort_unstable();
     stacks.dedup();
     stacks
 }

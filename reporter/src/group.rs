@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use crate::attribute::roles::Roles;
 use crate::attribute::Attributed;
-use crate::model::{Class, Frame, GroupBy, Leak, Omitted, Owner, StackRow, Tally};
+use crate::model::{Class, Frame, FrameKind, GroupBy, Leak, ObjectShare, Omitted, Owner, Part, StackRow, Tally};
 use crate::options::Options;
 
 /// The frames that decide which row a stack joins.
@@ -27,20 +27,76 @@ pub fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame>
     }
 }
 
-/// The rows to list, ranked and cut at `options.limit`, and what the cut left out.
-pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Leak>, Omitted) {
+/// What makes a row: its class when its blocks did not leak (reachable blocks and garbage
+/// awaiting collection make rows apart), whether the runtime left them, whether they were
+/// inherited, and the frames [`row_key`] keeps.
+pub type RowKey = (Option<Class>, bool, bool, Vec<Frame>);
+
+/// `class`, when it is no leak.
+pub fn not_leaked(class: Class) -> Option<Class> {
+    (!class.is_leak()).then_some(class)
+}
+
+/// The key of the row `item` joins.
+pub fn row_of_item(item: &Attributed, roles: &Roles, group_by: GroupBy) -> RowKey {
+    (
+        not_leaked(Class::of(item.tally.class)),
+        item.leftover,
+        item.tally.inherited,
+        row_key(item.judged_frames, roles, group_by),
+    )
+}
+
+/// The key of a row `group` made.
+pub fn row_of_leak(row: &Leak, roles: &Roles, group_by: GroupBy) -> RowKey {
+    (
+        not_leaked(row.class),
+        row.runtime_leftover,
+        row.inherited,
+        row_key(&row.frames, roles, group_by),
+    )
+}
+
+/// The owning frame of `frames` and the Python line that called it.
+fn owner_of(frames: &[Frame], roles: &Roles) -> Owner {
+    let owner = roles.owner(frames);
+    Owner {
+        frame: owner.map(|i| frames[i].clone()),
+        python: roles.calling_python_line(frames, owner).map(|i| frames[i].clone()),
+    }
+}
+
+/// Who allocated a part of a structure: as a row's owner, except for memory Python code
+/// made (a Python frame inside the owning native frame), which its Python line made.
+fn part_owner(frames: &[Frame], roles: &Roles) -> Owner {
+    let owner = roles.owner(frames);
+    let made_by_python = frames[..owner.unwrap_or(frames.len())]
+        .iter()
+        .find(|frame| frame.kind == FrameKind::Python);
+    match made_by_python {
+        Some(python) => Owner {
+            frame: None,
+            python: Some(python.clone()),
+        },
+        None => owner_of(frames, roles),
+    }
+}
+
+/// The rows to list, ranked and cut at `options.limit`, and what the cut left out;
+/// `object_types` names the types of the counts' Python objects.
+pub fn group(listed: &[Attributed], roles: &Roles, options: &Options, object_types: &[String]) -> (Vec<Leak>, Omitted) {
     let mut rows: Vec<Leak> = Vec::new();
     // A row is one leak: a site's lost blocks together, whatever holds each (a stale pointer
     // into one block makes it "possibly lost" without making it another leak). A fork child's
     // inherited blocks are kept apart from those it allocated itself: they are the parent's
-    // leak, shown once for the whole process family (see `processes`).
-    let mut row_of: HashMap<(bool, bool, bool, Vec<Frame>), usize> = HashMap::new();
+    // leak, shown once for the whole process family (see `processes`). The blocks of a leaked
+    // structure join its root's row, wherever they were allocated.
+    let mut row_of: HashMap<RowKey, usize> = HashMap::new();
     for item in listed {
         let (blocks, bytes) = (item.tally.tally.blocks, item.tally.tally.bytes);
-        let key = row_key(item.frames, roles, options.group_by);
         let inherited = item.tally.inherited;
         let index = *row_of
-            .entry((item.reachable, item.leftover, inherited, key))
+            .entry(row_of_item(item, roles, options.group_by))
             .or_insert_with(|| {
                 rows.push(Leak {
                     class: Class::of(item.tally.class),
@@ -57,6 +113,10 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
                     runtime_leftover: item.leftover,
                     inherited,
                     also_in: Vec::new(),
+                    roots: Tally::default(),
+                    parts: Vec::new(),
+                    objects: Vec::new(),
+                    references: Default::default(),
                     tests: None,
                 });
                 rows.len() - 1
@@ -69,6 +129,45 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
             Some((_, tally)) => tally.add(blocks, bytes),
             None => row.classes.push((class, Tally { blocks, bytes })),
         }
+        row.references.add(item.tally.references);
+        let type_name = item.tally.object_type.and_then(|t| object_types.get(t as usize));
+        if let Some(type_name) = type_name {
+            ObjectShare::add_to(&mut row.objects, type_name, blocks, bytes);
+        }
+        if item.tally.part_of.is_some() {
+            let frames = row_key(item.frames, roles, GroupBy::Site);
+            let owner = part_owner(item.frames, roles);
+            let part = match row
+                .parts
+                .iter_mut()
+                .position(|p| p.frames == frames && p.owner == owner)
+            {
+                Some(at) => &mut row.parts[at],
+                None => {
+                    row.parts.push(Part {
+                        frames,
+                        owner,
+                        class,
+                        bytes: 0,
+                        blocks: 0,
+                        objects: Vec::new(),
+                    });
+                    row.parts.last_mut().expect("just pushed")
+                }
+            };
+            part.bytes += bytes;
+            part.blocks += blocks;
+            part.class = part.class.min(class);
+            if let Some(type_name) = type_name {
+                ObjectShare::add_to(&mut part.objects, type_name, blocks, bytes);
+            }
+            if row.frames.is_empty() {
+                // Read when the root itself is not listed here.
+                row.frames = item.judged_frames.to_vec();
+            }
+            continue;
+        }
+        row.roots.add(blocks, bytes);
         // Stacks that differ only in frames the report hides read the same: one stack.
         match row.stacks.iter_mut().find(|s| s.frames == item.frames) {
             Some(existing) => {
@@ -83,19 +182,21 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options) -> (Vec<Le
         }
     }
     for row in &mut rows {
+        ObjectShare::rank(&mut row.objects);
+        row.parts
+            .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
+        for part in &mut row.parts {
+            ObjectShare::rank(&mut part.objects);
+        }
         row.classes.sort_by_key(|(class, _)| *class);
         // The row reads as its most serious class.
         row.class = row.classes[0].0;
         row.stacks
             .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
-        row.frames = row.stacks.first().map(|s| s.frames.clone()).unwrap_or_default();
-        let owner = roles.owner(&row.frames);
-        row.owner = Owner {
-            frame: owner.map(|i| row.frames[i].clone()),
-            python: roles
-                .calling_python_line(&row.frames, owner)
-                .map(|i| row.frames[i].clone()),
-        };
+        if let Some(largest) = row.stacks.first() {
+            row.frames = largest.frames.clone();
+        }
+        row.owner = owner_of(&row.frames, roles);
     }
     let is_leak = |row: &Leak| row.class.is_leak() && !row.runtime_leftover;
     rows.sort_by(|a, b| {
@@ -165,6 +266,9 @@ mod tests {
             class,
             during_finalization: false,
             inherited: false,
+            part_of: None,
+            object_type: None,
+            references: Default::default(),
             tally: Tally { blocks, bytes },
             allocator: AllocKind::Malloc,
         }
@@ -176,6 +280,7 @@ mod tests {
             .map(|t| Attributed {
                 tally: t,
                 frames: &stacks[t.stack as usize],
+                judged_frames: &stacks[t.stack as usize],
                 reachable: t.class == Some(LeakClass::Reachable),
                 leftover: false,
             })
@@ -221,7 +326,7 @@ mod tests {
             tally(2, lost(), 1, 100),
         ];
         let listed = listed(&tallies, &stacks);
-        let (by_site, _) = group(&listed, &roles(), &options(GroupBy::Site, 0));
+        let (by_site, _) = group(&listed, &roles(), &options(GroupBy::Site, 0), &[]);
         assert_eq!(
             rows(&by_site),
             [
@@ -234,7 +339,7 @@ mod tests {
         assert_eq!(owner, Some("parse"));
         assert!(by_site[1].owner.python.is_none());
 
-        let (by_stack, _) = group(&listed, &roles(), &options(GroupBy::Stack, 0));
+        let (by_stack, _) = group(&listed, &roles(), &options(GroupBy::Stack, 0), &[]);
         assert_eq!(
             rows(&by_stack),
             [
@@ -243,7 +348,7 @@ mod tests {
                 "definitely-lost strdup>parse>main_a: 1/10 in 1 stacks"
             ]
         );
-        let (by_one, _) = group(&listed, &roles(), &options(GroupBy::Frames(1), 0));
+        let (by_one, _) = group(&listed, &roles(), &options(GroupBy::Frames(1), 0), &[]);
         assert_eq!(rows(&by_one), ["definitely-lost strdup>load: 4/140 in 3 stacks"]);
     }
 
@@ -260,7 +365,7 @@ mod tests {
             tally(2, Some(LeakClass::PossiblyLost), 1, 1),
         ];
         let listed = listed(&tallies, &stacks);
-        let (leaks, omitted) = group(&listed, &roles(), &options(GroupBy::Site, 0));
+        let (leaks, omitted) = group(&listed, &roles(), &options(GroupBy::Site, 0), &[]);
         assert_eq!(
             rows(&leaks),
             [
@@ -292,7 +397,7 @@ mod tests {
         // `load`: an inherited block only.
         let tallies = [inherited(0, 10), tally(1, lost(), 1, 20), inherited(2, 100)];
         let listed = listed(&tallies, &stacks);
-        let (leaks, _) = group(&listed, &roles(), &options(GroupBy::Site, 0));
+        let (leaks, _) = group(&listed, &roles(), &options(GroupBy::Site, 0), &[]);
         let flags: Vec<(u64, bool)> = leaks.iter().map(|l| (l.bytes, l.inherited)).collect();
         assert_eq!(flags, [(100, true), (20, false), (10, true)]);
         assert!(leaks.iter().all(|l| l.also_in.is_empty()));
@@ -307,7 +412,7 @@ mod tests {
             tally(2, lost(), 4, 100),
         ];
         let listed = listed(&tallies, &stacks);
-        let (leaks, omitted) = group(&listed, &roles(), &options(GroupBy::Stack, 1));
+        let (leaks, omitted) = group(&listed, &roles(), &options(GroupBy::Stack, 1), &[]);
         assert_eq!(rows(&leaks), ["definitely-lost strdup>load: 4/100 in 1 stacks"]);
         assert_eq!(
             omitted,

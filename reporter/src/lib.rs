@@ -96,15 +96,14 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     // Reachable blocks are only counted unless listed: their stacks need no symbols.
     // Inherited blocks a child never judged are not listed either (see attribute).
     let needs_frames = |tally: &&classify::StackTally| {
-        !tally.unjudged_inheritance()
-            && (options.show_reachable || tally.class != Some(libleak_format::LeakClass::Reachable))
+        !tally.unjudged_inheritance() && (options.show_reachable || model::Class::of(tally.class).is_leak())
     };
     let stacks = classify::stacks(tallies.iter().filter(needs_frames));
     let symbols = SymbolTable::of_stacks(trace, &stacks, symbolizer);
     let merged = merge::merged_stacks(trace, &stacks, &symbols, options.show_interpreter_frames);
     let roles = Roles::of(&trace.header);
     let (summary, listed) = attribute::attribute(&tallies, &merged, &roles, options);
-    let (mut leaks, omitted) = group::group(&listed, &roles, options);
+    let (mut leaks, omitted) = group::group(&listed, &roles, options, &trace.object_types);
     tests_of::attribute_tests(trace, &listed, &roles, options, &mut leaks);
     Report {
         trace_path: trace_path.to_string(),

@@ -63,6 +63,8 @@ pub enum Class {
     IndirectlyLost,
     Unclassified,
     PossiblyLost,
+    /// Garbage awaiting collection (see [`LeakClass::Collectable`]): not a leak.
+    Collectable,
     Reachable,
 }
 
@@ -73,6 +75,7 @@ impl Class {
             Some(LeakClass::DefinitelyLost) => Class::DefinitelyLost,
             Some(LeakClass::IndirectlyLost) => Class::IndirectlyLost,
             Some(LeakClass::PossiblyLost) => Class::PossiblyLost,
+            Some(LeakClass::Collectable) => Class::Collectable,
             Some(LeakClass::Reachable) => Class::Reachable,
             None => Class::Unclassified,
         }
@@ -86,13 +89,15 @@ impl Class {
             Class::IndirectlyLost => "indirectly-lost",
             Class::Unclassified => "unclassified",
             Class::PossiblyLost => "possibly-lost",
+            Class::Collectable => "collectable",
             Class::Reachable => "reachable",
         }
     }
 
-    /// Whether blocks of this class count as leaked (everything but reachable ones).
+    /// Whether blocks of this class count as leaked (everything but reachable ones and
+    /// garbage awaiting collection).
     pub fn is_leak(self) -> bool {
-        self != Class::Reachable
+        !matches!(self, Class::Reachable | Class::Collectable)
     }
 }
 
@@ -129,7 +134,7 @@ pub struct StackRow {
 }
 
 /// Who is responsible for a row: the owning native frame and the Python line that called it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub frame: Option<Frame>,
     pub python: Option<Frame>,
@@ -159,10 +164,92 @@ pub struct Leak {
     /// row is not repeated because this row stands for it (the rule is in the `processes`
     /// module). Empty otherwise.
     pub also_in: Vec<u32>,
+    /// The row's leaked roots alone: `bytes` and `blocks` are theirs and their structures'
+    /// parts'.
+    pub roots: Tally,
+    /// What the roots keep alive that was allocated elsewhere: by site, most bytes first.
+    pub parts: Vec<Part>,
+    /// The Python objects among the row's blocks (roots and parts), by type, most bytes first.
+    pub objects: Vec<ObjectShare>,
+    /// References the row's objects hold that nothing found in memory accounts for.
+    pub references: References,
     /// When the trace marks tests (`test-start <nodeid>` / `test-end <nodeid>`): the tests
     /// during which the row's blocks were allocated, most bytes first (blocks allocated
     /// outside every test are in none). `None` for a trace without test marks.
     pub tests: Option<Vec<TestShare>>,
+}
+
+/// Blocks a leaked structure keeps that were allocated at another site than its root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// The frames of the site (as rows by site have them), from the innermost one shown.
+    pub frames: Vec<Frame>,
+    /// Who allocated the part: the owning native frame and the Python line that called it
+    /// (or, for memory Python code made, the line that made it).
+    pub owner: Owner,
+    /// The part's most serious class.
+    pub class: Class,
+    pub bytes: u64,
+    pub blocks: u64,
+    /// Its Python objects by type, most bytes first.
+    pub objects: Vec<ObjectShare>,
+}
+
+/// The Python objects of one type among some blocks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ObjectShare {
+    /// The type's `tp_name`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub bytes: u64,
+    pub blocks: u64,
+}
+
+impl ObjectShare {
+    /// Adds `blocks` blocks of `bytes` to the share of `type_name` in `shares`.
+    pub fn add_to(shares: &mut Vec<ObjectShare>, type_name: &str, blocks: u64, bytes: u64) {
+        match shares.iter_mut().find(|share| share.type_name == type_name) {
+            Some(share) => {
+                share.bytes += bytes;
+                share.blocks += blocks;
+            }
+            None => shares.push(ObjectShare {
+                type_name: type_name.to_string(),
+                bytes,
+                blocks,
+            }),
+        }
+    }
+
+    /// Most bytes first, then by name.
+    pub fn rank(shares: &mut [ObjectShare]) {
+        shares.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.type_name.cmp(&b.type_name)));
+    }
+}
+
+/// The references objects hold that the scan found no pointer for: each object's reference
+/// count against the pointers to it found in lost memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct References {
+    /// Objects with more references than the scan found.
+    pub objects: u64,
+    /// Their reference counts, summed.
+    pub refcount: u64,
+    /// The references to them the scan found, summed.
+    pub found: u64,
+}
+
+impl References {
+    pub fn add(&mut self, other: References) {
+        self.objects += other.objects;
+        self.refcount += other.refcount;
+        self.found += other.found;
+    }
+
+    /// References taken and never given back.
+    pub fn leaked(&self) -> u64 {
+        self.refcount.saturating_sub(self.found)
+    }
 }
 
 /// The part of a row allocated while one test ran.
@@ -197,6 +284,9 @@ pub struct Summary {
     /// Live blocks without a class (the scan did not run or did not finish).
     pub unclassified: Tally,
     pub reachable: Tally,
+    /// Not reachable, but Python garbage awaiting collection: objects in reference cycles
+    /// whose every reference the scan found in that garbage, and what they own.
+    pub collectable: Tally,
     /// Not reachable, but allocated by the C runtime or the interpreter alone.
     pub runtime_leftovers: Tally,
     pub suppressed: Tally,
@@ -339,6 +429,7 @@ mod tests {
     fn classes_order_by_severity_and_keep_the_format_names() {
         let mut classes = [
             Class::Reachable,
+            Class::Collectable,
             Class::PossiblyLost,
             Class::Unclassified,
             Class::IndirectlyLost,
@@ -353,6 +444,7 @@ mod tests {
                 "indirectly-lost",
                 "unclassified",
                 "possibly-lost",
+                "collectable",
                 "reachable"
             ]
         );
@@ -360,6 +452,7 @@ mod tests {
             LeakClass::DefinitelyLost,
             LeakClass::IndirectlyLost,
             LeakClass::PossiblyLost,
+            LeakClass::Collectable,
             LeakClass::Reachable,
         ] {
             assert_eq!(Class::of(Some(class)).name(), class.name());

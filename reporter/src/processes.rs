@@ -126,6 +126,10 @@ mod tests {
             runtime_leftover: false,
             inherited,
             also_in: Vec::new(),
+            roots: Tally { blocks: 1, bytes },
+            parts: Vec::new(),
+            objects: Vec::new(),
+            references: Default::default(),
             tests: None,
         }
     }

@@ -10,12 +10,13 @@
 
 use std::collections::HashMap;
 
-use libleak_format::{LeakClass, Mark};
+use libleak_format::Mark;
 
 use crate::attribute::roles::Roles;
 use crate::attribute::Attributed;
-use crate::group::row_key;
-use crate::model::{Class, Frame, Leak, TestShare};
+use crate::classify::{Keys, TallyKey};
+use crate::group::{row_of_item, row_of_leak, RowKey};
+use crate::model::{Leak, TestShare};
 use crate::options::Options;
 use crate::replay::Trace;
 
@@ -81,9 +82,6 @@ fn span_of(spans: &[TestSpan], seq: u64) -> Option<usize> {
     (seq < spans[index].end).then_some(index)
 }
 
-/// What makes a row: the same key [`group`](crate::group) gathers counts by.
-type RowKey = (bool, bool, bool, Vec<Frame>);
-
 /// Sets `tests` on every row of `leaks` when the trace marks tests; `listed` and `leaks` are
 /// attribute's and group's output for this trace with these options.
 pub fn attribute_tests(trace: &Trace, listed: &[Attributed], roles: &Roles, options: &Options, leaks: &mut [Leak]) {
@@ -94,39 +92,19 @@ pub fn attribute_tests(trace: &Trace, listed: &[Attributed], roles: &Roles, opti
     let row_of_key: HashMap<RowKey, usize> = leaks
         .iter()
         .enumerate()
-        .map(|(index, row)| {
-            let key = (
-                row.class == Class::Reachable,
-                row.runtime_leftover,
-                row.inherited,
-                row_key(&row.frames, roles, options.group_by),
-            );
-            (key, index)
-        })
+        .map(|(index, row)| (row_of_leak(row, roles, options.group_by), index))
         .collect();
-    // Classify's key of a count: (stack, class, during finalisation, inherited).
-    let mut row_of_count: HashMap<(u64, Option<LeakClass>, bool, bool), usize> = HashMap::new();
+    let mut row_of_count: HashMap<TallyKey, usize> = HashMap::new();
     for item in listed {
-        let key = (
-            item.reachable,
-            item.leftover,
-            item.tally.inherited,
-            row_key(item.frames, roles, options.group_by),
-        );
         // Rows past the limit are not shown, and so not attributed.
-        if let Some(&row) = row_of_key.get(&key) {
-            let tally = item.tally;
-            row_of_count.insert(
-                (tally.stack, tally.class, tally.during_finalization, tally.inherited),
-                row,
-            );
+        if let Some(&row) = row_of_key.get(&row_of_item(item, roles, options.group_by)) {
+            row_of_count.insert(item.tally.key(), row);
         }
     }
-    let fork_seq = trace.header.fork.as_ref().map(|fork| fork.fork_seq);
+    let keys = Keys::new(trace);
     let mut shares: Vec<HashMap<usize, TestShare>> = vec![HashMap::new(); leaks.len()];
     for block in &trace.live {
-        let inherited = fork_seq.is_some_and(|fork_seq| block.seq < fork_seq);
-        let key = (block.stack, block.class, block.during_finalization, inherited);
+        let key = keys.of(block);
         let (Some(&row), Some(span)) = (row_of_count.get(&key), span_of(&spans, block.seq)) else {
             continue;
         };

@@ -439,10 +439,10 @@ mod tests {
             Err(DecodeError::NotATrace)
         ));
         let mut future = encode(&sample_records(), 100);
-        future[8] = 10;
+        future[8] = 11;
         match decode_all(&future) {
             Err(DecodeError::UnsupportedVersion {
-                found: 10,
+                found: 11,
                 supported: FORMAT_VERSION,
             }) => {}
             other => panic!("{other:?}"),

@@ -275,6 +275,22 @@ mod testing {
                 },
             ]),
             Record::ObjectTypes(vec!["dict".into(), "app.Item".into()]),
+            Record::LostBlocks(vec![
+                LostBlock {
+                    address: 0x4000,
+                    root: 0x9000,
+                    object_type: 1,
+                    refcount: 1,
+                    references: 1,
+                },
+                LostBlock {
+                    address: 0x9000,
+                    root: 0x9000,
+                    object_type: 2,
+                    refcount: 3,
+                    references: 1,
+                },
+            ]),
             Record::Mark(Mark {
                 seq: 1 << 33,
                 time_ns: 123_456_789,
@@ -322,6 +338,7 @@ mod testing {
                 Record::Holders(holders) => encoder.holders(holders),
                 Record::BlockHolders(entries) => encoder.block_holders(entries),
                 Record::ObjectTypes(names) => encoder.object_types(names),
+                Record::LostBlocks(entries) => encoder.lost_blocks(entries),
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {

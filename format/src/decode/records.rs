@@ -254,6 +254,15 @@ impl RecordDecoder {
                     object_type: u32_of(c.u64()?)?,
                 })
             })?),
+            tag::LOST_BLOCKS => Record::LostBlocks(address_entries(c, |c, address| {
+                Some(LostBlock {
+                    address,
+                    root: address.wrapping_add(c.i64()? as u64),
+                    object_type: u32_of(c.u64()?)?,
+                    refcount: c.u64()?,
+                    references: c.u64()?,
+                })
+            })?),
             tag::OBJECT_TYPES => {
                 let count = usize::try_from(c.u64()?).ok()?;
                 // Each name takes at least its length byte.

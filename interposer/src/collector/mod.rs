@@ -478,16 +478,19 @@ impl Collector {
         for classes in result.classes.chunks(ENTRIES_PER_RECORD) {
             self.encoder.block_classes(classes);
         }
+        for types in result.types.chunks(ENTRIES_PER_RECORD) {
+            self.encoder.object_types(types);
+        }
         if let Some(holders) = &result.holders {
             for names in holders.names.chunks(ENTRIES_PER_RECORD) {
                 self.encoder.holders(names);
             }
-            for types in holders.types.chunks(ENTRIES_PER_RECORD) {
-                self.encoder.object_types(types);
-            }
             for blocks in holders.blocks.chunks(ENTRIES_PER_RECORD) {
                 self.encoder.block_holders(blocks);
             }
+        }
+        for lost in result.lost.chunks(ENTRIES_PER_RECORD) {
+            self.encoder.lost_blocks(lost);
         }
         self.encoder.reachability(&result.summary);
     }

@@ -17,12 +17,13 @@ mod blocks;
 mod index;
 pub mod roots;
 mod sort;
+mod structure;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use libleak_format::{BlockClass, BlockHolder, Holder, LeakClass, Module, Reachability, ScanOutcome};
+use libleak_format::{BlockClass, BlockHolder, Holder, LostBlock, Module, Reachability, ScanOutcome};
 
 use crate::python::gc::{gc_header, GcObjects};
 use crate::python::holders::Namer;
@@ -30,6 +31,7 @@ use crate::segments::SegmentIndex;
 use crate::sys::memory::{MemoryReader, MAX_WINDOW};
 use blocks::{next_chunk, Blocks, Pointer};
 pub use roots::ExitingThread;
+use structure::{Facts, NO_OBJECT};
 
 /// Bytes read from memory at a time.
 const WINDOW: usize = MAX_WINDOW;
@@ -138,6 +140,10 @@ pub struct ScanResult {
     pub summary: Reachability,
     /// Who holds each reachable block, when holders were asked for.
     pub holders: Option<Holders>,
+    /// What is known of each block that is not reachable, by address.
+    pub lost: Vec<LostBlock>,
+    /// The names of the Python types of the objects recognised: type `id` is at index `id - 1`.
+    pub types: Vec<String>,
 }
 
 /// The holder of every reachable block that has one: the nearest named root, breadth first;
@@ -148,8 +154,6 @@ pub struct Holders {
     pub names: Vec<Holder>,
     /// By address.
     pub blocks: Vec<BlockHolder>,
-    /// Type `id` is at index `id - 1`.
-    pub types: Vec<String>,
 }
 
 pub struct ScanInput<'a> {
@@ -200,16 +204,17 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     }
     let mut immortal = Vec::new();
     let mut named_roots: Vec<(u64, String)> = Vec::new();
-    // Per block, the id of its object's type (0: none); only when naming holders.
+    // Per block, the id of its object's type (0: none), and where the object starts
+    // (`NO_OBJECT`: none); empty when no Python objects are looked for.
     let mut object_types: Vec<u32> = Vec::new();
+    let mut object_starts: Vec<u8> = Vec::new();
     let mut type_ids: HashMap<u64, u32> = HashMap::new();
     let mut type_names: Vec<String> = Vec::new();
     if let Some(mut python) = input.python {
         let count = blocks.addresses.len();
         let mut module_objects = Vec::new();
-        if input.namer.is_some() {
-            object_types = vec![0; count];
-        }
+        object_types = vec![0; count];
+        object_starts = vec![NO_OBJECT; count];
         // Found first and applied after: while looking, every block counts as holding no
         // object (`is_address` asks `find`).
         let mut object_offsets = vec![0u8; count];
@@ -269,6 +274,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     }
                     continue;
                 };
+                object_starts[index] = u8::try_from(object.offset).unwrap_or(NO_OBJECT);
                 if object.garbage_collected {
                     object_offsets[index] = u8::try_from(object.offset).unwrap_or(0);
                     summary.python_objects += 1;
@@ -281,12 +287,10 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                         module_objects.push(address + object.offset);
                     }
                 }
-                if input.namer.is_some() {
-                    if let Some(type_address) = object.type_address {
-                        let next = type_ids.len() as u32 + 1;
-                        let id = *type_ids.entry(type_address).or_insert(next);
-                        object_types[index] = id;
-                    }
+                if let Some(type_address) = object.type_address {
+                    let next = type_ids.len() as u32 + 1;
+                    let id = *type_ids.entry(type_address).or_insert(next);
+                    object_types[index] = id;
                 }
                 if let Some(items) = object.list_items {
                     list_items.push(items);
@@ -307,19 +311,17 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             }
         }
         let mut read = |address: u64| memory.word(address);
-        if input.namer.is_some() {
-            // Ids by first sight; a type whose name cannot be read is named by its address.
-            let mut by_id: Vec<(u32, u64)> = type_ids.iter().map(|(&address, &id)| (id, address)).collect();
-            by_id.sort_unstable();
-            type_names = by_id
-                .into_iter()
-                .map(|(_, address)| {
-                    python
-                        .type_name(&mut read, address)
-                        .unwrap_or_else(|| format!("type@{address:#x}"))
-                })
-                .collect();
-        }
+        // Ids by first sight; a type whose name cannot be read is named by its address.
+        let mut by_id: Vec<(u32, u64)> = type_ids.iter().map(|(&address, &id)| (id, address)).collect();
+        by_id.sort_unstable();
+        type_names = by_id
+            .into_iter()
+            .map(|(_, address)| {
+                python
+                    .type_name(&mut read, address)
+                    .unwrap_or_else(|| format!("type@{address:#x}"))
+            })
+            .collect();
         if let Some(namer) = &input.namer {
             named_roots = namer.named_roots(
                 &mut read,
@@ -458,68 +460,38 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         }
     }
 
-    // Lost blocks: each one not yet claimed leads a flood through the lost blocks it points
-    // to, which become indirectly lost (so one block of a lost cycle stays definite).
-    let mut indirect = vec![false; count];
-    for leader in 0..count {
-        if state[leader] != UNREACHED || indirect[leader] || marker.out_of_time {
-            continue;
-        }
-        work.clear();
-        work.push_back(leader);
-        while let Some(index) = work.pop_back() {
-            if !marker.tick() {
-                break;
-            }
-            // Leaders come in address order, with the lost blocks still to lead after them;
-            // the blocks a leader reaches are read where they lie, through the page cache.
-            if index == leader {
-                marker.prefetch(index, index + 1..count, |next| {
-                    state[next] == UNREACHED && !indirect[next]
-                });
-            }
-            marker.block_words(index, &mut |_, word| {
-                if let Some((target, _)) = blocks.find(word) {
-                    if target != leader && state[target] == UNREACHED && !indirect[target] {
-                        indirect[target] = true;
-                        work.push_back(target);
-                    }
-                }
-            });
-        }
-    }
+    // Lost blocks: which leaked root keeps each, and which are garbage awaiting collection.
+    let lost = if marker.out_of_time {
+        None
+    } else {
+        let facts = Facts {
+            object_starts: &object_starts,
+            object_types: &object_types,
+        };
+        structure::structures(&mut marker, &state, &facts)
+    };
 
     summary.heap_bytes = marker.heap_bytes;
     summary.duration_us = started.elapsed().as_micros() as u64;
-    if marker.out_of_time {
+    let Some(lost) = lost.filter(|_| !marker.out_of_time) else {
         summary.outcome = ScanOutcome::CutShort;
         summary.note = format!("the scan stopped after its time limit of {:?}", input.time_limit);
         return ScanResult {
             classes: Vec::new(),
             summary,
             holders: None,
+            lost: Vec::new(),
+            types: Vec::new(),
         };
-    }
+    };
     summary.outcome = ScanOutcome::Complete;
-    let classes = (0..count)
-        .filter_map(|index| {
-            let class = match state[index] {
-                REACHABLE => return None,
-                POSSIBLY => LeakClass::PossiblyLost,
-                _ if indirect[index] => LeakClass::IndirectlyLost,
-                _ => LeakClass::DefinitelyLost,
-            };
-            Some(BlockClass {
-                address: blocks.addresses[index],
-                class,
-            })
-        })
-        .collect();
-    let holders = naming.then(|| holders_of(&blocks.addresses, &holder, holder_names, &object_types, type_names));
+    let holders = naming.then(|| holders_of(&blocks.addresses, &holder, holder_names, &object_types));
     ScanResult {
-        classes,
+        classes: lost.classes,
         summary,
         holders,
+        lost: lost.blocks,
+        types: type_names,
     }
 }
 
@@ -544,15 +516,8 @@ fn sort_level(level: &mut Vec<usize>, bits: &mut [u64]) {
 }
 
 /// The holders that hold some block, renumbered from 1 in order, and each held block's, with
-/// the type of the object it holds (`object_types` by block, empty when unknown; ids into
-/// `types`, which are kept as they are).
-fn holders_of(
-    addresses: &[u64],
-    holder: &[u32],
-    names: Vec<Holder>,
-    object_types: &[u32],
-    types: Vec<String>,
-) -> Holders {
+/// the type of the object it holds (`object_types` by block, empty when unknown).
+fn holders_of(addresses: &[u64], holder: &[u32], names: Vec<Holder>, object_types: &[u32]) -> Holders {
     let mut renumbered = vec![0u32; names.len() + 1];
     let mut kept = Vec::new();
     let mut blocks = Vec::new();
@@ -574,7 +539,6 @@ fn holders_of(
     Holders {
         names: kept.iter().filter_map(|&id| names[id as usize - 1].take()).collect(),
         blocks,
-        types,
     }
 }
 
@@ -592,13 +556,7 @@ mod tests {
             Holder::RootWord(0x1000),
             Holder::Register,
         ];
-        let holders = holders_of(
-            &[0x10, 0x20, 0x30, 0x40],
-            &[3, 0, 2, 3],
-            names,
-            &[1, 1, 0, 2],
-            vec!["dict".into(), "list".into()],
-        );
+        let holders = holders_of(&[0x10, 0x20, 0x30, 0x40], &[3, 0, 2, 3], names, &[1, 1, 0, 2]);
         assert_eq!(
             holders.names,
             [Holder::RootWord(0x1000), Holder::Python("app._RESULTS".into())]

@@ -21,6 +21,9 @@ use roles::Roles;
 pub struct Attributed<'a> {
     pub tally: &'a StackTally,
     pub frames: &'a [Frame],
+    /// The frames that answer for the count: its structure's root's when it is part of
+    /// another block's structure (see [`StackTally::part_of`]), else `frames`.
+    pub judged_frames: &'a [Frame],
     pub reachable: bool,
     /// Allocated by the runtime alone.
     pub leftover: bool,
@@ -37,20 +40,27 @@ pub fn attribute<'a>(
     let mut shown = Vec::new();
     for tally in tallies {
         let frames = merged.get(&tally.stack).map_or(&[][..], Vec::as_slice);
+        // A part of a leaked structure leaks because its root does, whoever allocated it.
+        let judged_frames = merged.get(&tally.judged_stack()).map_or(frames, Vec::as_slice);
         let (blocks, bytes) = (tally.tally.blocks, tally.tally.bytes);
-        let reachable = tally.class == Some(LeakClass::Reachable);
+        // Garbage awaiting collection is no leak either.
+        let reachable = matches!(tally.class, Some(LeakClass::Reachable | LeakClass::Collectable));
         // What the runtime allocated while shutting down is its own, whatever the stack.
-        let leftover = !reachable && (tally.during_finalization || roles.is_runtime_leftover(frames));
+        let leftover = !reachable && (tally.during_finalization || roles.is_runtime_leftover(judged_frames));
         let listed = if tally.unjudged_inheritance() {
             summary.inherited_unjudged.add(blocks, bytes);
             false
         } else if reachable {
-            summary.reachable.add(blocks, bytes);
+            if tally.class == Some(LeakClass::Collectable) {
+                summary.collectable.add(blocks, bytes);
+            } else {
+                summary.reachable.add(blocks, bytes);
+            }
             options.show_reachable
         } else if leftover {
             summary.runtime_leftovers.add(blocks, bytes);
             options.show_leftovers
-        } else if suppress::matching(&options.suppressions, frames).is_some() {
+        } else if suppress::matching(&options.suppressions, judged_frames).is_some() {
             summary.suppressed.add(blocks, bytes);
             false
         } else {
@@ -58,7 +68,7 @@ pub fn attribute<'a>(
                 Some(LeakClass::DefinitelyLost) => summary.definitely_lost.add(blocks, bytes),
                 Some(LeakClass::IndirectlyLost) => summary.indirectly_lost.add(blocks, bytes),
                 Some(LeakClass::PossiblyLost) => summary.possibly_lost.add(blocks, bytes),
-                Some(LeakClass::Reachable) | None => summary.unclassified.add(blocks, bytes),
+                Some(LeakClass::Reachable | LeakClass::Collectable) | None => summary.unclassified.add(blocks, bytes),
             }
             true
         };
@@ -66,6 +76,7 @@ pub fn attribute<'a>(
             shown.push(Attributed {
                 tally,
                 frames,
+                judged_frames,
                 reachable,
                 leftover,
             });
@@ -114,6 +125,9 @@ mod tests {
             class,
             during_finalization: false,
             inherited: false,
+            part_of: None,
+            object_type: None,
+            references: Default::default(),
             tally: Tally {
                 blocks,
                 bytes: blocks * 10,

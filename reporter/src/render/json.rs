@@ -14,7 +14,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::outcome_name;
-use crate::model::{Folded, Frame, GroupBy, Inherited, Omitted, Owner, Report, StackRow, Summary, Tally, TestShare};
+use crate::model::{
+    Folded, Frame, GroupBy, Inherited, ObjectShare, Omitted, Owner, Report, StackRow, Summary, Tally, TestShare,
+};
 
 pub const REPORT_FORMAT: &str = "libleak-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -163,9 +165,31 @@ struct LeakView<'a> {
     owner: OwnerView<'a>,
     frames: &'a [Frame],
     stacks: &'a [StackRow],
+    roots: Tally,
+    parts: Vec<PartView<'a>>,
+    objects: &'a [ObjectShare],
+    leaked_references: ReferencesView,
     /// Written only when the trace marks tests.
     #[serde(skip_serializing_if = "Option::is_none")]
     tests: Option<&'a [TestShare]>,
+}
+
+#[derive(Serialize)]
+struct PartView<'a> {
+    kind: &'static str,
+    bytes: u64,
+    blocks: u64,
+    owner: OwnerView<'a>,
+    frames: &'a [Frame],
+    objects: &'a [ObjectShare],
+}
+
+#[derive(Serialize)]
+struct ReferencesView {
+    objects: u64,
+    refcount: u64,
+    found: u64,
+    leaked: u64,
 }
 
 /// A row's owner as both reports write it: its native frame, flat, and the calling Python line.
@@ -322,6 +346,26 @@ impl<'a> LeakView<'a> {
             owner: OwnerView::of(&leak.owner),
             frames: &leak.frames,
             stacks: &leak.stacks,
+            roots: leak.roots,
+            parts: leak
+                .parts
+                .iter()
+                .map(|part| PartView {
+                    kind: part.class.name(),
+                    bytes: part.bytes,
+                    blocks: part.blocks,
+                    owner: OwnerView::of(&part.owner),
+                    frames: &part.frames,
+                    objects: &part.objects,
+                })
+                .collect(),
+            objects: &leak.objects,
+            leaked_references: ReferencesView {
+                objects: leak.references.objects,
+                refcount: leak.references.refcount,
+                found: leak.references.found,
+                leaked: leak.references.leaked(),
+            },
             tests: leak.tests.as_deref(),
         }
     }
@@ -426,6 +470,32 @@ mod tests {
                 runtime_leftover: false,
                 inherited: true,
                 also_in: vec![2],
+                roots: Tally { blocks: 1, bytes: 1 },
+                parts: vec![crate::model::Part {
+                    frames: frames.clone(),
+                    owner: Owner {
+                        frame: Some(frames[0].clone()),
+                        python: Some(frames[1].clone()),
+                    },
+                    class: Class::IndirectlyLost,
+                    bytes: 1,
+                    blocks: 1,
+                    objects: vec![ObjectShare {
+                        type_name: "frame".into(),
+                        bytes: 1,
+                        blocks: 1,
+                    }],
+                }],
+                objects: vec![ObjectShare {
+                    type_name: "traceback".into(),
+                    bytes: 1,
+                    blocks: 1,
+                }],
+                references: crate::model::References {
+                    objects: 1,
+                    refcount: 2,
+                    found: 1,
+                },
                 tests: Some(vec![TestShare {
                     nodeid: "t.py::test".into(),
                     bytes: 1,
@@ -485,7 +555,11 @@ mod tests {
             frame_keys(&written, "leaks.stacks.frames."),
             frame_keys(&written, "leaks.frames.")
         );
-        written.retain(|p| !p.starts_with("leaks.stacks.frames."));
+        assert_eq!(
+            frame_keys(&written, "leaks.parts.frames."),
+            frame_keys(&written, "leaks.frames.")
+        );
+        written.retain(|p| !p.starts_with("leaks.stacks.frames.") && !p.starts_with("leaks.parts.frames."));
         assert_eq!(documented, written, "docs/report-schema.md and the JSON written differ");
         // The multi-process document's keys.
         let unreadable = Unreadable {

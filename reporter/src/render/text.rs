@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use libleak_format::{python_version_text, ScanOutcome};
 
 use super::{outcome_name, thousands};
-use crate::model::{Frame, Incompleteness, Inherited, Report, Tally};
+use crate::model::{Frame, Incompleteness, Inherited, Leak, ObjectShare, Report, Tally};
 
 /// The text of a frame: function, location, module.
 pub(super) fn frame_text(frame: &Frame) -> String {
@@ -171,6 +171,7 @@ pub fn to_text(report: &Report) -> String {
                 .unwrap_or_default();
             let _ = writeln!(out, "  owner: {}{called_from}", frame_text(owner));
         }
+        objects_and_references_text(&mut out, leak);
         if !leak.also_in.is_empty() {
             let pids: Vec<String> = leak.also_in.iter().map(u32::to_string).collect();
             let _ = writeln!(
@@ -230,6 +231,7 @@ pub fn to_text(report: &Report) -> String {
                 leak.stacks.len() - STACKS_PER_ROW
             );
         }
+        parts_text(&mut out, leak);
     }
     let folded = &report.inherited_shown_elsewhere;
     if folded.leaks > 0 {
@@ -256,6 +258,103 @@ pub fn to_text(report: &Report) -> String {
         );
     }
     out
+}
+
+/// Parts of a structure listed under its row at most.
+const PARTS_PER_ROW: usize = 5;
+
+/// What a row's leaked roots keep alive that was allocated elsewhere, by site.
+fn parts_text(out: &mut String, leak: &Leak) {
+    if !leak.parts.is_empty() {
+        let kept = Tally {
+            blocks: leak.blocks - leak.roots.blocks,
+            bytes: leak.bytes - leak.roots.bytes,
+        };
+        let _ = writeln!(
+            out,
+            "  the leaked {} ({}) {} {} allocated elsewhere:",
+            if leak.roots.blocks == 1 { "block" } else { "blocks" },
+            blocks_text(leak.roots),
+            if leak.roots.blocks == 1 { "keeps" } else { "keep" },
+            blocks_text(kept)
+        );
+        for part in leak.parts.iter().take(PARTS_PER_ROW) {
+            let site = match (&part.owner.frame, &part.owner.python) {
+                (Some(frame), Some(python)) => format!("{}, called from {}", frame_text(frame), frame_text(python)),
+                (Some(frame), None) => frame_text(frame),
+                (None, Some(python)) => frame_text(python),
+                (None, None) => part.frames.first().map(frame_text).unwrap_or_else(|| "?".into()),
+            };
+            let objects = objects_text(&part.objects);
+            let objects = if objects.is_empty() {
+                String::new()
+            } else {
+                format!(": {objects}")
+            };
+            let _ = writeln!(
+                out,
+                "    {} from {site}{objects}",
+                blocks_text(Tally {
+                    blocks: part.blocks,
+                    bytes: part.bytes
+                })
+            );
+        }
+        if leak.parts.len() > PARTS_PER_ROW {
+            let _ = writeln!(out, "    … and {} more sites", leak.parts.len() - PARTS_PER_ROW);
+        }
+    }
+}
+
+/// A row's Python objects by type, and the references nobody gave back.
+fn objects_and_references_text(out: &mut String, leak: &Leak) {
+    if !leak.objects.is_empty() {
+        let _ = writeln!(out, "  objects: {}", objects_text(&leak.objects));
+    }
+    let references = leak.references;
+    if references.objects > 0 {
+        let leaked = references.leaked();
+        let _ = writeln!(
+            out,
+            "  {}refcount {}, {} {} found: {} leaked {}",
+            if references.objects == 1 {
+                String::new()
+            } else {
+                format!("{} objects: ", thousands(references.objects))
+            },
+            thousands(references.refcount),
+            thousands(references.found),
+            if references.found == 1 {
+                "reference"
+            } else {
+                "references"
+            },
+            thousands(leaked),
+            if leaked == 1 { "reference" } else { "references" }
+        );
+    }
+}
+
+/// `2 × frame (392 bytes), 1 × bytes (4,129 bytes)`.
+fn objects_text(objects: &[ObjectShare]) -> String {
+    let shown: Vec<String> = objects
+        .iter()
+        .take(PARTS_PER_ROW)
+        .map(|o| {
+            format!(
+                "{} × {} ({} {})",
+                thousands(o.blocks),
+                o.type_name,
+                thousands(o.bytes),
+                if o.bytes == 1 { "byte" } else { "bytes" }
+            )
+        })
+        .collect();
+    let mut text = shown.join(", ");
+    if objects.len() > PARTS_PER_ROW {
+        text.push_str(&format!(", … {} more types", objects.len() - PARTS_PER_ROW));
+    }
+    text
 }
 
 fn summary_text(out: &mut String, report: &Report) {
@@ -320,6 +419,11 @@ fn summary_text(out: &mut String, report: &Report) {
         ),
         ("unclassified", summary.unclassified, ""),
         ("reachable", summary.reachable, " (--show-reachable lists them)"),
+        (
+            "awaiting garbage collection",
+            summary.collectable,
+            " (Python reference cycles nothing else refers to, not leaks; --show-reachable lists them)",
+        ),
         (
             "left by the runtime",
             summary.runtime_leftovers,

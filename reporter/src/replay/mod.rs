@@ -11,7 +11,7 @@
 //!
 //! Must never symbolize or judge blocks: it reports what the trace says, nothing more.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use libleak_format::{Alloc, DecodeError, Frame, Free, Holder, LeakClass, Mark, Module, PythonCode};
 
@@ -160,6 +160,31 @@ pub struct Trace {
     /// Who held the blocks live when CPython's finalisation began, when the scan then named
     /// holders.
     pub holding: Option<Holding>,
+    /// What the exit scan learnt of each block of `live` it did not find reachable, by
+    /// address.
+    pub lost: HashMap<u64, LostFacts>,
+    /// The Python types [`LostFacts::object_type`] refers to.
+    pub object_types: Vec<String>,
+}
+
+/// What the exit scan learnt of a block it did not find reachable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostFacts {
+    /// The address of the block whose leak keeps this one (its own when it is a root).
+    pub root: u64,
+    /// The Python object's type, as an index into [`Trace::object_types`].
+    pub object_type: Option<u32>,
+    /// The object's reference count (0: no object, or its count was not read).
+    pub refcount: u64,
+    /// The pointers to the object's start found in lost memory.
+    pub references: u64,
+}
+
+impl LostFacts {
+    /// References the scan could not find: taken and never given back.
+    pub fn leaked_references(&self) -> u64 {
+        self.refcount.saturating_sub(self.references)
+    }
 }
 
 /// Who held the blocks live when CPython's finalisation began, summed by allocation stack.
@@ -216,12 +241,53 @@ impl Trace {
     /// exit scan says. Other blocks keep the exit scan's class: the finalising interpreter's
     /// heap is in flux (the garbage collector runs), and a stale pointer found then must not
     /// hide a leak the exit scan sees.
-    fn apply_finalization_scan(&mut self, live_then: &HashMap<(u64, u64), Option<LeakClass>>) {
+    ///
+    /// A block the exit scan found part of a leaked structure (not its root) that a Python
+    /// name held when finalisation began (`named_then`), while the structure's root was lost
+    /// already, and that existed before the root, was the module's, not the leak's (a leaked
+    /// frame's code and function): the teardown orphaned it. It is not part of the leak.
+    fn apply_finalization_scan(
+        &mut self,
+        live_then: &HashMap<(u64, u64), Option<LeakClass>>,
+        named_then: &HashSet<(u64, u64)>,
+    ) {
         let mut import_time: HashMap<u64, bool> = HashMap::new();
+        // Each structure's root's sequence number, when it was lost already when finalisation
+        // began: otherwise that scan saw another heap than the exit scan's (a stale pointer
+        // then held the root), and says nothing about its parts.
+        let mut roots_lost_then: HashMap<u64, Option<u64>> =
+            self.lost.values().map(|facts| (facts.root, None)).collect();
+        for block in &self.live {
+            if let Some(lost_then) = roots_lost_then.get_mut(&block.address) {
+                if matches!(
+                    live_then.get(&(block.address, block.seq)),
+                    Some(Some(class)) if *class != LeakClass::Reachable
+                ) {
+                    *lost_then = Some(block.seq);
+                }
+            }
+        }
+        // Only what existed before the root can have been the module's first: what was made
+        // after it and seems held by a name then is held through a stale pointer.
+        let orphaned_part = |block: &ExitBlock, lost: &HashMap<u64, LostFacts>| {
+            named_then.contains(&(block.address, block.seq))
+                && lost.get(&block.address).is_some_and(|facts| {
+                    facts.root != block.address
+                        && roots_lost_then
+                            .get(&facts.root)
+                            .copied()
+                            .flatten()
+                            .is_some_and(|root_seq| block.seq < root_seq)
+                })
+        };
         for index in 0..self.live.len() {
             let block = self.live[index];
             match live_then.get(&(block.address, block.seq)) {
                 None => self.live[index].during_finalization = true,
+                Some(Some(LeakClass::Reachable)) if orphaned_part(&block, &self.lost) => {
+                    self.live[index].class = Some(LeakClass::Reachable);
+                    self.lost.remove(&block.address);
+                }
                 Some(Some(LeakClass::Reachable)) if block.class != Some(LeakClass::Reachable) => {
                     let during_import = *import_time
                         .entry(block.stack)
@@ -323,6 +389,8 @@ pub(crate) mod synthetic {
             modules: Vec::new(),
             nodes: StackNodes::default(),
             python_codes: HashMap::new(),
+            lost: HashMap::new(),
+            object_types: Vec::new(),
             live: Vec::new(),
             marks: Vec::new(),
             holding: None,

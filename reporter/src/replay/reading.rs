@@ -4,7 +4,7 @@
 //!
 //! Must never symbolize or judge blocks, nor read a file but through the reader it is given.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use libleak_format::{
@@ -55,6 +55,9 @@ struct FinalizationScan {
     /// (address, seq) of every block live when the scan was made, with its class (`None`
     /// when the scan did not complete).
     live_then: HashMap<(u64, u64), Option<LeakClass>>,
+    /// (address, seq) of the blocks a Python name (a module global, a class attribute) held
+    /// when the scan was made.
+    named_then: HashSet<(u64, u64)>,
     holder_names: Vec<Holder>,
     /// Address → (holder id, object type id).
     block_holders: HashMap<u64, (u32, u32)>,
@@ -66,6 +69,23 @@ impl FinalizationScan {
     /// `live`: every block live when the scan was made.
     fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>) {
         let complete = scan.outcome == ScanOutcome::Complete;
+        if complete {
+            let named = |holder: u32| {
+                matches!(
+                    self.holder_names.get((holder as usize).wrapping_sub(1)),
+                    Some(Holder::Python(_))
+                )
+            };
+            self.named_then = live
+                .iter()
+                .filter(|(address, _)| {
+                    self.block_holders
+                        .get(address)
+                        .is_some_and(|&(holder, _)| named(holder))
+                })
+                .map(|(address, block)| (*address, block.seq))
+                .collect();
+        }
         if complete && !self.holder_names.is_empty() {
             let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
             let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
@@ -208,6 +228,9 @@ pub struct Replay {
     python_ignores_environment: Option<bool>,
     pub(crate) live: LiveSet<ExitBlock>,
     classes: HashMap<u64, LeakClass>,
+    /// The exit scan's LOST_BLOCKS and OBJECT_TYPES.
+    lost: HashMap<u64, libleak_format::LostBlock>,
+    object_types: Vec<String>,
     reachability: Option<Reachability>,
     finalization: Option<FinalizationScan>,
     fork: Option<libleak_format::ForkInfo>,
@@ -316,9 +339,14 @@ impl Replay {
                         .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type))));
                 }
             }
-            Record::ObjectTypes(names) => {
-                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
-                    pending.object_types.extend(names);
+            Record::ObjectTypes(names) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                Some(pending) => pending.object_types.extend(names),
+                None => self.object_types.extend(names),
+            },
+            Record::LostBlocks(entries) => {
+                if !self.finalization.as_ref().is_some_and(|f| f.scan.is_none()) {
+                    self.lost
+                        .extend(entries.into_iter().map(|entry| (entry.address, entry)));
                 }
             }
             Record::Stats(s) => self.stats = s,
@@ -414,6 +442,8 @@ impl Replay {
             python_ignores_environment,
             live,
             classes,
+            lost,
+            object_types,
             reachability,
             mut finalization,
             fork,
@@ -448,12 +478,28 @@ impl Replay {
         // Inherited blocks first: they were allocated before every block of the child's own.
         let mut live = inherited_live;
         live.extend(own.into_iter().map(|(_, block)| block));
+        let mut lost_facts = HashMap::new();
         if reachability
             .as_ref()
             .is_some_and(|scan| scan.outcome == ScanOutcome::Complete)
         {
             for block in &mut live {
                 block.class = Some(classes.get(&block.address).copied().unwrap_or(LeakClass::Reachable));
+                if let Some(entry) = lost.get(&block.address) {
+                    let object_type = (entry.object_type as usize)
+                        .checked_sub(1)
+                        .filter(|&index| index < object_types.len())
+                        .map(|index| index as u32);
+                    lost_facts.insert(
+                        block.address,
+                        super::LostFacts {
+                            root: entry.root,
+                            object_type,
+                            refcount: entry.refcount,
+                            references: entry.references,
+                        },
+                    );
+                }
             }
         }
         let mut trace = Trace {
@@ -486,9 +532,11 @@ impl Replay {
             live,
             marks,
             holding: finalization.as_mut().and_then(|f| f.holding.take()),
+            lost: lost_facts,
+            object_types,
         };
-        if let Some(live_then) = finalization.map(|f| f.live_then) {
-            trace.apply_finalization_scan(&live_then);
+        if let Some(scan) = finalization {
+            trace.apply_finalization_scan(&scan.live_then, &scan.named_then);
         }
         Ok(trace)
     }

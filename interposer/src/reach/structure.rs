@@ -1,0 +1,193 @@
+//! The structure of lost memory, after the flood from the roots: which lost blocks are leaks
+//! and which leaked root keeps each one, and which are only Python garbage awaiting
+//! collection.
+//!
+//! A lost block is a *source* of a leak when nothing explains why it is still allocated: a
+//! Python object whose reference count exceeds the pointers to it found in lost memory (a
+//! leaked reference), or a block holding no object that no other lost block points to (a C
+//! allocation nobody will free). Everything a source reaches through lost memory is part of
+//! its structure. What no source reaches is either the garbage the collector would free (it
+//! holds Python objects, all of whose references come from lost memory: a reference cycle
+//! dropped by its last owner) or a cycle of C blocks, which is a leak like any other.
+//!
+//! Reads lost memory once, through the [`Marker`]; must never write to the program's memory.
+
+use libleak_format::{BlockClass, LeakClass, LostBlock};
+
+use super::blocks::Pointer;
+use super::{Marker, POSSIBLY, UNREACHED};
+
+/// No object in the block (see [`Facts::object_starts`]).
+pub(super) const NO_OBJECT: u8 = u8::MAX;
+const NONE: u32 = u32::MAX;
+
+/// What the scan learnt of the Python objects in the blocks, by block.
+pub(super) struct Facts<'a> {
+    /// Where the object starts in each block ([`NO_OBJECT`]: none recognised).
+    pub(super) object_starts: &'a [u8],
+    /// The type id of each block's object (0: none).
+    pub(super) object_types: &'a [u32],
+}
+
+/// The classes of the blocks that are not reachable, and what is known of each.
+pub(super) struct Lost {
+    pub(super) classes: Vec<BlockClass>,
+    pub(super) blocks: Vec<LostBlock>,
+}
+
+/// Classifies the blocks the flood from the roots left unreached (`state`) or reached only
+/// through interior pointers; `None` when the deadline passed.
+pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_>) -> Option<Lost> {
+    let blocks = marker.blocks;
+    let count = blocks.addresses.len();
+    // The blocks concerned, in address order, and each block's position among them.
+    let mut position = vec![NONE; count];
+    let mut members: Vec<usize> = Vec::new();
+    for index in 0..count {
+        if state[index] == UNREACHED || state[index] == POSSIBLY {
+            position[index] = members.len() as u32;
+            members.push(index);
+        }
+    }
+    let lost = |k: usize| state[members[k]] == UNREACHED;
+
+    // The pointers these blocks hold to each other. A possibly-lost block is taken in by a
+    // pointer to its start only: something outside points into its middle, but a lost block
+    // that points to its start owns it (and what it owns). No pointer leads from a
+    // possibly-lost block to a lost one: the flood from the roots went through it.
+    let n = members.len();
+    let mut edge_starts: Vec<usize> = Vec::with_capacity(n + 1);
+    let mut edges: Vec<u32> = Vec::new();
+    let mut references = vec![0u64; n];
+    let mut pointed_to = vec![false; n];
+    for (k, &index) in members.iter().enumerate() {
+        edge_starts.push(edges.len());
+        if !marker.tick() {
+            return None;
+        }
+        marker.prefetch(index, members[k + 1..].iter().copied(), |_| true);
+        marker.block_words(index, &mut |_, word| {
+            let Some((target, pointer)) = blocks.find(word) else {
+                return;
+            };
+            let t = position[target];
+            if t == NONE || (state[target] == POSSIBLY && pointer != Pointer::Start) {
+                return;
+            }
+            if pointer == Pointer::Start {
+                references[t as usize] += 1;
+            }
+            if target != index {
+                pointed_to[t as usize] = true;
+            }
+            edges.push(t);
+        });
+    }
+    edge_starts.push(edges.len());
+    let targets = |k: usize| &edges[edge_starts[k]..edge_starts[k + 1]];
+
+    let object_start = |k: usize| {
+        let index = members[k];
+        let offset = facts.object_starts.get(index).copied().unwrap_or(NO_OBJECT);
+        (offset != NO_OBJECT).then(|| blocks.addresses[index] + u64::from(offset))
+    };
+    // Reference counts, of possibly-lost objects too: CPython's references point to an
+    // object's start, so a pointer into its middle accounts for none of them.
+    let mut refcounts = vec![0u64; n];
+    for k in 0..n {
+        if let Some(object) = object_start(k) {
+            // Implausible counts (a recycled object's leftovers) are not counted on.
+            refcounts[k] = marker.memory.word(object).filter(|&count| count < 1 << 40).unwrap_or(0);
+        }
+    }
+    // An object whose count could not be read is judged as a C block.
+    let counted = |k: usize| refcounts[k] != 0;
+    let is_source = |k: usize| {
+        if counted(k) {
+            refcounts[k] > references[k]
+        } else {
+            !pointed_to[k]
+        }
+    };
+
+    // Structures: from the sources nothing points to first, so that a source inside
+    // another's structure stays part of it.
+    let mut root = vec![NONE; n];
+    let mut work: Vec<u32> = Vec::new();
+    let claim = |from: usize, root: &mut Vec<u32>, work: &mut Vec<u32>| {
+        if root[from] != NONE {
+            return;
+        }
+        root[from] = from as u32;
+        work.push(from as u32);
+        while let Some(k) = work.pop() {
+            for &t in targets(k as usize) {
+                if root[t as usize] == NONE {
+                    root[t as usize] = from as u32;
+                    work.push(t);
+                }
+            }
+        }
+    };
+    let sources: Vec<usize> = (0..n).filter(|&k| is_source(k)).collect();
+    for &k in sources.iter().filter(|&&k| !pointed_to[k]) {
+        claim(k, &mut root, &mut work);
+    }
+    for &k in &sources {
+        claim(k, &mut root, &mut work);
+    }
+    // Garbage: what the unclaimed Python objects reach among the unclaimed blocks.
+    let mut garbage = vec![false; n];
+    for k in (0..n).filter(|&k| root[k] == NONE && counted(k)) {
+        if garbage[k] {
+            continue;
+        }
+        garbage[k] = true;
+        work.push(k as u32);
+        while let Some(at) = work.pop() {
+            for &t in targets(at as usize) {
+                if root[t as usize] == NONE && !garbage[t as usize] {
+                    garbage[t as usize] = true;
+                    work.push(t);
+                }
+            }
+        }
+    }
+    // Cycles of C blocks: each led by its block at the lowest address.
+    for k in 0..n {
+        if lost(k) && root[k] == NONE && !garbage[k] {
+            claim(k, &mut root, &mut work);
+        }
+    }
+
+    let mut classes = Vec::with_capacity(n);
+    let mut lost_blocks = Vec::with_capacity(n);
+    for (k, &index) in members.iter().enumerate() {
+        let address = blocks.addresses[index];
+        let class = if garbage[k] {
+            LeakClass::Collectable
+        } else if !lost(k) {
+            LeakClass::PossiblyLost
+        } else if root[k] == k as u32 {
+            LeakClass::DefinitelyLost
+        } else {
+            LeakClass::IndirectlyLost
+        };
+        classes.push(BlockClass { address, class });
+        let root_address = match root[k] {
+            NONE => address,
+            r => blocks.addresses[members[r as usize]],
+        };
+        lost_blocks.push(LostBlock {
+            address,
+            root: root_address,
+            object_type: facts.object_types.get(index).copied().unwrap_or(0),
+            refcount: refcounts[k],
+            references: if counted(k) { references[k] } else { 0 },
+        });
+    }
+    Some(Lost {
+        classes,
+        blocks: lost_blocks,
+    })
+}
