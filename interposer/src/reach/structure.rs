@@ -93,13 +93,15 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     };
     // Reference counts, of possibly-lost objects too: CPython's references point to an
     // object's start, so a pointer into its middle accounts for none of them.
-    let mut refcounts = vec![0u64; n];
-    for k in 0..n {
-        if let Some(object) = object_start(k) {
-            // Implausible counts (a recycled object's leftovers) are not counted on.
-            refcounts[k] = marker.memory.word(object).filter(|&count| count < 1 << 40).unwrap_or(0);
-        }
-    }
+    // Implausible counts (a recycled object's leftovers) are not counted on.
+    let refcounts: Vec<u64> = (0..n)
+        .map(|k| {
+            object_start(k)
+                .and_then(|object| marker.memory.word(object))
+                .filter(|&count| count < 1 << 40)
+                .unwrap_or(0)
+        })
+        .collect();
     // An object whose count could not be read is judged as a C block.
     let counted = |k: usize| refcounts[k] != 0;
     let is_source = |k: usize| {

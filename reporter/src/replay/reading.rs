@@ -344,7 +344,7 @@ impl Replay {
                 None => self.object_types.extend(names),
             },
             Record::LostBlocks(entries) => {
-                if !self.finalization.as_ref().is_some_and(|f| f.scan.is_none()) {
+                if self.finalization.as_ref().is_none_or(|f| f.scan.is_some()) {
                     self.lost
                         .extend(entries.into_iter().map(|entry| (entry.address, entry)));
                 }

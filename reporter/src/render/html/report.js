@@ -185,8 +185,47 @@ function leakDetail(leak) {
     o.python ? el('p', null, `called from Python: ${place(o.python)}`) : null,
     leak.also_in ? el('p', null, `also in forked processes ${leak.also_in.join(', ')}`) : null,
     leak.inherited ? el('p', null, 'inherited from the parent at fork') : null,
+    objectsLine(leak.objects, 'objects'),
+    leakedReferences(leak.leaked_references),
     leak.stacks.map((s, i) => stackBlock(s, `stack ${i + 1}: ${amount(s.bytes, s.blocks)}`)),
+    structure(leak),
   ];
+}
+
+// `3 × list (168 bytes), 1 × dict (64 bytes)`.
+function objectsLine(objects, label) {
+  if (!objects || !objects.length) return null;
+  return el('p', { class: 'objects' },
+    `${label}: ${objects.map((o) => `${thousands(o.blocks)} × ${o.type} (${thousands(o.bytes)} bytes)`).join(', ')}`);
+}
+
+function leakedReferences(r) {
+  if (!r || !r.objects) return null;
+  const noun = (n) => (n === 1 ? 'reference' : 'references');
+  return el('p', { class: 'references' },
+    `${r.objects === 1 ? '' : `${thousands(r.objects)} objects: `}refcount ${thousands(r.refcount)}, ` +
+    `${thousands(r.found)} ${noun(r.found)} found: ${thousands(r.leaked)} leaked ${noun(r.leaked)}`);
+}
+
+// What the leaked roots keep alive that was allocated elsewhere: one line per site.
+function structure(leak) {
+  if (!leak.parts || !leak.parts.length) return null;
+  const kept = { bytes: leak.bytes - leak.roots.bytes, blocks: leak.blocks - leak.roots.blocks };
+  return el('div', { class: 'structure' },
+    el('p', null, `the leaked ${leak.roots.blocks === 1 ? 'block' : 'blocks'} (${amount(leak.roots.bytes, leak.roots.blocks)}) ` +
+      `${leak.roots.blocks === 1 ? 'keeps' : 'keep'} ${amount(kept.bytes, kept.blocks)} allocated elsewhere:`),
+    el('table', { class: 'parts' }, el('tr', null,
+      el('th', { class: 'num' }, 'bytes'), el('th', { class: 'num' }, 'blocks'), el('th', null, 'kind'),
+      el('th', null, 'made by'), el('th', null, 'objects')),
+    leak.parts.map((part) => {
+      const o = part.owner;
+      const site = o.function ? `${place(o)}${o.python ? `, called from ${place(o.python)}` : ''}`
+        : o.python ? place(o.python) : frameText(part.frames[0] || { function: '?' });
+      return el('tr', { class: 'part' },
+        el('td', { class: 'num' }, thousands(part.bytes)), el('td', { class: 'num' }, thousands(part.blocks)),
+        el('td', null, part.kind), el('td', { class: 'frames' }, site),
+        el('td', null, part.objects.map((x) => `${thousands(x.blocks)} × ${x.type}`).join(', ')));
+    })));
 }
 
 function leakTable(leaks) {
