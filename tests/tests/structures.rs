@@ -74,7 +74,11 @@ fn a_leak_row_holds_everything_its_root_keeps_with_types_and_leaked_references()
         assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
 
         // Ten tracebacks, each a reference taken and never given back, keeping the callback's
-        // frame and its 40,000-byte payload, which Python code made.
+        // frame and its 40,000-byte payload, which Python code made. The scan is conservative:
+        // a stale copy of an address, left where it reads roots (the interpreter's frames and
+        // free lists keep some), holds what it names as a reference would. So one traceback
+        // may be held that way (and then not listed), and below, one list or a few ints of
+        // the dicts; the counts and sizes of what is listed are exact all the same.
         let tracebacks = row_at(&report, "keep_traceback", c("@call_callback"));
         assert_eq!(tracebacks["kind"], "definitely-lost", "{label}");
         assert_eq!(
@@ -82,16 +86,21 @@ fn a_leak_row_holds_everything_its_root_keeps_with_types_and_leaked_references()
             Some(py("@keep_call")),
             "{label}"
         );
-        let (traceback_blocks, traceback_bytes) = objects_of(&tracebacks["objects"], "traceback");
-        assert_eq!(traceback_blocks, 10, "{label}: {tracebacks:#}");
+        let (leaked_tracebacks, traceback_bytes) = objects_of(&tracebacks["objects"], "traceback");
+        assert!((9..=10).contains(&leaked_tracebacks), "{label}: {tracebacks:#}");
         assert_eq!(
             (u(&tracebacks["roots"]["blocks"]), u(&tracebacks["roots"]["bytes"])),
-            (10, traceback_bytes),
+            (leaked_tracebacks, traceback_bytes),
             "{label}: the roots are the tracebacks"
         );
         assert_eq!(
             tracebacks["leaked_references"],
-            serde_json::json!({"objects": 10, "refcount": 10, "found": 0, "leaked": 10}),
+            serde_json::json!({
+                "objects": leaked_tracebacks,
+                "refcount": leaked_tracebacks,
+                "found": 0,
+                "leaked": leaked_tracebacks
+            }),
             "{label}"
         );
         let payloads: Vec<&Value> = tracebacks["parts"]
@@ -107,20 +116,25 @@ fn a_leak_row_holds_everything_its_root_keeps_with_types_and_leaked_references()
         );
         let payload = payloads[0];
         assert_eq!(payload["owner"]["python"]["function"], "failing_callback", "{label}");
+        let leaked_payloads = u(&payload["blocks"]);
+        assert!(
+            (leaked_tracebacks - 1..=leaked_tracebacks).contains(&leaked_payloads),
+            "{label}: {payload:#}"
+        );
+        assert_eq!(u(&payload["bytes"]), leaked_payloads * 40_033, "{label}");
         assert_eq!(
-            (u(&payload["blocks"]), u(&payload["bytes"])),
-            (10, 10 * 40_033),
+            objects_of(&payload["objects"], "bytes"),
+            (leaked_payloads, leaked_payloads * 40_033),
             "{label}"
         );
-        assert_eq!(objects_of(&payload["objects"], "bytes"), (10, 10 * 40_033), "{label}");
         assert!(
-            objects_of(&tracebacks["objects"], "frame").0 >= 10,
+            objects_of(&tracebacks["objects"], "frame").0 >= leaked_tracebacks,
             "{label}: {tracebacks:#}"
         );
         assert_parts_add_up(tracebacks, &label);
 
-        // A dict with one reference too many, holding six lists of five ints: one row with all
-        // of it.
+        // Two dicts with one reference too many, each holding six lists of five ints: one row
+        // with all of it.
         let dicts = row_at(&report, "leak_dict", c("@new_dict"));
         assert_eq!(dicts["kind"], "definitely-lost", "{label}");
         assert_eq!(
@@ -130,28 +144,38 @@ fn a_leak_row_holds_everything_its_root_keeps_with_types_and_leaked_references()
         );
         assert_eq!(u(&dicts["roots"]["blocks"]), 2, "{label}: {dicts:#}");
         assert_eq!(objects_of(&dicts["objects"], "dict").0, 2, "{label}");
-        assert_eq!(objects_of(&dicts["objects"], "list").0, 12, "{label}");
-        // Thirty items and six keys per dict; a stale copy of the last one's address left in
-        // memory the scan reads as a root may hold one or two for a conservative scan.
-        let ints = objects_of(&dicts["objects"], "int").0;
-        assert!((70..=72).contains(&ints), "{label}: {ints} ints: {dicts:#}");
         assert_eq!(
             dicts["leaked_references"],
             serde_json::json!({"objects": 2, "refcount": 2, "found": 0, "leaked": 2}),
             "{label}"
         );
-        let lists: Vec<&Value> = dicts["parts"]
+        // Six lists per dict, thirty items and six keys (3.9 and 3.10 keep outgrown key
+        // tables, whose entries still name the first keys, on a free list).
+        let lists = objects_of(&dicts["objects"], "list").0;
+        assert!((11..=12).contains(&lists), "{label}: {lists} lists: {dicts:#}");
+        let ints = objects_of(&dicts["objects"], "int").0;
+        let fewest_ints = 60 - 5 * (12 - lists);
+        assert!((fewest_ints..=72).contains(&ints), "{label}: {ints} ints: {dicts:#}");
+        let list_parts: Vec<&Value> = dicts["parts"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|part| part["owner"]["function"] == "new_list")
             .collect();
-        assert_eq!(lists.len(), 1, "{label}: {dicts:#}");
-        assert_eq!(u(&lists[0]["owner"]["line"]), c("@new_list"), "{label}");
-        assert_eq!(objects_of(&lists[0]["objects"], "list").0, 12, "{label}");
+        assert_eq!(list_parts.len(), 1, "{label}: {dicts:#}");
+        assert_eq!(u(&list_parts[0]["owner"]["line"]), c("@new_list"), "{label}");
+        assert_eq!(objects_of(&list_parts[0]["objects"], "list").0, lists, "{label}");
         // The dicts, their key tables, the lists, their item arrays and the ints.
-        assert_eq!(u(&dicts["blocks"]), 2 + 2 + 12 + 12 + ints, "{label}: {dicts:#}");
+        assert_eq!(u(&dicts["blocks"]), 2 + 2 + 2 * lists + ints, "{label}: {dicts:#}");
         assert_parts_add_up(dicts, &label);
+        if leaked_tracebacks < 10 || lists < 12 || ints < 72 {
+            eprintln!(
+                "{label}: held by stale addresses: {} tracebacks, {} lists, {} ints",
+                10 - leaked_tracebacks,
+                12 - lists,
+                72 - ints
+            );
+        }
 
         assert_eq!(rows(&report).len(), 2, "{label}: only the two leaks: {report:#}");
     }
@@ -190,12 +214,17 @@ fn garbage_awaiting_collection_is_no_leak_but_a_leak_beside_it_is() {
             Some(py("@early_dict_call")),
             "{label}"
         );
+        // Five dicts, each with one reference too many. Here too a stale copy of an address
+        // in memory the scan reads as a root may hold one (the interpreter's own frame for the
+        // last, under load): reachable, not listed.
+        let roots = u(&dict["roots"]["blocks"]);
+        assert!((4..=5).contains(&roots), "{label}: {dict:#}");
         assert_eq!(
             dict["leaked_references"],
-            serde_json::json!({"objects": 1, "refcount": 1, "found": 0, "leaked": 1}),
+            serde_json::json!({"objects": roots, "refcount": roots, "found": 0, "leaked": roots}),
             "{label}"
         );
-        assert_eq!(u(&dict["roots"]["blocks"]), 1, "{label}: {dict:#}");
+        assert_eq!(objects_of(&dict["objects"], "dict").0, roots, "{label}: {dict:#}");
         assert_parts_add_up(dict, &label);
         assert_eq!(rows(&report).len(), 1, "{label}: {report:#}");
     }
