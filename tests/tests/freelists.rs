@@ -68,6 +68,7 @@ fn objects_an_extension_takes_off_free_lists_are_blamed_on_the_extension() {
             assert_leak(&report, leak.function, "births.c", line, leak.bytes, 1);
             let row = rows[0];
             assert_eq!(row["kind"], "definitely-lost", "{label}: {row:#}");
+            assert_eq!(row["allocator"], "free-list", "{label}: {row:#}");
             let python_line = line_of("freelists/driver.py", leak.call);
             assert!(
                 row["frames"]

@@ -11,6 +11,7 @@
 
 pub mod code_cache;
 mod codes;
+pub mod constructors;
 pub mod gc;
 pub mod holders;
 pub mod layouts;
