@@ -137,7 +137,7 @@ impl Hook {
             let seen = new.min(RECENT_ALLOCATIONS as u64);
             let allocated_here = (0..seen).any(|back| {
                 let number = t.allocations.get().wrapping_sub(1 + back);
-                t.recent_allocations[number as usize % RECENT_ALLOCATIONS].get() == block
+                t.recent_allocations[number as usize % RECENT_ALLOCATIONS].get() == !block
             });
             !allocated_here && new <= RECENT_ALLOCATIONS as u64
         });
@@ -249,7 +249,7 @@ fn hand_on_pending(t: &ThreadState) {
 #[inline(always)]
 fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind, caller: Registers) {
     let count = t.allocations.get();
-    t.recent_allocations[count as usize % RECENT_ALLOCATIONS].set(address);
+    t.recent_allocations[count as usize % RECENT_ALLOCATIONS].set(!address);
     t.allocations.set(count.wrapping_add(1));
     record_with_stack(t, BatchTag::Alloc, kind, caller, |batch, header| {
         batch::push_alloc(batch, header, seq, address, size)

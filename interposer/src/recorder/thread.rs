@@ -65,7 +65,8 @@ pub struct ThreadState {
     /// counted).
     pub pending_len: AtomicUsize,
     /// Allocations this thread recorded, and the addresses of the latest ones (the one
-    /// numbered `n` at `n % RECENT_ALLOCATIONS`).
+    /// numbered `n` at `n % RECENT_ALLOCATIONS`), each stored inverted: the exit scan reads
+    /// thread-local memory, where a plain address would keep the block it names reachable.
     pub allocations: Cell<u64>,
     pub recent_allocations: [Cell<usize>; RECENT_ALLOCATIONS],
 }
