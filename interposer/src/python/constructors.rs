@@ -128,6 +128,12 @@ pub fn redirect_in_extensions(own_address: usize) -> Option<&'static str> {
     None
 }
 
+/// An object may have been unloaded (`dlclose`): objects are looked at again at the next
+/// redirection, so that one loaded where it was is not taken for it.
+pub fn forget_redirected() {
+    imports::forget_scanned();
+}
+
 /// Whether the loaded object named `path` may be an extension: not the executable (empty
 /// name), libpython, the C library or the dynamic loader.
 fn is_extension(path: &CStr) -> bool {

@@ -22,6 +22,7 @@ use crate::unwind;
 /// addresses are dropped, then the module list is snapshot.
 pub fn module_unloaded() {
     unwind::rules::forget_all();
+    python::constructors::forget_redirected();
     modules_changed();
 }
 

@@ -8,11 +8,17 @@
 //! the one store and read-only again; each store is one aligned word, atomic for threads
 //! calling through the slot meanwhile.
 //!
+//! Each object is scanned once: a lock-free table remembers the objects scanned (by the
+//! address of their dynamic section) until [`forget_scanned`] (after a `dlclose`, when a
+//! new object could take an old one's place). Without it every `dlopen` would scan every
+//! object loaded before (a program importing numpy and pandas loads a hundred).
+//!
 //! Must never redirect a slot that holds anything but the expected function or the object's
 //! own lazy-binding stub (another interposer's choice stands), never allocate, and never call
 //! into the loader from inside its iteration.
 
 use std::ffi::{c_int, c_void, CStr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One function to redirect: its name, the replacement, and the function the loader binds
 /// the name to (a slot holding anything else is left alone).
@@ -55,10 +61,45 @@ pub struct Redirected {
     pub failed: bool,
 }
 
+/// Entries of [`SCANNED`]: far more than the objects a process loads. When it is full, objects
+/// are simply scanned again (redirection is idempotent).
+const SCANNED_ENTRIES: usize = 4096;
+
+/// The dynamic-section addresses of the objects scanned, open-addressed; 0 is empty.
+static SCANNED: [AtomicUsize; SCANNED_ENTRIES] = [const { AtomicUsize::new(0) }; SCANNED_ENTRIES];
+
+/// Whether the object with its dynamic section at `dynamic` was scanned; notes it as scanned
+/// when `note`.
+fn scanned(dynamic: usize, note: bool) -> bool {
+    let start = (dynamic >> 3).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52;
+    for probe in 0..SCANNED_ENTRIES {
+        let entry = &SCANNED[(start + probe) % SCANNED_ENTRIES];
+        match entry.load(Ordering::Acquire) {
+            found if found == dynamic => return true,
+            0 if !note => return false,
+            0 => match entry.compare_exchange(0, dynamic, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return false,
+                Err(found) if found == dynamic => return true,
+                Err(_) => {}
+            },
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Forgets which objects were scanned: after a `dlclose`, a new object may be loaded where
+/// a scanned one was.
+pub fn forget_scanned() {
+    for entry in &SCANNED {
+        entry.store(0, Ordering::Release);
+    }
+}
+
 /// Rewrites, in every loaded object `choose` accepts (given its path) other than the one
 /// holding `skip_containing`, the import slots of the `redirects`' names. Slots already
 /// redirected are skipped, so calling this again after more objects were loaded only
-/// touches the new ones.
+/// touches the new ones; an object scanned before is not looked at again.
 pub fn redirect_imports(
     redirects: &[Redirect<'_>],
     skip_containing: usize,
@@ -89,7 +130,17 @@ pub fn redirect_imports(
         if contains(bias, headers, scan.skip_containing) {
             return 0;
         }
-        redirect_in_object(bias, headers, scan.redirects, &mut scan.result);
+        let Some(dynamic) = headers.iter().find(|h| h.p_type == libc::PT_DYNAMIC) else {
+            return 0;
+        };
+        let dynamic = bias.wrapping_add(dynamic.p_vaddr as usize);
+        if scanned(dynamic, false) {
+            return 0;
+        }
+        redirect_in_object(bias, headers, dynamic, scan.redirects, &mut scan.result);
+        if !scan.result.failed {
+            scanned(dynamic, true);
+        }
         0
     }
     let mut scan = Scan {
@@ -116,11 +167,14 @@ struct DynamicTables {
     plt_rela_size: usize,
 }
 
-fn redirect_in_object(bias: usize, headers: &[libc::Elf64_Phdr], redirects: &[Redirect<'_>], result: &mut Redirected) {
-    let Some(dynamic) = headers.iter().find(|h| h.p_type == libc::PT_DYNAMIC) else {
-        return;
-    };
-    let tables = dynamic_tables(bias, bias.wrapping_add(dynamic.p_vaddr as usize));
+fn redirect_in_object(
+    bias: usize,
+    headers: &[libc::Elf64_Phdr],
+    dynamic: usize,
+    redirects: &[Redirect<'_>],
+    result: &mut Redirected,
+) {
+    let tables = dynamic_tables(bias, dynamic);
     if tables.symbols == 0 || tables.strings == 0 {
         return;
     }
