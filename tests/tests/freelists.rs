@@ -2,7 +2,8 @@
 //! an object a C extension makes through `PyList_New` and the like often reuses the memory
 //! of one the script dropped, with no `malloc`. The extension's leak of such an object must
 //! still be found at the extension's line (and its Python caller), with the exact bytes and
-//! blocks of the reused memory. On every interpreter found.
+//! blocks of the reused memory. On every interpreter found, with the extension linked as
+//! usual and with full RELRO.
 
 use libleak_tests::*;
 
@@ -50,14 +51,25 @@ const LEAKS: [Leak; 4] = [
     },
 ];
 
+/// How the extension is linked: the default (calls through the PLT, bound at load since
+/// CPython loads extensions with `RTLD_NOW`; partial RELRO), and full RELRO with `-fno-plt`
+/// (calls through `R_X86_64_GLOB_DAT` slots the loader makes read-only).
+const LINKINGS: [(&str, &[&str]); 2] = [
+    ("default", &[]),
+    ("full-relro-no-plt", &["-fno-plt", "-Wl,-z,relro,-z,now"]),
+];
+
 #[test]
 fn objects_an_extension_takes_off_free_lists_are_blamed_on_the_extension() {
     let pythons = pythons();
     assert!(!pythons.is_empty(), "no usable Python interpreter found");
-    for python in pythons {
-        let label = python.label();
+    for (python, (linking, flags)) in pythons
+        .iter()
+        .flat_map(|python| LINKINGS.iter().map(move |linking| (python, linking)))
+    {
+        let label = format!("{} ({linking})", python.label());
         let scratch = Scratch::new(&format!("freelists-{label}"));
-        python.build_extension(&fixture("births.c"), "births", &scratch.path);
+        python.build_extension_with(&fixture("births.c"), "births", &scratch.path, flags);
         std::fs::copy(fixture("driver.py"), scratch.join("driver.py")).unwrap();
         let trace = python.run_script_traced(&scratch, "driver.py", &label);
         let report = report_json(&trace);

@@ -589,7 +589,9 @@ impl Collector {
         let Some((address, size)) = [0, 16, 32].into_iter().find_map(|before| {
             let address = object.checked_sub(before)?;
             let block = self.live_block_at(address)?;
-            (address + block.size > object).then_some((address, block.size))
+            // A block allocated after the rebirth (its free already taken in from another
+            // thread's batch) is not the one reborn.
+            (address + block.size > object && block.seq < free_seq).then_some((address, block.size))
         }) else {
             return;
         };

@@ -202,7 +202,7 @@ fn redirect_in_object(
                 continue;
             };
             let slot = bias.wrapping_add(relocation.r_offset as usize);
-            if !own(slot) || !slot.is_multiple_of(8) {
+            if !writable_segment(bias, headers, slot) || !slot.is_multiple_of(8) {
                 continue;
             }
             // SAFETY: the relocation's target is a GOT word inside the object's mapped
@@ -234,6 +234,18 @@ fn contains(bias: usize, headers: &[libc::Elf64_Phdr], address: usize) -> bool {
     headers.iter().any(|h| {
         let start = bias.wrapping_add(h.p_vaddr as usize);
         h.p_type == libc::PT_LOAD && address >= start && address - start < h.p_memsz as usize
+    })
+}
+
+/// Whether a writable PT_LOAD segment of the object holds `address` (the GOT lies in one:
+/// a slot anywhere else is left alone rather than written).
+fn writable_segment(bias: usize, headers: &[libc::Elf64_Phdr], address: usize) -> bool {
+    headers.iter().any(|h| {
+        let start = bias.wrapping_add(h.p_vaddr as usize);
+        h.p_type == libc::PT_LOAD
+            && h.p_flags & libc::PF_W != 0
+            && address >= start
+            && address - start < h.p_memsz as usize
     })
 }
 
