@@ -90,11 +90,15 @@ pub fn is_new_object(object: usize) -> bool {
 }
 
 /// Redirects the watched constructors in every extension loaded that was not redirected
-/// yet, once an interpreter with a supported layout was found; the object holding
+/// yet, once an interpreter with a supported layout was found whose objects are malloc
+/// blocks; the object holding
 /// `own_address` (libleak) is left alone. Returns a message to show once when redirection
 /// failed (the extensions' objects then keep the owner of their memory's first allocation).
 pub fn redirect_in_extensions(own_address: usize) -> Option<&'static str> {
-    if super::interpreter().is_none() || GAVE_UP.load(Ordering::Relaxed) {
+    let interpreter = super::interpreter()?;
+    // Objects in pymalloc's arenas (`LIBLEAK_PYTHONMALLOC=keep`, `python -I`) are no blocks
+    // of their own: a rebirth would find none, after paying for its stack.
+    if GAVE_UP.load(Ordering::Relaxed) || !interpreter.symbols.objects_use_raw_allocator() {
         return None;
     }
     let mut redirects: [Option<Redirect<'static>>; CONSTRUCTORS] = [const { None }; CONSTRUCTORS];
@@ -144,4 +148,29 @@ fn is_extension(path: &CStr) -> bool {
         || file.starts_with(b"libc.so")
         || file.starts_with(b"ld-linux")
         || file.starts_with(b"linux-vdso"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_extensions_are_redirected() {
+        for path in [
+            "/tmp/x/births.cpython-311-x86_64-linux-gnu.so",
+            "/usr/lib/python3/dist-packages/numpy/core/_multiarray_umath.so",
+            "libfoo.so",
+        ] {
+            assert!(is_extension(&std::ffi::CString::new(path).unwrap()), "{path}");
+        }
+        for path in [
+            "",
+            "/root/.pyenv/versions/3.12.1/lib/libpython3.12.so.1.0",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+            "linux-vdso.so.1",
+        ] {
+            assert!(!is_extension(&std::ffi::CString::new(path).unwrap()), "{path}");
+        }
+    }
 }

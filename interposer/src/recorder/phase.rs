@@ -133,13 +133,8 @@ impl Hook {
         }
         let block = object.wrapping_sub(header_bytes);
         let reborn = THREAD.with(|t| {
-            let new = t.allocations.get().wrapping_sub(mark);
-            let seen = new.min(RECENT_ALLOCATIONS as u64);
-            let allocated_here = (0..seen).any(|back| {
-                let number = t.allocations.get().wrapping_sub(1 + back);
-                t.recent_allocations[number as usize % RECENT_ALLOCATIONS].get() == !block
-            });
-            !allocated_here && new <= RECENT_ALLOCATIONS as u64
+            let recent = t.recent_allocations.each_ref().map(|cell| cell.get());
+            allocated_since(&recent, t.allocations.get(), mark, block) == Some(false)
         });
         if !reborn {
             return;
@@ -170,6 +165,19 @@ impl Hook {
             finalization::scan_now();
         }
     }
+}
+
+/// Whether `block` is among the allocations numbered from `mark` up to `count` (excluded),
+/// given the thread's ring of recent ones (inverted addresses, the one numbered `n` at
+/// `n % RECENT_ALLOCATIONS`); `None` when they were too many for the ring to tell.
+fn allocated_since(recent: &[usize; RECENT_ALLOCATIONS], count: u64, mark: u64, block: usize) -> Option<bool> {
+    let new = count.wrapping_sub(mark);
+    let seen = new.min(RECENT_ALLOCATIONS as u64);
+    let found = (0..seen).any(|back| {
+        let number = count.wrapping_sub(1 + back);
+        recent[number as usize % RECENT_ALLOCATIONS] == !block
+    });
+    (found || new <= RECENT_ALLOCATIONS as u64).then_some(found)
 }
 
 /// Runs `record` in [`Phase::Recording`].
@@ -294,4 +302,28 @@ fn record_with_stack(
         push_fixed(batch, header);
         stack_words::interleave(batch, frames, python_words, python::eval_loop());
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_is_new_when_allocated_since_the_mark_and_unknown_past_the_ring() {
+        // Allocations 0 to 5 were of 0x100, 0x200, …, 0x600: the ring keeps 2 to 5.
+        let mut recent = [0usize; RECENT_ALLOCATIONS];
+        for number in 0..6u64 {
+            recent[number as usize % RECENT_ALLOCATIONS] = !(0x100 * (number as usize + 1));
+        }
+        // Nothing allocated during the call: not new (taken off a free list).
+        assert_eq!(allocated_since(&recent, 6, 6, 0x600), Some(false));
+        // Allocated during the call, last or before another allocation.
+        assert_eq!(allocated_since(&recent, 6, 5, 0x600), Some(true));
+        assert_eq!(allocated_since(&recent, 6, 4, 0x500), Some(true));
+        // Allocated before the call: not new.
+        assert_eq!(allocated_since(&recent, 6, 5, 0x500), Some(false));
+        // More allocations during the call than the ring holds: new if seen, else unknown.
+        assert_eq!(allocated_since(&recent, 6, 1, 0x300), Some(true));
+        assert_eq!(allocated_since(&recent, 6, 1, 0x200), None);
+    }
 }
