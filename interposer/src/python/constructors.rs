@@ -11,6 +11,9 @@
 //! own calls stay direct (the interpreter's internal use of its free lists is not an
 //! extension's doing).
 //!
+//! A redirected extension that compares a constructor's address with one found another way
+//! (`dlsym`) sees them differ; no extension is known to do so.
+//!
 //! Must never redirect before the real constructor is known, nor read an object the
 //! constructor did not just return.
 
