@@ -223,6 +223,12 @@ impl<B: LiveBlock> LiveSet<B> {
         }
     }
 
+    /// The block live at `address`, if its latest event is an allocation.
+    pub fn live_at(&self, address: u64) -> Option<&B> {
+        let latest = self.by_address.get(&address)?;
+        (latest.block != FREED).then(|| &self.blocks[latest.block as usize])
+    }
+
     /// Whether any allocation or free of `address` was seen.
     pub fn has_events_at(&self, address: u64) -> bool {
         self.by_address.contains_key(&address)

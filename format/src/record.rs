@@ -191,6 +191,9 @@ wire_enum! {
         Valloc = 6 => "valloc",
         Pvalloc = 7 => "pvalloc",
         ReallocArray = 8 => "reallocarray",
+        /// An object a Python constructor took off one of CPython's free lists: the block did
+        /// not move, it was born again to a new owner (a FREE of it comes just before).
+        FreeListReuse = 9 => "free-list",
     }
 }
 
@@ -440,6 +443,7 @@ mod tests {
         check(&LeakClass::ALL, |v| v as u8, LeakClass::from_u8);
         check(&ScanOutcome::ALL, |v| v as u8, ScanOutcome::from_u8);
         assert_eq!(AllocKind::ReallocArray as u8, 8);
+        assert_eq!(AllocKind::FreeListReuse as u8, 9);
         assert_eq!(ExitKind::Exec as u8, 3);
         assert_eq!(LeakClass::Reachable as u8, 0);
         assert_eq!(LeakClass::PossiblyLost as u8, 3);
@@ -452,7 +456,7 @@ mod tests {
         let names = |all: &[&'static str]| all.join(" ");
         assert_eq!(
             names(&AllocKind::ALL.map(AllocKind::name)),
-            "malloc calloc realloc posix_memalign aligned_alloc memalign valloc pvalloc reallocarray"
+            "malloc calloc realloc posix_memalign aligned_alloc memalign valloc pvalloc reallocarray free-list"
         );
         assert_eq!(names(&ExitKind::ALL.map(ExitKind::name)), "exit _exit abort exec");
         assert_eq!(

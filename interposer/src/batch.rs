@@ -5,6 +5,9 @@
 //! An event is a header word followed by its fields, frames innermost first:
 //! - alloc: `[header, seq, address, size, frame…]`;
 //! - free:  `[header, seq, address]`;
+//! - reborn: `[header, free_seq, alloc_seq, object, frame…]`: a Python object a constructor
+//!   took off a free list, whose block (found by the collector from the object's address)
+//!   is to be freed and allocated again with this stack;
 //!
 //! where `header = tag | kind << 8 | frame_count << 16 | thread_id << 32`. Frame words are
 //! those of [`crate::stack_words`].
@@ -19,6 +22,7 @@ use libleak_format::AllocKind;
 pub enum BatchTag {
     Alloc = 1,
     Free = 2,
+    Reborn = 3,
 }
 
 /// The first word of every event.
@@ -47,6 +51,7 @@ impl Header {
         let tag = match word & 0xff {
             1 => BatchTag::Alloc,
             2 => BatchTag::Free,
+            3 => BatchTag::Reborn,
             _ => return None,
         };
         Some(Header {
@@ -74,6 +79,12 @@ pub fn push_free(batch: &mut Vec<u64>, thread_id: u32, seq: u64, address: usize)
         thread_id,
     };
     batch.extend_from_slice(&[header.pack(), seq, address as u64]);
+}
+
+/// Appends a reborn object's fixed fields; its `frame_count` stack words must follow.
+#[inline(always)]
+pub fn push_reborn(batch: &mut Vec<u64>, header: Header, free_seq: u64, alloc_seq: u64, object: usize) {
+    batch.extend_from_slice(&[header.pack(), free_seq, alloc_seq, object as u64]);
 }
 
 /// An event kept aside without a stack or a thread (a signal handler's, recorded while its
@@ -125,6 +136,8 @@ impl DeferredEvent {
                 push_alloc(batch, header, self.seq, self.address, self.size);
             }
             BatchTag::Free => push_free(batch, thread_id, self.seq, self.address),
+            // Never deferred: a reborn object is only recorded outside signal handlers.
+            BatchTag::Reborn => {}
         }
     }
 }
@@ -145,6 +158,16 @@ pub enum BatchEvent<'a> {
         thread_id: u32,
         seq: u64,
         address: u64,
+    },
+    /// A Python object taken off a free list: its block is freed at `free_seq` and allocated
+    /// again at `alloc_seq` with these frames.
+    Reborn {
+        thread_id: u32,
+        free_seq: u64,
+        alloc_seq: u64,
+        object: u64,
+        /// Stack words, innermost first.
+        frames: &'a [u64],
     },
 }
 
@@ -180,6 +203,21 @@ impl<'a> Iterator for BatchEvents<'a> {
                     seq,
                     address,
                     size,
+                    frames,
+                })
+            }
+            BatchTag::Reborn => {
+                let &[_, free_seq, alloc_seq, object, ref rest @ ..] = self.words else {
+                    self.words = &[];
+                    return None;
+                };
+                let (frames, rest) = rest.split_at(header.frame_count.min(rest.len()));
+                self.words = rest;
+                Some(BatchEvent::Reborn {
+                    thread_id: header.thread_id,
+                    free_seq,
+                    alloc_seq,
+                    object,
                     frames,
                 })
             }
@@ -223,6 +261,14 @@ mod tests {
             size: 16,
         }
         .push(&mut batch, 5);
+        let reborn = Header {
+            tag: BatchTag::Reborn,
+            kind: AllocKind::FreeListReuse,
+            frame_count: 1,
+            thread_id: 6,
+        };
+        push_reborn(&mut batch, reborn, 10, 11, 0x3010);
+        batch.push(0x4030);
         let events: Vec<_> = BatchEvents::new(&batch).collect();
         assert_eq!(
             events,
@@ -247,6 +293,13 @@ mod tests {
                     address: 0x2000,
                     size: 16,
                     frames: &[],
+                },
+                BatchEvent::Reborn {
+                    thread_id: 6,
+                    free_seq: 10,
+                    alloc_seq: 11,
+                    object: 0x3010,
+                    frames: &[0x4030],
                 },
             ]
         );

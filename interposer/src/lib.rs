@@ -12,7 +12,9 @@
 //! - [`batch`]: the in-memory event, packed by the recorder and read by the collector.
 //! - [`unwind`]: native stacks: a stepper over cached per-address unwind rules, reusing the
 //!   part of the thread's previous stack that did not change.
-//! - [`python`]: finding CPython and walking the allocating thread's Python frames.
+//! - [`python`]: finding CPython and walking the allocating thread's Python frames; which
+//!   object constructors extensions get redirected to libleak's, to follow objects that
+//!   CPython's free lists hand out again without `malloc`.
 //! - [`reach`]: the exit-time reachability scan that classifies the blocks live at exit.
 //! - [`stack_words`]: how native and Python frames travel from hooks to the collector.
 //! - [`segments`]: which loaded object holds an address, by binary search.

@@ -343,9 +343,15 @@ impl Python {
 
     /// Builds a single-file C extension module `name` from `source` into `dir`.
     pub fn build_extension(&self, source: &Path, name: &str, dir: &Path) -> PathBuf {
+        self.build_extension_with(source, name, dir, &[])
+    }
+
+    /// As [`Python::build_extension`], with more compiler and linker `flags`.
+    pub fn build_extension_with(&self, source: &Path, name: &str, dir: &Path, flags: &[&str]) -> PathBuf {
         let output = dir.join(format!("{name}{}", self.ext_suffix));
         let out = run(Command::new("gcc")
             .args(["-shared", "-fPIC", "-g", "-O0"])
+            .args(flags)
             .arg(format!("-I{}", self.include_dir.display()))
             .arg(source)
             .arg("-o")

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use libleak_format::live::{LiveBlock, LiveSet};
 use libleak_format::{
-    Alloc, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
+    Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
     RecordEncoder, Stats,
 };
 
@@ -551,6 +551,13 @@ impl Collector {
                         _ => self.live.alloc(address, block),
                     }
                 }
+                BatchEvent::Reborn {
+                    thread_id,
+                    free_seq,
+                    alloc_seq,
+                    object,
+                    frames,
+                } => self.reborn(thread_id, free_seq, alloc_seq, object, frames),
                 BatchEvent::Free {
                     thread_id,
                     seq,
@@ -574,6 +581,50 @@ impl Collector {
                 word.write(0);
             });
         }
+    }
+
+    /// A Python object taken off a free list at `object`: its block, the live one that
+    /// starts at the object or at most two GC-header sizes before it and covers it, is freed
+    /// and allocated again with this stack, keeping its requested size. Dropped when no live
+    /// block matches (the object's memory was not a malloc block of its own: pymalloc, an
+    /// arena, or an allocation not taken in yet).
+    fn reborn(&mut self, thread_id: u32, free_seq: u64, alloc_seq: u64, object: u64, frames: &[u64]) {
+        let Some((address, size)) = [0, 16, 32].into_iter().find_map(|before| {
+            let address = object.checked_sub(before)?;
+            let block = self.live_block_at(address)?;
+            // A block allocated after the rebirth (its free already taken in from another
+            // thread's batch) is not the one reborn.
+            (address + block.size > object && block.seq < free_seq).then_some((address, block.size))
+        }) else {
+            return;
+        };
+        let stack = self.stacks.intern(frames, &mut self.encoder, &mut self.modules);
+        self.write_noted_codes();
+        self.live.free(address, free_seq);
+        self.encoder.free(&Free {
+            seq: free_seq,
+            thread_id,
+            address,
+        });
+        self.live.alloc(address, CollectorBlock { seq: alloc_seq, size });
+        self.encoder.alloc(&Alloc {
+            seq: alloc_seq,
+            thread_id,
+            address,
+            size,
+            stack,
+            kind: AllocKind::FreeListReuse,
+        });
+    }
+
+    /// The block live at `address` in this process: its own, or one inherited and not touched
+    /// since.
+    fn live_block_at(&self, address: u64) -> Option<CollectorBlock> {
+        if self.live.has_events_at(address) {
+            return self.live.live_at(address).copied();
+        }
+        let layer = self.inherited.iter().rev().find(|set| set.has_events_at(address))?;
+        layer.live_at(address).copied()
     }
 
     /// Records modules that appeared and disappeared since the last snapshot.

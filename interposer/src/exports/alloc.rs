@@ -11,6 +11,7 @@ use std::ffi::{c_int, c_void};
 
 use libleak_format::AllocKind;
 
+use super::caller;
 use crate::sys::glibc::MALLOC_LINK_BYTES;
 use crate::sys::real::{self, bootstrap, Real};
 use crate::sys::stack::Registers;
@@ -50,36 +51,8 @@ fn allocate(
     ptr
 }
 
-/// Exports `$name`, taking `$args`, as a stub that jumps to `$body` with three more
-/// arguments, in the registers that follow the given ones: the caller's instruction pointer
-/// (the return address), its stack pointer after the return, and its frame pointer, which
-/// the stub has not touched. The body then runs as though the caller had called it.
-macro_rules! entered_with_caller {
-    ($(#[$doc:meta])* $name:ident($($arg:ident: $type:ty),*) -> $ret:ty = $body:ident, [$ip:literal, $sp:literal, $bp:literal]) => {
-        $(#[$doc])*
-        #[unsafe(naked)]
-        #[no_mangle]
-        pub unsafe extern "C" fn $name($($arg: $type),*) -> $ret {
-            // SAFETY: reads the return address the call pushed and two registers into
-            // argument registers the body's signature declares, then tail-jumps with the
-            // stack as the call left it (alignment included); nothing else is touched.
-            std::arch::naked_asm!(
-                concat!("mov ", $ip, ", qword ptr [rsp]"),
-                concat!("lea ", $sp, ", [rsp + 8]"),
-                concat!("mov ", $bp, ", rbp"),
-                "jmp {body}",
-                body = sym $body,
-            )
-        }
-    };
-}
-
-/// The caller's registers, as a stub passed them.
-fn caller(ip: usize, sp: usize, bp: usize) -> Registers {
-    Registers { ip, sp, bp }
-}
-
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// None beyond malloc's.
     malloc(size: usize) -> *mut c_void = malloc_body, ["rsi", "rdx", "rcx"]
@@ -97,6 +70,7 @@ extern "C" fn malloc_body(size: usize, ip: usize, sp: usize, bp: usize) -> *mut 
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// None beyond calloc's.
     calloc(count: usize, size: usize) -> *mut c_void = calloc_body, ["rdx", "rcx", "r8"]
@@ -124,6 +98,7 @@ extern "C" fn calloc_body(count: usize, size: usize, ip: usize, sp: usize, bp: u
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// None beyond memalign's.
     memalign(alignment: usize, size: usize) -> *mut c_void = memalign_body, ["rdx", "rcx", "r8"]
@@ -141,6 +116,7 @@ extern "C" fn memalign_body(alignment: usize, size: usize, ip: usize, sp: usize,
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// None beyond aligned_alloc's.
     aligned_alloc(alignment: usize, size: usize) -> *mut c_void = aligned_alloc_body, ["rdx", "rcx", "r8"]
@@ -158,6 +134,7 @@ extern "C" fn aligned_alloc_body(alignment: usize, size: usize, ip: usize, sp: u
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// None beyond valloc's.
     valloc(size: usize) -> *mut c_void = valloc_body, ["rsi", "rdx", "rcx"]
@@ -175,6 +152,7 @@ extern "C" fn valloc_body(size: usize, ip: usize, sp: usize, bp: usize) -> *mut 
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// None beyond pvalloc's.
     pvalloc(size: usize) -> *mut c_void = pvalloc_body, ["rsi", "rdx", "rcx"]
@@ -192,6 +170,7 @@ extern "C" fn pvalloc_body(size: usize, ip: usize, sp: usize, bp: usize) -> *mut
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// `memptr` must be valid for a pointer write, as posix_memalign requires.
     posix_memalign(memptr: *mut *mut c_void, alignment: usize, size: usize) -> c_int = posix_memalign_body, ["rcx", "r8", "r9"]
@@ -275,6 +254,7 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// `ptr` must be null or a live block of this allocator, as realloc requires.
     realloc(ptr: *mut c_void, size: usize) -> *mut c_void = realloc_body, ["rdx", "rcx", "r8"]
@@ -288,6 +268,7 @@ unsafe extern "C" fn realloc_body(ptr: *mut c_void, size: usize, ip: usize, sp: 
 }
 
 entered_with_caller!(
+    #[no_mangle]
     /// # Safety
     /// As for realloc.
     reallocarray(ptr: *mut c_void, count: usize, size: usize) -> *mut c_void = reallocarray_body, ["rcx", "r8", "r9"]

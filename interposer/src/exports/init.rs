@@ -7,6 +7,7 @@
 /// themselves nor leave trace files in the crate's directory.
 extern "C" fn constructor() {
     if !cfg!(test) {
+        crate::python::constructors::set_replacements(super::constructors::replacements());
         crate::recorder::start();
     }
 }

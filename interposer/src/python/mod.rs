@@ -7,10 +7,12 @@
 //! The walk never takes the GIL, never allocates through the hooks, never calls into Python
 //! beyond the allocation-free thread-state getters, and stops at the first implausible
 //! pointer. Line numbers are not computed here: the reporter decodes the copied line tables.
-//! Per-version knowledge is in [`layouts`].
+//! Per-version knowledge is in [`layouts`]; [`constructors`] follows objects that CPython's
+//! free lists hand out again to extensions.
 
 pub mod code_cache;
 mod codes;
+pub mod constructors;
 pub mod gc;
 pub mod holders;
 pub mod layouts;

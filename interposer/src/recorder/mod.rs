@@ -39,5 +39,5 @@ pub use exec::{before_exec, ExecTarget};
 pub use finish::{finish, note_exit_status};
 pub use mark::{mark, MAX_LABEL_BYTES};
 pub use modules::{module_unloaded, modules_changed};
-pub use phase::{enter, next_seq, scrub_freed, MAX_SCRUB_BYTES};
+pub use phase::{allocation_mark, enter, next_seq, scrub_freed, MAX_SCRUB_BYTES};
 pub use startup::start;

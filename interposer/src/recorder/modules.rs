@@ -1,6 +1,8 @@
 //! `dlopen` and `dlclose` returned: the module list is snapshot in the caller's thread (so a
 //! library dlclosed soon after is still described in the trace), unwind rules cached for an
-//! unloaded object are dropped, and an interpreter loaded late is looked for.
+//! unloaded object are dropped, an interpreter loaded late is looked for, and the object
+//! constructors of newly loaded Python extensions are redirected (before the extension's
+//! initialisation function runs).
 //!
 //! Must never run inside another hook or in libleak's own work.
 
@@ -11,6 +13,8 @@ use super::thread::{as_own_work, is_outside};
 use super::trace_open::exe_path;
 use crate::collector::Message;
 use crate::config;
+use crate::python;
+use crate::sys;
 use crate::sys::loader;
 use crate::unwind;
 
@@ -18,6 +22,7 @@ use crate::unwind;
 /// addresses are dropped, then the module list is snapshot.
 pub fn module_unloaded() {
     unwind::rules::forget_all();
+    python::constructors::forget_redirected();
     modules_changed();
 }
 
@@ -37,6 +42,9 @@ pub fn modules_changed() {
         // An embedding program may load the interpreter itself.
         if let Some(runtime) = config::get().and_then(detect_python) {
             offer(Message::PythonRuntime(runtime), None);
+        }
+        if let Some(failure) = python::constructors::redirect_in_extensions(state::own_code_start()) {
+            sys::write_stderr(format!("libleak: {failure}\n").as_bytes());
         }
     });
 }

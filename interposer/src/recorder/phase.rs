@@ -15,7 +15,7 @@ use super::finalization;
 use super::seq;
 use super::state::{self, without_own_frames};
 use super::stats::{self, REENTRANT_CALLS, TRUNCATED_STACKS};
-use super::thread::{Phase, ThreadState, PENDING_EVENTS, THREAD};
+use super::thread::{Phase, ThreadState, PENDING_EVENTS, RECENT_ALLOCATIONS, THREAD};
 use crate::batch::{self, BatchTag, DeferredEvent, Header, DEFERRED_WORDS};
 use crate::collector::Message;
 use crate::python;
@@ -45,6 +45,13 @@ pub fn scrub_freed() -> bool {
 #[inline(always)]
 pub fn next_seq(address: usize) -> u64 {
     seq::next(address)
+}
+
+/// The thread's count of recorded allocations, taken before a Python constructor's real
+/// call (made outside any hook) for [`Hook::record_if_reborn`].
+#[inline(always)]
+pub fn allocation_mark() -> u64 {
+    THREAD.with(|t| t.allocations.get())
 }
 
 /// A hook's permission to record, from [`enter`] to [`Hook::leave`].
@@ -115,6 +122,37 @@ impl Hook {
         }
     }
 
+    /// A Python constructor returned the new object `object`, whose block starts
+    /// `header_bytes` before it. When that block was not allocated during the call (since
+    /// `mark`), the object came off a free list: it is recorded as reborn, with the stack
+    /// unwound from `caller`. Nothing is recorded when the calls since `mark` were too many
+    /// to tell, nor from a signal handler.
+    pub fn record_if_reborn(&self, object: usize, header_bytes: usize, mark: u64, caller: Registers) {
+        if self.outer != Phase::Outside {
+            return;
+        }
+        let block = object.wrapping_sub(header_bytes);
+        let reborn = THREAD.with(|t| {
+            let recent = t.recent_allocations.each_ref().map(|cell| cell.get());
+            allocated_since(&recent, t.allocations.get(), mark, block) == Some(false)
+        });
+        if !reborn {
+            return;
+        }
+        // Numbered on the block, as its own free and allocation would be.
+        let free_seq = next_seq(block);
+        let alloc_seq = next_seq(block);
+        recording(|t| {
+            record_with_stack(
+                t,
+                BatchTag::Reborn,
+                AllocKind::FreeListReuse,
+                caller,
+                |batch, header| batch::push_reborn(batch, header, free_seq, alloc_seq, object),
+            )
+        });
+    }
+
     #[inline(always)]
     pub fn leave(self) {
         THREAD.with(|t| {
@@ -127,6 +165,19 @@ impl Hook {
             finalization::scan_now();
         }
     }
+}
+
+/// Whether `block` is among the allocations numbered from `mark` up to `count` (excluded),
+/// given the thread's ring of recent ones (inverted addresses, the one numbered `n` at
+/// `n % RECENT_ALLOCATIONS`); `None` when they were too many for the ring to tell.
+fn allocated_since(recent: &[usize; RECENT_ALLOCATIONS], count: u64, mark: u64, block: usize) -> Option<bool> {
+    let new = count.wrapping_sub(mark);
+    let seen = new.min(RECENT_ALLOCATIONS as u64);
+    let found = (0..seen).any(|back| {
+        let number = count.wrapping_sub(1 + back);
+        recent[number as usize % RECENT_ALLOCATIONS] == !block
+    });
+    (found || new <= RECENT_ALLOCATIONS as u64).then_some(found)
 }
 
 /// Runs `record` in [`Phase::Recording`].
@@ -205,6 +256,24 @@ fn hand_on_pending(t: &ThreadState) {
 
 #[inline(always)]
 fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: AllocKind, caller: Registers) {
+    let count = t.allocations.get();
+    t.recent_allocations[count as usize % RECENT_ALLOCATIONS].set(!address);
+    t.allocations.set(count.wrapping_add(1));
+    record_with_stack(t, BatchTag::Alloc, kind, caller, |batch, header| {
+        batch::push_alloc(batch, header, seq, address, size)
+    });
+}
+
+/// Records an event whose fixed fields `push_fixed` appends after its header, followed by the
+/// stack unwound from `caller` and the thread's Python frames.
+#[inline(always)]
+fn record_with_stack(
+    t: &ThreadState,
+    tag: BatchTag,
+    kind: AllocKind,
+    caller: Registers,
+    push_fixed: impl FnOnce(&mut Vec<u64>, Header),
+) {
     let mut stack = unwind::Stack::new();
     let from_caller = unwind::capture_from_caller(&mut stack, caller);
     if stack.is_full() {
@@ -225,12 +294,36 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
     let python_words = python_words.as_slice();
     push_event(t, |batch, thread_id| {
         let header = Header {
-            tag: BatchTag::Alloc,
+            tag,
             kind,
             frame_count: frames.len() + python_words.len(),
             thread_id,
         };
-        batch::push_alloc(batch, header, seq, address, size);
+        push_fixed(batch, header);
         stack_words::interleave(batch, frames, python_words, python::eval_loop());
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_is_new_when_allocated_since_the_mark_and_unknown_past_the_ring() {
+        // Allocations 0 to 5 were of 0x100, 0x200, …, 0x600: the ring keeps 2 to 5.
+        let mut recent = [0usize; RECENT_ALLOCATIONS];
+        for number in 0..6u64 {
+            recent[number as usize % RECENT_ALLOCATIONS] = !(0x100 * (number as usize + 1));
+        }
+        // Nothing allocated during the call: not new (taken off a free list).
+        assert_eq!(allocated_since(&recent, 6, 6, 0x600), Some(false));
+        // Allocated during the call, last or before another allocation.
+        assert_eq!(allocated_since(&recent, 6, 5, 0x600), Some(true));
+        assert_eq!(allocated_since(&recent, 6, 4, 0x500), Some(true));
+        // Allocated before the call: not new.
+        assert_eq!(allocated_since(&recent, 6, 5, 0x500), Some(false));
+        // More allocations during the call than the ring holds: new if seen, else unknown.
+        assert_eq!(allocated_since(&recent, 6, 1, 0x300), Some(true));
+        assert_eq!(allocated_since(&recent, 6, 1, 0x200), None);
+    }
 }

@@ -41,6 +41,11 @@ pub enum Phase {
 /// space per thread keeps room for them.
 pub const PENDING_EVENTS: usize = 128;
 
+/// Blocks this thread allocated last, kept to tell whether a Python constructor's object is
+/// a new block or one taken off a free list (the constructors watched allocate at most two:
+/// the object and a list's item array).
+pub const RECENT_ALLOCATIONS: usize = 4;
+
 pub struct ThreadState {
     pub phase: Cell<Phase>,
     /// An address in the frame that entered [`Phase::Recording`]: a signal handler's frame
@@ -59,6 +64,11 @@ pub struct ThreadState {
     /// Slots reserved in `pending` (may exceed [`PENDING_EVENTS`]: the excess is lost and
     /// counted).
     pub pending_len: AtomicUsize,
+    /// Allocations this thread recorded, and the addresses of the latest ones (the one
+    /// numbered `n` at `n % RECENT_ALLOCATIONS`), each stored inverted: the exit scan reads
+    /// thread-local memory, where a plain address would keep the block it names reachable.
+    pub allocations: Cell<u64>,
+    pub recent_allocations: [Cell<usize>; RECENT_ALLOCATIONS],
 }
 
 thread_local! {
@@ -73,6 +83,8 @@ thread_local! {
             exiting: Cell::new(false),
             pending: [const { AtomicU64::new(0) }; PENDING_EVENTS * DEFERRED_WORDS],
             pending_len: AtomicUsize::new(0),
+            allocations: Cell::new(0),
+            recent_allocations: [const { Cell::new(0) }; RECENT_ALLOCATIONS],
         }
     };
 }

@@ -4,6 +4,7 @@
 //! its own private `extern "C"` trampolines call them back.
 //! - this file: errno, process and thread ids, raw stderr writes, sleeping, clocks;
 //! - `threads`: the collector's thread, the thread-exit key, fork and exit handlers;
+//! - `imports`: redirecting a loaded object's imports (its GOT slots) to replacements;
 //! - `loader`: the loaded objects (module list, load generation, an object's unwind tables);
 //! - `maps`: the one `/proc/self/maps` line parser, allocation-free;
 //! - `stack`: the unwinder's registers and stack reads, libgcc's unwinder;
@@ -23,6 +24,7 @@
 pub mod buffer;
 pub mod dl_next;
 pub mod glibc;
+pub mod imports;
 pub mod loader;
 pub mod maps;
 pub mod memory;

@@ -62,6 +62,12 @@ fn symbol(name: &CStr) -> usize {
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
 }
 
+/// The address `name` is bound to for the process (the first definition in the global
+/// lookup scope, as the loader binds an extension's imports), or 0.
+pub fn function_address(name: &CStr) -> usize {
+    symbol(name)
+}
+
 fn thread_state_getter(name: &CStr) -> Option<GetThreadStateFn> {
     let address = symbol(name);
     // SAFETY: the symbol is a CPython function taking no argument and returning a pointer.
@@ -207,6 +213,15 @@ pub fn freed_block_word(block: usize, offset: usize) -> usize {
     // SAFETY: `block` is a live malloc block handed to `free` by the program (null and
     // libleak's bootstrap blocks are filtered before), at least 24 bytes long and 16-aligned.
     unsafe { std::ptr::read_volatile((block + offset) as *const usize) }
+}
+
+/// The reference count of `object`, a non-null object a CPython constructor just returned to
+/// the calling thread (so alive and not yet shared with another thread).
+#[inline(always)]
+pub fn new_object_refcount(object: usize) -> i64 {
+    // SAFETY: as documented: a live object whose first word is `ob_refcnt` (in 3.12+ a
+    // union whose full word is 1 for a new, mortal object).
+    unsafe { std::ptr::read_volatile(object as *const i64) }
 }
 
 /// Lowest and highest address a user-space object can have on x86-64 Linux.

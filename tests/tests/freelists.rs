@@ -1,0 +1,96 @@
+//! Where an object is born: CPython keeps free lists of lists, dicts, floats and tuples, so
+//! an object a C extension makes through `PyList_New` and the like often reuses the memory
+//! of one the script dropped, with no `malloc`. The extension's leak of such an object must
+//! still be found at the extension's line (and its Python caller), with the exact bytes and
+//! blocks of the reused memory. On every interpreter found, with the extension linked as
+//! usual and with full RELRO.
+
+use libleak_tests::*;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    fixtures_dir().join("freelists").join(name)
+}
+
+/// A leaked object: the extension function, its marker, the script's call marker, and the
+/// bytes of the block (the object with its GC header for the GC types).
+struct Leak {
+    function: &'static str,
+    marker: &'static str,
+    call: &'static str,
+    bytes: u64,
+}
+
+const LEAKS: [Leak; 4] = [
+    // PyListObject (40) + GC header (16).
+    Leak {
+        function: "leak_list",
+        marker: "@births_list",
+        call: "@births_list_call",
+        bytes: 56,
+    },
+    // PyDictObject (48) + GC header (16).
+    Leak {
+        function: "leak_dict",
+        marker: "@births_dict",
+        call: "@births_dict_call",
+        bytes: 64,
+    },
+    // PyFloatObject: not a GC type.
+    Leak {
+        function: "leak_float",
+        marker: "@births_float",
+        call: "@births_float_call",
+        bytes: 24,
+    },
+    // A 3-tuple: 24 + 3 items + GC header (16).
+    Leak {
+        function: "leak_tuple",
+        marker: "@births_tuple",
+        call: "@births_tuple_call",
+        bytes: 64,
+    },
+];
+
+/// How the extension is linked: the default (calls through the PLT, bound at load since
+/// CPython loads extensions with `RTLD_NOW`; partial RELRO), and full RELRO with `-fno-plt`
+/// (calls through `R_X86_64_GLOB_DAT` slots the loader makes read-only).
+const LINKINGS: [(&str, &[&str]); 2] = [
+    ("default", &[]),
+    ("full-relro-no-plt", &["-fno-plt", "-Wl,-z,relro,-z,now"]),
+];
+
+#[test]
+fn objects_an_extension_takes_off_free_lists_are_blamed_on_the_extension() {
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    for (python, (linking, flags)) in pythons
+        .iter()
+        .flat_map(|python| LINKINGS.iter().map(move |linking| (python, linking)))
+    {
+        let label = format!("{} ({linking})", python.label());
+        let scratch = Scratch::new(&format!("freelists-{label}"));
+        python.build_extension_with(&fixture("births.c"), "births", &scratch.path, flags);
+        std::fs::copy(fixture("driver.py"), scratch.join("driver.py")).unwrap();
+        let trace = python.run_script_traced(&scratch, "driver.py", &label);
+        let report = report_json(&trace);
+        for leak in &LEAKS {
+            let line = line_of("freelists/births.c", leak.marker);
+            let rows = leaks_in(&report, leak.function);
+            assert_eq!(rows.len(), 1, "{label}: {}: {report:#}", leak.function);
+            assert_leak(&report, leak.function, "births.c", line, leak.bytes, 1);
+            let row = rows[0];
+            assert_eq!(row["kind"], "definitely-lost", "{label}: {row:#}");
+            assert_eq!(row["allocator"], "free-list", "{label}: {row:#}");
+            let python_line = line_of("freelists/driver.py", leak.call);
+            assert!(
+                row["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["kind"] == "python" && f["line"].as_u64() == Some(python_line)),
+                "{label}: {} should be called from driver.py:{python_line}: {row:#}",
+                leak.function
+            );
+        }
+    }
+}
