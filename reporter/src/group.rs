@@ -57,6 +57,22 @@ pub fn row_of_leak(row: &Leak, roles: &Roles, group_by: GroupBy) -> RowKey {
     )
 }
 
+/// Counts blocks under `frames` in `stacks`. Stacks that differ only in frames the report
+/// hides read the same: one stack.
+fn add_stack(stacks: &mut Vec<StackRow>, frames: &[Frame], blocks: u64, bytes: u64) {
+    match stacks.iter_mut().find(|s| s.frames == frames) {
+        Some(existing) => {
+            existing.bytes += bytes;
+            existing.blocks += blocks;
+        }
+        None => stacks.push(StackRow {
+            bytes,
+            blocks,
+            frames: frames.to_vec(),
+        }),
+    }
+}
+
 /// The owning frame of `frames` and the Python line that called it.
 fn owner_of(frames: &[Frame], roles: &Roles) -> Owner {
     let owner = roles.owner(frames);
@@ -151,6 +167,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options, object_typ
                         bytes: 0,
                         blocks: 0,
                         objects: Vec::new(),
+                        stacks: Vec::new(),
                     });
                     row.parts.last_mut().expect("just pushed")
                 }
@@ -161,6 +178,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options, object_typ
             if let Some(type_name) = type_name {
                 ObjectShare::add_to(&mut part.objects, type_name, blocks, bytes);
             }
+            add_stack(&mut part.stacks, item.frames, blocks, bytes);
             if row.frames.is_empty() {
                 // Read when the root itself is not listed here.
                 row.frames = item.judged_frames.to_vec();
@@ -168,18 +186,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options, object_typ
             continue;
         }
         row.roots.add(blocks, bytes);
-        // Stacks that differ only in frames the report hides read the same: one stack.
-        match row.stacks.iter_mut().find(|s| s.frames == item.frames) {
-            Some(existing) => {
-                existing.bytes += bytes;
-                existing.blocks += blocks;
-            }
-            None => row.stacks.push(StackRow {
-                bytes,
-                blocks,
-                frames: item.frames.to_vec(),
-            }),
-        }
+        add_stack(&mut row.stacks, item.frames, blocks, bytes);
     }
     for row in &mut rows {
         ObjectShare::rank(&mut row.objects);
@@ -187,6 +194,8 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options, object_typ
             .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
         for part in &mut row.parts {
             ObjectShare::rank(&mut part.objects);
+            part.stacks
+                .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(b.blocks.cmp(&a.blocks)));
         }
         row.classes.sort_by_key(|(class, _)| *class);
         // The row reads as its most serious class.

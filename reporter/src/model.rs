@@ -126,7 +126,7 @@ fn hex_address<S: serde::Serializer>(address: &Option<u64>, serializer: S) -> Re
 }
 
 /// One distinct full stack under a row.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StackRow {
     pub bytes: u64,
     pub blocks: u64,
@@ -193,6 +193,8 @@ pub struct Part {
     pub blocks: u64,
     /// Its Python objects by type, most bytes first.
     pub objects: Vec<ObjectShare>,
+    /// Every distinct stack under the part, largest first.
+    pub stacks: Vec<StackRow>,
 }
 
 /// The Python objects of one type among some blocks.
@@ -259,6 +261,16 @@ pub struct TestShare {
     pub nodeid: String,
     pub bytes: u64,
     pub blocks: u64,
+}
+
+impl Leak {
+    /// The stacks of the row's roots, then of their parts: every leaked byte of the row under
+    /// the stack that allocated it.
+    pub fn all_stacks(&self) -> impl Iterator<Item = &StackRow> {
+        self.stacks
+            .iter()
+            .chain(self.parts.iter().flat_map(|part| &part.stacks))
+    }
 }
 
 /// Blocks and bytes.

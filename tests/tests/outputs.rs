@@ -448,6 +448,32 @@ fn html_page_embeds_the_json_report_and_renders_its_numbers_in_a_browser() {
         dom.contains(">parse_records<"),
         "the flame graph names the leaking function"
     );
+    // The leaked index's row expands to the structure it holds and its leaked reference.
+    let index = json["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["owner"]["function"] == "index_labels")
+        .expect("the example leaks its index");
+    assert!(
+        dom.contains("refcount 1, 0 references found: 1 leaked reference"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(&format!(
+            "the leaked block ({} bytes in 1 block) keeps",
+            thousands(index["roots"]["bytes"].as_u64().unwrap())
+        )),
+        "{dom}"
+    );
+    for part in index["parts"].as_array().unwrap() {
+        let cell = format!(
+            "<tr class=\"part\"><td class=\"num\">{}</td><td class=\"num\">{}</td>",
+            thousands(part["bytes"].as_u64().unwrap()),
+            thousands(part["blocks"].as_u64().unwrap())
+        );
+        assert!(dom.contains(&cell), "part {part} is on the page: {dom}");
+    }
     assert!(
         dom.contains(&format!(
             "parse_records at {}:{}",

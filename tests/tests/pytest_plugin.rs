@@ -303,7 +303,8 @@ fn the_installed_wheel_runs_the_bundled_example() {
         let report = json_file(&report_file);
         assert_eq!(report["complete"], true, "{label}");
         let rows = report["leaks"].as_array().unwrap();
-        assert_eq!(rows.len(), 2, "{label}: {report:#}");
+        assert_eq!(rows.len(), 3, "{label}: {report:#}");
+        assert_eq!(rows[1]["owner"]["function"], "index_labels", "{label}");
         let c_line = |marker: &str| line_of("../../examples/leaky_ext/leaky.c", marker);
         let app_line = |marker: &str| line_of("../../examples/leaky_ext/app.py", marker);
         for (row, function, line, python_line, bytes, blocks) in [
@@ -316,7 +317,7 @@ fn the_installed_wheel_runs_the_bundled_example() {
                 40,
             ),
             (
-                &rows[1],
+                &rows[2],
                 "copy_label",
                 c_line("@leaky_label"),
                 app_line("@app_label"),

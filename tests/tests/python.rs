@@ -51,14 +51,14 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
             leaks_in(&report, "checksum").is_empty(),
             "{label}: checksum frees its buffer"
         );
-        // The default report shows the two planted leaks and nothing else, one row each, with
-        // their class, owner and the Python line that called into the extension.
+        // The default report shows the three planted leaks and nothing else, one row each,
+        // with their class, owner and the Python line that called into the extension.
         let rows = report["leaks"].as_array().unwrap();
-        assert_eq!(rows.len(), 2, "{label}: {report:#}");
+        assert_eq!(rows.len(), 3, "{label}: {report:#}");
         let app_line = |marker: &str| line_of("../../examples/leaky_ext/app.py", marker);
         for (row, function, python_line, bytes, blocks) in [
             (&rows[0], "parse_records", app_line("@app_parse"), 40 * 256, 40),
-            (&rows[1], "copy_label", app_line("@app_label"), 3 * 32, 3),
+            (&rows[2], "copy_label", app_line("@app_label"), 3 * 32, 3),
         ] {
             assert_eq!(row["kind"], "definitely-lost", "{label}");
             assert_eq!(row["bytes"].as_u64(), Some(bytes), "{label}");
@@ -70,6 +70,49 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
             );
             assert_eq!(row["owner"]["python"]["line"].as_u64(), Some(python_line), "{label}");
         }
+        // The index: a dict with one reference too many, and everything it holds.
+        let index = &rows[1];
+        assert_eq!(index["kind"], "definitely-lost", "{label}");
+        assert_eq!(index["owner"]["function"], "index_labels", "{label}");
+        assert_eq!(index["owner"]["line"].as_u64(), Some(line("@leaky_index")), "{label}");
+        assert_eq!(
+            index["owner"]["python"]["line"].as_u64(),
+            Some(app_line("@app_index")),
+            "{label}"
+        );
+        assert_eq!(index["roots"]["blocks"], 1, "{label}");
+        assert_eq!(
+            index["leaked_references"],
+            serde_json::json!({"objects": 1, "refcount": 1, "found": 0, "leaked": 1}),
+            "{label}"
+        );
+        let objects = |type_name: &str| {
+            index["objects"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|o| o["type"] == type_name)
+                .map_or(0, |o| o["blocks"].as_u64().unwrap())
+        };
+        assert_eq!(
+            (objects("dict"), objects("list"), objects("str")),
+            (1, 3, 3),
+            "{label}: {index:#}"
+        );
+        // The lengths; a stale copy of another int's address in the dict's table may add one.
+        assert!((3..=4).contains(&objects("int")), "{label}: {index:#}");
+        let part_at = |function: &str, marker: &str| {
+            index["parts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["owner"]["function"] == function && p["owner"]["line"].as_u64() == Some(line(marker)))
+                .map(|p| p["blocks"].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        // Each entry list and its two-item array; the labels make_label made.
+        assert_eq!(part_at("index_labels", "@leaky_entry"), 6, "{label}: {index:#}");
+        assert_eq!(part_at("make_label", "@leaky_string"), 3, "{label}: {index:#}");
     }
 }
 

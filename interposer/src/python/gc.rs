@@ -13,7 +13,7 @@
 //! memory itself. Per-version facts come from [`super::layouts`].
 
 use super::layouts::{
-    GC_HEADER_SIZE, GC_PREHEADER_SIZE, LIST_ITEMS, LIST_SIZE, OBJECT_TYPE, TYPE_BASIC_SIZE, TYPE_FLAGS,
+    GC_HEADER_SIZE, GC_PREHEADER_SIZE, LIST_ITEMS, LIST_SIZE, OBJECT_TYPE, SMALLEST_STR, TYPE_BASIC_SIZE, TYPE_FLAGS,
     TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS, TYPE_NAME,
 };
 
@@ -58,6 +58,7 @@ pub fn gc_header(object_offset: u64) -> std::ops::Range<u64> {
 pub struct GcObjects {
     type_type: u64,
     list_type: u64,
+    unicode_type: u64,
     preheader_flags: u64,
     has_immortal_objects: bool,
     dict_values_prefix: bool,
@@ -142,6 +143,11 @@ impl GcObjects {
         let Some(type_address) = read(block + OBJECT_TYPE as u64) else {
             return false;
         };
+        // A compact string is its header and its characters: shorter than `str`'s basic size
+        // (which is the non-compact layout's).
+        if type_address == self.unicode_type {
+            return size >= SMALLEST_STR;
+        }
         self.type_info(read, type_address)
             .is_some_and(|info| info.flags & TYPE_FLAG_HAVE_GC == 0 && info.basic_size >= 16 && info.basic_size <= size)
     }
@@ -253,6 +259,7 @@ pub fn objects() -> Option<GcObjects> {
     Some(GcObjects {
         type_type: interpreter.symbols.type_type as u64,
         list_type: interpreter.symbols.list_type as u64,
+        unicode_type: interpreter.symbols.unicode_type as u64,
         preheader_flags: interpreter.layout.gc_preheader_flags,
         has_immortal_objects: interpreter.layout.has_immortal_objects,
         dict_values_prefix: interpreter.layout.dict_values_prefix,

@@ -286,6 +286,9 @@ pub const GC_PREHEADER_SIZE: u64 = 16;
 pub const BYTES_DATA: usize = 32;
 pub const UNICODE_LENGTH: usize = 16;
 pub const UNICODE_STATE: usize = 32;
+/// The smallest block a `str` can be: a compact ASCII string's header (3.12+, without the
+/// `wstr` pointer earlier versions have) and its NUL.
+pub const SMALLEST_STR: u64 = 41;
 /// `PyDictObject`: `ma_keys` and `ma_values` (non-NULL for a split table).
 pub const DICT_KEYS: u64 = 32;
 pub const DICT_VALUES: u64 = 40;

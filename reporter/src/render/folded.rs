@@ -58,7 +58,7 @@ fn stack_key(prefix: Option<&str>, frames: &[Frame]) -> String {
 
 fn add_report(lines: &mut BTreeMap<String, u64>, report: &Report, prefix: Option<&str>) {
     for leak in &report.leaks {
-        for stack in &leak.stacks {
+        for stack in leak.all_stacks() {
             *lines.entry(stack_key(prefix, &stack.frames)).or_default() += stack.bytes;
         }
     }

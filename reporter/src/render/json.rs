@@ -182,6 +182,7 @@ struct PartView<'a> {
     owner: OwnerView<'a>,
     frames: &'a [Frame],
     objects: &'a [ObjectShare],
+    stacks: &'a [StackRow],
 }
 
 #[derive(Serialize)]
@@ -357,6 +358,7 @@ impl<'a> LeakView<'a> {
                     owner: OwnerView::of(&part.owner),
                     frames: &part.frames,
                     objects: &part.objects,
+                    stacks: &part.stacks,
                 })
                 .collect(),
             objects: &leak.objects,
@@ -485,6 +487,11 @@ mod tests {
                         bytes: 1,
                         blocks: 1,
                     }],
+                    stacks: vec![StackRow {
+                        bytes: 1,
+                        blocks: 1,
+                        frames: frames.clone(),
+                    }],
                 }],
                 objects: vec![ObjectShare {
                     type_name: "traceback".into(),
@@ -559,7 +566,15 @@ mod tests {
             frame_keys(&written, "leaks.parts.frames."),
             frame_keys(&written, "leaks.frames.")
         );
-        written.retain(|p| !p.starts_with("leaks.stacks.frames.") && !p.starts_with("leaks.parts.frames."));
+        assert_eq!(
+            frame_keys(&written, "leaks.parts.stacks.frames."),
+            frame_keys(&written, "leaks.frames.")
+        );
+        written.retain(|p| {
+            !p.starts_with("leaks.stacks.frames.")
+                && !p.starts_with("leaks.parts.frames.")
+                && !p.starts_with("leaks.parts.stacks.frames.")
+        });
         assert_eq!(documented, written, "docs/report-schema.md and the JSON written differ");
         // The multi-process document's keys.
         let unreadable = Unreadable {

@@ -230,7 +230,7 @@ pub fn profile_proto(reports: &[Report]) -> Vec<u8> {
         comments.push(tables.string(&format!("libleak report of {}", report.trace_path)));
         for leak in &report.leaks {
             let kind = tables.string(leak.class.name());
-            for stack in &leak.stacks {
+            for stack in leak.all_stacks() {
                 samples.push(Sample {
                     locations: tables.stack(&stack.frames),
                     blocks: stack.blocks,

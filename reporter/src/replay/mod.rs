@@ -238,9 +238,9 @@ impl Trace {
     /// exit. A block allocated after it is the runtime's. A block allocated during an import
     /// (module state, caches, tables built by `PyInit_*` or a module's body) that was
     /// reachable then is the module's, orphaned only by the teardown: no leak, whatever the
-    /// exit scan says. Other blocks keep the exit scan's class: the finalising interpreter's
-    /// heap is in flux (the garbage collector runs), and a stale pointer found then must not
-    /// hide a leak the exit scan sees.
+    /// exit scan says, unless it is part of a leaked structure. Other blocks keep the exit
+    /// scan's class: the finalising interpreter's heap is in flux (the garbage collector
+    /// runs), and a stale pointer found then must not hide a leak the exit scan sees.
     ///
     /// A block the exit scan found part of a leaked structure (not its root) that a Python
     /// name held when finalisation began (`named_then`), while the structure's root was lost
@@ -288,7 +288,15 @@ impl Trace {
                     self.live[index].class = Some(LeakClass::Reachable);
                     self.lost.remove(&block.address);
                 }
-                Some(Some(LeakClass::Reachable)) if block.class != Some(LeakClass::Reachable) => {
+                // A part of a leaked structure leaks with its root, whatever its stack says (a
+                // key table or an object CPython reused carries the stack of its first use).
+                Some(Some(LeakClass::Reachable))
+                    if block.class != Some(LeakClass::Reachable)
+                        && self
+                            .lost
+                            .get(&block.address)
+                            .is_none_or(|facts| facts.root == block.address) =>
+                {
                     let during_import = *import_time
                         .entry(block.stack)
                         .or_insert_with(|| self.allocated_during_import(block.stack));

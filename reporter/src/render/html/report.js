@@ -104,7 +104,7 @@ function colour(frame) {
 function flameTree(leaks) {
   const root = { label: 'all', frame: null, bytes: 0, blocks: 0, children: new Map() };
   for (const leak of leaks) {
-    for (const stack of leak.stacks) {
+    for (const stack of leak.stacks.concat(...(leak.parts || []).map((p) => p.stacks))) {
       let node = root;
       node.bytes += stack.bytes;
       node.blocks += stack.blocks;
