@@ -238,7 +238,8 @@ impl Trace {
     /// exit. A block allocated after it is the runtime's. A block allocated during an import
     /// (module state, caches, tables built by `PyInit_*` or a module's body) that was
     /// reachable then is the module's, orphaned only by the teardown: no leak, whatever the
-    /// exit scan says, unless it is part of a leaked structure. Other blocks keep the exit
+    /// exit scan says, and so is the structure it holds; but a part of a leaked structure
+    /// leaks with its root, whatever its own stack says. Other blocks keep the exit
     /// scan's class: the finalising interpreter's heap is in flux (the garbage collector
     /// runs), and a stale pointer found then must not hide a leak the exit scan sees.
     ///
@@ -305,6 +306,23 @@ impl Trace {
                     }
                 }
                 Some(_) => {}
+            }
+        }
+        // The parts of a root found to be module state are the module's too.
+        let mut roots_kept: HashMap<u64, bool> = self.lost.values().map(|facts| (facts.root, false)).collect();
+        for block in &self.live {
+            if let Some(kept) = roots_kept.get_mut(&block.address) {
+                *kept = block.class == Some(LeakClass::Reachable);
+            }
+        }
+        for block in &mut self.live {
+            let root_kept = self
+                .lost
+                .get(&block.address)
+                .is_some_and(|facts| facts.root != block.address && roots_kept.get(&facts.root) == Some(&true));
+            if root_kept {
+                block.class = Some(LeakClass::Reachable);
+                self.lost.remove(&block.address);
             }
         }
     }
