@@ -258,6 +258,12 @@ impl RecordEncoder {
             |out, e| {
                 put_u64(out, e.holder.into());
                 put_u64(out, e.object_type.into());
+                let via = if e.via == 0 {
+                    0
+                } else {
+                    e.via.wrapping_sub(e.address) as i64
+                };
+                put_i64(out, via);
             },
         );
     }

@@ -335,6 +335,9 @@ pub struct BlockHolder {
     /// The type of the Python object the block holds, as a type id of the same scan (1 = its
     /// first); 0 when the block holds no object the scan recognised.
     pub object_type: u32,
+    /// The block the flood reached this one from (its address), 0 when straight from the
+    /// holder: following `via` leads back to the holder, the retention path.
+    pub via: u64,
 }
 
 /// A block the scan found lost (or possibly lost), by its address: the root of the leaked

@@ -177,6 +177,19 @@ fn unbounded_containers_are_the_top_growing_sites_and_bounded_ones_are_not_liste
                 .unwrap_or_else(|| panic!("{label}: no row for the Result objects: {report:#}"));
             assert_eq!(objects["types"][0]["name"], "growthext.Result", "{label}: {objects:#}");
             assert_eq!(objects["held_by"][0], "__main__._RESULTS", "{label}");
+            // The retention paths: the module dict holds the results (and their buffers
+            // through them); the class attribute's list holds the closures.
+            let path = |row: &Value| -> Vec<String> {
+                row["holders"][0]["path"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string())
+                    .collect()
+            };
+            assert_eq!(path(objects), ["dict", "growthext.Result"], "{label}");
+            assert_eq!(path(&rows[0]), ["dict", "growthext.Result"], "{label}");
+            assert_eq!(path(&rows[1]), ["list", "function"], "{label}");
             // Times: seconds since the start at every point, never going back.
             let seconds: Vec<f64> = report["timeline"]
                 .as_array()

@@ -267,11 +267,13 @@ mod testing {
                     address: 0x5000,
                     holder: 1,
                     object_type: 2,
+                    via: 0x4000,
                 },
                 BlockHolder {
                     address: 0x4000,
                     holder: 3,
                     object_type: 0,
+                    via: 0,
                 },
             ]),
             Record::ObjectTypes(vec!["dict".into(), "app.Item".into()]),

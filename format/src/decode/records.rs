@@ -252,6 +252,10 @@ impl RecordDecoder {
                     address,
                     holder: u32_of(c.u64()?)?,
                     object_type: u32_of(c.u64()?)?,
+                    via: match c.i64()? {
+                        0 => 0,
+                        delta => address.wrapping_add(delta as u64),
+                    },
                 })
             })?),
             tag::LOST_BLOCKS => Record::LostBlocks(address_entries(c, |c, address| {

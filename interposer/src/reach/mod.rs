@@ -357,7 +357,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     };
     let naming = input.namer.is_some();
     // Holder id of each block (0: none); only when naming.
-    let mut holder: Vec<u32> = if naming { vec![0; count] } else { Vec::new() };
+    // Per block: its holder's id (0: none), and the block (index + 1) it was first reached
+    // from (0: straight from the holder).
+    let mut holder: Vec<(u32, u32)> = if naming { vec![(0, 0); count] } else { Vec::new() };
     let mut holder_names: Vec<Holder> = Vec::new();
     let mut level_bits = vec![0u64; count.div_ceil(64)];
 
@@ -365,11 +367,13 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     // through interior pointers passes on only "possibly". Breadth first, from the named
     // roots before any other: a block is then held by the name nearest to it.
     {
+        // `label`: the holder id passed on, and the block (index + 1) the value was read
+        // from (0: a root).
         let raise = |value: u64,
                      from: u8,
-                     label: u32,
+                     (label, from_block): (u32, u32),
                      state: &mut Vec<u8>,
-                     holder: &mut Vec<u32>,
+                     holder: &mut Vec<(u32, u32)>,
                      work: &mut VecDeque<usize>| {
             if let Some((index, pointer)) = blocks.find(value) {
                 let strength = if from == REACHABLE && pointer == Pointer::Start {
@@ -379,26 +383,27 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 };
                 if state[index] < strength {
                     state[index] = strength;
-                    if naming && holder[index] == 0 {
-                        holder[index] = label;
+                    if naming && holder[index].0 == 0 && label != 0 {
+                        holder[index] = (label, from_block);
                     }
                     work.push_back(index);
                 }
             }
         };
         // A new holder id for a root that reaches a block nobody holds yet (0: none).
-        let new_holder = |value: u64, name: &mut dyn FnMut() -> Holder, holder: &[u32], names: &mut Vec<Holder>| {
-            if !naming {
-                return 0;
-            }
-            match blocks.find(value) {
-                Some((index, _)) if holder[index] == 0 => {
-                    names.push(name());
-                    names.len() as u32
+        let new_holder =
+            |value: u64, name: &mut dyn FnMut() -> Holder, holder: &[(u32, u32)], names: &mut Vec<Holder>| {
+                if !naming {
+                    return 0;
                 }
-                _ => 0,
-            }
-        };
+                match blocks.find(value) {
+                    Some((index, _)) if holder[index].0 == 0 => {
+                        names.push(name());
+                        names.len() as u32
+                    }
+                    _ => 0,
+                }
+            };
         // The named roots flood first, to the end: a block they reach is held by a name even
         // when a root word (a stale stack slot, a C cache) points at it too.
         for phase in [Phase::Named, Phase::Anonymous] {
@@ -412,7 +417,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             &holder,
                             &mut holder_names,
                         );
-                        raise(object, REACHABLE, label, &mut state, &mut holder, &mut work);
+                        raise(object, REACHABLE, (label, 0), &mut state, &mut holder, &mut work);
                     }
                 }
                 Phase::Anonymous => {
@@ -421,7 +426,14 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                         if register_holder == 0 {
                             register_holder = new_holder(word, &mut || Holder::Register, &holder, &mut holder_names);
                         }
-                        raise(word, REACHABLE, register_holder, &mut state, &mut holder, &mut work);
+                        raise(
+                            word,
+                            REACHABLE,
+                            (register_holder, 0),
+                            &mut state,
+                            &mut holder,
+                            &mut work,
+                        );
                     }
                     for &index in &immortal {
                         if state[index] < REACHABLE {
@@ -432,7 +444,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     for &(start, end) in &roots.ranges {
                         marker.words(start, end, (0, 0), &mut |address, word| {
                             let label = new_holder(word, &mut || Holder::RootWord(address), &holder, &mut holder_names);
-                            raise(word, REACHABLE, label, &mut state, &mut holder, &mut work)
+                            raise(word, REACHABLE, (label, 0), &mut state, &mut holder, &mut work)
                         });
                     }
                 }
@@ -451,7 +463,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     }
                     marker.prefetch(index, level[position + 1..].iter().copied(), |_| true);
                     let from = state[index];
-                    let label = holder.get(index).copied().unwrap_or(0);
+                    let label = (holder.get(index).map_or(0, |h| h.0), index as u32 + 1);
                     marker.block_words(index, &mut |_, word| {
                         raise(word, from, label, &mut state, &mut holder, &mut work)
                     });
@@ -517,11 +529,11 @@ fn sort_level(level: &mut Vec<usize>, bits: &mut [u64]) {
 
 /// The holders that hold some block, renumbered from 1 in order, and each held block's, with
 /// the type of the object it holds (`object_types` by block, empty when unknown).
-fn holders_of(addresses: &[u64], holder: &[u32], names: Vec<Holder>, object_types: &[u32]) -> Holders {
+fn holders_of(addresses: &[u64], holder: &[(u32, u32)], names: Vec<Holder>, object_types: &[u32]) -> Holders {
     let mut renumbered = vec![0u32; names.len() + 1];
     let mut kept = Vec::new();
     let mut blocks = Vec::new();
-    for (index, (&address, &id)) in addresses.iter().zip(holder).enumerate() {
+    for (index, (&address, &(id, via))) in addresses.iter().zip(holder).enumerate() {
         if id == 0 {
             continue;
         }
@@ -533,6 +545,7 @@ fn holders_of(addresses: &[u64], holder: &[u32], names: Vec<Holder>, object_type
             address,
             holder: renumbered[id as usize],
             object_type: object_types.get(index).copied().unwrap_or(0),
+            via: via.checked_sub(1).map_or(0, |from| addresses[from as usize]),
         });
     }
     let mut names: Vec<Option<Holder>> = names.into_iter().map(Some).collect();
@@ -556,16 +569,21 @@ mod tests {
             Holder::RootWord(0x1000),
             Holder::Register,
         ];
-        let holders = holders_of(&[0x10, 0x20, 0x30, 0x40], &[3, 0, 2, 3], names, &[1, 1, 0, 2]);
+        let holders = holders_of(
+            &[0x10, 0x20, 0x30, 0x40],
+            &[(3, 0), (0, 0), (2, 0), (3, 1)],
+            names,
+            &[1, 1, 0, 2],
+        );
         assert_eq!(
             holders.names,
             [Holder::RootWord(0x1000), Holder::Python("app._RESULTS".into())]
         );
-        let blocks: Vec<(u64, u32)> = holders
+        let blocks: Vec<(u64, u32, u64)> = holders
             .blocks
             .iter()
-            .map(|b: &BlockHolder| (b.address, b.holder))
+            .map(|b: &BlockHolder| (b.address, b.holder, b.via))
             .collect();
-        assert_eq!(blocks, [(0x10, 1), (0x30, 2), (0x40, 1)]);
+        assert_eq!(blocks, [(0x10, 1, 0), (0x30, 2, 0), (0x40, 1, 0x10)]);
     }
 }

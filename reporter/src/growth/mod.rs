@@ -177,6 +177,10 @@ pub struct HeldBy {
     pub blocks: u64,
     /// Of the site's bytes any holder held.
     pub share: f64,
+    /// The retention path: the Python types of the objects from the holder's own (first) to
+    /// one of the site's blocks (last), as the scan's flood went; blocks that hold no object
+    /// (a dict's table, a list's item array) are left out.
+    pub path: Vec<String>,
 }
 
 /// Holders (and object types) listed per growing site at most.
@@ -191,6 +195,8 @@ fn held_by(trace: &Trace, stacks: impl Iterator<Item = u64>, symbolizer: &mut Sy
     // A site's blocks share few holders: name each once.
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut held = Vec::new();
+    // By name: the path of the stack whose blocks it holds the most of.
+    let mut paths: HashMap<String, (u64, &[u32])> = HashMap::new();
     for entry in stacks.filter_map(|stack| holding.by_stack.get(&stack)).flatten() {
         let Some(holder) = holding.names.get(entry.holder as usize - 1) else {
             continue;
@@ -198,12 +204,22 @@ fn held_by(trace: &Trace, stacks: impl Iterator<Item = u64>, symbolizer: &mut Sy
         let name = names
             .entry(entry.holder)
             .or_insert_with(|| holder_name(trace, holder, symbolizer));
+        let path = paths.entry(name.clone()).or_insert((0, &[]));
+        if entry.bytes > path.0 {
+            *path = (entry.bytes, &entry.path);
+        }
         held.push((name.clone(), entry.bytes, entry.blocks));
     }
     let (ranked, total) = ranked_by_name(held.into_iter());
+    let type_names = |ids: &[u32]| -> Vec<String> {
+        ids.iter()
+            .filter_map(|&id| holding.types.get((id as usize).checked_sub(1)?).cloned())
+            .collect()
+    };
     ranked
         .into_iter()
         .map(|(name, bytes, blocks)| HeldBy {
+            path: paths.get(&name).map(|(_, ids)| type_names(ids)).unwrap_or_default(),
             name,
             bytes,
             blocks,

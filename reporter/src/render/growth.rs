@@ -204,8 +204,13 @@ fn row_text(out: &mut String, rank: usize, row: &GrowthRow) {
             .held_by
             .iter()
             .map(|h| {
+                let path = if h.path.len() > 1 {
+                    format!(", through {}", h.path.join(" → "))
+                } else {
+                    String::new()
+                };
                 format!(
-                    "{} ({:.0}%, {})",
+                    "{} ({:.0}%, {}{path})",
                     h.name,
                     h.share * 100.0,
                     tally_text(Tally {
@@ -345,6 +350,7 @@ pub(super) mod tests {
                     bytes: 9000,
                     blocks: 9,
                     share: 1.0,
+                    path: vec!["dict".into(), "app.Result".into()],
                 }],
                 types: vec![ObjectType {
                     name: "dict".into(),
@@ -397,7 +403,7 @@ pub(super) mod tests {
         );
         assert!(text.contains("\nbetween seq 1 and seq 50: "), "{text}");
         assert!(
-            text.contains("\n  held by: app._RESULTS (100%, 9,000 bytes in 9 blocks)\n  objects: dict (4,000 bytes in 9 blocks)\n"),
+            text.contains("\n  held by: app._RESULTS (100%, 9,000 bytes in 9 blocks, through dict → app.Result)\n  objects: dict (4,000 bytes in 9 blocks)\n"),
             "{text}"
         );
         let finalized = to_text(&full_report(PeriodEnd::Finalization));

@@ -201,11 +201,15 @@ pub struct Holding {
     pub types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
     pub holder: u32,
     pub bytes: u64,
     pub blocks: u64,
+    /// The types of the objects on the way from the holder to the newest of these blocks
+    /// (type ids of [`Holding::types`], 0 for a block holding no recognised object), the
+    /// holder's side first; cut at 16 blocks from the end.
+    pub path: Vec<u32>,
 }
 
 /// Whether a Python code object's file is importlib's own (`<frozen importlib._bootstrap>`,

@@ -59,13 +59,32 @@ struct FinalizationScan {
     /// when the scan was made.
     named_then: HashSet<(u64, u64)>,
     holder_names: Vec<Holder>,
-    /// Address → (holder id, object type id).
-    block_holders: HashMap<u64, (u32, u32)>,
+    /// Address → (holder id, object type id, the address it was reached from or 0).
+    block_holders: HashMap<u64, (u32, u32, u64)>,
     object_types: Vec<String>,
     holding: Option<Holding>,
 }
 
+/// Blocks followed back from a held block towards its holder, at most.
+const MAX_PATH: usize = 16;
+
 impl FinalizationScan {
+    /// The object types along the way from the holder to the block at `address` (that block's
+    /// last), following each block's `via`; blocks holding no recognised object are 0.
+    fn path_to(&self, address: u64) -> Vec<u32> {
+        let mut path = Vec::new();
+        let mut at = address;
+        while let Some(&(_, object_type, via)) = self.block_holders.get(&at) {
+            path.push(object_type);
+            if via == 0 || path.len() == MAX_PATH {
+                break;
+            }
+            at = via;
+        }
+        path.reverse();
+        path
+    }
+
     /// `live`: every block live when the scan was made.
     fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>) {
         let complete = scan.outcome == ScanOutcome::Complete;
@@ -81,7 +100,7 @@ impl FinalizationScan {
                 .filter(|(address, _)| {
                     self.block_holders
                         .get(address)
-                        .is_some_and(|&(holder, _)| named(holder))
+                        .is_some_and(|&(holder, _, _)| named(holder))
                 })
                 .map(|(address, block)| (*address, block.seq))
                 .collect();
@@ -89,10 +108,16 @@ impl FinalizationScan {
         if complete && !self.holder_names.is_empty() {
             let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
             let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
+            // Per (stack, holder): the newest block's seq and address, whose path is shown.
+            let mut newest: HashMap<(u64, u32), (u64, u64)> = HashMap::new();
             for &(address, block) in &live {
-                let Some(&(holder, object_type)) = self.block_holders.get(&address) else {
+                let Some(&(holder, object_type, _)) = self.block_holders.get(&address) else {
                     continue;
                 };
+                let slot = newest.entry((block.stack, holder)).or_insert((block.seq, address));
+                if block.seq > slot.0 {
+                    *slot = (block.seq, address);
+                }
                 if object_type != 0 {
                     let types = types_by_stack.entry(block.stack).or_default();
                     match types.iter_mut().find(|t| t.0 == object_type) {
@@ -113,7 +138,15 @@ impl FinalizationScan {
                         holder,
                         bytes: block.size,
                         blocks: 1,
+                        path: Vec::new(),
                     }),
+                }
+            }
+            for (stack, held) in &mut by_stack {
+                for h in held.iter_mut() {
+                    if let Some(&(_, address)) = newest.get(&(*stack, h.holder)) {
+                        h.path = self.path_to(address);
+                    }
                 }
             }
             for held in by_stack.values_mut() {
@@ -336,7 +369,7 @@ impl Replay {
                 if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
                     pending
                         .block_holders
-                        .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type))));
+                        .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type, e.via))));
                 }
             }
             Record::ObjectTypes(names) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {

@@ -112,6 +112,7 @@ struct HolderView<'a> {
     bytes: u64,
     blocks: u64,
     share: f64,
+    path: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -225,6 +226,7 @@ impl<'a> GrowthView<'a> {
                             bytes: h.bytes,
                             blocks: h.blocks,
                             share: (h.share * 1000.0).round() / 1000.0,
+                            path: &h.path,
                         })
                         .collect(),
                     types: row
