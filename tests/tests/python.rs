@@ -94,13 +94,15 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
                 .find(|o| o["type"] == type_name)
                 .map_or(0, |o| o["blocks"].as_u64().unwrap())
         };
-        assert_eq!(
-            (objects("dict"), objects("list"), objects("str")),
-            (1, 3, 3),
-            "{label}: {index:#}"
-        );
+        // The dict, a list per label, the labels. The lists come off CPython's free list, whose
+        // array keeps a stale copy of each address it handed out: until another list is freed
+        // into that slot, the conservative scan takes the copy for a reference and one list
+        // (with its item array) reads as reachable.
+        assert_eq!((objects("dict"), objects("str")), (1, 3), "{label}: {index:#}");
+        let lists = objects("list");
+        assert!((2..=3).contains(&lists), "{label}: {index:#}");
         // The lengths; a stale copy of another int's address in the dict's table may add one.
-        assert!((3..=4).contains(&objects("int")), "{label}: {index:#}");
+        assert!((lists..=lists + 1).contains(&objects("int")), "{label}: {index:#}");
         let part_at = |function: &str, marker: &str| {
             index["parts"]
                 .as_array()
@@ -111,7 +113,7 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
                 .sum::<u64>()
         };
         // Each entry list and its two-item array; the labels make_label made.
-        assert_eq!(part_at("index_labels", "@leaky_entry"), 6, "{label}: {index:#}");
+        assert_eq!(part_at("index_labels", "@leaky_entry"), 2 * lists, "{label}: {index:#}");
         assert_eq!(part_at("make_label", "@leaky_string"), 3, "{label}: {index:#}");
     }
 }
