@@ -214,11 +214,12 @@ fn garbage_awaiting_collection_is_no_leak_but_a_leak_beside_it_is() {
             Some(py("@early_dict_call")),
             "{label}"
         );
-        // Five dicts, each with one reference too many. Here too a stale copy of an address
-        // in memory the scan reads as a root may hold one (the interpreter's own frame for the
-        // last, under load): reachable, not listed.
+        // Five dicts, each with one reference too many. Here, with the whole interpreter still
+        // live, stale copies of addresses in memory the scan reads as roots (spare free-list
+        // slots that once named a block at the same address, the interpreter's frames) can
+        // hold up to two: reachable, not listed.
         let roots = u(&dict["roots"]["blocks"]);
-        assert!((4..=5).contains(&roots), "{label}: {dict:#}");
+        assert!((3..=5).contains(&roots), "{label}: {dict:#}");
         assert_eq!(
             dict["leaked_references"],
             serde_json::json!({"objects": roots, "refcount": roots, "found": 0, "leaked": roots}),

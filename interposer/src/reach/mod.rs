@@ -362,6 +362,8 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let mut holder: Vec<(u32, u32)> = if naming { vec![(0, 0); count] } else { Vec::new() };
     let mut holder_names: Vec<Holder> = Vec::new();
     let mut level_bits = vec![0u64; count.div_ceil(64)];
+    // Per block: the pointers to its start the flood read (from roots and reached blocks).
+    let start_pointers: Vec<Cell<u32>> = vec![Cell::new(0); count];
 
     // Reachable and possibly-lost blocks: a flood from the roots, where a block reached only
     // through interior pointers passes on only "possibly". Breadth first, from the named
@@ -376,6 +378,10 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                      holder: &mut Vec<(u32, u32)>,
                      work: &mut VecDeque<usize>| {
             if let Some((index, pointer)) = blocks.find(value) {
+                if pointer == Pointer::Start {
+                    let count = &start_pointers[index];
+                    count.set(count.get().saturating_add(1));
+                }
                 let strength = if from == REACHABLE && pointer == Pointer::Start {
                     REACHABLE
                 } else {
@@ -479,6 +485,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         let facts = Facts {
             object_starts: &object_starts,
             object_types: &object_types,
+            start_pointers: &start_pointers,
         };
         structure::structures(&mut marker, &state, &facts)
     };

@@ -10,12 +10,23 @@
 //! holds Python objects, all of whose references come from lost memory: a reference cycle
 //! dropped by its last owner) or a cycle of C blocks, which is a leak like any other.
 //!
-//! Reads lost memory once, through the [`Marker`]; must never write to the program's memory.
+//! A block the flood reached can still belong to lost memory: when a stale copy of its address
+//! (in a free list's spare slots, a dead stack slot) is all that reached it. A reached Python
+//! object that lost memory points to, whose reference count those pointers account for in
+//! full, is *adopted* by the structure (or the garbage) pointing to it, and so is a reached
+//! block holding no object every pointer to which the flood read comes from adopted blocks;
+//! adoption goes on through what each adopted block points to.
+//!
+//! Reads lost memory once, and adopted blocks once, through the [`Marker`]; must never write
+//! to the program's memory.
+
+use std::cell::Cell;
+use std::collections::HashMap;
 
 use libleak_format::{BlockClass, LeakClass, LostBlock};
 
 use super::blocks::Pointer;
-use super::{Marker, POSSIBLY, UNREACHED};
+use super::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 
 /// No object in the block (see [`Facts::object_starts`]).
 pub(super) const NO_OBJECT: u8 = u8::MAX;
@@ -27,7 +38,12 @@ pub(super) struct Facts<'a> {
     pub(super) object_starts: &'a [u8],
     /// The type id of each block's object (0: none).
     pub(super) object_types: &'a [u32],
+    /// The pointers to each block's start the flood from the roots read.
+    pub(super) start_pointers: &'a [Cell<u32>],
 }
+
+/// Who adopted a reached block: the garbage, or the structure of this member.
+const GARBAGE: u32 = u32::MAX - 1;
 
 /// The classes of the blocks that are not reachable, and what is known of each.
 pub(super) struct Lost {
@@ -60,6 +76,8 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     let mut edges: Vec<u32> = Vec::new();
     let mut references = vec![0u64; n];
     let mut pointed_to = vec![false; n];
+    // (member, reached block) for each pointer from a member to a reached block's start.
+    let mut to_reached: Vec<(u32, usize)> = Vec::new();
     for (k, &index) in members.iter().enumerate() {
         edge_starts.push(edges.len());
         if !marker.tick() {
@@ -71,7 +89,13 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
                 return;
             };
             let t = position[target];
-            if t == NONE || (state[target] == POSSIBLY && pointer != Pointer::Start) {
+            if t == NONE {
+                if state[target] == REACHABLE && pointer == Pointer::Start {
+                    to_reached.push((k as u32, target));
+                }
+                return;
+            }
+            if state[target] == POSSIBLY && pointer != Pointer::Start {
                 return;
             }
             if pointer == Pointer::Start {
@@ -162,8 +186,92 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
         }
     }
 
-    let mut classes = Vec::with_capacity(n);
-    let mut lost_blocks = Vec::with_capacity(n);
+    // Adoption of reached blocks that lost memory owns in full (see the module's doc).
+    let object_count = |marker: &mut Marker<'_>, index: usize| {
+        let offset = facts.object_starts.get(index).copied().unwrap_or(NO_OBJECT);
+        if offset == NO_OBJECT {
+            return None;
+        }
+        marker
+            .memory
+            .word(blocks.addresses[index] + u64::from(offset))
+            .filter(|&count| count > 0 && count < 1 << 40)
+    };
+    let owner_of = |k: usize| match (garbage[k], root[k]) {
+        (true, _) => GARBAGE,
+        (false, NONE) => k as u32,
+        (false, r) => r,
+    };
+    // Per reached block: pointers to it from members, and from adopted blocks.
+    let mut pointers_in: HashMap<usize, (u32, u32)> = HashMap::new();
+    let mut adopted: HashMap<usize, (u32, u64)> = HashMap::new();
+    let mut adoption_order: Vec<usize> = Vec::new();
+    let mut queue: Vec<(u32, usize, bool)> = to_reached
+        .iter()
+        .map(|&(k, target)| (owner_of(k as usize), target, false))
+        .collect();
+    let mut children: Vec<usize> = Vec::new();
+    while let Some((owner, target, from_adopted)) = queue.pop() {
+        let counts = pointers_in.entry(target).or_insert((0, 0));
+        if from_adopted {
+            counts.1 += 1;
+        } else {
+            counts.0 += 1;
+        }
+        let (from_members, from_adopted_blocks) = *counts;
+        if adopted.contains_key(&target) {
+            continue;
+        }
+        let refcount = object_count(marker, target);
+        let owned = match refcount {
+            Some(refcount) => refcount <= u64::from(from_members + from_adopted_blocks),
+            None => {
+                facts.object_starts.get(target).copied().unwrap_or(NO_OBJECT) == NO_OBJECT
+                    && facts.start_pointers[target].get() <= from_adopted_blocks
+            }
+        };
+        if !owned {
+            continue;
+        }
+        if !marker.tick() {
+            return None;
+        }
+        adopted.insert(target, (owner, refcount.unwrap_or(0)));
+        adoption_order.push(target);
+        children.clear();
+        marker.block_words(target, &mut |_, word| {
+            if let Some((child, Pointer::Start)) = blocks.find(word) {
+                if state[child] == REACHABLE {
+                    children.push(child);
+                }
+            }
+        });
+        queue.extend(children.iter().map(|&child| (owner, child, true)));
+    }
+
+    let mut classes = Vec::with_capacity(n + adopted.len());
+    let mut lost_blocks = Vec::with_capacity(n + adopted.len());
+    for &index in &adoption_order {
+        let (owner, refcount) = adopted[&index];
+        let address = blocks.addresses[index];
+        let (class, root_address) = match owner {
+            GARBAGE => (LeakClass::Collectable, address),
+            k => (LeakClass::IndirectlyLost, blocks.addresses[members[k as usize]]),
+        };
+        classes.push(BlockClass { address, class });
+        let (from_members, from_adopted_blocks) = pointers_in.get(&index).copied().unwrap_or_default();
+        lost_blocks.push(LostBlock {
+            address,
+            root: root_address,
+            object_type: facts.object_types.get(index).copied().unwrap_or(0),
+            refcount,
+            references: if refcount != 0 {
+                u64::from(from_members + from_adopted_blocks)
+            } else {
+                0
+            },
+        });
+    }
     for (k, &index) in members.iter().enumerate() {
         let address = blocks.addresses[index];
         let class = if garbage[k] {
@@ -188,6 +296,9 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
             references: if counted(k) { references[k] } else { 0 },
         });
     }
+    // Records are read in address order.
+    classes.sort_unstable_by_key(|c| c.address);
+    lost_blocks.sort_unstable_by_key(|b| b.address);
     Some(Lost {
         classes,
         blocks: lost_blocks,
