@@ -15,6 +15,7 @@
 
 mod blocks;
 mod index;
+mod marker;
 pub mod roots;
 mod sort;
 mod structure;
@@ -25,114 +26,26 @@ use std::time::{Duration, Instant};
 
 use libleak_format::{BlockClass, BlockHolder, Holder, LostBlock, Module, Reachability, ScanOutcome};
 
-use crate::python::gc::{gc_header, GcObjects};
+use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
-use crate::sys::memory::{MemoryReader, MAX_WINDOW};
+use crate::sys::memory::MemoryReader;
 use blocks::{next_chunk, Blocks, Pointer};
+use marker::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 pub use roots::ExitingThread;
 use structure::{Facts, NO_OBJECT};
 
-/// Bytes read from memory at a time.
-const WINDOW: usize = MAX_WINDOW;
-/// The shortest run of blocks read into the window at once; shorter ones are read through
-/// the reader's page cache.
-const MIN_RUN: u64 = 2 * 4096;
 /// The bytes of a block the recognition of Python objects reads (the header of a managed
 /// dict's values is the farthest).
 const OBJECT_HEAD: u64 = 512;
 /// A next-chunk offset not read yet.
 const NOT_READ: u64 = u64::MAX - 1;
-/// How often the deadline is checked, in blocks or windows processed.
-const DEADLINE_CHECK_EVERY: u32 = 1024;
-
-const UNREACHED: u8 = 0;
-const POSSIBLY: u8 = 1;
-const REACHABLE: u8 = 2;
 
 /// The two floods of the marking: from the named roots, then from every other root.
 #[derive(Clone, Copy)]
 enum Phase {
     Named,
     Anonymous,
-}
-
-struct Marker<'a> {
-    blocks: &'a Blocks,
-    memory: &'a mut MemoryReader,
-    deadline: Instant,
-    ticks: u32,
-    out_of_time: bool,
-    heap_bytes: u64,
-}
-
-impl Marker<'_> {
-    fn tick(&mut self) -> bool {
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(DEADLINE_CHECK_EVERY) && Instant::now() >= self.deadline {
-            self.out_of_time = true;
-        }
-        !self.out_of_time
-    }
-
-    /// Calls `each` with the address and value of every aligned word in `[start, end)`,
-    /// skipping `[skip_start, skip_end)`.
-    fn words(&mut self, start: u64, end: u64, skip: (u64, u64), mut each: impl FnMut(u64, u64)) {
-        let mut at = start & !7;
-        while at < end && !self.out_of_time {
-            let len = ((end - at) as usize).min(WINDOW);
-            let bytes = self.memory.bytes(at, len);
-            let read = bytes.len();
-            for (i, chunk) in bytes.chunks_exact(8).enumerate() {
-                let address = at + (i as u64) * 8;
-                if address >= skip.0 && address < skip.1 {
-                    continue;
-                }
-                each(address, u64::from_ne_bytes(chunk.try_into().unwrap_or_default()));
-            }
-            if read < len {
-                // An unmapped page: skip to the next one.
-                at = (at + read as u64 + 4096) & !4095;
-            } else {
-                at += len as u64;
-            }
-            self.tick();
-        }
-    }
-
-    /// Before reading block `index`: unless the reader's window holds it, reads it together
-    /// with the blocks of `rest` (those to be read next, in address order) that follow it
-    /// closely.
-    fn prefetch(&mut self, index: usize, rest: impl Iterator<Item = usize>, wanted: impl Fn(usize) -> bool) {
-        let start = self.blocks.addresses[index];
-        let end = start + self.blocks.scan_limits[index];
-        if end - start >= MAX_WINDOW as u64 || self.memory.holds(start & !7, end) {
-            return;
-        }
-        let (start, end) = self
-            .blocks
-            .run(index, rest, wanted, (0, u64::MAX), &self.blocks.scan_limits);
-        // A short run is left to the reader's page cache: a walk down a linked list (a block
-        // per level, or the lost blocks of a chain read backwards) would otherwise read a
-        // window per block, where a page serves the neighbours too.
-        if end - start >= MIN_RUN {
-            self.memory.prefetch(start & !7, end);
-        }
-    }
-
-    /// The words of block `index`, without its GC header.
-    fn block_words(&mut self, index: usize, each: impl FnMut(u64, u64)) {
-        let start = self.blocks.addresses[index];
-        let end = start + self.blocks.scan_limits[index];
-        let object = u64::from(self.blocks.object_offsets[index]);
-        let skip = if object != 0 {
-            (start + gc_header(object).start, start + object)
-        } else {
-            (0, 0)
-        };
-        self.heap_bytes += end - start;
-        self.words(start, end, skip, each);
-    }
 }
 
 pub struct ScanResult {

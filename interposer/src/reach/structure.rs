@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use libleak_format::{BlockClass, LeakClass, LostBlock};
 
 use super::blocks::Pointer;
-use super::{Marker, POSSIBLY, REACHABLE, UNREACHED};
+use super::marker::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 
 /// No object in the block (see [`Facts::object_starts`]).
 pub(super) const NO_OBJECT: u8 = u8::MAX;

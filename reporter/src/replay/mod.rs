@@ -15,6 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use libleak_format::{Alloc, DecodeError, Frame, Free, Holder, LeakClass, Mark, Module, PythonCode};
 
+mod finalization;
 pub mod parents;
 pub mod reading;
 

@@ -4,16 +4,16 @@
 //!
 //! Must never symbolize or judge blocks, nor read a file but through the reader it is given.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use libleak_format::{
-    Frame, Holder, LeakClass, Mark, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
+    Frame, LeakClass, Mark, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
 };
 
+use super::finalization::FinalizationScan;
 use super::{
-    find_module, load_module, Held, Holding, ModuleState, ReplayError, ReplayObserver, StackNode, StackNodes, Trace,
-    IMPORTED_NODES,
+    find_module, load_module, ModuleState, ReplayError, ReplayObserver, StackNode, StackNodes, Trace, IMPORTED_NODES,
 };
 use crate::live::{ExitBlock, LiveSet};
 use crate::model::{Incompleteness, Inherited, TraceHeader};
@@ -42,136 +42,6 @@ impl Inheritance for NoParents {
         _: &mut dyn FnMut(&Replay),
     ) -> Result<(), String> {
         Err("the parent's trace was not looked for".to_string())
-    }
-}
-
-/// The scan made when CPython's finalisation began, as replay meets it: the FINALIZING
-/// record opens it, its BLOCK_CLASSES gather, and its REACHABILITY closes it against the
-/// blocks live at that point of the replay.
-#[derive(Default)]
-struct FinalizationScan {
-    classes: HashMap<u64, LeakClass>,
-    scan: Option<Reachability>,
-    /// (address, seq) of every block live when the scan was made, with its class (`None`
-    /// when the scan did not complete).
-    live_then: HashMap<(u64, u64), Option<LeakClass>>,
-    /// (address, seq) of the blocks a Python name (a module global, a class attribute) held
-    /// when the scan was made.
-    named_then: HashSet<(u64, u64)>,
-    holder_names: Vec<Holder>,
-    /// Address → (holder id, object type id, the address it was reached from or 0).
-    block_holders: HashMap<u64, (u32, u32, u64)>,
-    object_types: Vec<String>,
-    holding: Option<Holding>,
-}
-
-/// Blocks followed back from a held block towards its holder, at most.
-const MAX_PATH: usize = 16;
-
-impl FinalizationScan {
-    /// The object types along the way from the holder to the block at `address` (that block's
-    /// last), following each block's `via`; blocks holding no recognised object are 0.
-    fn path_to(&self, address: u64) -> Vec<u32> {
-        let mut path = Vec::new();
-        let mut at = address;
-        while let Some(&(_, object_type, via)) = self.block_holders.get(&at) {
-            path.push(object_type);
-            if via == 0 || path.len() == MAX_PATH {
-                break;
-            }
-            at = via;
-        }
-        path.reverse();
-        path
-    }
-
-    /// `live`: every block live when the scan was made.
-    fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>) {
-        let complete = scan.outcome == ScanOutcome::Complete;
-        if complete {
-            let named = |holder: u32| {
-                matches!(
-                    self.holder_names.get((holder as usize).wrapping_sub(1)),
-                    Some(Holder::Python(_))
-                )
-            };
-            self.named_then = live
-                .iter()
-                .filter(|(address, _)| {
-                    self.block_holders
-                        .get(address)
-                        .is_some_and(|&(holder, _, _)| named(holder))
-                })
-                .map(|(address, block)| (*address, block.seq))
-                .collect();
-        }
-        if complete && !self.holder_names.is_empty() {
-            let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
-            let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
-            // Per (stack, holder): the newest block's seq and address, whose path is shown.
-            let mut newest: HashMap<(u64, u32), (u64, u64)> = HashMap::new();
-            for &(address, block) in &live {
-                let Some(&(holder, object_type, _)) = self.block_holders.get(&address) else {
-                    continue;
-                };
-                let slot = newest.entry((block.stack, holder)).or_insert((block.seq, address));
-                if block.seq > slot.0 {
-                    *slot = (block.seq, address);
-                }
-                if object_type != 0 {
-                    let types = types_by_stack.entry(block.stack).or_default();
-                    match types.iter_mut().find(|t| t.0 == object_type) {
-                        Some(t) => {
-                            t.1 += block.size;
-                            t.2 += 1;
-                        }
-                        None => types.push((object_type, block.size, 1)),
-                    }
-                }
-                let held = by_stack.entry(block.stack).or_default();
-                match held.iter_mut().find(|h| h.holder == holder) {
-                    Some(h) => {
-                        h.bytes += block.size;
-                        h.blocks += 1;
-                    }
-                    None => held.push(Held {
-                        holder,
-                        bytes: block.size,
-                        blocks: 1,
-                        path: Vec::new(),
-                    }),
-                }
-            }
-            for (stack, held) in &mut by_stack {
-                for h in held.iter_mut() {
-                    if let Some(&(_, address)) = newest.get(&(*stack, h.holder)) {
-                        h.path = self.path_to(address);
-                    }
-                }
-            }
-            for held in by_stack.values_mut() {
-                held.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.holder.cmp(&b.holder)));
-            }
-            for types in types_by_stack.values_mut() {
-                types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            }
-            self.holding = Some(Holding {
-                names: std::mem::take(&mut self.holder_names),
-                by_stack,
-                types: std::mem::take(&mut self.object_types),
-                types_by_stack,
-            });
-        }
-        self.block_holders = HashMap::new();
-        self.live_then = live
-            .into_iter()
-            .map(|(address, block)| {
-                let class = complete.then(|| self.classes.get(&address).copied().unwrap_or(LeakClass::Reachable));
-                ((address, block.seq), class)
-            })
-            .collect();
-        self.classes = HashMap::new();
-        self.scan = Some(scan);
     }
 }
 

@@ -1,0 +1,65 @@
+//! The collector's reachability scans: the one made when CPython's finalisation begins
+//! (naming holders) and the one at exit, each written as BLOCK_CLASSES, OBJECT_TYPES,
+//! HOLDERS, BLOCK_HOLDERS, LOST_BLOCKS and REACHABILITY records.
+//!
+//! Runs on the collector thread after it has taken in every event recorded so far; the scan
+//! itself ([`crate::reach`]) must never write to the program's memory.
+
+use std::time::Duration;
+
+use super::{Collector, ENTRIES_PER_RECORD};
+use crate::reach::{self, ExitingThread, ScanInput};
+use crate::sys;
+
+impl Collector {
+    /// The scan made when CPython's finalisation began: what is reachable then is not a
+    /// leak, whatever the teardown of modules leaves behind afterwards.
+    pub(super) fn scan_at_finalization(&mut self, from: ExitingThread) {
+        let Some(time_limit) = self.scan.time_limit else {
+            return;
+        };
+        self.take_in_everything();
+        self.encoder.finalizing(from.tid);
+        // On disk at the next flush, within FLUSH_INTERVAL, like any other record.
+        self.scan_reachability(from, time_limit, true);
+    }
+
+    /// With `name_holders`, the scan also names what holds each reachable block (module
+    /// globals, class attributes, roots): asked for at Python's finalisation, when the modules
+    /// still hold what the program kept.
+    pub(super) fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration, name_holders: bool) {
+        // Modules loaded since the last snapshot hold roots too.
+        self.update_modules(sys::loader::loaded_modules(self.modules.main_exe()));
+        let mut blocks = Vec::new();
+        self.for_each_live(|address, block| blocks.push((address, block.size)));
+        let modules = self.modules.modules();
+        let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
+        let result = reach::scan(ScanInput {
+            blocks,
+            modules,
+            own_module,
+            exiting: Some(exiting),
+            python: crate::python::gc::objects(),
+            namer: name_holders.then(crate::python::holders::namer).flatten(),
+            time_limit,
+        });
+        for classes in result.classes.chunks(ENTRIES_PER_RECORD) {
+            self.encoder.block_classes(classes);
+        }
+        for types in result.types.chunks(ENTRIES_PER_RECORD) {
+            self.encoder.object_types(types);
+        }
+        if let Some(holders) = &result.holders {
+            for names in holders.names.chunks(ENTRIES_PER_RECORD) {
+                self.encoder.holders(names);
+            }
+            for blocks in holders.blocks.chunks(ENTRIES_PER_RECORD) {
+                self.encoder.block_holders(blocks);
+            }
+        }
+        for lost in result.lost.chunks(ENTRIES_PER_RECORD) {
+            self.encoder.lost_blocks(lost);
+        }
+        self.encoder.reachability(&result.summary);
+    }
+}
