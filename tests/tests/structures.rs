@@ -88,19 +88,22 @@ fn a_leak_row_holds_everything_its_root_keeps_with_types_and_leaked_references()
         );
         let (leaked_tracebacks, traceback_bytes) = objects_of(&tracebacks["objects"], "traceback");
         assert!((9..=10).contains(&leaked_tracebacks), "{label}: {tracebacks:#}");
+        // The roots are the tracebacks. A stale copy of one's address inside another's kept
+        // frame (3.10's frames keep their dead value-stack slots) counts as a reference to it
+        // and makes it a part of that one's structure: in the row all the same.
+        let roots = u(&tracebacks["roots"]["blocks"]);
+        assert!(
+            (leaked_tracebacks - 1..=leaked_tracebacks).contains(&roots),
+            "{label}: the roots are the tracebacks: {tracebacks:#}"
+        );
         assert_eq!(
-            (u(&tracebacks["roots"]["blocks"]), u(&tracebacks["roots"]["bytes"])),
-            (leaked_tracebacks, traceback_bytes),
+            u(&tracebacks["roots"]["bytes"]) * leaked_tracebacks,
+            traceback_bytes * roots,
             "{label}: the roots are the tracebacks"
         );
         assert_eq!(
             tracebacks["leaked_references"],
-            serde_json::json!({
-                "objects": leaked_tracebacks,
-                "refcount": leaked_tracebacks,
-                "found": 0,
-                "leaked": leaked_tracebacks
-            }),
+            serde_json::json!({"objects": roots, "refcount": roots, "found": 0, "leaked": roots}),
             "{label}"
         );
         let payloads: Vec<&Value> = tracebacks["parts"]

@@ -274,9 +274,15 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     }
     for (k, &index) in members.iter().enumerate() {
         let address = blocks.addresses[index];
+        // A pointer into an object's middle is no reference: a structure whose root holds a
+        // reference nobody gave back leaks, whatever points into its blocks.
+        let leaked_root = root[k] != NONE && {
+            let r = root[k] as usize;
+            counted(r) && refcounts[r] > references[r]
+        };
         let class = if garbage[k] {
             LeakClass::Collectable
-        } else if !lost(k) {
+        } else if !lost(k) && !leaked_root {
             LeakClass::PossiblyLost
         } else if root[k] == k as u32 {
             LeakClass::DefinitelyLost
