@@ -489,7 +489,7 @@ fn html_page_embeds_the_json_report_and_renders_its_numbers_in_a_browser() {
         &browser,
         &scratch,
         &page_path,
-        &["--window-size=1280,1000", &shot_arg],
+        &["--window-size=1280,1400", &shot_arg],
         &scratch.join("screenshot.log"),
     );
     let png = std::fs::read(&shot).expect("chromium wrote the screenshot");

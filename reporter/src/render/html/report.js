@@ -85,6 +85,7 @@ function summaryTable(s) {
   const rows = [
     ['definitely lost', s.definitely_lost], ['indirectly lost', s.indirectly_lost],
     ['unclassified', s.unclassified], ['possibly lost', s.possibly_lost], ['reachable', s.reachable],
+    ['awaiting garbage collection', s.collectable || { bytes: 0, blocks: 0 }],
     ['runtime leftovers', s.runtime_leftovers], ['suppressed', s.suppressed],
     ['inherited, not judged', s.inherited_unjudged],
   ];
@@ -243,8 +244,9 @@ function leakTable(leaks) {
     el('td', null, i + 1), el('td', null, el('span', { class: `kind ${leak.kind}` }, leak.kind)),
     el('td', { class: 'num bytes' }, thousands(leak.bytes)), el('td', { class: 'num' }, thousands(leak.blocks)),
     el('td', { class: 'frames' }, owner), el('td', { class: 'frames' }, o.python ? place(o.python) : ''));
-    // The largest row starts open: its stack is what a reader looks for first.
-    if (i === 0) row.click();
+    // The largest row starts open: its stack is what a reader looks for first; so does the
+    // largest row holding a structure, whose parts say what its leak keeps alive.
+    if (i === 0 || (leak.parts && leak.parts.length && i === leaks.findIndex((l) => l.parts && l.parts.length))) row.click();
     table.append(row, detail);
   });
   return table;
@@ -268,6 +270,7 @@ function leakSection(doc, index) {
   about.push(el('p', { class: `headline${leaked.bytes ? ' bad' : ''}`, 'data-leaked-bytes': leaked.bytes, 'data-leaked-blocks': leaked.blocks },
     `${amount(leaked.bytes, leaked.blocks)} leaked`));
   if (s.reachable.blocks) about.push(`still reachable at exit: ${amount(s.reachable.bytes, s.reachable.blocks)} (--show-reachable lists them)`);
+  if (s.collectable && s.collectable.blocks) about.push(`awaiting garbage collection: ${amount(s.collectable.bytes, s.collectable.blocks)} (Python reference cycles nothing else refers to, not leaks)`);
   if (s.runtime_leftovers.blocks) about.push(`left by the C runtime or the interpreter alone: ${amount(s.runtime_leftovers.bytes, s.runtime_leftovers.blocks)} (--show-leftovers lists them)`);
   if (s.suppressed.blocks) about.push(`suppressed: ${amount(s.suppressed.bytes, s.suppressed.blocks)}`);
   if (s.inherited_unjudged && s.inherited_unjudged.blocks) about.push(`inherited, not judged: ${amount(s.inherited_unjudged.bytes, s.inherited_unjudged.blocks)} (the process ended before its exit scan; its parent's report judges them)`);
