@@ -110,27 +110,19 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     edge_starts.push(edges.len());
     let targets = |k: usize| &edges[edge_starts[k]..edge_starts[k + 1]];
 
-    let object_start = |k: usize| {
-        let index = members[k];
-        let offset = facts.object_starts.get(index).copied().unwrap_or(NO_OBJECT);
-        (offset != NO_OBJECT).then(|| blocks.addresses[index] + u64::from(offset))
-    };
     // Reference counts, of possibly-lost objects too: CPython's references point to an
     // object's start, so a pointer into its middle accounts for none of them.
-    // Implausible counts (a recycled object's leftovers) are not counted on.
-    let refcounts: Vec<u64> = (0..n)
-        .map(|k| {
-            object_start(k)
-                .and_then(|object| marker.memory.word(object))
-                .filter(|&count| count < 1 << 40)
-                .unwrap_or(0)
-        })
+    let refcounts: Vec<u64> = members
+        .iter()
+        .map(|&index| reference_count(marker, facts, index).unwrap_or(0))
         .collect();
     // An object whose count could not be read is judged as a C block.
     let counted = |k: usize| refcounts[k] != 0;
+    // It holds a reference nobody gave back.
+    let leaks_a_reference = |k: usize| counted(k) && refcounts[k] > references[k];
     let is_source = |k: usize| {
         if counted(k) {
-            refcounts[k] > references[k]
+            leaks_a_reference(k)
         } else {
             !pointed_to[k]
         }
@@ -187,16 +179,6 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     }
 
     // Adoption of reached blocks that lost memory owns in full (see the module's doc).
-    let object_count = |marker: &mut Marker<'_>, index: usize| {
-        let offset = facts.object_starts.get(index).copied().unwrap_or(NO_OBJECT);
-        if offset == NO_OBJECT {
-            return None;
-        }
-        marker
-            .memory
-            .word(blocks.addresses[index] + u64::from(offset))
-            .filter(|&count| count > 0 && count < 1 << 40)
-    };
     let owner_of = |k: usize| match (garbage[k], root[k]) {
         (true, _) => GARBAGE,
         (false, NONE) => k as u32,
@@ -222,7 +204,7 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
         if adopted.contains_key(&target) {
             continue;
         }
-        let refcount = object_count(marker, target);
+        let refcount = reference_count(marker, facts, target);
         let owned = match refcount {
             Some(refcount) => refcount <= u64::from(from_members + from_adopted_blocks),
             None => {
@@ -276,10 +258,7 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
         let address = blocks.addresses[index];
         // A pointer into an object's middle is no reference: a structure whose root holds a
         // reference nobody gave back leaks, whatever points into its blocks.
-        let leaked_root = root[k] != NONE && {
-            let r = root[k] as usize;
-            counted(r) && refcounts[r] > references[r]
-        };
+        let leaked_root = root[k] != NONE && leaks_a_reference(root[k] as usize);
         let class = if garbage[k] {
             LeakClass::Collectable
         } else if !lost(k) && !leaked_root {
@@ -309,4 +288,17 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
         classes,
         blocks: lost_blocks,
     })
+}
+
+/// The reference count of the Python object block `index` holds; `None` when it holds no
+/// object the scan recognised, or the count is implausible (a recycled object's leftovers).
+fn reference_count(marker: &mut Marker<'_>, facts: &Facts<'_>, index: usize) -> Option<u64> {
+    let offset = facts.object_starts.get(index).copied().unwrap_or(NO_OBJECT);
+    if offset == NO_OBJECT {
+        return None;
+    }
+    marker
+        .memory
+        .word(marker.blocks.addresses[index] + u64::from(offset))
+        .filter(|&count| count > 0 && count < 1 << 40)
 }
