@@ -264,14 +264,24 @@ impl RecordEncoder {
                     e.via.wrapping_sub(e.address) as i64
                 };
                 put_i64(out, via);
+                put_u64(out, e.step.into());
             },
         );
     }
 
     /// The next object type names of the scan under way.
     pub fn object_types(&mut self, names: &[String]) {
+        self.names(tag::OBJECT_TYPES, names);
+    }
+
+    /// The next retention-path step names of the scan under way.
+    pub fn step_names(&mut self, names: &[String]) {
+        self.names(tag::STEP_NAMES, names);
+    }
+
+    fn names(&mut self, record: u8, names: &[String]) {
         let out = &mut self.payload;
-        out.push(tag::OBJECT_TYPES);
+        out.push(record);
         put_u64(out, names.len() as u64);
         for name in names {
             put_bytes(out, name.as_bytes());

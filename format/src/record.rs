@@ -29,6 +29,7 @@ pub(crate) mod tag {
     pub const BLOCK_HOLDERS: u8 = 0x15;
     pub const OBJECT_TYPES: u8 = 0x16;
     pub const LOST_BLOCKS: u8 = 0x17;
+    pub const STEP_NAMES: u8 = 0x18;
 }
 
 /// Holder kind bytes inside a HOLDERS record.
@@ -97,6 +98,9 @@ pub enum Record {
     /// Names of the Python types of objects in the scan at [`Record::Finalizing`]: the next
     /// type ids of that scan (its first type is id 1).
     ObjectTypes(Vec<String>),
+    /// Names of the steps of retention paths (`.attr`, `['key']`, `[3]`) in the scan at
+    /// [`Record::Finalizing`]: the next step ids of that scan (its first is id 1).
+    StepNames(Vec<String>),
     /// The structure of the lost memory the scan found: which leaked root keeps each lost
     /// block, and what each lost Python object is, with its reference count against the
     /// references the scan found to it.
@@ -338,6 +342,9 @@ pub struct BlockHolder {
     /// The block the flood reached this one from (its address), 0 when straight from the
     /// holder: following `via` leads back to the holder, the retention path.
     pub via: u64,
+    /// How the `via` block holds this one, as a step id of the same scan (1 = its first):
+    /// an attribute, a dict key or an item index; 0 when the step has no Python name.
+    pub step: u32,
 }
 
 /// A block the scan found lost (or possibly lost), by its address: the root of the leaked

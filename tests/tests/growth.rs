@@ -190,6 +190,11 @@ fn unbounded_containers_are_the_top_growing_sites_and_bounded_ones_are_not_liste
             assert_eq!(path(objects), ["dict", "growthext.Result"], "{label}");
             assert_eq!(path(&rows[0]), ["dict", "growthext.Result"], "{label}");
             assert_eq!(path(&rows[1]), ["list", "function"], "{label}");
+            // As Python expressions: an item of each container, too large to read keys of.
+            let expression = |row: &Value| row["holders"][0]["expression"].clone();
+            assert_eq!(expression(objects), "__main__._RESULTS[…]", "{label}");
+            assert_eq!(expression(&rows[0]), "__main__._RESULTS[…]", "{label}");
+            assert_eq!(expression(&rows[1]), "__main__.Bus.listeners[…]", "{label}");
             // Times: seconds since the start at every point, never going back.
             let seconds: Vec<f64> = report["timeline"]
                 .as_array()
@@ -304,6 +309,54 @@ fn check_text(trace: &Path, label: &str) {
     );
     assert!(text.contains("holders: named by the scan"), "{label}: {text}");
     assert!(first.contains("\n  held by: __main__._RESULTS ("), "{label}: {first}");
+    assert!(
+        first.contains(", as __main__._RESULTS[…], through dict → growthext.Result)"),
+        "{label}: {first}"
+    );
+}
+
+/// Retention paths as Python expressions (`paths.py`): attributes of instances (split and
+/// managed dicts, 3.13's inline values), str and int dict keys, list and tuple indices, and
+/// `[…]` for an item of a container too large to read the keys of.
+#[test]
+fn retention_paths_read_as_python_expressions_with_attribute_names_keys_and_indices() {
+    let expected: [(&str, &[&str]); 5] = [
+        ("@paths_payload", &["__main__.STATE.sessions[…].payload"]),
+        ("@paths_queue", &["__main__.QUEUES['pending'][…]"]),
+        ("@paths_history", &["__main__.HISTORY[…][1]"]),
+        ("@paths_nested", &["__main__.CONFIG['limits']['sizes'][2][…]"]),
+        ("@paths_shards", &["__main__.SHARDS[0][…]", "__main__.SHARDS[1][…]"]),
+    ];
+    for python in pythons() {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("growth-paths{}{}", python.version.0, python.version.1));
+        std::fs::copy(fixture("paths.py"), scratch.join("paths.py")).unwrap();
+        let mut command = Command::new(&python.real_path);
+        command.args(["paths.py", "1500"]).current_dir(&scratch.path);
+        let traced = run_traced(&scratch, &mut command);
+        assert_eq!(traced.output.status.code(), Some(0), "{label}");
+        let (report, _) = growth_json(&traced.trace, &[]);
+        let rows = report["growing"].as_array().unwrap();
+        for (marker, expressions) in expected {
+            let line = line_of("growth/paths.py", marker);
+            // The site's buffer row (the largest of that line): its main holder's expression.
+            let row = rows
+                .iter()
+                .find(|row| python_line(row).is_some_and(|(file, l)| file.ends_with("/paths.py") && l == line))
+                .unwrap_or_else(|| panic!("{label}: no growing row for {marker}: {report:#}"));
+            let holder = &row["holders"][0];
+            let expression = holder["expression"].as_str().unwrap_or("");
+            assert!(
+                expressions.contains(&expression),
+                "{label}: {marker}: expected {expressions:?}, got {expression:?}: {holder:#}"
+            );
+            assert!(
+                holder["share"].as_f64().unwrap() >= 0.95,
+                "{label}: {marker}: {:#}",
+                row["holders"]
+            );
+        }
+    }
 }
 
 #[test]

@@ -268,15 +268,18 @@ mod testing {
                     holder: 1,
                     object_type: 2,
                     via: 0x4000,
+                    step: 1,
                 },
                 BlockHolder {
                     address: 0x4000,
                     holder: 3,
                     object_type: 0,
                     via: 0,
+                    step: 0,
                 },
             ]),
             Record::ObjectTypes(vec!["dict".into(), "app.Item".into()]),
+            Record::StepNames(vec![".sessions".into(), "['user-7']".into()]),
             Record::LostBlocks(vec![
                 LostBlock {
                     address: 0x4000,
@@ -340,6 +343,7 @@ mod testing {
                 Record::Holders(holders) => encoder.holders(holders),
                 Record::BlockHolders(entries) => encoder.block_holders(entries),
                 Record::ObjectTypes(names) => encoder.object_types(names),
+                Record::StepNames(names) => encoder.step_names(names),
                 Record::LostBlocks(entries) => encoder.lost_blocks(entries),
                 Record::End(e) => encoder.end(e),
             }

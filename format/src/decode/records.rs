@@ -37,6 +37,19 @@ impl RecordDecoder {
         fn u32_of(value: u64) -> Option<u32> {
             u32::try_from(value).ok()
         }
+        /// A count, then that many strings.
+        fn names(c: &mut Cursor<'_>) -> Option<Vec<String>> {
+            let count = usize::try_from(c.u64()?).ok()?;
+            // Each name takes at least its length byte.
+            if count > c.remaining() {
+                return None;
+            }
+            let mut names = Vec::with_capacity(count);
+            for _ in 0..count {
+                names.push(string(c)?);
+            }
+            Some(names)
+        }
         /// A count, then per entry an address (a delta from the previous entry's, the first
         /// from 0) and what `rest` reads.
         fn address_entries<T>(
@@ -256,6 +269,7 @@ impl RecordDecoder {
                         0 => 0,
                         delta => address.wrapping_add(delta as u64),
                     },
+                    step: u32_of(c.u64()?)?,
                 })
             })?),
             tag::LOST_BLOCKS => Record::LostBlocks(address_entries(c, |c, address| {
@@ -267,18 +281,8 @@ impl RecordDecoder {
                     references: c.u64()?,
                 })
             })?),
-            tag::OBJECT_TYPES => {
-                let count = usize::try_from(c.u64()?).ok()?;
-                // Each name takes at least its length byte.
-                if count > c.remaining() {
-                    return None;
-                }
-                let mut names = Vec::with_capacity(count);
-                for _ in 0..count {
-                    names.push(string(c)?);
-                }
-                Record::ObjectTypes(names)
-            }
+            tag::OBJECT_TYPES => Record::ObjectTypes(names(c)?),
+            tag::STEP_NAMES => Record::StepNames(names(c)?),
             tag::MARK => Record::Mark(Mark {
                 seq: c.u64()?,
                 time_ns: c.u64()?,

@@ -1,6 +1,6 @@
 //! The collector's reachability scans: the one made when CPython's finalisation begins
 //! (naming holders) and the one at exit, each written as BLOCK_CLASSES, OBJECT_TYPES,
-//! HOLDERS, BLOCK_HOLDERS, LOST_BLOCKS and REACHABILITY records.
+//! HOLDERS, STEP_NAMES, BLOCK_HOLDERS, LOST_BLOCKS and REACHABILITY records.
 //!
 //! Runs on the collector thread after it has taken in every event recorded so far; the scan
 //! itself ([`crate::reach`]) must never write to the program's memory.
@@ -52,6 +52,9 @@ impl Collector {
         if let Some(holders) = &result.holders {
             for names in holders.names.chunks(ENTRIES_PER_RECORD) {
                 self.encoder.holders(names);
+            }
+            for steps in holders.steps.chunks(ENTRIES_PER_RECORD) {
+                self.encoder.step_names(steps);
             }
             for blocks in holders.blocks.chunks(ENTRIES_PER_RECORD) {
                 self.encoder.block_holders(blocks);

@@ -110,19 +110,12 @@ impl GcObjects {
     }
 
     /// Where references point into `block` when it holds a managed dict's values (3.11–3.12):
-    /// past the prefix, whose size the block's size gives (`size + 2` rounded up to a word,
-    /// then a word per value) and whose last byte repeats it.
+    /// see [`dict_values_prefix`].
     pub fn dict_values_offset(&self, read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<u64> {
         if !self.dict_values_prefix {
             return None;
         }
-        let prefix = (1..=255u64)
-            .map(|values| ((values + 2).next_multiple_of(8), values))
-            .take_while(|&(prefix, values)| prefix + 8 * values <= size)
-            .find(|&(prefix, values)| prefix + 8 * values == size)
-            .map(|(prefix, _)| prefix)?;
-        let last_prefix_word = read(block + prefix - 8)?;
-        (last_prefix_word >> 56 == prefix).then_some(prefix)
+        dict_values_prefix(read, block, size)
     }
 
     /// An object without a GC header: its type is not garbage-collected and fits the block.
@@ -251,6 +244,19 @@ impl GcObjects {
         }
         info
     }
+}
+
+/// The size of the prefix of a block that holds a dict's values in 3.11–3.12, if it holds
+/// them: the block's size gives it (`size + 2` rounded up to a word, then a word per value)
+/// and its last byte repeats it. References to the values point past it.
+pub fn dict_values_prefix(read: &mut dyn FnMut(u64) -> Option<u64>, block: u64, size: u64) -> Option<u64> {
+    let prefix = (1..=255u64)
+        .map(|values| ((values + 2).next_multiple_of(8), values))
+        .take_while(|&(prefix, values)| prefix + 8 * values <= size)
+        .find(|&(prefix, values)| prefix + 8 * values == size)
+        .map(|(prefix, _)| prefix)?;
+    let last_prefix_word = read(block + prefix - 8)?;
+    (last_prefix_word >> 56 == prefix).then_some(prefix)
 }
 
 /// What is needed to recognise objects of the interpreter found in the process, if any.

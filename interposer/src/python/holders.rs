@@ -10,7 +10,7 @@
 //! come from [`super::layouts`].
 
 use super::layouts::{
-    DictKeys, DICT_KEYS, DICT_VALUES, MODULE_DICT, MODULE_NAME, OBJECT_TYPE, TYPE_DICT, TYPE_FLAG_HEAPTYPE,
+    DictKeys, Layout, DICT_KEYS, DICT_VALUES, MODULE_DICT, MODULE_NAME, OBJECT_TYPE, TYPE_DICT, TYPE_FLAG_HEAPTYPE,
     UNICODE_LENGTH, UNICODE_STATE,
 };
 
@@ -27,10 +27,14 @@ pub type Read<'a> = dyn FnMut(u64) -> Option<u64> + 'a;
 /// What is needed to name the objects of the interpreter found in the process.
 pub struct Namer {
     module_type: u64,
-    dict_type: u64,
-    unicode_type: u64,
+    pub(super) dict_type: u64,
+    pub(super) unicode_type: u64,
+    pub(super) list_type: u64,
+    pub(super) tuple_type: u64,
+    pub(super) long_type: u64,
     ascii_data: u64,
     dict_keys: DictKeys,
+    pub(super) layout: &'static Layout,
 }
 
 /// The namer for the interpreter in the process, if there is one whose module and dict
@@ -45,8 +49,12 @@ pub fn namer() -> Option<Namer> {
         module_type: symbols.module_type as u64,
         dict_type: symbols.dict_type as u64,
         unicode_type: symbols.unicode_type as u64,
+        list_type: symbols.list_type as u64,
+        tuple_type: symbols.tuple_type as u64,
+        long_type: symbols.long_type as u64,
         ascii_data: interpreter.layout.unicode.ascii_data as u64,
         dict_keys: interpreter.layout.dict_keys,
+        layout: interpreter.layout,
     })
 }
 
@@ -112,7 +120,7 @@ impl Namer {
         let Some(table) = self.entries(read, keys) else {
             return items;
         };
-        for index in 0..table.count {
+        for index in 0..table.count.min(MAX_ENTRIES) {
             let entry = table.first + index * table.entry_size;
             let (Some(key), Some(value)) = (read(entry + table.key_offset), read(entry + table.key_offset + 8)) else {
                 continue;
@@ -129,12 +137,12 @@ impl Namer {
     }
 
     /// Where a keys table's entries are, and how many.
-    fn entries(&self, read: &mut Read<'_>, keys: u64) -> Option<EntryTable> {
+    pub(super) fn entries(&self, read: &mut Read<'_>, keys: u64) -> Option<EntryTable> {
         match self.dict_keys {
             DictKeys::SizeField => {
                 let slots = read(keys + 8)?;
                 let count = read(keys + 32)?;
-                if !slots.is_power_of_two() || slots > 1 << 32 || count > slots.min(MAX_ENTRIES) {
+                if !slots.is_power_of_two() || slots > 1 << 32 || count > slots {
                     return None;
                 }
                 let index_bytes = match slots {
@@ -153,8 +161,9 @@ impl Namer {
                 let packed = read(keys + 8)?;
                 let log2_index_bytes = (packed >> 8) & 0xff;
                 let general = (packed >> 16) & 0xff == 0;
+                let log2_size = packed & 0xff;
                 let count = read(keys + 24)?;
-                if log2_index_bytes > 40 || count > MAX_ENTRIES {
+                if log2_index_bytes > 40 || log2_size > 32 || count > 1 << log2_size {
                     return None;
                 }
                 Some(EntryTable {
@@ -169,28 +178,38 @@ impl Namer {
 
     /// The text of a compact ASCII `str` object (exactly `str`, not a subclass).
     fn ascii(&self, read: &mut Read<'_>, object: u64) -> Option<String> {
+        match self.ascii_prefix(read, object, MAX_NAME_BYTES)? {
+            (text, false) => Some(text),
+            (_, true) => None,
+        }
+    }
+
+    /// The first `most` characters of a compact ASCII `str` object (exactly `str`), and
+    /// whether there are more.
+    pub(super) fn ascii_prefix(&self, read: &mut Read<'_>, object: u64, most: u64) -> Option<(String, bool)> {
         if object == 0 || read(object + OBJECT_TYPE as u64)? != self.unicode_type {
             return None;
         }
         let state = read(object + UNICODE_STATE as u64)?;
-        let length = read(object + UNICODE_LENGTH as u64)?;
-        if state & (STATE_COMPACT | STATE_ASCII) != STATE_COMPACT | STATE_ASCII || length > MAX_NAME_BYTES {
+        let full_length = read(object + UNICODE_LENGTH as u64)?;
+        if state & (STATE_COMPACT | STATE_ASCII) != STATE_COMPACT | STATE_ASCII || full_length > 1 << 40 {
             return None;
         }
+        let length = full_length.min(most);
         let mut bytes = Vec::with_capacity(length as usize);
         let data = object + self.ascii_data;
         for word_at in (0..length).step_by(8) {
             let word = read(data + word_at)?.to_le_bytes();
             bytes.extend_from_slice(&word[..(length - word_at).min(8) as usize]);
         }
-        String::from_utf8(bytes).ok()
+        Some((String::from_utf8(bytes).ok()?, full_length > length))
     }
 }
 
-struct EntryTable {
-    first: u64,
-    count: u64,
-    entry_size: u64,
+pub(super) struct EntryTable {
+    pub(super) first: u64,
+    pub(super) count: u64,
+    pub(super) entry_size: u64,
     /// The value follows the key.
-    key_offset: u64,
+    pub(super) key_offset: u64,
 }

@@ -110,6 +110,27 @@ pub struct Layout {
     /// Objects/dictobject.c).
     pub dict_values_prefix: bool,
     pub dict_keys: DictKeys,
+    /// Where retention paths read names of attributes and keys (see [`PathLayout`]).
+    pub paths: PathLayout,
+}
+
+/// What naming the steps of a retention path (`.attr`, `['key']`, `[3]`) reads beyond the
+/// dict tables: where a class keeps the keys its instances share, and how ints and instance
+/// values are laid out.
+#[derive(Debug, Clone, Copy)]
+pub struct PathLayout {
+    /// `PyHeapTypeObject.ht_cached_keys`: the keys table a class's instances share.
+    pub cached_keys: u64,
+    /// 3.12+: an int's digit count and sign are packed in `lv_tag` (count << 3, sign in the
+    /// low bits: 0 positive, 1 zero, 2 negative); before, `ob_size` is the signed count.
+    pub tagged_ints: bool,
+    /// 3.13+: instances of classes flagged `Py_TPFLAGS_INLINE_VALUES` keep their attribute
+    /// values inside the object, right after its `PyObject` head, behind a one-word header
+    /// whose first byte is their capacity.
+    pub inline_values: bool,
+    /// The bytes before the first value a split dict's `ma_values` points at (3.13's
+    /// `PyDictValues` starts with a header word).
+    pub dict_values_header: u64,
 }
 
 const UNICODE_UP_TO_3_11: UnicodeLayout = UnicodeLayout {
@@ -155,6 +176,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: 0,
         has_immortal_objects: false,
         dict_values_prefix: false,
+        paths: PathLayout {
+            cached_keys: 864,
+            tagged_ints: false,
+            inline_values: false,
+            dict_values_header: 0,
+        },
         dict_keys: DictKeys::SizeField,
     },
     Layout {
@@ -173,6 +200,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: 0,
         has_immortal_objects: false,
         dict_values_prefix: false,
+        paths: PathLayout {
+            cached_keys: 872,
+            tagged_ints: false,
+            inline_values: false,
+            dict_values_header: 0,
+        },
         dict_keys: DictKeys::SizeField,
     },
     Layout {
@@ -203,6 +236,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
         has_immortal_objects: false,
         dict_values_prefix: true,
+        paths: PathLayout {
+            cached_keys: 872,
+            tagged_ints: false,
+            inline_values: false,
+            dict_values_header: 0,
+        },
         dict_keys: DictKeys::Log2Fields,
     },
     Layout {
@@ -233,6 +272,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
         dict_values_prefix: true,
+        paths: PathLayout {
+            cached_keys: 880,
+            tagged_ints: true,
+            inline_values: false,
+            dict_values_header: 0,
+        },
         dict_keys: DictKeys::Log2Fields,
     },
     Layout {
@@ -260,6 +305,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
         dict_values_prefix: false,
+        paths: PathLayout {
+            cached_keys: 880,
+            tagged_ints: true,
+            inline_values: true,
+            dict_values_header: 8,
+        },
         dict_keys: DictKeys::Log2Fields,
     },
 ];
@@ -300,6 +351,24 @@ pub const MODULE_NAME: u64 = 48;
 pub const TYPE_DICT: u64 = 264;
 /// `Py_TPFLAGS_HEAPTYPE`: a type made at run time (a `class` statement, `PyType_FromSpec`).
 pub const TYPE_FLAG_HEAPTYPE: u64 = 1 << 9;
+/// `PyTypeObject.tp_dictoffset`: where an instance keeps its `__dict__` pointer, from the
+/// object's start (0: none; negative: from its end, or managed).
+pub const TYPE_DICT_OFFSET: u64 = 288;
+/// `Py_TPFLAGS_TUPLE_SUBCLASS`, `Py_TPFLAGS_DICT_SUBCLASS`, `Py_TPFLAGS_INLINE_VALUES` (3.13+).
+pub const TYPE_FLAG_TUPLE_SUBCLASS: u64 = 1 << 26;
+pub const TYPE_FLAG_DICT_SUBCLASS: u64 = 1 << 29;
+pub const TYPE_FLAG_INLINE_VALUES: u64 = 1 << 2;
+/// `PyTupleObject.ob_item`: the items, inside the object.
+pub const TUPLE_ITEMS: u64 = 24;
+/// The managed `__dict__` pointer of an instance (3.11+), before the object's start.
+pub const MANAGED_DICT_BEFORE_OBJECT: u64 = 24;
+/// 3.13+: where an instance's inline values start (after its `PyObject` head), and the size
+/// of their header.
+pub const INLINE_VALUES: u64 = 16;
+pub const INLINE_VALUES_HEADER: u64 = 8;
+/// `PyLongObject`: its size (`ob_size` or `lv_tag`) and its 30-bit digits (`uint32_t`).
+pub const LONG_SIZE: u64 = 16;
+pub const LONG_DIGITS: u64 = 24;
 
 pub fn for_minor(minor: u8) -> Option<&'static Layout> {
     LAYOUTS.iter().find(|layout| layout.minor == minor)

@@ -16,6 +16,7 @@ pub mod constructors;
 pub mod gc;
 pub mod holders;
 pub mod layouts;
+pub mod steps;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;

@@ -28,6 +28,7 @@ use libleak_format::{BlockClass, BlockHolder, Holder, LostBlock, Module, Reachab
 
 use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
+use crate::python::steps::Link;
 use crate::segments::SegmentIndex;
 use crate::sys::memory::MemoryReader;
 use blocks::{next_chunk, Blocks, Pointer};
@@ -67,6 +68,8 @@ pub struct Holders {
     pub names: Vec<Holder>,
     /// By address.
     pub blocks: Vec<BlockHolder>,
+    /// The names of the steps of retention paths: step `id` is at index `id - 1`.
+    pub steps: Vec<String>,
 }
 
 pub struct ScanInput<'a> {
@@ -123,6 +126,8 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let mut object_starts: Vec<u8> = Vec::new();
     let mut type_ids: HashMap<u64, u32> = HashMap::new();
     let mut type_names: Vec<String> = Vec::new();
+    // The type of type id `id` is at index `id - 1`.
+    let mut type_addresses: Vec<u64> = Vec::new();
     if let Some(mut python) = input.python {
         let count = blocks.addresses.len();
         let mut module_objects = Vec::new();
@@ -227,6 +232,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         // Ids by first sight; a type whose name cannot be read is named by its address.
         let mut by_id: Vec<(u32, u64)> = type_ids.iter().map(|(&address, &id)| (id, address)).collect();
         by_id.sort_unstable();
+        type_addresses = by_id.iter().map(|&(_, address)| address).collect();
         type_names = by_id
             .into_iter()
             .map(|(_, address)| {
@@ -269,10 +275,12 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         heap_bytes: 0,
     };
     let naming = input.namer.is_some();
-    // Holder id of each block (0: none); only when naming.
-    // Per block: its holder's id (0: none), and the block (index + 1) it was first reached
-    // from (0: straight from the holder).
+    // Only when naming. Per block: its holder's id (0: none), and the block (index + 1) it
+    // was first reached from (0: straight from the holder).
     let mut holder: Vec<(u32, u32)> = if naming { vec![(0, 0); count] } else { Vec::new() };
+    // Only when naming. Per block reached from another: where in that block the word that
+    // reached it lies (`u32::MAX`: too far in to say).
+    let mut reached_at: Vec<u32> = if naming { vec![0; count] } else { Vec::new() };
     let mut holder_names: Vec<Holder> = Vec::new();
     let mut level_bits = vec![0u64; count.div_ceil(64)];
     // Per block: the pointers to its start the flood read (from roots and reached blocks).
@@ -282,13 +290,13 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     // through interior pointers passes on only "possibly". Breadth first, from the named
     // roots before any other: a block is then held by the name nearest to it.
     {
-        // `label`: the holder id passed on, and the block (index + 1) the value was read
-        // from (0: a root).
+        // `label`: the holder id passed on, the block (index + 1) the value was read from
+        // (0: a root) and where in it.
         let raise = |value: u64,
                      from: u8,
-                     (label, from_block): (u32, u32),
+                     (label, from_block, at): (u32, u32, u32),
                      state: &mut Vec<u8>,
-                     holder: &mut Vec<(u32, u32)>,
+                     (holder, reached_at): (&mut Vec<(u32, u32)>, &mut Vec<u32>),
                      work: &mut VecDeque<usize>| {
             if let Some((index, pointer)) = blocks.find(value) {
                 if pointer == Pointer::Start {
@@ -304,6 +312,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     state[index] = strength;
                     if naming && holder[index].0 == 0 && label != 0 {
                         holder[index] = (label, from_block);
+                        reached_at[index] = at;
                     }
                     work.push_back(index);
                 }
@@ -336,7 +345,14 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             &holder,
                             &mut holder_names,
                         );
-                        raise(object, REACHABLE, (label, 0), &mut state, &mut holder, &mut work);
+                        raise(
+                            object,
+                            REACHABLE,
+                            (label, 0, 0),
+                            &mut state,
+                            (&mut holder, &mut reached_at),
+                            &mut work,
+                        );
                     }
                 }
                 Phase::Anonymous => {
@@ -348,9 +364,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                         raise(
                             word,
                             REACHABLE,
-                            (register_holder, 0),
+                            (register_holder, 0, 0),
                             &mut state,
-                            &mut holder,
+                            (&mut holder, &mut reached_at),
                             &mut work,
                         );
                     }
@@ -363,7 +379,14 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     for &(start, end) in &roots.ranges {
                         marker.words(start, end, (0, 0), &mut |address, word| {
                             let label = new_holder(word, &mut || Holder::RootWord(address), &holder, &mut holder_names);
-                            raise(word, REACHABLE, (label, 0), &mut state, &mut holder, &mut work)
+                            raise(
+                                word,
+                                REACHABLE,
+                                (label, 0, 0),
+                                &mut state,
+                                (&mut holder, &mut reached_at),
+                                &mut work,
+                            )
                         });
                     }
                 }
@@ -382,9 +405,17 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     }
                     marker.prefetch(index, level[position + 1..].iter().copied(), |_| true);
                     let from = state[index];
-                    let label = (holder.get(index).map_or(0, |h| h.0), index as u32 + 1);
-                    marker.block_words(index, &mut |_, word| {
-                        raise(word, from, label, &mut state, &mut holder, &mut work)
+                    let (label, start) = (holder.get(index).map_or(0, |h| h.0), blocks.addresses[index]);
+                    marker.block_words(index, &mut |address, word| {
+                        let at = u32::try_from(address - start).unwrap_or(u32::MAX);
+                        raise(
+                            word,
+                            from,
+                            (label, index as u32 + 1, at),
+                            &mut state,
+                            (&mut holder, &mut reached_at),
+                            &mut work,
+                        )
                     });
                 }
             }
@@ -417,7 +448,21 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         };
     };
     summary.outcome = ScanOutcome::Complete;
-    let holders = naming.then(|| holders_of(&blocks.addresses, &holder, holder_names, &object_types));
+    let steps = match &input.namer {
+        Some(namer) => {
+            let path = PathFacts {
+                blocks: &blocks,
+                holder: &holder,
+                reached_at: &reached_at,
+                object_starts: &object_starts,
+                object_types: &object_types,
+                type_addresses: &type_addresses,
+            };
+            name_steps(namer, &path, marker.memory)
+        }
+        None => Steps::default(),
+    };
+    let holders = naming.then(|| holders_of(&blocks.addresses, &holder, holder_names, &object_types, steps));
     ScanResult {
         classes: lost.classes,
         summary,
@@ -447,9 +492,107 @@ fn sort_level(level: &mut Vec<usize>, bits: &mut [u64]) {
     }
 }
 
+/// What naming the steps of retention paths reads from the flood: how each held block was
+/// reached, and the objects blocks hold.
+struct PathFacts<'a> {
+    blocks: &'a Blocks,
+    holder: &'a [(u32, u32)],
+    reached_at: &'a [u32],
+    object_starts: &'a [u8],
+    object_types: &'a [u32],
+    type_addresses: &'a [u64],
+}
+
+impl PathFacts<'_> {
+    /// The block `index` was reached from, as a link of its path: that block's index, and
+    /// the block with the word that reached `index`.
+    fn up(&self, index: usize) -> Option<(usize, Link)> {
+        let from = self.holder.get(index)?.1.checked_sub(1)? as usize;
+        let at = *self.reached_at.get(index)?;
+        if at == u32::MAX {
+            return None;
+        }
+        let block = self.blocks.addresses[from];
+        let start = *self.object_starts.get(from)?;
+        let type_address = self
+            .object_types
+            .get(from)
+            .and_then(|&id| self.type_addresses.get((id as usize).checked_sub(1)?));
+        let object = match type_address {
+            Some(&type_address) if start != NO_OBJECT => Some((block + u64::from(start), type_address)),
+            _ => None,
+        };
+        Some((
+            from,
+            Link {
+                block,
+                size: self.blocks.sizes[from],
+                object,
+                word: block + u64::from(at),
+            },
+        ))
+    }
+}
+
+/// The named steps of the held blocks' retention paths.
+#[derive(Default)]
+struct Steps {
+    /// Step `id` is at index `id - 1`.
+    names: Vec<String>,
+    /// Per block, the step id by which the block it was reached from holds it (0: none).
+    of_block: Vec<u32>,
+}
+
+/// Names how each held block is held by the block it was reached from (see
+/// [`Namer::step_name`]), each distinct name once.
+fn name_steps(namer: &Namer, path: &PathFacts<'_>, memory: &mut MemoryReader) -> Steps {
+    let count = path.blocks.addresses.len();
+    let mut steps = Steps {
+        names: Vec::new(),
+        of_block: vec![0; count],
+    };
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut read = |address: u64| memory.word(address);
+    for index in 0..count {
+        if path.holder[index].0 == 0 {
+            continue;
+        }
+        let mut links: [Option<Link>; 3] = [None; 3];
+        let mut at = index;
+        for link in &mut links {
+            let Some((from, up)) = path.up(at) else {
+                break;
+            };
+            *link = Some(up);
+            at = from;
+        }
+        let links: Vec<Link> = links.into_iter().map_while(|link| link).collect();
+        let Some(name) = namer.step_name(&mut read, &links) else {
+            continue;
+        };
+        steps.of_block[index] = match ids.get(&name) {
+            Some(&id) => id,
+            None => {
+                steps.names.push(name.clone());
+                let id = steps.names.len() as u32;
+                ids.insert(name, id);
+                id
+            }
+        };
+    }
+    steps
+}
+
 /// The holders that hold some block, renumbered from 1 in order, and each held block's, with
-/// the type of the object it holds (`object_types` by block, empty when unknown).
-fn holders_of(addresses: &[u64], holder: &[(u32, u32)], names: Vec<Holder>, object_types: &[u32]) -> Holders {
+/// the type of the object it holds (`object_types` by block, empty when unknown) and the
+/// named step it is held by.
+fn holders_of(
+    addresses: &[u64],
+    holder: &[(u32, u32)],
+    names: Vec<Holder>,
+    object_types: &[u32],
+    steps: Steps,
+) -> Holders {
     let mut renumbered = vec![0u32; names.len() + 1];
     let mut kept = Vec::new();
     let mut blocks = Vec::new();
@@ -466,12 +609,14 @@ fn holders_of(addresses: &[u64], holder: &[(u32, u32)], names: Vec<Holder>, obje
             holder: renumbered[id as usize],
             object_type: object_types.get(index).copied().unwrap_or(0),
             via: via.checked_sub(1).map_or(0, |from| addresses[from as usize]),
+            step: steps.of_block.get(index).copied().unwrap_or(0),
         });
     }
     let mut names: Vec<Option<Holder>> = names.into_iter().map(Some).collect();
     Holders {
         names: kept.iter().filter_map(|&id| names[id as usize - 1].take()).collect(),
         blocks,
+        steps: steps.names,
     }
 }
 
@@ -479,7 +624,7 @@ fn holders_of(addresses: &[u64], holder: &[(u32, u32)], names: Vec<Holder>, obje
 mod tests {
     use libleak_format::{BlockHolder, Holder};
 
-    use super::holders_of;
+    use super::{holders_of, Steps};
 
     #[test]
     fn only_holders_that_hold_a_block_are_kept_renumbered_in_address_order() {
@@ -494,16 +639,21 @@ mod tests {
             &[(3, 0), (0, 0), (2, 0), (3, 1)],
             names,
             &[1, 1, 0, 2],
+            Steps {
+                names: vec!["['key']".into()],
+                of_block: vec![0, 0, 0, 1],
+            },
         );
         assert_eq!(
             holders.names,
             [Holder::RootWord(0x1000), Holder::Python("app._RESULTS".into())]
         );
-        let blocks: Vec<(u64, u32, u64)> = holders
+        let blocks: Vec<(u64, u32, u64, u32)> = holders
             .blocks
             .iter()
-            .map(|b: &BlockHolder| (b.address, b.holder, b.via))
+            .map(|b: &BlockHolder| (b.address, b.holder, b.via, b.step))
             .collect();
-        assert_eq!(blocks, [(0x10, 1, 0), (0x30, 2, 0), (0x40, 1, 0x10)]);
+        assert_eq!(blocks, [(0x10, 1, 0, 0), (0x30, 2, 0, 0), (0x40, 1, 0x10, 1)]);
+        assert_eq!(holders.steps, ["['key']"]);
     }
 }

@@ -41,6 +41,9 @@ pub struct Symbols {
     /// `PyModule_Type`, `PyDict_Type`: what the scan at finalisation names holders from.
     pub module_type: usize,
     pub dict_type: usize,
+    /// `PyTuple_Type`, `PyLong_Type`: what the names of retention-path steps read.
+    pub tuple_type: usize,
+    pub long_type: usize,
     pub eval_loop_start: usize,
     pub eval_loop_size: usize,
     /// `PyGILState_GetThisThreadState`: the thread state bound to the calling OS thread.
@@ -106,6 +109,8 @@ pub fn find_symbols() -> Option<Symbols> {
         list_type,
         module_type: symbol(c"PyModule_Type"),
         dict_type: symbol(c"PyDict_Type"),
+        tuple_type: symbol(c"PyTuple_Type"),
+        long_type: symbol(c"PyLong_Type"),
         eval_loop_start,
         eval_loop_size: symbol_size(eval_loop_start),
         this_thread_state,

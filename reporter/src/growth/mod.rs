@@ -36,7 +36,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use libleak_format::{Alloc, Free, Mark};
+use libleak_format::{Alloc, Free, Holder, Mark};
 
 use clock::Clock;
 use sites::{Stacks, WindowSite};
@@ -45,7 +45,7 @@ use timeline::{Stop, Timeline};
 use crate::model::{Frame, Omitted, Owner, Tally, TraceHeader};
 use crate::options::{GrowthOptions, Moment};
 use crate::replay::parents::ParentTraces;
-use crate::replay::{ReplayError, ReplayObserver, Trace};
+use crate::replay::{Held, Holding, PathStep, ReplayError, ReplayObserver, Trace};
 use crate::symbolize::holders::holder_name;
 use crate::symbolize::Symbolizer;
 use crate::ReadProgress;
@@ -181,6 +181,12 @@ pub struct HeldBy {
     /// one of the site's blocks (last), as the scan's flood went; blocks that hold no object
     /// (a dict's table, a list's item array) are left out.
     pub path: Vec<String>,
+    /// The same path as a Python expression, where its steps have names: the holder's name,
+    /// then each attribute, key or index on the way (`__main__.STATE.sessions[…].payload`;
+    /// `[…]` an item of a large container, `…` a reference Python does not name, such as a
+    /// C extension's). None for a holder that is no Python name, or a path with no named
+    /// step.
+    pub expression: Option<String>,
 }
 
 /// Holders (and object types) listed per growing site at most.
@@ -196,7 +202,7 @@ fn held_by(trace: &Trace, stacks: impl Iterator<Item = u64>, symbolizer: &mut Sy
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut held = Vec::new();
     // By name: the path of the stack whose blocks it holds the most of.
-    let mut paths: HashMap<String, (u64, &[u32])> = HashMap::new();
+    let mut paths: HashMap<String, (u64, &Held)> = HashMap::new();
     for entry in stacks.filter_map(|stack| holding.by_stack.get(&stack)).flatten() {
         let Some(holder) = holding.names.get(entry.holder as usize - 1) else {
             continue;
@@ -204,28 +210,62 @@ fn held_by(trace: &Trace, stacks: impl Iterator<Item = u64>, symbolizer: &mut Sy
         let name = names
             .entry(entry.holder)
             .or_insert_with(|| holder_name(trace, holder, symbolizer));
-        let path = paths.entry(name.clone()).or_insert((0, &[]));
+        let path = paths.entry(name.clone()).or_insert((0, entry));
         if entry.bytes > path.0 {
-            *path = (entry.bytes, &entry.path);
+            *path = (entry.bytes, entry);
         }
         held.push((name.clone(), entry.bytes, entry.blocks));
     }
     let (ranked, total) = ranked_by_name(held.into_iter());
-    let type_names = |ids: &[u32]| -> Vec<String> {
-        ids.iter()
-            .filter_map(|&id| holding.types.get((id as usize).checked_sub(1)?).cloned())
+    let type_names = |path: &[PathStep]| -> Vec<String> {
+        path.iter()
+            .filter_map(|step| holding.types.get((step.object_type as usize).checked_sub(1)?).cloned())
             .collect()
     };
     ranked
         .into_iter()
         .map(|(name, bytes, blocks)| HeldBy {
-            path: paths.get(&name).map(|(_, ids)| type_names(ids)).unwrap_or_default(),
+            path: paths
+                .get(&name)
+                .map(|(_, held)| type_names(&held.path))
+                .unwrap_or_default(),
+            expression: paths.get(&name).and_then(|(_, held)| expression(&name, held, holding)),
             name,
             bytes,
             blocks,
             share: bytes as f64 / total.max(1) as f64,
         })
         .collect()
+}
+
+/// The retention path of `held` as a Python expression from the holder named `name`, if the
+/// holder is a Python name and some step of the path is named (see [`HeldBy::expression`]).
+fn expression(name: &str, held: &Held, holding: &Holding) -> Option<String> {
+    if !matches!(
+        holding.names.get((held.holder as usize).checked_sub(1)?),
+        Some(Holder::Python(_))
+    ) {
+        return None;
+    }
+    let mut text = name.to_string();
+    if held.path_cut {
+        text.push('…');
+    }
+    let mut named = false;
+    for step in held.path.iter().skip(usize::from(!held.path_cut)) {
+        match holding.steps.get((step.step as usize).wrapping_sub(1)) {
+            Some(step_name) => {
+                named |= !step_name.is_empty();
+                text.push_str(step_name);
+            }
+            // A reference without a Python name, to an object: the expression cannot say
+            // how it is reached. Blocks holding no object (tables, buffers) are the
+            // plumbing of the object before them.
+            None if step.object_type != 0 && !text.ends_with('…') => text.push('…'),
+            None => {}
+        }
+    }
+    named.then_some(text)
 }
 
 /// What a `--between` window allocated and left live, and what it freed of older blocks.

@@ -204,11 +204,13 @@ fn row_text(out: &mut String, rank: usize, row: &GrowthRow) {
             .held_by
             .iter()
             .map(|h| {
-                let path = if h.path.len() > 1 {
-                    format!(", through {}", h.path.join(" → "))
-                } else {
-                    String::new()
-                };
+                let mut path = String::new();
+                if let Some(expression) = &h.expression {
+                    path.push_str(&format!(", as {expression}"));
+                }
+                if h.path.len() > 1 {
+                    path.push_str(&format!(", through {}", h.path.join(" → ")));
+                }
                 format!(
                     "{} ({:.0}%, {}{path})",
                     h.name,
@@ -351,6 +353,7 @@ pub(super) mod tests {
                     blocks: 9,
                     share: 1.0,
                     path: vec!["dict".into(), "app.Result".into()],
+                    expression: Some("app._RESULTS[…]".into()),
                 }],
                 types: vec![ObjectType {
                     name: "dict".into(),
@@ -403,7 +406,7 @@ pub(super) mod tests {
         );
         assert!(text.contains("\nbetween seq 1 and seq 50: "), "{text}");
         assert!(
-            text.contains("\n  held by: app._RESULTS (100%, 9,000 bytes in 9 blocks, through dict → app.Result)\n  objects: dict (4,000 bytes in 9 blocks)\n"),
+            text.contains("\n  held by: app._RESULTS (100%, 9,000 bytes in 9 blocks, as app._RESULTS[…], through dict → app.Result)\n  objects: dict (4,000 bytes in 9 blocks)\n"),
             "{text}"
         );
         let finalized = to_text(&full_report(PeriodEnd::Finalization));

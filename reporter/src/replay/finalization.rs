@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use libleak_format::{Holder, LeakClass, Reachability, ScanOutcome};
 
-use super::{Held, Holding};
+use super::{Held, Holding, PathStep};
 use crate::live::ExitBlock;
 
 /// The scan made when CPython's finalisation began, as replay meets it: the FINALIZING
@@ -26,9 +26,10 @@ pub(super) struct FinalizationScan {
     /// when the scan was made.
     pub(super) named_then: HashSet<(u64, u64)>,
     pub(super) holder_names: Vec<Holder>,
-    /// Address → (holder id, object type id, the address it was reached from or 0).
-    pub(super) block_holders: HashMap<u64, (u32, u32, u64)>,
+    /// Address → (holder id, object type id, the address it was reached from or 0, step id).
+    pub(super) block_holders: HashMap<u64, (u32, u32, u64, u32)>,
     pub(super) object_types: Vec<String>,
+    pub(super) step_names: Vec<String>,
     pub(super) holding: Option<Holding>,
 }
 
@@ -36,20 +37,25 @@ pub(super) struct FinalizationScan {
 const MAX_PATH: usize = 16;
 
 impl FinalizationScan {
-    /// The object types along the way from the holder to the block at `address` (that block's
-    /// last), following each block's `via`; blocks holding no recognised object are 0.
-    fn path_to(&self, address: u64) -> Vec<u32> {
+    /// The blocks along the way from the holder to the block at `address` (that block's
+    /// last), following each block's `via`, and whether the way was cut before the holder.
+    fn path_to(&self, address: u64) -> (Vec<PathStep>, bool) {
         let mut path = Vec::new();
         let mut at = address;
-        while let Some(&(_, object_type, via)) = self.block_holders.get(&at) {
-            path.push(object_type);
-            if via == 0 || path.len() == MAX_PATH {
+        let mut cut = false;
+        while let Some(&(_, object_type, via, step)) = self.block_holders.get(&at) {
+            path.push(PathStep { object_type, step });
+            if via == 0 {
+                break;
+            }
+            if path.len() == MAX_PATH {
+                cut = true;
                 break;
             }
             at = via;
         }
         path.reverse();
-        path
+        (path, cut)
     }
 
     /// `live`: every block live when the scan was made.
@@ -67,7 +73,7 @@ impl FinalizationScan {
                 .filter(|(address, _)| {
                     self.block_holders
                         .get(address)
-                        .is_some_and(|&(holder, _, _)| named(holder))
+                        .is_some_and(|&(holder, ..)| named(holder))
                 })
                 .map(|(address, block)| (*address, block.seq))
                 .collect();
@@ -78,7 +84,7 @@ impl FinalizationScan {
             // Per (stack, holder): the newest block's seq and address, whose path is shown.
             let mut newest: HashMap<(u64, u32), (u64, u64)> = HashMap::new();
             for &(address, block) in &live {
-                let Some(&(holder, object_type, _)) = self.block_holders.get(&address) else {
+                let Some(&(holder, object_type, ..)) = self.block_holders.get(&address) else {
                     continue;
                 };
                 let slot = newest.entry((block.stack, holder)).or_insert((block.seq, address));
@@ -106,13 +112,14 @@ impl FinalizationScan {
                         bytes: block.size,
                         blocks: 1,
                         path: Vec::new(),
+                        path_cut: false,
                     }),
                 }
             }
             for (stack, held) in &mut by_stack {
                 for h in held.iter_mut() {
                     if let Some(&(_, address)) = newest.get(&(*stack, h.holder)) {
-                        h.path = self.path_to(address);
+                        (h.path, h.path_cut) = self.path_to(address);
                     }
                 }
             }
@@ -126,6 +133,7 @@ impl FinalizationScan {
                 names: std::mem::take(&mut self.holder_names),
                 by_stack,
                 types: std::mem::take(&mut self.object_types),
+                steps: std::mem::take(&mut self.step_names),
                 types_by_stack,
             });
         }

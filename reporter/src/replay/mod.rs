@@ -197,6 +197,8 @@ pub struct Holding {
     pub by_stack: HashMap<u64, Vec<Held>>,
     /// Object type `id` is at index `id - 1`.
     pub types: Vec<String>,
+    /// Retention-path step `id` is at index `id - 1` (see [`PathStep`]).
+    pub steps: Vec<String>,
     /// By stack: the Python type of the objects its blocks held (type id, bytes, blocks), most
     /// bytes first; blocks that held no recognised object are not counted.
     pub types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>>,
@@ -207,10 +209,21 @@ pub struct Held {
     pub holder: u32,
     pub bytes: u64,
     pub blocks: u64,
-    /// The types of the objects on the way from the holder to the newest of these blocks
-    /// (type ids of [`Holding::types`], 0 for a block holding no recognised object), the
-    /// holder's side first; cut at 16 blocks from the end.
-    pub path: Vec<u32>,
+    /// The blocks on the way from the holder to the newest of these blocks, the holder's
+    /// own first; cut at 16 blocks from the end.
+    pub path: Vec<PathStep>,
+    /// The path was cut: the holder's own block is not its first.
+    pub path_cut: bool,
+}
+
+/// A block on a retention path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathStep {
+    /// The type of the object it holds (an id of [`Holding::types`]; 0: none recognised).
+    pub object_type: u32,
+    /// How the block before it holds it (an id of [`Holding::steps`]: `.attr`, `['key']`,
+    /// `[3]`, or empty for an object's `__dict__`); 0 when the step has no Python name.
+    pub step: u32,
 }
 
 /// Whether a Python code object's file is importlib's own (`<frozen importlib._bootstrap>`,

@@ -237,9 +237,16 @@ impl Replay {
             }
             Record::BlockHolders(entries) => {
                 if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
-                    pending
-                        .block_holders
-                        .extend(entries.iter().map(|e| (e.address, (e.holder, e.object_type, e.via))));
+                    pending.block_holders.extend(
+                        entries
+                            .iter()
+                            .map(|e| (e.address, (e.holder, e.object_type, e.via, e.step))),
+                    );
+                }
+            }
+            Record::StepNames(names) => {
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending.step_names.extend(names);
                 }
             }
             Record::ObjectTypes(names) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {

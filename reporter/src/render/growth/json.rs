@@ -113,6 +113,7 @@ struct HolderView<'a> {
     blocks: u64,
     share: f64,
     path: &'a [String],
+    expression: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -227,6 +228,7 @@ impl<'a> GrowthView<'a> {
                             blocks: h.blocks,
                             share: (h.share * 1000.0).round() / 1000.0,
                             path: &h.path,
+                            expression: h.expression.as_deref(),
                         })
                         .collect(),
                     types: row

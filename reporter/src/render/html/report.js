@@ -341,6 +341,7 @@ function growthTable(rows) {
     const detail = el('tr', { class: 'detail', hidden: '' }, el('td', { colspan: 8 },
       el('p', null, `rose in ${row.rising_windows} of 9 windows; ${thousands(Math.round(row.bytes_per_window))} bytes per window of ${thousands(row.window_events)} events${row.bytes_per_s != null ? `; ${thousands(Math.round(row.bytes_per_s))} bytes per second` : ''}; ${row.stacks} distinct stacks`),
       (row.holders || []).map((h) => el('p', null, `held by ${h.name}: ${amount(h.bytes, h.blocks)} (${(100 * h.share).toFixed(0)}%)` +
+        `${h.expression ? `, as ${h.expression}` : ''}` +
         `${h.path && h.path.length > 1 ? `, through ${h.path.join(' → ')}` : ''}`)),
       stackBlock(row, `the stack holding the most at the end (of ${row.stacks}):`)));
     const tr = el('tr', {
