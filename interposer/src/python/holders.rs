@@ -206,6 +206,7 @@ impl Namer {
     }
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct EntryTable {
     pub(super) first: u64,
     pub(super) count: u64,

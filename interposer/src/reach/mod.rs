@@ -28,7 +28,7 @@ use libleak_format::{BlockClass, BlockHolder, Holder, LostBlock, Module, Reachab
 
 use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
-use crate::python::steps::Link;
+use crate::python::steps::{Link, StepNamer};
 use crate::segments::SegmentIndex;
 use crate::sys::memory::MemoryReader;
 use blocks::{next_chunk, Blocks, Pointer};
@@ -551,35 +551,30 @@ fn name_steps(namer: &Namer, path: &PathFacts<'_>, memory: &mut MemoryReader) ->
         names: Vec::new(),
         of_block: vec![0; count],
     };
-    let mut ids: HashMap<String, u32> = HashMap::new();
     let mut read = |address: u64| memory.word(address);
+    let mut namer = StepNamer::new(namer);
     for index in 0..count {
         if path.holder[index].0 == 0 {
             continue;
         }
-        let mut links: [Option<Link>; 3] = [None; 3];
-        let mut at = index;
-        for link in &mut links {
-            let Some((from, up)) = path.up(at) else {
-                break;
-            };
-            *link = Some(up);
-            at = from;
-        }
-        let links: Vec<Link> = links.into_iter().map_while(|link| link).collect();
-        let Some(name) = namer.step_name(&mut read, &links) else {
+        let Some((mut at, parent)) = path.up(index) else {
             continue;
         };
-        steps.of_block[index] = match ids.get(&name) {
-            Some(&id) => id,
-            None => {
-                steps.names.push(name.clone());
-                let id = steps.names.len() as u32;
-                ids.insert(name, id);
-                id
+        // The blocks further up, followed only when the parent's kind asks for them.
+        let mut links: [Option<Link>; 3] = [Some(parent), None, None];
+        let mut reached = 0;
+        let mut above = |wanted: usize| {
+            while reached < wanted.min(2) {
+                let (from, link) = path.up(at)?;
+                at = from;
+                reached += 1;
+                links[reached] = Some(link);
             }
+            links.get(wanted).copied().flatten()
         };
+        steps.of_block[index] = namer.step_name(&mut read, parent, &mut above).unwrap_or(0);
     }
+    steps.names = namer.into_names();
     steps
 }
 
