@@ -445,3 +445,46 @@ fn a_killed_process_still_ranks_its_growth_and_says_finalisation_is_absent() {
         assert!(text.contains("so there was no finalisation"), "{label}: {text}");
     }
 }
+
+/// A daemon thread still running when the program ends holds what it grew in a local: the
+/// local is named as Python names what a function defines (`__main__.worker.<locals>.seen`).
+/// CPython 3.13 frees such a thread's state (and the chunk its frames live in) while the
+/// scan at finalisation runs, so there the growth is found but its holder is not named.
+#[test]
+fn a_daemon_threads_local_variable_is_named_as_the_holder_of_what_it_grew() {
+    for python in pythons() {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("growth-daemon{}{}", python.version.0, python.version.1));
+        std::fs::copy(fixture("daemon.py"), scratch.join("daemon.py")).unwrap();
+        let mut command = Command::new(&python.real_path);
+        command.args(["daemon.py", "3000"]).current_dir(&scratch.path);
+        let traced = run_traced(&scratch, &mut command);
+        assert_eq!(traced.output.status.code(), Some(0), "{label}");
+        assert_eq!(traced.output.stdout, b"filled\n", "{label}");
+        let (report, _) = growth_json(&traced.trace, &[]);
+        let line = line_of("growth/daemon.py", "@daemon_local");
+        let top = &report["growing"][0];
+        assert_eq!(
+            python_line(top).map(|(_, l)| l),
+            Some(line),
+            "{label}: the worker's buffers grow: {report:#}"
+        );
+        assert!(top["growth_bytes"].as_u64().unwrap() >= 2000 * 2400, "{label}: {top:#}");
+        let holder = &top["holders"][0];
+        if python.version >= (3, 13) {
+            println!(
+                "{label}: a daemon thread's frames are freed during the scan on 3.13+; held by {}",
+                holder["name"]
+            );
+            continue;
+        }
+        assert_eq!(
+            holder["name"], "__main__.worker.<locals>.seen",
+            "{label}: {:#}",
+            top["holders"]
+        );
+        assert_eq!(holder["expression"], "__main__.worker.<locals>.seen[…]", "{label}");
+        assert!(holder["share"].as_f64().unwrap() >= 0.99, "{label}: {holder:#}");
+        assert_eq!(holder["blocks"], 3000, "{label}: {holder:#}");
+    }
+}

@@ -32,6 +32,12 @@ pub struct Namer {
     pub(super) list_type: u64,
     pub(super) tuple_type: u64,
     pub(super) long_type: u64,
+    pub(super) cell_type: u64,
+    pub(super) code_type: u64,
+    /// The main interpreter (0: not found), and the first thread state of its list when the
+    /// namer was made (0: none).
+    pub(super) interpreter: u64,
+    pub(super) first_thread: u64,
     ascii_data: u64,
     dict_keys: DictKeys,
     pub(super) layout: &'static Layout,
@@ -52,6 +58,12 @@ pub fn namer() -> Option<Namer> {
         list_type: symbols.list_type as u64,
         tuple_type: symbols.tuple_type as u64,
         long_type: symbols.long_type as u64,
+        cell_type: symbols.cell_type as u64,
+        code_type: symbols.code_type as u64,
+        interpreter: symbols
+            .main_interpreter()
+            .map_or(0, |(interpreter, _)| interpreter as u64),
+        first_thread: symbols.main_interpreter().map_or(0, |(_, first)| first as u64),
         ascii_data: interpreter.layout.unicode.ascii_data as u64,
         dict_keys: interpreter.layout.dict_keys,
         layout: interpreter.layout,
@@ -110,6 +122,20 @@ impl Namer {
     /// The (key, value) pairs of the dict object at `dict` whose keys are ASCII strings,
     /// dunder names left out.
     fn dict_items(&self, read: &mut Read<'_>, dict: u64) -> Vec<(String, u64)> {
+        let mut items = self.all_dict_items(read, dict);
+        items.retain(|(name, _)| !(name.starts_with("__") && name.ends_with("__")));
+        items
+    }
+
+    /// The value of key `wanted` (an ASCII string) in the dict object at `dict`.
+    pub(super) fn dict_value(&self, read: &mut Read<'_>, dict: u64, wanted: &str) -> Option<u64> {
+        self.all_dict_items(read, dict)
+            .into_iter()
+            .find_map(|(key, value)| (key == wanted).then_some(value))
+    }
+
+    /// The (key, value) pairs of the dict object at `dict` whose keys are ASCII strings.
+    fn all_dict_items(&self, read: &mut Read<'_>, dict: u64) -> Vec<(String, u64)> {
         let mut items = Vec::new();
         if dict == 0 || read(dict + OBJECT_TYPE as u64) != Some(self.dict_type) || read(dict + DICT_VALUES) != Some(0) {
             return items;
@@ -128,9 +154,8 @@ impl Namer {
             if key == 0 || value == 0 {
                 continue;
             }
-            match self.ascii(read, key) {
-                Some(name) if !(name.starts_with("__") && name.ends_with("__")) => items.push((name, value)),
-                _ => {}
+            if let Some(name) = self.ascii(read, key) {
+                items.push((name, value));
             }
         }
         items
@@ -177,7 +202,7 @@ impl Namer {
     }
 
     /// The text of a compact ASCII `str` object (exactly `str`, not a subclass).
-    fn ascii(&self, read: &mut Read<'_>, object: u64) -> Option<String> {
+    pub(super) fn ascii(&self, read: &mut Read<'_>, object: u64) -> Option<String> {
         match self.ascii_prefix(read, object, MAX_NAME_BYTES)? {
             (text, false) => Some(text),
             (_, true) => None,

@@ -112,6 +112,38 @@ pub struct Layout {
     pub dict_keys: DictKeys,
     /// Where retention paths read names of attributes and keys (see [`PathLayout`]).
     pub paths: PathLayout,
+    /// Where a frame keeps its local variables and its code their names.
+    pub locals: LocalsLayout,
+}
+
+/// A frame's local variables (`localsplus`: the fast locals, then cells and free variables)
+/// and their names, as the scan at finalisation reads them to name what a running thread's
+/// frames hold.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalsLayout {
+    /// The size of the block a thread state is (`PyThreadState`, 3.13's
+    /// `_PyThreadStateImpl`): when finalisation begins, the states of the threads still
+    /// running are already off the interpreter's list, but not yet freed.
+    pub thread_state_size: u64,
+    /// The frame's `f_globals` (its module's dict, whose `__name__` names the module).
+    pub frame_globals: u64,
+    /// The frame's `localsplus` array.
+    pub frame_locals: u64,
+    pub names: LocalNames,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum LocalNames {
+    /// 3.9, 3.10: `co_nlocals` (an `int`) fast locals named by `co_varnames`, then a cell per
+    /// name of `co_cellvars` and one per name of `co_freevars` (tuples).
+    ByKind {
+        count: u64,
+        locals: u64,
+        cells: u64,
+        free: u64,
+    },
+    /// 3.11+: `co_nlocalsplus` (an `int`) slots named by the `co_localsplusnames` tuple.
+    Combined { count: u64, names: u64 },
 }
 
 /// What naming the steps of a retention path (`.attr`, `['key']`, `[3]`) reads beyond the
@@ -176,6 +208,17 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: 0,
         has_immortal_objects: false,
         dict_values_prefix: false,
+        locals: LocalsLayout {
+            thread_state_size: 264,
+            frame_globals: 48,
+            frame_locals: 360,
+            names: LocalNames::ByKind {
+                count: 28,
+                locals: 72,
+                cells: 88,
+                free: 80,
+            },
+        },
         paths: PathLayout {
             cached_keys: 864,
             tagged_ints: false,
@@ -200,6 +243,17 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: 0,
         has_immortal_objects: false,
         dict_values_prefix: false,
+        locals: LocalsLayout {
+            thread_state_size: 280,
+            frame_globals: 48,
+            frame_locals: 352,
+            names: LocalNames::ByKind {
+                count: 28,
+                locals: 72,
+                cells: 88,
+                free: 80,
+            },
+        },
         paths: PathLayout {
             cached_keys: 872,
             tagged_ints: false,
@@ -236,6 +290,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
         has_immortal_objects: false,
         dict_values_prefix: true,
+        locals: LocalsLayout {
+            thread_state_size: 360,
+            frame_globals: 8,
+            frame_locals: 72,
+            names: LocalNames::Combined { count: 76, names: 96 },
+        },
         paths: PathLayout {
             cached_keys: 872,
             tagged_ints: false,
@@ -272,6 +332,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
         dict_values_prefix: true,
+        locals: LocalsLayout {
+            thread_state_size: 288,
+            frame_globals: 24,
+            frame_locals: 72,
+            names: LocalNames::Combined { count: 72, names: 96 },
+        },
         paths: PathLayout {
             cached_keys: 880,
             tagged_ints: true,
@@ -305,6 +371,12 @@ pub static LAYOUTS: [Layout; 5] = [
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
         dict_values_prefix: false,
+        locals: LocalsLayout {
+            thread_state_size: 336,
+            frame_globals: 24,
+            frame_locals: 72,
+            names: LocalNames::Combined { count: 72, names: 96 },
+        },
         paths: PathLayout {
             cached_keys: 880,
             tagged_ints: true,

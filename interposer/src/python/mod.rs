@@ -13,6 +13,7 @@
 pub mod code_cache;
 mod codes;
 pub mod constructors;
+pub mod frame_locals;
 pub mod gc;
 pub mod holders;
 pub mod layouts;

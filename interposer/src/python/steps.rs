@@ -206,7 +206,9 @@ impl<'a> StepNamer<'a> {
     /// keys name the attributes.
     fn own_step(&mut self, read: &mut Read<'_>, word: u64, object: u64, object_type: u64) -> Option<u32> {
         let facts = self.type_facts(read, object_type)?;
-        if self.is_dict_slot(word, object, facts) {
+        // A cell holds its contents and nothing else: a closure's variable is the cell's
+        // name.
+        if self.is_dict_slot(word, object, facts) || object_type == self.namer.cell_type {
             return Some(self.id_of(""));
         }
         let (flags, _) = facts;

@@ -247,6 +247,15 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 &mut |read, address| python.type_flags(read, address),
                 &module_objects,
             );
+            // After the globals: what a global holds keeps the global's name.
+            let thread_states: Vec<u64> = blocks
+                .addresses
+                .iter()
+                .zip(&blocks.sizes)
+                .filter(|&(_, &size)| size == namer.thread_state_size())
+                .map(|(&address, _)| address)
+                .collect();
+            named_roots.extend(namer.frame_roots(&mut read, &thread_states));
         }
     }
     summary.immortal_objects = immortal.len() as u64;

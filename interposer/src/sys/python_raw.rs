@@ -10,6 +10,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 
 type GetThreadStateFn = unsafe extern "C" fn() -> *mut c_void;
 type GetAllocatorFn = unsafe extern "C" fn(c_int, *mut MemAllocator);
+type ThreadHeadFn = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
 
 /// `PyMemAllocatorEx`: a context and four entry points, compared, never called.
 #[repr(C)]
@@ -44,6 +45,8 @@ pub struct Symbols {
     /// `PyTuple_Type`, `PyLong_Type`: what the names of retention-path steps read.
     pub tuple_type: usize,
     pub long_type: usize,
+    /// `PyCell_Type`: a cell holds one reference, its contents.
+    pub cell_type: usize,
     pub eval_loop_start: usize,
     pub eval_loop_size: usize,
     /// `PyGILState_GetThisThreadState`: the thread state bound to the calling OS thread.
@@ -54,6 +57,10 @@ pub struct Symbols {
     /// `PyMem_GetAllocator`: copies a domain's allocator; allocation-free (3.13 takes the
     /// allocators' own mutex, which is never held across an allocation).
     get_allocator: Option<GetAllocatorFn>,
+    /// `PyInterpreterState_Main` and `PyInterpreterState_ThreadHead`: the main interpreter's
+    /// first thread state (a plain read of two fields in every supported version).
+    main_interpreter: Option<GetThreadStateFn>,
+    thread_head: Option<ThreadHeadFn>,
     /// `Py_IgnoreEnvironmentFlag` (0 when absent): the interpreter writes its configuration's
     /// `!use_environment` there (`-I`, `-E`, an embedder's isolated configuration).
     ignore_environment_flag: usize,
@@ -111,6 +118,13 @@ pub fn find_symbols() -> Option<Symbols> {
         dict_type: symbol(c"PyDict_Type"),
         tuple_type: symbol(c"PyTuple_Type"),
         long_type: symbol(c"PyLong_Type"),
+        cell_type: symbol(c"PyCell_Type"),
+        main_interpreter: thread_state_getter(c"PyInterpreterState_Main"),
+        thread_head: {
+            let address = symbol(c"PyInterpreterState_ThreadHead");
+            // SAFETY: `PyThreadState *PyInterpreterState_ThreadHead(PyInterpreterState *)`.
+            (address != 0).then(|| unsafe { std::mem::transmute::<usize, ThreadHeadFn>(address) })
+        },
         eval_loop_start,
         eval_loop_size: symbol_size(eval_loop_start),
         this_thread_state,
@@ -180,6 +194,21 @@ impl Symbols {
         // SAFETY: an allocation-free CPython getter (`pthread_getspecific` on its key); it
         // returns NULL before the interpreter starts and after it finishes.
         unsafe { (self.this_thread_state)() as usize }
+    }
+
+    /// The main interpreter and the first thread state in its list (0: none; the others
+    /// follow through each state's `next`), or `None`. For the scan at finalisation, where
+    /// the interpreter still exists.
+    pub fn main_interpreter(&self) -> Option<(usize, usize)> {
+        let (main, head) = (self.main_interpreter?, self.thread_head?);
+        // SAFETY: both are allocation-free getters returning a field (`_PyRuntime`'s main
+        // interpreter, then that interpreter's `threads.head`); neither locks nor raises.
+        let interpreter = unsafe { main() };
+        if interpreter.is_null() {
+            return None;
+        }
+        // SAFETY: as above, with the main interpreter, alive until the runtime is finalised.
+        Some((interpreter as usize, unsafe { head(interpreter) } as usize))
     }
 
     /// Whether the configured interpreter ignores environment variables such as
