@@ -316,16 +316,17 @@ fn check_text(trace: &Path, label: &str) {
 }
 
 /// Retention paths as Python expressions (`paths.py`): attributes of instances (split and
-/// managed dicts, 3.13's inline values), str and int dict keys, list and tuple indices, and
-/// `[…]` for an item of a container too large to read the keys of.
+/// managed dicts, 3.13's inline values), str and int dict keys, list and tuple indices, a
+/// closure's cell, and `[…]` for an item of a container too large to read the keys of.
 #[test]
 fn retention_paths_read_as_python_expressions_with_attribute_names_keys_and_indices() {
-    let expected: [(&str, &[&str]); 5] = [
+    let expected: [(&str, &[&str]); 6] = [
         ("@paths_payload", &["__main__.STATE.sessions[…].payload"]),
         ("@paths_queue", &["__main__.QUEUES['pending'][…]"]),
         ("@paths_history", &["__main__.HISTORY[…][1]"]),
         ("@paths_nested", &["__main__.CONFIG['limits']['sizes'][2][…]"]),
         ("@paths_shards", &["__main__.SHARDS[0][…]", "__main__.SHARDS[1][…]"]),
+        ("@paths_closure", &["__main__.REMEMBER.__closure__[0].cell_contents[…]"]),
     ];
     for python in pythons() {
         let label = python.label();

@@ -33,6 +33,7 @@ pub struct Namer {
     pub(super) tuple_type: u64,
     pub(super) long_type: u64,
     pub(super) cell_type: u64,
+    pub(super) function_type: u64,
     pub(super) code_type: u64,
     /// The main interpreter (0: not found), and the first thread state of its list when the
     /// namer was made (0: none).
@@ -59,6 +60,7 @@ pub fn namer() -> Option<Namer> {
         tuple_type: symbols.tuple_type as u64,
         long_type: symbols.long_type as u64,
         cell_type: symbols.cell_type as u64,
+        function_type: symbols.function_type as u64,
         code_type: symbols.code_type as u64,
         interpreter: symbols
             .main_interpreter()

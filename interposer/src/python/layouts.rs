@@ -105,6 +105,9 @@ pub struct Layout {
     /// 3.12+: objects whose reference count (low 32 bits, as a signed number) is negative
     /// are immortal: the interpreter keeps them for the life of the process by design.
     pub has_immortal_objects: bool,
+    /// 3.9–3.10: a code object keeps its last finished frame for reuse (`co_zombieframe`),
+    /// with a reference count of 0 and the stale pointers of its last run.
+    pub zombie_frames: bool,
     /// 3.11–3.12: a managed dict's values live in a block of their own, referenced past an
     /// insertion-order prefix whose last byte is the prefix's size (`new_values` in
     /// Objects/dictobject.c).
@@ -163,6 +166,8 @@ pub struct PathLayout {
     /// The bytes before the first value a split dict's `ma_values` points at (3.13's
     /// `PyDictValues` starts with a header word).
     pub dict_values_header: u64,
+    /// `PyFunctionObject.func_defaults`, followed by `func_kwdefaults` and `func_closure`.
+    pub function_defaults: u64,
 }
 
 const UNICODE_UP_TO_3_11: UnicodeLayout = UnicodeLayout {
@@ -207,6 +212,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: 0,
         has_immortal_objects: false,
+        zombie_frames: true,
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 264,
@@ -220,6 +226,7 @@ pub static LAYOUTS: [Layout; 5] = [
             },
         },
         paths: PathLayout {
+            function_defaults: 32,
             cached_keys: 864,
             tagged_ints: false,
             inline_values: false,
@@ -242,6 +249,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: 0,
         has_immortal_objects: false,
+        zombie_frames: true,
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 280,
@@ -255,6 +263,7 @@ pub static LAYOUTS: [Layout; 5] = [
             },
         },
         paths: PathLayout {
+            function_defaults: 56,
             cached_keys: 872,
             tagged_ints: false,
             inline_values: false,
@@ -289,6 +298,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
         has_immortal_objects: false,
+        zombie_frames: false,
         dict_values_prefix: true,
         locals: LocalsLayout {
             thread_state_size: 360,
@@ -297,6 +307,7 @@ pub static LAYOUTS: [Layout; 5] = [
             names: LocalNames::Combined { count: 76, names: 96 },
         },
         paths: PathLayout {
+            function_defaults: 56,
             cached_keys: 872,
             tagged_ints: false,
             inline_values: false,
@@ -331,6 +342,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
+        zombie_frames: false,
         dict_values_prefix: true,
         locals: LocalsLayout {
             thread_state_size: 288,
@@ -339,6 +351,7 @@ pub static LAYOUTS: [Layout; 5] = [
             names: LocalNames::Combined { count: 72, names: 96 },
         },
         paths: PathLayout {
+            function_defaults: 56,
             cached_keys: 880,
             tagged_ints: true,
             inline_values: false,
@@ -370,6 +383,7 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: true,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
+        zombie_frames: false,
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 336,
@@ -378,6 +392,7 @@ pub static LAYOUTS: [Layout; 5] = [
             names: LocalNames::Combined { count: 72, names: 96 },
         },
         paths: PathLayout {
+            function_defaults: 56,
             cached_keys: 880,
             tagged_ints: true,
             inline_values: true,

@@ -125,6 +125,14 @@ impl<'a> StepNamer<'a> {
         above: &mut dyn FnMut(usize) -> Option<Link>,
     ) -> Option<u32> {
         if let Some((object, object_type)) = parent.object {
+            if object_type == self.namer.cell_type {
+                // A closure's cell, in its function's `__closure__` tuple; a cell that is a
+                // root (a frame's cell variable) is the variable itself.
+                let in_closure = above(1)
+                    .and_then(|link| link.object)
+                    .is_some_and(|(_, above_type)| above_type == self.namer.tuple_type);
+                return Some(self.id_of(if in_closure { ".cell_contents" } else { "" }));
+            }
             return self.own_step(read, parent.word, object, object_type);
         }
         let above_parent = above(1)?;
@@ -206,10 +214,18 @@ impl<'a> StepNamer<'a> {
     /// keys name the attributes.
     fn own_step(&mut self, read: &mut Read<'_>, word: u64, object: u64, object_type: u64) -> Option<u32> {
         let facts = self.type_facts(read, object_type)?;
-        // A cell holds its contents and nothing else: a closure's variable is the cell's
-        // name.
-        if self.is_dict_slot(word, object, facts) || object_type == self.namer.cell_type {
+        if self.is_dict_slot(word, object, facts) {
             return Some(self.id_of(""));
+        }
+        if object_type == self.namer.function_type {
+            let defaults = object + self.namer.layout.paths.function_defaults;
+            let attribute = match word.checked_sub(defaults)? {
+                0 => ".__defaults__",
+                8 => ".__kwdefaults__",
+                16 => ".__closure__",
+                _ => return None,
+            };
+            return Some(self.id_of(attribute));
         }
         let (flags, _) = facts;
         if object_type == self.namer.tuple_type || flags & TYPE_FLAG_TUPLE_SUBCLASS != 0 {

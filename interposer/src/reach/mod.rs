@@ -138,6 +138,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         let mut object_offsets = vec![0u8; count];
         let mut reference_offsets = vec![0u8; count];
         let mut list_items: Vec<(u64, u64)> = Vec::new();
+        let mut zombie_frames: Vec<usize> = Vec::new();
         let mut next_chunks = std::mem::take(&mut blocks.next_chunks);
         next_chunks.fill(NOT_READ);
         {
@@ -213,6 +214,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 if let Some(items) = object.list_items {
                     list_items.push(items);
                 }
+                if object.zombie_frame {
+                    zombie_frames.push(index);
+                }
             }
         }
         for (index, offset) in next_chunks.iter_mut().enumerate() {
@@ -223,6 +227,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         blocks.next_chunks = next_chunks;
         blocks.object_offsets = object_offsets;
         blocks.reference_offsets = reference_offsets;
+        for index in zombie_frames {
+            blocks.scan_limits[index] = 0;
+        }
         for (items, in_use) in list_items {
             if let Ok(items_index) = blocks.addresses.binary_search(&items) {
                 blocks.scan_limits[items_index] = blocks.scan_limits[items_index].min(in_use);
@@ -290,6 +297,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     // Only when naming. Per block reached from another: where in that block the word that
     // reached it lies (`u32::MAX`: too far in to say).
     let mut reached_at: Vec<u32> = if naming { vec![0; count] } else { Vec::new() };
+    // Only when naming. Per block: first reached while reading the current level (so it is
+    // in the next one).
+    let mut queued: Vec<bool> = if naming { vec![false; count] } else { Vec::new() };
     let mut holder_names: Vec<Holder> = Vec::new();
     let mut level_bits = vec![0u64; count.div_ceil(64)];
     // Per block: the pointers to its start the flood read (from roots and reached blocks).
@@ -305,7 +315,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                      from: u8,
                      (label, from_block, at): (u32, u32, u32),
                      state: &mut Vec<u8>,
-                     (holder, reached_at): (&mut Vec<(u32, u32)>, &mut Vec<u32>),
+                     (holder, reached_at, queued): (&mut Vec<(u32, u32)>, &mut Vec<u32>, &mut Vec<bool>),
                      work: &mut VecDeque<usize>| {
             if let Some((index, pointer)) = blocks.find(value) {
                 if pointer == Pointer::Start {
@@ -323,7 +333,16 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                         holder[index] = (label, from_block);
                         reached_at[index] = at;
                     }
+                    if naming {
+                        queued[index] = true;
+                    }
                     work.push_back(index);
+                } else if naming && queued[index] && label != 0 && label < holder[index].0 {
+                    // Reached again at the same distance: the name met first in the roots'
+                    // order (`__main__`'s before other modules') holds it, whatever the
+                    // addresses of the blocks it was reached through.
+                    holder[index] = (label, from_block);
+                    reached_at[index] = at;
                 }
             }
         };
@@ -359,7 +378,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             REACHABLE,
                             (label, 0, 0),
                             &mut state,
-                            (&mut holder, &mut reached_at),
+                            (&mut holder, &mut reached_at, &mut queued),
                             &mut work,
                         );
                     }
@@ -375,7 +394,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             REACHABLE,
                             (register_holder, 0, 0),
                             &mut state,
-                            (&mut holder, &mut reached_at),
+                            (&mut holder, &mut reached_at, &mut queued),
                             &mut work,
                         );
                     }
@@ -393,7 +412,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                                 REACHABLE,
                                 (label, 0, 0),
                                 &mut state,
-                                (&mut holder, &mut reached_at),
+                                (&mut holder, &mut reached_at, &mut queued),
                                 &mut work,
                             )
                         });
@@ -408,6 +427,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 level.clear();
                 level.extend(work.drain(..));
                 sort_level(&mut level, &mut level_bits);
+                if naming {
+                    level.iter().for_each(|&index| queued[index] = false);
+                }
                 for (position, &index) in level.iter().enumerate() {
                     if !marker.tick() {
                         break;
@@ -422,7 +444,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             from,
                             (label, index as u32 + 1, at),
                             &mut state,
-                            (&mut holder, &mut reached_at),
+                            (&mut holder, &mut reached_at, &mut queued),
                             &mut work,
                         )
                     });

@@ -45,8 +45,11 @@ pub struct Symbols {
     /// `PyTuple_Type`, `PyLong_Type`: what the names of retention-path steps read.
     pub tuple_type: usize,
     pub long_type: usize,
-    /// `PyCell_Type`: a cell holds one reference, its contents.
+    /// `PyCell_Type`: a cell holds one reference, its contents. `PyFunction_Type`.
     pub cell_type: usize,
+    pub function_type: usize,
+    /// `PyFrame_Type`: 3.9 and 3.10 keep a finished frame per code object for reuse.
+    pub frame_type: usize,
     pub eval_loop_start: usize,
     pub eval_loop_size: usize,
     /// `PyGILState_GetThisThreadState`: the thread state bound to the calling OS thread.
@@ -119,6 +122,8 @@ pub fn find_symbols() -> Option<Symbols> {
         tuple_type: symbol(c"PyTuple_Type"),
         long_type: symbol(c"PyLong_Type"),
         cell_type: symbol(c"PyCell_Type"),
+        function_type: symbol(c"PyFunction_Type"),
+        frame_type: symbol(c"PyFrame_Type"),
         main_interpreter: thread_state_getter(c"PyInterpreterState_Main"),
         thread_head: {
             let address = symbol(c"PyInterpreterState_ThreadHead");
