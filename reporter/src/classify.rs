@@ -38,6 +38,12 @@ pub struct StackTally {
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
     pub allocator: AllocKind,
+    /// Lost, and made by an extension's module init, which the import machinery runs once
+    /// (its stack's, or its structure's root's, innermost Python frame is importlib's): one-
+    /// time set-up of an imported module that nothing refers to, such as the type specs
+    /// pyo3 loses once per class. Code a module runs at import (a Python loop calling a C
+    /// function that leaks) is not.
+    pub import_once: bool,
 }
 
 impl StackTally {
@@ -142,6 +148,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
             references: References::default(),
             tally: Tally::default(),
             allocator: block.kind,
+            import_once: false,
         });
         group.tally.add(1, block.size);
         if let Some(facts) = trace.lost.get(&block.address).filter(|f| f.leaked_references() > 0) {
@@ -153,6 +160,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
         }
     }
     let mut groups: Vec<(TallyKey, StackTally)> = groups.into_iter().collect();
+    mark_import_once(trace, &mut groups);
     groups.sort_by_key(|(key, _)| {
         (
             key.stack,
@@ -164,6 +172,21 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
         )
     });
     groups.into_iter().map(|(_, group)| group).collect()
+}
+
+/// Sets [`StackTally::import_once`] on the lost counts whose judged stack an extension's
+/// module init made.
+fn mark_import_once(trace: &Trace, groups: &mut [(TallyKey, StackTally)]) {
+    let mut by_init: HashMap<u64, bool, BuildHasherDefault<AddressHasher>> = HashMap::default();
+    for (_, tally) in groups.iter_mut() {
+        if !tally.class.is_some_and(|class| Class::of(Some(class)).is_leak()) {
+            continue;
+        }
+        let judged = tally.judged_stack();
+        tally.import_once = *by_init
+            .entry(judged)
+            .or_insert_with(|| trace.allocated_by_module_init(judged));
+    }
 }
 
 /// The distinct stacks of `tallies` and of the structures they are part of, in order.

@@ -142,7 +142,7 @@ pub fn site_rows(report: &Report) -> Vec<SiteRow> {
     report
         .leaks
         .iter()
-        .filter(|l| l.class.is_leak() && !l.runtime_leftover)
+        .filter(|l| l.is_listed_leak())
         .map(|leak| SiteRow {
             site: Site::of(leak),
             kind: leak.class,

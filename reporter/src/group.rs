@@ -28,9 +28,9 @@ pub fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame>
 }
 
 /// What makes a row: its class when its blocks did not leak (reachable blocks and garbage
-/// awaiting collection make rows apart), whether the runtime left them, whether they were
-/// inherited, and the frames [`row_key`] keeps.
-pub type RowKey = (Option<Class>, bool, bool, Vec<Frame>);
+/// awaiting collection make rows apart), whether the runtime left them, whether an import
+/// made them once, whether they were inherited, and the frames [`row_key`] keeps.
+pub type RowKey = (Option<Class>, bool, bool, bool, Vec<Frame>);
 
 /// `class`, when it is no leak.
 pub fn not_leaked(class: Class) -> Option<Class> {
@@ -42,6 +42,7 @@ pub fn row_of_item(item: &Attributed, roles: &Roles, group_by: GroupBy) -> RowKe
     (
         not_leaked(Class::of(item.tally.class)),
         item.leftover,
+        item.import_once,
         item.tally.inherited,
         row_key(item.judged_frames, roles, group_by),
     )
@@ -52,6 +53,7 @@ pub fn row_of_leak(row: &Leak, roles: &Roles, group_by: GroupBy) -> RowKey {
     (
         not_leaked(row.class),
         row.runtime_leftover,
+        row.import_once,
         row.inherited,
         row_key(&row.frames, roles, group_by),
     )
@@ -127,6 +129,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options, object_typ
                         python: None,
                     },
                     runtime_leftover: item.leftover,
+                    import_once: item.import_once,
                     inherited,
                     also_in: Vec::new(),
                     roots: Tally::default(),
@@ -207,7 +210,7 @@ pub fn group(listed: &[Attributed], roles: &Roles, options: &Options, object_typ
         }
         row.owner = owner_of(&row.frames, roles);
     }
-    let is_leak = |row: &Leak| row.class.is_leak() && !row.runtime_leftover;
+    let is_leak = |row: &Leak| row.is_listed_leak();
     rows.sort_by(|a, b| {
         is_leak(b)
             .cmp(&is_leak(a))
@@ -280,6 +283,7 @@ mod tests {
             references: Default::default(),
             tally: Tally { blocks, bytes },
             allocator: AllocKind::Malloc,
+            import_once: false,
         }
     }
 
@@ -292,6 +296,7 @@ mod tests {
                 judged_frames: &stacks[t.stack as usize],
                 reachable: t.class == Some(LeakClass::Reachable),
                 leftover: false,
+                import_once: false,
             })
             .collect()
     }

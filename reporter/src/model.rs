@@ -158,6 +158,9 @@ pub struct Leak {
     pub owner: Owner,
     /// Allocated by the runtime alone (listed only with `--show-leftovers`).
     pub runtime_leftover: bool,
+    /// One-time set-up of imported modules that nothing refers to (listed only with
+    /// `--show-leftovers`).
+    pub import_once: bool,
     /// Every block of the row was inherited from the parent at a fork (allocated before it).
     pub inherited: bool,
     /// In a multi-process report: the pids of the forked processes whose identical inherited
@@ -264,6 +267,12 @@ pub struct TestShare {
 }
 
 impl Leak {
+    /// A row of leaked blocks the report counts as a leak (not a leftover of the runtime or
+    /// of an import).
+    pub fn is_listed_leak(&self) -> bool {
+        self.class.is_leak() && !self.runtime_leftover && !self.import_once
+    }
+
     /// The stacks of the row's roots, then of their parts: every leaked byte of the row under
     /// the stack that allocated it.
     pub fn all_stacks(&self) -> impl Iterator<Item = &StackRow> {
@@ -301,6 +310,9 @@ pub struct Summary {
     pub collectable: Tally,
     /// Not reachable, but allocated by the C runtime or the interpreter alone.
     pub runtime_leftovers: Tally,
+    /// Lost, but made once while a module was imported (see
+    /// [`crate::classify::StackTally::import_once`]).
+    pub import_once: Tally,
     pub suppressed: Tally,
     /// Blocks a forked child inherited and never judged: it ended before its exit scan
     /// (killed, as pools terminate their workers, or with the scan off). They were its

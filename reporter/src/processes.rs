@@ -26,6 +26,7 @@ pub fn same_leak(parent: &Leak, child: &Leak) -> bool {
         && parent.blocks == child.blocks
         && parent.allocator == child.allocator
         && parent.runtime_leftover == child.runtime_leftover
+        && parent.import_once == child.import_once
         && parent.stacks.len() == child.stacks.len()
         && parent
             .stacks
@@ -124,6 +125,7 @@ mod tests {
                 python: None,
             },
             runtime_leftover: false,
+            import_once: false,
             inherited,
             also_in: Vec::new(),
             roots: Tally { blocks: 1, bytes },

@@ -27,6 +27,8 @@ pub struct Attributed<'a> {
     pub reachable: bool,
     /// Allocated by the runtime alone.
     pub leftover: bool,
+    /// One-time set-up of an imported module (see [`StackTally::import_once`]).
+    pub import_once: bool,
 }
 
 /// The summary of every count, and the counts to list (in the order of `tallies`).
@@ -63,6 +65,9 @@ pub fn attribute<'a>(
         } else if suppress::matching(&options.suppressions, judged_frames).is_some() {
             summary.suppressed.add(blocks, bytes);
             false
+        } else if tally.import_once {
+            summary.import_once.add(blocks, bytes);
+            options.show_leftovers
         } else {
             match tally.class {
                 Some(LeakClass::DefinitelyLost) => summary.definitely_lost.add(blocks, bytes),
@@ -79,6 +84,7 @@ pub fn attribute<'a>(
                 judged_frames,
                 reachable,
                 leftover,
+                import_once: tally.import_once && !reachable && !leftover,
             });
         }
     }
@@ -133,6 +139,7 @@ mod tests {
                 bytes: blocks * 10,
             },
             allocator: AllocKind::Malloc,
+            import_once: false,
         };
         let tallies = [
             count(1, Some(LeakClass::DefinitelyLost), 1),
@@ -151,6 +158,11 @@ mod tests {
             StackTally {
                 inherited: true,
                 ..count(1, Some(LeakClass::DefinitelyLost), 8)
+            },
+            // Lost set-up an import made once: neither listed nor leaked by default.
+            StackTally {
+                import_once: true,
+                ..count(1, Some(LeakClass::DefinitelyLost), 9)
             },
         ];
         let roles = Roles {
@@ -174,25 +186,28 @@ mod tests {
         assert_eq!(summary.suppressed, tally(5));
         assert_eq!(summary.indirectly_lost, tally(6));
         assert_eq!(summary.possibly_lost, Tally::default());
+        assert_eq!(summary.import_once, tally(9));
+        assert_eq!(summary.leaked_bytes(), (1 + 8 + 3 + 6) * 10);
         let blocks: Vec<u64> = listed.iter().map(|a| a.tally.tally.blocks).collect();
         assert_eq!(blocks, [1, 3, 6, 8]);
 
         options.show_reachable = true;
         options.show_leftovers = true;
         let (_, listed) = attribute(&tallies, &merged, &roles, &options);
-        let flags: Vec<(u64, bool, bool)> = listed
+        let flags: Vec<(u64, bool, bool, bool)> = listed
             .iter()
-            .map(|a| (a.tally.tally.blocks, a.reachable, a.leftover))
+            .map(|a| (a.tally.tally.blocks, a.reachable, a.leftover, a.import_once))
             .collect();
         assert_eq!(
             flags,
             [
-                (1, false, false),
-                (2, true, false),
-                (3, false, false),
-                (4, false, true),
-                (6, false, false),
-                (8, false, false)
+                (1, false, false, false),
+                (2, true, false, false),
+                (3, false, false, false),
+                (4, false, true, false),
+                (6, false, false, false),
+                (8, false, false, false),
+                (9, false, false, true)
             ]
         );
     }

@@ -155,6 +155,7 @@ struct LeakView<'a> {
     blocks: u64,
     allocator: &'static str,
     runtime_leftover: bool,
+    import_once: bool,
     /// Written only on a fork child's inherited rows (`true`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     inherited: bool,
@@ -337,6 +338,7 @@ impl<'a> LeakView<'a> {
             blocks: leak.blocks,
             allocator: leak.allocator.name(),
             runtime_leftover: leak.runtime_leftover,
+            import_once: leak.import_once,
             inherited: leak.inherited,
             also_in: &leak.also_in,
             classes: leak
@@ -470,6 +472,7 @@ mod tests {
                     python: Some(frames[1].clone()),
                 },
                 runtime_leftover: false,
+                import_once: false,
                 inherited: true,
                 also_in: vec![2],
                 roots: Tally { blocks: 1, bytes: 1 },

@@ -147,6 +147,9 @@ pub fn to_text(report: &Report) -> String {
         if leak.runtime_leftover {
             what.push_str(", left by the runtime");
         }
+        if leak.import_once {
+            what.push_str(", made once by an import");
+        }
         if leak.inherited {
             // Allocated before the fork: the parent's code, not this process's.
             let parent = report.header.fork.as_ref().map(|f| f.parent_pid).unwrap_or_default();
@@ -428,6 +431,11 @@ fn summary_text(out: &mut String, report: &Report) {
             "left by the runtime",
             summary.runtime_leftovers,
             " (allocated by the C runtime or the interpreter alone; --show-leftovers lists them)",
+        ),
+        (
+            "made once by imports",
+            summary.import_once,
+            " (lost one-time set-up of imported modules, such as pyo3's type specs; --show-leftovers lists them)",
         ),
         ("suppressed", summary.suppressed, ""),
         (

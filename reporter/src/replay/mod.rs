@@ -345,6 +345,20 @@ impl Trace {
         }
     }
 
+    /// Whether stack `leaf` was made by native code the import machinery itself called (an
+    /// extension's module init, `PyInit_*` or its exec slot): its innermost Python frame is
+    /// importlib's. Code a module runs at import (a loop calling a C function) is not.
+    pub fn allocated_by_module_init(&self, leaf: u64) -> bool {
+        self.stack(leaf).iter().find_map(|node| match node.frame {
+            Frame::Python { code_id, .. } => Some(
+                self.python_codes
+                    .get(&code_id)
+                    .is_some_and(|code| is_importlib_file(&code.filename)),
+            ),
+            Frame::Native { .. } | Frame::PythonEntry => None,
+        }) == Some(true)
+    }
+
     /// Whether stack `leaf` runs through importlib (every import of a Python module or an
     /// extension does, `PyInit_*` included).
     fn allocated_during_import(&self, leaf: u64) -> bool {

@@ -86,7 +86,8 @@ function summaryTable(s) {
     ['definitely lost', s.definitely_lost], ['indirectly lost', s.indirectly_lost],
     ['unclassified', s.unclassified], ['possibly lost', s.possibly_lost], ['reachable', s.reachable],
     ['awaiting garbage collection', s.collectable || { bytes: 0, blocks: 0 }],
-    ['runtime leftovers', s.runtime_leftovers], ['suppressed', s.suppressed],
+    ['runtime leftovers', s.runtime_leftovers],
+    ['made once by imports', s.import_once || { bytes: 0, blocks: 0 }], ['suppressed', s.suppressed],
     ['inherited, not judged', s.inherited_unjudged],
   ];
   return el('table', { class: 'summary' },
@@ -272,6 +273,7 @@ function leakSection(doc, index) {
   if (s.reachable.blocks) about.push(`still reachable at exit: ${amount(s.reachable.bytes, s.reachable.blocks)} (--show-reachable lists them)`);
   if (s.collectable && s.collectable.blocks) about.push(`awaiting garbage collection: ${amount(s.collectable.bytes, s.collectable.blocks)} (Python reference cycles nothing else refers to, not leaks)`);
   if (s.runtime_leftovers.blocks) about.push(`left by the C runtime or the interpreter alone: ${amount(s.runtime_leftovers.bytes, s.runtime_leftovers.blocks)} (--show-leftovers lists them)`);
+  if (s.import_once && s.import_once.blocks) about.push(`made once by imports: ${amount(s.import_once.bytes, s.import_once.blocks)} (lost one-time set-up of imported modules; --show-leftovers lists them)`);
   if (s.suppressed.blocks) about.push(`suppressed: ${amount(s.suppressed.bytes, s.suppressed.blocks)}`);
   if (s.inherited_unjudged && s.inherited_unjudged.blocks) about.push(`inherited, not judged: ${amount(s.inherited_unjudged.bytes, s.inherited_unjudged.blocks)} (the process ended before its exit scan; its parent's report judges them)`);
   if (doc.inherited_shown_elsewhere) {
