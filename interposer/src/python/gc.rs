@@ -6,7 +6,8 @@
 //!   weak references);
 //! - lists, whose item array is scanned only up to the items in use: the slots past them
 //!   keep stale pointers to objects long gone, whose memory may now be another block; and
-//!   frames kept for reuse (3.9, 3.10), which hold only such stale pointers;
+//!   objects whose reference count is 0 (on a free list for reuse, or being deallocated),
+//!   which hold only such stale pointers;
 //! - immortal objects (3.12+), which the interpreter keeps for the life of the process by
 //!   design (interned strings, for one) and which are therefore roots, not leaks.
 //!
@@ -44,9 +45,11 @@ pub struct FoundObject {
     pub immortal: bool,
     /// For a list: its item array and the bytes of it in use.
     pub list_items: Option<(u64, u64)>,
-    /// A finished frame kept for reuse (3.9, 3.10): it holds no reference, only the stale
-    /// pointers of its last run.
-    pub zombie_frame: bool,
+    /// A garbage-collected object with a reference count of 0 that the collector does not
+    /// track: kept on a free list for reuse (a list, a dict, a tuple; a finished frame in 3.9
+    /// and 3.10) or being deallocated. It holds no reference, only the stale pointers of its
+    /// last life (a list's old item array, whose memory may now be another block).
+    pub dead: bool,
     /// The type of a garbage-collected object.
     pub gc_type: Option<u64>,
     /// The object's type (garbage-collected or not).
@@ -63,8 +66,6 @@ pub struct GcObjects {
     type_type: u64,
     list_type: u64,
     unicode_type: u64,
-    /// `PyFrame_Type` where frames are kept for reuse (3.9, 3.10), else 0.
-    frame_type: u64,
     preheader_flags: u64,
     has_immortal_objects: bool,
     dict_values_prefix: bool,
@@ -103,15 +104,13 @@ impl GcObjects {
         } else {
             None
         };
-        let zombie_frame = self.frame_type != 0
-            && gc_type.is_some_and(|(type_address, _)| type_address == self.frame_type)
-            && read(object) == Some(0);
+        let dead = garbage_collected && read(object) == Some(0) && read(block + gc_header(offset).start) == Some(0);
         Some(FoundObject {
             offset,
             garbage_collected,
             immortal,
             list_items,
-            zombie_frame,
+            dead,
             gc_type: gc_type.map(|(type_address, _)| type_address),
             type_address: gc_type
                 .map(|(type_address, _)| type_address)
@@ -276,11 +275,6 @@ pub fn objects() -> Option<GcObjects> {
         type_type: interpreter.symbols.type_type as u64,
         list_type: interpreter.symbols.list_type as u64,
         unicode_type: interpreter.symbols.unicode_type as u64,
-        frame_type: if interpreter.layout.zombie_frames {
-            interpreter.symbols.frame_type as u64
-        } else {
-            0
-        },
         preheader_flags: interpreter.layout.gc_preheader_flags,
         has_immortal_objects: interpreter.layout.has_immortal_objects,
         dict_values_prefix: interpreter.layout.dict_values_prefix,

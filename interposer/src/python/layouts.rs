@@ -105,9 +105,6 @@ pub struct Layout {
     /// 3.12+: objects whose reference count (low 32 bits, as a signed number) is negative
     /// are immortal: the interpreter keeps them for the life of the process by design.
     pub has_immortal_objects: bool,
-    /// 3.9–3.10: a code object keeps its last finished frame for reuse (`co_zombieframe`),
-    /// with a reference count of 0 and the stale pointers of its last run.
-    pub zombie_frames: bool,
     /// 3.11–3.12: a managed dict's values live in a block of their own, referenced past an
     /// insertion-order prefix whose last byte is the prefix's size (`new_values` in
     /// Objects/dictobject.c).
@@ -212,7 +209,6 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: 0,
         has_immortal_objects: false,
-        zombie_frames: true,
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 264,
@@ -249,7 +245,6 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: 0,
         has_immortal_objects: false,
-        zombie_frames: true,
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 280,
@@ -298,7 +293,6 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT,
         has_immortal_objects: false,
-        zombie_frames: false,
         dict_values_prefix: true,
         locals: LocalsLayout {
             thread_state_size: 360,
@@ -342,7 +336,6 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: false,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
-        zombie_frames: false,
         dict_values_prefix: true,
         locals: LocalsLayout {
             thread_state_size: 288,
@@ -383,7 +376,6 @@ pub static LAYOUTS: [Layout; 5] = [
         debug_offsets: true,
         gc_preheader_flags: TYPE_FLAG_MANAGED_DICT | TYPE_FLAG_MANAGED_WEAKREF,
         has_immortal_objects: true,
-        zombie_frames: false,
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 336,

@@ -138,7 +138,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         let mut object_offsets = vec![0u8; count];
         let mut reference_offsets = vec![0u8; count];
         let mut list_items: Vec<(u64, u64)> = Vec::new();
-        let mut zombie_frames: Vec<usize> = Vec::new();
+        let mut dead_objects: Vec<usize> = Vec::new();
         let mut next_chunks = std::mem::take(&mut blocks.next_chunks);
         next_chunks.fill(NOT_READ);
         {
@@ -214,8 +214,8 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 if let Some(items) = object.list_items {
                     list_items.push(items);
                 }
-                if object.zombie_frame {
-                    zombie_frames.push(index);
+                if object.dead {
+                    dead_objects.push(index);
                 }
             }
         }
@@ -227,7 +227,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         blocks.next_chunks = next_chunks;
         blocks.object_offsets = object_offsets;
         blocks.reference_offsets = reference_offsets;
-        for index in zombie_frames {
+        for index in dead_objects {
             blocks.scan_limits[index] = 0;
         }
         for (items, in_use) in list_items {

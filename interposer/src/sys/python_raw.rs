@@ -48,8 +48,6 @@ pub struct Symbols {
     /// `PyCell_Type`: a cell holds one reference, its contents. `PyFunction_Type`.
     pub cell_type: usize,
     pub function_type: usize,
-    /// `PyFrame_Type`: 3.9 and 3.10 keep a finished frame per code object for reuse.
-    pub frame_type: usize,
     pub eval_loop_start: usize,
     pub eval_loop_size: usize,
     /// `PyGILState_GetThisThreadState`: the thread state bound to the calling OS thread.
@@ -123,7 +121,6 @@ pub fn find_symbols() -> Option<Symbols> {
         long_type: symbol(c"PyLong_Type"),
         cell_type: symbol(c"PyCell_Type"),
         function_type: symbol(c"PyFunction_Type"),
-        frame_type: symbol(c"PyFrame_Type"),
         main_interpreter: thread_state_getter(c"PyInterpreterState_Main"),
         thread_head: {
             let address = symbol(c"PyInterpreterState_ThreadHead");
