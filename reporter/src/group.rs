@@ -12,17 +12,32 @@ use crate::attribute::Attributed;
 use crate::model::{Class, Frame, FrameKind, GroupBy, Leak, ObjectShare, Omitted, Owner, Part, StackRow, Tally};
 use crate::options::Options;
 
+/// The frames from the allocation to the owner (the innermost frame of the program or a
+/// library outside the runtime), inclusive: a growth site's native part.
+pub fn site_frames(frames: &[Frame], roles: &Roles) -> Vec<Frame> {
+    frames
+        .iter()
+        .take(roles.owner(frames).map_or(1, |owner| owner + 1))
+        .cloned()
+        .collect()
+}
+
 /// The frames that decide which row a stack joins.
 pub fn row_key(frames: &[Frame], roles: &Roles, group_by: GroupBy) -> Vec<Frame> {
     match group_by {
         GroupBy::Stack => frames.to_vec(),
         // The site is where the owner asked for the memory: an extension calling
-        // `PyList_New` at two lines leaks twice, not once inside `PyList_New`.
-        GroupBy::Site => frames
-            .iter()
-            .take(roles.owner(frames).map_or(1, |owner| owner + 1))
-            .cloned()
-            .collect(),
+        // `PyList_New` at two lines leaks twice, not once inside `PyList_New`; and a list
+        // `PyList_New` made fresh or took from its free list (whose recorded stack starts at
+        // the caller) leaks at the same site. The frames between are the runtime's.
+        // Memory only the runtime allocated, for a Python line: that line.
+        GroupBy::Site => {
+            let at = roles
+                .owner(frames)
+                .or_else(|| frames.iter().position(|frame| frame.kind == FrameKind::Python))
+                .unwrap_or(0);
+            frames[at.min(frames.len())..].iter().take(1).map(line_of).collect()
+        }
         GroupBy::Frames(n) => frames.iter().take(n).cloned().collect(),
     }
 }
@@ -94,9 +109,21 @@ fn part_owner(frames: &[Frame], roles: &Roles) -> Owner {
     match made_by_python {
         Some(python) => Owner {
             frame: None,
-            python: Some(python.clone()),
+            python: Some(line_of(python)),
         },
         None => owner_of(frames, roles),
+    }
+}
+
+/// A frame as a row or part is keyed by: a Python frame is its line, whichever of the line's
+/// instructions ran (a specializing interpreter runs a line's first calls through others).
+fn line_of(frame: &Frame) -> Frame {
+    match frame.kind {
+        FrameKind::Python => Frame {
+            address: None,
+            ..frame.clone()
+        },
+        _ => frame.clone(),
     }
 }
 

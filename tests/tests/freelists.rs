@@ -132,3 +132,35 @@ fn objects_an_extension_takes_off_free_lists_are_blamed_on_the_extension() {
         }
     }
 }
+
+/// Lists an extension leaks at one line, some taken off the free list and some freshly
+/// allocated (their recorded stacks differ below the extension's frame), are one row: the
+/// extension's line, with every block.
+#[test]
+fn objects_from_the_free_list_and_fresh_ones_leaked_at_one_line_are_one_row() {
+    for python in pythons() {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("freelists-mixed-{label}"));
+        python.build_extension(&fixture("births.c"), "births", &scratch.path);
+        std::fs::copy(fixture("mixed.py"), scratch.join("mixed.py")).unwrap();
+        let report = report_json(&python.run_script_traced(&scratch, "mixed.py", &label));
+        let line = line_of("freelists/births.c", "@births_list");
+        assert_leak(&report, "leak_list", "births.c", line, 40 * 56, 40);
+        let row = leaks_in(&report, "leak_list")[0];
+        assert_eq!(
+            row["owner"]["python"]["line"].as_u64(),
+            Some(line_of("freelists/mixed.py", "@births_mixed_call")),
+            "{label}: {row:#}"
+        );
+        let allocators: Vec<&str> = row["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|stack| stack["frames"][0]["function"].as_str())
+            .collect();
+        // Both ways, so the row does join two kinds of stack: the birth's, recorded from the
+        // extension's frame, and the allocator's.
+        assert_eq!(allocators.len(), 2, "{label}: {row:#}");
+        assert!(allocators.contains(&"leak_list"), "{label}: {allocators:?}");
+    }
+}

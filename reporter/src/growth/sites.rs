@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use super::timeline::{StackSeries, Timeline};
 use crate::attribute::roles::Roles;
 use crate::group;
-use crate::model::{Frame, GroupBy, Owner, Tally};
+use crate::model::{Frame, Owner, Tally};
 use crate::replay::Trace;
 use crate::symbolize::{merge, SymbolTable, Symbolizer};
 
@@ -40,7 +40,7 @@ pub struct WindowSite {
 /// The frames that decide a stack's site: the leak report's site, and the Python line that
 /// called it when that is further out.
 pub fn site_key(frames: &[Frame], roles: &Roles) -> Vec<Frame> {
-    let mut key = group::row_key(frames, roles, GroupBy::Site);
+    let mut key = group::site_frames(frames, roles);
     let owner = roles.owner(frames);
     if let Some(line) = roles.calling_python_line(frames, owner) {
         if line >= key.len() {
