@@ -1,6 +1,4 @@
-//! What the scans need of the interpreter's threads: the stale part of their frame chunks,
-//! which is no root, and names for what running threads hold in their frames, read by the
-//! scan made when
+//! Names for what running threads hold in their frames, read by the scan made when
 //! finalisation begins: each local variable (fast locals, cells and free variables) of each
 //! frame of each thread still running then — daemon threads, the only ones left at that
 //! point — named `module.function.<locals>.name`, the way Python names what a function
@@ -23,15 +21,6 @@ const THREAD_NEXT: u64 = 8;
 const THREAD_INTERPRETER: u64 = 16;
 /// `PyVarObject.ob_size` of a tuple.
 const TUPLE_SIZE: u64 = 16;
-/// `_PyStackChunk`: `previous`, `size` (bytes, the header included), `top` (slots in use when
-/// a newer chunk was pushed), then the slots.
-const CHUNK_PREVIOUS: u64 = 0;
-const CHUNK_SIZE: u64 = 8;
-const CHUNK_TOP: u64 = 16;
-const CHUNK_SLOTS: u64 = 24;
-/// Chunks followed per thread, and the largest chunk believed.
-const MAX_CHUNKS: usize = 256;
-const MAX_CHUNK_BYTES: u64 = 1 << 30;
 
 /// The thread states of the main interpreter, `(interpreter, first)`: those of its list from
 /// `first`, then those among `blocks` (live blocks of a thread state's size) whose
@@ -59,49 +48,6 @@ fn thread_states(read: &mut Read<'_>, (interpreter, first): (u64, u64), blocks: 
 /// The size of the blocks that may be thread states of the interpreter in the process.
 pub fn thread_state_size() -> Option<u64> {
     Some(super::interpreter()?.layout.locals.thread_state_size)
-}
-
-/// The parts of the interpreter's frame chunks (3.11+) that no live frame uses: from each
-/// thread's top of stack to its chunk's end, and the same in the older chunks below it. They
-/// hold the stale pointers of frames that returned, which are no roots. `blocks`: the live
-/// blocks of [`thread_state_size`].
-pub fn stale_stack_ranges(read: &mut Read<'_>, blocks: &[u64]) -> Vec<(u64, u64)> {
-    let Some(interpreter) = super::interpreter() else {
-        return Vec::new();
-    };
-    let Some(datastack) = interpreter.layout.locals.datastack else {
-        return Vec::new();
-    };
-    let Some(main) = interpreter.symbols.main_interpreter() else {
-        return Vec::new();
-    };
-    let mut ranges = Vec::new();
-    for thread in thread_states(read, (main.0 as u64, main.1 as u64), blocks) {
-        let (Some(mut chunk), Some(mut top)) = (read(thread + datastack), read(thread + datastack + 8)) else {
-            continue;
-        };
-        for _ in 0..MAX_CHUNKS {
-            if chunk == 0 {
-                break;
-            }
-            let Some(size) = read(chunk + CHUNK_SIZE).filter(|&size| size <= MAX_CHUNK_BYTES) else {
-                break;
-            };
-            let end = chunk + size;
-            if top >= chunk + CHUNK_SLOTS && top <= end {
-                ranges.push((top.next_multiple_of(8), end));
-            }
-            let Some(previous) = read(chunk + CHUNK_PREVIOUS) else {
-                break;
-            };
-            let Some(slots_used) = (previous != 0).then(|| read(previous + CHUNK_TOP)).flatten() else {
-                break;
-            };
-            top = previous + CHUNK_SLOTS + slots_used.saturating_mul(8);
-            chunk = previous;
-        }
-    }
-    ranges
 }
 
 impl Namer {

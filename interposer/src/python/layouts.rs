@@ -125,11 +125,6 @@ pub struct LocalsLayout {
     /// `_PyThreadStateImpl`): when finalisation begins, the states of the threads still
     /// running are already off the interpreter's list, but not yet freed.
     pub thread_state_size: u64,
-    /// 3.11+: `PyThreadState.datastack_chunk`, followed by `datastack_top` and
-    /// `datastack_limit`: the frames live in chunks (`_PyStackChunk`: `previous`, `size` in
-    /// bytes, `top` as the slots in use when a newer chunk was pushed, then the slots), and
-    /// every slot from the top up is left from frames that returned.
-    pub datastack: Option<u64>,
     /// The frame's `f_globals` (its module's dict, whose `__name__` names the module).
     pub frame_globals: u64,
     /// The frame's `localsplus` array.
@@ -217,7 +212,6 @@ pub static LAYOUTS: [Layout; 5] = [
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 264,
-            datastack: None,
             frame_globals: 48,
             frame_locals: 360,
             names: LocalNames::ByKind {
@@ -254,7 +248,6 @@ pub static LAYOUTS: [Layout; 5] = [
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 280,
-            datastack: None,
             frame_globals: 48,
             frame_locals: 352,
             names: LocalNames::ByKind {
@@ -303,7 +296,6 @@ pub static LAYOUTS: [Layout; 5] = [
         dict_values_prefix: true,
         locals: LocalsLayout {
             thread_state_size: 360,
-            datastack: Some(296),
             frame_globals: 8,
             frame_locals: 72,
             names: LocalNames::Combined { count: 76, names: 96 },
@@ -347,7 +339,6 @@ pub static LAYOUTS: [Layout; 5] = [
         dict_values_prefix: true,
         locals: LocalsLayout {
             thread_state_size: 288,
-            datastack: Some(232),
             frame_globals: 24,
             frame_locals: 72,
             names: LocalNames::Combined { count: 72, names: 96 },
@@ -388,7 +379,6 @@ pub static LAYOUTS: [Layout; 5] = [
         dict_values_prefix: false,
         locals: LocalsLayout {
             thread_state_size: 336,
-            datastack: Some(232),
             frame_globals: 24,
             frame_locals: 72,
             names: LocalNames::Combined { count: 72, names: 96 },

@@ -120,8 +120,6 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         }
     }
     let mut immortal = Vec::new();
-    // The parts of the interpreter's frame chunks no live frame uses (3.11+).
-    let mut stale_stacks: Vec<(u64, u64)> = Vec::new();
     let mut named_roots: Vec<(u64, String)> = Vec::new();
     // Per block, the id of its object's type (0: none), and where the object starts
     // (`NO_OBJECT`: none); empty when no Python objects are looked for.
@@ -251,25 +249,23 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     .unwrap_or_else(|| format!("type@{address:#x}"))
             })
             .collect();
-        // Blocks that may be thread states: their frames are named, and the stale part of
-        // their frame chunks is no root.
-        let thread_states: Vec<u64> = frame_locals::thread_state_size().map_or_else(Vec::new, |wanted| {
-            blocks
-                .addresses
-                .iter()
-                .zip(&blocks.sizes)
-                .filter(|&(_, &size)| size == wanted)
-                .map(|(&address, _)| address)
-                .collect()
-        });
-        stale_stacks = frame_locals::stale_stack_ranges(&mut read, &thread_states);
         if let Some(namer) = &input.namer {
             named_roots = namer.named_roots(
                 &mut read,
                 &mut |read, address| python.type_flags(read, address),
                 &module_objects,
             );
-            // After the globals: what a global holds keeps the global's name.
+            // After the globals: what a global holds keeps the global's name. Blocks of a
+            // thread state's size may be the states of threads still running.
+            let thread_states: Vec<u64> = frame_locals::thread_state_size().map_or_else(Vec::new, |wanted| {
+                blocks
+                    .addresses
+                    .iter()
+                    .zip(&blocks.sizes)
+                    .filter(|&(_, &size)| size == wanted)
+                    .map(|(&address, _)| address)
+                    .collect()
+            });
             named_roots.extend(namer.frame_roots(&mut read, &thread_states));
         }
     }
@@ -281,7 +277,6 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         input.modules,
         input.own_module,
         input.exiting.as_ref(),
-        &stale_stacks,
         &mut memory,
     );
     summary.root_bytes = roots.bytes();

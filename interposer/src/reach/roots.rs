@@ -144,19 +144,16 @@ fn thread_ids() -> Vec<u32> {
         .collect()
 }
 
-/// Collects the roots. `own_module` is libleak's; `exiting` the thread that called exit;
-/// `stale` ranges known to hold no live pointer (the unused part of the interpreter's frame
-/// chunks).
+/// Collects the roots. `own_module` is libleak's; `exiting` the thread that called exit.
 pub fn collect(
     maps: &[Mapping],
     modules: &[Module],
     own_module: Option<&Module>,
     exiting: Option<&ExitingThread>,
-    stale: &[(u64, u64)],
     memory: &mut MemoryReader,
 ) -> Roots {
     let mut roots = Roots::default();
-    let mut excluded: Vec<(u64, u64)> = stale.to_vec();
+    let mut excluded: Vec<(u64, u64)> = Vec::new();
     if let Some(own) = own_module {
         excluded.extend(writable_segments(own));
     }
