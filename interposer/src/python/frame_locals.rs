@@ -10,17 +10,15 @@
 //! that loops or leads nowhere ends the walk. Per-version facts come from [`super::layouts`].
 
 use super::holders::{Namer, Read};
-use super::layouts::{CurrentFrame, FrameChain, LocalNames, OBJECT_TYPE, OWNED_BY_C_STACK, TUPLE_ITEMS};
+use super::layouts::{
+    CurrentFrame, FrameChain, LocalNames, OBJECT_TYPE, OWNED_BY_C_STACK, THREAD_INTERPRETER, THREAD_NEXT, TUPLE_ITEMS,
+    VAR_OBJECT_SIZE,
+};
 
 /// Threads, frames per thread and variables per frame read at most.
 const MAX_THREADS: usize = 4096;
 const MAX_FRAMES: usize = 1024;
 const MAX_VARIABLES: u64 = 4096;
-/// `PyThreadState.next` and `PyThreadState.interp`.
-const THREAD_NEXT: u64 = 8;
-const THREAD_INTERPRETER: u64 = 16;
-/// `PyVarObject.ob_size` of a tuple.
-const TUPLE_SIZE: u64 = 16;
 
 /// The thread states of the main interpreter, `(interpreter, first)`: those of its list from
 /// `first`, then those among `blocks` (live blocks of a thread state's size) whose
@@ -129,7 +127,8 @@ impl Namer {
             slot += count;
         };
         let count_at = |read: &mut Read<'_>, field: u64| read(code + field).map(|word| word as u32 as i32);
-        let tuple_size = |read: &mut Read<'_>, tuple: u64| read(tuple + TUPLE_SIZE).filter(|&n| n <= MAX_VARIABLES);
+        let tuple_size =
+            |read: &mut Read<'_>, tuple: u64| read(tuple + VAR_OBJECT_SIZE as u64).filter(|&n| n <= MAX_VARIABLES);
         match locals.names {
             LocalNames::ByKind {
                 count,

@@ -439,6 +439,9 @@ pub const TYPE_FLAG_DICT_SUBCLASS: u64 = 1 << 29;
 pub const TYPE_FLAG_INLINE_VALUES: u64 = 1 << 2;
 /// `PyTupleObject.ob_item`: the items, inside the object.
 pub const TUPLE_ITEMS: u64 = 24;
+/// `PyThreadState.next` and `PyThreadState.interp`.
+pub const THREAD_NEXT: u64 = 8;
+pub const THREAD_INTERPRETER: u64 = 16;
 /// The managed `__dict__` pointer of an instance (3.11+), before the object's start.
 pub const MANAGED_DICT_BEFORE_OBJECT: u64 = 24;
 /// 3.13+: where an instance's inline values start (after its `PyObject` head), and the size
