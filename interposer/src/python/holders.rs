@@ -52,6 +52,7 @@ pub fn namer() -> Option<Namer> {
     if symbols.module_type == 0 || symbols.dict_type == 0 {
         return None;
     }
+    let (main_interpreter, first_thread) = symbols.main_interpreter().unwrap_or((0, 0));
     Some(Namer {
         module_type: symbols.module_type as u64,
         dict_type: symbols.dict_type as u64,
@@ -62,10 +63,8 @@ pub fn namer() -> Option<Namer> {
         cell_type: symbols.cell_type as u64,
         function_type: symbols.function_type as u64,
         code_type: symbols.code_type as u64,
-        interpreter: symbols
-            .main_interpreter()
-            .map_or(0, |(interpreter, _)| interpreter as u64),
-        first_thread: symbols.main_interpreter().map_or(0, |(_, first)| first as u64),
+        interpreter: main_interpreter as u64,
+        first_thread: first_thread as u64,
         ascii_data: interpreter.layout.unicode.ascii_data as u64,
         dict_keys: interpreter.layout.dict_keys,
         layout: interpreter.layout,

@@ -349,26 +349,28 @@ impl Trace {
     /// extension's module init, `PyInit_*` or its exec slot): its innermost Python frame is
     /// importlib's. Code a module runs at import (a loop calling a C function) is not.
     pub fn allocated_by_module_init(&self, leaf: u64) -> bool {
-        self.stack(leaf).iter().find_map(|node| match node.frame {
-            Frame::Python { code_id, .. } => Some(
-                self.python_codes
-                    .get(&code_id)
-                    .is_some_and(|code| is_importlib_file(&code.filename)),
-            ),
-            Frame::Native { .. } | Frame::PythonEntry => None,
-        }) == Some(true)
+        self.importlib_frames(leaf).first() == Some(&true)
     }
 
     /// Whether stack `leaf` runs through importlib (every import of a Python module or an
     /// extension does, `PyInit_*` included).
     fn allocated_during_import(&self, leaf: u64) -> bool {
-        self.stack(leaf).iter().any(|node| match node.frame {
-            Frame::Python { code_id, .. } => self
-                .python_codes
-                .get(&code_id)
-                .is_some_and(|code| is_importlib_file(&code.filename)),
-            Frame::Native { .. } | Frame::PythonEntry => false,
-        })
+        self.importlib_frames(leaf).contains(&true)
+    }
+
+    /// For each Python frame of stack `leaf`, innermost first: whether it is importlib's.
+    fn importlib_frames(&self, leaf: u64) -> Vec<bool> {
+        self.stack(leaf)
+            .iter()
+            .filter_map(|node| match node.frame {
+                Frame::Python { code_id, .. } => Some(
+                    self.python_codes
+                        .get(&code_id)
+                        .is_some_and(|code| is_importlib_file(&code.filename)),
+                ),
+                Frame::Native { .. } | Frame::PythonEntry => None,
+            })
+            .collect()
     }
 
     /// The frames of stack `leaf`, innermost first; a [`StackNode::lost`] node last when the
