@@ -323,6 +323,14 @@ impl RecordEncoder {
         }
     }
 
+    /// Before a scan's REACHABILITY: the inherited blocks it left to the parent's trace.
+    pub fn inheritance_left(&mut self, unjudged: u64, scanned: u64) {
+        let out = &mut self.payload;
+        out.push(tag::INHERITANCE_LEFT);
+        put_u64(out, unjudged);
+        put_u64(out, scanned);
+    }
+
     pub fn reachability(&mut self, scan: &Reachability) {
         let out = &mut self.payload;
         out.push(tag::REACHABILITY);

@@ -25,7 +25,7 @@ pub use record::*;
 /// The first eight bytes of every trace file.
 pub const MAGIC: [u8; 8] = *b"LIBLEAK\0";
 /// The version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 /// Size of the file header: magic, version, flags.
 pub const HEADER_LEN: usize = 16;
 /// Size of a chunk's frame: sync marker, compressed length, payload length, CRC-32.

@@ -216,17 +216,35 @@ impl<B: LiveBlock> LiveSet<B> {
 
     /// Calls `each` with every block still live and its address, in no particular order.
     pub fn for_each_live(&self, mut each: impl FnMut(u64, &B)) {
+        // The table is in hash order and the blocks in allocation order, so nearly every
+        // block read misses the caches: a batch's blocks are read one after another, with
+        // nothing in between, so that the misses overlap.
+        let mut addresses = [0u64; LIVE_BATCH];
+        let mut indices = [0u32; LIVE_BATCH];
+        let mut pending = 0;
         for (&address, latest) in &self.by_address {
             if latest.block != FREED {
-                each(address, &self.blocks[latest.block as usize]);
+                addresses[pending] = address;
+                indices[pending] = latest.block;
+                pending += 1;
+                if pending == LIVE_BATCH {
+                    each_of_batch(&self.blocks, &addresses, &indices, &mut each);
+                    pending = 0;
+                }
             }
         }
+        each_of_batch(&self.blocks, &addresses[..pending], &indices[..pending], &mut each);
     }
 
     /// The block live at `address`, if its latest event is an allocation.
     pub fn live_at(&self, address: u64) -> Option<&B> {
         let latest = self.by_address.get(&address)?;
         (latest.block != FREED).then(|| &self.blocks[latest.block as usize])
+    }
+
+    /// Calls `each` with every address an allocation or free was seen at.
+    pub fn for_each_address(&self, mut each: impl FnMut(u64)) {
+        self.by_address.keys().for_each(|&address| each(address));
     }
 
     /// Whether any allocation or free of `address` was seen.
@@ -238,6 +256,19 @@ impl<B: LiveBlock> LiveSet<B> {
     pub fn reserve(&mut self, additional: usize) {
         self.by_address.reserve(additional);
         self.blocks.reserve(additional);
+    }
+}
+
+/// Blocks read together by [`LiveSet::for_each_live`].
+const LIVE_BATCH: usize = 32;
+
+fn each_of_batch<B: LiveBlock>(blocks: &[B], addresses: &[u64], indices: &[u32], each: &mut impl FnMut(u64, &B)) {
+    let mut batch: [Option<B>; LIVE_BATCH] = [None; LIVE_BATCH];
+    for (slot, &index) in batch.iter_mut().zip(indices) {
+        *slot = Some(blocks[index as usize]);
+    }
+    for (&address, block) in addresses.iter().zip(batch.iter().flatten()) {
+        each(address, block);
     }
 }
 

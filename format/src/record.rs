@@ -30,6 +30,7 @@ pub(crate) mod tag {
     pub const OBJECT_TYPES: u8 = 0x16;
     pub const LOST_BLOCKS: u8 = 0x17;
     pub const STEP_NAMES: u8 = 0x18;
+    pub const INHERITANCE_LEFT: u8 = 0x19;
 }
 
 /// Holder kind bytes inside a HOLDERS record.
@@ -105,6 +106,13 @@ pub enum Record {
     /// block, and what each lost Python object is, with its reference count against the
     /// references the scan found to it.
     LostBlocks(Vec<LostBlock>),
+    /// Just before a forked child's REACHABILITY: the scan judged only the blocks the child
+    /// allocated, leaving `unjudged` inherited blocks to the parent's trace (see
+    /// [`Reachability::inherited_unjudged`]); `scanned` of them were read as roots.
+    InheritanceLeft {
+        unjudged: u64,
+        scanned: u64,
+    },
     End(End),
 }
 
@@ -408,6 +416,15 @@ pub struct Reachability {
     /// whole for them, which can only make more blocks reachable.
     pub threads_unknown: u64,
     pub note: String,
+    /// Blocks this process inherited at a fork and still held that the scan did not judge
+    /// (0: it judged every live block). Not part of REACHABILITY: read from the
+    /// INHERITANCE_LEFT record before it. A forked child judges only what it allocated itself
+    /// (its parent's trace judges the rest), reading as roots only the inherited blocks whose
+    /// pages it wrote to since the fork; an inherited block without a class is then not
+    /// judged, rather than reachable.
+    pub inherited_unjudged: u64,
+    /// Of those, the blocks read as roots: on pages this process wrote to since the fork.
+    pub inherited_scanned: u64,
 }
 
 /// Where a forked child's trace starts from: the parent's trace up to the fork.

@@ -316,8 +316,11 @@ print('forked', len(children))\n";
 /// A parent with a large heap forks children that each leak their own amount: each child's
 /// trace holds its own work only (a small fraction of the parent's), the inherited blocks are
 /// read from the parent's trace (every free of one matched), every child's own leak is exact,
-/// and the parent's is shown once. With the parent's trace gone, a child still reports its
-/// own leak exactly and says why its inherited blocks are unknown.
+/// the blocks a child keeps through the parent's structures are no leak, and the parent's leak
+/// is shown once. Past 100,000 inherited blocks a child judges only what it allocated: its scan
+/// reads the inherited blocks on pages it wrote to since the fork, not the 200,000 others, and
+/// counts the inherited blocks as not judged. With the parent's trace gone, a child still
+/// reports its own leak exactly and says why its inherited blocks are unknown.
 #[test]
 fn children_of_a_large_parent_record_only_their_own_work() {
     const BIG: &str = "forks/big_parent.c";
@@ -346,24 +349,72 @@ fn children_of_a_large_parent_record_only_their_own_work() {
         let fork = &child["fork"];
         assert_eq!(fork["inherited_read"], true, "{fork:#}");
         assert_eq!(fork["parent_trace"], parent_path.display().to_string());
-        assert!(fork["inherited_blocks"].as_u64().unwrap() > 200_000, "{fork:#}");
-        // The ten inherited blocks each child freed were read from the parent's trace.
+        let inherited = fork["inherited_blocks"].as_u64().unwrap();
+        assert!(inherited > 200_000, "{fork:#}");
+        // The eleven inherited blocks each child freed were read from the parent's trace.
         assert_eq!(child["totals"]["unmatched_frees"], 0, "{:#}", child["totals"]);
         let own = 1001 * (number as u64 + 1);
         assert_leak(child, "child_leak", BIG, line_of(BIG, "@child_leak"), own, 1);
-        assert_leak(child, "parent_leak", BIG, line_of(BIG, "@parent_leak"), 4321, 1);
-        assert_eq!(leaks_in(child, "parent_leak")[0]["inherited"], true);
-        assert_eq!(child["leaks"].as_array().unwrap().len(), 2, "{child:#}");
+        assert!(
+            leaks_in(child, "kept").is_empty(),
+            "kept through the parent's blocks: {child:#}"
+        );
+        assert_eq!(child["leaks"].as_array().unwrap().len(), 1, "{child:#}");
+        // Its own blocks judged; the inherited ones left to the parent, only those on pages
+        // written since the fork read.
+        let scan = &child["reachability"];
+        assert_eq!(scan["outcome"], "complete", "{child:#}");
+        let still_inherited = inherited - 11;
+        assert_eq!(scan["inherited_unjudged"].as_u64(), Some(still_inherited), "{scan:#}");
+        let read = scan["inherited_scanned"].as_u64().unwrap();
+        assert!(
+            read > 0 && read < 20_000,
+            "{read} of {still_inherited} inherited blocks read: {scan:#}"
+        );
+        assert!(scan["blocks"].as_u64().unwrap() < 20_000, "{scan:#}");
+        assert_eq!(
+            child["summary"]["inherited_unjudged"]["blocks"].as_u64(),
+            Some(still_inherited),
+            "{:#}",
+            child["summary"]
+        );
+        let kept = &child["summary"]["reachable"];
+        assert!(kept["bytes"].as_u64().unwrap() >= 5005 + 6006, "{:#}", child["summary"]);
     }
 
-    // Together: the parent's leak once, naming the three children; each child's own once.
+    // Together: the parent's leak once; each child's own once.
     let together: Value = serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap();
     let processes = together["processes"].as_array().unwrap();
     let parent_rows = rows_of(processes, 4321);
     assert_eq!(parent_rows.len(), 1, "{together:#}");
-    assert_eq!(parent_rows[0].1["also_in"].as_array().map(Vec::len), Some(3));
     for own in [1001, 2002, 3003] {
         assert_eq!(rows_of(processes, own).len(), 1, "{own}: {together:#}");
+    }
+    for kept in [5005, 6006] {
+        assert!(rows_of(processes, kept).is_empty(), "{kept}: {together:#}");
+    }
+
+    // Judging everything (`LIBLEAK_CHILD_SCAN=all`): the parent's leak is found in each child
+    // too, inherited, and shown once, naming the three children.
+    let all = scratch.join("all");
+    std::fs::create_dir_all(&all).unwrap();
+    let output = run(Command::new(scratch.join("fixture"))
+        .env("LD_PRELOAD", libleak_so())
+        .env("LIBLEAK_CHILD_SCAN", "all")
+        .env("LIBLEAK_OUTPUT", format!("{}/", all.display())));
+    assert_eq!(output.status.code(), Some(0));
+    let judged: Value = serde_json::from_str(&report(&all, &["--json", "--limit", "0"])).unwrap();
+    let processes = judged["processes"].as_array().unwrap();
+    let parent_rows = rows_of(processes, 4321);
+    assert_eq!(parent_rows.len(), 1, "{judged:#}");
+    assert_eq!(parent_rows[0].1["also_in"].as_array().map(Vec::len), Some(3));
+    for process in processes.iter().filter(|p| !p["fork"].is_null()) {
+        assert_eq!(process["reachability"]["inherited_unjudged"], 0, "{process:#}");
+        assert!(
+            process["reachability"]["blocks"].as_u64().unwrap() > 190_000,
+            "{process:#}"
+        );
+        assert!(leaks_in(process, "kept").is_empty(), "{process:#}");
     }
 
     // The parent's trace renamed (as `libleak run` delivers traces): still found, by its

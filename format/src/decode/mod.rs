@@ -256,7 +256,12 @@ mod testing {
                 threads: 2,
                 threads_unknown: 1,
                 note: "n".into(),
+                ..Reachability::default()
             }),
+            Record::InheritanceLeft {
+                unjudged: 2_500_000,
+                scanned: 1200,
+            },
             Record::Holders(vec![
                 Holder::Python("app._RESULTS".into()),
                 Holder::RootWord(0x7f00_0000_1000),
@@ -345,6 +350,7 @@ mod testing {
                 Record::ObjectTypes(names) => encoder.object_types(names),
                 Record::StepNames(names) => encoder.step_names(names),
                 Record::LostBlocks(entries) => encoder.lost_blocks(entries),
+                Record::InheritanceLeft { unjudged, scanned } => encoder.inheritance_left(*unjudged, *scanned),
                 Record::End(e) => encoder.end(e),
             }
             if (i + 1) % chunk_every == 0 {

@@ -231,7 +231,12 @@ impl RecordDecoder {
                 threads: c.u64()?,
                 threads_unknown: c.u64()?,
                 note: string(c)?,
+                ..Reachability::default()
             }),
+            tag::INHERITANCE_LEFT => Record::InheritanceLeft {
+                unjudged: c.u64()?,
+                scanned: c.u64()?,
+            },
             tag::FORK => Record::Fork(ForkInfo {
                 parent_pid: u32::try_from(c.u64()?).ok()?,
                 fork_seq: c.u64()?,

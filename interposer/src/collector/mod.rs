@@ -16,6 +16,8 @@
 //! the parent's trace and its length at the fork instead of repeating the blocks the child
 //! inherited: a child's trace holds its own work only.
 
+mod inheritance;
+mod large;
 mod modules;
 mod scans;
 mod stack_tree;
@@ -33,8 +35,10 @@ use libleak_format::{
 };
 
 use crate::batch::{BatchEvent, BatchEvents};
+use crate::config::ChildScan;
 use crate::reach::ExitingThread;
 use crate::sys;
+use large::LargeBlocks;
 use modules::ModuleMap;
 use stack_tree::StackTree;
 use trace_file::TraceFile;
@@ -62,6 +66,9 @@ pub struct ScanSettings {
     pub own_code: u64,
     /// `None` when the scan is turned off.
     pub time_limit: Option<Duration>,
+    /// What a forked child's scan judges: the blocks it inherited too (reading all of them),
+    /// or only its own, leaving the inherited ones to its parent's trace.
+    pub child_scan: ChildScan,
 }
 
 /// How the collector ends the trace.
@@ -193,6 +200,13 @@ pub struct Collector {
     /// written to: a child of a large parent copies none of its pages. A block there is still
     /// live while no later set (nor `live`) has seen an event at its address.
     inherited: Vec<LiveSet<CollectorBlock>>,
+    /// Of `live`'s blocks, those larger than a page (see [`LargeBlocks`]); and of each
+    /// inherited set's, at its fork.
+    large: LargeBlocks<CollectorBlock>,
+    inherited_large: Vec<LargeBlocks<CollectorBlock>>,
+    /// In a forked child, the private writable mappings at the fork: where inherited blocks
+    /// can lie.
+    fork_ranges: Vec<(u64, u64)>,
     scan: ScanSettings,
 }
 
@@ -239,6 +253,9 @@ impl Collector {
             last_flush: Instant::now(),
             live: LiveSet::new(),
             inherited: Vec::new(),
+            large: LargeBlocks::default(),
+            inherited_large: Vec::new(),
+            fork_ranges: Vec::new(),
             scan,
         };
         collector.encoder.process(&info);
@@ -385,12 +402,8 @@ impl Collector {
         }
         self.codes_unwritten = self.python_codes.keys().copied().collect();
         self.stacks.start_child_trace();
-        self.inherited.push(std::mem::take(&mut self.live));
-        let mut inherited = (0, 0);
-        self.for_each_live(|_, block| {
-            inherited.0 += 1;
-            inherited.1 += block.size;
-        });
+        self.inherit_at_fork();
+        let inherited = self.inherited_totals();
         self.encoder.fork(&ForkInfo {
             inherited_blocks: inherited.0,
             inherited_bytes: inherited.1,
@@ -400,21 +413,6 @@ impl Collector {
             ..child.fork
         });
         self.flush()
-    }
-
-    /// Calls `each` with every block live in this process: its own and those inherited and
-    /// not freed since.
-    fn for_each_live(&self, mut each: impl FnMut(u64, &CollectorBlock)) {
-        self.live.for_each_live(&mut each);
-        for (layer, inherited) in self.inherited.iter().enumerate() {
-            let later = &self.inherited[layer + 1..];
-            inherited.for_each_live(|address, block| {
-                let touched = self.live.has_events_at(address) || later.iter().any(|set| set.has_events_at(address));
-                if !touched {
-                    each(address, block);
-                }
-            });
-        }
     }
 
     /// Writes the code objects that stacks defined since the last call refer to and that
@@ -498,7 +496,10 @@ impl Collector {
                                 address,
                             });
                         }
-                        _ => self.live.alloc(address, block),
+                        _ => {
+                            self.live.alloc(address, block);
+                            self.large.note(address, block, &self.live);
+                        }
                     }
                 }
                 BatchEvent::Reborn {
@@ -556,7 +557,9 @@ impl Collector {
             thread_id,
             address,
         });
-        self.live.alloc(address, CollectorBlock { seq: alloc_seq, size });
+        let block = CollectorBlock { seq: alloc_seq, size };
+        self.live.alloc(address, block);
+        self.large.note(address, block, &self.live);
         self.encoder.alloc(&Alloc {
             seq: alloc_seq,
             thread_id,
@@ -565,16 +568,6 @@ impl Collector {
             stack,
             kind: AllocKind::FreeListReuse,
         });
-    }
-
-    /// The block live at `address` in this process: its own, or one inherited and not touched
-    /// since.
-    fn live_block_at(&self, address: u64) -> Option<CollectorBlock> {
-        if self.live.has_events_at(address) {
-            return self.live.live_at(address).copied();
-        }
-        let layer = self.inherited.iter().rev().find(|set| set.has_events_at(address))?;
-        layer.live_at(address).copied()
     }
 
     /// Records modules that appeared and disappeared since the last snapshot.

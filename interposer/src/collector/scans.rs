@@ -31,11 +31,23 @@ impl Collector {
         // Modules loaded since the last snapshot hold roots too.
         self.update_modules(sys::loader::loaded_modules(self.modules.main_exe()));
         let mut blocks = Vec::new();
-        self.for_each_live(|address, block| blocks.push((address, block.size)));
+        self.live
+            .for_each_live(|address, block| blocks.push((address, block.size)));
+        let inheritance =
+            if self.inherited.is_empty() || self.scan.child_scan.judges_inherited(self.inherited_totals().0) {
+                None
+            } else {
+                self.inheritance_to_read(&mut blocks)
+            };
+        if inheritance.is_none() {
+            self.for_each_inherited(|address, block| blocks.push((address, block.size)));
+        }
+        let inheritance = inheritance.unwrap_or_default();
         let modules = self.modules.modules();
         let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
         let result = reach::scan(ScanInput {
             blocks,
+            stand_in_roots: inheritance.read,
             modules,
             own_module,
             exiting: Some(exiting),
@@ -62,6 +74,10 @@ impl Collector {
         }
         for lost in result.lost.chunks(ENTRIES_PER_RECORD) {
             self.encoder.lost_blocks(lost);
+        }
+        if inheritance.unjudged > 0 {
+            self.encoder
+                .inheritance_left(inheritance.unjudged, inheritance.read_count);
         }
         self.encoder.reachability(&result.summary);
     }

@@ -77,6 +77,9 @@ pub struct Holders {
 pub struct ScanInput<'a> {
     /// (address, size) of every block live at exit.
     pub blocks: Vec<(u64, u64)>,
+    /// Blocks (addresses among `blocks`) read as roots: reachable whatever points to them,
+    /// and never judged (a forked child's inherited blocks on pages it wrote to).
+    pub stand_in_roots: Vec<u64>,
     pub modules: &'a [Module],
     pub own_module: Option<&'a Module>,
     pub exiting: Option<ExitingThread>,
@@ -97,6 +100,19 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             .collect(),
     );
     let mut blocks = Blocks::new(input.blocks);
+    let mut stand_in = vec![
+        false;
+        if input.stand_in_roots.is_empty() {
+            0
+        } else {
+            blocks.addresses.len()
+        }
+    ];
+    for address in &input.stand_in_roots {
+        if let Ok(index) = blocks.addresses.binary_search(address) {
+            stand_in[index] = true;
+        }
+    }
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
         ..Reachability::default()
@@ -403,7 +419,12 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             &mut work,
                         );
                     }
-                    for &index in &immortal {
+                    let stand_ins = stand_in
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &is)| is)
+                        .map(|(index, _)| index);
+                    for index in immortal.iter().copied().chain(stand_ins) {
                         if state[index] < REACHABLE {
                             state[index] = REACHABLE;
                             work.push_back(index);
@@ -466,6 +487,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             object_starts: &object_starts,
             object_types: &object_types,
             start_pointers: &start_pointers,
+            stand_in: &stand_in,
         };
         structure::structures(&mut marker, &state, &facts)
     };

@@ -40,6 +40,8 @@ pub(super) struct Facts<'a> {
     pub(super) object_types: &'a [u32],
     /// The pointers to each block's start the flood from the roots read.
     pub(super) start_pointers: &'a [Cell<u32>],
+    /// Blocks read as roots without being judged (empty: none); never adopted.
+    pub(super) stand_in: &'a [bool],
 }
 
 /// Who adopted a reached block: the garbage, or the structure of this member.
@@ -201,7 +203,7 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
             counts.0 += 1;
         }
         let (from_members, from_adopted_blocks) = *counts;
-        if adopted.contains_key(&target) {
+        if adopted.contains_key(&target) || facts.stand_in.get(target) == Some(&true) {
             continue;
         }
         let refcount = reference_count(marker, facts, target);

@@ -82,6 +82,7 @@ fn start_recording() -> Result<(), String> {
         scan: ScanSettings {
             own_code: state::own_code_start() as u64,
             time_limit: config.scan_time_limit,
+            child_scan: config.child_scan,
         },
     })
     .map_err(|e| format!("cannot write {path}: {e}"))?;

@@ -96,6 +96,19 @@ fn for_each_mapping_line(visit: &mut dyn FnMut(&[u8]) -> bool) {
     unsafe { libc::close(fd) };
 }
 
+/// `ranges` (`[start, end)`) sorted, with those that overlap or touch merged.
+pub fn merged_ranges(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
+}
+
 #[cfg(test)]
 mod tests {
     use super::MapsLine;

@@ -76,16 +76,8 @@ impl MemoryReader {
     /// and those that start outside them fail without a system call. (`/proc/self/mem`
     /// would read pages mapped without read access too.) Memory mapped later holds no block
     /// the scan looks for.
-    pub fn set_readable(&mut self, mut ranges: Vec<(u64, u64)>) {
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for (start, end) in ranges {
-            match merged.last_mut() {
-                Some(last) if start <= last.1 => last.1 = last.1.max(end),
-                _ => merged.push((start, end)),
-            }
-        }
-        self.readable = merged;
+    pub fn set_readable(&mut self, ranges: Vec<(u64, u64)>) {
+        self.readable = super::maps::merged_ranges(ranges);
     }
 
     /// How many of `len` bytes from `address` on lie in readable memory.

@@ -15,6 +15,7 @@
 //! - `python_raw`: CPython's symbols and raw reads of its thread states, frames, code objects;
 //! - `buffer`: uninitialised fixed-size word buffers, zeroed tables, and a write prefetch;
 //! - `memory`: reading our own memory safely while other threads may unmap it (exit scan);
+//! - `pagemap`: which heap pages a forked child wrote to since the fork (its exit scan);
 //! - `signals`: telling a signal handler's allocator calls from libleak's own.
 //!
 //! Nothing here may allocate through the hooks, panic, or take a lock that the traced
@@ -28,6 +29,7 @@ pub mod imports;
 pub mod loader;
 pub mod maps;
 pub mod memory;
+pub mod pagemap;
 pub mod python_raw;
 pub mod real;
 pub mod signals;

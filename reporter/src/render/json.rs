@@ -129,6 +129,8 @@ struct ReachabilityView<'a> {
     threads: u64,
     threads_unknown: u64,
     note: Option<&'a str>,
+    inherited_unjudged: u64,
+    inherited_scanned: u64,
 }
 
 impl<'a> ReachabilityView<'a> {
@@ -144,6 +146,8 @@ impl<'a> ReachabilityView<'a> {
             threads: scan.threads,
             threads_unknown: scan.threads_unknown,
             note: note(&scan.note),
+            inherited_unjudged: scan.inherited_unjudged,
+            inherited_scanned: scan.inherited_scanned,
         }
     }
 }

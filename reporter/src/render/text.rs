@@ -388,9 +388,18 @@ fn summary_text(out: &mut String, report: &Report) {
             } else {
                 String::new()
             };
+            let inherited = if scan.inherited_unjudged > 0 {
+                format!(
+                    "; {} inherited blocks left to the parent's report ({} of them on pages written since the fork, read as roots)",
+                    thousands(scan.inherited_unjudged),
+                    thousands(scan.inherited_scanned)
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "reachability scan at exit: complete in {:.1} ms, {} blocks, {} bytes of roots{unknown}",
+                "reachability scan at exit: complete in {:.1} ms, {} blocks, {} bytes of roots{unknown}{inherited}",
                 scan.duration_us as f64 / 1000.0,
                 thousands(scan.blocks),
                 thousands(scan.root_bytes)
@@ -441,7 +450,16 @@ fn summary_text(out: &mut String, report: &Report) {
         (
             "inherited, not judged",
             summary.inherited_unjudged,
-            " (the process ended before its exit scan; its parent's report judges them)",
+            if report
+                .header
+                .reachability
+                .as_ref()
+                .is_some_and(|scan| scan.inherited_unjudged > 0)
+            {
+                " (a forked child judges what it allocated itself; its parent's report judges these)"
+            } else {
+                " (the process ended before its exit scan; its parent's report judges them)"
+            },
         ),
     ];
     for (label, tally, hint) in lines {

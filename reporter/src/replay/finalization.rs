@@ -58,8 +58,9 @@ impl FinalizationScan {
         (path, cut)
     }
 
-    /// `live`: every block live when the scan was made.
-    pub(super) fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>) {
+    /// `live`: every block live when the scan was made, inherited ones from `inherited_from`
+    /// on.
+    pub(super) fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>, inherited_from: usize) {
         let complete = scan.outcome == ScanOutcome::Complete;
         if complete {
             let named = |holder: u32| {
@@ -140,12 +141,32 @@ impl FinalizationScan {
         self.block_holders = HashMap::new();
         self.live_then = live
             .into_iter()
-            .map(|(address, block)| {
-                let class = complete.then(|| self.classes.get(&address).copied().unwrap_or(LeakClass::Reachable));
+            .enumerate()
+            .map(|(index, (address, block))| {
+                let class = complete
+                    .then(|| class_given(&self.classes, &scan, index >= inherited_from, address))
+                    .flatten();
                 ((address, block.seq), class)
             })
             .collect();
         self.classes = HashMap::new();
         self.scan = Some(scan);
+    }
+}
+
+/// The class a complete scan gave a block: its BLOCK_CLASSES entry, else reachable; but an
+/// inherited block a forked child's scan left to its parent's trace (see
+/// [`Reachability::inherited_unjudged`]) has none unless the scan wrote one.
+pub(super) fn class_given(
+    classes: &HashMap<u64, LeakClass>,
+    scan: &Reachability,
+    inherited: bool,
+    address: u64,
+) -> Option<LeakClass> {
+    let written = classes.get(&address).copied();
+    if inherited && scan.inherited_unjudged > 0 {
+        written
+    } else {
+        Some(written.unwrap_or(LeakClass::Reachable))
     }
 }

@@ -135,6 +135,8 @@ pub struct Replay {
     lost: HashMap<u64, libleak_format::LostBlock>,
     object_types: Vec<String>,
     reachability: Option<Reachability>,
+    /// An INHERITANCE_LEFT record, for the REACHABILITY that follows it.
+    inheritance_left: Option<(u64, u64)>,
     finalization: Option<FinalizationScan>,
     fork: Option<libleak_format::ForkInfo>,
     inheritance: Option<Inherited>,
@@ -208,12 +210,18 @@ impl Replay {
                     .classes
                     .extend(entries.iter().map(|entry| (entry.address, entry.class))),
             },
-            Record::Reachability(scan) => {
+            Record::InheritanceLeft { unjudged, scanned } => self.inheritance_left = Some((unjudged, scanned)),
+            Record::Reachability(mut scan) => {
+                if let Some((unjudged, scanned)) = self.inheritance_left.take() {
+                    scan.inherited_unjudged = unjudged;
+                    scan.inherited_scanned = scanned;
+                }
                 if self.finalization.as_ref().is_some_and(|f| f.scan.is_none()) {
                     let mut live_now = self.live.live_blocks();
+                    let own_count = live_now.len();
                     live_now.extend(self.inherited_live());
                     if let Some(pending) = self.finalization.as_mut() {
-                        pending.close(scan, live_now);
+                        pending.close(scan, live_now, own_count);
                     }
                 } else {
                     self.reachability = Some(scan);
@@ -363,6 +371,7 @@ impl Replay {
             inherited,
             next_imported_node: _,
             last_module: _,
+            inheritance_left: _,
         } = self;
         let mut live_totals = live.totals();
         if !inherited.is_empty() {
@@ -386,15 +395,16 @@ impl Replay {
         };
         let own = live.live_blocks();
         // Inherited blocks first: they were allocated before every block of the child's own.
+        let inherited_count = inherited_live.len();
         let mut live = inherited_live;
         live.extend(own.into_iter().map(|(_, block)| block));
         let mut lost_facts = HashMap::new();
-        if reachability
+        if let Some(scan) = reachability
             .as_ref()
-            .is_some_and(|scan| scan.outcome == ScanOutcome::Complete)
+            .filter(|scan| scan.outcome == ScanOutcome::Complete)
         {
-            for block in &mut live {
-                block.class = Some(classes.get(&block.address).copied().unwrap_or(LeakClass::Reachable));
+            for (index, block) in live.iter_mut().enumerate() {
+                block.class = super::finalization::class_given(&classes, scan, index < inherited_count, block.address);
                 if let Some(entry) = lost.get(&block.address) {
                     let object_type = (entry.object_type as usize)
                         .checked_sub(1)

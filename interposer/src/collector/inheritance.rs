@@ -1,0 +1,179 @@
+//! What a forked child inherited: the live sets of its ancestors at their forks, read without
+//! ever being written, and which of those blocks its exit scan must read.
+//!
+//! A child judges only what it allocated itself; its parent's trace judges the rest. Its own
+//! blocks can be kept only by the roots, by its own blocks, or by inherited memory it wrote to
+//! since the fork: an inherited block on pages it never wrote to holds what it held at the
+//! fork, nothing the child allocated. So the scan reads, as roots, the inherited blocks that
+//! overlap a page written since the fork, found from those pages (`/proc/self/pagemap`, see
+//! [`crate::sys::pagemap`]) by looking up the addresses in and just before each, plus the few
+//! inherited blocks larger than a page: the cost follows what the child wrote, not what its
+//! parent holds. Where the pages cannot be told apart the child judges everything, as
+//! `LIBLEAK_CHILD_SCAN=all` asks.
+//!
+//! Must never write to an inherited set: a child of a large parent would copy its pages.
+
+use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
+
+use libleak_format::live::AddressHasher;
+
+use super::{Collector, CollectorBlock};
+use crate::sys::pagemap::{WrittenPages, PAGE};
+
+/// Block addresses are multiples of this: every address that can start a block is looked up.
+const BLOCK_ALIGN: u64 = 8;
+
+/// What a forked child's scan does with the blocks it inherited.
+#[derive(Default)]
+pub(super) struct Inheritance {
+    /// Inherited blocks still live: none judged.
+    pub(super) unjudged: u64,
+    /// The addresses of those to read as roots, on pages written since the fork.
+    pub(super) read: Vec<u64>,
+    pub(super) read_count: u64,
+}
+
+/// The private writable anonymous mappings of the process: where heap blocks lie (never in a
+/// file's mapping nor on the main thread's stack).
+fn private_writable_ranges() -> Vec<(u64, u64)> {
+    crate::reach::roots::read_maps()
+        .iter()
+        .filter(|m| m.perms[1] == b'w' && m.perms[3] == b'p' && (m.path.is_empty() || m.path == "[heap]"))
+        .map(|m| (m.start, m.end))
+        .collect()
+}
+
+impl Collector {
+    /// At a fork, in the child: the live set so far becomes inherited, never to be written
+    /// again, and the mappings where inherited blocks can lie are noted.
+    pub(super) fn inherit_at_fork(&mut self) {
+        self.inherited.push(std::mem::take(&mut self.live));
+        self.inherited_large.push(std::mem::take(&mut self.large));
+        self.fork_ranges = private_writable_ranges();
+    }
+
+    /// Calls `each` with every block this process inherited at a fork and has not freed.
+    pub(super) fn for_each_inherited(&self, mut each: impl FnMut(u64, &CollectorBlock)) {
+        for (layer, inherited) in self.inherited.iter().enumerate() {
+            let later = &self.inherited[layer + 1..];
+            inherited.for_each_live(|address, block| {
+                let touched = self.live.has_events_at(address) || later.iter().any(|set| set.has_events_at(address));
+                if !touched {
+                    each(address, block);
+                }
+            });
+        }
+    }
+
+    /// The block live at `address` in this process: its own, or one inherited and not touched
+    /// since.
+    pub(super) fn live_block_at(&self, address: u64) -> Option<CollectorBlock> {
+        if self.live.has_events_at(address) {
+            return self.live.live_at(address).copied();
+        }
+        self.inherited_block_at(address)
+    }
+
+    /// The inherited block live at `address`, unless this process allocated or freed there.
+    fn inherited_block_at(&self, address: u64) -> Option<CollectorBlock> {
+        if self.live.has_events_at(address) {
+            return None;
+        }
+        let layer = self.inherited.iter().rev().find(|set| set.has_events_at(address))?;
+        layer.live_at(address).copied()
+    }
+
+    /// (blocks, bytes) inherited and still live: each inherited set's live blocks but those
+    /// at an address a later set, or this process, has seen an event at. Reads the later sets'
+    /// addresses, not the inherited blocks one by one.
+    pub(super) fn inherited_totals(&self) -> (u64, u64) {
+        let mut totals = (0, 0);
+        for (layer, inherited) in self.inherited.iter().enumerate() {
+            let set_totals = inherited.totals();
+            totals.0 += set_totals.live_blocks;
+            totals.1 += set_totals.live_bytes;
+            let mut touched: HashSet<u64, BuildHasherDefault<AddressHasher>> = HashSet::default();
+            for later in self.inherited[layer + 1..].iter().chain([&self.live]) {
+                later.for_each_address(|address| {
+                    if touched.insert(address) {
+                        if let Some(block) = inherited.live_at(address) {
+                            totals.0 -= 1;
+                            totals.1 -= block.size;
+                        }
+                    }
+                });
+            }
+        }
+        totals
+    }
+
+    /// Adds to `blocks` the inherited blocks the exit scan must read as roots (see the
+    /// module's doc); `None` when the written pages cannot be known (then every block must
+    /// be judged).
+    pub(super) fn inheritance_to_read(&self, blocks: &mut Vec<(u64, u64)>) -> Option<Inheritance> {
+        if self.fork_ranges.is_empty() {
+            return None;
+        }
+        let pages = WrittenPages::read(&self.fork_ranges)?;
+        let mut inheritance = Inheritance {
+            unjudged: self.inherited_totals().0,
+            ..Inheritance::default()
+        };
+        // The large inherited blocks still live, by address: read when they overlap a written
+        // page, and stepped over while looking up addresses (a written page in the middle of a
+        // large array holds no block start).
+        let mut large: Vec<(u64, CollectorBlock)> = Vec::new();
+        for set in &self.inherited_large {
+            for (address, noted) in set.blocks() {
+                if let Some(block) = self.inherited_block_at(address).filter(|block| block.seq == noted.seq) {
+                    large.push((address, block));
+                }
+            }
+        }
+        large.sort_unstable_by_key(|&(address, _)| address);
+        large.dedup_by_key(|&mut (address, _)| address);
+        let mut found: HashSet<u64, BuildHasherDefault<AddressHasher>> = HashSet::default();
+        let mut add = |address: u64, block: CollectorBlock, read: &mut Vec<u64>| {
+            if found.insert(address) {
+                blocks.push((address, block.size));
+                read.push(address);
+            }
+        };
+        for &(address, block) in &large {
+            if pages.any_written(address, address + block.size) {
+                add(address, block, &mut inheritance.read);
+            }
+        }
+        // Every address in a run of written pages and in the page before it: a block starting
+        // there that reaches into the run. From a block's start, the next look-up is at its
+        // end; this process's own blocks are stepped over too.
+        let mut looked_up_to = 0u64;
+        let mut next_large = 0;
+        for (run_start, run_end) in pages.written_runs() {
+            let mut at = run_start.saturating_sub(PAGE).max(looked_up_to);
+            while at < run_end {
+                while next_large < large.len() && large[next_large].0 + large[next_large].1.size <= at {
+                    next_large += 1;
+                }
+                let step_to = |end: u64| end.next_multiple_of(BLOCK_ALIGN).max(at + BLOCK_ALIGN);
+                if let Some(&(start, block)) = large.get(next_large).filter(|(start, _)| *start <= at) {
+                    at = step_to(start + block.size);
+                } else if let Some(own) = self.live.live_at(at) {
+                    at = step_to(at + own.size.max(1));
+                } else if let Some(block) = self.inherited_block_at(at) {
+                    let end = at + block.size.max(1);
+                    if end > run_start {
+                        add(at, block, &mut inheritance.read);
+                    }
+                    at = step_to(end);
+                } else {
+                    at += BLOCK_ALIGN;
+                }
+            }
+            looked_up_to = at;
+        }
+        inheritance.read_count = inheritance.read.len() as u64;
+        Some(inheritance)
+    }
+}

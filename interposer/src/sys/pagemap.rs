@@ -1,0 +1,176 @@
+//! Which pages of the heap a forked child may have written to since the fork, from
+//! `/proc/self/pagemap`: right after `fork` every private page the child has is shared with
+//! its parent; the first write copies it and the copy is the child's alone (the entry's
+//! "exclusively mapped" bit, Linux 4.2 and later). A page is counted as written when that bit
+//! is set, or when it is swapped out (its sharing is then not known). A page the parent wrote
+//! to since the fork is the child's alone too: that can only count more pages as written.
+//!
+//! Soft-dirty bits would say the same thing directly, but kernels are often built without
+//! them (`CONFIG_MEM_SOFT_DIRTY`), and clearing them is a write to the whole process.
+//!
+//! Reads the file once per scan, for the given address ranges, into a bitmap; never touches
+//! the pages themselves.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+const PAGE_SHIFT: u32 = 12;
+/// The page size `/proc/self/pagemap` counts in (4 KiB on x86-64 and on aarch64's default).
+pub const PAGE: u64 = 1 << PAGE_SHIFT;
+const PRESENT: u64 = 1 << 63;
+const SWAPPED: u64 = 1 << 62;
+const EXCLUSIVE: u64 = 1 << 56;
+/// Entries read per system call: 4 MiB of entries, 2 GiB of address space.
+const ENTRIES_PER_READ: usize = 1 << 19;
+
+/// Per page of some address ranges: written since the fork (see the module's doc).
+pub struct WrittenPages {
+    /// Sorted, disjoint: (first page, page after the last, where its bits start).
+    ranges: Vec<(u64, u64, usize)>,
+    bits: Vec<u64>,
+    /// Pages counted as written.
+    pub written: u64,
+}
+
+impl WrittenPages {
+    /// Reads the entries of every page in `ranges` (byte addresses, `[start, end)`). `None`
+    /// when the file cannot be read or the kernel does not say which pages are shared.
+    pub fn read(ranges: &[(u64, u64)]) -> Option<WrittenPages> {
+        let file = File::open("/proc/self/pagemap").ok()?;
+        let merged = super::maps::merged_ranges(
+            ranges
+                .iter()
+                .filter(|(start, end)| end > start)
+                .map(|&(start, end)| (start >> PAGE_SHIFT, (end + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT))
+                .collect(),
+        );
+        let total: u64 = merged.iter().map(|(first, after)| after - first).sum();
+        let mut map = WrittenPages {
+            ranges: Vec::with_capacity(merged.len()),
+            bits: vec![0; usize::try_from(total.div_ceil(64)).ok()?],
+            written: 0,
+        };
+        let mut buffer = vec![0u8; ENTRIES_PER_READ * 8];
+        let mut bit = 0usize;
+        let mut any_present = false;
+        let mut any_exclusive = false;
+        for (first, after) in merged {
+            map.ranges.push((first, after, bit));
+            let mut page = first;
+            while page < after {
+                let want = usize::try_from(after - page)
+                    .unwrap_or(usize::MAX)
+                    .min(ENTRIES_PER_READ);
+                let read = file.read_at(&mut buffer[..want * 8], page * 8).ok()?;
+                let entries = read / 8;
+                if entries == 0 {
+                    return None;
+                }
+                for chunk in buffer[..entries * 8].chunks_exact(8) {
+                    let entry = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+                    any_present |= entry & PRESENT != 0;
+                    any_exclusive |= entry & (PRESENT | EXCLUSIVE) == PRESENT | EXCLUSIVE;
+                    let written = if entry & PRESENT != 0 {
+                        entry & EXCLUSIVE != 0
+                    } else {
+                        entry & SWAPPED != 0
+                    };
+                    if written {
+                        map.bits[bit / 64] |= 1 << (bit % 64);
+                        map.written += 1;
+                    }
+                    bit += 1;
+                }
+                page += entries as u64;
+            }
+        }
+        // Without the exclusive bit (kernels before 4.2) no present page would ever count as
+        // written: say nothing rather than that.
+        if any_present && !any_exclusive && !kernel_reports_exclusive() {
+            return None;
+        }
+        Some(map)
+    }
+
+    /// The runs of consecutive written pages, as `[start, end)` byte addresses, in address
+    /// order.
+    pub fn written_runs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ranges.iter().flat_map(move |&(first, after, offset)| {
+            let mut page = first;
+            std::iter::from_fn(move || {
+                let is_written = |page: u64| {
+                    let bit = offset + (page - first) as usize;
+                    self.bits[bit / 64] & (1 << (bit % 64)) != 0
+                };
+                while page < after && !is_written(page) {
+                    // A word of clean pages at once.
+                    let bit = offset + (page - first) as usize;
+                    if bit.is_multiple_of(64) && self.bits[bit / 64] == 0 {
+                        page += 64;
+                    } else {
+                        page += 1;
+                    }
+                }
+                if page >= after {
+                    return None;
+                }
+                let start = page;
+                while page < after && is_written(page) {
+                    page += 1;
+                }
+                Some((start << PAGE_SHIFT, page << PAGE_SHIFT))
+            })
+        })
+    }
+
+    /// Whether any page of `[start, end)` was written to (or lies outside the ranges read).
+    pub fn any_written(&self, start: u64, end: u64) -> bool {
+        let (first, after) = (
+            start >> PAGE_SHIFT,
+            (end.max(start + 1) + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT,
+        );
+        let at = self.ranges.partition_point(|&(range_first, _, _)| range_first <= first);
+        let Some(&(range_first, range_after, offset)) = at.checked_sub(1).map(|i| &self.ranges[i]) else {
+            return true;
+        };
+        if after > range_after {
+            return true;
+        }
+        (first..after).any(|page| {
+            let bit = offset + (page - range_first) as usize;
+            self.bits[bit / 64] & (1 << (bit % 64)) != 0
+        })
+    }
+}
+
+/// Linux 4.2 and later set the exclusive bit; a heap all of whose present pages are shared
+/// is possible (a child that wrote nothing yet), so the kernel's version decides.
+fn kernel_reports_exclusive() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut numbers = release.trim().split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (4, 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WrittenPages;
+
+    #[test]
+    fn a_page_written_after_a_fork_is_told_from_one_still_shared() {
+        // Pages of our own, present and never shared: all exclusive.
+        let memory = vec![1u8; 64 * 4096];
+        let start = memory.as_ptr() as u64;
+        let end = start + memory.len() as u64;
+        let Some(pages) = WrittenPages::read(&[(start, end)]) else {
+            eprintln!("skipped: /proc/self/pagemap cannot be read here");
+            return;
+        };
+        assert!(pages.any_written(start + 4096, start + 8192));
+        assert!(pages.written >= 60, "{}", pages.written);
+        // Outside the ranges read: counted as written.
+        assert!(pages.any_written(end + (1 << 20), end + (1 << 20) + 8));
+    }
+}
