@@ -438,3 +438,101 @@ fn children_of_a_large_parent_record_only_their_own_work() {
     let text = report(path, &[]);
     assert!(text.contains("INHERITED BLOCKS UNKNOWN: the parent's trace"), "{text}");
 }
+
+/// Python children of a parent with more than 100,000 live blocks judge only what they
+/// allocated: what a child keeps through the parent's objects (appended to an inherited
+/// list, set in an inherited dict and on an inherited instance, all on pages written after
+/// the fork) is no leak, and the block a C extension leaks in the child is its only row, exact,
+/// whether it ends by `os._exit` or by `sys.exit` (which scans at finalisation too).
+#[test]
+fn python_children_of_a_large_parent_judge_their_own_blocks() {
+    const SCRIPT: &str = r#"import os, sys
+import frames
+big = [{'k': i, 'v': [i, str(i)]} for i in range(60000)]
+holder = {'items': []}
+class Box:
+    pass
+box = Box()
+children = []
+for i in range(2):
+    pid = os.fork()
+    if pid == 0:
+        holder['items'].append([i] * 10)
+        big[30000]['new'] = {'child': i}
+        big[-1]['v'].append('x' * 100)
+        box.attr = bytearray(4096 + i)
+        frames.alloc(1000 + i)
+        if i == 0:
+            os._exit(0)
+        sys.exit(0)
+    children.append(pid)
+for pid in children:
+    assert os.waitpid(pid, 0)[1] == 0
+print('forked', len(children))
+"#;
+    let source = fixtures_dir().join("pyframes/frames.c");
+    for python in pythons() {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("pyfork-big-{}.{}", python.version.0, python.version.1));
+        python.build_extension(&source, "frames", &scratch.path);
+        std::fs::write(scratch.join("forks.py"), SCRIPT).unwrap();
+        let directory = scratch.join("traces");
+        std::fs::create_dir_all(&directory).unwrap();
+        let out = run(Command::new(&python.real_path)
+            .arg("forks.py")
+            .current_dir(&scratch.path)
+            .env("PYTHONPATH", &scratch.path)
+            .env("LD_PRELOAD", libleak_so())
+            .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "forked 2\n", "{label}");
+        let document: Value = serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap();
+        let processes = document["processes"].as_array().unwrap();
+        assert_eq!(processes.len(), 3, "{label}: {document:#}");
+        let mut children: Vec<&Value> = processes.iter().filter(|p| !p["fork"].is_null()).collect();
+        children.sort_by_key(|c| c["process"]["start_time_unix_ns"].as_u64());
+        for (number, child) in children.iter().enumerate() {
+            let inherited = child["fork"]["inherited_blocks"].as_u64().unwrap();
+            assert!(inherited > 100_000, "{label}: {:#}", child["fork"]);
+            // The child that leaves by `sys.exit` frees most of what it inherited while the
+            // interpreter shuts down: its scan at finalisation is the one made with them all.
+            let scan = &child[if number == 0 {
+                "reachability"
+            } else {
+                "reachability_at_finalization"
+            }];
+            assert_eq!(scan["outcome"], "complete", "{label}: {child:#}");
+            assert!(
+                scan["inherited_unjudged"].as_u64().unwrap() > 100_000,
+                "{label}: {scan:#}"
+            );
+            assert!(
+                scan["inherited_scanned"].as_u64().unwrap() < inherited / 2,
+                "{label}: {scan:#}"
+            );
+            let rows = child["leaks"].as_array().unwrap();
+            assert_eq!(rows.len(), 1, "{label}: child {number}: {child:#}");
+            assert_eq!(rows[0]["bytes"], 1000 + number as u64, "{label}: {child:#}");
+            assert_eq!(rows[0]["blocks"], 1, "{label}");
+            assert_eq!(rows[0]["frames"][0]["function"], "keep_alive", "{label}: {child:#}");
+            if number == 0 {
+                // What it kept through inherited objects (the 4 KiB bytearray above all) is
+                // reachable, not lost memory of the interpreter's.
+                let summary = &child["summary"];
+                assert!(
+                    summary["reachable"]["bytes"].as_u64().unwrap() > 4096,
+                    "{label}: {summary:#}"
+                );
+                assert!(
+                    summary["runtime_leftovers"]["bytes"].as_u64().unwrap() < 4096,
+                    "{label}: {summary:#}"
+                );
+            }
+        }
+    }
+}

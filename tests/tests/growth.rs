@@ -330,6 +330,15 @@ fn retention_paths_read_as_python_expressions_with_attribute_names_keys_and_indi
     ];
     for python in pythons() {
         let label = python.label();
+        // A stale word in a block on a shorter path than the real one (seen once in about 40
+        // runs, on 3.10: a function's str holding the dict's address) names another holder.
+        with_one_retry(&label, || paths_of(&python, &expected));
+    }
+}
+
+fn paths_of(python: &Python, expected: &[(&str, &[&str]); 6]) {
+    let label = python.label();
+    {
         let scratch = Scratch::new(&format!("growth-paths{}{}", python.version.0, python.version.1));
         std::fs::copy(fixture("paths.py"), scratch.join("paths.py")).unwrap();
         let mut command = Command::new(&python.real_path);
@@ -338,7 +347,7 @@ fn retention_paths_read_as_python_expressions_with_attribute_names_keys_and_indi
         assert_eq!(traced.output.status.code(), Some(0), "{label}");
         let (report, _) = growth_json(&traced.trace, &[]);
         let rows = report["growing"].as_array().unwrap();
-        for (marker, expressions) in expected {
+        for &(marker, expressions) in expected {
             let line = line_of("growth/paths.py", marker);
             // The site's buffer row (the largest of that line): its main holder's expression.
             let row = rows
