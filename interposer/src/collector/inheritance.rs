@@ -115,7 +115,14 @@ impl Collector {
         if self.fork_ranges.is_empty() {
             return None;
         }
-        let pages = WrittenPages::read(&self.fork_ranges)?;
+        // libleak's own mappings (the event batches, written all the time) hold no block.
+        let own = crate::sys::real::own_mappings();
+        let ranges: Vec<(u64, u64)> = self
+            .fork_ranges
+            .iter()
+            .flat_map(|&(start, end)| crate::reach::roots::without_excluded(&own, start, end))
+            .collect();
+        let pages = WrittenPages::read(&ranges)?;
         let mut inheritance = Inheritance {
             unjudged: self.inherited_totals().0,
             ..Inheritance::default()

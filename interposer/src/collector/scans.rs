@@ -30,6 +30,9 @@ impl Collector {
     pub(super) fn scan_reachability(&mut self, exiting: ExitingThread, time_limit: Duration, name_holders: bool) {
         // Modules loaded since the last snapshot hold roots too.
         self.update_modules(sys::loader::loaded_modules(self.modules.main_exe()));
+        // The scan's time includes gathering the blocks to read (in a fork child, finding the
+        // inherited ones on written pages).
+        let started = std::time::Instant::now();
         let mut blocks = Vec::new();
         self.live
             .for_each_live(|address, block| blocks.push((address, block.size)));
@@ -45,7 +48,8 @@ impl Collector {
         let inheritance = inheritance.unwrap_or_default();
         let modules = self.modules.modules();
         let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
-        let result = reach::scan(ScanInput {
+        let gathering = started.elapsed();
+        let mut result = reach::scan(ScanInput {
             blocks,
             stand_in_roots: inheritance.read,
             modules,
@@ -55,6 +59,7 @@ impl Collector {
             namer: name_holders.then(crate::python::holders::namer).flatten(),
             time_limit,
         });
+        result.summary.duration_us += gathering.as_micros() as u64;
         for classes in result.classes.chunks(ENTRIES_PER_RECORD) {
             self.encoder.block_classes(classes);
         }

@@ -265,7 +265,7 @@ fn push_range(ranges: &mut Vec<(u64, u64)>, excluded: &[(u64, u64)], start: u64,
 }
 
 /// The pieces of `[start, end)` outside the excluded ranges.
-fn without_excluded(excluded: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+pub fn without_excluded(excluded: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
     let mut pieces = vec![(start, end)];
     for &(ex_start, ex_end) in excluded {
         pieces = pieces
