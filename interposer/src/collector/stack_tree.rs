@@ -15,6 +15,13 @@ use libleak_format::RecordEncoder;
 use super::modules::ModuleMap;
 use crate::stack_words;
 
+/// The node table holds at most this many nodes, 7/8 of 2^20 buckets (17 MiB): when full it
+/// is emptied, and the nodes met again are defined again, with new ids. A program whose
+/// stacks make millions of distinct nodes (interleaved Python frames at every line of deep
+/// import chains) would otherwise grow the table, and the old and the new table side by side
+/// while it grows, to a hundred MiB and more.
+const MOST_NODES: usize = 917_504;
+
 /// A stack node's parent and frame word in 12 bytes, so that an entry of the node table is
 /// 16: with hundreds of thousands of nodes the table is the collector's largest structure
 /// (see docs/benchmarks.md, "Collector memory").
@@ -49,10 +56,11 @@ impl std::hash::Hash for NodeKey {
     }
 }
 
-#[derive(Default)]
 pub struct StackTree {
     /// (parent node, frame word) → node id.
     nodes: HashMap<NodeKey, u32, BuildHasherDefault<AddressHasher>>,
+    /// [`MOST_NODES`], but in tests.
+    most_nodes: usize,
     /// While set (in a forked child), the code ids of the Python frames of nodes defined,
     /// for the collector to write the code objects this trace does not have yet.
     noting_codes: bool,
@@ -60,6 +68,19 @@ pub struct StackTree {
     /// The previous stack interned (outermost first) and its node ids, depth by depth.
     previous_frames: Vec<u64>,
     previous_nodes: Vec<u64>,
+}
+
+impl Default for StackTree {
+    fn default() -> Self {
+        StackTree {
+            nodes: HashMap::default(),
+            most_nodes: MOST_NODES,
+            noting_codes: false,
+            noted_codes: Vec::new(),
+            previous_frames: Vec::new(),
+            previous_nodes: Vec::new(),
+        }
+    }
 }
 
 impl StackTree {
@@ -90,6 +111,10 @@ impl StackTree {
                         self.noted_codes.push(code_id);
                     }
                     let id = encoder.stack_node(node, frame);
+                    if self.nodes.len() >= self.most_nodes {
+                        // The ids handed out stay defined: the previous stack's path is kept.
+                        self.nodes.clear();
+                    }
                     // Past u32::MAX a node is not remembered: defined again when met again.
                     if let (Some(key), Ok(short_id)) = (key, u32::try_from(id)) {
                         self.nodes.insert(key, short_id);
@@ -130,5 +155,37 @@ impl StackTree {
     /// The code ids of the Python frames defined since the last call (in a forked child).
     pub fn take_noted_codes(&mut self) -> Option<std::vec::Drain<'_, u64>> {
         (!self.noted_codes.is_empty()).then(|| self.noted_codes.drain(..))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libleak_format::RecordEncoder;
+
+    use super::StackTree;
+    use crate::collector::modules::ModuleMap;
+    use crate::stack_words::python_frame;
+
+    #[test]
+    fn a_full_node_table_is_emptied_and_the_nodes_met_again_are_defined_again() {
+        let mut tree = StackTree {
+            most_nodes: 6,
+            ..StackTree::default()
+        };
+        let mut encoder = RecordEncoder::new();
+        let mut modules = ModuleMap::new(String::new());
+        // Innermost first: three Python frames under a common outer one.
+        let stack = |inner: i32| [python_frame(7, inner), python_frame(8, 2), python_frame(9, 1)];
+        let first = tree.intern(&stack(10), &mut encoder, &mut modules);
+        assert_eq!(tree.intern(&stack(10), &mut encoder, &mut modules), first, "remembered");
+        for inner in 11..20 {
+            tree.intern(&stack(inner), &mut encoder, &mut modules);
+            assert!(tree.nodes.len() <= 6, "{}", tree.nodes.len());
+        }
+        tree.forget_previous();
+        let again = tree.intern(&stack(10), &mut encoder, &mut modules);
+        assert!(again > first, "defined again with a new id: {again} after {first}");
+        tree.forget_previous();
+        assert_eq!(tree.intern(&stack(10), &mut encoder, &mut modules), again);
     }
 }
