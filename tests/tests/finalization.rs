@@ -1,7 +1,8 @@
 //! The scan made when CPython's finalisation begins: state an extension builds at import and
 //! keeps through its module (a C buffer in the module state, a dict of lists in a module
 //! attribute) is reachable then, so it is no leak, although tearing the module down orphans
-//! it before exit; a real leak of the same extension is still one row with its exact line,
+//! it before exit; so is an object a module global held then that an extension keeps alive
+//! past the teardown; a real leak of the same extension is still one row with its exact line,
 //! bytes and blocks. A process that never finalises (`os._exit`) has no such scan and keeps
 //! the exit-time view. On every interpreter found.
 
@@ -92,4 +93,40 @@ fn a_process_that_never_finalises_has_no_finalisation_scan() {
         3000,
         1,
     );
+}
+
+/// An object a module global held when finalisation began, which an extension then keeps
+/// alive past the teardown without a pointer the exit scan can find (it gives its reference
+/// back only while the interpreter is initialised, as pyarrow does): no leak. The bytes the
+/// same extension loses on each call still are, exactly.
+#[test]
+fn an_object_a_global_held_at_finalisation_is_no_leak_when_an_extension_keeps_it_past_the_teardown() {
+    for python in pythons() {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("finalize-keeper-{label}"));
+        python.build_extension(&fixture("keeper.c"), "keeper", &scratch.path);
+        std::fs::copy(fixture("keeper.py"), scratch.join("keeper.py")).unwrap();
+        let trace = python.run_script_traced(&scratch, "keeper.py", &label);
+        let report = report_json(&trace);
+        assert_eq!(report["reachability_at_finalization"]["outcome"], "complete", "{label}");
+        let rows = report["leaks"].as_array().unwrap();
+        assert_eq!(rows.len(), 1, "{label}: only the lost bytes objects: {report:#}");
+        let row = &rows[0];
+        assert_eq!(row["blocks"], 3, "{label}: {row:#}");
+        let frames = row["frames"].as_array().unwrap();
+        let line = line_of("finalize/keeper.c", "@keeper_lose");
+        assert!(
+            frames
+                .iter()
+                .any(|f| f["function"] == "lose" && f["line"].as_u64() == Some(line)),
+            "{label}: {row:#}"
+        );
+        let python_line = line_of("finalize/keeper.py", "@keeper_call");
+        assert!(
+            frames
+                .iter()
+                .any(|f| f["kind"] == "python" && f["line"].as_u64() == Some(python_line)),
+            "{label}: {row:#}"
+        );
+    }
 }

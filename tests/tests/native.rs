@@ -174,6 +174,49 @@ fn a_leak_in_a_library_dlclosed_before_exit_is_symbolized() {
     );
 }
 
+/// A library constructor (run with the dynamic loader's lock held) that allocates until
+/// libleak's channel is full, after the writer thread went idle: the writer keeps taking
+/// events (it never waits in a way that needs that lock), the program ends as it does plainly,
+/// and the library's leak is exact. Under a time limit: a deadlock fails the test, not the run.
+#[test]
+fn a_library_constructor_that_floods_the_channel_under_the_loader_lock_does_not_hang() {
+    let scratch = Scratch::new("flood-under-loader-lock");
+    let plugin = scratch.join("libflood.so");
+    compile("gcc", &["flood_plugin.c"], &plugin, &["-shared", "-fPIC"]);
+    let exe = scratch.join("fixture");
+    compile("gcc", &["dlopen_main.c"], &exe, &["-ldl"]);
+    let traced = run_traced(
+        &scratch,
+        Command::new("timeout")
+            .arg("120")
+            .arg(&exe)
+            .arg(&plugin)
+            .current_dir(&scratch.path),
+    );
+    assert_eq!(
+        traced.output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&traced.output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&traced.output.stdout), "unloaded\n");
+    // The fixture's trace, not `timeout`'s.
+    let trace = std::fs::read_dir(&scratch.path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|path| path.file_name().unwrap().to_string_lossy().starts_with("trace.") && *path != traced.trace)
+        .expect("the fixture's trace");
+    let report = all_live_blocks_json(&trace);
+    assert_eq!(report["complete"], true, "{report:#}");
+    assert!(
+        report["totals"]["allocations"].as_u64().unwrap() > 500_000,
+        "{:#}",
+        report["totals"]
+    );
+    let src = "flood_plugin.c";
+    assert_leak(&report, "plugin_leak", src, line_of(src, "@flood_leak"), 5 * 48, 5);
+}
+
 /// Runs exits.c in `mode`, checks how it ended, and returns its report, which must be
 /// incomplete for `reason` and still hold the leak made just before the end.
 fn abrupt_end(mode: &str, reason: &str, check_status: impl Fn(&std::process::ExitStatus)) -> serde_json::Value {

@@ -57,6 +57,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 /// How long the collector keeps napping, rather than blocking, after the last message.
 const NAPPING: Duration = Duration::from_millis(2);
 const NAP_US: u64 = 100;
+/// The longest nap of an idle collector.
+const IDLE_NAP_US: u64 = 3_200;
 /// Entries per BLOCK_CLASSES, HOLDERS or BLOCK_HOLDERS record.
 const ENTRIES_PER_RECORD: usize = 4096;
 
@@ -309,15 +311,29 @@ impl Collector {
     /// The next message, or a timeout after [`SWEEP_INTERVAL`]. While messages keep coming
     /// the collector naps instead of blocking: a blocked receiver makes every sender of a batch
     /// wake it with a system call (and an interrupt to its core), paid by the program's
-    /// threads. After [`NAPPING`] without a message it blocks, so an idle program's collector
-    /// does not wake up thousands of times a second.
+    /// threads. After [`NAPPING`] without a message its naps grow to [`IDLE_NAP_US`], so an
+    /// idle program's collector wakes up a few hundred times a second at most.
+    ///
+    /// Never the channel's blocking receive: its first use registers a thread-local
+    /// destructor, which takes the dynamic loader's lock, and a program thread inside `dlopen`
+    /// (a library's constructor, holding that lock) that allocates until the channel is full
+    /// waits for the collector: both would wait for ever.
     fn next_message(&self, last_message: Instant) -> Result<Message, RecvTimeoutError> {
+        let started = Instant::now();
+        let mut nap = NAP_US;
         loop {
             match self.events.try_recv() {
                 Ok(message) => return Ok(message),
                 Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) if last_message.elapsed() < NAPPING => sys::sleep_us(NAP_US),
-                Err(TryRecvError::Empty) => return self.events.recv_timeout(SWEEP_INTERVAL),
+                Err(TryRecvError::Empty) => {
+                    if last_message.elapsed() >= NAPPING {
+                        if started.elapsed() >= SWEEP_INTERVAL {
+                            return Err(RecvTimeoutError::Timeout);
+                        }
+                        nap = (nap * 2).min(IDLE_NAP_US);
+                    }
+                    sys::sleep_us(nap);
+                }
             }
         }
     }
@@ -445,9 +461,10 @@ impl Collector {
 
     /// After a write error: keep producers from blocking until the process ends.
     fn discard_until_finish(&mut self) {
-        while let Ok(message) = self.events.recv() {
-            if let Message::Finish(_) | Message::Park = message {
-                return;
+        loop {
+            match self.next_message(Instant::now()) {
+                Ok(Message::Finish(_) | Message::Park) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use libleak_format::Stats;
@@ -33,6 +33,8 @@ const PREFETCH_BYTES: usize = 1024;
 const CHANNEL_BATCHES: usize = 64;
 /// How long a producer pauses before offering a message again when the collector is behind.
 const COLLECTOR_BEHIND_PAUSE_US: u64 = 100;
+/// See [`collector_stuck_after`].
+const STUCK_BEYOND_SCAN: Duration = Duration::from_secs(30);
 /// Forked generations that get a channel of their own; deeper fork chains are not traced.
 pub const MAX_FORK_DEPTH: usize = 64;
 
@@ -150,7 +152,7 @@ pub fn send_message(message: Message) {
 /// (a thread-exit destructor that frees memory, or libleak's own thread-exit flush).
 pub fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
     let Some(channels) = channels() else { return false };
-    let mut waited = false;
+    let mut waiting_since: Option<Instant> = None;
     loop {
         match channels.events.try_send(message) {
             Ok(()) => return true,
@@ -158,11 +160,15 @@ pub fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
                 if PARKED.load(Ordering::Acquire) {
                     collector_thread::resume();
                 }
-                if !waited {
+                let since = *waiting_since.get_or_insert_with(|| {
                     stats::count(&PRODUCER_WAITS);
-                    waited = true;
-                }
+                    Instant::now()
+                });
                 if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return false;
+                }
+                if since.elapsed() >= collector_stuck_after() {
+                    give_up_on_collector(since.elapsed());
                     return false;
                 }
                 message = returned;
@@ -173,6 +179,29 @@ pub fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
                 return false;
             }
         }
+    }
+}
+
+/// How long a full channel may stay full before the collector is taken for stuck: longer than
+/// its longest legitimate pause, a reachability scan (which takes in no events) at its time
+/// limit.
+fn collector_stuck_after() -> Duration {
+    let scan = crate::config::get().and_then(|c| c.scan_time_limit).unwrap_or_default();
+    scan + STUCK_BEYOND_SCAN
+}
+
+/// The collector took nothing for longer than it ever should (a lock this thread holds, which
+/// the collector waits for, is the one way known): recording stops, so that the program goes
+/// on as it would have, and the trace ends here, cut short.
+fn give_up_on_collector(waited: Duration) {
+    if state::turn_off() != state::State::Off {
+        sys::write_stderr(
+            format!(
+                "libleak: the trace writer took no event for {} s; recording stopped, the trace is cut short here\n",
+                waited.as_secs()
+            )
+            .as_bytes(),
+        );
     }
 }
 

@@ -257,9 +257,13 @@ impl Trace {
     /// (module state, caches, tables built by `PyInit_*` or a module's body) that was
     /// reachable then is the module's, orphaned only by the teardown: no leak, whatever the
     /// exit scan says, and so is the structure it holds; but a part of a leaked structure
-    /// leaks with its root, whatever its own stack says. Other blocks keep the exit
-    /// scan's class: the finalising interpreter's heap is in flux (the garbage collector
-    /// runs), and a stale pointer found then must not hide a leak the exit scan sees.
+    /// leaks with its root, whatever its own stack says. So is an object a Python name held
+    /// then (a module's global): an extension that keeps a reference it will not give back
+    /// once the interpreter is finalising (pyarrow's buffers over NumPy arrays check
+    /// `Py_IsInitialized` before releasing theirs) leaves it alive after the teardown, with
+    /// no pointer to it. Other blocks keep the exit scan's class: the finalising
+    /// interpreter's heap is in flux (the garbage collector runs), and a stale pointer found
+    /// then must not hide a leak the exit scan sees.
     ///
     /// A block the exit scan found part of a leaked structure (not its root) that a Python
     /// name held when finalisation began (`named_then`), while the structure's root was lost
@@ -319,7 +323,7 @@ impl Trace {
                     let during_import = *import_time
                         .entry(block.stack)
                         .or_insert_with(|| self.allocated_during_import(block.stack));
-                    if during_import {
+                    if during_import || named_then.contains(&(block.address, block.seq)) {
                         self.live[index].class = Some(LeakClass::Reachable);
                     }
                 }
