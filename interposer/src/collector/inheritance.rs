@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
-use libleak_format::live::AddressHasher;
+use libleak_format::live::{AddressHasher, LiveSet};
 
 use super::{Collector, CollectorBlock};
 use crate::sys::pagemap::{WrittenPages, PAGE};
@@ -93,14 +93,16 @@ impl Collector {
             let set_totals = inherited.totals();
             totals.0 += set_totals.live_blocks;
             totals.1 += set_totals.live_bytes;
-            let mut touched: HashSet<u64, BuildHasherDefault<AddressHasher>> = HashSet::default();
-            for later in self.inherited[layer + 1..].iter().chain([&self.live]) {
-                later.for_each_address(|address| {
-                    if touched.insert(address) {
-                        if let Some(block) = inherited.live_at(address) {
-                            totals.0 -= 1;
-                            totals.1 -= block.size;
-                        }
+            // Each address once: skipped in a set when an earlier one of the later sets has it.
+            let later: Vec<&LiveSet<CollectorBlock>> = self.inherited[layer + 1..].iter().chain([&self.live]).collect();
+            for (position, set) in later.iter().enumerate() {
+                set.for_each_address(|address| {
+                    if later[..position].iter().any(|earlier| earlier.has_events_at(address)) {
+                        return;
+                    }
+                    if let Some(block) = inherited.live_at(address) {
+                        totals.0 -= 1;
+                        totals.1 -= block.size;
                     }
                 });
             }
