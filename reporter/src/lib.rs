@@ -102,7 +102,12 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
     let symbols = SymbolTable::of_stacks(trace, &stacks, symbolizer);
     let merged = merge::merged_stacks(trace, &stacks, &symbols, options.show_interpreter_frames);
     let roles = Roles::of(&trace.header);
-    let (summary, listed) = attribute::attribute(&tallies, &merged, &roles, options);
+    let ended_by_exec = trace
+        .header
+        .end
+        .as_ref()
+        .is_some_and(|end| end.kind == libleak_format::ExitKind::Exec);
+    let (summary, listed) = attribute::attribute(&tallies, &merged, &roles, options, ended_by_exec);
     let (mut leaks, omitted) = group::group(&listed, &roles, options, &trace.object_types);
     tests_of::attribute_tests(trace, &listed, &roles, options, &mut leaks);
     Report {

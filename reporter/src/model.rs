@@ -318,6 +318,10 @@ pub struct Summary {
     /// (killed, as pools terminate their workers, or with the scan off). They were its
     /// parent's, whose report judges them.
     pub inherited_unjudged: Tally,
+    /// Live when the process replaced its image with `exec`, which releases all its memory:
+    /// never judged (no scan runs at an `exec`) and no leak. A `fork` child that `exec`s (as
+    /// `subprocess` does) holds what atfork handlers allocated.
+    pub released_by_exec: Tally,
 }
 
 impl Summary {

@@ -309,6 +309,15 @@ fn subprocesses_pipelines_and_exec_are_followed_and_reported_together() {
         .find(|t| t.argv().iter().any(|a| a.ends_with("pipeline.py")))
         .unwrap();
     assert_eq!(python_image.exit_kind(), Some("exec"));
+    // Its memory went with the image: nothing listed, all of it counted as released.
+    let replaced = python_image.leak_report();
+    assert_eq!(replaced["leaks"], serde_json::json!([]), "{replaced:#}");
+    let summary = &replaced["summary"];
+    assert!(
+        summary["released_by_exec"]["blocks"].as_u64().unwrap() > 1000,
+        "{summary:#}"
+    );
+    assert_eq!(summary["unclassified"]["blocks"], 0, "{summary:#}");
     assert!(
         traces
             .iter()

@@ -32,11 +32,13 @@ pub struct Attributed<'a> {
 }
 
 /// The summary of every count, and the counts to list (in the order of `tallies`).
+/// `ended_by_exec`: the process replaced its image (see [`Summary::released_by_exec`]).
 pub fn attribute<'a>(
     tallies: &'a [StackTally],
     merged: &'a HashMap<u64, Vec<Frame>>,
     roles: &Roles,
     options: &Options,
+    ended_by_exec: bool,
 ) -> (Summary, Vec<Attributed<'a>>) {
     let mut summary = Summary::default();
     let mut shown = Vec::new();
@@ -52,6 +54,9 @@ pub fn attribute<'a>(
         let listed = if tally.unjudged_inheritance() {
             summary.inherited_unjudged.add(blocks, bytes);
             false
+        } else if ended_by_exec && tally.class.is_none() {
+            summary.released_by_exec.add(blocks, bytes);
+            options.show_reachable
         } else if reachable {
             if tally.class == Some(LeakClass::Collectable) {
                 summary.collectable.add(blocks, bytes);
@@ -173,7 +178,7 @@ mod tests {
             pattern: "libfoo".into(),
             origin: "test".into(),
         }]);
-        let (summary, listed) = attribute(&tallies, &merged, &roles, &options);
+        let (summary, listed) = attribute(&tallies, &merged, &roles, &options, false);
         let tally = |blocks| Tally {
             blocks,
             bytes: blocks * 10,
@@ -193,7 +198,7 @@ mod tests {
 
         options.show_reachable = true;
         options.show_leftovers = true;
-        let (_, listed) = attribute(&tallies, &merged, &roles, &options);
+        let (_, listed) = attribute(&tallies, &merged, &roles, &options, false);
         let flags: Vec<(u64, bool, bool, bool)> = listed
             .iter()
             .map(|a| (a.tally.tally.blocks, a.reachable, a.leftover, a.import_once))

@@ -461,6 +461,11 @@ fn summary_text(out: &mut String, report: &Report) {
                 " (the process ended before its exit scan; its parent's report judges them)"
             },
         ),
+        (
+            "released by exec",
+            summary.released_by_exec,
+            " (live when the program image was replaced, which frees them: no leak; --show-reachable lists them)",
+        ),
     ];
     for (label, tally, hint) in lines {
         if tally.blocks > 0 {

@@ -89,6 +89,7 @@ function summaryTable(s) {
     ['runtime leftovers', s.runtime_leftovers],
     ['made once by imports', s.import_once || { bytes: 0, blocks: 0 }], ['suppressed', s.suppressed],
     ['inherited, not judged', s.inherited_unjudged],
+    ['released by exec', s.released_by_exec || { bytes: 0, blocks: 0 }],
   ];
   return el('table', { class: 'summary' },
     el('tr', null, el('th', null, 'class'), el('th', { class: 'num' }, 'bytes'), el('th', { class: 'num' }, 'blocks')),
@@ -275,7 +276,8 @@ function leakSection(doc, index) {
   if (s.runtime_leftovers.blocks) about.push(`left by the C runtime or the interpreter alone: ${amount(s.runtime_leftovers.bytes, s.runtime_leftovers.blocks)} (--show-leftovers lists them)`);
   if (s.import_once && s.import_once.blocks) about.push(`made once by imports: ${amount(s.import_once.bytes, s.import_once.blocks)} (lost one-time set-up of imported modules; --show-leftovers lists them)`);
   if (s.suppressed.blocks) about.push(`suppressed: ${amount(s.suppressed.bytes, s.suppressed.blocks)}`);
-  if (s.inherited_unjudged && s.inherited_unjudged.blocks) about.push(`inherited, not judged: ${amount(s.inherited_unjudged.bytes, s.inherited_unjudged.blocks)} (the process ended before its exit scan; its parent's report judges them)`);
+  if (s.inherited_unjudged && s.inherited_unjudged.blocks) about.push(`inherited, not judged: ${amount(s.inherited_unjudged.bytes, s.inherited_unjudged.blocks)} (its parent's report judges them)`);
+  if (s.released_by_exec && s.released_by_exec.blocks) about.push(`released by exec: ${amount(s.released_by_exec.bytes, s.released_by_exec.blocks)} (live when the program image was replaced, which frees them: no leak)`);
   if (doc.inherited_shown_elsewhere) {
     const f = doc.inherited_shown_elsewhere;
     about.push(`${f.leaks} inherited rows (${amount(f.bytes, f.blocks)}) shown in the report of pid ${f.shown_in.join(', ')}`);
