@@ -39,7 +39,11 @@ pub(super) struct Inheritance {
 fn private_writable_ranges() -> Vec<(u64, u64)> {
     crate::reach::roots::read_maps()
         .iter()
-        .filter(|m| m.perms[1] == b'w' && m.perms[3] == b'p' && (m.path.is_empty() || m.path == "[heap]"))
+        .filter(|m| {
+            m.perms[1] == b'w'
+                && m.perms[3] == b'p'
+                && (m.path.is_empty() || m.path.starts_with("[anon:") || m.path == "[heap]")
+        })
         .map(|m| (m.start, m.end))
         .collect()
 }
@@ -51,6 +55,8 @@ impl Collector {
         self.inherited.push(std::mem::take(&mut self.live));
         self.inherited_large.push(std::mem::take(&mut self.large));
         self.fork_ranges = private_writable_ranges();
+        self.parked_since_start = false;
+        self.judges_inherited = None;
     }
 
     /// Calls `each` with every block this process inherited at a fork and has not freed.
@@ -114,7 +120,9 @@ impl Collector {
     /// module's doc); `None` when the written pages cannot be known (then every block must
     /// be judged).
     pub(super) fn inheritance_to_read(&self, blocks: &mut Vec<(u64, u64)>) -> Option<Inheritance> {
-        if self.fork_ranges.is_empty() {
+        // A page is told written by being this process's alone: once it forked, what it wrote
+        // before is shared with its own child again.
+        if self.fork_ranges.is_empty() || self.parked_since_start {
             return None;
         }
         // libleak's own mappings (the event batches, written all the time) hold no block.

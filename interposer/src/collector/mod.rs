@@ -209,6 +209,11 @@ pub struct Collector {
     /// In a forked child, the private writable mappings at the fork: where inherited blocks
     /// can lie.
     fork_ranges: Vec<(u64, u64)>,
+    /// This process parked its collector (to fork) since its trace began.
+    parked_since_start: bool,
+    /// Whether this (forked) process's scans judge its inherited blocks: decided at its
+    /// first scan, kept for the next (the teardown frees inherited blocks in between).
+    judges_inherited: Option<bool>,
     scan: ScanSettings,
 }
 
@@ -258,6 +263,8 @@ impl Collector {
             large: LargeBlocks::default(),
             inherited_large: Vec::new(),
             fork_ranges: Vec::new(),
+            parked_since_start: false,
+            judges_inherited: None,
             scan,
         };
         collector.encoder.process(&info);
@@ -281,6 +288,9 @@ impl Collector {
             match self.next_message(last_message) {
                 Ok(Message::Finish(ending)) => return Stopped::Finished(self.finish(ending)),
                 Ok(Message::Park) => {
+                    // A fork follows: the pages this process wrote are shared again with the
+                    // new child (see `inheritance.rs`).
+                    self.parked_since_start = true;
                     self.take_in_everything();
                     return match self.flush() {
                         Ok(()) => Stopped::Parked(self),

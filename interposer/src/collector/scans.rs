@@ -36,12 +36,20 @@ impl Collector {
         let mut blocks = Vec::new();
         self.live
             .for_each_live(|address, block| blocks.push((address, block.size)));
-        let inheritance =
-            if self.inherited.is_empty() || self.scan.child_scan.judges_inherited(self.inherited_totals().0) {
-                None
-            } else {
-                self.inheritance_to_read(&mut blocks)
+        let judges_inherited = self.inherited.is_empty()
+            || match self.judges_inherited {
+                Some(decided) => decided,
+                None => {
+                    let decided = self.scan.child_scan.judges_inherited(self.inherited_totals().0);
+                    self.judges_inherited = Some(decided);
+                    decided
+                }
             };
+        let inheritance = if judges_inherited {
+            None
+        } else {
+            self.inheritance_to_read(&mut blocks)
+        };
         if inheritance.is_none() {
             self.for_each_inherited(|address, block| blocks.push((address, block.size)));
         }
@@ -57,7 +65,7 @@ impl Collector {
             exiting: Some(exiting),
             python: crate::python::gc::objects(),
             namer: name_holders.then(crate::python::holders::namer).flatten(),
-            time_limit,
+            time_limit: time_limit.saturating_sub(gathering),
         });
         result.summary.duration_us += gathering.as_micros() as u64;
         for classes in result.classes.chunks(ENTRIES_PER_RECORD) {

@@ -152,7 +152,9 @@ pub fn send_message(message: Message) {
 /// (a thread-exit destructor that frees memory, or libleak's own thread-exit flush).
 pub fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
     let Some(channels) = channels() else { return false };
-    let mut waiting_since: Option<Instant> = None;
+    // Counted in pauses taken, not on the clock: a process stopped (a signal, a debugger)
+    // while one of its threads waits has not waited on the collector meanwhile.
+    let mut paused = Duration::ZERO;
     loop {
         match channels.events.try_send(message) {
             Ok(()) => return true,
@@ -160,17 +162,17 @@ pub fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
                 if PARKED.load(Ordering::Acquire) {
                     collector_thread::resume();
                 }
-                let since = *waiting_since.get_or_insert_with(|| {
+                if paused.is_zero() {
                     stats::count(&PRODUCER_WAITS);
-                    Instant::now()
-                });
+                }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return false;
                 }
-                if since.elapsed() >= collector_stuck_after() {
-                    give_up_on_collector(since.elapsed());
+                if paused >= collector_stuck_after() {
+                    give_up_on_collector(paused);
                     return false;
                 }
+                paused += Duration::from_micros(COLLECTOR_BEHIND_PAUSE_US);
                 message = returned;
                 sys::sleep_us(COLLECTOR_BEHIND_PAUSE_US);
             }

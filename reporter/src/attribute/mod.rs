@@ -47,14 +47,15 @@ pub fn attribute<'a>(
         // A part of a leaked structure leaks because its root does, whoever allocated it.
         let judged_frames = merged.get(&tally.judged_stack()).map_or(frames, Vec::as_slice);
         let (blocks, bytes) = (tally.tally.blocks, tally.tally.bytes);
-        // Garbage awaiting collection is no leak either.
+        // Garbage awaiting collection is no leak either, nor what an exec released.
+        let released = ended_by_exec && tally.class.is_none() && !tally.unjudged_inheritance();
         let reachable = matches!(tally.class, Some(LeakClass::Reachable | LeakClass::Collectable));
         // What the runtime allocated while shutting down is its own, whatever the stack.
         let leftover = !reachable && (tally.during_finalization || roles.is_runtime_leftover(judged_frames));
         let listed = if tally.unjudged_inheritance() {
             summary.inherited_unjudged.add(blocks, bytes);
             false
-        } else if ended_by_exec && tally.class.is_none() {
+        } else if released {
             summary.released_by_exec.add(blocks, bytes);
             options.show_reachable
         } else if reachable {
@@ -87,7 +88,7 @@ pub fn attribute<'a>(
                 tally,
                 frames,
                 judged_frames,
-                reachable,
+                reachable: reachable || released,
                 leftover,
                 import_once: tally.import_once && !reachable && !leftover,
             });

@@ -257,11 +257,13 @@ impl Trace {
     /// (module state, caches, tables built by `PyInit_*` or a module's body) that was
     /// reachable then is the module's, orphaned only by the teardown: no leak, whatever the
     /// exit scan says, and so is the structure it holds; but a part of a leaked structure
-    /// leaks with its root, whatever its own stack says. So is an object a Python name held
-    /// then (a module's global): an extension that keeps a reference it will not give back
+    /// leaks with its root, whatever its own stack says. So is a Python object a name held
+    /// then (through a module's global, a class attribute) that holds, at exit, a reference
+    /// no pointer accounts for: an extension that keeps a reference it will not give back
     /// once the interpreter is finalising (pyarrow's buffers over NumPy arrays check
     /// `Py_IsInitialized` before releasing theirs) leaves it alive after the teardown, with
-    /// no pointer to it. Other blocks keep the exit scan's class: the finalising
+    /// no pointer to it; and so are the parts of its structure. A C block a name held then
+    /// (a buffer a global's dealloc forgets to free) keeps the exit scan's class. Other blocks keep the exit scan's class: the finalising
     /// interpreter's heap is in flux (the garbage collector runs), and a stale pointer found
     /// then must not hide a leak the exit scan sees.
     ///
@@ -323,7 +325,14 @@ impl Trace {
                     let during_import = *import_time
                         .entry(block.stack)
                         .or_insert_with(|| self.allocated_during_import(block.stack));
-                    if during_import || named_then.contains(&(block.address, block.seq)) {
+                    // Held through a Python name then, and holding a reference no pointer the
+                    // exit scan read accounts for: kept by an extension past the teardown.
+                    let kept_past_teardown = named_then.contains(&(block.address, block.seq))
+                        && self
+                            .lost
+                            .get(&block.address)
+                            .is_some_and(|facts| facts.refcount > facts.references);
+                    if during_import || kept_past_teardown {
                         self.live[index].class = Some(LeakClass::Reachable);
                     }
                 }
