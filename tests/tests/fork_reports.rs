@@ -255,6 +255,36 @@ if __name__ == '__main__':\n    with multiprocessing.Pool(4) as pool:\n        p
     }
 }
 
+/// Runs `script` (which imports the `frames` extension, forks `children` times and prints
+/// `forked N`) under libleak on `python`, every process tracing into one directory, checks it
+/// ran as it should, and returns `libleak report --json --limit 0` over that directory.
+fn python_forks_traced(python: &Python, scratch_label: &str, script: &str, children: usize) -> Value {
+    let label = python.label();
+    let scratch = Scratch::new(&format!("{scratch_label}-{}.{}", python.version.0, python.version.1));
+    python.build_extension(&fixtures_dir().join("pyframes/frames.c"), "frames", &scratch.path);
+    std::fs::write(scratch.join("forks.py"), script).unwrap();
+    let directory = scratch.join("traces");
+    std::fs::create_dir_all(&directory).unwrap();
+    let out = run(Command::new(&python.real_path)
+        .arg("forks.py")
+        .current_dir(&scratch.path)
+        .env("PYTHONPATH", &scratch.path)
+        .env("LD_PRELOAD", libleak_so())
+        .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{label}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("forked {children}\n"),
+        "{label}"
+    );
+    serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap()
+}
+
 /// The same from Python: a C extension's 777-byte leak made before five `os.fork()`s is one row,
 /// the parent's, naming the five children, whether they end by `os._exit` or by returning; the
 /// 555 bytes one child leaks itself stay its own.
@@ -266,28 +296,9 @@ children = []\n\
 for i in range(5):\n    pid = os.fork()\n    if pid == 0:\n        if i == 2:\n            frames.alloc(555)\n        if i % 2:\n            os._exit(0)\n        sys.exit(0)\n    children.append(pid)\n\
 for pid in children:\n    assert os.waitpid(pid, 0)[1] == 0\n\
 print('forked', len(children))\n";
-    let source = fixtures_dir().join("pyframes/frames.c");
     for python in pythons() {
         let label = python.label();
-        let scratch = Scratch::new(&format!("pyfork-{}.{}", python.version.0, python.version.1));
-        python.build_extension(&source, "frames", &scratch.path);
-        std::fs::write(scratch.join("forks.py"), SCRIPT).unwrap();
-        let directory = scratch.join("traces");
-        std::fs::create_dir_all(&directory).unwrap();
-        let out = run(Command::new(&python.real_path)
-            .arg("forks.py")
-            .current_dir(&scratch.path)
-            .env("PYTHONPATH", &scratch.path)
-            .env("LD_PRELOAD", libleak_so())
-            .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{label}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "forked 5\n", "{label}");
-        let document: Value = serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap();
+        let document = python_forks_traced(&python, "pyfork", SCRIPT, 5);
         let processes = document["processes"].as_array().unwrap();
         assert_eq!(processes.len(), 6, "{label}: {document:#}");
         let parent = processes.iter().find(|p| p["fork"].is_null()).unwrap();
@@ -470,28 +481,9 @@ for pid in children:
     assert os.waitpid(pid, 0)[1] == 0
 print('forked', len(children))
 "#;
-    let source = fixtures_dir().join("pyframes/frames.c");
     for python in pythons() {
         let label = python.label();
-        let scratch = Scratch::new(&format!("pyfork-big-{}.{}", python.version.0, python.version.1));
-        python.build_extension(&source, "frames", &scratch.path);
-        std::fs::write(scratch.join("forks.py"), SCRIPT).unwrap();
-        let directory = scratch.join("traces");
-        std::fs::create_dir_all(&directory).unwrap();
-        let out = run(Command::new(&python.real_path)
-            .arg("forks.py")
-            .current_dir(&scratch.path)
-            .env("PYTHONPATH", &scratch.path)
-            .env("LD_PRELOAD", libleak_so())
-            .env("LIBLEAK_OUTPUT", format!("{}/", directory.display())));
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{label}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "forked 2\n", "{label}");
-        let document: Value = serde_json::from_str(&report(&directory, &["--json", "--limit", "0"])).unwrap();
+        let document = python_forks_traced(&python, "pyfork-big", SCRIPT, 2);
         let processes = document["processes"].as_array().unwrap();
         assert_eq!(processes.len(), 3, "{label}: {document:#}");
         // Child 0 leaves by `os._exit`, child 1 by `sys.exit` (their traces may start in

@@ -22,12 +22,13 @@ mod modules;
 mod scans;
 mod stack_tree;
 pub mod trace_file;
+mod waiting;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use libleak_format::live::{LiveBlock, LiveSet};
 use libleak_format::{
     Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
@@ -37,7 +38,6 @@ use libleak_format::{
 use crate::batch::{BatchEvent, BatchEvents};
 use crate::config::ChildScan;
 use crate::reach::ExitingThread;
-use crate::sys;
 use large::LargeBlocks;
 use modules::ModuleMap;
 use stack_tree::StackTree;
@@ -54,11 +54,6 @@ pub trait EventSource: Sync {
 const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(40);
 const CHUNK_BYTES: usize = 1 << 20;
-/// How long the collector keeps napping, rather than blocking, after the last message.
-const NAPPING: Duration = Duration::from_millis(2);
-const NAP_US: u64 = 100;
-/// The longest nap of an idle collector.
-const IDLE_NAP_US: u64 = 3_200;
 /// Entries per BLOCK_CLASSES, HOLDERS or BLOCK_HOLDERS record.
 const ENTRIES_PER_RECORD: usize = 4096;
 
@@ -318,36 +313,6 @@ impl Collector {
         }
     }
 
-    /// The next message, or a timeout after [`SWEEP_INTERVAL`]. While messages keep coming
-    /// the collector naps instead of blocking: a blocked receiver makes every sender of a batch
-    /// wake it with a system call (and an interrupt to its core), paid by the program's
-    /// threads. After [`NAPPING`] without a message its naps grow to [`IDLE_NAP_US`], so an
-    /// idle program's collector wakes up a few hundred times a second at most.
-    ///
-    /// Never the channel's blocking receive: its first use registers a thread-local
-    /// destructor, which takes the dynamic loader's lock, and a program thread inside `dlopen`
-    /// (a library's constructor, holding that lock) that allocates until the channel is full
-    /// waits for the collector: both would wait for ever.
-    fn next_message(&self, last_message: Instant) -> Result<Message, RecvTimeoutError> {
-        let started = Instant::now();
-        let mut nap = NAP_US;
-        loop {
-            match self.events.try_recv() {
-                Ok(message) => return Ok(message),
-                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) => {
-                    if last_message.elapsed() >= NAPPING {
-                        if started.elapsed() >= SWEEP_INTERVAL {
-                            return Err(RecvTimeoutError::Timeout);
-                        }
-                        nap = (nap * 2).min(IDLE_NAP_US);
-                    }
-                    sys::sleep_us(nap);
-                }
-            }
-        }
-    }
-
     fn handle(&mut self, message: Message) {
         match message {
             Message::Batch(batch) => self.process_batch(batch),
@@ -467,16 +432,6 @@ impl Collector {
             stats: self.source.stats(),
         });
         self.flush().map_err(|e| format!("cannot write the trace: {e}"))
-    }
-
-    /// After a write error: keep producers from blocking until the process ends.
-    fn discard_until_finish(&mut self) {
-        loop {
-            match self.next_message(Instant::now()) {
-                Ok(Message::Finish(_) | Message::Park) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            }
-        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
