@@ -31,7 +31,6 @@ pub(super) struct Inheritance {
     pub(super) unjudged: u64,
     /// The addresses of those to read as roots, on pages written since the fork.
     pub(super) read: Vec<u64>,
-    pub(super) read_count: u64,
 }
 
 /// The private writable anonymous mappings of the process: where heap blocks lie (never in a
@@ -190,7 +189,6 @@ impl Collector {
             }
             looked_up_to = at;
         }
-        inheritance.read_count = inheritance.read.len() as u64;
         Some(inheritance)
     }
 }

@@ -54,6 +54,7 @@ impl Collector {
             self.for_each_inherited(|address, block| blocks.push((address, block.size)));
         }
         let inheritance = inheritance.unwrap_or_default();
+        let scanned = inheritance.read.len() as u64;
         let modules = self.modules.modules();
         let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
         let gathering = started.elapsed();
@@ -89,8 +90,7 @@ impl Collector {
             self.encoder.lost_blocks(lost);
         }
         if inheritance.unjudged > 0 {
-            self.encoder
-                .inheritance_left(inheritance.unjudged, inheritance.read_count);
+            self.encoder.inheritance_left(inheritance.unjudged, scanned);
         }
         self.encoder.reachability(&result.summary);
     }
