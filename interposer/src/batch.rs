@@ -9,8 +9,14 @@
 //!   took off a free list, whose block (found by the collector from the object's address)
 //!   is to be freed and allocated again with this stack;
 //!
-//! where `header = tag | kind << 8 | frame_count << 16 | thread_id << 32`. Frame words are
-//! those of [`crate::stack_words`].
+//! where `header = tag | kind << 4 | frame_count << 8 | shared_frames << 20 | thread_id << 32`.
+//! Frame words are those of [`crate::stack_words`]. An event's stack is its `frame_count`
+//! words, innermost first, followed by the outermost `shared_frames` words of the stack of
+//! the previous event with a stack in the same batch, which are not repeated: under deep
+//! import chains nearly every stack shares most of its outer frames with the one before, and
+//! copying them to the collector's core would cost more than finding them (see
+//! docs/benchmarks.md, "Shared outer frames"). The first event with a stack in a batch shares
+//! nothing.
 //!
 //! Must never allocate: packing runs inside the hooks, into a batch with room reserved.
 
@@ -31,24 +37,32 @@ pub struct Header {
     pub tag: BatchTag,
     /// Meaningful for allocations only.
     pub kind: AllocKind,
-    /// Stack words after an allocation's fixed fields (at most 65,535).
+    /// Stack words after an allocation's fixed fields (at most [`MAX_STACK_WORDS`]).
     pub frame_count: usize,
+    /// Outer words of the stack taken from the previous event with a stack in the batch (at
+    /// most [`MAX_STACK_WORDS`]).
+    pub shared_frames: usize,
     pub thread_id: u32,
 }
+
+/// Most words a stack can have in a header's 12-bit fields.
+pub const MAX_STACK_WORDS: usize = (1 << 12) - 1;
+const _: () = assert!((AllocKind::FreeListReuse as u8) < 16);
 
 impl Header {
     #[inline(always)]
     pub fn pack(self) -> u64 {
         self.tag as u64
-            | (self.kind as u64) << 8
-            | (self.frame_count as u64 & 0xffff) << 16
+            | (self.kind as u64 & 0xf) << 4
+            | (self.frame_count as u64 & 0xfff) << 8
+            | (self.shared_frames as u64 & 0xfff) << 20
             | u64::from(self.thread_id) << 32
     }
 
     /// None for a word that starts no event.
     #[inline(always)]
     pub fn unpack(word: u64) -> Option<Header> {
-        let tag = match word & 0xff {
+        let tag = match word & 0xf {
             1 => BatchTag::Alloc,
             2 => BatchTag::Free,
             3 => BatchTag::Reborn,
@@ -56,8 +70,9 @@ impl Header {
         };
         Some(Header {
             tag,
-            kind: AllocKind::from_u8((word >> 8) as u8).unwrap_or(AllocKind::Malloc),
-            frame_count: ((word >> 16) & 0xffff) as usize,
+            kind: AllocKind::from_u8(((word >> 4) & 0xf) as u8).unwrap_or(AllocKind::Malloc),
+            frame_count: ((word >> 8) & 0xfff) as usize,
+            shared_frames: ((word >> 20) & 0xfff) as usize,
             thread_id: (word >> 32) as u32,
         })
     }
@@ -76,6 +91,7 @@ pub fn push_free(batch: &mut Vec<u64>, thread_id: u32, seq: u64, address: usize)
         tag: BatchTag::Free,
         kind: AllocKind::Malloc,
         frame_count: 0,
+        shared_frames: 0,
         thread_id,
     };
     batch.extend_from_slice(&[header.pack(), seq, address as u64]);
@@ -107,6 +123,7 @@ impl DeferredEvent {
             tag: self.tag,
             kind: self.kind,
             frame_count: 0,
+            shared_frames: 0,
             thread_id: 0,
         };
         [header.pack(), self.seq, self.address as u64, self.size as u64]
@@ -131,6 +148,7 @@ impl DeferredEvent {
                     tag: BatchTag::Alloc,
                     kind: self.kind,
                     frame_count: 0,
+                    shared_frames: 0,
                     thread_id,
                 };
                 push_alloc(batch, header, self.seq, self.address, self.size);
@@ -151,8 +169,10 @@ pub enum BatchEvent<'a> {
         seq: u64,
         address: u64,
         size: u64,
-        /// Stack words, innermost first.
+        /// Stack words, innermost first, not counting the shared outer ones.
         frames: &'a [u64],
+        /// Outer words of the batch's previous stack that this one has too.
+        shared_frames: usize,
     },
     Free {
         thread_id: u32,
@@ -166,8 +186,10 @@ pub enum BatchEvent<'a> {
         free_seq: u64,
         alloc_seq: u64,
         object: u64,
-        /// Stack words, innermost first.
+        /// Stack words, innermost first, not counting the shared outer ones.
         frames: &'a [u64],
+        /// Outer words of the batch's previous stack that this one has too.
+        shared_frames: usize,
     },
 }
 
@@ -204,6 +226,7 @@ impl<'a> Iterator for BatchEvents<'a> {
                     address,
                     size,
                     frames,
+                    shared_frames: header.shared_frames,
                 })
             }
             BatchTag::Reborn => {
@@ -219,6 +242,7 @@ impl<'a> Iterator for BatchEvents<'a> {
                     alloc_seq,
                     object,
                     frames,
+                    shared_frames: header.shared_frames,
                 })
             }
             BatchTag::Free => {
@@ -248,6 +272,7 @@ mod tests {
             tag: BatchTag::Alloc,
             kind: AllocKind::PosixMemalign,
             frame_count: 2,
+            shared_frames: 0,
             thread_id: 0xfedc_ba98,
         };
         push_alloc(&mut batch, header, 7, 0x1000, 48);
@@ -265,6 +290,7 @@ mod tests {
             tag: BatchTag::Reborn,
             kind: AllocKind::FreeListReuse,
             frame_count: 1,
+            shared_frames: 2,
             thread_id: 6,
         };
         push_reborn(&mut batch, reborn, 10, 11, 0x3010);
@@ -280,6 +306,7 @@ mod tests {
                     address: 0x1000,
                     size: 48,
                     frames: &[0x4010, 0x4020],
+                    shared_frames: 0,
                 },
                 BatchEvent::Free {
                     thread_id: 3,
@@ -293,6 +320,7 @@ mod tests {
                     address: 0x2000,
                     size: 16,
                     frames: &[],
+                    shared_frames: 0,
                 },
                 BatchEvent::Reborn {
                     thread_id: 6,
@@ -300,6 +328,7 @@ mod tests {
                     alloc_seq: 11,
                     object: 0x3010,
                     frames: &[0x4030],
+                    shared_frames: 2,
                 },
             ]
         );
@@ -311,13 +340,22 @@ mod tests {
             tag: BatchTag::Free,
             kind: AllocKind::Malloc,
             frame_count: 0,
+            shared_frames: 0,
             thread_id: u32::MAX,
         };
         assert_eq!(Header::unpack(header.pack()), Some(header));
+        let widest = Header {
+            tag: BatchTag::Reborn,
+            kind: AllocKind::FreeListReuse,
+            frame_count: MAX_STACK_WORDS,
+            shared_frames: MAX_STACK_WORDS,
+            thread_id: u32::MAX,
+        };
+        assert_eq!(Header::unpack(widest.pack()), Some(widest));
         assert_eq!(Header::unpack(0), None);
         assert_eq!(BatchEvents::new(&[0, 1, 2]).count(), 0);
         // An allocation cut short yields nothing rather than reading past the batch.
-        assert_eq!(BatchEvents::new(&[header.pack() & !0xff | 1, 1, 2]).count(), 0);
+        assert_eq!(BatchEvents::new(&[header.pack() & !0xf | 1, 1, 2]).count(), 0);
     }
 
     #[test]

@@ -439,6 +439,16 @@ impl Collector {
         write_pending(&mut self.chunks, &mut self.encoder)
     }
 
+    /// The stack node of an event's stack (see [`StackTree::intern`]), the code objects it
+    /// names written first where this trace lacks them.
+    fn intern_stack(&mut self, shared_frames: usize, frames: &[u64]) -> u64 {
+        let stack = self
+            .stacks
+            .intern(shared_frames, frames, &mut self.encoder, &mut self.modules);
+        self.write_noted_codes();
+        stack
+    }
+
     fn process_batch(&mut self, mut batch: Vec<u64>) {
         let mut events = BatchEvents::new(&batch).peekable();
         while let Some(event) = events.next() {
@@ -450,9 +460,9 @@ impl Collector {
                     address,
                     size,
                     frames,
+                    shared_frames,
                 } => {
-                    let stack = self.stacks.intern(frames, &mut self.encoder, &mut self.modules);
-                    self.write_noted_codes();
+                    let stack = self.intern_stack(shared_frames, frames);
                     let block = CollectorBlock { seq, size };
                     self.encoder.alloc(&Alloc {
                         seq,
@@ -490,7 +500,12 @@ impl Collector {
                     alloc_seq,
                     object,
                     frames,
-                } => self.reborn(thread_id, free_seq, alloc_seq, object, frames),
+                    shared_frames,
+                } => {
+                    // Interned even when the rebirth is dropped: the next event may share its words.
+                    let stack = self.intern_stack(shared_frames, frames);
+                    self.reborn(thread_id, free_seq, alloc_seq, object, stack);
+                }
                 BatchEvent::Free {
                     thread_id,
                     seq,
@@ -521,7 +536,7 @@ impl Collector {
     /// and allocated again with this stack, keeping its requested size. Dropped when no live
     /// block matches (the object's memory was not a malloc block of its own: pymalloc, an
     /// arena, or an allocation not taken in yet).
-    fn reborn(&mut self, thread_id: u32, free_seq: u64, alloc_seq: u64, object: u64, frames: &[u64]) {
+    fn reborn(&mut self, thread_id: u32, free_seq: u64, alloc_seq: u64, object: u64, stack: u64) {
         let Some((address, size)) = [0, 16, 32].into_iter().find_map(|before| {
             let address = object.checked_sub(before)?;
             let block = self.live_block_at(address)?;
@@ -531,8 +546,6 @@ impl Collector {
         }) else {
             return;
         };
-        let stack = self.stacks.intern(frames, &mut self.encoder, &mut self.modules);
-        self.write_noted_codes();
         self.live.free(address, free_seq);
         self.encoder.free(&Free {
             seq: free_seq,

@@ -65,7 +65,9 @@ pub struct StackTree {
     /// for the collector to write the code objects this trace does not have yet.
     noting_codes: bool,
     noted_codes: Vec<u64>,
-    /// The previous stack interned (outermost first) and its node ids, depth by depth.
+    /// The previous stack interned (outermost first), whose outer words the next event may
+    /// share, and the node ids of its outer part, depth by depth (all of them, but after a
+    /// module went away or a fork).
     previous_frames: Vec<u64>,
     previous_nodes: Vec<u64>,
 }
@@ -84,20 +86,37 @@ impl Default for StackTree {
 }
 
 impl StackTree {
-    /// Returns the node id of the innermost frame of `frames` (stack words, innermost
-    /// first), defining the nodes the trace does not have yet. A native frame no known
+    /// Returns the node id of the innermost frame of the stack made of `new_frames` (stack
+    /// words, innermost first) inside the outermost `shared` words of the previous stack
+    /// interned, defining the nodes the trace does not have yet. A native frame no known
     /// module holds makes `modules` rescan the loader first.
-    pub fn intern(&mut self, frames: &[u64], encoder: &mut RecordEncoder, modules: &mut ModuleMap) -> u64 {
-        let shared = frames
-            .iter()
-            .rev()
-            .zip(&self.previous_frames)
-            .take_while(|(a, b)| a == b)
-            .count();
+    pub fn intern(
+        &mut self,
+        shared: usize,
+        new_frames: &[u64],
+        encoder: &mut RecordEncoder,
+        modules: &mut ModuleMap,
+    ) -> u64 {
+        let (shared, new_frames) = if shared == 0 {
+            // A whole stack (the first of its batch): its outer words are compared here.
+            let shared = new_frames
+                .iter()
+                .rev()
+                .zip(&self.previous_frames)
+                .take_while(|(a, b)| a == b)
+                .count();
+            (shared, &new_frames[..new_frames.len() - shared])
+        } else {
+            debug_assert!(shared <= self.previous_frames.len(), "{shared} shared words");
+            (shared.min(self.previous_frames.len()), new_frames)
+        };
         self.previous_frames.truncate(shared);
+        self.previous_frames.extend(new_frames.iter().rev());
+        // The shared part's nodes are known unless a module went away since.
         self.previous_nodes.truncate(shared);
         let mut node = self.previous_nodes.last().copied().unwrap_or(0);
-        for (depth, &word) in (shared..).zip(frames[..frames.len() - shared].iter().rev()) {
+        for depth in self.previous_nodes.len()..self.previous_frames.len() {
+            let word = self.previous_frames[depth];
             let key = NodeKey::new(node, word);
             node = match key.and_then(|key| self.nodes.get(&key)) {
                 Some(&id) => u64::from(id),
@@ -122,10 +141,9 @@ impl StackTree {
                     id
                 }
             };
-            // Unless a module went away meanwhile and the rescan emptied the previous stack:
-            // kept from here, it would sit at the wrong depths.
-            if self.previous_frames.len() == depth {
-                self.previous_frames.push(word);
+            // Unless a module went away meanwhile and the rescan forgot the previous nodes:
+            // kept from here, they would sit at the wrong depths.
+            if self.previous_nodes.len() == depth {
                 self.previous_nodes.push(node);
             }
         }
@@ -133,12 +151,14 @@ impl StackTree {
     }
 
     /// A module went away: nodes defined from now on must not be confused with the old ones.
+    /// The previous stack's words stay: the next event may share them.
     pub fn retire_all(&mut self) {
         self.nodes.clear();
-        self.forget_previous();
+        self.previous_nodes.clear();
     }
 
-    pub fn forget_previous(&mut self) {
+    #[cfg(test)]
+    fn forget_previous(&mut self) {
         self.previous_frames.clear();
         self.previous_nodes.clear();
     }
@@ -148,7 +168,7 @@ impl StackTree {
     /// [`StackTree::take_noted_codes`]).
     pub fn start_child_trace(&mut self) {
         self.nodes = HashMap::default();
-        self.forget_previous();
+        self.previous_nodes.clear();
         self.noting_codes = true;
     }
 
@@ -176,16 +196,20 @@ mod tests {
         let mut modules = ModuleMap::new(String::new());
         // Innermost first: three Python frames under a common outer one.
         let stack = |inner: i32| [python_frame(7, inner), python_frame(8, 2), python_frame(9, 1)];
-        let first = tree.intern(&stack(10), &mut encoder, &mut modules);
-        assert_eq!(tree.intern(&stack(10), &mut encoder, &mut modules), first, "remembered");
+        let first = tree.intern(0, &stack(10), &mut encoder, &mut modules);
+        assert_eq!(
+            tree.intern(0, &stack(10), &mut encoder, &mut modules),
+            first,
+            "remembered"
+        );
         for inner in 11..20 {
-            tree.intern(&stack(inner), &mut encoder, &mut modules);
+            tree.intern(0, &stack(inner), &mut encoder, &mut modules);
             assert!(tree.nodes.len() <= 6, "{}", tree.nodes.len());
         }
         tree.forget_previous();
-        let again = tree.intern(&stack(10), &mut encoder, &mut modules);
+        let again = tree.intern(0, &stack(10), &mut encoder, &mut modules);
         assert!(again > first, "defined again with a new id: {again} after {first}");
         tree.forget_previous();
-        assert_eq!(tree.intern(&stack(10), &mut encoder, &mut modules), again);
+        assert_eq!(tree.intern(0, &stack(10), &mut encoder, &mut modules), again);
     }
 }

@@ -4,7 +4,8 @@
 //! the wait. The collector's sweep takes the threads' partial batches through [`SOURCE`].
 //!
 //! Must never use the channel's blocking send (see [`offer`]), never send from a thread
-//! whose thread-locals are being destroyed, and never grow a batch by reallocating it.
+//! whose thread-locals are being destroyed, never grow a batch by reallocating it, and never
+//! let an event share stack words with one outside its batch (see [`crate::batch`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -96,6 +97,8 @@ pub fn push_event(t: &ThreadState, write: impl FnOnce(&mut Vec<u64>, u32)) {
             }
             t.slot.set(Some(slot));
             t.thread_id.set(sys::gettid());
+            // The batch may hold an exited thread's events: this thread's stacks start afresh.
+            t.previous_stack.forget();
             slot
         }
     };
@@ -103,6 +106,11 @@ pub fn push_event(t: &ThreadState, write: impl FnOnce(&mut Vec<u64>, u32)) {
     let may_send = !t.exiting.get();
     let full = slot.with_batch(|batch| {
         let before = batch.len();
+        if before == 0 {
+            // A batch is only ever replaced by an empty one, which only this thread fills:
+            // the previous stack went with the batch that held it.
+            t.previous_stack.forget();
+        }
         write(batch, thread_id);
         // The lines as far ahead of the batch's end as this event's words reach.
         prefetch_for_write(batch, before * 8 + PREFETCH_BYTES, batch.len() * 8 + PREFETCH_BYTES);

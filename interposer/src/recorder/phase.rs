@@ -15,7 +15,7 @@ use super::finalization;
 use super::seq;
 use super::state::{self, without_own_frames};
 use super::stats::{self, REENTRANT_CALLS, TRUNCATED_STACKS};
-use super::thread::{Phase, ThreadState, PENDING_EVENTS, RECENT_ALLOCATIONS, THREAD};
+use super::thread::{Phase, ThreadState, PENDING_EVENTS, RECENT_ALLOCATIONS, STACK_WORDS, THREAD};
 use crate::batch::{self, BatchTag, DeferredEvent, Header, DEFERRED_WORDS};
 use crate::collector::Message;
 use crate::python;
@@ -291,16 +291,21 @@ fn record_with_stack(
     python::capture(&mut python_words, &mut |code| {
         send_message(Message::PythonCode(Box::new(code)))
     });
-    let python_words = python_words.as_slice();
+    let mut words = WordBuffer::<STACK_WORDS>::new();
+    stack_words::interleave(&mut words, frames, python_words.as_slice(), python::eval_loop());
+    let words = words.as_slice();
     push_event(t, |batch, thread_id| {
+        let shared_frames = t.previous_stack.share(words);
+        let new_words = &words[..words.len() - shared_frames];
         let header = Header {
             tag,
             kind,
-            frame_count: frames.len() + python_words.len(),
+            frame_count: new_words.len(),
+            shared_frames,
             thread_id,
         };
         push_fixed(batch, header);
-        stack_words::interleave(batch, frames, python_words, python::eval_loop());
+        batch.extend_from_slice(new_words);
     });
 }
 

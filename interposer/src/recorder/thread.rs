@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::OnceLock;
 
 use crate::batch::DEFERRED_WORDS;
+use crate::stack_words::PreviousStack;
 use crate::sys::slots::Slot;
 use crate::sys::threads::ThreadExitKey;
 
@@ -41,6 +42,10 @@ pub enum Phase {
 /// space per thread keeps room for them.
 pub const PENDING_EVENTS: usize = 128;
 
+/// Most words an event's stack has: every native frame and every Python word.
+pub const STACK_WORDS: usize = crate::unwind::MAX_FRAMES + crate::python::MAX_WORDS;
+const _: () = assert!(STACK_WORDS <= crate::batch::MAX_STACK_WORDS);
+
 /// Blocks this thread allocated last, kept to tell whether a Python constructor's object is
 /// a new block or one taken off a free list (the constructors watched allocate at most two:
 /// the object and a list's item array).
@@ -69,6 +74,9 @@ pub struct ThreadState {
     /// thread-local memory, where a plain address would keep the block it names reachable.
     pub allocations: Cell<u64>,
     pub recent_allocations: [Cell<usize>; RECENT_ALLOCATIONS],
+    /// The stack of this thread's last event with one, while the batch in its slot still
+    /// holds that event (forgotten whenever the thread finds its batch empty).
+    pub previous_stack: PreviousStack<STACK_WORDS>,
 }
 
 thread_local! {
@@ -85,6 +93,7 @@ thread_local! {
             pending_len: AtomicUsize::new(0),
             allocations: Cell::new(0),
             recent_allocations: [const { Cell::new(0) }; RECENT_ALLOCATIONS],
+            previous_stack: PreviousStack::new(),
         }
     };
 }
