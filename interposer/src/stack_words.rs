@@ -15,8 +15,6 @@ use std::cell::Cell;
 
 use libleak_format::Frame;
 
-use crate::sys::buffer::WordBuffer;
-
 const PYTHON_BIT: u64 = 1 << 63;
 pub const PYTHON_ENTRY: u64 = PYTHON_BIT;
 /// Largest code id a word can carry.
@@ -52,14 +50,10 @@ pub fn is_native(word: u64) -> bool {
 /// `eval_loop` (start..end). Activations left over (an eval frame not recognised, a native
 /// unwind cut short) go after the last native frame.
 #[inline]
-pub fn interleave<const N: usize>(
-    out: &mut WordBuffer<N>,
-    native: &[usize],
-    python: &[u64],
-    eval_loop: (usize, usize),
-) {
+pub fn interleave(out: &mut Vec<u64>, native: &[usize], python: &[u64], eval_loop: (usize, usize)) {
     let is_eval_frame = |&address: &usize| (eval_loop.0..eval_loop.1).contains(&address.wrapping_sub(1));
-    // Copied in runs between eval frames: the buffer's length is updated once per run.
+    out.reserve(native.len() + python.len());
+    // Copied in runs between eval frames: the batch's length is updated once per run.
     let mut native = native;
     let mut rest = python;
     while !rest.is_empty() {
@@ -71,13 +65,13 @@ pub fn interleave<const N: usize>(
             .position(|&word| word == PYTHON_ENTRY)
             .map_or(rest.len(), |i| i + 1);
         out.extend(native[..eval_frame].iter().map(|&address| address as u64));
-        out.extend(rest[..end].iter().copied());
+        out.extend_from_slice(&rest[..end]);
         out.push(native[eval_frame] as u64);
         rest = &rest[end..];
         native = &native[eval_frame + 1..];
     }
     out.extend(native.iter().map(|&address| address as u64));
-    out.extend(rest.iter().copied());
+    out.extend_from_slice(rest);
 }
 
 /// A thread's previous stack (of at most `N` words), outermost word first: the next stack is
@@ -132,10 +126,10 @@ mod tests {
         let (a, b, c) = (python_frame(1, 10), python_frame(2, 20), python_frame(3, 30));
         let native = [0x500, 0x1010, 0x600, 0x1800, 0x700];
         let python = [a, PYTHON_ENTRY, b, c, PYTHON_ENTRY, a, PYTHON_ENTRY];
-        let mut out = WordBuffer::<16>::new();
+        let mut out = Vec::new();
         interleave(&mut out, &native, &python, eval);
         assert_eq!(
-            out.as_slice(),
+            out,
             [
                 0x500,
                 a,
@@ -155,17 +149,17 @@ mod tests {
 
     #[test]
     fn a_return_address_just_past_the_eval_loop_is_not_in_it() {
-        let mut out = WordBuffer::<16>::new();
+        let mut out = Vec::new();
         let a = python_frame(1, 10);
         interleave(&mut out, &[0x2001, 0x1001], &[a], (0x1000, 0x2000));
-        assert_eq!(out.as_slice(), [0x2001, a, 0x1001]);
+        assert_eq!(out, [0x2001, a, 0x1001]);
     }
 
     #[test]
     fn without_an_interpreter_the_words_are_the_native_frames() {
-        let mut out = WordBuffer::<16>::new();
+        let mut out = Vec::new();
         interleave(&mut out, &[0x10, 0x20], &[], (0, 0));
-        assert_eq!(out.as_slice(), [0x10, 0x20]);
+        assert_eq!(out, [0x10, 0x20]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::finalization;
 use super::seq;
 use super::state::{self, without_own_frames};
 use super::stats::{self, REENTRANT_CALLS, TRUNCATED_STACKS};
-use super::thread::{Phase, ThreadState, PENDING_EVENTS, RECENT_ALLOCATIONS, STACK_WORDS, THREAD};
+use super::thread::{Phase, ThreadState, PENDING_EVENTS, RECENT_ALLOCATIONS, THREAD};
 use crate::batch::{self, BatchTag, DeferredEvent, Header, DEFERRED_WORDS};
 use crate::collector::Message;
 use crate::python;
@@ -264,6 +264,11 @@ fn record_alloc(t: &ThreadState, seq: u64, address: usize, size: usize, kind: Al
     });
 }
 
+/// Stacks of at least this many words are sent without the outer words they share with the
+/// thread's previous one (see [`crate::batch`]): an import chain's, not a loop's (see
+/// docs/benchmarks.md, "Shared outer frames").
+const SHARED_FROM_WORDS: usize = 64;
+
 /// Records an event whose fixed fields `push_fixed` appends after its header, followed by the
 /// stack unwound from `caller` and the thread's Python frames.
 #[inline(always)]
@@ -291,21 +296,31 @@ fn record_with_stack(
     python::capture(&mut python_words, &mut |code| {
         send_message(Message::PythonCode(Box::new(code)))
     });
-    let mut words = WordBuffer::<STACK_WORDS>::new();
-    stack_words::interleave(&mut words, frames, python_words.as_slice(), python::eval_loop());
-    let words = words.as_slice();
+    let python_words = python_words.as_slice();
     push_event(t, |batch, thread_id| {
-        let shared_frames = t.previous_stack.share(words);
-        let new_words = &words[..words.len() - shared_frames];
-        let header = Header {
+        let mut header = Header {
             tag,
             kind,
-            frame_count: new_words.len(),
-            shared_frames,
+            frame_count: 0,
+            shared_frames: 0,
             thread_id,
         };
+        let header_at = batch.len();
         push_fixed(batch, header);
-        batch.extend_from_slice(new_words);
+        let words_at = batch.len();
+        stack_words::interleave(batch, frames, python_words, python::eval_loop());
+        // The shared outer words are the event's last: dropped in place, the header then told.
+        // A short stack is sent whole: finding its shared words would cost this thread more
+        // than their copy costs the collector, whose own comparison runs on another core.
+        header.shared_frames = if batch.len() - words_at >= SHARED_FROM_WORDS {
+            t.previous_stack.share(&batch[words_at..])
+        } else {
+            t.previous_stack.forget();
+            0
+        };
+        batch.truncate(batch.len() - header.shared_frames);
+        header.frame_count = batch.len() - words_at;
+        batch[header_at] = header.pack();
     });
 }
 
