@@ -9,7 +9,10 @@
 //!   objects whose reference count is 0 (on a free list for reuse, or being deallocated),
 //!   which hold only such stale pointers;
 //! - immortal objects (3.12+), which the interpreter keeps for the life of the process by
-//!   design (interned strings, for one) and which are therefore roots, not leaks.
+//!   design (interned strings, for one) and which are therefore roots, not leaks;
+//! - code objects (3.11+), scanned only up to their inline bytecode: its inline caches keep
+//!   addresses the specialising interpreter looked up without taking a reference (a method's
+//!   descriptor), stale once the type changes, whose memory may now be another block.
 //!
 //! Reads go through the caller's reader (the scan's safe reader): nothing here dereferences
 //! memory itself. Per-version facts come from [`super::layouts`].
@@ -45,6 +48,9 @@ pub struct FoundObject {
     pub immortal: bool,
     /// For a list: its item array and the bytes of it in use.
     pub list_items: Option<(u64, u64)>,
+    /// The bytes of the block that can hold references, when not all of them can (a code
+    /// object's inline bytecode and caches, 3.11+).
+    pub scan_limit: Option<u64>,
     /// A garbage-collected object with a reference count of 0 that the collector does not
     /// track: kept on a free list for reuse (a list, a dict, a tuple; a finished frame in 3.9
     /// and 3.10) or being deallocated. It holds no reference, only the stale pointers of its
@@ -65,6 +71,9 @@ pub fn gc_header(object_offset: u64) -> std::ops::Range<u64> {
 pub struct GcObjects {
     type_type: u64,
     list_type: u64,
+    code_type: u64,
+    /// 3.11+: where a code object's inline bytecode starts.
+    code_inline_bytecode: Option<u64>,
     unicode_type: u64,
     preheader_flags: u64,
     has_immortal_objects: bool,
@@ -105,16 +114,22 @@ impl GcObjects {
             None
         };
         let dead = garbage_collected && read(object) == Some(0) && read(block + gc_header(offset).start) == Some(0);
+        let type_address = gc_type
+            .map(|(type_address, _)| type_address)
+            .or_else(|| read(object + OBJECT_TYPE as u64));
+        let scan_limit = self
+            .code_inline_bytecode
+            .filter(|_| type_address == Some(self.code_type))
+            .map(|bytecode| offset + bytecode);
         Some(FoundObject {
             offset,
             garbage_collected,
             immortal,
             list_items,
+            scan_limit,
             dead,
             gc_type: gc_type.map(|(type_address, _)| type_address),
-            type_address: gc_type
-                .map(|(type_address, _)| type_address)
-                .or_else(|| read(object + OBJECT_TYPE as u64)),
+            type_address,
         })
     }
 
@@ -274,6 +289,8 @@ pub fn objects() -> Option<GcObjects> {
     Some(GcObjects {
         type_type: interpreter.symbols.type_type as u64,
         list_type: interpreter.symbols.list_type as u64,
+        code_type: interpreter.symbols.code_type as u64,
+        code_inline_bytecode: interpreter.layout.code.inline_code.map(|offset| offset as u64),
         unicode_type: interpreter.symbols.unicode_type as u64,
         preheader_flags: interpreter.layout.gc_preheader_flags,
         has_immortal_objects: interpreter.layout.has_immortal_objects,

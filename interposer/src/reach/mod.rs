@@ -156,6 +156,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         let mut object_offsets = vec![0u8; count];
         let mut reference_offsets = vec![0u8; count];
         let mut list_items: Vec<(u64, u64)> = Vec::new();
+        let mut scan_limited: Vec<(usize, u64)> = Vec::new();
         let mut dead_objects: Vec<usize> = Vec::new();
         let mut next_chunks = std::mem::take(&mut blocks.next_chunks);
         next_chunks.fill(NOT_READ);
@@ -232,6 +233,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 if let Some(items) = object.list_items {
                     list_items.push(items);
                 }
+                if let Some(limit) = object.scan_limit {
+                    scan_limited.push((index, limit));
+                }
                 if object.dead {
                     dead_objects.push(index);
                 }
@@ -247,6 +251,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         blocks.reference_offsets = reference_offsets;
         for index in dead_objects {
             blocks.scan_limits[index] = 0;
+        }
+        for (index, limit) in scan_limited {
+            blocks.scan_limits[index] = blocks.scan_limits[index].min(limit);
         }
         for (items, in_use) in list_items {
             if let Ok(items_index) = blocks.addresses.binary_search(&items) {
