@@ -60,6 +60,11 @@ pub struct Totals {
 #[derive(Default)]
 pub struct AddressHasher(u64);
 
+/// A hash map keyed by addresses, ids or tuples of them, hashed with [`AddressHasher`].
+pub type AddressMap<K, V> = HashMap<K, V, BuildHasherDefault<AddressHasher>>;
+/// A hash set of addresses, ids or tuples of them, hashed with [`AddressHasher`].
+pub type AddressSet<K> = std::collections::HashSet<K, BuildHasherDefault<AddressHasher>>;
+
 impl Hasher for AddressHasher {
     fn finish(&self) -> u64 {
         self.0
@@ -73,6 +78,10 @@ impl Hasher for AddressHasher {
 
     fn write_u64(&mut self, value: u64) {
         self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
     }
 }
 

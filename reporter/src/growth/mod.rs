@@ -224,23 +224,27 @@ fn held_by(trace: &Trace, stacks: impl Iterator<Item = u64>, symbolizer: &mut Sy
     };
     ranked
         .into_iter()
-        .map(|(name, bytes, blocks)| HeldBy {
-            path: paths
-                .get(&name)
-                .map(|(_, held)| type_names(&held.path))
-                .unwrap_or_default(),
-            expression: paths.get(&name).and_then(|(_, held)| expression(&name, held, holding)),
-            name,
-            bytes,
-            blocks,
-            share: bytes as f64 / total.max(1) as f64,
+        .map(|(name, bytes, blocks)| {
+            let path = paths.get(&name).map(|(_, held)| holding.path(held));
+            HeldBy {
+                path: path.as_ref().map(|(path, _)| type_names(path)).unwrap_or_default(),
+                expression: paths
+                    .get(&name)
+                    .zip(path.as_ref())
+                    .and_then(|((_, held), (path, cut))| expression(&name, held, path, *cut, holding)),
+                name,
+                bytes,
+                blocks,
+                share: bytes as f64 / total.max(1) as f64,
+            }
         })
         .collect()
 }
 
 /// The retention path of `held` as a Python expression from the holder named `name`, if the
 /// holder is a Python name and some step of the path is named (see [`HeldBy::expression`]).
-fn expression(name: &str, held: &Held, holding: &Holding) -> Option<String> {
+/// `cut`: the path does not reach back to the holder's own block.
+fn expression(name: &str, held: &Held, path: &[PathStep], cut: bool, holding: &Holding) -> Option<String> {
     if !matches!(
         holding.names.get((held.holder as usize).checked_sub(1)?),
         Some(Holder::Python(_))
@@ -248,11 +252,11 @@ fn expression(name: &str, held: &Held, holding: &Holding) -> Option<String> {
         return None;
     }
     let mut text = name.to_string();
-    if held.path_cut {
+    if cut {
         text.push('…');
     }
     let mut named = false;
-    for step in held.path.iter().skip(usize::from(!held.path_cut)) {
+    for step in path.iter().skip(usize::from(!cut)) {
         match holding.steps.get((step.step as usize).wrapping_sub(1)) {
             Some(step_name) => {
                 named |= !step_name.is_empty();

@@ -11,17 +11,12 @@
 //! Must never look at frames or symbols (stacks are ids here), nor judge growth: that is
 //! [`super::trend`]'s, on sites.
 
-use std::collections::hash_map::Entry as Slot;
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-
-use libleak_format::live::AddressHasher;
+use libleak_format::live::AddressMap as FastMap;
 use libleak_format::{Alloc, Free};
+use std::collections::hash_map::Entry as Slot;
 
 use crate::model::Tally;
 use crate::replay::ReplayObserver;
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<AddressHasher>>;
 
 /// Events between two samples at first.
 pub const FIRST_INTERVAL: u64 = 1 << 10;

@@ -5,11 +5,12 @@
 //! Must never read a file or decide a block's class at exit: [`Trace`](super::Trace) applies
 //! what this gathers once the whole trace is read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use libleak_format::live::{AddressMap as FastMap, AddressSet};
 use libleak_format::{Holder, LeakClass, Reachability, ScanOutcome};
 
-use super::{Held, Holding, PathStep};
+use super::{Held, Holding, ReachedFrom};
 use crate::live::ExitBlock;
 
 /// The scan made when CPython's finalisation began, as replay meets it: the FINALIZING
@@ -17,47 +18,23 @@ use crate::live::ExitBlock;
 /// blocks live at that point of the replay.
 #[derive(Default)]
 pub(super) struct FinalizationScan {
-    pub(super) classes: HashMap<u64, LeakClass>,
+    pub(super) classes: FastMap<u64, LeakClass>,
     pub(super) scan: Option<Reachability>,
     /// (address, seq) of every block live when the scan was made, with its class (`None`
     /// when the scan did not complete).
-    pub(super) live_then: HashMap<(u64, u64), Option<LeakClass>>,
+    pub(super) live_then: FastMap<(u64, u64), Option<LeakClass>>,
     /// (address, seq) of the blocks a Python name (a module global, a class attribute) held
     /// when the scan was made.
-    pub(super) named_then: HashSet<(u64, u64)>,
+    pub(super) named_then: AddressSet<(u64, u64)>,
     pub(super) holder_names: Vec<Holder>,
     /// Address → (holder id, object type id, the address it was reached from or 0, step id).
-    pub(super) block_holders: HashMap<u64, (u32, u32, u64, u32)>,
+    pub(super) block_holders: FastMap<u64, (u32, u32, u64, u32)>,
     pub(super) object_types: Vec<String>,
     pub(super) step_names: Vec<String>,
     pub(super) holding: Option<Holding>,
 }
 
-/// Blocks followed back from a held block towards its holder, at most.
-const MAX_PATH: usize = 16;
-
 impl FinalizationScan {
-    /// The blocks along the way from the holder to the block at `address` (that block's
-    /// last), following each block's `via`, and whether the way was cut before the holder.
-    fn path_to(&self, address: u64) -> (Vec<PathStep>, bool) {
-        let mut path = Vec::new();
-        let mut at = address;
-        let mut cut = false;
-        while let Some(&(_, object_type, via, step)) = self.block_holders.get(&at) {
-            path.push(PathStep { object_type, step });
-            if via == 0 {
-                break;
-            }
-            if path.len() == MAX_PATH {
-                cut = true;
-                break;
-            }
-            at = via;
-        }
-        path.reverse();
-        (path, cut)
-    }
-
     /// `live`: every block live when the scan was made, inherited ones from `inherited_from`
     /// on.
     pub(super) fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>, inherited_from: usize) {
@@ -69,60 +46,49 @@ impl FinalizationScan {
                     Some(Holder::Python(_))
                 )
             };
-            self.named_then = live
-                .iter()
-                .filter(|(address, _)| {
-                    self.block_holders
-                        .get(address)
-                        .is_some_and(|&(holder, ..)| named(holder))
-                })
-                .map(|(address, block)| (*address, block.seq))
-                .collect();
-        }
-        if complete && !self.holder_names.is_empty() {
-            let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
-            let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
-            // Per (stack, holder): the newest block's seq and address, whose path is shown.
-            let mut newest: HashMap<(u64, u32), (u64, u64)> = HashMap::new();
+            self.named_then.clear();
+            // One look-up per block, a hash table per sum: a stack's blocks can have thousands
+            // of holders (the items of one large dict each held by the module).
+            let mut held_by: FastMap<(u64, u32), (Held, u64)> = FastMap::default();
+            let mut types_of: FastMap<(u64, u32), (u64, u64)> = FastMap::default();
             for &(address, block) in &live {
                 let Some(&(holder, object_type, ..)) = self.block_holders.get(&address) else {
                     continue;
                 };
-                let slot = newest.entry((block.stack, holder)).or_insert((block.seq, address));
-                if block.seq > slot.0 {
-                    *slot = (block.seq, address);
+                if named(holder) {
+                    self.named_then.insert((address, block.seq));
+                }
+                let (held, newest_seq) = held_by.entry((block.stack, holder)).or_insert((
+                    Held {
+                        holder,
+                        bytes: 0,
+                        blocks: 0,
+                        newest: address,
+                    },
+                    block.seq,
+                ));
+                held.bytes += block.size;
+                held.blocks += 1;
+                // The newest block's path is shown.
+                if block.seq > *newest_seq {
+                    (held.newest, *newest_seq) = (address, block.seq);
                 }
                 if object_type != 0 {
-                    let types = types_by_stack.entry(block.stack).or_default();
-                    match types.iter_mut().find(|t| t.0 == object_type) {
-                        Some(t) => {
-                            t.1 += block.size;
-                            t.2 += 1;
-                        }
-                        None => types.push((object_type, block.size, 1)),
-                    }
-                }
-                let held = by_stack.entry(block.stack).or_default();
-                match held.iter_mut().find(|h| h.holder == holder) {
-                    Some(h) => {
-                        h.bytes += block.size;
-                        h.blocks += 1;
-                    }
-                    None => held.push(Held {
-                        holder,
-                        bytes: block.size,
-                        blocks: 1,
-                        path: Vec::new(),
-                        path_cut: false,
-                    }),
+                    let sums = types_of.entry((block.stack, object_type)).or_default();
+                    sums.0 += block.size;
+                    sums.1 += 1;
                 }
             }
-            for (stack, held) in &mut by_stack {
-                for h in held.iter_mut() {
-                    if let Some(&(_, address)) = newest.get(&(*stack, h.holder)) {
-                        (h.path, h.path_cut) = self.path_to(address);
-                    }
-                }
+            let mut by_stack: HashMap<u64, Vec<Held>> = HashMap::new();
+            for ((stack, _), (held, _)) in held_by {
+                by_stack.entry(stack).or_default().push(held);
+            }
+            let mut types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>> = HashMap::new();
+            for ((stack, object_type), (bytes, blocks)) in types_of {
+                types_by_stack
+                    .entry(stack)
+                    .or_default()
+                    .push((object_type, bytes, blocks));
             }
             for held in by_stack.values_mut() {
                 held.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.holder.cmp(&b.holder)));
@@ -130,15 +96,21 @@ impl FinalizationScan {
             for types in types_by_stack.values_mut() {
                 types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             }
-            self.holding = Some(Holding {
+            self.holding = (!self.holder_names.is_empty()).then(|| Holding {
                 names: std::mem::take(&mut self.holder_names),
                 by_stack,
                 types: std::mem::take(&mut self.object_types),
                 steps: std::mem::take(&mut self.step_names),
                 types_by_stack,
+                reached: ReachedFrom::new(
+                    std::mem::take(&mut self.block_holders)
+                        .into_iter()
+                        .map(|(address, (_, object_type, via, step))| (address, via, object_type, step))
+                        .collect(),
+                ),
             });
         }
-        self.block_holders = HashMap::new();
+        self.block_holders = FastMap::default();
         self.live_then = live
             .into_iter()
             .enumerate()
@@ -149,7 +121,7 @@ impl FinalizationScan {
                 ((address, block.seq), class)
             })
             .collect();
-        self.classes = HashMap::new();
+        self.classes = FastMap::default();
         self.scan = Some(scan);
     }
 }
@@ -158,7 +130,7 @@ impl FinalizationScan {
 /// inherited block a forked child's scan left to its parent's trace (see
 /// [`Reachability::inherited_unjudged`]) has none unless the scan wrote one.
 pub(super) fn class_given(
-    classes: &HashMap<u64, LeakClass>,
+    classes: &FastMap<u64, LeakClass>,
     scan: &Reachability,
     inherited: bool,
     address: u64,

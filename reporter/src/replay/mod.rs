@@ -11,8 +11,9 @@
 //!
 //! Must never symbolize or judge blocks: it reports what the trace says, nothing more.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use libleak_format::live::{AddressMap, AddressSet};
 use libleak_format::{Alloc, DecodeError, Frame, Free, Holder, LeakClass, Mark, Module, PythonCode};
 
 mod finalization;
@@ -202,6 +203,58 @@ pub struct Holding {
     /// By stack: the Python type of the objects its blocks held (type id, bytes, blocks), most
     /// bytes first; blocks that held no recognised object are not counted.
     pub types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>>,
+    /// How each held block was reached: followed back only for the paths a report shows, of
+    /// the few holders of its rows, never for every holder of every stack.
+    pub reached: ReachedFrom,
+}
+
+/// Per held block, by address: the block it was reached from (0: from its holder), the type of
+/// the object it holds and the step's name id. Sorted, for the few look-ups of the paths shown.
+#[derive(Debug, Default)]
+pub struct ReachedFrom {
+    by_address: Vec<(u64, u64, u32, u32)>,
+}
+
+/// Blocks followed back from a held block towards its holder, at most.
+const MAX_PATH: usize = 16;
+
+impl ReachedFrom {
+    pub fn new(mut by_address: Vec<(u64, u64, u32, u32)>) -> ReachedFrom {
+        if !by_address.is_sorted_by_key(|entry| entry.0) {
+            by_address.sort_unstable_by_key(|entry| entry.0);
+        }
+        ReachedFrom { by_address }
+    }
+
+    fn get(&self, address: u64) -> Option<(u64, u32, u32)> {
+        let index = self.by_address.binary_search_by_key(&address, |entry| entry.0).ok()?;
+        let (_, via, object_type, step) = self.by_address[index];
+        Some((via, object_type, step))
+    }
+}
+
+impl Holding {
+    /// The blocks on the way from the holder to `held`'s newest block (that block's last), the
+    /// holder's own first, cut at 16 blocks from the end; and whether it was cut (the holder's
+    /// own block is then not its first).
+    pub fn path(&self, held: &Held) -> (Vec<PathStep>, bool) {
+        let mut path = Vec::new();
+        let mut at = held.newest;
+        let mut cut = false;
+        while let Some((via, object_type, step)) = self.reached.get(at) {
+            path.push(PathStep { object_type, step });
+            if via == 0 {
+                break;
+            }
+            if path.len() == MAX_PATH {
+                cut = true;
+                break;
+            }
+            at = via;
+        }
+        path.reverse();
+        (path, cut)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,11 +262,8 @@ pub struct Held {
     pub holder: u32,
     pub bytes: u64,
     pub blocks: u64,
-    /// The blocks on the way from the holder to the newest of these blocks, the holder's
-    /// own first; cut at 16 blocks from the end.
-    pub path: Vec<PathStep>,
-    /// The path was cut: the holder's own block is not its first.
-    pub path_cut: bool,
+    /// The newest of these blocks, whose retention path is shown (see [`Holding::path`]).
+    pub newest: u64,
 }
 
 /// A block on a retention path.
@@ -273,8 +323,8 @@ impl Trace {
     /// frame's code and function): the teardown orphaned it. It is not part of the leak.
     fn apply_finalization_scan(
         &mut self,
-        live_then: &HashMap<(u64, u64), Option<LeakClass>>,
-        named_then: &HashSet<(u64, u64)>,
+        live_then: &AddressMap<(u64, u64), Option<LeakClass>>,
+        named_then: &AddressSet<(u64, u64)>,
     ) {
         let mut import_time: HashMap<u64, bool> = HashMap::new();
         // Each structure's root's sequence number, when it was lost already when finalisation

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use libleak_format::live::AddressMap;
 use libleak_format::{
     Frame, LeakClass, Mark, ProcessInfo, PythonCode, Reachability, Record, ScanOutcome, Stats, TraceReader,
 };
@@ -130,7 +131,7 @@ pub struct Replay {
     python: Option<libleak_format::PythonRuntime>,
     python_ignores_environment: Option<bool>,
     pub(crate) live: LiveSet<ExitBlock>,
-    classes: HashMap<u64, LeakClass>,
+    classes: AddressMap<u64, LeakClass>,
     /// The exit scan's LOST_BLOCKS and OBJECT_TYPES.
     lost: HashMap<u64, libleak_format::LostBlock>,
     object_types: Vec<String>,
