@@ -12,9 +12,8 @@
 
 use std::io::{self, Read};
 
-use flate2::{Decompress, FlushDecompress, Status};
-
 use super::error::{Damage, DecodeError};
+use super::inflate_ahead::{inflate_checked, InflateAhead};
 use crate::varint::Cursor;
 use crate::{CHUNK_FRAME_LEN, CHUNK_SYNC, FORMAT_VERSION, HEADER_LEN, MAGIC, MAX_CHUNK_BYTES};
 
@@ -83,6 +82,14 @@ pub(super) struct ChunkReader<R: Read> {
     chunk_offset: u64,
     chunk_len: u64,
     prologue: Prologue,
+    /// The helper inflating the next chunk (see [`InflateAhead`]); none before the first
+    /// chunk, or when no thread could be made.
+    ahead: Option<InflateAhead>,
+    ahead_tried: bool,
+    /// Chunks whose payload came from the helper.
+    inflated_ahead: u64,
+    /// The payload buffer the current chunk replaced, for the helper to inflate into.
+    spare_payload: Vec<u8>,
 }
 
 /// Reads as many bytes as are available up to `buf.len()`; returns how many were read.
@@ -103,30 +110,6 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     let mut word = [0u8; 4];
     word.copy_from_slice(&bytes[at..at + 4]);
     u32::from_le_bytes(word)
-}
-
-/// Inflates `compressed` into `out` (cleared first), which must then hold exactly `len`
-/// bytes, the stream having ended exactly at the end of `compressed`: trailing bytes would
-/// mean a `compressed_len` grown by damage, which swallowed the next chunk.
-fn inflate_exactly(compressed: &[u8], len: usize, out: &mut Vec<u8>) -> bool {
-    out.clear();
-    // One spare byte, so that a stream longer than stated shows as such instead of stalling.
-    out.reserve_exact(len + 1);
-    let mut inflater = Decompress::new(false);
-    loop {
-        let (read, written) = (inflater.total_in(), inflater.total_out());
-        let Some(rest) = usize::try_from(read).ok().and_then(|read| compressed.get(read..)) else {
-            return false;
-        };
-        match inflater.decompress_vec(rest, out, FlushDecompress::Finish) {
-            Ok(Status::StreamEnd) => {
-                return inflater.total_in() == compressed.len() as u64 && out.len() == len;
-            }
-            Ok(_) if out.len() > len => return false,
-            Ok(_) if inflater.total_in() != read || inflater.total_out() != written => {}
-            Ok(_) | Err(_) => return false,
-        }
-    }
 }
 
 impl<R: Read> ChunkReader<R> {
@@ -165,6 +148,10 @@ impl<R: Read> ChunkReader<R> {
             chunk_offset: 0,
             chunk_len: 0,
             prologue: Prologue::default(),
+            ahead: None,
+            ahead_tried: false,
+            inflated_ahead: 0,
+            spare_payload: Vec::new(),
         })
     }
 
@@ -269,7 +256,43 @@ impl<R: Read> ChunkReader<R> {
     fn loaded(&mut self, end: u64, damage: Option<Damage>) -> NextChunk {
         self.offset = end;
         self.drop_before(end);
+        self.ask_ahead(end);
         NextChunk { damage, loaded: true }
+    }
+
+    /// Has the chunk at `at`, as its frame states it, inflated on the helper while the
+    /// current one is read. Nothing is asked when the frame is not whole or not plausible, or
+    /// when reading on fails (the reader meets the same when it gets there).
+    fn ask_ahead(&mut self, at: u64) {
+        if !self.ahead_tried {
+            self.ahead_tried = true;
+            self.ahead = InflateAhead::start();
+        }
+        if self.ahead.as_ref().is_none_or(InflateAhead::is_busy) {
+            return;
+        }
+        let frame_end = at + CHUNK_FRAME_LEN as u64;
+        if !self.fill_to(frame_end).unwrap_or(false) {
+            return;
+        }
+        let frame = self.slice(at, frame_end);
+        let (compressed_len, payload_len, crc) = (u32_at(frame, 4), u32_at(frame, 8), u32_at(frame, 12));
+        if frame[..4] != CHUNK_SYNC
+            || compressed_len == 0
+            || compressed_len > MAX_CHUNK_BYTES
+            || payload_len > MAX_CHUNK_BYTES
+        {
+            return;
+        }
+        let end = frame_end + u64::from(compressed_len);
+        if !self.fill_to(end).unwrap_or(false) {
+            return;
+        }
+        let out = std::mem::take(&mut self.spare_payload);
+        let compressed = &self.window[(frame_end - self.window_start) as usize..(end - self.window_start) as usize];
+        if let Some(ahead) = self.ahead.as_mut() {
+            ahead.ask(at, compressed, payload_len as usize, crc, out);
+        }
     }
 
     /// Reads the chunk at `at` and, when it validates, makes it the current one.
@@ -297,9 +320,16 @@ impl<R: Read> ChunkReader<R> {
             (frame_end - self.window_start) as usize,
             (end - self.window_start) as usize,
         );
-        if !inflate_exactly(&self.window[from..to], payload_len as usize, &mut self.payload)
-            || crc32fast::hash(&self.payload) != crc
-        {
+        let valid = match self.ahead.as_mut().and_then(|ahead| ahead.take(at)) {
+            Some(Some(payload)) => {
+                self.spare_payload = std::mem::replace(&mut self.payload, payload);
+                self.inflated_ahead += 1;
+                true
+            }
+            Some(None) => false,
+            None => inflate_checked(&self.window[from..to], payload_len as usize, crc, &mut self.payload),
+        };
+        if !valid {
             self.payload.clear();
             return Ok(Attempt::Bad);
         }
@@ -409,6 +439,7 @@ impl<R: Read> ChunkReader<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::inflate_ahead::inflate_exactly;
     use super::super::testing::{decode_all, encode, sample_records};
     use super::*;
 
@@ -428,6 +459,45 @@ mod tests {
                 Err(DecodeError::TruncatedHeader) => assert!(len < HEADER_LEN),
                 Err(other) => panic!("prefix {len}: unexpected {other}"),
             }
+        }
+    }
+
+    /// Every chunk and every region of damage, read with the helper or without.
+    fn chunks_and_damage(bytes: &[u8], helper: bool) -> (Vec<Vec<u8>>, Vec<Damage>, u64) {
+        let mut reader = ChunkReader::new(bytes).unwrap();
+        reader.ahead_tried = !helper;
+        let (mut chunks, mut damage) = (Vec::new(), Vec::new());
+        loop {
+            let expected = Expected {
+                stack_nodes: reader.prologue().stack_nodes_before,
+                exact: false,
+            };
+            let next = reader.next_chunk(expected).unwrap();
+            damage.extend(next.damage);
+            if !next.loaded {
+                return (chunks, damage, reader.inflated_ahead);
+            }
+            chunks.push(reader.payload.clone());
+        }
+    }
+
+    #[test]
+    fn chunks_inflated_ahead_read_as_chunks_inflated_inline_whatever_the_damage() {
+        let bytes = encode(&sample_records(), 2);
+        let (chunks, damage, ahead) = chunks_and_damage(&bytes, true);
+        assert!(
+            chunks.len() >= 4 && damage.is_empty(),
+            "{} chunks, {damage:?}",
+            chunks.len()
+        );
+        assert_eq!(ahead, chunks.len() as u64 - 1, "all but the first from the helper");
+        assert_eq!(chunks_and_damage(&bytes, false), (chunks, damage, 0));
+        for at in HEADER_LEN..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x41;
+            let (chunks, damage, _) = chunks_and_damage(&damaged, true);
+            let (inline_chunks, inline_damage, _) = chunks_and_damage(&damaged, false);
+            assert_eq!((chunks, damage), (inline_chunks, inline_damage), "byte {at}");
         }
     }
 

@@ -10,10 +10,12 @@
 //! The reader mirrors the writer's two halves: `chunks.rs` ([`ChunkReader`], the mirror of
 //! [`ChunkWriter`](crate::ChunkWriter)) reads the framing, and `records.rs`
 //! ([`RecordDecoder`], the mirror of [`RecordEncoder`](crate::RecordEncoder)) decodes the
-//! payloads; [`TraceReader`] drives both.
+//! payloads; [`TraceReader`] drives both. `inflate_ahead.rs` inflates the chunk after the
+//! current one on a helper thread.
 
 mod chunks;
 mod error;
+mod inflate_ahead;
 mod records;
 
 use std::io::Read;
