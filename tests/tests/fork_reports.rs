@@ -298,29 +298,35 @@ for pid in children:\n    assert os.waitpid(pid, 0)[1] == 0\n\
 print('forked', len(children))\n";
     for python in pythons() {
         let label = python.label();
-        let document = python_forks_traced(&python, "pyfork", SCRIPT, 5);
-        let processes = document["processes"].as_array().unwrap();
-        assert_eq!(processes.len(), 6, "{label}: {document:#}");
-        let parent = processes.iter().find(|p| p["fork"].is_null()).unwrap();
-        let mut child_pids: Vec<u64> = processes.iter().filter(|p| !p["fork"].is_null()).map(pid).collect();
-        child_pids.sort();
-        let leak_777 = rows_of(processes, 777);
-        assert_eq!(leak_777.len(), 1, "{label}: {document:#}");
-        let (owner, row) = leak_777[0];
-        assert_eq!(owner, pid(parent), "{label}");
-        assert_eq!(row["blocks"], 1, "{label}");
-        let mut also_in: Vec<u64> = row["also_in"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_u64)
-            .collect();
-        also_in.sort();
-        assert_eq!(also_in, child_pids, "{label}: {row:#}");
-        let leak_555 = rows_of(processes, 555);
-        assert_eq!(leak_555.len(), 1, "{label}: {document:#}");
-        assert!(child_pids.contains(&leak_555[0].0), "{label}");
-        assert!(leak_555[0].1.get("inherited").is_none(), "{label}");
+        // Under load, a child that leaves by `os._exit` (no finalisation) has been seen to find
+        // the 777 bytes possibly lost: a stale pointer to an object freed long before, left in
+        // large live blocks, points into the middle of the block that took its memory (the
+        // heap's layout shifts when libleak's batches are made afresh for a collector behind).
+        with_one_retry(&label, || {
+            let document = python_forks_traced(&python, "pyfork", SCRIPT, 5);
+            let processes = document["processes"].as_array().unwrap();
+            assert_eq!(processes.len(), 6, "{label}: {document:#}");
+            let parent = processes.iter().find(|p| p["fork"].is_null()).unwrap();
+            let mut child_pids: Vec<u64> = processes.iter().filter(|p| !p["fork"].is_null()).map(pid).collect();
+            child_pids.sort();
+            let leak_777 = rows_of(processes, 777);
+            assert_eq!(leak_777.len(), 1, "{label}: {document:#}");
+            let (owner, row) = leak_777[0];
+            assert_eq!(owner, pid(parent), "{label}");
+            assert_eq!(row["blocks"], 1, "{label}");
+            let mut also_in: Vec<u64> = row["also_in"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect();
+            also_in.sort();
+            assert_eq!(also_in, child_pids, "{label}: {row:#}");
+            let leak_555 = rows_of(processes, 555);
+            assert_eq!(leak_555.len(), 1, "{label}: {document:#}");
+            assert!(child_pids.contains(&leak_555[0].0), "{label}");
+            assert!(leak_555[0].1.get("inherited").is_none(), "{label}");
+        });
     }
 }
 
