@@ -42,6 +42,7 @@ use large::LargeBlocks;
 use modules::ModuleMap;
 use stack_tree::StackTree;
 use trace_file::TraceFile;
+pub use waiting::ring_collector;
 
 /// What the collector needs from the recorder that feeds it.
 pub trait EventSource: Sync {

@@ -1,4 +1,5 @@
-//! How the collector waits for its next message: it naps, and never blocks.
+//! How the collector waits for its next message: it naps while messages keep coming, and
+//! sleeps on a [`Doorbell`] that producers ring once they stop.
 //!
 //! Must never use the channel's blocking receive: its first use registers a thread-local
 //! destructor, which takes the dynamic loader's lock, and a program thread inside `dlopen`
@@ -11,35 +12,53 @@ use crossbeam_channel::{RecvTimeoutError, TryRecvError};
 
 use super::{Collector, Message, SWEEP_INTERVAL};
 use crate::sys;
+use crate::sys::doorbell::Doorbell;
 
-/// How long after the last message the collector keeps to its shortest nap.
+/// How long after the last message the collector keeps napping rather than sleeping.
 const NAPPING: Duration = Duration::from_millis(2);
 const NAP_US: u64 = 100;
-/// The longest nap of an idle collector.
-const IDLE_NAP_US: u64 = 3_200;
+
+/// Rung by whoever puts a message on the collector's channel (see [`ring_collector`]).
+static DOORBELL: Doorbell = Doorbell::new();
+
+/// Wakes the collector if it sleeps: called after each message put on its channel.
+pub fn ring_collector() {
+    DOORBELL.ring();
+}
 
 impl Collector {
     /// The next message, or a timeout after [`SWEEP_INTERVAL`]. While messages keep coming
-    /// the collector naps instead of blocking: a blocked receiver makes every sender of a batch
-    /// wake it with a system call (and an interrupt to its core), paid by the program's
-    /// threads. After [`NAPPING`] without a message its naps grow to [`IDLE_NAP_US`], so an
-    /// idle program's collector wakes up a few hundred times a second at most.
+    /// the collector naps instead of sleeping on the doorbell: a sleeping receiver makes every
+    /// sender of a batch wake it with a system call (and an interrupt to its core), paid by the
+    /// program's threads. After [`NAPPING`] without a message it sleeps until a message comes
+    /// or the sweep is due, so an idle program's collector wakes 25 times a second.
     pub(super) fn next_message(&self, last_message: Instant) -> Result<Message, RecvTimeoutError> {
         let started = Instant::now();
-        let mut nap = NAP_US;
         loop {
             match self.events.try_recv() {
                 Ok(message) => return Ok(message),
                 Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) => {
-                    if last_message.elapsed() >= NAPPING {
-                        if started.elapsed() >= SWEEP_INTERVAL {
-                            return Err(RecvTimeoutError::Timeout);
-                        }
-                        nap = (nap * 2).min(IDLE_NAP_US);
-                    }
-                    sys::sleep_us(nap);
+                Err(TryRecvError::Empty) => {}
+            }
+            let waited = started.elapsed();
+            if waited >= SWEEP_INTERVAL {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            if last_message.elapsed() < NAPPING {
+                sys::sleep_us(NAP_US);
+                continue;
+            }
+            DOORBELL.arm();
+            match self.events.try_recv() {
+                Ok(message) => {
+                    DOORBELL.disarm();
+                    return Ok(message);
                 }
+                Err(TryRecvError::Disconnected) => {
+                    DOORBELL.disarm();
+                    return Err(RecvTimeoutError::Disconnected);
+                }
+                Err(TryRecvError::Empty) => DOORBELL.wait((SWEEP_INTERVAL - waited).as_micros() as u64),
             }
         }
     }

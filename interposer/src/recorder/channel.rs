@@ -165,7 +165,10 @@ pub fn offer(mut message: Message, deadline: Option<Instant>) -> bool {
     let mut paused = Duration::ZERO;
     loop {
         match channels.events.try_send(message) {
-            Ok(()) => return true,
+            Ok(()) => {
+                crate::collector::ring_collector();
+                return true;
+            }
             Err(TrySendError::Full(returned)) => {
                 if PARKED.load(Ordering::Acquire) {
                     collector_thread::resume();

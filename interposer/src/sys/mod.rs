@@ -11,6 +11,7 @@
 //! - `glibc`: what libleak knows of glibc malloc's internal layout;
 //! - `real`: the next allocator in the lookup chain, and the bootstrap arena;
 //! - `dl_next`: the real `dlsym` and `dlvsym`, found without calling them by name;
+//! - `doorbell`: a futex word the idle collector sleeps on and producers wake it through;
 //! - `slots`: the per-thread event batches the collector can drain;
 //! - `python_raw`: CPython's symbols and raw reads of its thread states, frames, code objects;
 //! - `buffer`: uninitialised fixed-size word buffers, zeroed tables, and a write prefetch;
@@ -24,6 +25,7 @@
 
 pub mod buffer;
 pub mod dl_next;
+pub mod doorbell;
 pub mod glibc;
 pub mod imports;
 pub mod loader;
