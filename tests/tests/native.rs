@@ -398,6 +398,56 @@ fn libleak_run_keeps_the_exit_status_and_prints_the_report() {
     assert!(!stdout.contains("leak_malloc"), "{stdout}");
 }
 
+/// The same handler under 80 frames of `deep`: every stack is deep enough to be sent without
+/// the outer words it shares with the thread's previous one, and the handler's allocations
+/// that are recorded later, without a stack, must not change which previous stack that is.
+/// The leaks made after the signals, in the same batches, keep every outer frame.
+#[test]
+fn a_signal_handlers_stackless_allocations_leave_deep_stacks_whole() {
+    const DEPTH: usize = 80;
+    let scratch = Scratch::new("signals-deep");
+    let counts = scratch.join("counts");
+    let depth = format!("-DDEPTH={DEPTH}");
+    let traced = build_and_trace(&scratch, "gcc", &["signals.c"], &[&depth], &[counts.to_str().unwrap()]);
+    let written = std::fs::read_to_string(&counts).unwrap();
+    let [mallocs, frees, _]: [u64; 3] = written
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    let report = all_live_blocks_json(&traced.trace);
+    let totals = &report["totals"];
+    assert_eq!(totals["allocations"].as_u64(), Some(mallocs), "{totals}");
+    assert_eq!(totals["frees"].as_u64(), Some(frees), "{totals}");
+    let stackless = report["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["frames"].as_array().unwrap().is_empty())
+        .count();
+    assert!(
+        stackless > 0,
+        "no handler allocation was recorded without a stack: {report:#}"
+    );
+    let rows = leaks_in(&report, "main_leak");
+    assert_eq!(rows.len(), 1, "one stack for the three leaks: {report:#}");
+    assert_eq!(rows[0]["blocks"], 3, "{:#}", rows[0]);
+    let functions: Vec<&str> = rows[0]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|frame| frame["function"].as_str())
+        .collect();
+    assert_eq!(
+        functions.iter().filter(|&&f| f == "deep").count(),
+        DEPTH + 1,
+        "{functions:?}"
+    );
+    assert_eq!(&functions[..2], ["main_leak", "work"], "{functions:?}");
+    assert!(functions.contains(&"main"), "{functions:?}");
+}
+
 #[test]
 fn a_signal_handler_allocating_while_a_hook_records_loses_nothing() {
     let scratch = Scratch::new("signals");

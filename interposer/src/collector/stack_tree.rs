@@ -97,6 +97,11 @@ impl StackTree {
         encoder: &mut RecordEncoder,
         modules: &mut ModuleMap,
     ) -> u64 {
+        if shared == 0 && new_frames.is_empty() {
+            // No stack (a signal handler's allocation, handed on later): the thread's previous
+            // stack is still the one its next event may share words with.
+            return 0;
+        }
         let (shared, new_frames) = if shared == 0 {
             // A whole stack (the first of its batch): its outer words are compared here.
             let shared = new_frames
@@ -107,7 +112,8 @@ impl StackTree {
                 .count();
             (shared, &new_frames[..new_frames.len() - shared])
         } else {
-            debug_assert!(shared <= self.previous_frames.len(), "{shared} shared words");
+            // More than the previous stack had cannot happen (see `crate::batch`); were it to,
+            // the stack is cut short rather than the collector stopped.
             (shared.min(self.previous_frames.len()), new_frames)
         };
         self.previous_frames.truncate(shared);
@@ -211,5 +217,20 @@ mod tests {
         assert!(again > first, "defined again with a new id: {again} after {first}");
         tree.forget_previous();
         assert_eq!(tree.intern(0, &stack(10), &mut encoder, &mut modules), again);
+    }
+
+    #[test]
+    fn an_event_without_a_stack_leaves_the_previous_stack_to_share() {
+        let mut tree = StackTree::default();
+        let mut encoder = RecordEncoder::new();
+        let mut modules = ModuleMap::new(String::new());
+        let whole = [python_frame(7, 10), python_frame(8, 2), python_frame(9, 1)];
+        tree.intern(0, &whole, &mut encoder, &mut modules);
+        assert_eq!(tree.intern(0, &[], &mut encoder, &mut modules), 0, "no stack");
+        // The next event sends its innermost word only: the outer two are the previous stack's.
+        let shared = tree.intern(2, &[python_frame(7, 12)], &mut encoder, &mut modules);
+        tree.forget_previous();
+        let spelled_out = [python_frame(7, 12), python_frame(8, 2), python_frame(9, 1)];
+        assert_eq!(tree.intern(0, &spelled_out, &mut encoder, &mut modules), shared);
     }
 }
