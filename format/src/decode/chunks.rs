@@ -6,9 +6,10 @@
 //! marker whose chunk validates and goes on from there. A file that stops inside its last
 //! chunk is truncation, which the reader reports rather than fails on.
 //!
-//! Must never interpret records (that is `records.rs`), never hold more than one chunk's
-//! compressed bytes (plus one read block) and one payload, each at most
-//! [`MAX_CHUNK_BYTES`], and never panic, whatever the input.
+//! Must never interpret records (that is `records.rs`), never hold more than two chunks'
+//! compressed bytes (plus one read block) and two payloads (the current chunk's, and the next
+//! one's on the helper, see `inflate_ahead.rs`), each at most [`MAX_CHUNK_BYTES`], and never
+//! panic, whatever the input.
 
 use std::io::{self, Read};
 
@@ -86,8 +87,11 @@ pub(super) struct ChunkReader<R: Read> {
     /// chunk, or when no thread could be made.
     ahead: Option<InflateAhead>,
     ahead_tried: bool,
-    /// Chunks whose payload came from the helper.
+    /// Chunks loaded, and of them those whose payload came from the helper.
+    chunks_loaded: u64,
     inflated_ahead: u64,
+    /// An input error met while reading ahead for the helper, returned by the next read.
+    deferred_error: Option<io::Error>,
     /// The payload buffer the current chunk replaced, for the helper to inflate into.
     spare_payload: Vec<u8>,
 }
@@ -150,7 +154,9 @@ impl<R: Read> ChunkReader<R> {
             prologue: Prologue::default(),
             ahead: None,
             ahead_tried: false,
+            chunks_loaded: 0,
             inflated_ahead: 0,
+            deferred_error: None,
             spare_payload: Vec::new(),
         })
     }
@@ -256,13 +262,18 @@ impl<R: Read> ChunkReader<R> {
     fn loaded(&mut self, end: u64, damage: Option<Damage>) -> NextChunk {
         self.offset = end;
         self.drop_before(end);
-        self.ask_ahead(end);
+        self.chunks_loaded += 1;
+        // Not after the first chunk: a reader that wants only the process record (the
+        // listing of a directory's traces) makes no thread.
+        if self.chunks_loaded >= 2 {
+            self.ask_ahead(end);
+        }
         NextChunk { damage, loaded: true }
     }
 
     /// Has the chunk at `at`, as its frame states it, inflated on the helper while the
     /// current one is read. Nothing is asked when the frame is not whole or not plausible, or
-    /// when reading on fails (the reader meets the same when it gets there).
+    /// when reading on fails (the error is kept for the reader's next read).
     fn ask_ahead(&mut self, at: u64) {
         if !self.ahead_tried {
             self.ahead_tried = true;
@@ -272,7 +283,7 @@ impl<R: Read> ChunkReader<R> {
             return;
         }
         let frame_end = at + CHUNK_FRAME_LEN as u64;
-        if !self.fill_to(frame_end).unwrap_or(false) {
+        if !self.fill_to_ahead(frame_end) {
             return;
         }
         let frame = self.slice(at, frame_end);
@@ -285,7 +296,7 @@ impl<R: Read> ChunkReader<R> {
             return;
         }
         let end = frame_end + u64::from(compressed_len);
-        if !self.fill_to(end).unwrap_or(false) {
+        if !self.fill_to_ahead(end) {
             return;
         }
         let out = std::mem::take(&mut self.spare_payload);
@@ -384,8 +395,22 @@ impl<R: Read> ChunkReader<R> {
         }
     }
 
+    /// As [`ChunkReader::fill_to`] for the helper's sake: an error is kept for the next read.
+    fn fill_to_ahead(&mut self, end: u64) -> bool {
+        match self.fill_to(end) {
+            Ok(filled) => filled,
+            Err(e) => {
+                self.deferred_error = Some(e);
+                false
+            }
+        }
+    }
+
     /// Appends up to `want` more bytes of the input to the window; false at its end.
     fn read_more(&mut self, want: usize) -> io::Result<bool> {
+        if let Some(e) = self.deferred_error.take() {
+            return Err(e);
+        }
         if self.input_ended {
             return Ok(false);
         }
@@ -490,7 +515,7 @@ mod tests {
             "{} chunks, {damage:?}",
             chunks.len()
         );
-        assert_eq!(ahead, chunks.len() as u64 - 1, "all but the first from the helper");
+        assert_eq!(ahead, chunks.len() as u64 - 2, "all but the first two from the helper");
         assert_eq!(chunks_and_damage(&bytes, false), (chunks, damage, 0));
         for at in HEADER_LEN..bytes.len() {
             let mut damaged = bytes.clone();
@@ -498,6 +523,58 @@ mod tests {
             let (chunks, damage, _) = chunks_and_damage(&damaged, true);
             let (inline_chunks, inline_damage, _) = chunks_and_damage(&damaged, false);
             assert_eq!((chunks, damage), (inline_chunks, inline_damage), "byte {at}");
+        }
+    }
+
+    /// An input that fails once when `at` bytes were read, then goes on (a transient error:
+    /// the bytes a failed read had taken are lost to the reader).
+    struct FailingAfter<'a> {
+        bytes: &'a [u8],
+        at: usize,
+        failed: bool,
+    }
+
+    impl Read for FailingAfter<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.at == 0 && !self.failed {
+                self.failed = true;
+                return Err(io::Error::other("the disk went away"));
+            }
+            if self.at == 0 {
+                self.at = usize::MAX;
+            }
+            let n = buf.len().min(self.at).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            (self.bytes, self.at) = (&self.bytes[n..], self.at - n);
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn an_input_error_met_while_reading_ahead_is_the_next_reads_error() {
+        let bytes = encode(&sample_records(), 2);
+        let (chunks, _, _) = chunks_and_damage(&bytes, false);
+        for at in HEADER_LEN..bytes.len() {
+            let mut reader = ChunkReader::new(FailingAfter {
+                bytes: &bytes,
+                at,
+                failed: false,
+            })
+            .unwrap();
+            let mut loaded = 0;
+            let failed = loop {
+                let expected = Expected {
+                    stack_nodes: reader.prologue().stack_nodes_before,
+                    exact: false,
+                };
+                match reader.next_chunk(expected) {
+                    Ok(next) if next.loaded => loaded += 1,
+                    Ok(_) => break false,
+                    Err(_) => break true,
+                }
+            };
+            assert!(failed, "byte {at}: the error was lost after {loaded} chunks");
+            assert!(loaded < chunks.len(), "byte {at}");
         }
     }
 
