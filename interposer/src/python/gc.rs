@@ -19,7 +19,7 @@
 
 use super::layouts::{
     GC_HEADER_SIZE, GC_PREHEADER_SIZE, LIST_ITEMS, LIST_SIZE, OBJECT_TYPE, SMALLEST_STR, TYPE_BASIC_SIZE, TYPE_FLAGS,
-    TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS, TYPE_NAME,
+    TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS, TYPE_NAME, VAR_OBJECT_SIZE,
 };
 
 /// Longest type name read (longer ones are cut).
@@ -117,9 +117,16 @@ impl GcObjects {
         let type_address = gc_type
             .map(|(type_address, _)| type_address)
             .or_else(|| read(object + OBJECT_TYPE as u64));
+        // Only a block laid out as a code object is one: its bytecode (code units counted in
+        // its size field) fills the block from the inline offset on.
         let scan_limit = self
             .code_inline_bytecode
-            .filter(|_| type_address == Some(self.code_type))
+            .filter(|&bytecode| {
+                type_address == Some(self.code_type)
+                    && read(object + VAR_OBJECT_SIZE as u64)
+                        .and_then(|units| units.checked_mul(2)?.checked_add(offset + bytecode))
+                        .is_some_and(|end| end <= size)
+            })
             .map(|bytecode| offset + bytecode);
         Some(FoundObject {
             offset,
