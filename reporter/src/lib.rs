@@ -107,7 +107,10 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         .end
         .as_ref()
         .is_some_and(|end| end.kind == libleak_format::ExitKind::Exec);
-    let (summary, listed) = attribute::attribute(&tallies, &merged, &roles, options, ended_by_exec);
+    let (mut summary, listed) = attribute::attribute(&tallies, &merged, &roles, options, ended_by_exec);
+    summary
+        .inherited_unjudged
+        .add(trace.inherited_unjudged.blocks, trace.inherited_unjudged.bytes);
     let (mut leaks, omitted) = group::group(&listed, &roles, options, &trace.object_types);
     tests_of::attribute_tests(trace, &listed, &roles, options, &mut leaks);
     Report {

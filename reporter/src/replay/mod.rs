@@ -157,6 +157,10 @@ pub struct Trace {
     /// Code objects by id. A code id may be referred to before its definition.
     pub python_codes: HashMap<u64, PythonCode>,
     pub live: Vec<ExitBlock>,
+    /// Inherited blocks still live that this forked child's scan left to its parent's trace
+    /// (see [`libleak_format::Reachability::inherited_unjudged`]): counted, not kept in
+    /// `live` (a prefork child inherits millions, which nothing lists).
+    pub inherited_unjudged: crate::model::Tally,
     /// The MARK records, in file order.
     pub marks: Vec<Mark>,
     /// Who held the blocks live when CPython's finalisation began, when the scan then named
@@ -515,6 +519,7 @@ pub(crate) mod synthetic {
             lost: HashMap::new(),
             object_types: Vec::new(),
             live: Vec::new(),
+            inherited_unjudged: Default::default(),
             marks: Vec::new(),
             holding: None,
         }

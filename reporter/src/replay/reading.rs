@@ -17,7 +17,7 @@ use super::{
     find_module, load_module, ModuleState, ReplayError, ReplayObserver, StackNode, StackNodes, Trace, IMPORTED_NODES,
 };
 use crate::live::{ExitBlock, LiveSet};
-use crate::model::{Incompleteness, Inherited, TraceHeader};
+use crate::model::{Incompleteness, Inherited, Tally, TraceHeader};
 
 /// Finds what forked children inherited.
 pub trait Inheritance {
@@ -395,6 +395,21 @@ impl Replay {
             Some(_) => None,
         };
         let own = live.live_blocks();
+        let complete_scan = reachability
+            .as_ref()
+            .filter(|scan| scan.outcome == ScanOutcome::Complete);
+        // Inherited blocks the child's scan left to its parent's trace are only counted.
+        let mut inherited_unjudged = Tally::default();
+        let mut inherited_live = inherited_live;
+        if let Some(scan) = complete_scan.filter(|scan| scan.inherited_unjudged > 0) {
+            inherited_live.retain(|block| {
+                let judged = super::finalization::class_given(&classes, scan, true, block.address).is_some();
+                if !judged {
+                    inherited_unjudged.add(1, block.size);
+                }
+                judged
+            });
+        }
         // Inherited blocks first: they were allocated before every block of the child's own.
         let inherited_count = inherited_live.len();
         let mut live = inherited_live;
@@ -451,6 +466,7 @@ impl Replay {
             nodes,
             python_codes,
             live,
+            inherited_unjudged,
             marks,
             holding: finalization.as_mut().and_then(|f| f.holding.take()),
             lost: lost_facts,
