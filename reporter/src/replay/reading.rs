@@ -148,6 +148,10 @@ pub struct Replay {
     /// its parent's live set: one still lives while the child's events never name its
     /// address (any event there came after it, so its free came first).
     inherited: Vec<(u64, ExitBlock)>,
+    /// Instead, when the child's own scan left its inheritance to the parent's trace (its
+    /// trace says so at its end: see [`leaves_inheritance_to_parent`]): each inherited
+    /// block's address and size, to be counted, without its stack.
+    inherited_counted: Vec<(u64, u64)>,
     /// The next id for a stack node imported from a parent's trace.
     next_imported_node: u64,
     /// The module the last native frame was in: consecutive frames are mostly in one.
@@ -230,7 +234,14 @@ impl Replay {
             }
             Record::Fork(info) => {
                 if self.fork.is_none() && info.inherited_blocks > 0 {
-                    let outcome = parents.at_fork(&info, trace_path, &mut |parent| self.inherit(parent));
+                    let counted_only = trace_path.is_some_and(leaves_inheritance_to_parent);
+                    let outcome = parents.at_fork(&info, trace_path, &mut |parent| {
+                        if counted_only {
+                            self.inherit_counts(parent);
+                        } else {
+                            self.inherit(parent);
+                        }
+                    });
                     self.inheritance = Some(match outcome {
                         Ok(()) => Inherited::Read,
                         Err(reason) => Inherited::Missing(reason),
@@ -295,6 +306,20 @@ impl Replay {
             take(self, *address, block);
         }
         parent.live.for_each_live(|address, block| take(self, address, block));
+    }
+
+    /// Takes in the address and size of each block a forked child inherited (see
+    /// [`Replay::inherited_counted`]).
+    fn inherit_counts(&mut self, parent: &Replay) {
+        self.inherited_counted
+            .reserve(parent.live.totals().live_blocks as usize);
+        for (address, block) in parent.inherited_live() {
+            self.inherited_counted.push((address, block.size));
+        }
+        let counted = &mut self.inherited_counted;
+        parent
+            .live
+            .for_each_live(|address, block| counted.push((address, block.size)));
     }
 
     /// The inherited blocks still live: those whose addresses this trace's events never name.
@@ -370,21 +395,32 @@ impl Replay {
             end,
             stats,
             inherited,
+            inherited_counted,
             next_imported_node: _,
             last_module: _,
             inheritance_left: _,
         } = self;
         let mut live_totals = live.totals();
-        if !inherited.is_empty() {
+        // Counted only: never judged here, and their stacks were not taken.
+        let mut inherited_unjudged = Tally::default();
+        for &(address, size) in &inherited_counted {
+            if !live.has_events_at(address) {
+                inherited_unjudged.add(1, size);
+            }
+        }
+        if !inherited.is_empty() || !inherited_counted.is_empty() {
             // The inherited blocks count as allocated before the child's own; each one freed
             // matched the first free of its address.
-            let freed = (inherited.len() - inherited_live.len()) as u64;
-            let inherited_bytes: u64 = inherited.iter().map(|(_, b)| b.size).sum();
-            live_totals.allocations += inherited.len() as u64;
+            let inherited_blocks = (inherited.len() + inherited_counted.len()) as u64;
+            let inherited_still = inherited_live.len() as u64 + inherited_unjudged.blocks;
+            let freed = inherited_blocks - inherited_still;
+            let inherited_bytes: u64 = inherited.iter().map(|(_, b)| b.size).sum::<u64>()
+                + inherited_counted.iter().map(|&(_, size)| size).sum::<u64>();
+            live_totals.allocations += inherited_blocks;
             live_totals.frees += freed;
             live_totals.unmatched_frees = live_totals.unmatched_frees.saturating_sub(freed);
-            live_totals.live_blocks += inherited_live.len() as u64;
-            live_totals.live_bytes += inherited_live.iter().map(|b| b.size).sum::<u64>();
+            live_totals.live_blocks += inherited_still;
+            live_totals.live_bytes += inherited_live.iter().map(|b| b.size).sum::<u64>() + inherited_unjudged.bytes;
             live_totals.peak_bytes += inherited_bytes;
         }
         let incomplete = match end {
@@ -399,7 +435,6 @@ impl Replay {
             .as_ref()
             .filter(|scan| scan.outcome == ScanOutcome::Complete);
         // Inherited blocks the child's scan left to its parent's trace are only counted.
-        let mut inherited_unjudged = Tally::default();
         let mut inherited_live = inherited_live;
         if let Some(scan) = complete_scan.filter(|scan| scan.inherited_unjudged > 0) {
             inherited_live.retain(|block| {
@@ -545,6 +580,26 @@ impl Trace {
         chunk_times.finish(observer);
         replay.finish(&reader)
     }
+}
+
+/// Whether the forked child's trace at `path` says, at its end, that its scans left the blocks
+/// it inherited to its parent's trace (an INHERITANCE_LEFT record with blocks not judged):
+/// its report then needs only their count and bytes, not their stacks. Read ahead of the
+/// replay (a child's trace holds its own work only, and is small); a trace that cannot be
+/// read says no, and its inheritance is taken in whole.
+fn leaves_inheritance_to_parent(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let Ok(mut reader) = TraceReader::new(std::io::BufReader::with_capacity(1 << 16, file)) else {
+        return false;
+    };
+    while let Ok(Some(record)) = reader.next_record() {
+        if let Record::InheritanceLeft { unjudged, .. } = record {
+            return unjudged > 0;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
