@@ -83,6 +83,7 @@ impl ParentReplay {
             ));
         }
         let mut replay = Replay::default();
+        replay.hands_on_inheritance = true;
         replay.handle(Record::Process(process.clone()), parents, Some(path));
         Ok(ParentReplay {
             path: path.to_path_buf(),
