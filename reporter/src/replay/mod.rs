@@ -17,6 +17,7 @@ use libleak_format::live::{AddressMap, AddressSet};
 use libleak_format::{Alloc, DecodeError, Frame, Free, Holder, LeakClass, Mark, Module, PythonCode};
 
 mod finalization;
+mod left_to_parent;
 pub mod parents;
 pub mod reading;
 

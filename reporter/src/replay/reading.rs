@@ -13,6 +13,7 @@ use libleak_format::{
 };
 
 use super::finalization::FinalizationScan;
+use super::left_to_parent;
 use super::{
     find_module, load_module, ModuleState, ReplayError, ReplayObserver, StackNode, StackNodes, Trace, IMPORTED_NODES,
 };
@@ -149,7 +150,7 @@ pub struct Replay {
     /// address (any event there came after it, so its free came first).
     inherited: Vec<(u64, ExitBlock)>,
     /// Instead, when the child's own scan left its inheritance to the parent's trace (its
-    /// trace says so at its end: see [`leaves_inheritance_to_parent`]): each inherited
+    /// trace says so at its end: see [`left_to_parent`]): each inherited
     /// block's address and size, to be counted, without its stack.
     inherited_counted: Vec<(u64, u64)>,
     /// This replay is a parent's, read for its children: its inheritance is taken in whole,
@@ -237,8 +238,8 @@ impl Replay {
             }
             Record::Fork(info) => {
                 if self.fork.is_none() && info.inherited_blocks > 0 {
-                    let counted_only =
-                        !self.hands_on_inheritance && trace_path.is_some_and(leaves_inheritance_to_parent);
+                    let counted_only = !self.hands_on_inheritance
+                        && trace_path.is_some_and(left_to_parent::leaves_inheritance_to_parent);
                     let outcome = parents.at_fork(&info, trace_path, &mut |parent| {
                         if counted_only {
                             self.inherit_counts(parent);
@@ -587,31 +588,6 @@ impl Trace {
     }
 }
 
-/// Whether the forked child's trace at `path` says, at its end, that its last scan left the
-/// blocks it inherited to its parent's trace (an INHERITANCE_LEFT record with blocks not
-/// judged, just before its last REACHABILITY): its report then needs only their count and
-/// bytes, not their stacks. A child that forked after an earlier scan judges everything in
-/// its last one. Read ahead of the replay (a child's trace holds its own work only); a trace
-/// that cannot be read, or that ends before any scan, says no, and its inheritance is taken
-/// in whole.
-fn leaves_inheritance_to_parent(path: &Path) -> bool {
-    let Ok(file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let Ok(mut reader) = TraceReader::new(std::io::BufReader::with_capacity(1 << 16, file)) else {
-        return false;
-    };
-    let (mut left_before_scan, mut last_scan_left) = (false, false);
-    while let Ok(Some(record)) = reader.next_record() {
-        match record {
-            Record::InheritanceLeft { unjudged, .. } => left_before_scan = unjudged > 0,
-            Record::Reachability(_) => last_scan_left = std::mem::take(&mut left_before_scan),
-            _ => {}
-        }
-    }
-    last_scan_left
-}
-
 #[cfg(test)]
 mod tests {
     use libleak_format::{Alloc, Free};
@@ -738,42 +714,6 @@ mod tests {
         assert_eq!(trace.python_codes.get(&9), Some(&code));
         let inherited_block = trace.live.iter().find(|b| b.size == 10).unwrap();
         assert_eq!(trace.stack(inherited_block.stack)[0].module(), Some(0));
-    }
-
-    /// A child's trace whose scans wrote these INHERITANCE_LEFT counts (`None`: a scan that
-    /// judged everything), in a file.
-    fn child_trace_with_scans(scratch: &Path, scans: &[Option<u64>]) -> std::path::PathBuf {
-        use libleak_format::{ChunkWriter, ProcessInfo, Reachability, RecordEncoder};
-        let mut encoder = RecordEncoder::new();
-        encoder.process(&ProcessInfo::default());
-        for scan in scans {
-            if let Some(unjudged) = scan {
-                encoder.inheritance_left(*unjudged, 10);
-            }
-            encoder.reachability(&Reachability::default());
-        }
-        let mut writer = ChunkWriter::new(Vec::new()).unwrap();
-        writer.write_chunk(&encoder.payload()).unwrap();
-        let path = scratch.join(format!("child-{}.trace", scans.len()));
-        std::fs::write(&path, writer.get_ref()).unwrap();
-        path
-    }
-
-    #[test]
-    fn a_child_leaves_its_inheritance_to_the_parent_only_when_its_last_scan_says_so() {
-        let scratch = std::env::temp_dir().join(format!("libleak-left-{}", std::process::id()));
-        std::fs::create_dir_all(&scratch).unwrap();
-        let says = |scans: &[Option<u64>]| leaves_inheritance_to_parent(&child_trace_with_scans(&scratch, scans));
-        assert!(says(&[Some(5)]), "its one scan left 5 blocks");
-        assert!(says(&[Some(5), Some(4)]), "both scans did");
-        assert!(
-            !says(&[Some(5), None]),
-            "it forked, and its exit scan judged everything"
-        );
-        assert!(!says(&[Some(0)]), "nothing left");
-        assert!(!says(&[]), "no scan");
-        assert!(!leaves_inheritance_to_parent(&scratch.join("gone.trace")));
-        std::fs::remove_dir_all(&scratch).unwrap();
     }
 
     /// A well-formed trace with nothing in it but the header.
