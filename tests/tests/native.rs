@@ -398,6 +398,17 @@ fn libleak_run_keeps_the_exit_status_and_prints_the_report() {
     assert!(!stdout.contains("leak_malloc"), "{stdout}");
 }
 
+/// What signals.c wrote to its counts file: every malloc, every free, the handler's calls.
+fn signal_counts(path: &std::path::Path) -> [u64; 3] {
+    let written = std::fs::read_to_string(path).unwrap();
+    written
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap_or_else(|_| panic!("not three counts: {written}"))
+}
+
 /// The same handler under 80 frames of `deep`: every stack is deep enough to be sent without
 /// the outer words it shares with the thread's previous one, and the handler's allocations
 /// that are recorded later, without a stack, must not change which previous stack that is.
@@ -409,13 +420,7 @@ fn a_signal_handlers_stackless_allocations_leave_deep_stacks_whole() {
     let counts = scratch.join("counts");
     let depth = format!("-DDEPTH={DEPTH}");
     let traced = build_and_trace(&scratch, "gcc", &["signals.c"], &[&depth], &[counts.to_str().unwrap()]);
-    let written = std::fs::read_to_string(&counts).unwrap();
-    let [mallocs, frees, _]: [u64; 3] = written
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap();
+    let [mallocs, frees, _] = signal_counts(&counts);
     let report = all_live_blocks_json(&traced.trace);
     let totals = &report["totals"];
     assert_eq!(totals["allocations"].as_u64(), Some(mallocs), "{totals}");
@@ -454,14 +459,8 @@ fn a_signal_handler_allocating_while_a_hook_records_loses_nothing() {
     let counts = scratch.join("counts");
     let counts_arg = counts.to_str().unwrap();
     let traced = build_and_trace(&scratch, "gcc", &["signals.c"], &[], &[counts_arg]);
-    let written = std::fs::read_to_string(&counts).unwrap();
-    let [mallocs, frees, handler_calls]: [u64; 3] = written
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap();
-    assert!(handler_calls >= 3000, "{written}");
+    let [mallocs, frees, handler_calls] = signal_counts(&counts);
+    assert!(handler_calls >= 3000, "{handler_calls} handler calls");
     // The program makes no allocator call but its own (no stdio): the trace holds every one,
     // including those of the handler that interrupted libleak inside a hook.
     let report = all_live_blocks_json(&traced.trace);
