@@ -19,6 +19,8 @@
 mod inheritance;
 mod large;
 mod modules;
+mod pending_rebirths;
+mod rebirths;
 mod scans;
 mod stack_tree;
 pub mod trace_file;
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use libleak_format::live::{LiveBlock, LiveSet};
 use libleak_format::{
-    Alloc, AllocKind, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
+    Alloc, ChunkWriter, End, ExitKind, ForkInfo, Free, Mark, Module, ProcessInfo, PythonCode, PythonRuntime,
     RecordEncoder, Stats,
 };
 
@@ -40,6 +42,7 @@ use crate::config::ChildScan;
 use crate::reach::ExitingThread;
 use large::LargeBlocks;
 use modules::ModuleMap;
+use pending_rebirths::{PendingRebirths, Rebirth};
 use stack_tree::StackTree;
 use trace_file::TraceFile;
 pub use waiting::ring_collector;
@@ -211,6 +214,8 @@ pub struct Collector {
     /// first scan, kept for the next (the teardown frees inherited blocks in between).
     judges_inherited: Option<bool>,
     scan: ScanSettings,
+    /// Rebirths met before their block's allocation (see [`rebirths`]).
+    rebirths: PendingRebirths,
 }
 
 /// How the collector is started: its trace, what it knows of the process, and where its
@@ -262,6 +267,7 @@ impl Collector {
             parked_since_start: false,
             judges_inherited: None,
             scan,
+            rebirths: PendingRebirths::default(),
         };
         collector.encoder.process(&info);
         // On disk before the module list, which takes a while to encode: a process killed
@@ -303,6 +309,7 @@ impl Collector {
             if last_sweep.elapsed() >= SWEEP_INTERVAL {
                 last_sweep = Instant::now();
                 self.source.take_partial_batches(&mut |batch| self.process_batch(batch));
+                self.rebirths.sweep_done();
             }
             let due = self.last_flush.elapsed() >= FLUSH_INTERVAL || self.encoder.pending_bytes() >= CHUNK_BYTES;
             if due && self.encoder.pending_bytes() > 0 {
@@ -315,6 +322,7 @@ impl Collector {
     }
 
     fn handle(&mut self, message: Message) {
+        self.rebirths.message_handled();
         match message {
             Message::Batch(batch) => self.process_batch(batch),
             Message::Modules(modules) => self.update_modules(modules),
@@ -361,6 +369,7 @@ impl Collector {
             self.handle(message);
         }
         self.source.take_partial_batches(&mut |batch| self.process_batch(batch));
+        self.retry_rebirths(true);
     }
 
     /// Turns the parked state of the parent's collector into the start of a forked child's
@@ -505,7 +514,13 @@ impl Collector {
                 } => {
                     // Interned even when the rebirth is dropped: the next event may share its words.
                     let stack = self.intern_stack(shared_frames, frames);
-                    self.reborn(thread_id, free_seq, alloc_seq, object, stack);
+                    self.reborn(Rebirth {
+                        thread_id,
+                        free_seq,
+                        alloc_seq,
+                        object,
+                        stack,
+                    });
                 }
                 BatchEvent::Free {
                     thread_id,
@@ -521,6 +536,9 @@ impl Collector {
                 }
             }
         }
+        if !self.rebirths.is_empty() {
+            self.retry_rebirths(false);
+        }
         batch.clear();
         if let Err(full) = self.spare_batches.try_send(batch) {
             // The buffer goes back to malloc, and its memory to the program: leave no block
@@ -530,40 +548,6 @@ impl Collector {
                 word.write(0);
             });
         }
-    }
-
-    /// A Python object taken off a free list at `object`: its block, the live one that
-    /// starts at the object or at most two GC-header sizes before it and covers it, is freed
-    /// and allocated again with this stack, keeping its requested size. Dropped when no live
-    /// block matches (the object's memory was not a malloc block of its own: pymalloc, an
-    /// arena, or an allocation not taken in yet).
-    fn reborn(&mut self, thread_id: u32, free_seq: u64, alloc_seq: u64, object: u64, stack: u64) {
-        let Some((address, size)) = [0, 16, 32].into_iter().find_map(|before| {
-            let address = object.checked_sub(before)?;
-            let block = self.live_block_at(address)?;
-            // A block allocated after the rebirth (its free already taken in from another
-            // thread's batch) is not the one reborn.
-            (address + block.size > object && block.seq < free_seq).then_some((address, block.size))
-        }) else {
-            return;
-        };
-        self.live.free(address, free_seq);
-        self.encoder.free(&Free {
-            seq: free_seq,
-            thread_id,
-            address,
-        });
-        let block = CollectorBlock { seq: alloc_seq, size };
-        self.live.alloc(address, block);
-        self.large.note(address, block, &self.live);
-        self.encoder.alloc(&Alloc {
-            seq: alloc_seq,
-            thread_id,
-            address,
-            size,
-            stack,
-            kind: AllocKind::FreeListReuse,
-        });
     }
 
     /// Records modules that appeared and disappeared since the last snapshot.
