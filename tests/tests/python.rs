@@ -113,14 +113,10 @@ fn bundled_example_leaks_are_found_on_every_interpreter() {
                     .map(|p| p["blocks"].as_u64().unwrap())
                     .sum::<u64>()
             };
-            // Each entry list and its two-item array; the labels make_label made. About one run in
-            // twenty on 3.10, one list off the free list keeps the stack of its first use (its
-            // rebirth was not recorded; not understood yet): that one is a part of its own site.
+            // Each entry list (off the free list, its rebirth recorded) and its two-item array;
+            // the labels make_label made.
             let entries = part_at("index_labels", "@leaky_entry");
-            assert!((2 * lists - 2..=2 * lists).contains(&entries), "{label}: {index:#}");
-            if entries < 2 * lists {
-                eprintln!("{label}: FLAKY: {entries} entry blocks at @leaky_entry for {lists} lists");
-            }
+            assert_eq!(entries, 2 * lists, "{label}: {index:#}");
             assert_eq!(part_at("make_label", "@leaky_string"), 3, "{label}: {index:#}");
         });
     }
