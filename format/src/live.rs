@@ -285,6 +285,14 @@ impl<B: LiveBlock> LiveSet<B> {
         (latest.block != FREED).then(|| &self.blocks[latest.block as usize])
     }
 
+    /// The latest event at `address`: `None` when none was seen, `Some(None)` when it was a
+    /// free, else the block it allocated. One look-up where
+    /// [`has_events_at`](Self::has_events_at) and [`live_at`](Self::live_at) make two.
+    pub fn event_at(&self, address: u64) -> Option<Option<&B>> {
+        let latest = self.by_address.get(&address)?;
+        Some((latest.block != FREED).then(|| &self.blocks[latest.block as usize]))
+    }
+
     /// Calls `each` with every address an allocation or free was seen at.
     pub fn for_each_address(&self, mut each: impl FnMut(u64)) {
         self.by_address.keys().for_each(|&address| each(address));

@@ -23,6 +23,9 @@ use crate::sys::pagemap::{WrittenPages, PAGE};
 
 /// Block addresses are multiples of this: every address that can start a block is looked up.
 const BLOCK_ALIGN: u64 = 8;
+/// Written bytes whose look-ups cost what going through one inherited block costs: below
+/// this many written bytes per inherited block, the inherited blocks are gone through.
+const WALK_BYTES_PER_INHERITED_BLOCK: u64 = 32;
 
 /// What a forked child's scan does with the blocks it inherited.
 #[derive(Default)]
@@ -85,8 +88,17 @@ impl Collector {
         if self.live.has_events_at(address) {
             return None;
         }
-        let layer = self.inherited.iter().rev().find(|set| set.has_events_at(address))?;
-        layer.live_at(address).copied()
+        self.latest_inherited_at(address)
+    }
+
+    /// The inherited block live at `address` as the latest layer with an event there says.
+    fn latest_inherited_at(&self, address: u64) -> Option<CollectorBlock> {
+        self.inherited
+            .iter()
+            .rev()
+            .find_map(|set| set.event_at(address))
+            .flatten()
+            .copied()
     }
 
     /// (blocks, bytes) inherited and still live: each inherited set's live blocks but those
@@ -156,6 +168,17 @@ impl Collector {
                 read.push(address);
             }
         };
+        // Looking up the addresses of the written pages costs about as much per block on
+        // them as going through every inherited block costs per block: the cheaper of the two.
+        let inherited_blocks = inheritance.unjudged;
+        if inherited_blocks.saturating_mul(WALK_BYTES_PER_INHERITED_BLOCK) < pages.written * PAGE {
+            self.for_each_inherited(|address, block| {
+                if pages.any_written(address, address + block.size.max(1)) {
+                    add(address, *block, &mut inheritance.read);
+                }
+            });
+            return Some(inheritance);
+        }
         for &(address, block) in &large {
             if pages.any_written(address, address + block.size) {
                 add(address, block, &mut inheritance.read);
@@ -175,9 +198,13 @@ impl Collector {
                 let step_to = |end: u64| end.next_multiple_of(BLOCK_ALIGN).max(at + BLOCK_ALIGN);
                 if let Some(&(start, block)) = large.get(next_large).filter(|(start, _)| *start <= at) {
                     at = step_to(start + block.size);
-                } else if let Some(own) = self.live.live_at(at) {
-                    at = step_to(at + own.size.max(1));
-                } else if let Some(block) = self.inherited_block_at(at) {
+                } else if let Some(own) = self.live.event_at(at) {
+                    at = match own {
+                        Some(own) => step_to(at + own.size.max(1)),
+                        // Freed here by this process: no block of its own nor inherited.
+                        None => at + BLOCK_ALIGN,
+                    };
+                } else if let Some(block) = self.latest_inherited_at(at) {
                     let end = at + block.size.max(1);
                     if end > run_start {
                         add(at, block, &mut inheritance.read);

@@ -67,6 +67,7 @@ impl Collector {
             python: crate::python::gc::objects(),
             namer: name_holders.then(crate::python::holders::namer).flatten(),
             time_limit: time_limit.saturating_sub(gathering),
+            pages_shared: !self.inherited.is_empty() || self.parked_since_start,
         });
         result.summary.duration_us += gathering.as_micros() as u64;
         for classes in result.classes.chunks(ENTRIES_PER_RECORD) {

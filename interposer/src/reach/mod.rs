@@ -87,11 +87,16 @@ pub struct ScanInput<'a> {
     /// Set to name the holders of reachable blocks (the scan at Python's finalisation).
     pub namer: Option<Namer>,
     pub time_limit: Duration,
+    /// The process forked or was forked (see [`MemoryReader::keep_pages_shared`]).
+    pub pages_shared: bool,
 }
 
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
     let mut memory = MemoryReader::new();
+    if input.pages_shared {
+        memory.keep_pages_shared();
+    }
     memory.set_readable(
         roots::read_maps()
             .iter()

@@ -6,7 +6,9 @@
 //! shares with its parent copies it, so a worker's scan at exit copied the whole heap it
 //! inherited, at a third of the speed. Reading the file leaves shared pages shared. Reads
 //! of a page or less use `process_vm_readv` (falling back to the file where it is refused):
-//! its fixed cost is a third of the file's.
+//! its fixed cost is a third of the file's. In a process whose pages may be shared with
+//! another ([`MemoryReader::keep_pages_shared`]) every read goes through the file: a pool
+//! worker's scan spent more on copying the pages it read one at a time than on the calls.
 //!
 //! Two caches keep system calls few (see docs/benchmarks.md, "Exit scan"):
 //! - a window: one contiguous stretch of up to [`MAX_WINDOW`] bytes, read with one system
@@ -52,6 +54,8 @@ pub struct MemoryReader {
     proc_mem_refused: bool,
     /// Set when `process_vm_readv` is refused (seccomp, no such system call).
     vm_readv_refused: bool,
+    /// Small reads go through `/proc/self/mem` too (see [`MemoryReader::keep_pages_shared`]).
+    pages_shared: bool,
 }
 
 impl MemoryReader {
@@ -69,7 +73,15 @@ impl MemoryReader {
             proc_mem: None,
             proc_mem_refused: false,
             vm_readv_refused: false,
+            pages_shared: false,
         }
+    }
+
+    /// The process forked or was forked: its pages may be shared with another process, and
+    /// `process_vm_readv` would copy each page it reads. Every read then goes through
+    /// `/proc/self/mem` (where it can be opened).
+    pub fn keep_pages_shared(&mut self) {
+        self.pages_shared = true;
     }
 
     /// The readable mappings, as `(start, end)`, when the scan began: reads are cut to them,
@@ -199,7 +211,8 @@ impl MemoryReader {
         }
         // A page or less: `process_vm_readv` costs a third of a `/proc/self/mem` read, and
         // copies at most the pages it reads when they are shared with a parent.
-        if out.len() <= PAGE && !self.vm_readv_refused {
+        let file_usable = !self.proc_mem_refused;
+        if out.len() <= PAGE && !self.vm_readv_refused && !(self.pages_shared && file_usable) {
             let read = self.vm_readv(address, out);
             if read >= 0 {
                 return read as usize;
