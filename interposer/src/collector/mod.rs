@@ -216,6 +216,8 @@ pub struct Collector {
     scan: ScanSettings,
     /// Rebirths met before their block's allocation (see [`rebirths`]).
     rebirths: PendingRebirths,
+    /// A message a sweep received and left for the loop (see [`Collector::sweep`]).
+    held_back: Option<Message>,
 }
 
 /// How the collector is started: its trace, what it knows of the process, and where its
@@ -268,6 +270,7 @@ impl Collector {
             judges_inherited: None,
             scan,
             rebirths: PendingRebirths::default(),
+            held_back: None,
         };
         collector.encoder.process(&info);
         // On disk before the module list, which takes a while to encode: a process killed
@@ -287,7 +290,11 @@ impl Collector {
         let mut last_sweep = Instant::now();
         let mut last_message = Instant::now();
         loop {
-            match self.next_message(last_message) {
+            let message = match self.held_back.take() {
+                Some(message) => Ok(message),
+                None => self.next_message(last_message),
+            };
+            match message {
                 Ok(Message::Finish(ending)) => return Stopped::Finished(self.finish(ending)),
                 Ok(Message::Park) => {
                     // A fork follows: the pages this process wrote are shared again with the
@@ -306,9 +313,9 @@ impl Collector {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Stopped::Finished(Ok(())),
             }
-            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+            if last_sweep.elapsed() >= SWEEP_INTERVAL && self.held_back.is_none() {
                 last_sweep = Instant::now();
-                self.source.take_partial_batches(&mut |batch| self.process_batch(batch));
+                self.sweep();
                 self.rebirths.sweep_done();
             }
             let due = self.last_flush.elapsed() >= FLUSH_INTERVAL || self.encoder.pending_bytes() >= CHUNK_BYTES;
@@ -368,8 +375,33 @@ impl Collector {
         while let Ok(message) = self.events.try_recv() {
             self.handle(message);
         }
-        self.source.take_partial_batches(&mut |batch| self.process_batch(batch));
+        self.sweep();
         self.retry_rebirths(true);
+    }
+
+    /// Takes every thread's partial batch, and processes them after the messages queued
+    /// when they were taken: a thread hands its full batch to the channel before it appends
+    /// to the next one, so the batches it sent before the one taken are among those, and a
+    /// thread's events are taken in in the order it recorded them. (Processed at once, the
+    /// partial batch overtook them: a rebirth then met its block's stale predecessor.) A
+    /// message that ends the loop's turn (finish, park, finalisation) is left for the loop,
+    /// after the batches taken.
+    fn sweep(&mut self) {
+        let mut taken = Vec::new();
+        self.source.take_partial_batches(&mut |batch| taken.push(batch));
+        for _ in 0..self.events.len() {
+            match self.events.try_recv() {
+                Ok(message @ (Message::Finish(_) | Message::Park | Message::Finalizing { .. })) => {
+                    self.held_back = Some(message);
+                    break;
+                }
+                Ok(message) => self.handle(message),
+                Err(_) => break,
+            }
+        }
+        for batch in taken {
+            self.process_batch(batch);
+        }
     }
 
     /// Turns the parked state of the parent's collector into the start of a forked child's
@@ -392,6 +424,8 @@ impl Collector {
         self.start_time_unix_ns = child.trace.start_time_unix_ns;
         self.events = events;
         self.spare_batches = spare_batches;
+        // What the parent's channel held back is the parent's.
+        self.held_back = None;
         for module in self.modules.modules() {
             self.encoder.module(module);
         }

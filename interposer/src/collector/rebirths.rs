@@ -57,18 +57,29 @@ impl Collector {
     /// its requested size.
     fn apply_rebirth(&mut self, rebirth: Rebirth) -> Outcome {
         let object = rebirth.object;
+        // Of the live blocks under the object, the latest allocated before the rebirth: one
+        // allocated earlier may be a predecessor whose free is not taken in yet (another
+        // thread's), gone before the object's block took its memory.
         let mut stale = false;
-        let found = HEADER_OFFSETS.into_iter().find_map(|before| {
-            let address = object.checked_sub(before)?;
-            let block = self.live_block_at(address)?;
+        let mut found: Option<(u64, CollectorBlock)> = None;
+        for before in HEADER_OFFSETS {
+            let Some(address) = object.checked_sub(before) else {
+                continue;
+            };
+            let Some(block) = self.live_block_at(address) else {
+                continue;
+            };
             if address + block.size <= object {
-                return None;
+                continue;
             }
             // A block allocated after the rebirth (its free already taken in from another
             // thread's batch) is not the one reborn.
-            stale |= block.seq >= rebirth.free_seq;
-            (block.seq < rebirth.free_seq).then_some((address, block))
-        });
+            if block.seq >= rebirth.free_seq {
+                stale = true;
+            } else if found.is_none_or(|(_, latest)| block.seq > latest.seq) {
+                found = Some((address, block));
+            }
+        }
         let Some((address, block)) = found else {
             return if stale { Outcome::Stale } else { Outcome::NoBlock };
         };
@@ -105,22 +116,33 @@ mod tests {
     use crate::batch::{push_alloc, push_reborn, BatchTag, Header};
     use crate::config::ChildScan;
 
-    struct NoThreads;
+    /// Threads whose partial batches are those put in it.
+    struct Threads(std::sync::Mutex<Vec<Vec<u64>>>);
 
-    impl EventSource for NoThreads {
-        fn take_partial_batches(&self, _each: &mut dyn FnMut(Vec<u64>)) {}
+    impl EventSource for Threads {
+        fn take_partial_batches(&self, each: &mut dyn FnMut(Vec<u64>)) {
+            let taken = std::mem::take(&mut *self.0.lock().unwrap());
+            taken.into_iter().for_each(each);
+        }
         fn stats(&self) -> Stats {
             Stats::default()
         }
     }
 
-    static NO_THREADS: NoThreads = NoThreads;
+    static NO_THREADS: Threads = Threads(std::sync::Mutex::new(Vec::new()));
 
     fn collector(name: &str) -> Box<Collector> {
+        collector_with(name, &NO_THREADS, crossbeam_channel::bounded(1).1)
+    }
+
+    fn collector_with(
+        name: &str,
+        source: &'static Threads,
+        events: crossbeam_channel::Receiver<super::super::Message>,
+    ) -> Box<Collector> {
         let path = std::env::temp_dir().join(format!("libleak-rebirths-{}-{name}.trace", std::process::id()));
         let file = std::fs::File::create(&path).unwrap();
         let file = super::super::TraceFile::new(file, path.display().to_string()).unwrap();
-        let (_events_tx, events) = crossbeam_channel::bounded(1);
         let (spare_batches, _spare_rx) = crossbeam_channel::bounded(1);
         let collector = Collector::new(CollectorStart {
             file,
@@ -129,7 +151,7 @@ mod tests {
             python_runtime: None,
             events,
             spare_batches,
-            source: &NO_THREADS,
+            source,
             scan: ScanSettings {
                 own_code: 0,
                 time_limit: None,
@@ -161,6 +183,12 @@ mod tests {
             size,
         );
         batch.push(0x4010);
+        batch
+    }
+
+    fn free(seq: u64, address: usize) -> Vec<u64> {
+        let mut batch = Vec::new();
+        crate::batch::push_free(&mut batch, 1, seq, address);
         batch
     }
 
@@ -215,5 +243,39 @@ mod tests {
         assert!(collector.rebirths.is_empty());
         collector.process_batch(alloc(25, 0x6000, 56));
         assert_eq!(live_seq(&collector, 0x6000), Some(25));
+    }
+
+    /// The object's block took the memory of a predecessor whose free another thread's
+    /// batch has not brought yet: the rebirth is the later block's.
+    #[test]
+    fn a_rebirth_is_the_latest_block_under_the_object_not_a_predecessor_still_live() {
+        let mut collector = collector("predecessor");
+        collector.process_batch(alloc(3, 0x5010, 56));
+        collector.process_batch(alloc(5, 0x5000, 64));
+        collector.process_batch(rebirth(10, 0x5010));
+        assert_eq!(live_seq(&collector, 0x5000), Some(11));
+        collector.process_batch(free(4, 0x5010));
+        assert_eq!(live_seq(&collector, 0x5010), None);
+        assert_eq!(live_seq(&collector, 0x5000), Some(11));
+    }
+
+    static ONE_THREAD: Threads = Threads(std::sync::Mutex::new(Vec::new()));
+
+    /// A thread's partial batch is taken in after the full batches it sent before, still
+    /// in the channel: its rebirth then meets the block it reused, not the one before.
+    #[test]
+    fn a_sweep_takes_in_a_threads_partial_batch_after_its_batches_in_the_channel() {
+        let (sender, events) = crossbeam_channel::bounded(4);
+        let mut collector = collector_with("sweep-order", &ONE_THREAD, events);
+        collector.process_batch(alloc(3, 0x5010, 56));
+        let mut sent = free(4, 0x5010);
+        sent.extend(alloc(5, 0x5000, 64));
+        sender.send(super::super::Message::Batch(sent)).unwrap();
+        ONE_THREAD.0.lock().unwrap().push(rebirth(10, 0x5010));
+        collector.sweep();
+        assert_eq!(live_seq(&collector, 0x5010), None);
+        assert_eq!(live_seq(&collector, 0x5000), Some(11));
+        assert!(collector.held_back.is_none());
+        assert!(collector.rebirths.is_empty());
     }
 }

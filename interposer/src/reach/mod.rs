@@ -94,9 +94,7 @@ pub struct ScanInput<'a> {
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
     let mut memory = MemoryReader::new();
-    if input.pages_shared {
-        memory.keep_pages_shared();
-    }
+    memory.keep_pages_shared(input.pages_shared);
     memory.set_readable(
         roots::read_maps()
             .iter()

@@ -77,11 +77,11 @@ impl MemoryReader {
         }
     }
 
-    /// The process forked or was forked: its pages may be shared with another process, and
-    /// `process_vm_readv` would copy each page it reads. Every read then goes through
-    /// `/proc/self/mem` (where it can be opened).
-    pub fn keep_pages_shared(&mut self) {
-        self.pages_shared = true;
+    /// With `shared`, the process forked or was forked: its pages may be shared with another
+    /// process, and `process_vm_readv` would copy each page it reads. Every read then goes
+    /// through `/proc/self/mem` (where it can be opened).
+    pub fn keep_pages_shared(&mut self, shared: bool) {
+        self.pages_shared = shared;
     }
 
     /// The readable mappings, as `(start, end)`, when the scan began: reads are cut to them,
