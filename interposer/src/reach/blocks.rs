@@ -85,7 +85,8 @@ impl Blocks {
         } {
             return Some((index, Pointer::Start));
         }
-        Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
+        let start = offset == 0 || (object == 0 && is_hash_table_control(offset, self.sizes[index]));
+        Some((index, if start { Pointer::Start } else { Pointer::Interior }))
     }
 }
 
@@ -119,10 +120,56 @@ impl Blocks {
     }
 }
 
+/// The control-byte group width of hashbrown's tables: 16 with SSE2, 8 elsewhere.
+const HASH_TABLE_GROUP: u64 = if cfg!(any(target_arch = "x86", target_arch = "x86_64")) {
+    16
+} else {
+    8
+};
+
+/// Whether `offset` into a block of `size` bytes is where a hashbrown table (Rust's `HashMap`
+/// and `HashSet`, `indexmap`, pyo3 and pydantic-core's maps) keeps its control bytes. Such a
+/// table holds no pointer to its allocation's start, only one to the control bytes: after
+/// `buckets` entries (rounded up to the group's alignment), a byte per bucket and a group's
+/// width more. Its buckets are a power of two, at least 4. Read as a pointer to the start, as
+/// a C++ array's cookie is by memcheck's heuristics, else every table alive at exit reads as
+/// possibly lost.
+fn is_hash_table_control(offset: u64, size: u64) -> bool {
+    let Some(buckets) = size.checked_sub(offset + HASH_TABLE_GROUP) else {
+        return false;
+    };
+    offset.is_multiple_of(HASH_TABLE_GROUP)
+        && buckets >= 4
+        && buckets.is_power_of_two()
+        && offset >= buckets
+        // Entries of a whole group or more fill whole groups: no rounding up.
+        && (buckets < HASH_TABLE_GROUP || offset.is_multiple_of(buckets))
+}
+
 /// Where the next heap chunk's header starts inside the block at `address` (see
 /// [`roots::next_chunk_offset`]); `u64::MAX` when not inside it.
 pub(super) fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> u64 {
     roots::next_chunk_offset(memory, address)
         .filter(|&offset| offset < size)
         .unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_hash_table_control;
+
+    #[test]
+    fn hash_table_control_bytes_are_told_from_other_interior_addresses() {
+        // (entries, entry size) of tables seen in wheels: cryptography's OID names, pydantic-core.
+        for (buckets, entry) in [(256u64, 80u64), (64, 16), (16, 24), (4, 24), (4, 32), (8, 1)] {
+            let control = (buckets * entry).next_multiple_of(16);
+            let size = control + buckets + 16;
+            assert!(is_hash_table_control(control, size), "{buckets} x {entry}");
+            assert!(!is_hash_table_control(control + 16, size), "{buckets} x {entry}");
+            assert!(!is_hash_table_control(control, size + 24), "{buckets} x {entry}");
+        }
+        assert!(!is_hash_table_control(1000, 4096));
+        assert!(!is_hash_table_control(48, 48 + 2 + 16));
+        assert!(!is_hash_table_control(16, 8));
+    }
 }
