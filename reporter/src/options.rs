@@ -32,6 +32,10 @@ pub const BUILTIN: &[BuiltinSuppression] = &[
         reason: "glibc's table for _dl_find_object, grown by dlopen: glibc keeps only an aligned pointer \
                  into the middle of the block, so the scan sees it as possibly lost",
     },
+    BuiltinSuppression {
+        pattern: "lib_build_and_cache_attr",
+        reason: "cffi's lib objects: reading a constant that is no integer copies its value into a buffer                  allocated for it and never freed, once per constant (the value is then cached), as cffi's                  lib_obj.c says it does on purpose",
+    },
 ];
 
 /// One suppression pattern and where it came from.
