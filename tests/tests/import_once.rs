@@ -83,3 +83,51 @@ fn a_block_an_import_loses_once_is_not_a_leak_row_but_a_loop_at_import_is() {
         );
     }
 }
+
+/// An extension whose module init imports a Python module (as Cython modules import numpy)
+/// does not own what that module's body allocates: the texts it keeps for good, by a pointer
+/// to their characters as numpy keeps its docstrings, are the runtime's leftovers, not a row
+/// owned by the importer's `PyInit`.
+#[test]
+fn what_a_module_imported_by_an_extensions_init_keeps_is_not_the_extensions_leak() {
+    let fixture = |name: &str| fixtures_dir().join("import_once").join(name);
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("import-from-init{}{}", python.version.0, python.version.1));
+        for name in ["importer", "texts_keeper"] {
+            python.build_extension(&fixture("importer.c"), name, &scratch.path);
+        }
+        for script in ["imports_from_init.py", "keeps_texts.py"] {
+            std::fs::copy(fixture(script), scratch.join(script)).unwrap();
+        }
+        let trace = python.run_script_traced(&scratch, "imports_from_init.py", &label);
+        let report = report_json(&trace);
+        assert_eq!(report["leaks"], serde_json::json!([]), "{label}: {report:#}");
+        // The texts are there, with the leftovers, at the line of the module's body.
+        let all = report_json_with(&trace, &["--show-leftovers", "--show-reachable"]);
+        let join_line = line_of("import_once/keeps_texts.py", "@keeps_texts_join");
+        let texts: Vec<&serde_json::Value> = all["leaks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| {
+                row["frames"].as_array().unwrap().iter().any(|frame| {
+                    frame["kind"] == "python"
+                        && frame["line"].as_u64() == Some(join_line)
+                        && frame["file"].as_str().is_some_and(|f| f.ends_with("keeps_texts.py"))
+                })
+            })
+            .collect();
+        let blocks: u64 = texts.iter().map(|row| row["blocks"].as_u64().unwrap()).sum();
+        assert_eq!(blocks, 20, "{label}: {all:#}");
+        assert!(
+            texts
+                .iter()
+                .all(|row| row["runtime_leftover"] == true || row["kind"] == "reachable"),
+            "{label}: {all:#}"
+        );
+        assert!(leaks_in(&all, "PyInit_importer").is_empty(), "{label}: {all:#}");
+    }
+}

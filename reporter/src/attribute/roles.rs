@@ -8,7 +8,11 @@
 //! allocated by the runtime itself (the interpreter's caches, the loader's thread-local
 //! storage): left at exit by the runtime, it is not the user's leak. Python code alone cannot
 //! lose memory; what it allocates through the interpreter and nobody frees is the
-//! interpreter's leftover.
+//! interpreter's leftover. Nor does a module's body, run at its import, allocate on behalf of
+//! whoever imported it: frames outside a `<module>` frame own nothing inside it (an
+//! extension whose module init imports numpy does not own numpy's docstrings, which numpy
+//! keeps by a pointer into their middle; a program embedding Python does not own what its
+//! script allocates).
 //!
 //! Must stay pure: decisions from paths and frames only.
 
@@ -96,10 +100,11 @@ impl Roles {
     }
 
     /// The index of the owning frame in `frames` (innermost first): the first native frame
-    /// outside the runtimes, the interpreter and libleak.
+    /// outside the runtimes, the interpreter and libleak, inside any module body's frame.
     pub fn owner(&self, frames: &[Frame]) -> Option<usize> {
         frames
             .iter()
+            .take_while(|f| !is_module_body(f))
             .position(|f| matches!(self.of_frame(f), Some(Role::System | Role::Program)))
     }
 
@@ -118,6 +123,11 @@ impl Roles {
     pub fn is_runtime_leftover(&self, frames: &[Frame]) -> bool {
         !frames.is_empty() && self.owner(frames).is_none()
     }
+}
+
+/// A Python frame running a module's body (at its import, or a script's).
+fn is_module_body(frame: &Frame) -> bool {
+    frame.kind == FrameKind::Python && frame.function.as_deref() == Some("<module>")
 }
 
 #[cfg(test)]
@@ -155,5 +165,68 @@ mod tests {
             python: false,
         };
         assert_eq!(native.of_module("/usr/bin/myprog"), Role::Program);
+    }
+
+    fn native(function: &str, module: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            inlined: false,
+            address: Some(0x1000),
+            build_id_mismatch: false,
+        }
+    }
+
+    fn python(function: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Python,
+            function: Some(function.into()),
+            file: Some("/app/mod.py".into()),
+            line: Some(3),
+            module: None,
+            inlined: false,
+            address: None,
+            build_id_mismatch: false,
+        }
+    }
+
+    #[test]
+    fn an_importer_owns_nothing_the_imported_modules_body_allocates() {
+        let roles = Roles {
+            executable: "/usr/bin/python3.12".into(),
+            python: true,
+        };
+        let libpython = "/usr/lib/libpython3.12.so.1.0";
+        let extension = "/venv/site-packages/pyarrow/lib.so";
+        // numpy's docstrings, numpy imported by an extension's module init.
+        let imported = [
+            native("PyUnicode_New", libpython),
+            python("cleandoc"),
+            python("<module>"),
+            native("PyImport_ImportModule", libpython),
+            native("PyInit_lib", extension),
+            python("<module>"),
+        ];
+        assert_eq!(roles.owner(&imported), None);
+        assert!(roles.is_runtime_leftover(&imported));
+        // An extension called from a module's body owns what it allocates.
+        let called = [
+            native("malloc", "/lib/x86_64-linux-gnu/libc.so.6"),
+            native("leak", extension),
+            python("<module>"),
+        ];
+        assert_eq!(roles.owner(&called), Some(1));
+        // An extension calling back into Python owns what the callback gave it.
+        let callback = [
+            native("PyList_New", libpython),
+            python("make"),
+            native("PyObject_Call", libpython),
+            native("call_back", extension),
+            python("<module>"),
+        ];
+        assert_eq!(roles.owner(&callback), Some(3));
     }
 }
