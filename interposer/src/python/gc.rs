@@ -19,7 +19,7 @@
 
 use super::layouts::{
     GC_HEADER_SIZE, GC_PREHEADER_SIZE, LIST_ITEMS, LIST_SIZE, OBJECT_TYPE, SMALLEST_STR, TYPE_BASIC_SIZE, TYPE_FLAGS,
-    TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS, TYPE_NAME, VAR_OBJECT_SIZE,
+    TYPE_FLAG_HAVE_GC, TYPE_FLAG_LIST_SUBCLASS, TYPE_FLAG_TYPE_SUBCLASS, TYPE_NAME, VAR_OBJECT_SIZE,
 };
 
 /// Longest type name read (longer ones are cut).
@@ -235,10 +235,20 @@ impl GcObjects {
         self.type_info(read, address).map(|info| info.flags)
     }
 
-    /// The flags and size of the type object at `address`, if it is one: its metatype chain
-    /// must reach `PyType_Type`.
+    /// The flags and size of the type object at `address`, if it is one: its type must be
+    /// `PyType_Type`, or a metaclass (a type flagged as a subclass of `type`). Any object's
+    /// type's type is `PyType_Type`: a chain of types reaching it says nothing.
     fn type_info(&mut self, read: &mut dyn FnMut(u64) -> Option<u64>, address: u64) -> Option<TypeInfo> {
-        if address == 0 || !address.is_multiple_of(8) {
+        self.type_info_within(read, address, MAX_METATYPE_DEPTH)
+    }
+
+    fn type_info_within(
+        &mut self,
+        read: &mut dyn FnMut(u64) -> Option<u64>,
+        address: u64,
+        depth: usize,
+    ) -> Option<TypeInfo> {
+        if address == 0 || !address.is_multiple_of(8) || depth == 0 {
             return None;
         }
         let slot = (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - TYPE_CACHE_BITS)) as usize;
@@ -247,18 +257,13 @@ impl GcObjects {
                 return info;
             }
         }
-        let mut metatype = address;
-        let mut is_type = false;
-        for _ in 0..MAX_METATYPE_DEPTH {
-            match read(metatype + OBJECT_TYPE as u64) {
-                Some(next) if next == self.type_type => {
-                    is_type = true;
-                    break;
-                }
-                Some(next) if next != 0 && next % 8 == 0 => metatype = next,
-                _ => break,
-            }
-        }
+        let is_type = match read(address + OBJECT_TYPE as u64) {
+            Some(metatype) if metatype == self.type_type => true,
+            Some(metatype) if metatype != address => self
+                .type_info_within(read, metatype, depth - 1)
+                .is_some_and(|info| info.flags & TYPE_FLAG_TYPE_SUBCLASS != 0),
+            _ => false,
+        };
         let info = if is_type {
             match (
                 read(address + TYPE_FLAGS as u64),
@@ -304,4 +309,54 @@ pub fn objects() -> Option<GcObjects> {
         dict_values_prefix: interpreter.layout.dict_values_prefix,
         types: vec![(0, None); 1 << TYPE_CACHE_BITS],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn objects(type_type: u64) -> GcObjects {
+        GcObjects {
+            type_type,
+            list_type: 0,
+            code_type: 0,
+            code_inline_bytecode: None,
+            unicode_type: 0,
+            preheader_flags: 0,
+            has_immortal_objects: false,
+            dict_values_prefix: false,
+            types: vec![(0, None); 1 << TYPE_CACHE_BITS],
+        }
+    }
+
+    /// Only what a type's type says makes it a type: an ordinary object (a tuple here) has a
+    /// type whose type is `type` too, and reading it as a type read past its end.
+    #[test]
+    fn an_object_is_a_type_only_when_its_type_is_type_or_a_metaclass() {
+        const TYPE: u64 = 0x1000;
+        const TUPLE: u64 = 0x2000;
+        const A_TUPLE: u64 = 0x3000;
+        const META: u64 = 0x4000;
+        const WITH_META: u64 = 0x5000;
+        let mut memory: HashMap<u64, u64> = HashMap::new();
+        let mut object = |address: u64, of_type: u64, flags: u64| {
+            memory.insert(address + OBJECT_TYPE as u64, of_type);
+            memory.insert(address + TYPE_FLAGS as u64, flags);
+            memory.insert(address + TYPE_BASIC_SIZE as u64, 48);
+        };
+        object(TYPE, TYPE, TYPE_FLAG_TYPE_SUBCLASS);
+        object(TUPLE, TYPE, 1 << 26);
+        object(A_TUPLE, TUPLE, 7);
+        object(META, TYPE, TYPE_FLAG_TYPE_SUBCLASS | TYPE_FLAG_HAVE_GC);
+        object(WITH_META, META, TYPE_FLAG_HAVE_GC);
+        let mut read = |address: u64| memory.get(&address).copied();
+        let mut objects = objects(TYPE);
+        assert_eq!(objects.type_flags(&mut read, TUPLE), Some(1 << 26));
+        assert_eq!(objects.type_flags(&mut read, A_TUPLE), None);
+        assert_eq!(objects.type_flags(&mut read, WITH_META), Some(TYPE_FLAG_HAVE_GC));
+        assert!(objects.type_flags(&mut read, META).is_some());
+        assert!(objects.type_flags(&mut read, TYPE).is_some());
+    }
 }

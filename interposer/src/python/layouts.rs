@@ -409,6 +409,8 @@ pub const TYPE_FLAG_MANAGED_WEAKREF: u64 = 1 << 3;
 pub const GC_HEADER_SIZE: u64 = 16;
 /// `Py_TPFLAGS_LIST_SUBCLASS`.
 pub const TYPE_FLAG_LIST_SUBCLASS: u64 = 1 << 25;
+/// `Py_TPFLAGS_TYPE_SUBCLASS`: a metaclass (a subclass of `type`), whose instances are types.
+pub const TYPE_FLAG_TYPE_SUBCLASS: u64 = 1 << 31;
 /// `PyListObject`: `ob_size` (items in use) and `ob_item` (the item array).
 pub const LIST_SIZE: u64 = 16;
 pub const LIST_ITEMS: u64 = 24;
