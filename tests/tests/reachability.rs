@@ -249,3 +249,25 @@ fn a_python_program_that_leaks_nothing_has_an_empty_report_on_every_interpreter(
         );
     }
 }
+
+/// Blocks the C++ runtime points to past their start (old-ABI strings point to their
+/// characters, `new[]` arrays of elements with a destructor past their count) are no leak;
+/// an array dropped is one, with its count's 8 bytes.
+#[test]
+fn cpp_blocks_pointed_to_past_their_start_by_the_runtimes_layouts_are_no_leak() {
+    let scratch = Scratch::new("cpp-layouts");
+    let exe = scratch.join("cpp_layouts");
+    compile("g++", &["reach/cpp_layouts.cpp"], &exe, &["-D_GLIBCXX_USE_CXX11_ABI=0"]);
+    let plain = run(&mut Command::new(&exe));
+    let traced = run_traced(&scratch, &mut Command::new(&exe));
+    assert_eq!(traced.output.stdout, plain.stdout);
+    let report = report_json(&traced.trace);
+    assert_eq!(report["reachability"]["outcome"], "complete", "{report:#}");
+    let dropped = row_at(
+        &report,
+        "fixture::drop()",
+        line_of("reach/cpp_layouts.cpp", "@dropped_nodes"),
+    );
+    assert_eq!(amounts(dropped), ("definitely-lost", 8 + 5 * 16, 1));
+    assert_eq!(rows(&report).len(), 1, "{report:#}");
+}

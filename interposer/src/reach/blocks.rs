@@ -91,6 +91,27 @@ impl Blocks {
 }
 
 impl Blocks {
+    /// In a process without Python objects to recognise: where each block's next chunk
+    /// starts, and where references to it point (see [`native_reference_offset`]), read in
+    /// address order.
+    pub(super) fn read_native_facts(&mut self, memory: &mut MemoryReader) {
+        for index in 0..self.addresses.len() {
+            let (address, size) = (self.addresses[index], self.sizes[index]);
+            if !memory.holds(address.saturating_sub(8), address + size.min(NATIVE_HEAD)) {
+                let (start, end) = self.run(
+                    index,
+                    index + 1..self.addresses.len(),
+                    |_| true,
+                    (8, NATIVE_HEAD),
+                    &self.sizes,
+                );
+                memory.prefetch(start, end);
+            }
+            self.next_chunks[index] = next_chunk(memory, address, size);
+            self.reference_offsets[index] = native_reference_offset(&mut |at| memory.word(at), address, size);
+        }
+    }
+
     /// The stretch of memory to read at once before reading `[address - lead, address +
     /// min(limit, head))` of block `first`: the same parts of the blocks in `rest` (in address
     /// order) that follow it closely and are `wanted`, up to [`MAX_WINDOW`] bytes.
@@ -146,6 +167,40 @@ fn is_hash_table_control(offset: u64, size: u64) -> bool {
         && (buckets < HASH_TABLE_GROUP || offset.is_multiple_of(buckets))
 }
 
+/// The bytes of a block [`native_reference_offset`] reads.
+const NATIVE_HEAD: u64 = 24;
+
+/// Where references to a block that holds no Python object point, when a layout of a common
+/// C++ runtime says they point past its start (0: at its start). Read as references to the
+/// start, as memcheck's leak heuristics read them, else each such block alive at exit reads as
+/// possibly lost:
+/// - a `std::string` of the old, copy-on-write ABI (`_GLIBCXX_USE_CXX11_ABI=0`, wheels built
+///   for manylinux2014 and older): its length, capacity and reference count, then the
+///   characters, which the strings point to: the capacity fits the block and the length the
+///   capacity;
+/// - an array made by `new[]` of elements with a destructor: the element count, then the
+///   elements, which the array's pointer points to: the count divides the rest of the block.
+pub(super) fn native_reference_offset(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> u8 {
+    const STRING_REP: u64 = 24;
+    const ARRAY_COOKIE: u64 = 8;
+    let Some(first) = read(address) else { return 0 };
+    if size > STRING_REP {
+        let capacity = read(address + 8).unwrap_or(u64::MAX);
+        let references = read(address + 16).map(|word| word as u32 as i32);
+        if first <= capacity
+            && STRING_REP + capacity + 1 == size
+            && references.is_some_and(|count| (-1..1 << 20).contains(&count))
+        {
+            return STRING_REP as u8;
+        }
+    }
+    let elements = size.saturating_sub(ARRAY_COOKIE);
+    if first > 0 && elements > 0 && elements.is_multiple_of(first) && elements / first <= 1 << 12 {
+        return ARRAY_COOKIE as u8;
+    }
+    0
+}
+
 /// Where the next heap chunk's header starts inside the block at `address` (see
 /// [`roots::next_chunk_offset`]); `u64::MAX` when not inside it.
 pub(super) fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> u64 {
@@ -156,7 +211,25 @@ pub(super) fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::is_hash_table_control;
+    use super::{is_hash_table_control, native_reference_offset};
+
+    #[test]
+    fn old_abi_strings_and_array_cookies_are_told_by_their_first_words() {
+        let block = |words: [u64; 3]| move |address: u64| words.get(((address - 0x1000) / 8) as usize).copied();
+        // A 5-character string of capacity 5, unshared: 24 + 5 + 1 bytes.
+        assert_eq!(native_reference_offset(&mut block([5, 5, 0]), 0x1000, 30), 24);
+        // Its capacity disagrees with the block: no string.
+        assert_eq!(native_reference_offset(&mut block([5, 5, 0]), 0x1000, 64), 0);
+        // Four 16-byte elements after their count.
+        assert_eq!(native_reference_offset(&mut block([4, 0, 0]), 0x1000, 8 + 4 * 16), 8);
+        // A first word that counts no elements of the block.
+        assert_eq!(native_reference_offset(&mut block([7, 0, 0]), 0x1000, 40), 0);
+        assert_eq!(
+            native_reference_offset(&mut block([0x5555_0000_1000, 0, 0]), 0x1000, 40),
+            0
+        );
+        assert_eq!(native_reference_offset(&mut block([0, 0, 0]), 0x1000, 40), 0);
+    }
 
     #[test]
     fn hash_table_control_bytes_are_told_from_other_interior_addresses() {

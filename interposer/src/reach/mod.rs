@@ -32,7 +32,7 @@ use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
 use crate::sys::memory::MemoryReader;
-use blocks::{next_chunk, Blocks, Pointer};
+use blocks::{native_reference_offset, next_chunk, Blocks, Pointer};
 use marker::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 use paths::{name_steps, PathFacts, Steps};
 pub use roots::ExitingThread;
@@ -124,20 +124,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     // Where each block's next chunk starts; the recognition of Python objects reads the same
     // memory and finds them on its way.
     if input.python.is_none() {
-        for index in 0..blocks.addresses.len() {
-            let address = blocks.addresses[index];
-            if !memory.holds(address.saturating_sub(8), address) {
-                let (start, end) = blocks.run(
-                    index,
-                    index + 1..blocks.addresses.len(),
-                    |_| true,
-                    (8, 0),
-                    &blocks.sizes,
-                );
-                memory.prefetch(start, end);
-            }
-            blocks.next_chunks[index] = next_chunk(&mut memory, address, blocks.sizes[index]);
-        }
+        blocks.read_native_facts(&mut memory);
     }
     let mut immortal = Vec::new();
     let mut named_roots: Vec<(u64, String)> = Vec::new();
@@ -210,9 +197,10 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 next_chunk_of(index);
                 let mut read = |address: u64| memory.try_borrow_mut().ok().and_then(|mut memory| memory.word(address));
                 let Some(object) = python.find(&mut read, &is_address, address, size) else {
-                    if let Some(offset) = python.dict_values_offset(&mut read, address, size) {
-                        reference_offsets[index] = u8::try_from(offset).unwrap_or(0);
-                    }
+                    reference_offsets[index] = match python.dict_values_offset(&mut read, address, size) {
+                        Some(offset) => u8::try_from(offset).unwrap_or(0),
+                        None => native_reference_offset(&mut read, address, size),
+                    };
                     continue;
                 };
                 object_starts[index] = u8::try_from(object.offset).unwrap_or(NO_OBJECT);
