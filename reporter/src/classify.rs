@@ -35,6 +35,10 @@ pub struct StackTally {
     pub object_type: Option<u32>,
     /// The references these blocks' objects hold and the scan could not find.
     pub references: References,
+    /// Lost blocks holding Python objects whose reference count is 0: dead objects that a
+    /// deallocator kept for reuse on a free list, reached only through the links it writes
+    /// into the dead (which the scan does not read; see [`TallyKey::dead_objects`]).
+    pub dead_objects: bool,
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
     pub allocator: AllocKind,
@@ -62,6 +66,7 @@ impl StackTally {
             inherited: self.inherited,
             part_of: self.part_of,
             object_type: self.object_type,
+            dead_objects: self.dead_objects,
         }
     }
 
@@ -81,6 +86,9 @@ pub struct TallyKey {
     pub inherited: bool,
     pub part_of: Option<u64>,
     pub object_type: Option<u32>,
+    /// The blocks hold dead objects: a free list's, not leaked by anyone (the scan does not
+    /// read the dead, whose words are stale, so it cannot follow the list past its head).
+    pub dead_objects: bool,
 }
 
 /// Finds each live block's [`TallyKey`].
@@ -127,6 +135,7 @@ impl<'a> Keys<'a> {
             inherited: self.fork_seq.is_some_and(|fork_seq| block.seq < fork_seq),
             part_of,
             object_type: facts.and_then(|facts| facts.object_type),
+            dead_objects: facts.is_some_and(|facts| facts.object_type.is_some() && facts.refcount == 0),
         }
     }
 }
@@ -146,6 +155,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
             part_of: key.part_of,
             object_type: key.object_type,
             references: References::default(),
+            dead_objects: key.dead_objects,
             tally: Tally::default(),
             allocator: block.kind,
             import_once: false,
@@ -169,6 +179,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
             key.inherited,
             key.part_of,
             key.object_type,
+            key.dead_objects,
         )
     });
     groups.into_iter().map(|(_, group)| group).collect()

@@ -308,6 +308,7 @@ mod tests {
             part_of: None,
             object_type: None,
             references: Default::default(),
+            dead_objects: false,
             tally: Tally { blocks, bytes },
             allocator: AllocKind::Malloc,
             import_once: false,

@@ -170,3 +170,48 @@ fn objects_from_the_free_list_and_fresh_ones_leaked_at_one_line_are_one_row() {
         assert!(allocators.contains(&"leak_list"), "{label}: {allocators:?}");
     }
 }
+
+/// An extension that keeps its dead instances on a free list linked through them (as
+/// CPython's `_asyncio` keeps future iterators, which outlive the loop under uvloop): the dead
+/// are no leak (the runtime's leftovers, listed with them), a reference never given back is.
+#[test]
+fn dead_objects_an_extension_keeps_for_reuse_are_no_leak() {
+    for python in pythons() {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("freelists-dead-{label}"));
+        python.build_extension(&fixture("deadlist.c"), "deadlist", &scratch.path);
+        std::fs::copy(fixture("deadlist.py"), scratch.join("deadlist.py")).unwrap();
+        let trace = python.run_script_traced(&scratch, "deadlist.py", &label);
+        let items = |report: &serde_json::Value| -> Vec<(bool, u64, u64)> {
+            report["leaks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|row| {
+                    row["objects"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|o| o["type"] == "deadlist.Item")
+                })
+                .map(|row| {
+                    (
+                        row["runtime_leftover"] == true,
+                        row["blocks"].as_u64().unwrap(),
+                        row["bytes"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        // The leaked item only: it came off the free list, so its stack is its block's first.
+        let report = report_json(&trace);
+        assert_eq!(items(&report), [(false, 1, 48)], "{label}: {report:#}");
+        let leaked = &report["leaks"][0]["leaked_references"];
+        assert_eq!(leaked["leaked"].as_u64(), Some(1), "{label}: {leaked}");
+        // Twelve dropped, one taken back: eleven dead, of which the head is reachable.
+        let all = report_json_with(&trace, &["--show-leftovers"]);
+        let mut found = items(&all);
+        found.sort();
+        assert_eq!(found, [(false, 1, 48), (true, 10, 480)], "{label}: {all:#}");
+    }
+}

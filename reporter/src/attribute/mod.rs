@@ -50,8 +50,10 @@ pub fn attribute<'a>(
         // Garbage awaiting collection is no leak either, nor what an exec released.
         let released = ended_by_exec && tally.class.is_none() && !tally.unjudged_inheritance();
         let reachable = matches!(tally.class, Some(LeakClass::Reachable | LeakClass::Collectable));
-        // What the runtime allocated while shutting down is its own, whatever the stack.
-        let leftover = !reachable && (tally.during_finalization || roles.is_runtime_leftover(judged_frames));
+        // What the runtime allocated while shutting down is its own, whatever the stack, and
+        // so are dead objects a free list keeps.
+        let leftover =
+            !reachable && (tally.during_finalization || tally.dead_objects || roles.is_runtime_leftover(judged_frames));
         let listed = if tally.unjudged_inheritance() {
             summary.inherited_unjudged.add(blocks, bytes);
             false
@@ -140,6 +142,7 @@ mod tests {
             part_of: None,
             object_type: None,
             references: Default::default(),
+            dead_objects: false,
             tally: Tally {
                 blocks,
                 bytes: blocks * 10,
