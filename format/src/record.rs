@@ -369,7 +369,8 @@ pub struct LostBlock {
     pub object_type: u32,
     /// The object's reference count (0 when the block holds no object the scan recognised).
     pub refcount: u64,
-    /// How many pointers to the object's start the scan found in lost memory.
+    /// How many pointers to the object's start the scan found in lost memory; for a dead
+    /// object (`refcount` 0), in dead objects (a free list's links).
     pub references: u64,
 }
 

@@ -35,9 +35,9 @@ pub struct StackTally {
     pub object_type: Option<u32>,
     /// The references these blocks' objects hold and the scan could not find.
     pub references: References,
-    /// Lost blocks holding Python objects whose reference count is 0: dead objects that a
-    /// deallocator kept for reuse on a free list, reached only through the links it writes
-    /// into the dead (which the scan does not read; see [`TallyKey::dead_objects`]).
+    /// Lost blocks holding Python objects whose reference count is 0 that another dead object
+    /// points to: members of a free list linked through them, which a deallocator keeps for
+    /// reuse (see [`TallyKey::dead_objects`]).
     pub dead_objects: bool,
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
@@ -135,7 +135,10 @@ impl<'a> Keys<'a> {
             inherited: self.fork_seq.is_some_and(|fork_seq| block.seq < fork_seq),
             part_of,
             object_type: facts.and_then(|facts| facts.object_type),
-            dead_objects: facts.is_some_and(|facts| facts.object_type.is_some() && facts.refcount == 0),
+            // Linked from another dead object: a free list's member. A dead object nothing
+            // points to was lost by its deallocator (one that forgets `tp_free`): a leak.
+            dead_objects: facts
+                .is_some_and(|facts| facts.object_type.is_some() && facts.refcount == 0 && facts.references > 0),
         }
     }
 }

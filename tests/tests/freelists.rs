@@ -173,7 +173,8 @@ fn objects_from_the_free_list_and_fresh_ones_leaked_at_one_line_are_one_row() {
 
 /// An extension that keeps its dead instances on a free list linked through them (as
 /// CPython's `_asyncio` keeps future iterators, which outlive the loop under uvloop): the dead
-/// are no leak (the runtime's leftovers, listed with them), a reference never given back is.
+/// are no leak (the runtime's leftovers, listed with them), a reference never given back is,
+/// and so are dead objects nothing links to (a deallocator that forgets to free them).
 #[test]
 fn dead_objects_an_extension_keeps_for_reuse_are_no_leak() {
     for python in pythons() {
@@ -182,18 +183,18 @@ fn dead_objects_an_extension_keeps_for_reuse_are_no_leak() {
         python.build_extension(&fixture("deadlist.c"), "deadlist", &scratch.path);
         std::fs::copy(fixture("deadlist.py"), scratch.join("deadlist.py")).unwrap();
         let trace = python.run_script_traced(&scratch, "deadlist.py", &label);
-        let items = |report: &serde_json::Value| -> Vec<(bool, u64, u64)> {
+        let rows_of = |report: &serde_json::Value, name: &str| -> Vec<serde_json::Value> {
             report["leaks"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|row| {
-                    row["objects"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|o| o["type"] == "deadlist.Item")
-                })
+                .filter(|row| row["objects"].as_array().unwrap().iter().any(|o| o["type"] == name))
+                .cloned()
+                .collect()
+        };
+        let amounts = |rows: &[serde_json::Value]| -> Vec<(bool, u64, u64)> {
+            let mut found: Vec<(bool, u64, u64)> = rows
+                .iter()
                 .map(|row| {
                     (
                         row["runtime_leftover"] == true,
@@ -201,17 +202,22 @@ fn dead_objects_an_extension_keeps_for_reuse_are_no_leak() {
                         row["bytes"].as_u64().unwrap(),
                     )
                 })
-                .collect()
+                .collect();
+            found.sort();
+            found
         };
         // The leaked item only: it came off the free list, so its stack is its block's first.
         let report = report_json(&trace);
-        assert_eq!(items(&report), [(false, 1, 48)], "{label}: {report:#}");
-        let leaked = &report["leaks"][0]["leaked_references"];
+        let items = rows_of(&report, "deadlist.Item");
+        assert_eq!(amounts(&items), [(false, 1, 48)], "{label}: {report:#}");
+        let leaked = &items[0]["leaked_references"];
         assert_eq!(leaked["leaked"].as_u64(), Some(1), "{label}: {leaked}");
+        // Dead, but nothing links to them: lost by their deallocator.
+        let forgotten = rows_of(&report, "deadlist.Forgetful");
+        assert_eq!(amounts(&forgotten), [(false, 3, 3 * 48)], "{label}: {report:#}");
         // Twelve dropped, one taken back: eleven dead, of which the head is reachable.
         let all = report_json_with(&trace, &["--show-leftovers"]);
-        let mut found = items(&all);
-        found.sort();
+        let found = amounts(&rows_of(&all, "deadlist.Item"));
         assert_eq!(found, [(false, 1, 48), (true, 10, 480)], "{label}: {all:#}");
     }
 }

@@ -24,9 +24,10 @@ pub(super) struct Blocks {
     pub(super) sizes: Vec<u64>,
     /// Offset of the Python object inside a garbage-collected object's block; 0 otherwise.
     pub(super) object_offsets: Vec<u8>,
-    /// Where references to a block that holds no object point, when not at its start (a
-    /// managed dict's values, past their prefix, or a byte before as 3.12 tags them); 0: at
-    /// its start only.
+    /// Where references to a block that holds no object point, when not at its start: a
+    /// managed dict's values, past their prefix (a multiple of 8), or a byte before as 3.12 tags
+    /// them; else a layout of a native runtime (see [`native_layout`]); [`NO_LAYOUT`]: at its
+    /// start only.
     pub(super) reference_offsets: Vec<u8>,
     /// Offset of the next heap chunk's header when it falls inside the block (see
     /// [`roots::next_chunk_offset`]); `u64::MAX` otherwise.
@@ -78,22 +79,54 @@ impl Blocks {
             if offset == object {
                 return Some((index, Pointer::Start));
             }
-        } else if offset != 0 && {
-            // 3.12 tags a managed dict's values pointer by subtracting one.
-            let reference = u64::from(self.reference_offsets[index]);
-            offset == reference || offset + 1 == reference
-        } {
+        } else if offset != 0 && self.references_point_at(index, offset) {
             return Some((index, Pointer::Start));
         }
-        let start = offset == 0 || (object == 0 && is_hash_table_control(offset, self.sizes[index]));
-        Some((index, if start { Pointer::Start } else { Pointer::Interior }))
+        Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
+    }
+
+    /// Whether references to block `index`, which holds no Python object, point `offset`
+    /// bytes in (see [`Blocks::reference_offsets`]).
+    #[inline]
+    fn references_point_at(&self, index: usize, offset: u64) -> bool {
+        match self.reference_offsets[index] {
+            NO_LAYOUT => false,
+            STRING_REP => offset == STRING_REP_BYTES,
+            ARRAY_COOKIE => offset == ARRAY_COOKIE_BYTES,
+            HASH_TABLE => is_hash_table_control(offset, self.sizes[index]),
+            // 3.12 tags a managed dict's values pointer by subtracting one.
+            prefix => offset == u64::from(prefix) || offset + 1 == u64::from(prefix),
+        }
     }
 }
 
 impl Blocks {
+    /// The dead objects at block indices `dead` (no reference left, untracked: on a free list
+    /// for reuse, or being freed) are read here once, never by the marking, their words being
+    /// stale: per block, the pointers to its object's start found in them (a free list linked
+    /// through its members; empty when there is no dead object). Call once the objects are
+    /// known.
+    pub(super) fn read_dead(&mut self, memory: &mut MemoryReader, dead: &[usize]) -> Vec<u32> {
+        if dead.is_empty() {
+            return Vec::new();
+        }
+        let mut links = vec![0u32; self.addresses.len()];
+        for &index in dead {
+            let words = memory.bytes(self.addresses[index], self.sizes[index] as usize).to_vec();
+            for word in words.chunks_exact(8) {
+                let word = u64::from_ne_bytes(word.try_into().unwrap_or_default());
+                if let Some((target, Pointer::Start)) = self.find(word).filter(|&(target, _)| target != index) {
+                    links[target] = links[target].saturating_add(1);
+                }
+            }
+            self.scan_limits[index] = 0;
+        }
+        links
+    }
+
     /// In a process without Python objects to recognise: where each block's next chunk
-    /// starts, and where references to it point (see [`native_reference_offset`]), read in
-    /// address order.
+    /// starts, and where references to it point (see [`native_layout`]), read in address
+    /// order.
     pub(super) fn read_native_facts(&mut self, memory: &mut MemoryReader) {
         for index in 0..self.addresses.len() {
             let (address, size) = (self.addresses[index], self.sizes[index]);
@@ -108,7 +141,7 @@ impl Blocks {
                 memory.prefetch(start, end);
             }
             self.next_chunks[index] = next_chunk(memory, address, size);
-            self.reference_offsets[index] = native_reference_offset(&mut |at| memory.word(at), address, size);
+            self.reference_offsets[index] = native_layout(&mut |at| memory.word(at), address, size);
         }
     }
 
@@ -167,38 +200,73 @@ fn is_hash_table_control(offset: u64, size: u64) -> bool {
         && (buckets < HASH_TABLE_GROUP || offset.is_multiple_of(buckets))
 }
 
-/// The bytes of a block [`native_reference_offset`] reads.
+/// The bytes of a block [`native_layout`] reads at its start.
 const NATIVE_HEAD: u64 = 24;
+/// [`Blocks::reference_offsets`] of a block referenced at its start only.
+pub(super) const NO_LAYOUT: u8 = 0;
+/// [`Blocks::reference_offsets`] of native layouts: odd, unlike the dict values prefixes.
+const STRING_REP: u8 = 1;
+const ARRAY_COOKIE: u8 = 3;
+const HASH_TABLE: u8 = 5;
+const STRING_REP_BYTES: u64 = 24;
+const ARRAY_COOKIE_BYTES: u64 = 8;
 
-/// Where references to a block that holds no Python object point, when a layout of a common
-/// C++ runtime says they point past its start (0: at its start). Read as references to the
-/// start, as memcheck's leak heuristics read them, else each such block alive at exit reads as
-/// possibly lost:
+/// The layout of a common native runtime a block holding no Python object has, whose
+/// references point past its start ([`NO_LAYOUT`]: none). Such references are read as
+/// references to the start, as memcheck's leak heuristics read them, else each such block
+/// alive at exit reads as possibly lost:
 /// - a `std::string` of the old, copy-on-write ABI (`_GLIBCXX_USE_CXX11_ABI=0`, wheels built
 ///   for manylinux2014 and older): its length, capacity and reference count, then the
-///   characters, which the strings point to: the capacity fits the block and the length the
+///   characters, which the strings point to: the capacity fits the block, the length the
 ///   capacity;
 /// - an array made by `new[]` of elements with a destructor: the element count, then the
-///   elements, which the array's pointer points to: the count divides the rest of the block.
-pub(super) fn native_reference_offset(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> u8 {
-    const STRING_REP: u64 = 24;
-    const ARRAY_COOKIE: u64 = 8;
-    let Some(first) = read(address) else { return 0 };
-    if size > STRING_REP {
+///   elements, which the array's pointer points to: a count of 2 or more divides the rest;
+/// - a Rust hash table (hashbrown's; see [`is_hash_table_control`]) whose first group of
+///   control bytes holds only bytes a table writes there.
+pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> u8 {
+    let Some(first) = read(address) else { return NO_LAYOUT };
+    if size > STRING_REP_BYTES {
         let capacity = read(address + 8).unwrap_or(u64::MAX);
         let references = read(address + 16).map(|word| word as u32 as i32);
         if first <= capacity
-            && STRING_REP + capacity + 1 == size
+            && capacity.checked_add(STRING_REP_BYTES + 1) == Some(size)
             && references.is_some_and(|count| (-1..1 << 20).contains(&count))
         {
-            return STRING_REP as u8;
+            return STRING_REP;
         }
     }
-    let elements = size.saturating_sub(ARRAY_COOKIE);
-    if first > 0 && elements > 0 && elements.is_multiple_of(first) && elements / first <= 1 << 12 {
-        return ARRAY_COOKIE as u8;
+    let elements = size.saturating_sub(ARRAY_COOKIE_BYTES);
+    if first >= 2 && elements > 0 && elements.is_multiple_of(first) && elements / first <= 1 << 12 {
+        return ARRAY_COOKIE;
     }
-    0
+    if is_hash_table(read, address, size) {
+        return HASH_TABLE;
+    }
+    NO_LAYOUT
+}
+
+/// Whether the block at `address` is laid out as a hashbrown table: a control offset fits
+/// its size, and the first group of control bytes there holds only bytes a table writes
+/// (empty 0xff, deleted 0x80, or a full bucket's 7-bit hash), not all of them zero.
+fn is_hash_table(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> bool {
+    let mut buckets = 4u64;
+    while buckets + HASH_TABLE_GROUP < size {
+        let control = size - buckets - HASH_TABLE_GROUP;
+        if is_hash_table_control(control, size) {
+            let group: Option<Vec<u64>> = (0..HASH_TABLE_GROUP / 8)
+                .map(|word| read(address + control + word * 8))
+                .collect();
+            let valid = |byte: u8| byte == 0xff || byte == 0x80 || byte < 0x80;
+            if let Some(group) = group {
+                if group.iter().any(|&word| word != 0) && group.iter().flat_map(|word| word.to_ne_bytes()).all(valid) {
+                    return true;
+                }
+            }
+        }
+        let Some(more) = buckets.checked_mul(2) else { break };
+        buckets = more;
+    }
+    false
 }
 
 /// Where the next heap chunk's header starts inside the block at `address` (see
@@ -211,24 +279,49 @@ pub(super) fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{is_hash_table_control, native_reference_offset};
+    use super::{is_hash_table_control, native_layout, ARRAY_COOKIE, HASH_TABLE, NO_LAYOUT, STRING_REP};
 
     #[test]
-    fn old_abi_strings_and_array_cookies_are_told_by_their_first_words() {
-        let block = |words: [u64; 3]| move |address: u64| words.get(((address - 0x1000) / 8) as usize).copied();
+    fn native_layouts_are_told_by_their_words() {
+        // Words of a block at 0x1000, 0 past those given.
+        let block = |words: Vec<(u64, u64)>| {
+            move |address: u64| {
+                Some(
+                    words
+                        .iter()
+                        .find(|&&(at, _)| at == address - 0x1000)
+                        .map_or(0, |&(_, word)| word),
+                )
+            }
+        };
         // A 5-character string of capacity 5, unshared: 24 + 5 + 1 bytes.
-        assert_eq!(native_reference_offset(&mut block([5, 5, 0]), 0x1000, 30), 24);
+        let string = vec![(0, 5), (8, 5), (16, 0)];
+        assert_eq!(native_layout(&mut block(string.clone()), 0x1000, 30), STRING_REP);
         // Its capacity disagrees with the block: no string.
-        assert_eq!(native_reference_offset(&mut block([5, 5, 0]), 0x1000, 64), 0);
-        // Four 16-byte elements after their count.
-        assert_eq!(native_reference_offset(&mut block([4, 0, 0]), 0x1000, 8 + 4 * 16), 8);
-        // A first word that counts no elements of the block.
-        assert_eq!(native_reference_offset(&mut block([7, 0, 0]), 0x1000, 40), 0);
+        assert_eq!(native_layout(&mut block(string), 0x1000, 72), NO_LAYOUT);
+        // Four 16-byte elements after their count; a count of 1 is a refcounted struct's.
         assert_eq!(
-            native_reference_offset(&mut block([0x5555_0000_1000, 0, 0]), 0x1000, 40),
-            0
+            native_layout(&mut block(vec![(0, 4)]), 0x1000, 8 + 4 * 16),
+            ARRAY_COOKIE
         );
-        assert_eq!(native_reference_offset(&mut block([0, 0, 0]), 0x1000, 40), 0);
+        assert_eq!(native_layout(&mut block(vec![(0, 1)]), 0x1000, 8 + 16), NO_LAYOUT);
+        // A first word that counts no elements of the block.
+        assert_eq!(native_layout(&mut block(vec![(0, 7)]), 0x1000, 40), NO_LAYOUT);
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 0x5555_0000_1000)]), 0x1000, 40),
+            NO_LAYOUT
+        );
+        // 64 buckets of 16-byte entries: control bytes at 1024, empty or full.
+        let size = 64 * 16 + 64 + 16;
+        let control = vec![(0, 0x5555_0000_1000), (1024, 0xffff_ff12_ff80_ff05), (1032, u64::MAX)];
+        assert_eq!(native_layout(&mut block(control), 0x1000, size), HASH_TABLE);
+        // Bytes no table writes (0x81..=0xfe), or nothing but zeros: no table.
+        let garbage = vec![(0, 0x5555_0000_1000), (1024, 0xffff_ff12_ffc0_ff05), (1032, u64::MAX)];
+        assert_eq!(native_layout(&mut block(garbage), 0x1000, size), NO_LAYOUT);
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 0x5555_0000_1000)]), 0x1000, size),
+            NO_LAYOUT
+        );
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
 use crate::sys::memory::MemoryReader;
-use blocks::{native_reference_offset, next_chunk, Blocks, Pointer};
+use blocks::{native_layout, next_chunk, Blocks, Pointer};
 use marker::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 use paths::{name_steps, PathFacts, Steps};
 pub use roots::ExitingThread;
@@ -136,6 +136,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let mut type_names: Vec<String> = Vec::new();
     // The type of type id `id` is at index `id - 1`.
     let mut type_addresses: Vec<u64> = Vec::new();
+    let mut dead_links: Vec<u32> = Vec::new();
     if let Some(mut python) = input.python {
         let count = blocks.addresses.len();
         let mut module_objects = Vec::new();
@@ -199,7 +200,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 let Some(object) = python.find(&mut read, &is_address, address, size) else {
                     reference_offsets[index] = match python.dict_values_offset(&mut read, address, size) {
                         Some(offset) => u8::try_from(offset).unwrap_or(0),
-                        None => native_reference_offset(&mut read, address, size),
+                        None => native_layout(&mut read, address, size),
                     };
                     continue;
                 };
@@ -240,9 +241,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
         blocks.next_chunks = next_chunks;
         blocks.object_offsets = object_offsets;
         blocks.reference_offsets = reference_offsets;
-        for index in dead_objects {
-            blocks.scan_limits[index] = 0;
-        }
+        dead_links = blocks.read_dead(&mut memory, &dead_objects);
         for (index, limit) in scan_limited {
             blocks.scan_limits[index] = blocks.scan_limits[index].min(limit);
         }
@@ -486,6 +485,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             object_types: &object_types,
             start_pointers: &start_pointers,
             stand_in: &stand_in,
+            dead_links: &dead_links,
         };
         structure::structures(&mut marker, &state, &facts)
     };

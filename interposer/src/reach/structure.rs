@@ -42,6 +42,17 @@ pub(super) struct Facts<'a> {
     pub(super) start_pointers: &'a [Cell<u32>],
     /// Blocks read as roots without being judged (empty: none); never adopted.
     pub(super) stand_in: &'a [bool],
+    /// Per block, the pointers to its object's start read in dead objects (see
+    /// [`Blocks::read_dead`]; empty: none): recorded as the references of a dead object.
+    ///
+    /// [`Blocks::read_dead`]: super::blocks::Blocks::read_dead
+    pub(super) dead_links: &'a [u32],
+}
+
+/// For an object whose count is 0 (dead, or not read): the pointers to it read in dead objects,
+/// which link a free list through its members.
+fn dead_links(facts: &Facts, index: usize) -> u64 {
+    u64::from(facts.dead_links.get(index).copied().unwrap_or(0))
 }
 
 /// Who adopted a reached block: the garbage, or the structure of this member.
@@ -252,7 +263,7 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
             references: if refcount != 0 {
                 u64::from(from_members + from_adopted_blocks)
             } else {
-                0
+                dead_links(facts, index)
             },
         });
     }
@@ -280,7 +291,11 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
             root: root_address,
             object_type: facts.object_types.get(index).copied().unwrap_or(0),
             refcount: refcounts[k],
-            references: if counted(k) { references[k] } else { 0 },
+            references: if counted(k) {
+                references[k]
+            } else {
+                dead_links(facts, index)
+            },
         });
     }
     // Records are read in address order.
