@@ -5,8 +5,8 @@
 //! An event is a header word followed by its fields, frames innermost first:
 //! - alloc: `[header, seq, address, size, frame…]`;
 //! - free:  `[header, seq, address]`;
-//! - reborn: `[header, free_seq, alloc_seq, object, frame…]`: a Python object a constructor
-//!   took off a free list, whose block (found by the collector from the object's address)
+//! - reborn: `[header, free_seq, alloc_seq, block, frame…]`: a Python object a constructor
+//!   took off a free list, whose block (starting at `block`, the object's header before it)
 //!   is to be freed and allocated again with this stack;
 //!
 //! where `header = tag | kind << 4 | frame_count << 8 | shared_frames << 20 | thread_id << 32`.
@@ -99,8 +99,8 @@ pub fn push_free(batch: &mut Vec<u64>, thread_id: u32, seq: u64, address: usize)
 
 /// Appends a reborn object's fixed fields; its `frame_count` stack words must follow.
 #[inline(always)]
-pub fn push_reborn(batch: &mut Vec<u64>, header: Header, free_seq: u64, alloc_seq: u64, object: usize) {
-    batch.extend_from_slice(&[header.pack(), free_seq, alloc_seq, object as u64]);
+pub fn push_reborn(batch: &mut Vec<u64>, header: Header, free_seq: u64, alloc_seq: u64, block: usize) {
+    batch.extend_from_slice(&[header.pack(), free_seq, alloc_seq, block as u64]);
 }
 
 /// An event kept aside without a stack or a thread (a signal handler's, recorded while its
@@ -185,7 +185,8 @@ pub enum BatchEvent<'a> {
         thread_id: u32,
         free_seq: u64,
         alloc_seq: u64,
-        object: u64,
+        /// Where the object's block starts.
+        block: u64,
         /// Stack words, innermost first, not counting the shared outer ones.
         frames: &'a [u64],
         /// Outer words of the batch's previous stack that this one has too.
@@ -230,7 +231,7 @@ impl<'a> Iterator for BatchEvents<'a> {
                 })
             }
             BatchTag::Reborn => {
-                let &[_, free_seq, alloc_seq, object, ref rest @ ..] = self.words else {
+                let &[_, free_seq, alloc_seq, block, ref rest @ ..] = self.words else {
                     self.words = &[];
                     return None;
                 };
@@ -240,7 +241,7 @@ impl<'a> Iterator for BatchEvents<'a> {
                     thread_id: header.thread_id,
                     free_seq,
                     alloc_seq,
-                    object,
+                    block,
                     frames,
                     shared_frames: header.shared_frames,
                 })
@@ -326,7 +327,7 @@ mod tests {
                     thread_id: 6,
                     free_seq: 10,
                     alloc_seq: 11,
-                    object: 0x3010,
+                    block: 0x3010,
                     frames: &[0x4030],
                     shared_frames: 2,
                 },

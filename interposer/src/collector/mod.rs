@@ -26,7 +26,7 @@ mod stack_tree;
 pub mod trace_file;
 mod waiting;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -216,8 +216,8 @@ pub struct Collector {
     scan: ScanSettings,
     /// Rebirths met before their block's allocation (see [`rebirths`]).
     rebirths: PendingRebirths,
-    /// A message a sweep received and left for the loop (see [`Collector::sweep`]).
-    held_back: Option<Message>,
+    /// Messages a sweep received and left for the loop, in order (see [`Collector::sweep`]).
+    held_back: VecDeque<Message>,
 }
 
 /// How the collector is started: its trace, what it knows of the process, and where its
@@ -270,7 +270,7 @@ impl Collector {
             judges_inherited: None,
             scan,
             rebirths: PendingRebirths::default(),
-            held_back: None,
+            held_back: VecDeque::new(),
         };
         collector.encoder.process(&info);
         // On disk before the module list, which takes a while to encode: a process killed
@@ -290,7 +290,7 @@ impl Collector {
         let mut last_sweep = Instant::now();
         let mut last_message = Instant::now();
         loop {
-            let message = match self.held_back.take() {
+            let message = match self.held_back.pop_front() {
                 Some(message) => Ok(message),
                 None => self.next_message(last_message),
             };
@@ -313,7 +313,7 @@ impl Collector {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Stopped::Finished(Ok(())),
             }
-            if last_sweep.elapsed() >= SWEEP_INTERVAL && self.held_back.is_none() {
+            if last_sweep.elapsed() >= SWEEP_INTERVAL && self.held_back.is_empty() {
                 last_sweep = Instant::now();
                 self.sweep();
                 self.rebirths.sweep_done();
@@ -383,17 +383,23 @@ impl Collector {
     /// when they were taken: a thread hands its full batch to the channel before it appends
     /// to the next one, so the batches it sent before the one taken are among those, and a
     /// thread's events are taken in in the order it recorded them. (Processed at once, the
-    /// partial batch overtook them: a rebirth then met its block's stale predecessor.) A
-    /// message that ends the loop's turn (finish, park, finalisation) is left for the loop,
-    /// after the batches taken.
+    /// partial batch overtook them: a rebirth then met its block's stale predecessor.)
+    /// Messages that end the loop's turn (finish, park, finalisation) are left for the loop,
+    /// in order, after everything else queued. A module map's change is taken in after the
+    /// batches taken, whose frames may lie in a module that went away.
     fn sweep(&mut self) {
         let mut taken = Vec::new();
         self.source.take_partial_batches(&mut |batch| taken.push(batch));
         for _ in 0..self.events.len() {
             match self.events.try_recv() {
                 Ok(message @ (Message::Finish(_) | Message::Park | Message::Finalizing { .. })) => {
-                    self.held_back = Some(message);
-                    break;
+                    self.held_back.push_back(message);
+                }
+                Ok(message @ Message::Modules(_)) => {
+                    for batch in taken.drain(..) {
+                        self.process_batch(batch);
+                    }
+                    self.handle(message);
                 }
                 Ok(message) => self.handle(message),
                 Err(_) => break,
@@ -425,7 +431,7 @@ impl Collector {
         self.events = events;
         self.spare_batches = spare_batches;
         // What the parent's channel held back is the parent's.
-        self.held_back = None;
+        self.held_back.clear();
         for module in self.modules.modules() {
             self.encoder.module(module);
         }
@@ -542,7 +548,7 @@ impl Collector {
                     thread_id,
                     free_seq,
                     alloc_seq,
-                    object,
+                    block,
                     frames,
                     shared_frames,
                 } => {
@@ -552,7 +558,7 @@ impl Collector {
                         thread_id,
                         free_seq,
                         alloc_seq,
-                        object,
+                        block,
                         stack,
                     });
                 }

@@ -13,7 +13,8 @@ pub(super) struct Rebirth {
     pub(super) thread_id: u32,
     pub(super) free_seq: u64,
     pub(super) alloc_seq: u64,
-    pub(super) object: u64,
+    /// Where the object's block starts.
+    pub(super) block: u64,
     pub(super) stack: u64,
 }
 

@@ -1,5 +1,8 @@
-//! Python objects taken off a free list ("rebirths"): the block the object lies in is freed
-//! and allocated again with the stack of the constructor's caller.
+//! Python objects taken off a free list ("rebirths"): the object's block (the recorder knows
+//! where it starts, the object's header before it) is freed and allocated again with the
+//! stack of the constructor's caller. Only a live block starting there is the one: a block
+//! under the object that starts elsewhere is a predecessor whose free is not taken in yet,
+//! gone before the object's block took its memory.
 //!
 //! The collector may meet a rebirth before the allocation of its block. A sweep takes a
 //! thread's partial batch while the full batch the thread sent just before it may still wait
@@ -16,13 +19,10 @@ use libleak_format::{Alloc, AllocKind, Free};
 use super::pending_rebirths::Rebirth;
 use super::{Collector, CollectorBlock};
 
-/// Where the block of an object starts, at most: before a GC header and a pre-header.
-const HEADER_OFFSETS: [u64; 3] = [0, 16, 32];
-
 /// What became of a rebirth.
 enum Outcome {
     Applied,
-    /// No live block lies under the object (yet).
+    /// No live block starts where the object's block does (yet).
     NoBlock,
     /// The block live there was allocated after the rebirth: the rebirth is stale.
     Stale,
@@ -52,37 +52,18 @@ impl Collector {
         }
     }
 
-    /// The rebirth's block is the live one that starts at the object or a header's size
-    /// before it and covers it: freed and allocated again with the rebirth's stack, keeping
-    /// its requested size.
+    /// The rebirth's block, live where the recorder said it starts: freed and allocated again
+    /// with the rebirth's stack, keeping its requested size.
     fn apply_rebirth(&mut self, rebirth: Rebirth) -> Outcome {
-        let object = rebirth.object;
-        // Of the live blocks under the object, the latest allocated before the rebirth: one
-        // allocated earlier may be a predecessor whose free is not taken in yet (another
-        // thread's), gone before the object's block took its memory.
-        let mut stale = false;
-        let mut found: Option<(u64, CollectorBlock)> = None;
-        for before in HEADER_OFFSETS {
-            let Some(address) = object.checked_sub(before) else {
-                continue;
-            };
-            let Some(block) = self.live_block_at(address) else {
-                continue;
-            };
-            if address + block.size <= object {
-                continue;
-            }
-            // A block allocated after the rebirth (its free already taken in from another
-            // thread's batch) is not the one reborn.
-            if block.seq >= rebirth.free_seq {
-                stale = true;
-            } else if found.is_none_or(|(_, latest)| block.seq > latest.seq) {
-                found = Some((address, block));
-            }
-        }
-        let Some((address, block)) = found else {
-            return if stale { Outcome::Stale } else { Outcome::NoBlock };
+        let address = rebirth.block;
+        let Some(block) = self.live_block_at(address) else {
+            return Outcome::NoBlock;
         };
+        // A block allocated after the rebirth (its free already taken in from another
+        // thread's batch) is not the one reborn.
+        if block.seq >= rebirth.free_seq {
+            return Outcome::Stale;
+        }
         self.live.free(address, rebirth.free_seq);
         self.encoder.free(&Free {
             seq: rebirth.free_seq,
@@ -192,10 +173,10 @@ mod tests {
         batch
     }
 
-    fn rebirth(free_seq: u64, object: usize) -> Vec<u64> {
+    fn rebirth(free_seq: u64, block: usize) -> Vec<u64> {
         let mut batch = Vec::new();
         let header = header(BatchTag::Reborn, AllocKind::FreeListReuse);
-        push_reborn(&mut batch, header, free_seq, free_seq + 1, object);
+        push_reborn(&mut batch, header, free_seq, free_seq + 1, block);
         batch.push(0x4020);
         batch
     }
@@ -209,7 +190,7 @@ mod tests {
     #[test]
     fn a_rebirth_taken_in_before_its_blocks_allocation_is_applied_when_the_allocation_comes() {
         let mut collector = collector("late");
-        collector.process_batch(rebirth(10, 0x5010));
+        collector.process_batch(rebirth(10, 0x5000));
         assert_eq!(live_seq(&collector, 0x5000), None);
         collector.process_batch(alloc(5, 0x5000, 56));
         assert_eq!(live_seq(&collector, 0x5000), Some(11));
@@ -220,7 +201,7 @@ mod tests {
     #[test]
     fn a_rebirth_older_than_the_block_live_under_it_is_dropped() {
         let mut collector = collector("stale");
-        collector.process_batch(rebirth(10, 0x5010));
+        collector.process_batch(rebirth(10, 0x5000));
         collector.process_batch(alloc(20, 0x5000, 56));
         assert_eq!(live_seq(&collector, 0x5000), Some(20));
         assert!(collector.rebirths.is_empty());
@@ -229,7 +210,7 @@ mod tests {
     #[test]
     fn a_rebirth_whose_block_never_comes_is_dropped_after_a_whole_sweep_or_at_the_end() {
         let mut collector = collector("never");
-        collector.process_batch(rebirth(10, 0x5010));
+        collector.process_batch(rebirth(10, 0x5000));
         collector.rebirths.sweep_done();
         collector.process_batch(Vec::new());
         assert!(!collector.rebirths.is_empty(), "kept through the sweep under way");
@@ -237,7 +218,7 @@ mod tests {
         collector.process_batch(Vec::new());
         assert!(collector.rebirths.is_empty());
 
-        collector.process_batch(rebirth(30, 0x6010));
+        collector.process_batch(rebirth(30, 0x6000));
         assert!(!collector.rebirths.is_empty());
         collector.take_in_everything();
         assert!(collector.rebirths.is_empty());
@@ -246,13 +227,14 @@ mod tests {
     }
 
     /// The object's block took the memory of a predecessor whose free another thread's
-    /// batch has not brought yet: the rebirth is the later block's.
+    /// batch has not brought yet: the rebirth is the block where the recorder said, not the
+    /// predecessor under the object.
     #[test]
-    fn a_rebirth_is_the_latest_block_under_the_object_not_a_predecessor_still_live() {
+    fn a_rebirth_is_the_block_where_the_recorder_said_not_a_predecessor_still_live() {
         let mut collector = collector("predecessor");
         collector.process_batch(alloc(3, 0x5010, 56));
         collector.process_batch(alloc(5, 0x5000, 64));
-        collector.process_batch(rebirth(10, 0x5010));
+        collector.process_batch(rebirth(10, 0x5000));
         assert_eq!(live_seq(&collector, 0x5000), Some(11));
         collector.process_batch(free(4, 0x5010));
         assert_eq!(live_seq(&collector, 0x5010), None);
@@ -271,11 +253,11 @@ mod tests {
         let mut sent = free(4, 0x5010);
         sent.extend(alloc(5, 0x5000, 64));
         sender.send(super::super::Message::Batch(sent)).unwrap();
-        ONE_THREAD.0.lock().unwrap().push(rebirth(10, 0x5010));
+        ONE_THREAD.0.lock().unwrap().push(rebirth(10, 0x5000));
         collector.sweep();
         assert_eq!(live_seq(&collector, 0x5010), None);
         assert_eq!(live_seq(&collector, 0x5000), Some(11));
-        assert!(collector.held_back.is_none());
+        assert!(collector.held_back.is_empty());
         assert!(collector.rebirths.is_empty());
     }
 }

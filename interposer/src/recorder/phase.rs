@@ -148,7 +148,7 @@ impl Hook {
                 BatchTag::Reborn,
                 AllocKind::FreeListReuse,
                 caller,
-                |batch, header| batch::push_reborn(batch, header, free_seq, alloc_seq, object),
+                |batch, header| batch::push_reborn(batch, header, free_seq, alloc_seq, block),
             )
         });
     }
