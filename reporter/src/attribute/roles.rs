@@ -125,9 +125,14 @@ impl Roles {
     }
 }
 
-/// A Python frame running a module's body (at its import, or a script's).
+/// A Python frame running a module's body from its file (at its import, or a script's).
+/// Code compiled from a string (`PyRun_String`, `exec`, pybind11's `py::eval`) is named
+/// `<module>` too, but its file is a pseudo-name such as `<string>`: what it returns to the
+/// native code that ran it is that code's to release.
 fn is_module_body(frame: &Frame) -> bool {
-    frame.kind == FrameKind::Python && frame.function.as_deref() == Some("<module>")
+    frame.kind == FrameKind::Python
+        && frame.function.as_deref() == Some("<module>")
+        && frame.file.as_deref().is_some_and(|file| !file.starts_with('<'))
 }
 
 #[cfg(test)]
@@ -228,5 +233,17 @@ mod tests {
             python("<module>"),
         ];
         assert_eq!(roles.owner(&callback), Some(3));
+        // Code an extension compiled from a string and ran: what it made is the extension's.
+        let evaluated = [
+            native("PyList_New", libpython),
+            Frame {
+                file: Some("<string>".into()),
+                ..python("<module>")
+            },
+            native("PyRun_StringFlags", libpython),
+            native("evaluate", extension),
+            python("<module>"),
+        ];
+        assert_eq!(roles.owner(&evaluated), Some(3));
     }
 }
