@@ -21,7 +21,9 @@ use libleak_format::live::{AddressHasher, LiveSet};
 use super::{Collector, CollectorBlock};
 use crate::sys::pagemap::{WrittenPages, PAGE};
 
-/// Block addresses are multiples of this: every address that can start a block is looked up.
+/// Block addresses are multiples of this at least: every address that can start a block is
+/// looked up. Where every block recorded started at a multiple of twice as much (glibc's
+/// 16-byte alignment), only those are.
 const BLOCK_ALIGN: u64 = 8;
 /// Written bytes whose look-ups cost what going through one inherited block costs: below
 /// this many written bytes per inherited block, the inherited blocks are gone through.
@@ -187,6 +189,11 @@ impl Collector {
         // Every address in a run of written pages and in the page before it: a block starting
         // there that reaches into the run. From a block's start, the next look-up is at its
         // end; this process's own blocks are stepped over too.
+        let align = if self.address_bits & BLOCK_ALIGN == 0 {
+            2 * BLOCK_ALIGN
+        } else {
+            BLOCK_ALIGN
+        };
         let mut looked_up_to = 0u64;
         let mut next_large = 0;
         for (run_start, run_end) in pages.written_runs() {
@@ -195,14 +202,14 @@ impl Collector {
                 while next_large < large.len() && large[next_large].0 + large[next_large].1.size <= at {
                     next_large += 1;
                 }
-                let step_to = |end: u64| end.next_multiple_of(BLOCK_ALIGN).max(at + BLOCK_ALIGN);
+                let step_to = |end: u64| end.next_multiple_of(align).max(at + align);
                 if let Some(&(start, block)) = large.get(next_large).filter(|(start, _)| *start <= at) {
                     at = step_to(start + block.size);
                 } else if let Some(own) = self.live.event_at(at) {
                     at = match own {
                         Some(own) => step_to(at + own.size.max(1)),
                         // Freed here by this process: no block of its own nor inherited.
-                        None => at + BLOCK_ALIGN,
+                        None => at + align,
                     };
                 } else if let Some(block) = self.latest_inherited_at(at) {
                     let end = at + block.size.max(1);
@@ -211,7 +218,7 @@ impl Collector {
                     }
                     at = step_to(end);
                 } else {
-                    at += BLOCK_ALIGN;
+                    at += align;
                 }
             }
             looked_up_to = at;

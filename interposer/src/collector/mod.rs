@@ -23,6 +23,7 @@ mod pending_rebirths;
 mod rebirths;
 mod scans;
 mod stack_tree;
+mod sweep;
 pub mod trace_file;
 mod waiting;
 
@@ -216,6 +217,8 @@ pub struct Collector {
     scan: ScanSettings,
     /// Rebirths met before their block's allocation (see [`rebirths`]).
     rebirths: PendingRebirths,
+    /// The low bits of every block address allocated, OR-ed: how the blocks are aligned.
+    address_bits: u64,
     /// Messages a sweep received and left for the loop, in order (see [`Collector::sweep`]).
     held_back: VecDeque<Message>,
 }
@@ -271,6 +274,7 @@ impl Collector {
             scan,
             rebirths: PendingRebirths::default(),
             held_back: VecDeque::new(),
+            address_bits: 0,
         };
         collector.encoder.process(&info);
         // On disk before the module list, which takes a while to encode: a process killed
@@ -368,46 +372,6 @@ impl Collector {
     fn python_runtime(&mut self, runtime: PythonRuntime) {
         self.encoder.python_runtime(&runtime);
         self.python_runtimes.push(runtime);
-    }
-
-    /// Processes every message queued and every thread's partial batch.
-    fn take_in_everything(&mut self) {
-        while let Ok(message) = self.events.try_recv() {
-            self.handle(message);
-        }
-        self.sweep();
-        self.retry_rebirths(true);
-    }
-
-    /// Takes every thread's partial batch, and processes them after the messages queued
-    /// when they were taken: a thread hands its full batch to the channel before it appends
-    /// to the next one, so the batches it sent before the one taken are among those, and a
-    /// thread's events are taken in in the order it recorded them. (Processed at once, the
-    /// partial batch overtook them: a rebirth then met its block's stale predecessor.)
-    /// Messages that end the loop's turn (finish, park, finalisation) are left for the loop,
-    /// in order, after everything else queued. A module map's change is taken in after the
-    /// batches taken, whose frames may lie in a module that went away.
-    fn sweep(&mut self) {
-        let mut taken = Vec::new();
-        self.source.take_partial_batches(&mut |batch| taken.push(batch));
-        for _ in 0..self.events.len() {
-            match self.events.try_recv() {
-                Ok(message @ (Message::Finish(_) | Message::Park | Message::Finalizing { .. })) => {
-                    self.held_back.push_back(message);
-                }
-                Ok(message @ Message::Modules(_)) => {
-                    for batch in taken.drain(..) {
-                        self.process_batch(batch);
-                    }
-                    self.handle(message);
-                }
-                Ok(message) => self.handle(message),
-                Err(_) => break,
-            }
-        }
-        for batch in taken {
-            self.process_batch(batch);
-        }
     }
 
     /// Turns the parked state of the parent's collector into the start of a forked child's
@@ -514,6 +478,7 @@ impl Collector {
                 } => {
                     let stack = self.intern_stack(shared_frames, frames);
                     let block = CollectorBlock { seq, size };
+                    self.address_bits |= address & 0xf;
                     self.encoder.alloc(&Alloc {
                         seq,
                         thread_id,
