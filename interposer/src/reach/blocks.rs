@@ -246,27 +246,48 @@ pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u
 }
 
 /// Whether the block at `address` is laid out as a hashbrown table: a control offset fits
-/// its size, and the first group of control bytes there holds only bytes a table writes
-/// (empty 0xff, deleted 0x80, or a full bucket's 7-bit hash), not all of them zero.
+/// its size (see [`is_hash_table_control`]) and the control bytes there are a table's.
 fn is_hash_table(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> bool {
     let mut buckets = 4u64;
     while buckets + HASH_TABLE_GROUP < size {
         let control = size - buckets - HASH_TABLE_GROUP;
-        if is_hash_table_control(control, size) {
-            let group: Option<Vec<u64>> = (0..HASH_TABLE_GROUP / 8)
-                .map(|word| read(address + control + word * 8))
-                .collect();
-            let valid = |byte: u8| byte == 0xff || byte == 0x80 || byte < 0x80;
-            if let Some(group) = group {
-                if group.iter().any(|&word| word != 0) && group.iter().flat_map(|word| word.to_ne_bytes()).all(valid) {
-                    return true;
-                }
-            }
+        if is_hash_table_control(control, size) && control_bytes_fit(read, address + control, buckets) {
+            return true;
         }
         let Some(more) = buckets.checked_mul(2) else { break };
         buckets = more;
     }
     false
+}
+
+/// Whether the control bytes at `control` are those of a table of `buckets`: only bytes a
+/// table writes (empty 0xff, deleted 0x80, or a full bucket's 7-bit hash), not one full hash
+/// repeated (a block filled with one byte, or text: `memset` and `memcpy` leave a pointer 32
+/// bytes before the end, where a 16-bucket table's control bytes start), and the first group
+/// mirrored after the buckets as a table keeps it (for fewer buckets than a group, the rest
+/// of the first group empty).
+fn control_bytes_fit(read: &mut dyn FnMut(u64) -> Option<u64>, control: u64, buckets: u64) -> bool {
+    let group = HASH_TABLE_GROUP as usize;
+    let mut bytes_at = |at: u64| -> Option<Vec<u8>> {
+        (0..HASH_TABLE_GROUP / 8)
+            .map(|word| read(at + word * 8).map(u64::to_ne_bytes))
+            .collect::<Option<Vec<[u8; 8]>>>()
+            .map(|words| words.concat())
+    };
+    let (Some(first), Some(mirror)) = (bytes_at(control), bytes_at(control + buckets)) else {
+        return false;
+    };
+    let valid = first.iter().all(|&byte| byte == 0xff || byte == 0x80 || byte < 0x80);
+    let one_hash_repeated = first[0] < 0x80 && first.iter().all(|&byte| byte == first[0]);
+    if !valid || one_hash_repeated {
+        return false;
+    }
+    let buckets = buckets as usize;
+    if buckets >= group {
+        mirror == first
+    } else {
+        first[buckets..].iter().all(|&byte| byte == 0xff) && mirror[group - buckets..] == first[..buckets]
+    }
 }
 
 /// Where the next heap chunk's header starts inside the block at `address` (see
@@ -283,15 +304,18 @@ mod tests {
 
     #[test]
     fn native_layouts_are_told_by_their_words() {
-        // Words of a block at 0x1000, 0 past those given.
+        // A block at 0x1000 of zeros but the words given (at byte offsets), read a word at any
+        // byte.
         let block = |words: Vec<(u64, u64)>| {
+            let mut bytes = vec![0u8; 2048];
+            for (at, word) in words {
+                bytes[at as usize..at as usize + 8].copy_from_slice(&word.to_ne_bytes());
+            }
             move |address: u64| {
-                Some(
-                    words
-                        .iter()
-                        .find(|&&(at, _)| at == address - 0x1000)
-                        .map_or(0, |&(_, word)| word),
-                )
+                let at = (address - 0x1000) as usize;
+                bytes
+                    .get(at..at + 8)
+                    .map(|word| u64::from_ne_bytes(word.try_into().unwrap()))
             }
         };
         // A 5-character string of capacity 5, unshared: 24 + 5 + 1 bytes.
@@ -311,17 +335,41 @@ mod tests {
             native_layout(&mut block(vec![(0, 0x5555_0000_1000)]), 0x1000, 40),
             NO_LAYOUT
         );
-        // 64 buckets of 16-byte entries: control bytes at 1024, empty or full.
+        // 64 buckets of 16-byte entries: control bytes at 1024, empty or full, the first
+        // group mirrored after the 64 buckets (at 1088).
         let size = 64 * 16 + 64 + 16;
-        let control = vec![(0, 0x5555_0000_1000), (1024, 0xffff_ff12_ff80_ff05), (1032, u64::MAX)];
-        assert_eq!(native_layout(&mut block(control), 0x1000, size), HASH_TABLE);
-        // Bytes no table writes (0x81..=0xfe), or nothing but zeros: no table.
-        let garbage = vec![(0, 0x5555_0000_1000), (1024, 0xffff_ff12_ffc0_ff05), (1032, u64::MAX)];
-        assert_eq!(native_layout(&mut block(garbage), 0x1000, size), NO_LAYOUT);
+        let group = [0xffff_ff12_ff80_ff05u64, u64::MAX];
+        let table = |first: [u64; 2], mirror: [u64; 2]| {
+            vec![
+                (0, 0x5555_0000_1000),
+                (1024, first[0]),
+                (1032, first[1]),
+                (1088, mirror[0]),
+                (1096, mirror[1]),
+            ]
+        };
+        assert_eq!(native_layout(&mut block(table(group, group)), 0x1000, size), HASH_TABLE);
+        // No mirror, bytes no table writes (0x81..=0xfe), one hash repeated, zeros: no table.
+        assert_eq!(native_layout(&mut block(table(group, [0, 0])), 0x1000, size), NO_LAYOUT);
+        let garbage = [0xffff_ff12_ffc0_ff05, u64::MAX];
+        assert_eq!(
+            native_layout(&mut block(table(garbage, garbage)), 0x1000, size),
+            NO_LAYOUT
+        );
+        let repeated = [0x0b0b_0b0b_0b0b_0b0b, 0x0b0b_0b0b_0b0b_0b0b];
+        assert_eq!(
+            native_layout(&mut block(table(repeated, repeated)), 0x1000, size),
+            NO_LAYOUT
+        );
         assert_eq!(
             native_layout(&mut block(vec![(0, 0x5555_0000_1000)]), 0x1000, size),
             NO_LAYOUT
         );
+        // 4 buckets of 24 bytes: the rest of the first group empty, the 4 mirrored at 16.
+        let small = 4 * 24 + 4 + 16;
+        let first = 0xffff_ffff_0512_8033u64;
+        let mirrored = vec![(0, 0x5555_0000_1000), (96, first), (104, u64::MAX), (112, 0x0512_8033)];
+        assert_eq!(native_layout(&mut block(mirrored), 0x1000, small), HASH_TABLE);
     }
 
     #[test]
