@@ -264,7 +264,6 @@ mod tests {
 
     use super::*;
     use crate::classify::StackTally;
-    use crate::model::FrameKind;
 
     fn roles() -> Roles {
         Roles {
@@ -274,16 +273,7 @@ mod tests {
     }
 
     fn frame(function: &str, module: &str) -> Frame {
-        Frame {
-            kind: FrameKind::Native,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            module: Some(module.into()),
-            inlined: false,
-            address: Some(1),
-            build_id_mismatch: false,
-        }
+        Frame::native_in(function, module)
     }
 
     const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";

@@ -116,6 +116,23 @@ pub struct Frame {
     pub build_id_mismatch: bool,
 }
 
+#[cfg(test)]
+impl Frame {
+    /// A native frame of `function` in `module`, for tests.
+    pub fn native_in(function: &str, module: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Native,
+            function: Some(function.into()),
+            file: None,
+            line: None,
+            module: Some(module.into()),
+            inlined: false,
+            address: Some(1),
+            build_id_mismatch: false,
+        }
+    }
+}
+
 /// Addresses read as hexadecimal strings (`"0x7f3a5c2011a9"`): JSON numbers lose precision
 /// above 2^53 in most readers.
 fn hex_address<S: serde::Serializer>(address: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {

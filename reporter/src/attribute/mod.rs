@@ -104,20 +104,11 @@ mod tests {
     use libleak_format::AllocKind;
 
     use super::*;
-    use crate::model::{FrameKind, Tally};
+    use crate::model::Tally;
     use crate::options::Suppression;
 
     fn frame(function: &str, module: &str) -> Frame {
-        Frame {
-            kind: FrameKind::Native,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            module: Some(module.into()),
-            inlined: false,
-            address: Some(1),
-            build_id_mismatch: false,
-        }
+        Frame::native_in(function, module)
     }
 
     #[test]

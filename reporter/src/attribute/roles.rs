@@ -173,16 +173,7 @@ mod tests {
     }
 
     fn native(function: &str, module: &str) -> Frame {
-        Frame {
-            kind: FrameKind::Native,
-            function: Some(function.into()),
-            file: None,
-            line: None,
-            module: Some(module.into()),
-            inlined: false,
-            address: Some(0x1000),
-            build_id_mismatch: false,
-        }
+        Frame::native_in(function, module)
     }
 
     fn python(function: &str) -> Frame {
