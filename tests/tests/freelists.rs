@@ -120,20 +120,12 @@ fn objects_an_extension_takes_off_free_lists_are_blamed_on_the_extension() {
         // decides; the conservative scan then reads the leaked object as reachable (seen once
         // in about a hundred runs, a 3.10 dict). The run is then made once more, the first
         // run's failure printed as FLAKY.
-        let first = check(
-            &report_json(&python.run_script_traced(&scratch, "driver.py", &label)),
-            &label,
-        );
-        if let Err(first) = first {
-            eprintln!("FLAKY (run again): {first}");
-            let again = check(
-                &report_json(&python.run_script_traced(&scratch, "driver.py", &label)),
-                &label,
-            );
-            if let Err(again) = again {
-                panic!("{again}");
+        with_one_retry(&label, || {
+            let report = report_json(&python.run_script_traced(&scratch, "driver.py", &label));
+            if let Err(wrong) = check(&report, &label) {
+                panic!("{wrong}");
             }
-        }
+        });
     }
 }
 

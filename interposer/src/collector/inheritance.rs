@@ -150,6 +150,18 @@ impl Collector {
             unjudged: self.inherited_totals().0,
             ..Inheritance::default()
         };
+        // Looking up the addresses of the written pages costs about as much per block on
+        // them as going through every inherited block costs per block: the cheaper of the two
+        // (which names each block once).
+        if inheritance.unjudged.saturating_mul(WALK_BYTES_PER_INHERITED_BLOCK) < pages.written * PAGE {
+            self.for_each_inherited(|address, block| {
+                if pages.any_written(address, address + block.size.max(1)) {
+                    blocks.push((address, block.size));
+                    inheritance.read.push(address);
+                }
+            });
+            return Some(inheritance);
+        }
         // The large inherited blocks still live, by address: read when they overlap a written
         // page, and stepped over while looking up addresses (a written page in the middle of a
         // large array holds no block start).
@@ -170,17 +182,6 @@ impl Collector {
                 read.push(address);
             }
         };
-        // Looking up the addresses of the written pages costs about as much per block on
-        // them as going through every inherited block costs per block: the cheaper of the two.
-        let inherited_blocks = inheritance.unjudged;
-        if inherited_blocks.saturating_mul(WALK_BYTES_PER_INHERITED_BLOCK) < pages.written * PAGE {
-            self.for_each_inherited(|address, block| {
-                if pages.any_written(address, address + block.size.max(1)) {
-                    add(address, *block, &mut inheritance.read);
-                }
-            });
-            return Some(inheritance);
-        }
         for &(address, block) in &large {
             if pages.any_written(address, address + block.size) {
                 add(address, block, &mut inheritance.read);
