@@ -123,6 +123,97 @@ fn cpp_new_array_reports_the_demangled_caller() {
 }
 
 #[test]
+fn cpp_containers_are_owned_by_the_code_that_uses_them() {
+    let scratch = Scratch::new("cpp-owner");
+    let traced = build_and_trace(&scratch, "g++", &["cpp_owner.cpp"], &["-O2"], &[]);
+    let report = report_json_with(&traced.trace, &[]);
+    let src = "cpp_owner.cpp";
+    let rows = rows_owned_by(&report, "fixture::open_session");
+    assert_eq!(rows.len(), 1, "{report:#}");
+    let row = rows[0];
+    assert_eq!(row["owner"]["line"].as_u64(), Some(line_of(src, "@session")), "{row:#}");
+    // 5 sessions (a vector and a string: 56 bytes), each keeping 10 ints and 101 characters.
+    assert_eq!(row["blocks"].as_u64(), Some(15), "{row:#}");
+    assert_eq!(row["bytes"].as_u64(), Some(5 * (56 + 40 + 101)), "{row:#}");
+    let mut parts: Vec<(String, Option<u64>, Option<u64>, Option<u64>)> = row["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| {
+            let owner = &part["owner"];
+            (
+                owner["function"].as_str().unwrap_or("").to_string(),
+                owner["line"].as_u64(),
+                part["bytes"].as_u64(),
+                part["blocks"].as_u64(),
+            )
+        })
+        .collect();
+    parts.sort_by_key(|part| part.1);
+    let function = "fixture::open_session(int)".to_string();
+    assert_eq!(
+        parts,
+        [
+            (function.clone(), Some(line_of(src, "@reserve")), Some(200), Some(5)),
+            (function, Some(line_of(src, "@name")), Some(505), Some(5)),
+        ],
+        "{row:#}"
+    );
+}
+
+/// The leak rows of `report` whose owner's function starts with `function`.
+fn rows_owned_by<'a>(report: &'a serde_json::Value, function: &str) -> Vec<&'a serde_json::Value> {
+    report["leaks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["owner"]["function"].as_str().unwrap_or("").starts_with(function))
+        .collect()
+}
+
+#[test]
+fn rust_boxes_and_vectors_are_owned_by_the_code_that_made_them() {
+    let scratch = Scratch::new("rust-owner");
+    let exe = scratch.join("fixture");
+    let built = run(Command::new("rustc")
+        .args(["-g", "-C", "opt-level=2", "-o"])
+        .arg(&exe)
+        .arg(fixtures_dir().join("rust_owner.rs")));
+    assert!(
+        built.status.success(),
+        "rustc: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let traced = run_traced(&scratch, Command::new(&exe).current_dir(&scratch.path));
+    assert_eq!(String::from_utf8_lossy(&traced.output.stdout), "made 998\n");
+    let report = report_json_with(&traced.trace, &[]);
+    let src = "rust_owner.rs";
+    let buffers = rows_owned_by(&report, "rust_owner::forget_buffer");
+    assert_eq!(buffers.len(), 1, "{report:#}");
+    assert_eq!(buffers[0]["owner"]["line"].as_u64(), Some(line_of(src, "@buffer")));
+    assert_eq!(
+        (buffers[0]["bytes"].as_u64(), buffers[0]["blocks"].as_u64()),
+        (Some(3 * 512), Some(3))
+    );
+    let records = rows_owned_by(&report, "rust_owner::make_record");
+    assert_eq!(records.len(), 1, "{report:#}");
+    let row = records[0];
+    assert_eq!(row["owner"]["line"].as_u64(), Some(line_of(src, "@record")), "{row:#}");
+    assert_eq!(
+        (row["bytes"].as_u64(), row["blocks"].as_u64()),
+        (Some(4 * (32 + 200)), Some(8))
+    );
+    let part = &row["parts"][0];
+    assert_eq!(part["owner"]["function"], "rust_owner::make_record", "{row:#}");
+    assert_eq!(
+        part["owner"]["line"].as_u64(),
+        Some(line_of(src, "@payload")),
+        "{row:#}"
+    );
+    assert_eq!((part["bytes"].as_u64(), part["blocks"].as_u64()), (Some(800), Some(4)));
+}
+
+#[test]
 fn leaks_from_several_threads_with_cross_thread_frees() {
     let scratch = Scratch::new("threads");
     let traced = build_and_trace(&scratch, "gcc", &["threads.c"], &["-pthread"], &[]);

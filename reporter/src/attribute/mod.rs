@@ -6,6 +6,7 @@
 
 pub mod roles;
 pub mod suppress;
+pub mod wrappers;
 
 use std::collections::HashMap;
 

@@ -2,7 +2,8 @@
 //! interpreter, libleak, a system library, or the program and its extensions), and a stack's
 //! owner is its innermost frame outside the C runtime, the interpreter and libleak — the
 //! extension (its .so) and function that asked for the memory — with the Python line that
-//! called into it.
+//! called into it. The module's frames that only allocate for their caller (`Box::new`,
+//! `std::vector`'s allocator, `CRYPTO_malloc`) pass the ownership on to it.
 //!
 //! A block whose stack has no frame of the program, an extension or another library was
 //! allocated by the runtime itself (the interpreter's caches, the loader's thread-local
@@ -16,6 +17,7 @@
 //!
 //! Must stay pure: decisions from paths and frames only.
 
+use super::wrappers::allocates_for_caller;
 use crate::model::{Frame, FrameKind, TraceHeader};
 use crate::replay::is_libleak;
 
@@ -101,11 +103,20 @@ impl Roles {
 
     /// The index of the owning frame in `frames` (innermost first): the first native frame
     /// outside the runtimes, the interpreter and libleak, inside any module body's frame.
+    /// Within that frame's module, frames that only allocate for their caller (a language's
+    /// standard library, a library's allocation wrapper) pass the ownership on to the
+    /// module's code that called them.
     pub fn owner(&self, frames: &[Frame]) -> Option<usize> {
-        frames
+        let first = frames
             .iter()
             .take_while(|f| !is_module_body(f))
-            .position(|f| matches!(self.of_frame(f), Some(Role::System | Role::Program)))
+            .position(|f| matches!(self.of_frame(f), Some(Role::System | Role::Program)))?;
+        let module = &frames[first].module;
+        let caller = frames[first..]
+            .iter()
+            .take_while(|f| f.kind == FrameKind::Native && &f.module == module)
+            .position(|f| !allocates_for_caller(f));
+        Some(first + caller.unwrap_or(0))
     }
 
     /// The innermost Python frame outside the owner: the line that called into it.
@@ -236,5 +247,35 @@ mod tests {
             python("<module>"),
         ];
         assert_eq!(roles.owner(&evaluated), Some(3));
+    }
+
+    #[test]
+    fn a_modules_code_owns_what_its_language_library_allocated_for_it() {
+        let roles = Roles {
+            executable: "/usr/bin/python3.12".into(),
+            python: true,
+        };
+        let extension = "/venv/site-packages/rleak.so";
+        let boxed = Frame {
+            file: Some("/rustc/abc/library/alloc/src/boxed.rs".into()),
+            ..native("alloc::boxed::box_new_uninit", extension)
+        };
+        let leaked = [
+            native("malloc", "/lib/x86_64-linux-gnu/libc.so.6"),
+            boxed.clone(),
+            native("rleak::make_record", extension),
+            python("handle"),
+        ];
+        assert_eq!(roles.owner(&leaked), Some(2));
+        // Ownership does not leave the module: a library frame called from another module
+        // stays the owner, as does one with no caller of its own module.
+        let crossing = [boxed.clone(), native("caller", "/venv/site-packages/other.so")];
+        assert_eq!(roles.owner(&crossing), Some(0));
+        let wrapper = [
+            native("CRYPTO_malloc", "/usr/lib/libcrypto.so.3"),
+            native("EVP_PKEY_new", "/usr/lib/libcrypto.so.3"),
+            native("make_key", extension),
+        ];
+        assert_eq!(roles.owner(&wrapper), Some(1));
     }
 }
