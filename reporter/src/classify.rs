@@ -4,7 +4,7 @@
 //! Must never look at symbols or modules: it counts what replay found, and the judgement of
 //! who owns a stack comes later (attribute).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
 use libleak_format::live::AddressHasher;
@@ -39,6 +39,9 @@ pub struct StackTally {
     /// points to: members of a free list linked through them, which a deallocator keeps for
     /// reuse (see [`TallyKey::dead_objects`]).
     pub dead_objects: bool,
+    /// The structure's root is a Python object native code keeps alive (see
+    /// [`TallyKey::native_reference`]).
+    pub native_reference: bool,
     pub tally: Tally,
     /// The allocator entry point of the first of these blocks replay listed.
     pub allocator: AllocKind,
@@ -67,6 +70,7 @@ impl StackTally {
             part_of: self.part_of,
             object_type: self.object_type,
             dead_objects: self.dead_objects,
+            native_reference: self.native_reference,
         }
     }
 
@@ -89,6 +93,13 @@ pub struct TallyKey {
     /// The blocks hold dead objects: a free list's, not leaked by anyone (the scan does not
     /// read the dead, whose words are stale, so it cannot follow the list past its head).
     pub dead_objects: bool,
+    /// The blocks' structure's root (they themselves, or the root they are part of) is a
+    /// Python object made outside any import that native code keeps alive: by a reference
+    /// it took and never gave back (its count exceeds the references found), or by one the
+    /// garbage collector cannot see (garbage that outlived finalisation's collections: a root
+    /// definitely or possibly lost with every reference accounted for). Python code made it,
+    /// but an extension lost it.
+    pub native_reference: bool,
 }
 
 /// Finds each live block's [`TallyKey`].
@@ -97,11 +108,14 @@ pub struct Keys<'a> {
     fork_seq: Option<u64>,
     /// The stack of every lost block some other block's structure hangs from, by address.
     root_stacks: HashMap<u64, u64, BuildHasherDefault<AddressHasher>>,
+    /// The roots (by address) that are objects native code keeps alive.
+    natively_kept_roots: HashSet<u64, BuildHasherDefault<AddressHasher>>,
 }
 
 impl<'a> Keys<'a> {
     pub fn new(trace: &'a Trace) -> Keys<'a> {
         let mut root_stacks: HashMap<u64, u64, BuildHasherDefault<AddressHasher>> = HashMap::default();
+        let mut natively_kept_roots: HashSet<u64, BuildHasherDefault<AddressHasher>> = HashSet::default();
         if !trace.lost.is_empty() {
             for facts in trace.lost.values() {
                 root_stacks.insert(facts.root, 0);
@@ -114,12 +128,34 @@ impl<'a> Keys<'a> {
                 }
             }
             root_stacks.retain(|_, stack| *stack != 0);
+            let mut made_in_import: HashMap<u64, bool, BuildHasherDefault<AddressHasher>> = HashMap::default();
+            for block in &trace.live {
+                let Some(facts) = trace
+                    .lost
+                    .get(&block.address)
+                    .filter(|facts| facts.root == block.address)
+                else {
+                    continue;
+                };
+                let kept = facts.object_type.is_some()
+                    && facts.refcount > 0
+                    && (facts.leaked_references() > 0
+                        || matches!(block.class, Some(LeakClass::DefinitelyLost | LeakClass::PossiblyLost)));
+                if kept
+                    && !*made_in_import
+                        .entry(block.stack)
+                        .or_insert_with(|| trace.allocated_during_import(block.stack))
+                {
+                    natively_kept_roots.insert(block.address);
+                }
+            }
         }
         Keys {
             trace,
             // Counted apart so that a row can tell whether all its blocks came from the parent.
             fork_seq: trace.header.fork.as_ref().map(|fork| fork.fork_seq),
             root_stacks,
+            natively_kept_roots,
         }
     }
 
@@ -139,6 +175,7 @@ impl<'a> Keys<'a> {
             // points to was lost by its deallocator (one that forgets `tp_free`): a leak.
             dead_objects: facts
                 .is_some_and(|facts| facts.object_type.is_some() && facts.refcount == 0 && facts.references > 0),
+            native_reference: facts.is_some_and(|facts| self.natively_kept_roots.contains(&facts.root)),
         }
     }
 }
@@ -159,6 +196,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
             object_type: key.object_type,
             references: References::default(),
             dead_objects: key.dead_objects,
+            native_reference: key.native_reference,
             tally: Tally::default(),
             allocator: block.kind,
             import_once: false,
@@ -183,6 +221,7 @@ pub fn tally(trace: &Trace) -> Vec<StackTally> {
             key.part_of,
             key.object_type,
             key.dead_objects,
+            key.native_reference,
         )
     });
     groups.into_iter().map(|(_, group)| group).collect()

@@ -299,6 +299,7 @@ mod tests {
             object_type: None,
             references: Default::default(),
             dead_objects: false,
+            native_reference: false,
             tally: Tally { blocks, bytes },
             allocator: AllocKind::Malloc,
             import_once: false,

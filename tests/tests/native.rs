@@ -135,7 +135,9 @@ fn cpp_containers_are_owned_by_the_code_that_uses_them() {
     // 5 sessions (a vector and a string: 56 bytes), each keeping 10 ints and 101 characters.
     assert_eq!(row["blocks"].as_u64(), Some(15), "{row:#}");
     assert_eq!(row["bytes"].as_u64(), Some(5 * (56 + 40 + 101)), "{row:#}");
-    let mut parts: Vec<(String, Option<u64>, Option<u64>, Option<u64>)> = row["parts"]
+    // (owner's function, its line, bytes, blocks) of each part.
+    type Part = (String, Option<u64>, Option<u64>, Option<u64>);
+    let mut parts: Vec<Part> = row["parts"]
         .as_array()
         .unwrap()
         .iter()

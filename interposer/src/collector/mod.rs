@@ -214,6 +214,8 @@ pub struct Collector {
     /// Whether this (forked) process's scans judge its inherited blocks: decided at its
     /// first scan, kept for the next (the teardown frees inherited blocks in between).
     judges_inherited: Option<bool>,
+    /// (address, seq) of the blocks the scan at finalisation found garbage awaiting collection.
+    garbage_at_finalization: Vec<(u64, u64)>,
     scan: ScanSettings,
     /// Rebirths met before their block's allocation (see [`rebirths`]).
     rebirths: PendingRebirths,
@@ -271,6 +273,7 @@ impl Collector {
             fork_ranges: Vec::new(),
             parked_since_start: false,
             judges_inherited: None,
+            garbage_at_finalization: Vec::new(),
             scan,
             rebirths: PendingRebirths::default(),
             held_back: VecDeque::new(),

@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use libleak_format::LeakClass;
+
 use super::{Collector, ENTRIES_PER_RECORD};
 use crate::reach::{self, ExitingThread, ScanInput};
 use crate::sys;
@@ -55,6 +57,11 @@ impl Collector {
         }
         let inheritance = inheritance.unwrap_or_default();
         let scanned = inheritance.read.len() as u64;
+        let survived_collection = if name_holders {
+            Vec::new()
+        } else {
+            self.garbage_still_live()
+        };
         let modules = self.modules.modules();
         let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
         let gathering = started.elapsed();
@@ -68,7 +75,16 @@ impl Collector {
             namer: name_holders.then(crate::python::holders::namer).flatten(),
             time_limit: time_limit.saturating_sub(gathering),
             pages_shared: !self.inherited.is_empty() || self.parked_since_start,
+            survived_collection,
         });
+        if name_holders {
+            self.garbage_at_finalization = result
+                .classes
+                .iter()
+                .filter(|c| c.class == LeakClass::Collectable)
+                .filter_map(|c| Some((c.address, self.live.live_at(c.address)?.seq)))
+                .collect();
+        }
         result.summary.duration_us += gathering.as_micros() as u64;
         for classes in result.classes.chunks(ENTRIES_PER_RECORD) {
             self.encoder.block_classes(classes);
@@ -94,5 +110,14 @@ impl Collector {
             self.encoder.inheritance_left(inheritance.unjudged, scanned);
         }
         self.encoder.reachability(&result.summary);
+    }
+
+    /// The blocks the scan at finalisation found garbage that are still live (the same
+    /// allocation), oldest first: the collections finalisation ran did not free them.
+    fn garbage_still_live(&mut self) -> Vec<u64> {
+        let mut garbage = std::mem::take(&mut self.garbage_at_finalization);
+        garbage.retain(|&(address, seq)| self.live.live_at(address).is_some_and(|block| block.seq == seq));
+        garbage.sort_unstable_by_key(|&(_, seq)| seq);
+        garbage.into_iter().map(|(address, _)| address).collect()
     }
 }

@@ -89,6 +89,10 @@ pub struct ScanInput<'a> {
     pub time_limit: Duration,
     /// The process forked or was forked (see [`MemoryReader::keep_pages_shared`]).
     pub pages_shared: bool,
+    /// Blocks (addresses among `blocks`, oldest first) that were garbage awaiting collection
+    /// when CPython's finalisation began, and outlived the collections finalisation runs:
+    /// the collector cannot free them (see [`structure::structures`]).
+    pub survived_collection: Vec<u64>,
 }
 
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
@@ -116,6 +120,11 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             stand_in[index] = true;
         }
     }
+    let survived_collection: Vec<usize> = input
+        .survived_collection
+        .iter()
+        .filter_map(|address| blocks.addresses.binary_search(address).ok())
+        .collect();
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
         ..Reachability::default()
@@ -486,6 +495,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             start_pointers: &start_pointers,
             stand_in: &stand_in,
             dead_links: &dead_links,
+            survived_collection: &survived_collection,
         };
         structure::structures(&mut marker, &state, &facts)
     };

@@ -8,7 +8,9 @@
 //! allocation nobody will free). Everything a source reaches through lost memory is part of
 //! its structure. What no source reaches is either the garbage the collector would free (it
 //! holds Python objects, all of whose references come from lost memory: a reference cycle
-//! dropped by its last owner) or a cycle of C blocks, which is a leak like any other.
+//! dropped by its last owner) or a cycle of C blocks, which is a leak like any other. Garbage
+//! that outlived the collections of CPython's finalisation is no garbage the collector can
+//! free: a leak, led by its oldest object.
 //!
 //! A block the flood reached can still belong to lost memory: when a stale copy of its address
 //! (in a free list's spare slots, a dead stack slot) is all that reached it. A reached Python
@@ -47,6 +49,9 @@ pub(super) struct Facts<'a> {
     ///
     /// [`Blocks::read_dead`]: super::blocks::Blocks::read_dead
     pub(super) dead_links: &'a [u32],
+    /// Blocks that were garbage when finalisation began and outlived its collections, oldest
+    /// first.
+    pub(super) survived_collection: &'a [usize],
 }
 
 /// For an object whose count is 0 (dead, or not read): the pointers to it read in dead objects,
@@ -166,6 +171,20 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     }
     for &k in &sources {
         claim(k, &mut root, &mut work);
+    }
+    // Garbage the collector could not free: it was garbage when finalisation began, and the
+    // full collections finalisation runs left it allocated. A reference the collector does
+    // not see holds the cycle (an extension type whose `tp_traverse` skips a reference it
+    // keeps, or that the collector does not track at all): a leak, led by its oldest object
+    // the collector does not track (one without a GC header), else by its oldest.
+    for untracked_first in [true, false] {
+        for &index in facts.survived_collection {
+            let k = position[index];
+            let untracked = blocks.object_offsets[index] == 0;
+            if k != NONE && counted(k as usize) && untracked == untracked_first {
+                claim(k as usize, &mut root, &mut work);
+            }
+        }
     }
     // Garbage: what the unclaimed Python objects reach among the unclaimed blocks.
     let mut garbage = vec![false; n];

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use libleak_format::LeakClass;
 
 use crate::classify::StackTally;
-use crate::model::{Frame, Summary};
+use crate::model::{Frame, FrameKind, Summary};
 use crate::options::Options;
 use roles::Roles;
 
@@ -30,6 +30,12 @@ pub struct Attributed<'a> {
     pub leftover: bool,
     /// One-time set-up of an imported module (see [`StackTally::import_once`]).
     pub import_once: bool,
+}
+
+/// Whether Python code ran when the blocks were allocated: the interpreter's own set-up, with
+/// no Python frame, answers for what it keeps alive.
+fn made_by_python(frames: &[Frame]) -> bool {
+    frames.iter().any(|frame| frame.kind == FrameKind::Python)
 }
 
 /// The summary of every count, and the counts to list (in the order of `tallies`).
@@ -52,9 +58,13 @@ pub fn attribute<'a>(
         let released = ended_by_exec && tally.class.is_none() && !tally.unjudged_inheritance();
         let reachable = matches!(tally.class, Some(LeakClass::Reachable | LeakClass::Collectable));
         // What the runtime allocated while shutting down is its own, whatever the stack, and
-        // so are dead objects a free list keeps.
-        let leftover =
-            !reachable && (tally.during_finalization || tally.dead_objects || roles.is_runtime_leftover(judged_frames));
+        // so are dead objects a free list keeps. An object Python code made is the runtime's
+        // too, unless native code keeps it alive (see [`StackTally::native_reference`]).
+        let leftover = !reachable
+            && (tally.during_finalization
+                || tally.dead_objects
+                || (!(tally.native_reference && made_by_python(judged_frames))
+                    && roles.is_runtime_leftover(judged_frames)));
         let listed = if tally.unjudged_inheritance() {
             summary.inherited_unjudged.add(blocks, bytes);
             false
@@ -135,6 +145,7 @@ mod tests {
             object_type: None,
             references: Default::default(),
             dead_objects: false,
+            native_reference: false,
             tally: Tally {
                 blocks,
                 bytes: blocks * 10,

@@ -1,8 +1,8 @@
 //! Frames that allocate on behalf of their caller in the same module: a language's standard
 //! library compiled into it (Rust's `alloc`, `core` and `std`; libstdc++'s and libc++'s
-//! templates, inlined into the code that uses them), and the allocation wrappers of widely
-//! used libraries (OpenSSL's `CRYPTO_malloc`, GLib's `g_malloc`, …). A leak's owner is the
-//! module's code that called them: `Box::new` at `boxed.rs:248` or `new_allocator.h:137` is
+//! templates, inlined into the code that uses them; Cython's utility code), and the
+//! allocation wrappers of widely used libraries (OpenSSL's `CRYPTO_malloc`, GLib's
+//! `g_malloc`, …). A leak's owner is the module's code that called them: `Box::new` at `boxed.rs:248` or `new_allocator.h:137` is
 //! where every leak of a Rust or C++ extension would otherwise be owned.
 //!
 //! Must stay pure: decisions from a frame's function and file only.
@@ -35,6 +35,9 @@ const LIBRARY_FUNCTIONS: &[&str] = &[
     "__rg_",
     "__gnu_cxx::",
     "operator new",
+    // Cython's utility code, generated into every Cython module (`__Pyx_AddTraceback` makes
+    // the frame and traceback objects of an exception the module's function raised).
+    "__Pyx_",
 ];
 
 /// Functions of widely used libraries that only allocate for their caller.
@@ -125,6 +128,11 @@ mod tests {
         assert!(allocates_for_caller(&at("__rdl_alloc", None)));
         assert!(allocates_for_caller(&at("operator new(unsigned long)", None)));
         assert!(allocates_for_caller(&at("CRYPTO_zalloc", Some("crypto/mem.c"))));
+        assert!(allocates_for_caller(&at("__Pyx_AddTraceback", Some("_cmsgpack.cpp"))));
+        assert!(!allocates_for_caller(&at(
+            "__pyx_f_7msgpack_9_cmsgpack_8Unpacker__unpack",
+            Some("_cmsgpack.cpp")
+        )));
         assert!(!allocates_for_caller(&at(
             "rleak::make_record",
             Some("/src/rleak/src/lib.rs")

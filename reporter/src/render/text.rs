@@ -173,6 +173,18 @@ pub fn to_text(report: &Report) -> String {
                 .map(|p| format!(", called from {}", frame_text(p)))
                 .unwrap_or_default();
             let _ = writeln!(out, "  owner: {}{called_from}", frame_text(owner));
+        } else if let Some(python) = leak
+            .owner
+            .python
+            .as_ref()
+            .filter(|_| leak.class.is_leak() && !leak.runtime_leftover)
+        {
+            // Only native code keeps Python objects alive past their last name.
+            let _ = writeln!(
+                out,
+                "  made by Python code: {}; native code kept it alive",
+                frame_text(python)
+            );
         }
         objects_and_references_text(&mut out, leak);
         if !leak.also_in.is_empty() {

@@ -422,7 +422,7 @@ impl Trace {
 
     /// Whether stack `leaf` runs through importlib (every import of a Python module or an
     /// extension does, `PyInit_*` included).
-    fn allocated_during_import(&self, leaf: u64) -> bool {
+    pub fn allocated_during_import(&self, leaf: u64) -> bool {
         self.importlib_frames(leaf).contains(&true)
     }
 
