@@ -216,6 +216,22 @@ fn rust_boxes_and_vectors_are_owned_by_the_code_that_made_them() {
 }
 
 #[test]
+fn a_return_address_of_1_ends_the_stack_without_a_crash() {
+    let scratch = Scratch::new("bogus-return");
+    let traced = build_and_trace(&scratch, "gcc", &["bogus_return.c"], &[], &[]);
+    assert_eq!(String::from_utf8_lossy(&traced.output.stdout), "allocated 1\n");
+    let report = all_live_blocks_json(&traced.trace);
+    let rows = leaks_in(&report, "inner");
+    assert_eq!(rows.len(), 1, "{report:#}");
+    let frame = &rows[0]["frames"][0];
+    assert_eq!(frame["line"].as_u64(), Some(line_of("bogus_return.c", "@bogus_malloc")));
+    assert_eq!(
+        (rows[0]["bytes"].as_u64(), rows[0]["blocks"].as_u64()),
+        (Some(32), Some(1))
+    );
+}
+
+#[test]
 fn leaks_from_several_threads_with_cross_thread_frees() {
     let scratch = Scratch::new("threads");
     let traced = build_and_trace(&scratch, "gcc", &["threads.c"], &["-pthread"], &[]);

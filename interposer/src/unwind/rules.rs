@@ -103,6 +103,11 @@ fn slot_for(address: usize) -> &'static CacheSlot {
 /// minus one, which lies inside the call instruction).
 #[inline(always)]
 pub fn rule_for(address: usize) -> Rule {
+    // No code lies at 0, and an empty slot says 0: a return address of 1 (a new greenlet's
+    // first frame may hold one) must end the stack, not read as a cached rule.
+    if address == 0 {
+        return Rule::End;
+    }
     let slot = slot_for(address);
     let seen = slot.address.load(Ordering::Acquire);
     if seen == address as u64 {
@@ -256,5 +261,16 @@ fn eh_frame_pointer(eh_frame_hdr: &[u8], hdr_address: usize) -> Option<usize> {
     match header.eh_frame_ptr() {
         Pointer::Direct(address) => usize::try_from(address).ok(),
         Pointer::Indirect(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_code_address_of_a_return_address_of_1_ends_the_stack() {
+        assert_eq!(slot_for(0).address.load(Ordering::Relaxed), 0, "an empty slot");
+        assert_eq!(rule_for(0), Rule::End);
     }
 }
