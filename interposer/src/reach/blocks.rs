@@ -94,6 +94,7 @@ impl Blocks {
             STRING_REP => offset == STRING_REP_BYTES,
             ARRAY_COOKIE => offset == ARRAY_COOKIE_BYTES,
             HASH_TABLE => is_hash_table_control(offset, self.sizes[index]),
+            REFERENCE_COUNTS => offset == ARRAY_COOKIE_BYTES || offset == 2 * ARRAY_COOKIE_BYTES,
             // 3.12 tags a managed dict's values pointer by subtracting one.
             prefix => offset == u64::from(prefix) || offset + 1 == u64::from(prefix),
         }
@@ -208,8 +209,11 @@ pub(super) const NO_LAYOUT: u8 = 0;
 const STRING_REP: u8 = 1;
 const ARRAY_COOKIE: u8 = 3;
 const HASH_TABLE: u8 = 5;
+const REFERENCE_COUNTS: u8 = 7;
 const STRING_REP_BYTES: u64 = 24;
 const ARRAY_COOKIE_BYTES: u64 = 8;
+/// The largest first word read as a count of references (or of a `new[]` array's elements).
+const MAX_COUNT: u64 = 1 << 24;
 
 /// The layout of a common native runtime a block holding no Python object has, whose
 /// references point past its start ([`NO_LAYOUT`]: none). Such references are read as
@@ -222,7 +226,12 @@ const ARRAY_COOKIE_BYTES: u64 = 8;
 /// - an array made by `new[]` of elements with a destructor: the element count, then the
 ///   elements, which the array's pointer points to: a count of 2 or more divides the rest;
 /// - a Rust hash table (hashbrown's; see [`is_hash_table_control`]) whose first group of
-///   control bytes holds only bytes a table writes there.
+///   control bytes holds only bytes a table writes there;
+/// - a reference-counted allocation whose pointers point past its counts: one count (a
+///   `triomphe` Arc, as the persistent maps of `rpds` keep their nodes; a C++ or C struct
+///   behind an intrusive count), a pointer 8 bytes in; two (Rust's `Arc` or `Rc` after
+///   `into_raw`: strong and weak), 8 or 16 bytes in. Any first word from 1 to [`MAX_COUNT`]
+///   is read so, as memcheck reads a `new[]` cookie's.
 pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> u8 {
     let Some(first) = read(address) else { return NO_LAYOUT };
     if size > STRING_REP_BYTES {
@@ -241,6 +250,13 @@ pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u
     }
     if is_hash_table(read, address, size) {
         return HASH_TABLE;
+    }
+    let is_count = |word: u64| (1..=MAX_COUNT).contains(&word);
+    if is_count(first) && size > ARRAY_COOKIE_BYTES {
+        if size > 2 * ARRAY_COOKIE_BYTES && read(address + 8).is_some_and(is_count) {
+            return REFERENCE_COUNTS;
+        }
+        return ARRAY_COOKIE;
     }
     NO_LAYOUT
 }
@@ -300,7 +316,9 @@ pub(super) fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{is_hash_table_control, native_layout, ARRAY_COOKIE, HASH_TABLE, NO_LAYOUT, STRING_REP};
+    use super::{
+        is_hash_table_control, native_layout, ARRAY_COOKIE, HASH_TABLE, NO_LAYOUT, REFERENCE_COUNTS, STRING_REP,
+    };
 
     #[test]
     fn native_layouts_are_told_by_their_words() {
@@ -321,16 +339,24 @@ mod tests {
         // A 5-character string of capacity 5, unshared: 24 + 5 + 1 bytes.
         let string = vec![(0, 5), (8, 5), (16, 0)];
         assert_eq!(native_layout(&mut block(string.clone()), 0x1000, 30), STRING_REP);
-        // Its capacity disagrees with the block: no string.
-        assert_eq!(native_layout(&mut block(string), 0x1000, 72), NO_LAYOUT);
-        // Four 16-byte elements after their count; a count of 1 is a refcounted struct's.
+        // Its capacity disagrees with the block: no string, but two counts.
+        assert_eq!(native_layout(&mut block(string), 0x1000, 72), REFERENCE_COUNTS);
+        // Four 16-byte elements after their count.
         assert_eq!(
             native_layout(&mut block(vec![(0, 4)]), 0x1000, 8 + 4 * 16),
             ARRAY_COOKIE
         );
-        assert_eq!(native_layout(&mut block(vec![(0, 1)]), 0x1000, 8 + 16), NO_LAYOUT);
-        // A first word that counts no elements of the block.
-        assert_eq!(native_layout(&mut block(vec![(0, 7)]), 0x1000, 40), NO_LAYOUT);
+        // A count of 1 is a reference-counted allocation's (triomphe's Arc): pointed to after
+        // its count; strong and weak counts (Rust's Arc): after either.
+        assert_eq!(native_layout(&mut block(vec![(0, 1)]), 0x1000, 8 + 16), ARRAY_COOKIE);
+        assert_eq!(native_layout(&mut block(vec![(0, 7)]), 0x1000, 40), ARRAY_COOKIE);
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 1), (8, 1), (16, 0x5555_0000_1000)]), 0x1000, 40),
+            REFERENCE_COUNTS
+        );
+        // A first word that is no count.
+        assert_eq!(native_layout(&mut block(vec![(0, 0)]), 0x1000, 40), NO_LAYOUT);
+        assert_eq!(native_layout(&mut block(vec![(0, 1 << 40)]), 0x1000, 40), NO_LAYOUT);
         assert_eq!(
             native_layout(&mut block(vec![(0, 0x5555_0000_1000)]), 0x1000, 40),
             NO_LAYOUT
