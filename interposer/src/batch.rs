@@ -22,6 +22,8 @@
 
 use libleak_format::AllocKind;
 
+use crate::python::free_lists::StaleSlots;
+
 /// Which event a header starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -98,9 +100,17 @@ pub fn push_free(batch: &mut Vec<u64>, thread_id: u32, seq: u64, address: usize)
 }
 
 /// Appends a reborn object's fixed fields; its `frame_count` stack words must follow.
+/// `stale`: the free-list slots that still name the object.
 #[inline(always)]
-pub fn push_reborn(batch: &mut Vec<u64>, header: Header, free_seq: u64, alloc_seq: u64, block: usize) {
-    batch.extend_from_slice(&[header.pack(), free_seq, alloc_seq, block as u64]);
+pub fn push_reborn(batch: &mut Vec<u64>, header: Header, seqs: (u64, u64), block: usize, stale: StaleSlots) {
+    batch.extend_from_slice(&[
+        header.pack(),
+        seqs.0,
+        seqs.1,
+        block as u64,
+        stale.first as u64,
+        stale.more,
+    ]);
 }
 
 /// An event kept aside without a stack or a thread (a signal handler's, recorded while its
@@ -187,6 +197,8 @@ pub enum BatchEvent<'a> {
         alloc_seq: u64,
         /// Where the object's block starts.
         block: u64,
+        /// The free-list slots that still name the object.
+        stale: StaleSlots,
         /// Stack words, innermost first, not counting the shared outer ones.
         frames: &'a [u64],
         /// Outer words of the batch's previous stack that this one has too.
@@ -231,7 +243,7 @@ impl<'a> Iterator for BatchEvents<'a> {
                 })
             }
             BatchTag::Reborn => {
-                let &[_, free_seq, alloc_seq, block, ref rest @ ..] = self.words else {
+                let &[_, free_seq, alloc_seq, block, first, more, ref rest @ ..] = self.words else {
                     self.words = &[];
                     return None;
                 };
@@ -242,6 +254,10 @@ impl<'a> Iterator for BatchEvents<'a> {
                     free_seq,
                     alloc_seq,
                     block,
+                    stale: StaleSlots {
+                        first: first as usize,
+                        more,
+                    },
                     frames,
                     shared_frames: header.shared_frames,
                 })
@@ -294,7 +310,8 @@ mod tests {
             shared_frames: 2,
             thread_id: 6,
         };
-        push_reborn(&mut batch, reborn, 10, 11, 0x3010);
+        let stale = StaleSlots { first: 0x7000, more: 2 };
+        push_reborn(&mut batch, reborn, (10, 11), 0x3010, stale);
         batch.push(0x4030);
         let events: Vec<_> = BatchEvents::new(&batch).collect();
         assert_eq!(
@@ -328,6 +345,7 @@ mod tests {
                     free_seq: 10,
                     alloc_seq: 11,
                     block: 0x3010,
+                    stale,
                     frames: &[0x4030],
                     shared_frames: 2,
                 },

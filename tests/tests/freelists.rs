@@ -232,3 +232,38 @@ fn dead_objects_an_extension_keeps_for_reuse_are_no_leak() {
         assert_eq!(found, [(false, 1, 48), (true, 10, 480)], "{label}: {all:#}");
     }
 }
+
+/// A list and a dict an extension takes off the free lists and leaks, in a process that ends
+/// before anything is dropped into their slots: the free-list arrays still name them (as
+/// their spare slots keep what they last held), and those stale copies are no references.
+#[test]
+fn free_list_slots_that_still_name_a_taken_object_are_no_references() {
+    let c = |marker: &str| line_of("freelists/stale_slot.c", marker);
+    for python in pythons() {
+        with_one_retry(&python.label(), || {
+            let label = python.label();
+            let scratch = Scratch::new(&format!("freelists-stale-{label}"));
+            python.build_extension(&fixture("stale_slot.c"), "stale_slot", &scratch.path);
+            std::fs::copy(fixture("stale_slot.py"), scratch.join("stale_slot.py")).unwrap();
+            let report = report_json(&python.run_script_traced(&scratch, "stale_slot.py", &label));
+            assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+            for (function, marker, bytes) in [("take_list", "@take_list", 56), ("take_dict", "@take_dict", 64)] {
+                let rows: Vec<&serde_json::Value> = report["leaks"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|row| row["owner"]["function"] == function)
+                    .collect();
+                assert_eq!(rows.len(), 1, "{label}: {function}: {report:#}");
+                let row = rows[0];
+                assert_eq!(row["kind"], "definitely-lost", "{label}: {row:#}");
+                assert_eq!(row["owner"]["line"].as_u64(), Some(c(marker)), "{label}");
+                assert_eq!(
+                    (row["blocks"].as_u64(), row["bytes"].as_u64()),
+                    (Some(1), Some(bytes)),
+                    "{label}"
+                );
+            }
+        });
+    }
+}

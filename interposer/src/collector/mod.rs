@@ -216,6 +216,8 @@ pub struct Collector {
     judges_inherited: Option<bool>,
     /// (address, seq) of the blocks the scan at finalisation found garbage awaiting collection.
     garbage_at_finalization: Vec<(u64, u64)>,
+    /// Per free-list slot that handed out a reborn object: its block and the rebirth's seq.
+    stale_slots: HashMap<u64, (u64, u64)>,
     scan: ScanSettings,
     /// Rebirths met before their block's allocation (see [`rebirths`]).
     rebirths: PendingRebirths,
@@ -274,6 +276,7 @@ impl Collector {
             parked_since_start: false,
             judges_inherited: None,
             garbage_at_finalization: Vec::new(),
+            stale_slots: HashMap::new(),
             scan,
             rebirths: PendingRebirths::default(),
             held_back: VecDeque::new(),
@@ -517,6 +520,7 @@ impl Collector {
                     free_seq,
                     alloc_seq,
                     block,
+                    stale,
                     frames,
                     shared_frames,
                 } => {
@@ -527,6 +531,7 @@ impl Collector {
                         free_seq,
                         alloc_seq,
                         block,
+                        stale,
                         stack,
                     });
                 }

@@ -6,6 +6,8 @@
 /// Rebirths kept at most; more are dropped at once, as before they were kept at all.
 const MOST_PENDING: usize = 1024;
 
+use crate::python::free_lists::StaleSlots;
+
 /// A rebirth as recorded: `free_seq` and `alloc_seq` number the free and allocation of the
 /// object's block, `stack` is the interned stack of the constructor's caller.
 #[derive(Clone, Copy)]
@@ -15,6 +17,8 @@ pub(super) struct Rebirth {
     pub(super) alloc_seq: u64,
     /// Where the object's block starts.
     pub(super) block: u64,
+    /// The free-list slots that still name the object.
+    pub(super) stale: StaleSlots,
     pub(super) stack: u64,
 }
 

@@ -19,6 +19,9 @@ use libleak_format::{Alloc, AllocKind, Free};
 use super::pending_rebirths::Rebirth;
 use super::{Collector, CollectorBlock};
 
+/// The most free-list slots remembered (see [`Collector::stale_references`]).
+const MAX_STALE_SLOTS: usize = 4096;
+
 /// What became of a rebirth.
 enum Outcome {
     Applied,
@@ -52,6 +55,20 @@ impl Collector {
         }
     }
 
+    /// The free-list slots that handed out an object still live (the same allocation), as
+    /// (slot, block): a scan does not read a reference in such a slot (see
+    /// [`crate::python::free_lists`]).
+    pub(super) fn stale_references(&self) -> Vec<(u64, u64)> {
+        let mut stale: Vec<(u64, u64)> = self
+            .stale_slots
+            .iter()
+            .filter(|(_, &(block, seq))| self.live.live_at(block).is_some_and(|live| live.seq == seq))
+            .map(|(&slot, &(block, _))| (slot, block))
+            .collect();
+        stale.sort_unstable();
+        stale
+    }
+
     /// The rebirth's block, live where the recorder said it starts: freed and allocated again
     /// with the rebirth's stack, keeping its requested size.
     fn apply_rebirth(&mut self, rebirth: Rebirth) -> Outcome {
@@ -76,6 +93,13 @@ impl Collector {
         };
         self.live.alloc(address, reborn);
         self.large.note(address, reborn, &self.live);
+        for slot in rebirth.stale.addresses() {
+            // A few hundred slots at most (CPython's arrays hold 80); a bound all the same.
+            if self.stale_slots.len() >= MAX_STALE_SLOTS {
+                self.stale_slots.clear();
+            }
+            self.stale_slots.insert(slot as u64, (address, rebirth.alloc_seq));
+        }
         self.encoder.alloc(&Alloc {
             seq: rebirth.alloc_seq,
             thread_id: rebirth.thread_id,
@@ -176,7 +200,7 @@ mod tests {
     fn rebirth(free_seq: u64, block: usize) -> Vec<u64> {
         let mut batch = Vec::new();
         let header = header(BatchTag::Reborn, AllocKind::FreeListReuse);
-        push_reborn(&mut batch, header, free_seq, free_seq + 1, block);
+        push_reborn(&mut batch, header, (free_seq, free_seq + 1), block, Default::default());
         batch.push(0x4020);
         batch
     }

@@ -57,6 +57,7 @@ impl Collector {
         }
         let inheritance = inheritance.unwrap_or_default();
         let scanned = inheritance.read.len() as u64;
+        let stale_references = self.stale_references();
         let survived_collection = if name_holders {
             Vec::new()
         } else {
@@ -76,6 +77,7 @@ impl Collector {
             time_limit: time_limit.saturating_sub(gathering),
             pages_shared: !self.inherited.is_empty() || self.parked_since_start,
             survived_collection,
+            stale_references,
         });
         if name_holders {
             self.garbage_at_finalization = result

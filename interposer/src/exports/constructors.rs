@@ -38,7 +38,7 @@ fn constructed(constructor: Constructor, caller: Registers, call: impl FnOnce(us
     }
     if let Some(hook) = recorder::enter() {
         let saved = errno();
-        hook.record_if_reborn(object as usize, constructor.header_bytes(), mark, caller);
+        hook.record_if_reborn(object as usize, constructor, mark, caller);
         set_errno(saved);
         hook.leave();
     }

@@ -54,6 +54,17 @@ impl Constructor {
         }
     }
 
+    /// Which of CPython's array free lists this constructor takes from, as
+    /// [`super::free_lists::stale_slots`] numbers them: lists' and dicts' (3.9–3.13); tuples
+    /// and floats are linked through their dead objects.
+    pub fn free_list_array(self) -> Option<usize> {
+        match self {
+            Constructor::ListNew => Some(0),
+            Constructor::DictNew => Some(1),
+            Constructor::FloatFromDouble | Constructor::TupleNew => None,
+        }
+    }
+
     /// Bytes from the start of the object's block to the object: the GC header for the
     /// garbage-collected types (none of which has a pre-header in any supported version).
     pub fn header_bytes(self) -> usize {

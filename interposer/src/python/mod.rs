@@ -14,6 +14,7 @@ pub mod code_cache;
 mod codes;
 pub mod constructors;
 pub mod frame_locals;
+pub mod free_lists;
 pub mod gc;
 pub mod holders;
 pub mod layouts;
@@ -105,6 +106,13 @@ pub fn detect() -> Option<PythonRuntime> {
                 );
                 let code_type = symbols.code_type;
                 let symbols_runtime = symbols.runtime;
+                let mut data_segment = (0, 0);
+                crate::sys::loader::with_object_containing(symbols_runtime, &mut |object| {
+                    if let Some(segment) = object.and_then(|o| o.segment_containing(symbols_runtime)) {
+                        data_segment = segment;
+                    }
+                });
+                free_lists::set_search_space(data_segment, main_interpreter_state);
                 let _ = INTERPRETER.set(Interpreter { symbols, layout });
                 codes::init();
                 code_cache::watch_frees(code_type);
@@ -115,6 +123,13 @@ pub fn detect() -> Option<PythonRuntime> {
         },
     }
     Some(runtime)
+}
+
+/// The main interpreter's state, or 0 (none yet, or no interpreter walked).
+fn main_interpreter_state() -> usize {
+    interpreter()
+        .and_then(|interpreter| interpreter.symbols.main_interpreter())
+        .map_or(0, |(state, _)| state)
 }
 
 /// Checks what can be checked before the first walk: 3.13+ describe their own layout.

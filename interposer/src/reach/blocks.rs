@@ -85,6 +85,15 @@ impl Blocks {
         Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
     }
 
+    /// The indices of the blocks at `addresses` (in their order), leaving out addresses that
+    /// start no block.
+    pub(super) fn indices_of(&self, addresses: &[u64]) -> Vec<usize> {
+        addresses
+            .iter()
+            .filter_map(|address| self.addresses.binary_search(address).ok())
+            .collect()
+    }
+
     /// Whether references to block `index`, which holds no Python object, point `offset`
     /// bytes in (see [`Blocks::reference_offsets`]).
     #[inline]

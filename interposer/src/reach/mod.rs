@@ -10,7 +10,7 @@
 //! object (past the header) is a pointer to the block's start.
 //!
 //! Runs on the collector thread while other threads may still run: every read goes through
-//! [`MemoryReader`], which cannot fault. Bounded by a deadline; past it, nothing is
+//! [`MemoryReader`](crate::sys::memory::MemoryReader), which cannot fault. Bounded by a deadline; past it, nothing is
 //! classified and the outcome says so. Must never write to the program's memory.
 
 mod blocks;
@@ -19,6 +19,7 @@ mod marker;
 mod paths;
 pub mod roots;
 mod sort;
+mod stale;
 mod structure;
 
 use std::cell::{Cell, RefCell};
@@ -31,11 +32,11 @@ use crate::python::frame_locals;
 use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
-use crate::sys::memory::MemoryReader;
 use blocks::{native_layout, next_chunk, Blocks, Pointer};
 use marker::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 use paths::{name_steps, PathFacts, Steps};
 pub use roots::ExitingThread;
+use stale::StaleSlots;
 use structure::{Facts, NO_OBJECT};
 
 /// The bytes of a block the recognition of Python objects reads (the header of a managed
@@ -87,25 +88,21 @@ pub struct ScanInput<'a> {
     /// Set to name the holders of reachable blocks (the scan at Python's finalisation).
     pub namer: Option<Namer>,
     pub time_limit: Duration,
-    /// The process forked or was forked (see [`MemoryReader::keep_pages_shared`]).
+    /// The process forked or was forked (see [`crate::sys::memory::MemoryReader::keep_pages_shared`]).
     pub pages_shared: bool,
     /// Blocks (addresses among `blocks`, oldest first) that were garbage awaiting collection
     /// when CPython's finalisation began, and outlived the collections finalisation runs:
     /// the collector cannot free them (see [`structure::structures`]).
     pub survived_collection: Vec<u64>,
+    /// (slot, block), sorted: free-list slots that still name an object CPython handed out
+    /// again (see [`crate::python::free_lists`]). A pointer into the block read there is no
+    /// reference.
+    pub stale_references: Vec<(u64, u64)>,
 }
 
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
-    let mut memory = MemoryReader::new();
-    memory.keep_pages_shared(input.pages_shared);
-    memory.set_readable(
-        roots::read_maps()
-            .iter()
-            .filter(|m| m.perms[0] == b'r')
-            .map(|m| (m.start, m.end))
-            .collect(),
-    );
+    let mut memory = roots::reader(input.pages_shared);
     let mut blocks = Blocks::new(input.blocks);
     let mut stand_in = vec![
         false;
@@ -115,16 +112,11 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             blocks.addresses.len()
         }
     ];
-    for address in &input.stand_in_roots {
-        if let Ok(index) = blocks.addresses.binary_search(address) {
-            stand_in[index] = true;
-        }
+    for index in blocks.indices_of(&input.stand_in_roots) {
+        stand_in[index] = true;
     }
-    let survived_collection: Vec<usize> = input
-        .survived_collection
-        .iter()
-        .filter_map(|address| blocks.addresses.binary_search(address).ok())
-        .collect();
+    let stale = StaleSlots::new(input.stale_references);
+    let survived_collection = blocks.indices_of(&input.survived_collection);
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
         ..Reachability::default()
@@ -438,6 +430,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     }
                     for &(start, end) in &roots.ranges {
                         marker.words(start, end, (0, 0), &mut |address, word| {
+                            if stale.names(address, word) {
+                                return;
+                            }
                             let label = new_holder(word, &mut || Holder::RootWord(address), &holder, &mut holder_names);
                             raise(
                                 word,
@@ -470,6 +465,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     let from = state[index];
                     let (label, start) = (holder.get(index).map_or(0, |h| h.0), blocks.addresses[index]);
                     marker.block_words(index, &mut |address, word| {
+                        if stale.names(address, word) {
+                            return;
+                        }
                         let at = u32::try_from(address - start).unwrap_or(u32::MAX);
                         raise(
                             word,

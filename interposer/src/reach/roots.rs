@@ -277,6 +277,21 @@ fn writable_segments(module: &Module) -> impl Iterator<Item = (u64, u64)> + '_ {
     })
 }
 
+/// A reader of the memory readable now (see [`MemoryReader::keep_pages_shared`] for
+/// `pages_shared`).
+pub(super) fn reader(pages_shared: bool) -> MemoryReader {
+    let mut memory = MemoryReader::new();
+    memory.keep_pages_shared(pages_shared);
+    memory.set_readable(
+        read_maps()
+            .iter()
+            .filter(|m| m.perms[0] == b'r')
+            .map(|m| (m.start, m.end))
+            .collect(),
+    );
+    memory
+}
+
 /// Adds `[start, end)` minus the excluded ranges.
 fn push_range(ranges: &mut Vec<(u64, u64)>, excluded: &[(u64, u64)], start: u64, end: u64) {
     ranges.extend(without_excluded(excluded, start & !7, end));

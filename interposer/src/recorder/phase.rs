@@ -19,6 +19,8 @@ use super::thread::{Phase, ThreadState, PENDING_EVENTS, RECENT_ALLOCATIONS, THRE
 use crate::batch::{self, BatchTag, DeferredEvent, Header, DEFERRED_WORDS};
 use crate::collector::Message;
 use crate::python;
+use crate::python::constructors::Constructor;
+use crate::python::free_lists;
 use crate::stack_words;
 use crate::sys::buffer::WordBuffer;
 use crate::sys::signals;
@@ -122,16 +124,16 @@ impl Hook {
         }
     }
 
-    /// A Python constructor returned the new object `object`, whose block starts
-    /// `header_bytes` before it. When that block was not allocated during the call (since
-    /// `mark`), the object came off a free list: it is recorded as reborn, with the stack
-    /// unwound from `caller`. Nothing is recorded when the calls since `mark` were too many
+    /// `constructor` returned the new object `object`, whose block starts its header bytes
+    /// before it. When that block was not allocated during the call (since `mark`), the
+    /// object came off a free list: it is recorded as reborn, with the stack unwound from
+    /// `caller` and the free-list slot that still names it. Nothing is recorded when the calls since `mark` were too many
     /// to tell, nor from a signal handler.
-    pub fn record_if_reborn(&self, object: usize, header_bytes: usize, mark: u64, caller: Registers) {
+    pub fn record_if_reborn(&self, object: usize, constructor: Constructor, mark: u64, caller: Registers) {
         if self.outer != Phase::Outside {
             return;
         }
-        let block = object.wrapping_sub(header_bytes);
+        let block = object.wrapping_sub(constructor.header_bytes());
         let reborn = THREAD.with(|t| {
             let recent = t.recent_allocations.each_ref().map(|cell| cell.get());
             allocated_since(&recent, t.allocations.get(), mark, block) == Some(false)
@@ -142,13 +144,17 @@ impl Hook {
         // Numbered on the block, as its own free and allocation would be.
         let free_seq = next_seq(block);
         let alloc_seq = next_seq(block);
+        let stale = constructor
+            .free_list_array()
+            .map(|array| free_lists::stale_slots(array, object))
+            .unwrap_or_default();
         recording(|t| {
             record_with_stack(
                 t,
                 BatchTag::Reborn,
                 AllocKind::FreeListReuse,
                 caller,
-                |batch, header| batch::push_reborn(batch, header, free_seq, alloc_seq, block),
+                |batch, header| batch::push_reborn(batch, header, (free_seq, alloc_seq), block, stale),
             )
         });
     }

@@ -265,6 +265,25 @@ impl MemoryReader {
     }
 }
 
+/// Copies `out.len()` bytes of this process's memory at `address` into `out` with one
+/// `process_vm_readv`, which fails on an unmapped page instead of faulting: how many leading
+/// bytes were copied (0 when none could be, or the call is refused).
+pub fn copy_own(address: u64, out: &mut [u8]) -> usize {
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: out.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: out.len(),
+    };
+    // SAFETY: `local` describes `out`, which we own and may write; the kernel checks `remote`
+    // against our own address space and returns EFAULT instead of faulting. getpid has no
+    // preconditions.
+    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    read.max(0) as usize
+}
+
 /// The calling thread's stack pointer, give or take the current frame.
 #[inline(never)]
 pub fn stack_pointer() -> u64 {
