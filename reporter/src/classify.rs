@@ -137,10 +137,23 @@ impl<'a> Keys<'a> {
                 else {
                     continue;
                 };
+                // Objects the thread finalising the interpreter made: a daemon thread ended by
+                // the finalisation leaves the objects its C code held in locals unreachable
+                // with their references counted.
+                let by_finalizing_thread = trace.finalizing_thread.is_none_or(|thread| block.thread_id == thread);
+                let type_name = facts
+                    .object_type
+                    .and_then(|id| trace.object_types.get(id as usize))
+                    .map(String::as_str);
+                // C code keeps a string's or bytes' characters by a pointer into the object
+                // (numpy's docstrings): a reference it keeps, not one it lost.
+                let kept_by_characters = matches!(type_name, Some("str" | "bytes"));
                 let kept = facts.object_type.is_some()
                     && facts.refcount > 0
-                    && (facts.leaked_references() > 0
-                        || matches!(block.class, Some(LeakClass::DefinitelyLost | LeakClass::PossiblyLost)));
+                    && by_finalizing_thread
+                    && ((facts.leaked_references() > 0 && !kept_by_characters)
+                        || (facts.leaked_references() == 0
+                            && matches!(block.class, Some(LeakClass::DefinitelyLost | LeakClass::PossiblyLost))));
                 if kept
                     && !*made_in_import
                         .entry(block.stack)

@@ -10,7 +10,8 @@
 //! holds Python objects, all of whose references come from lost memory: a reference cycle
 //! dropped by its last owner) or a cycle of C blocks, which is a leak like any other. Garbage
 //! that outlived the collections of CPython's finalisation is no garbage the collector can
-//! free: a leak, led by its oldest object.
+//! free when it holds an object the collector does not track: a leak, led by its oldest such
+//! object.
 //!
 //! A block the flood reached can still belong to lost memory: when a stale copy of its address
 //! (in a free list's spare slots, a dead stack slot) is all that reached it. A reached Python
@@ -172,18 +173,16 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     for &k in &sources {
         claim(k, &mut root, &mut work);
     }
-    // Garbage the collector could not free: it was garbage when finalisation began, and the
-    // full collections finalisation runs left it allocated. A reference the collector does
-    // not see holds the cycle (an extension type whose `tp_traverse` skips a reference it
-    // keeps, or that the collector does not track at all): a leak, led by its oldest object
-    // the collector does not track (one without a GC header), else by its oldest.
-    for untracked_first in [true, false] {
-        for &index in facts.survived_collection {
-            let k = position[index];
-            let untracked = blocks.object_offsets[index] == 0;
-            if k != NONE && counted(k as usize) && untracked == untracked_first {
-                claim(k as usize, &mut root, &mut work);
-            }
+    // Garbage the collector could not free: it was garbage when finalisation began, the
+    // collections finalisation runs left it allocated, and it holds an object the collector
+    // does not track (no GC header) that refers to others: a reference the collector cannot
+    // see holds the cycle. A leak, led by its oldest such object. (Garbage of tracked objects
+    // alone can outlive finalisation for other reasons: frozen by `gc.freeze()`, or no
+    // collection ran because a daemon thread stopped inside one.)
+    for &index in facts.survived_collection {
+        let k = position[index];
+        if k != NONE && counted(k as usize) && blocks.object_offsets[index] == 0 && !targets(k as usize).is_empty() {
+            claim(k as usize, &mut root, &mut work);
         }
     }
     // Garbage: what the unclaimed Python objects reach among the unclaimed blocks.

@@ -18,6 +18,8 @@ use crate::live::ExitBlock;
 /// blocks live at that point of the replay.
 #[derive(Default)]
 pub(super) struct FinalizationScan {
+    /// The thread finalising the interpreter.
+    pub(super) thread_id: u32,
     pub(super) classes: FastMap<u64, LeakClass>,
     pub(super) scan: Option<Reachability>,
     /// (address, seq) of every block live when the scan was made, with its class (`None`

@@ -172,6 +172,8 @@ pub struct Trace {
     pub lost: HashMap<u64, LostFacts>,
     /// The Python types [`LostFacts::object_type`] refers to.
     pub object_types: Vec<String>,
+    /// The thread that finalised the interpreter, when the process got that far.
+    pub finalizing_thread: Option<u32>,
 }
 
 /// What the exit scan learnt of a block it did not find reachable.
@@ -523,6 +525,7 @@ pub(crate) mod synthetic {
             inherited_unjudged: Default::default(),
             marks: Vec::new(),
             holding: None,
+            finalizing_thread: None,
         }
     }
 

@@ -212,7 +212,12 @@ impl Replay {
             }
             Record::PythonRuntime(runtime) => self.python = Some(runtime),
             Record::PythonConfig { ignores_environment } => self.python_ignores_environment = Some(ignores_environment),
-            Record::Finalizing { .. } => self.finalization = Some(FinalizationScan::default()),
+            Record::Finalizing { thread_id } => {
+                self.finalization = Some(FinalizationScan {
+                    thread_id,
+                    ..FinalizationScan::default()
+                })
+            }
             Record::BlockClasses(entries) => match self.finalization.as_mut().filter(|f| f.scan.is_none()) {
                 Some(pending) => pending.classes.extend(entries.iter().map(|e| (e.address, e.class))),
                 None => self
@@ -510,6 +515,7 @@ impl Replay {
             inherited_unjudged,
             marks,
             holding: finalization.as_mut().and_then(|f| f.holding.take()),
+            finalizing_thread: finalization.as_ref().map(|f| f.thread_id),
             lost: lost_facts,
             object_types,
         };
