@@ -14,6 +14,11 @@ use crate::model::{Frame, Incompleteness, Inherited, Leak, ObjectShare, Report, 
 /// The text of a frame: function, location, module.
 pub(super) fn frame_text(frame: &Frame) -> String {
     let function = frame.function.as_deref().unwrap_or("??");
+    // Cython's C names, with the Python name they stand for.
+    let function = match crate::symbolize::cython::python_name(function) {
+        Some(name) if frame.kind == crate::model::FrameKind::Native => format!("{function} ({name})"),
+        _ => function.to_string(),
+    };
     let location = match (&frame.file, frame.line) {
         (Some(file), Some(line)) => format!(" at {file}:{line}"),
         (Some(file), None) => format!(" in {file}"),

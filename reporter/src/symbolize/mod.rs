@@ -9,6 +9,7 @@
 //! Must never write anything, nor read any file but the modules the trace names and their
 //! debug files.
 
+pub mod cython;
 pub mod holders;
 pub mod merge;
 pub mod python_lines;
