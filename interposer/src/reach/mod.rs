@@ -115,7 +115,6 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     for index in blocks.indices_of(&input.stand_in_roots) {
         stand_in[index] = true;
     }
-    let stale = StaleSlots::new(input.stale_references);
     let survived_collection = blocks.indices_of(&input.survived_collection);
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
@@ -299,6 +298,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     summary.threads_unknown = roots.threads_unknown;
 
     let count = blocks.addresses.len();
+    let stale = StaleSlots::of_live_objects(input.stale_references, &blocks, &object_starts, &mut memory);
     let mut state = vec![UNREACHED; count];
     let mut work: VecDeque<usize> = VecDeque::new();
     let mut marker = Marker {

@@ -4,6 +4,10 @@
 //!
 //! Must stay cheap for every word the flood reads: one range test when there are no slots.
 
+use super::blocks::Blocks;
+use super::structure::NO_OBJECT;
+use crate::sys::memory::MemoryReader;
+
 /// How far into its block a slot's object starts, at most (a GC header, a pre-header).
 const OBJECT_WITHIN: u64 = 64;
 
@@ -15,6 +19,29 @@ pub(super) struct StaleSlots {
 }
 
 impl StaleSlots {
+    /// The slots of `slots` whose block holds a live object (a count above 0): a dead one
+    /// is on the free list again, maybe in that very slot, which then keeps it.
+    pub(super) fn of_live_objects(
+        slots: Vec<(u64, u64)>,
+        blocks: &Blocks,
+        object_starts: &[u8],
+        memory: &mut MemoryReader,
+    ) -> StaleSlots {
+        let live = slots
+            .into_iter()
+            .filter(|&(_, block)| {
+                let Some(start) = blocks.indices_of(&[block]).first().and_then(|&i| object_starts.get(i)) else {
+                    return false;
+                };
+                *start != NO_OBJECT
+                    && memory
+                        .word(block + u64::from(*start))
+                        .is_some_and(|count| count > 0 && count < 1 << 40)
+            })
+            .collect();
+        StaleSlots::new(live)
+    }
+
     pub(super) fn new(mut slots: Vec<(u64, u64)>) -> StaleSlots {
         slots.sort_unstable();
         StaleSlots {
