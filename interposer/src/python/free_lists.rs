@@ -97,6 +97,9 @@ pub fn stale_slots(array: usize, object: usize) -> StaleSlots {
         let mut window = [0u8; 2 * WINDOW_SLOTS * 8 + 8];
         let read = copy_own(start as u64, &mut window);
         let found: Vec<usize> = matches(&window[..read], start, object).collect();
+        // No copy of the free list's addresses stays behind on the stack.
+        window.fill(0);
+        std::hint::black_box(&window);
         if let Some(slots) = StaleSlots::of(&found) {
             LAST_SLOT[array].store(slots.first, Ordering::Relaxed);
             return slots;

@@ -221,8 +221,9 @@ const HASH_TABLE: u8 = 5;
 const REFERENCE_COUNTS: u8 = 7;
 const STRING_REP_BYTES: u64 = 24;
 const ARRAY_COOKIE_BYTES: u64 = 8;
-/// The largest first word read as a count of references (or of a `new[]` array's elements).
-const MAX_COUNT: u64 = 1 << 24;
+/// The largest word read as a reference count before what a pointer points to: small, as
+/// the counts of shared nodes are, so that an id or a length rarely passes for one.
+const MAX_COUNT: u64 = 64;
 
 /// The layout of a common native runtime a block holding no Python object has, whose
 /// references point past its start ([`NO_LAYOUT`]: none). Such references are read as
@@ -239,8 +240,9 @@ const MAX_COUNT: u64 = 1 << 24;
 /// - a reference-counted allocation whose pointers point past its counts: one count (a
 ///   `triomphe` Arc, as the persistent maps of `rpds` keep their nodes; a C++ or C struct
 ///   behind an intrusive count), a pointer 8 bytes in; two (Rust's `Arc` or `Rc` after
-///   `into_raw`: strong and weak), 8 or 16 bytes in. Any first word from 1 to [`MAX_COUNT`]
-///   is read so, as memcheck reads a `new[]` cookie's.
+///   `into_raw`: strong and weak), 8 or 16 bytes in. A first word from 1 to [`MAX_COUNT`] is
+///   read so (memcheck's length64 heuristic reads a length there the same way); a C block
+///   really held only 8 or 16 bytes in is then reachable, not possibly lost.
 pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> u8 {
     let Some(first) = read(address) else { return NO_LAYOUT };
     if size > STRING_REP_BYTES {
@@ -359,6 +361,8 @@ mod tests {
         // its count; strong and weak counts (Rust's Arc): after either.
         assert_eq!(native_layout(&mut block(vec![(0, 1)]), 0x1000, 8 + 16), ARRAY_COOKIE);
         assert_eq!(native_layout(&mut block(vec![(0, 7)]), 0x1000, 40), ARRAY_COOKIE);
+        // An id or a length above the counts shared nodes have: no layout.
+        assert_eq!(native_layout(&mut block(vec![(0, 1000)]), 0x1000, 40), NO_LAYOUT);
         assert_eq!(
             native_layout(&mut block(vec![(0, 1), (8, 1), (16, 0x5555_0000_1000)]), 0x1000, 40),
             REFERENCE_COUNTS

@@ -174,14 +174,16 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
         claim(k, &mut root, &mut work);
     }
     // Garbage the collector could not free: it was garbage when finalisation began, the
-    // collections finalisation runs left it allocated, and it holds an object the collector
-    // does not track (no GC header) that refers to others: a reference the collector cannot
-    // see holds the cycle. A leak, led by its oldest such object. (Garbage of tracked objects
-    // alone can outlive finalisation for other reasons: frozen by `gc.freeze()`, or no
-    // collection ran because a daemon thread stopped inside one.)
+    // collections finalisation runs left it allocated, and an object the collector does not
+    // track (no GC header) closes a cycle of it: a reference the collector cannot see holds
+    // the cycle. A leak, led by its oldest such object. (Garbage can outlive finalisation for
+    // other reasons: frozen by `gc.freeze()`, or no collection ran because a daemon thread
+    // stopped inside one; an untracked object in it that only points out, a bytearray to its
+    // buffer, closes no cycle.)
     for &index in facts.survived_collection {
         let k = position[index];
-        if k != NONE && counted(k as usize) && blocks.object_offsets[index] == 0 && !targets(k as usize).is_empty() {
+        if k != NONE && counted(k as usize) && blocks.object_offsets[index] == 0 && on_a_cycle(k as usize, n, &targets)
+        {
             claim(k as usize, &mut root, &mut work);
         }
     }
@@ -323,6 +325,21 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
         classes,
         blocks: lost_blocks,
     })
+}
+
+/// Whether member `k` reaches itself through the pointers between members (`targets`).
+fn on_a_cycle<'t>(k: usize, members: usize, targets: &impl Fn(usize) -> &'t [u32]) -> bool {
+    let mut seen = vec![false; members];
+    let mut work: Vec<usize> = targets(k).iter().map(|&t| t as usize).collect();
+    while let Some(at) = work.pop() {
+        if at == k {
+            return true;
+        }
+        if !std::mem::replace(&mut seen[at], true) {
+            work.extend(targets(at).iter().map(|&t| t as usize));
+        }
+    }
+    false
 }
 
 /// The reference count of the Python object block `index` holds; `None` when it holds no
