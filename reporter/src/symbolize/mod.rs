@@ -6,8 +6,8 @@
 //! cannot mis-symbolize. [`merge`] then builds each stack as the user reads it, and
 //! [`python_lines`] gives Python frames their lines.
 //!
-//! Must never write anything, nor read any file but the modules the trace names and their
-//! debug files.
+//! Must never write anything, nor read any file but the modules the trace names, their
+//! debug files, and the C files Cython generated that their debug information names.
 
 pub mod cython;
 pub mod holders;
@@ -107,6 +107,8 @@ pub struct Symbolizer {
     /// Where separate debug files are looked for; `None`: no file is ever read.
     debug_root: Option<PathBuf>,
     modules: HashMap<(String, Vec<u8>), ModuleSymbols>,
+    /// Cython's generated C files, read to give their lines as the `.pyx` lines.
+    cython: cython::GeneratedSources,
 }
 
 impl Default for Symbolizer {
@@ -120,6 +122,7 @@ impl Symbolizer {
         Symbolizer {
             debug_root: Some(debug_root),
             modules: HashMap::new(),
+            cython: cython::GeneratedSources::default(),
         }
     }
 
@@ -130,6 +133,7 @@ impl Symbolizer {
         Symbolizer {
             debug_root: None,
             modules: HashMap::new(),
+            cython: cython::GeneratedSources::default(),
         }
     }
 
@@ -143,8 +147,17 @@ impl Symbolizer {
         let probe = address.wrapping_sub(module.bias).wrapping_sub(1);
         let symbols = self.load(module);
         for loader in &symbols.loaders {
-            let frames = dwarf_frames(loader, probe);
+            let mut frames = dwarf_frames(loader, probe);
             if frames.iter().any(|f| f.function.is_some()) {
+                for frame in frames.iter_mut() {
+                    let generated = frame.function.as_deref().is_some_and(cython::holds_statements);
+                    if let (true, Some(file), Some(line)) = (generated, &frame.file, frame.line) {
+                        if let Some((source, source_line)) = self.cython.source_of(file, line) {
+                            frame.file = Some(source);
+                            frame.line = Some(source_line);
+                        }
+                    }
+                }
                 return frames;
             }
         }
