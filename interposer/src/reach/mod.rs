@@ -222,7 +222,9 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     let id = *type_ids.entry(type_address).or_insert(next);
                     object_types[index] = id;
                 }
-                if let Some(items) = object.list_items {
+                // A dead list's item array pointer is its last life's: that memory may now be
+                // another block, whose words past the old length must still be read.
+                if let Some(items) = object.list_items.filter(|_| !object.dead) {
                     list_items.push(items);
                 }
                 if let Some(limit) = object.scan_limit {
