@@ -94,7 +94,7 @@ fn every_class_on_a_c_program_with_threads_running_at_exit() {
     );
     // A Rust hash table's only pointer is to its control bytes, past its buckets: no row.
     assert!(owned_by(&report, "keep_hash_table").is_empty(), "{report:#}");
-    // Reference-counted blocks held past their counts: no row.
+    // Reference-counted blocks held past their counts, a block held by a tagged pointer: no row.
     assert!(owned_by(&report, "keep_counted").is_empty(), "{report:#}");
     // One site, two callers: one row by site, listing both stacks.
     let twice = row_at(&report, "twice_site", line("@twice"));

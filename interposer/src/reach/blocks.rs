@@ -79,7 +79,7 @@ impl Blocks {
             if offset == object {
                 return Some((index, Pointer::Start));
             }
-        } else if offset != 0 && self.references_point_at(index, offset) {
+        } else if offset != 0 && (offset < TAGGED_WITHIN || self.references_point_at(index, offset)) {
             return Some((index, Pointer::Start));
         }
         Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
@@ -209,6 +209,11 @@ fn is_hash_table_control(offset: u64, size: u64) -> bool {
         // Entries of a whole group or more fill whole groups: no rounding up.
         && (buckets < HASH_TABLE_GROUP || offset.is_multiple_of(buckets))
 }
+
+/// A pointer to a block holding no GC object, fewer bytes than this past its start, is one to
+/// its start with tag bits set in its low bits (numpy keeps an array's buffer info at the
+/// address plus 3); no word-aligned field lies there.
+const TAGGED_WITHIN: u64 = 8;
 
 /// The bytes of a block [`native_layout`] reads at its start.
 const NATIVE_HEAD: u64 = 24;
