@@ -95,6 +95,8 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     let mut edges: Vec<u32> = Vec::new();
     let mut references = vec![0u64; n];
     let mut pointed_to = vec![false; n];
+    // Pointed to at its start by another member.
+    let mut start_pointed = vec![false; n];
     // (member, reached block) for each pointer from a member to a reached block's start.
     let mut to_reached: Vec<(u32, usize)> = Vec::new();
     for (k, &index) in members.iter().enumerate() {
@@ -122,6 +124,7 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
             }
             if target != index {
                 pointed_to[t as usize] = true;
+                start_pointed[t as usize] |= pointer == Pointer::Start;
             }
             edges.push(t);
         });
@@ -204,10 +207,14 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
             }
         }
     }
-    // Cycles of C blocks: each led by its block at the lowest address.
-    for k in 0..n {
-        if lost(k) && root[k] == NONE && !garbage[k] {
-            claim(k, &mut root, &mut work);
+    // Cycles of C blocks: each led by a block the others point into but not to the start of
+    // (a C++ object whose `std::map` nodes point back to the map's header inside it), else by
+    // its block at the lowest address.
+    for led_by_its_owner in [true, false] {
+        for k in 0..n {
+            if lost(k) && root[k] == NONE && !garbage[k] && (!led_by_its_owner || !start_pointed[k]) {
+                claim(k, &mut root, &mut work);
+            }
         }
     }
 
