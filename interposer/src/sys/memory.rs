@@ -246,17 +246,7 @@ impl MemoryReader {
     /// `process_vm_readv` of `out.len()` bytes at `address` of this process into `out`: the
     /// bytes read, or -1 (errno says why).
     fn vm_readv(&self, address: u64, out: &mut [u8]) -> isize {
-        let local = libc::iovec {
-            iov_base: out.as_mut_ptr().cast(),
-            iov_len: out.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: address as *mut libc::c_void,
-            iov_len: out.len(),
-        };
-        // SAFETY: `local` describes `out`, which we own and may write; the kernel checks
-        // `remote` against our own address space and returns EFAULT instead of faulting.
-        unsafe { libc::process_vm_readv(self.pid, &local, 1, &remote, 1, 0) }
+        vm_readv(self.pid, address, out)
     }
 
     pub fn word(&mut self, address: u64) -> Option<u64> {
@@ -269,6 +259,14 @@ impl MemoryReader {
 /// `process_vm_readv`, which fails on an unmapped page instead of faulting: how many leading
 /// bytes were copied (0 when none could be, or the call is refused).
 pub fn copy_own(address: u64, out: &mut [u8]) -> usize {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    vm_readv(pid, address, out).max(0) as usize
+}
+
+/// `process_vm_readv` of `out.len()` bytes at `address` of process `pid` (this one) into
+/// `out`: the bytes read, or -1 (errno says why).
+fn vm_readv(pid: libc::pid_t, address: u64, out: &mut [u8]) -> isize {
     let local = libc::iovec {
         iov_base: out.as_mut_ptr().cast(),
         iov_len: out.len(),
@@ -278,10 +276,8 @@ pub fn copy_own(address: u64, out: &mut [u8]) -> usize {
         iov_len: out.len(),
     };
     // SAFETY: `local` describes `out`, which we own and may write; the kernel checks `remote`
-    // against our own address space and returns EFAULT instead of faulting. getpid has no
-    // preconditions.
-    let read = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    read.max(0) as usize
+    // against our own address space and returns EFAULT instead of faulting.
+    unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) }
 }
 
 /// The calling thread's stack pointer, give or take the current frame.
