@@ -61,10 +61,10 @@ pub struct StaleSlots {
 
 impl StaleSlots {
     /// The slots of `found` (sorted addresses), when they lie within 64 slots.
-    fn of(found: &[usize]) -> Option<StaleSlots> {
-        let (&first, rest) = found.split_first()?;
+    fn of(mut found: impl Iterator<Item = usize>) -> Option<StaleSlots> {
+        let first = found.next()?;
         let mut more = 0u64;
-        for &slot in rest {
+        for slot in found {
             let index = (slot - first) / 8;
             if index >= 64 {
                 return None;
@@ -96,11 +96,11 @@ pub fn stale_slots(array: usize, object: usize) -> StaleSlots {
         let start = last.saturating_sub(WINDOW_SLOTS * 8);
         let mut window = [0u8; 2 * WINDOW_SLOTS * 8 + 8];
         let read = copy_own(start as u64, &mut window);
-        let found: Vec<usize> = matches(&window[..read], start, object).collect();
+        let found = StaleSlots::of(matches(&window[..read], start, object));
         // No copy of the free list's addresses stays behind on the stack.
         window.fill(0);
         std::hint::black_box(&window);
-        if let Some(slots) = StaleSlots::of(&found) {
+        if let Some(slots) = found {
             LAST_SLOT[array].store(slots.first, Ordering::Relaxed);
             return slots;
         }
@@ -139,7 +139,7 @@ pub fn stale_slots(array: usize, object: usize) -> StaleSlots {
         }
     }
     found.sort_unstable();
-    match StaleSlots::of(&found) {
+    match StaleSlots::of(found.into_iter()) {
         Some(slots) => {
             LAST_SLOT[array].store(slots.first, Ordering::Relaxed);
             slots
@@ -173,7 +173,7 @@ mod tests {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let found: Vec<usize> = matches(&bytes, 0x1000, value).collect();
         assert_eq!(found, [0x1028, 0x1038]);
-        let slots = StaleSlots::of(&found).unwrap();
+        let slots = StaleSlots::of(found.into_iter()).unwrap();
         assert_eq!(slots.addresses().collect::<Vec<_>>(), [0x1028, 0x1038]);
         // Read from an unaligned start: only aligned words count.
         assert_eq!(
@@ -183,7 +183,7 @@ mod tests {
         // Too far apart for one array.
         words[75] = value;
         let far: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        assert_eq!(StaleSlots::of(&matches(&far, 0x1000, value).collect::<Vec<_>>()), None);
+        assert_eq!(StaleSlots::of(matches(&far, 0x1000, value)), None);
     }
 
     #[test]

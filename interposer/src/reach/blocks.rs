@@ -85,13 +85,15 @@ impl Blocks {
         Some((index, if offset == 0 { Pointer::Start } else { Pointer::Interior }))
     }
 
+    /// The index of the block starting at `address`.
+    pub(super) fn index_of(&self, address: u64) -> Option<usize> {
+        self.addresses.binary_search(&address).ok()
+    }
+
     /// The indices of the blocks at `addresses` (in their order), leaving out addresses that
     /// start no block.
     pub(super) fn indices_of(&self, addresses: &[u64]) -> Vec<usize> {
-        addresses
-            .iter()
-            .filter_map(|address| self.addresses.binary_search(address).ok())
-            .collect()
+        addresses.iter().filter_map(|&address| self.index_of(address)).collect()
     }
 
     /// Whether references to block `index`, which holds no Python object, point `offset`
@@ -260,18 +262,21 @@ pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u
             return STRING_REP;
         }
     }
-    let elements = size.saturating_sub(ARRAY_COOKIE_BYTES);
-    if first >= 2 && elements > 0 && elements.is_multiple_of(first) && elements / first <= 1 << 12 {
-        return ARRAY_COOKIE;
-    }
+    // A table's first bucket can hold a small number: tables first.
     if is_hash_table(read, address, size) {
         return HASH_TABLE;
     }
+    // Counts before a strict cookie: a Rust `Arc` with a strong count of 2 is pointed to 16
+    // bytes in, though 2 divides its size.
     let is_count = |word: u64| (1..=MAX_COUNT).contains(&word);
     if is_count(first) && size > ARRAY_COOKIE_BYTES {
         if size > 2 * ARRAY_COOKIE_BYTES && read(address + 8).is_some_and(is_count) {
             return REFERENCE_COUNTS;
         }
+        return ARRAY_COOKIE;
+    }
+    let elements = size.saturating_sub(ARRAY_COOKIE_BYTES);
+    if first >= 2 && elements > 0 && elements.is_multiple_of(first) && elements / first <= 1 << 12 {
         return ARRAY_COOKIE;
     }
     NO_LAYOUT
@@ -371,6 +376,16 @@ mod tests {
         assert_eq!(
             native_layout(&mut block(vec![(0, 1), (8, 1), (16, 0x5555_0000_1000)]), 0x1000, 40),
             REFERENCE_COUNTS
+        );
+        // A strong count of 2 divides the size, yet it is an Arc's.
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 2), (8, 1), (16, 0x5555_0000_1000)]), 0x1000, 40),
+            REFERENCE_COUNTS
+        );
+        // A count above the counts' bound that divides the rest: a `new[]` cookie.
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 100)]), 0x1000, 8 + 100 * 16),
+            ARRAY_COOKIE
         );
         // A first word that is no count.
         assert_eq!(native_layout(&mut block(vec![(0, 0)]), 0x1000, 40), NO_LAYOUT);

@@ -30,7 +30,7 @@ impl StaleSlots {
         let live = slots
             .into_iter()
             .filter(|&(_, block)| {
-                let Some(start) = blocks.indices_of(&[block]).first().and_then(|&i| object_starts.get(i)) else {
+                let Some(start) = blocks.index_of(block).and_then(|i| object_starts.get(i)) else {
                     return false;
                 };
                 *start != NO_OBJECT

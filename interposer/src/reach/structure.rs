@@ -183,11 +183,16 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     // other reasons: frozen by `gc.freeze()`, or no collection ran because a daemon thread
     // stopped inside one; an untracked object in it that only points out, a bytearray to its
     // buffer, closes no cycle.)
+    let mut seen = vec![false; n];
     for &index in facts.survived_collection {
-        let k = position[index];
-        if k != NONE && counted(k as usize) && blocks.object_offsets[index] == 0 && on_a_cycle(k as usize, n, &targets)
+        let k = position[index] as usize;
+        if position[index] != NONE
+            && root[k] == NONE
+            && counted(k)
+            && blocks.object_offsets[index] == 0
+            && on_a_cycle(k, &targets, &mut seen)
         {
-            claim(k as usize, &mut root, &mut work);
+            claim(k, &mut root, &mut work);
         }
     }
     // Garbage: what the unclaimed Python objects reach among the unclaimed blocks.
@@ -335,18 +340,25 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
 }
 
 /// Whether member `k` reaches itself through the pointers between members (`targets`).
-fn on_a_cycle<'t>(k: usize, members: usize, targets: &impl Fn(usize) -> &'t [u32]) -> bool {
-    let mut seen = vec![false; members];
+/// `seen`: one flag per member, all clear, and left clear.
+fn on_a_cycle<'t>(k: usize, targets: &impl Fn(usize) -> &'t [u32], seen: &mut [bool]) -> bool {
+    let mut visited: Vec<usize> = Vec::new();
     let mut work: Vec<usize> = targets(k).iter().map(|&t| t as usize).collect();
+    let mut found = false;
     while let Some(at) = work.pop() {
         if at == k {
-            return true;
+            found = true;
+            break;
         }
         if !std::mem::replace(&mut seen[at], true) {
+            visited.push(at);
             work.extend(targets(at).iter().map(|&t| t as usize));
         }
     }
-    false
+    for at in visited {
+        seen[at] = false;
+    }
+    found
 }
 
 /// The reference count of the Python object block `index` holds; `None` when it holds no

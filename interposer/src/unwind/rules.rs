@@ -66,7 +66,9 @@ impl Rule {
                 cfa_offset: (word >> 32) as u32 as i32,
                 saved_bp: (word & HAS_SAVED_BP != 0).then_some((word >> 16) as u16 as i16),
             },
-            TAG_END => Rule::End,
+            // 0 is never written: it is an empty slot's, which only code address 0 (a return
+            // address of 1, as a new greenlet's first frame may hold) meets. No code lies there.
+            TAG_END | 0 => Rule::End,
             _ => Rule::Unsupported,
         }
     }
@@ -103,11 +105,6 @@ fn slot_for(address: usize) -> &'static CacheSlot {
 /// minus one, which lies inside the call instruction).
 #[inline(always)]
 pub fn rule_for(address: usize) -> Rule {
-    // No code lies at 0, and an empty slot says 0: a return address of 1 (a new greenlet's
-    // first frame may hold one) must end the stack, not read as a cached rule.
-    if address == 0 {
-        return Rule::End;
-    }
     let slot = slot_for(address);
     let seen = slot.address.load(Ordering::Acquire);
     if seen == address as u64 {
