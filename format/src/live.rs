@@ -174,22 +174,25 @@ impl<B: LiveBlock> LiveSet<B> {
         }
     }
 
-    pub fn free(&mut self, address: u64, seq: u64) {
+    /// Returns the size of the block the free ended, if it ended one.
+    pub fn free(&mut self, address: u64, seq: u64) -> Option<u64> {
         self.free_events += 1;
         match self.by_address.entry(address) {
             Entry::Vacant(vacant) => {
                 vacant.insert(Latest { seq, block: FREED });
+                None
             }
             Entry::Occupied(mut latest) if latest.get().seq < seq => {
                 let previous = latest.insert(Latest { seq, block: FREED });
-                if previous.block != FREED {
+                (previous.block != FREED).then(|| {
                     let size = self.blocks[previous.block as usize].size();
                     self.vacant.push(previous.block);
                     remove_live(&mut self.totals, size);
-                }
+                    size
+                })
             }
             // Older than what is known: it freed an allocation that came before.
-            Entry::Occupied(_) => {}
+            Entry::Occupied(_) => None,
         }
     }
 
@@ -396,7 +399,9 @@ mod tests {
                     for &(seq, size) in history.iter() {
                         match size {
                             Some(size) => live.alloc(0x10, block(seq, size)),
-                            None => live.free(0x10, seq),
+                            None => {
+                                live.free(0x10, seq);
+                            }
                         }
                     }
                 };

@@ -16,6 +16,7 @@
 //! the parent's trace and its length at the fork instead of repeating the blocks the child
 //! inherited: a child's trace holds its own work only.
 
+mod dangling;
 mod inheritance;
 mod large;
 mod modules;
@@ -41,6 +42,7 @@ use libleak_format::{
 use crate::batch::{BatchEvent, BatchEvents};
 use crate::config::ChildScan;
 use crate::reach::ExitingThread;
+use dangling::DanglingStatics;
 use large::LargeBlocks;
 use modules::ModuleMap;
 use pending_rebirths::{PendingRebirths, Rebirth};
@@ -206,6 +208,8 @@ pub struct Collector {
     /// inherited set's, at its fork.
     large: LargeBlocks<CollectorBlock>,
     inherited_large: Vec<LargeBlocks<CollectorBlock>>,
+    /// Words of the interpreter's static data left pointing into freed blocks.
+    dangling: DanglingStatics,
     /// In a forked child, the private writable mappings at the fork: where inherited blocks
     /// can lie.
     fork_ranges: Vec<(u64, u64)>,
@@ -272,6 +276,7 @@ impl Collector {
             inherited: Vec::new(),
             large: LargeBlocks::default(),
             inherited_large: Vec::new(),
+            dangling: DanglingStatics::default(),
             fork_ranges: Vec::new(),
             parked_since_start: false,
             judges_inherited: None,
@@ -322,6 +327,9 @@ impl Collector {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Stopped::Finished(Ok(())),
+            }
+            if self.dangling.check_due() {
+                self.check_dangling();
             }
             if last_sweep.elapsed() >= SWEEP_INTERVAL && self.held_back.is_empty() {
                 last_sweep = Instant::now();
@@ -540,7 +548,9 @@ impl Collector {
                     seq,
                     address,
                 } => {
-                    self.live.free(address, seq);
+                    if let Some(size) = self.live.free(address, seq) {
+                        self.dangling.note_free(address, size);
+                    }
                     self.encoder.free(&Free {
                         seq,
                         thread_id,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use libleak_format::LeakClass;
 
 use super::{Collector, ENTRIES_PER_RECORD};
-use crate::reach::{self, ExitingThread, ScanInput};
+use crate::reach::{self, ExitingThread, ScanInput, StaleWords};
 use crate::sys;
 
 impl Collector {
@@ -77,7 +77,10 @@ impl Collector {
             time_limit: time_limit.saturating_sub(gathering),
             pages_shared: !self.inherited.is_empty() || self.parked_since_start,
             survived_collection,
-            stale_references,
+            stale_references: StaleWords {
+                slots: stale_references,
+                dangling: self.dangling.words(),
+            },
         });
         if name_holders {
             self.garbage_at_finalization = result

@@ -13,6 +13,15 @@ impl Collector {
         }
         self.sweep();
         self.retry_rebirths(true);
+        self.check_dangling();
+    }
+
+    /// Looks for words of the interpreter's static data left pointing into the blocks freed
+    /// since the last look (see [`super::dangling`]).
+    pub(super) fn check_dangling(&mut self) {
+        let live = &self.live;
+        let modules = self.modules.modules();
+        self.dangling.check(modules, &|address| live.live_at(address).is_some());
     }
 
     /// Takes every thread's partial batch, and processes them after the messages queued

@@ -177,6 +177,12 @@ fn finalizing_is_this_thread(word: usize) -> bool {
     raw::read::<usize>(word) == Some(interpreter.symbols.current_thread_state())
 }
 
+/// Where `_PyRuntime` lies once an interpreter with a supported layout is found: in the
+/// static data of the module that holds CPython.
+pub fn runtime_address() -> Option<u64> {
+    INTERPRETER.get().map(|interpreter| interpreter.symbols.runtime as u64)
+}
+
 /// Stops [`finalizing_here`] from looking (the moment it watches for has been seen).
 pub fn stop_watching_finalization() {
     FINALIZING_WORD.store(0, Ordering::Relaxed);

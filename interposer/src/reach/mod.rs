@@ -37,6 +37,7 @@ use marker::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 use paths::{name_steps, PathFacts, Steps};
 pub use roots::ExitingThread;
 use stale::StaleSlots;
+pub use stale::StaleWords;
 use structure::{Facts, NO_OBJECT};
 
 /// The bytes of a block the recognition of Python objects reads (the header of a managed
@@ -94,10 +95,9 @@ pub struct ScanInput<'a> {
     /// when CPython's finalisation began, and outlived the collections finalisation runs:
     /// the collector cannot free them (see [`structure::structures`]).
     pub survived_collection: Vec<u64>,
-    /// (slot, block), sorted: free-list slots that still name an object CPython handed out
-    /// again (see [`crate::python::free_lists`]). A pointer into the block read there is no
-    /// reference.
-    pub stale_references: Vec<(u64, u64)>,
+    /// Free-list slots that still name an object CPython handed out again, and words of the
+    /// interpreter's static data left pointing into freed blocks: no references (see [`stale`]).
+    pub stale_references: StaleWords,
 }
 
 pub fn scan(input: ScanInput<'_>) -> ScanResult {

@@ -270,7 +270,8 @@ fn registers_with_retry(tid: u32) -> Option<(u64, Vec<u64>)> {
     None
 }
 
-fn writable_segments(module: &Module) -> impl Iterator<Item = (u64, u64)> + '_ {
+/// The writable segments (data and bss) of a loaded module, as address ranges.
+pub fn writable_segments(module: &Module) -> impl Iterator<Item = (u64, u64)> + '_ {
     module.segments.iter().filter(|s| s.flags & PF_W != 0).map(|s| {
         let start = module.bias.wrapping_add(s.vaddr);
         (start, start + s.memsz)

@@ -206,7 +206,9 @@ impl Replay {
                     during_finalization: false,
                 },
             ),
-            Record::Free(free) => self.live.free(free.address, free.seq),
+            Record::Free(free) => {
+                self.live.free(free.address, free.seq);
+            }
             Record::PythonCode(code) => {
                 self.python_codes.insert(code.id, code);
             }
