@@ -5,7 +5,7 @@
 //! Must never delay an `abort` or an `exec` by a scan, and never speak on a stderr that is
 //! not a terminal (programs that capture it must see exactly what they would without libleak).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use libleak_format::ExitKind;
@@ -30,10 +30,27 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The status `exit` was called with (`i64::MIN`: none yet).
 static EXIT_STATUS: AtomicI64 = AtomicI64::new(i64::MIN);
 
+/// The thread that called `exit` (or whose `main` returned), and its stack pointer then:
+/// where the live part of its stack starts when the unwinder cannot walk from libleak's exit
+/// handler back to that call (glibc may run the handler from `_dl_fini`, through a
+/// destructor stub without unwind tables, and the frames in between are full of stale
+/// pointers).
+static EXIT_CALLER: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Called by the thread that is about to run `exit`'s handlers, from the caller's frame.
 pub fn note_exit_status(status: i32) {
     if state::in_recorded_process() {
         EXIT_STATUS.store(status.into(), Ordering::Relaxed);
+        EXIT_CALLER[0].store(sys::gettid().into(), Ordering::Relaxed);
+        EXIT_CALLER[1].store(sys::memory::stack_pointer(), Ordering::Relaxed);
     }
+}
+
+/// The stack pointer noted when thread `tid` called `exit`, if it did.
+fn exit_caller_stack_pointer(tid: u32) -> Option<u64> {
+    (EXIT_CALLER[0].load(Ordering::Relaxed) == u64::from(tid))
+        .then(|| EXIT_CALLER[1].load(Ordering::Relaxed))
+        .filter(|&sp| sp != 0)
 }
 
 /// Registered with `atexit`.
@@ -80,9 +97,10 @@ fn hand_off(kind: ExitKind, status: Option<i32>) {
     let scan_from = matches!(kind, ExitKind::Exit | ExitKind::UnderscoreExit).then(|| {
         let mut frames = Vec::new();
         unwind::frames_with_cfa(&mut frames);
+        let tid = sys::gettid();
         ExitingThread {
-            tid: sys::gettid(),
-            stack_pointer: sys::memory::stack_pointer(),
+            tid,
+            stack_pointer: exit_caller_stack_pointer(tid).unwrap_or_else(sys::memory::stack_pointer),
             frames,
             stack_is_root: true,
         }
