@@ -225,6 +225,28 @@ fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
     }
 }
 
+/// A static of the interpreter left pointing inside a block since freed (CPython 3.9–3.11's
+/// parser keeps one into each AST arena it frees) names nothing allocated there later: the
+/// leaked block in that memory is definitely lost, not possibly lost through the stale word.
+#[test]
+fn a_stale_interpreter_static_pointing_into_reused_memory_holds_no_leak() {
+    let fixtures = fixtures_dir().join("reach");
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    let c = |marker: &str| line_of("reach/dangling_static.c", marker);
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("dangling{}{}", python.version.0, python.version.1));
+        python.build_extension(&fixtures.join("dangling_static.c"), "dangling_static", &scratch.path);
+        std::fs::copy(fixtures.join("dangling_static.py"), scratch.join("dangling_static.py")).unwrap();
+        let report = report_json(&python.run_script_traced(&scratch, "dangling_static.py", &label));
+        assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+        let row = row_at(&report, "reuse", c("@dangling_leak"));
+        assert_eq!(amounts(row), ("definitely-lost", 8224, 1), "{label}: {row:#}");
+        assert_eq!(rows(&report).len(), 1, "{label}: only the planted leak: {report:#}");
+    }
+}
+
 #[test]
 fn a_python_program_that_leaks_nothing_has_an_empty_report_on_every_interpreter() {
     let fixtures = fixtures_dir().join("reach");

@@ -511,6 +511,7 @@ impl Collector {
                             ..
                         }) => {
                             self.live.alloc_and_free(address, block, free_seq);
+                            self.dangling.note_free(address, size);
                             self.encoder.free(&Free {
                                 seq: free_seq,
                                 thread_id,
