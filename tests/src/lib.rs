@@ -341,6 +341,20 @@ impl Python {
         traced.trace
     }
 
+    /// Builds the extension `module` from `fixtures/<dir>/<source>`, runs `fixtures/<dir>/<script>`
+    /// beside it under libleak (checking the program behaves as it does untraced), and returns
+    /// the report, whose scan at exit must be complete.
+    pub fn traced_fixture_report(&self, dir: &str, source: &str, module: &str, script: &str) -> Value {
+        let label = self.label();
+        let fixtures = fixtures_dir().join(dir);
+        let scratch = Scratch::new(&format!("{module}{}{}", self.version.0, self.version.1));
+        self.build_extension(&fixtures.join(source), module, &scratch.path);
+        std::fs::copy(fixtures.join(script), scratch.join(script)).unwrap();
+        let report = report_json(&self.run_script_traced(&scratch, script, &label));
+        assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+        report
+    }
+
     /// Builds a single-file C extension module `name` from `source` into `dir`.
     pub fn build_extension(&self, source: &Path, name: &str, dir: &Path) -> PathBuf {
         self.build_extension_with(source, name, dir, &[])

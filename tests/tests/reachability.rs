@@ -165,18 +165,13 @@ fn every_class_on_a_c_program_with_threads_running_at_exit() {
 
 #[test]
 fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
-    let fixtures = fixtures_dir().join("reach");
     let pythons = pythons();
     assert!(!pythons.is_empty(), "no usable Python interpreter found");
     let c = |marker: &str| line_of("reach/objects.c", marker);
     let py = |marker: &str| line_of("reach/objects.py", marker);
     for python in pythons {
         let label = python.label();
-        let scratch = Scratch::new(&format!("reachobj{}{}", python.version.0, python.version.1));
-        python.build_extension(&fixtures.join("objects.c"), "reachobj", &scratch.path);
-        std::fs::copy(fixtures.join("objects.py"), scratch.join("objects.py")).unwrap();
-        let report = report_json(&python.run_script_traced(&scratch, "objects.py", &label));
-        assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+        let report = python.traced_fixture_report("reach", "objects.c", "reachobj", "objects.py");
 
         // Listed as a leak, never reachable: definitely lost, or now and then (seen on
         // Debian's 3.11) indirectly lost when a block the interpreter itself lost still refers
@@ -230,17 +225,13 @@ fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
 /// leaked block in that memory is definitely lost, not possibly lost through the stale word.
 #[test]
 fn a_stale_interpreter_static_pointing_into_reused_memory_holds_no_leak() {
-    let fixtures = fixtures_dir().join("reach");
     let pythons = pythons();
     assert!(!pythons.is_empty(), "no usable Python interpreter found");
     let c = |marker: &str| line_of("reach/dangling_static.c", marker);
     for python in pythons {
         let label = python.label();
-        let scratch = Scratch::new(&format!("dangling{}{}", python.version.0, python.version.1));
-        python.build_extension(&fixtures.join("dangling_static.c"), "dangling_static", &scratch.path);
-        std::fs::copy(fixtures.join("dangling_static.py"), scratch.join("dangling_static.py")).unwrap();
-        let report = report_json(&python.run_script_traced(&scratch, "dangling_static.py", &label));
-        assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+        let report =
+            python.traced_fixture_report("reach", "dangling_static.c", "dangling_static", "dangling_static.py");
         let row = row_at(&report, "reuse", c("@dangling_leak"));
         assert_eq!(amounts(row), ("definitely-lost", 8224, 1), "{label}: {row:#}");
         assert_eq!(rows(&report).len(), 1, "{label}: only the planted leak: {report:#}");

@@ -259,17 +259,12 @@ fn python_made_row<'a>(report: &'a Value, function: &str, line: u64) -> &'a Valu
 #[test]
 fn python_objects_native_code_keeps_alive_are_leaks_of_the_line_that_made_them() {
     let py = |marker: &str| line_of("structures/untraversed.py", marker);
-    let fixtures = fixtures_dir().join("structures");
     let pythons = pythons();
     assert!(!pythons.is_empty(), "no usable Python interpreter found");
     for python in pythons {
         with_one_retry(&python.label(), || {
             let label = python.label();
-            let scratch = Scratch::new(&format!("untraversed{}{}", python.version.0, python.version.1));
-            python.build_extension(&fixtures.join("untraversed.c"), "untraversed", &scratch.path);
-            std::fs::copy(fixtures.join("untraversed.py"), scratch.join("untraversed.py")).unwrap();
-            let report = report_json(&python.run_script_traced(&scratch, "untraversed.py", &label));
-            assert_eq!(report["reachability"]["outcome"], "complete", "{label}");
+            let report = python.traced_fixture_report("structures", "untraversed.c", "untraversed", "untraversed.py");
 
             // A reference to its argument an extension took and never gave back: five
             // bytearrays (56 bytes) with their buffers (65 bytes), each one reference too many.
