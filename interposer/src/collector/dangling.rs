@@ -63,7 +63,7 @@ impl DanglingStatics {
     /// the last check. `is_block_start(address)`: a live block starts at `address`.
     pub(super) fn check(&mut self, modules: &[Module], is_block_start: &dyn Fn(u64) -> bool) {
         self.last_check = Some(Instant::now());
-        let mut freed = std::mem::take(&mut self.freed);
+        let freed = std::mem::take(&mut self.freed);
         self.words.retain(|&at, &mut value| word_at(at) == Some(value));
         if freed.is_empty() {
             return;
@@ -71,16 +71,8 @@ impl DanglingStatics {
         let Some(segments) = self.interpreter_segments(modules) else {
             return;
         };
-        freed.sort_unstable();
-        let lowest = freed.first().map_or(u64::MAX, |f| f.0);
-        let highest = freed.iter().map(|f| f.1).max().unwrap_or(0);
-        let inside_freed = |value: u64| {
-            let after = freed.partition_point(|&(start, _)| start <= value);
-            after > 0 && {
-                let (start, end) = freed[after - 1];
-                value - start > OBJECT_WITHIN && value < end
-            }
-        };
+        let freed = FreedBlocks::new(freed);
+        let (lowest, highest) = (freed.lowest(), freed.highest());
         let mut buffer = vec![0u8; READ_BYTES];
         for (start, end) in segments {
             let mut at = start.next_multiple_of(8);
@@ -92,7 +84,7 @@ impl DanglingStatics {
                 let read = copy_own(at, &mut buffer[..len]) & !7;
                 for (index, word) in buffer[..read].chunks_exact(8).enumerate() {
                     let value = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-                    if value < lowest || value >= highest || !inside_freed(value) {
+                    if value < lowest || value >= highest || !freed.holds_inside(value) {
                         continue;
                     }
                     if !is_block_start(value) && !is_block_start(value - OBJECT_WITHIN) {
@@ -124,7 +116,70 @@ impl DanglingStatics {
     }
 }
 
+/// The blocks freed since the last check, sorted by start.
+struct FreedBlocks {
+    blocks: Vec<(u64, u64)>,
+    /// Per block, the furthest end of it and of those before it: blocks overlap (memory
+    /// freed, allocated again a little further on, freed again), and this bounds the walk back.
+    ends_so_far: Vec<u64>,
+}
+
+impl FreedBlocks {
+    fn new(mut blocks: Vec<(u64, u64)>) -> FreedBlocks {
+        blocks.sort_unstable();
+        let ends_so_far = blocks
+            .iter()
+            .scan(0, |furthest, &(_, end)| {
+                *furthest = end.max(*furthest);
+                Some(*furthest)
+            })
+            .collect();
+        FreedBlocks { blocks, ends_so_far }
+    }
+
+    fn lowest(&self) -> u64 {
+        self.blocks.first().map_or(u64::MAX, |b| b.0)
+    }
+
+    fn highest(&self) -> u64 {
+        self.ends_so_far.last().copied().unwrap_or(0)
+    }
+
+    /// Whether `value` points inside a freed block, past where a pointer to the block or to
+    /// an object heading it would point.
+    fn holds_inside(&self, value: u64) -> bool {
+        let after = self.blocks.partition_point(|&(start, _)| start <= value);
+        (0..after)
+            .rev()
+            .take_while(|&index| self.ends_so_far[index] > value)
+            .any(|index| value - self.blocks[index].0 > OBJECT_WITHIN && value < self.blocks[index].1)
+    }
+}
+
 fn word_at(address: u64) -> Option<u64> {
     let mut bytes = [0u8; 8];
     (copy_own(address, &mut bytes) == 8).then(|| u64::from_ne_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FreedBlocks;
+
+    #[test]
+    fn a_value_inside_any_of_overlapping_freed_blocks_is_inside() {
+        let freed = FreedBlocks::new(vec![(0x1020, 0x3040), (0x1000, 0x3020), (0x8000, 0x9000)]);
+        assert!(
+            freed.holds_inside(0x1028),
+            "0x28 into the first, though 8 into the second"
+        );
+        assert!(freed.holds_inside(0x3030));
+        assert!(
+            !freed.holds_inside(0x1010),
+            "where a pointer to the first block's object points"
+        );
+        assert!(!freed.holds_inside(0x3040));
+        assert!(!freed.holds_inside(0x5000));
+        assert!(freed.holds_inside(0x8f00));
+        assert_eq!((freed.lowest(), freed.highest()), (0x1000, 0x9000));
+    }
 }
