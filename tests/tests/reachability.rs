@@ -238,6 +238,36 @@ fn a_stale_interpreter_static_pointing_into_reused_memory_holds_no_leak() {
     }
 }
 
+/// A leaked dict a Python name reaches only through a pointer inside it (stale bytes in a live
+/// object) while a C static holds its start until the module's teardown: at finalisation the
+/// static holds it, not the name, so once the static lets go it is a leak, not a block kept
+/// past the teardown by a name.
+#[test]
+fn a_name_reaching_inside_a_block_does_not_hold_it() {
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    let c = |marker: &str| line_of("reach/interior_name.c", marker);
+    let py = |marker: &str| line_of("reach/interior_name.py", marker);
+    for python in pythons {
+        let label = python.label();
+        let report = python.traced_fixture_report("reach", "interior_name.c", "interior_name", "interior_name.py");
+        let row = row_at(&report, "make", c("@interior_dict"));
+        assert_eq!(row["kind"], "definitely-lost", "{label}: {row:#}");
+        assert_eq!(
+            row["roots"],
+            serde_json::json!({"blocks": 1, "bytes": 64}),
+            "{label}: {row:#}"
+        );
+        assert_eq!(row["leaked_references"]["leaked"], 1, "{label}: {row:#}");
+        assert_eq!(
+            row["owner"]["python"]["line"].as_u64(),
+            Some(py("@interior_call")),
+            "{label}"
+        );
+        assert_eq!(rows(&report).len(), 1, "{label}: only the planted leak: {report:#}");
+    }
+}
+
 #[test]
 fn a_python_program_that_leaks_nothing_has_an_empty_report_on_every_interpreter() {
     let fixtures = fixtures_dir().join("reach");

@@ -96,6 +96,15 @@ impl Blocks {
         addresses.iter().filter_map(|&address| self.index_of(address)).collect()
     }
 
+    /// Per block, whether it is among `addresses`; empty when `addresses` is.
+    pub(super) fn marked(&self, addresses: &[u64]) -> Vec<bool> {
+        let mut marked = vec![false; if addresses.is_empty() { 0 } else { self.addresses.len() }];
+        for index in self.indices_of(addresses) {
+            marked[index] = true;
+        }
+        marked
+    }
+
     /// Whether references to block `index`, which holds no Python object, point `offset`
     /// bytes in (see [`Blocks::reference_offsets`]).
     #[inline]

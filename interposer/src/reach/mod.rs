@@ -104,17 +104,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
     let mut memory = roots::reader(input.pages_shared);
     let mut blocks = Blocks::new(input.blocks);
-    let mut stand_in = vec![
-        false;
-        if input.stand_in_roots.is_empty() {
-            0
-        } else {
-            blocks.addresses.len()
-        }
-    ];
-    for index in blocks.indices_of(&input.stand_in_roots) {
-        stand_in[index] = true;
-    }
+    let stand_in = blocks.marked(&input.stand_in_roots);
     let survived_collection = blocks.indices_of(&input.survived_collection);
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
@@ -349,11 +339,13 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     POSSIBLY
                 };
                 if state[index] < strength {
-                    state[index] = strength;
-                    if naming && holder[index].0 == 0 && label != 0 {
-                        holder[index] = (label, from_block);
+                    // A block reached through a pointer inside it (maybe a stale copy: the
+                    // unwritten bytes of a str's state word) is held by what reaches its start.
+                    if naming && (holder[index].0 == 0 && label != 0 || state[index] == POSSIBLY) {
+                        holder[index] = if label != 0 { (label, from_block) } else { (0, 0) };
                         reached_at[index] = at;
                     }
+                    state[index] = strength;
                     if naming {
                         queued[index] = true;
                     }
@@ -367,20 +359,25 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 }
             }
         };
-        // A new holder id for a root that reaches a block nobody holds yet (0: none).
-        let new_holder =
-            |value: u64, name: &mut dyn FnMut() -> Holder, holder: &[(u32, u32)], names: &mut Vec<Holder>| {
-                if !naming {
-                    return 0;
+        // A new holder id for a root that reaches a block nobody holds yet, or held only
+        // through a pointer inside it (0: none).
+        let new_holder = |value: u64,
+                          name: &mut dyn FnMut() -> Holder,
+                          (holder, state): (&[(u32, u32)], &[u8]),
+                          names: &mut Vec<Holder>| {
+            if !naming {
+                return 0;
+            }
+            match blocks.find(value) {
+                Some((index, pointer))
+                    if holder[index].0 == 0 || state[index] == POSSIBLY && pointer == Pointer::Start =>
+                {
+                    names.push(name());
+                    names.len() as u32
                 }
-                match blocks.find(value) {
-                    Some((index, _)) if holder[index].0 == 0 => {
-                        names.push(name());
-                        names.len() as u32
-                    }
-                    _ => 0,
-                }
-            };
+                _ => 0,
+            }
+        };
         // The named roots flood first, to the end: a block they reach is held by a name even
         // when a root word (a stale stack slot, a C cache) points at it too.
         for phase in [Phase::Named, Phase::Anonymous] {
@@ -391,7 +388,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                         let label = new_holder(
                             object,
                             &mut || Holder::Python(name.take().unwrap_or_default()),
-                            &holder,
+                            (&holder, &state),
                             &mut holder_names,
                         );
                         raise(
@@ -408,7 +405,8 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     let mut register_holder = 0;
                     for &word in &roots.words {
                         if register_holder == 0 {
-                            register_holder = new_holder(word, &mut || Holder::Register, &holder, &mut holder_names);
+                            register_holder =
+                                new_holder(word, &mut || Holder::Register, (&holder, &state), &mut holder_names);
                         }
                         raise(
                             word,
@@ -435,7 +433,12 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             if stale.names(address, word) {
                                 return;
                             }
-                            let label = new_holder(word, &mut || Holder::RootWord(address), &holder, &mut holder_names);
+                            let label = new_holder(
+                                word,
+                                &mut || Holder::RootWord(address),
+                                (&holder, &state),
+                                &mut holder_names,
+                            );
                             raise(
                                 word,
                                 REACHABLE,
