@@ -9,7 +9,9 @@
 //! pointing inside one, past where a pointer to the block or to an object heading it would
 //! point. Such a word names nothing allocated there since for as long as it keeps that value
 //! (see `reach/stale.rs`). A word that points at the start of a block live again is left
-//! alone: the program may have stored it since.
+//! alone: the program may have stored it since (a cache naming a new object). That is judged
+//! after the collector took in every event recorded before the read: its view of the live
+//! blocks otherwise lags the program's memory.
 //!
 //! Must stay off the collector's hot path: one comparison per free; a read of the static
 //! data only after large frees, and never more often than [`CHECK_INTERVAL`].
@@ -60,23 +62,25 @@ impl DanglingStatics {
     }
 
     /// Reads the interpreter's static data for words pointing inside the blocks freed since
-    /// the last check. `is_block_start(address)`: a live block starts at `address`.
-    pub(super) fn check(&mut self, modules: &[Module], is_block_start: &dyn Fn(u64) -> bool) {
+    /// the last check: (where, value). The caller takes in every event recorded before this
+    /// read, then passes them to [`DanglingStatics::keep`].
+    pub(super) fn read_candidates(&mut self, modules: &[Module]) -> Vec<(u64, u64)> {
         self.last_check = Some(Instant::now());
         let freed = std::mem::take(&mut self.freed);
         self.words.retain(|&at, &mut value| word_at(at) == Some(value));
+        let mut candidates = Vec::new();
         if freed.is_empty() {
-            return;
+            return candidates;
         }
         let Some(segments) = self.interpreter_segments(modules) else {
-            return;
+            return candidates;
         };
         let freed = FreedBlocks::new(freed);
         let (lowest, highest) = (freed.lowest(), freed.highest());
         let mut buffer = vec![0u8; READ_BYTES];
         for (start, end) in segments {
             let mut at = start.next_multiple_of(8);
-            while at < end && self.words.len() < MOST_WORDS {
+            while at < end && candidates.len() < MOST_WORDS {
                 let len = (READ_BYTES as u64).min(end - at) as usize & !7;
                 if len == 0 {
                     break;
@@ -84,17 +88,30 @@ impl DanglingStatics {
                 let read = copy_own(at, &mut buffer[..len]) & !7;
                 for (index, word) in buffer[..read].chunks_exact(8).enumerate() {
                     let value = u64::from_ne_bytes(word.try_into().unwrap_or_default());
-                    if value < lowest || value >= highest || !freed.holds_inside(value) {
-                        continue;
-                    }
-                    if !is_block_start(value) && !is_block_start(value - OBJECT_WITHIN) {
-                        self.words.insert(at + 8 * index as u64, value);
+                    if value >= lowest && value < highest && freed.holds_inside(value) {
+                        candidates.push((at + 8 * index as u64, value));
                     }
                 }
                 if read < len {
                     break;
                 }
                 at += len as u64;
+            }
+        }
+        candidates
+    }
+
+    /// Keeps the candidates that name no live block's start (nor the object heading one):
+    /// with every block allocated before the read taken in, such a word was stored before its
+    /// block was freed. One that does may have been stored since; it is left alone.
+    /// `is_block_start(address)`: a live block starts at `address`.
+    pub(super) fn keep(&mut self, candidates: Vec<(u64, u64)>, is_block_start: &dyn Fn(u64) -> bool) {
+        for (at, value) in candidates {
+            if self.words.len() >= MOST_WORDS {
+                break;
+            }
+            if !is_block_start(value) && !is_block_start(value - OBJECT_WITHIN) {
+                self.words.insert(at, value);
             }
         }
     }

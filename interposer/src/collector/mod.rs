@@ -328,7 +328,7 @@ impl Collector {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Stopped::Finished(Ok(())),
             }
-            if self.dangling.check_due() {
+            if self.held_back.is_empty() && self.dangling.check_due() {
                 self.check_dangling();
             }
             if last_sweep.elapsed() >= SWEEP_INTERVAL && self.held_back.is_empty() {

@@ -19,9 +19,15 @@ impl Collector {
     /// Looks for words of the interpreter's static data left pointing into the blocks freed
     /// since the last look (see [`super::dangling`]).
     pub(super) fn check_dangling(&mut self) {
+        let candidates = self.dangling.read_candidates(self.modules.modules());
+        if candidates.is_empty() {
+            return;
+        }
+        // A block allocated before the read, its event not taken in yet, would look freed.
+        self.sweep();
         let live = &self.live;
-        let modules = self.modules.modules();
-        self.dangling.check(modules, &|address| live.live_at(address).is_some());
+        self.dangling
+            .keep(candidates, &|address| live.live_at(address).is_some());
     }
 
     /// Takes every thread's partial batch, and processes them after the messages queued
