@@ -339,13 +339,16 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     POSSIBLY
                 };
                 if state[index] < strength {
-                    // A block reached through a pointer inside it (maybe a stale copy: the
-                    // unwritten bytes of a str's state word) is held by what reaches its start.
-                    if naming && (holder[index].0 == 0 && label != 0 || state[index] == POSSIBLY) {
-                        holder[index] = if label != 0 { (label, from_block) } else { (0, 0) };
+                    state[index] = strength;
+                    // A word pointing inside a block at an odd place is no pointer a program
+                    // keeps (stale bytes: a 3.11 str's state word is written in its low byte
+                    // only): it names no holder, which a pointer to the start would then keep.
+                    let can_name =
+                        pointer == Pointer::Start || value.wrapping_sub(blocks.addresses[index]).is_multiple_of(8);
+                    if naming && holder[index].0 == 0 && label != 0 && can_name {
+                        holder[index] = (label, from_block);
                         reached_at[index] = at;
                     }
-                    state[index] = strength;
                     if naming {
                         queued[index] = true;
                     }
@@ -359,25 +362,20 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                 }
             }
         };
-        // A new holder id for a root that reaches a block nobody holds yet, or held only
-        // through a pointer inside it (0: none).
-        let new_holder = |value: u64,
-                          name: &mut dyn FnMut() -> Holder,
-                          (holder, state): (&[(u32, u32)], &[u8]),
-                          names: &mut Vec<Holder>| {
-            if !naming {
-                return 0;
-            }
-            match blocks.find(value) {
-                Some((index, pointer))
-                    if holder[index].0 == 0 || state[index] == POSSIBLY && pointer == Pointer::Start =>
-                {
-                    names.push(name());
-                    names.len() as u32
+        // A new holder id for a root that reaches a block nobody holds yet (0: none).
+        let new_holder =
+            |value: u64, name: &mut dyn FnMut() -> Holder, holder: &[(u32, u32)], names: &mut Vec<Holder>| {
+                if !naming {
+                    return 0;
                 }
-                _ => 0,
-            }
-        };
+                match blocks.find(value) {
+                    Some((index, _)) if holder[index].0 == 0 => {
+                        names.push(name());
+                        names.len() as u32
+                    }
+                    _ => 0,
+                }
+            };
         // The named roots flood first, to the end: a block they reach is held by a name even
         // when a root word (a stale stack slot, a C cache) points at it too.
         for phase in [Phase::Named, Phase::Anonymous] {
@@ -388,7 +386,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                         let label = new_holder(
                             object,
                             &mut || Holder::Python(name.take().unwrap_or_default()),
-                            (&holder, &state),
+                            &holder,
                             &mut holder_names,
                         );
                         raise(
@@ -405,8 +403,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     let mut register_holder = 0;
                     for &word in &roots.words {
                         if register_holder == 0 {
-                            register_holder =
-                                new_holder(word, &mut || Holder::Register, (&holder, &state), &mut holder_names);
+                            register_holder = new_holder(word, &mut || Holder::Register, &holder, &mut holder_names);
                         }
                         raise(
                             word,
@@ -433,12 +430,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                             if stale.names(address, word) {
                                 return;
                             }
-                            let label = new_holder(
-                                word,
-                                &mut || Holder::RootWord(address),
-                                (&holder, &state),
-                                &mut holder_names,
-                            );
+                            let label = new_holder(word, &mut || Holder::RootWord(address), &holder, &mut holder_names);
                             raise(
                                 word,
                                 REACHABLE,
