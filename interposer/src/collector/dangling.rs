@@ -26,7 +26,7 @@ use crate::sys::memory::copy_own;
 
 /// Checks after large frees are at least this far apart.
 const CHECK_INTERVAL: Duration = Duration::from_millis(20);
-/// Large frees remembered between two checks; past this, the oldest are not checked.
+/// Large frees remembered between two checks; those past this many are not checked.
 const MOST_FREED: usize = 1 << 16;
 /// Dangling words remembered.
 const MOST_WORDS: usize = 1024;
