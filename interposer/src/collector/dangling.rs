@@ -116,11 +116,9 @@ impl DanglingStatics {
         }
     }
 
-    /// (where, value) of the dangling words known, sorted.
+    /// (where, value) of the dangling words known.
     pub(super) fn words(&self) -> Vec<(u64, u64)> {
-        let mut words: Vec<(u64, u64)> = self.words.iter().map(|(&at, &value)| (at, value)).collect();
-        words.sort_unstable();
-        words
+        self.words.iter().map(|(&at, &value)| (at, value)).collect()
     }
 
     fn interpreter_segments(&mut self, modules: &[Module]) -> Option<Vec<(u64, u64)>> {

@@ -344,8 +344,8 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
                     // keeps (stale bytes: a 3.11 str's state word is written in its low byte
                     // only): it names no holder, which a pointer to the start would then keep.
                     let can_name =
-                        pointer == Pointer::Start || value.wrapping_sub(blocks.addresses[index]).is_multiple_of(8);
-                    if naming && holder[index].0 == 0 && label != 0 && can_name {
+                        || pointer == Pointer::Start || value.wrapping_sub(blocks.addresses[index]).is_multiple_of(8);
+                    if naming && holder[index].0 == 0 && label != 0 && can_name() {
                         holder[index] = (label, from_block);
                         reached_at[index] = at;
                     }
