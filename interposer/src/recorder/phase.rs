@@ -286,7 +286,7 @@ fn record_with_stack(
     push_fixed: impl FnOnce(&mut Vec<u64>, Header),
 ) {
     let mut stack = unwind::Stack::new();
-    let from_caller = unwind::capture_from_caller(&mut stack, caller);
+    let from_caller = cfg!(feature = "bench-skip-native-stacks") || unwind::capture_from_caller(&mut stack, caller);
     if stack.is_full() {
         stats::count(&TRUNCATED_STACKS);
     }
@@ -299,9 +299,11 @@ fn record_with_stack(
         stats::check_unwind(frames, stack.is_full());
     }
     let mut python_words = WordBuffer::<{ python::MAX_WORDS }>::new();
-    python::capture(&mut python_words, &mut |code| {
-        send_message(Message::PythonCode(Box::new(code)))
-    });
+    if !cfg!(feature = "bench-skip-python-stacks") {
+        python::capture(&mut python_words, &mut |code| {
+            send_message(Message::PythonCode(Box::new(code)))
+        });
+    }
     let python_words = python_words.as_slice();
     push_event(t, |batch, thread_id| {
         let mut header = Header {
