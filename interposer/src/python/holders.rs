@@ -96,23 +96,57 @@ impl Namer {
         // `__main__` first: the program's own names win over the same objects imported
         // elsewhere; then by name, so that a trace does not depend on heap addresses.
         named.sort_by(|a, b| (a.0 != "__main__", &a.0).cmp(&(b.0 != "__main__", &b.0)));
+        // Keys, then values, then class attributes' keys are read for all modules at once, in
+        // address order (see `in_address_order`).
+        let globals: Vec<Vec<(u64, u64)>> = named
+            .iter()
+            .map(|&(_, module)| read(module + MODULE_DICT).map_or_else(Vec::new, |dict| self.dict_pairs(read, dict)))
+            .collect();
+        let globals = self.named_items(read, globals);
+        let kinds: Vec<Vec<GlobalKind>> = {
+            let values: Vec<u64> = globals.iter().flatten().map(|&(_, value)| value).collect();
+            let mut kinds = in_address_order(
+                &values,
+                |&value| value,
+                |&value| {
+                    if read(value + OBJECT_TYPE as u64) == Some(self.module_type) {
+                        return GlobalKind::Module;
+                    }
+                    if type_flags(read, value).is_some_and(|flags| flags & TYPE_FLAG_HEAPTYPE != 0) {
+                        return GlobalKind::Class(read(value + TYPE_DICT));
+                    }
+                    GlobalKind::Other
+                },
+            )
+            .into_iter();
+            globals
+                .iter()
+                .map(|items| kinds.by_ref().take(items.len()).collect())
+                .collect()
+        };
+        let class_dicts: Vec<Vec<(u64, u64)>> = kinds
+            .iter()
+            .flatten()
+            .filter_map(|&kind| match kind {
+                GlobalKind::Class(Some(dict)) => Some(self.dict_pairs(read, dict)),
+                _ => None,
+            })
+            .collect();
+        let mut attributes = self.named_items(read, class_dicts).into_iter();
         let mut roots = Vec::new();
-        for (module_name, module) in named {
-            let Some(globals) = read(module + MODULE_DICT) else {
-                continue;
-            };
-            for (key, value) in self.dict_items(read, globals) {
-                if read(value + OBJECT_TYPE as u64) == Some(self.module_type) {
+        for (((module_name, _), items), kinds) in named.iter().zip(globals).zip(kinds) {
+            for ((key, value), kind) in items.into_iter().zip(kinds) {
+                // A class's attributes were read whether or not the class is a root.
+                let held = match kind {
+                    GlobalKind::Class(Some(_)) => attributes.next().unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                if kind == GlobalKind::Module {
                     continue;
                 }
                 let name = format!("{module_name}.{key}");
-                let is_heap_type = type_flags(read, value).is_some_and(|flags| flags & TYPE_FLAG_HEAPTYPE != 0);
-                if is_heap_type {
-                    if let Some(attributes) = read(value + TYPE_DICT) {
-                        for (attribute, held) in self.dict_items(read, attributes) {
-                            roots.push((held, format!("{name}.{attribute}")));
-                        }
-                    }
+                for (attribute, held) in held {
+                    roots.push((held, format!("{name}.{attribute}")));
                 }
                 roots.push((value, name));
             }
@@ -120,12 +154,22 @@ impl Namer {
         roots
     }
 
-    /// The (key, value) pairs of the dict object at `dict` whose keys are ASCII strings,
-    /// dunder names left out.
-    fn dict_items(&self, read: &mut Read<'_>, dict: u64) -> Vec<(String, u64)> {
-        let mut items = self.all_dict_items(read, dict);
-        items.retain(|(name, _)| !(name.starts_with("__") && name.ends_with("__")));
-        items
+    /// Per dict, its (key, value) pairs whose keys are ASCII strings, dunder names left out:
+    /// the keys of all the dicts read in address order.
+    fn named_items(&self, read: &mut Read<'_>, dicts: Vec<Vec<(u64, u64)>>) -> Vec<Vec<(String, u64)>> {
+        let keys: Vec<u64> = dicts.iter().flatten().map(|&(key, _)| key).collect();
+        let mut names = in_address_order(&keys, |&key| key, |&key| self.ascii(read, key)).into_iter();
+        dicts
+            .into_iter()
+            .map(|pairs| {
+                pairs
+                    .into_iter()
+                    .zip(names.by_ref())
+                    .filter_map(|((_, value), name)| name.map(|name| (name, value)))
+                    .filter(|(name, _)| !(name.starts_with("__") && name.ends_with("__")))
+                    .collect()
+            })
+            .collect()
     }
 
     /// The value of key `wanted` (an ASCII string) in the dict object at `dict`.
@@ -137,29 +181,37 @@ impl Namer {
 
     /// The (key, value) pairs of the dict object at `dict` whose keys are ASCII strings.
     fn all_dict_items(&self, read: &mut Read<'_>, dict: u64) -> Vec<(String, u64)> {
-        let mut items = Vec::new();
+        let pairs = self.dict_pairs(read, dict);
+        let names = in_address_order(&pairs, |&(key, _)| key, |&(key, _)| self.ascii(read, key));
+        pairs
+            .into_iter()
+            .zip(names)
+            .filter_map(|((_, value), name)| name.map(|name| (name, value)))
+            .collect()
+    }
+
+    /// The (key, value) pairs of the combined dict object at `dict`, neither of them null.
+    fn dict_pairs(&self, read: &mut Read<'_>, dict: u64) -> Vec<(u64, u64)> {
+        let mut pairs = Vec::new();
         if dict == 0 || read(dict + OBJECT_TYPE as u64) != Some(self.dict_type) || read(dict + DICT_VALUES) != Some(0) {
-            return items;
+            return pairs;
         }
         let Some(keys) = read(dict + DICT_KEYS).filter(|&k| k != 0) else {
-            return items;
+            return pairs;
         };
         let Some(table) = self.entries(read, keys) else {
-            return items;
+            return pairs;
         };
         for index in 0..table.count.min(MAX_ENTRIES) {
             let entry = table.first + index * table.entry_size;
             let (Some(key), Some(value)) = (read(entry + table.key_offset), read(entry + table.key_offset + 8)) else {
                 continue;
             };
-            if key == 0 || value == 0 {
-                continue;
-            }
-            if let Some(name) = self.ascii(read, key) {
-                items.push((name, value));
+            if key != 0 && value != 0 {
+                pairs.push((key, value));
             }
         }
-        items
+        pairs
     }
 
     /// Where a keys table's entries are, and how many.
@@ -230,6 +282,31 @@ impl Namer {
         }
         Some((String::from_utf8(bytes).ok()?, full_length > length))
     }
+}
+
+/// What a module global is, as far as naming goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GlobalKind {
+    /// A module bound to a name: not a root.
+    Module,
+    /// A class defined in Python, with its dict (when it could be read).
+    Class(Option<u64>),
+    Other,
+}
+
+/// `look` applied to each of `items`, in the order of the addresses `at` gives them, and the
+/// results returned in the items' own order. A dict's keys and values lie scattered over the
+/// heap; read in dict order they made the scan's reader (a few cached pages) read a page per
+/// object, over 80,000 system calls for the globals and class attributes of a program
+/// importing pandas (see docs/benchmarks.md, "The scan at Python finalisation").
+fn in_address_order<T, R>(items: &[T], at: impl Fn(&T) -> u64, mut look: impl FnMut(&T) -> R) -> Vec<R> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_unstable_by_key(|&index| at(&items[index]));
+    let mut found: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    for index in order {
+        found[index] = Some(look(&items[index]));
+    }
+    found.into_iter().flatten().collect()
 }
 
 #[derive(Clone, Copy)]
