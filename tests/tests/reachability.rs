@@ -163,6 +163,34 @@ fn every_class_on_a_c_program_with_threads_running_at_exit() {
     assert!(String::from_utf8_lossy(&listed.stdout).contains("\nleak:_dl_allocate_tls\n"));
 }
 
+/// An exited thread's cached stack is no root (a block only its dead frame names is lost),
+/// but memory right above a no-access reservation is, though it sits where a thread's stack
+/// would, above its guard (helper-28's gevent row on 3.11: CPython's frame stack chunk there).
+#[test]
+fn a_cached_thread_stack_is_no_root_but_memory_above_a_reservation_is() {
+    let scratch = Scratch::new("stack-shapes");
+    let exe = scratch.join("stack_shapes");
+    compile("gcc", &["reach/stack_shapes.c"], &exe, &["-pthread"]);
+    let plain = run(&mut Command::new(&exe));
+    let traced = run_traced(&scratch, &mut Command::new(&exe));
+    assert_eq!(traced.output.stdout, plain.stdout);
+    assert_eq!(traced.output.status.code(), Some(0));
+    let line = |marker: &str| line_of("reach/stack_shapes.c", marker);
+    let report = report_json(&traced.trace);
+    assert_eq!(report["reachability"]["outcome"], "complete", "{report:#}");
+    assert_eq!(
+        amounts(row_at(&report, "exited_thread", line("@exited"))),
+        ("definitely-lost", 3333, 1)
+    );
+    assert!(owned_by(&report, "above_reservation").is_empty(), "{report:#}");
+    assert_eq!(rows(&report).len(), 1, "{report:#}");
+    let all = report_json_with(&traced.trace, &["--show-reachable"]);
+    assert_eq!(
+        amounts(row_at(&all, "above_reservation", line("@above"))),
+        ("reachable", 4444, 1)
+    );
+}
+
 #[test]
 fn python_objects_leaked_from_c_are_definitely_lost_on_every_interpreter() {
     let pythons = pythons();

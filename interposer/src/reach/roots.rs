@@ -215,7 +215,12 @@ pub fn collect(
             continue;
         }
         let below_is_guard = index > 0 && maps[index - 1].end == mapping.start && maps[index - 1].is_guard();
-        if mapping.path == "[stack]" || (mapping.anonymous() && below_is_guard && !is_arena_heap(memory, mapping)) {
+        if mapping.path == "[stack]"
+            || (mapping.anonymous()
+                && below_is_guard
+                && !is_arena_heap(memory, mapping)
+                && ends_in_thread(memory, mapping))
+        {
             // A stack no live thread is known to use: a cached stack of an exited thread,
             // unless some thread's stack pointer could not be read.
             if roots.threads_unknown > 0 {
@@ -322,6 +327,30 @@ pub fn without_excluded(excluded: &[(u64, u64)], start: u64, end: u64) -> Vec<(u
 
 /// The first heap of a glibc arena, or a later heap of one: 64 MiB aligned, starting with a
 /// `heap_info` whose fields are consistent.
+/// How far below a thread stack's end its thread descriptor may start: glibc puts the
+/// descriptor (about 2.3 KiB) at the very top of the stack's mapping, aligned down.
+const DESCRIPTOR_WITHIN: u64 = 2 * PAGE;
+
+/// Whether `mapping` ends in a thread's descriptor, as glibc lays out the stacks it makes
+/// (the guard below, the descriptor at the top): its first words name the descriptor itself
+/// (`tcb` and `self` of the TLS header). A mapping merely above a no-access one is not
+/// enough: an arena's reserved tail or an allocator's reservation sits below ordinary memory
+/// too, and skipping that memory lost what it held (CPython's frame stack chunk, gevent on
+/// 3.11: a worker's `Queue.get` locals reported lost).
+fn ends_in_thread(memory: &mut MemoryReader, mapping: &Mapping) -> bool {
+    let start = mapping.end.saturating_sub(DESCRIPTOR_WITHIN).max(mapping.start);
+    let bytes = memory.bytes(start, (mapping.end - start) as usize);
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
+    };
+    (0..bytes.len().saturating_sub(24)).step_by(8).any(|at| {
+        let address = start + at as u64;
+        word(at) == Some(address) && word(at + 16) == Some(address)
+    })
+}
+
 fn is_arena_heap(memory: &mut MemoryReader, mapping: &Mapping) -> bool {
     mapping.start.is_multiple_of(ARENA_HEAP_ALIGN) && arena_heap_size(memory, mapping.start, mapping.end).is_some()
 }
