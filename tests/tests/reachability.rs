@@ -47,19 +47,26 @@ fn report_exit_code(trace: &std::path::Path, extra: &[&str]) -> (Option<i32>, St
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Builds the C fixture `reach/<name>.c` with threads, runs it plainly and traced (same
+/// output, exit 0) and returns the traced run's report (its scan complete) and trace.
+fn traced_c_fixture(scratch: &Scratch, name: &str) -> (Value, std::path::PathBuf) {
+    let exe = scratch.join(name);
+    compile("gcc", &[&format!("reach/{name}.c")], &exe, &["-pthread"]);
+    let plain = run(&mut Command::new(&exe));
+    let traced = run_traced(scratch, &mut Command::new(&exe));
+    assert_eq!(traced.output.stdout, plain.stdout);
+    assert_eq!(traced.output.status.code(), Some(0));
+    let report = report_json(&traced.trace);
+    assert_eq!(report["reachability"]["outcome"], "complete", "{report:#}");
+    (report, traced.trace)
+}
+
 #[test]
 fn every_class_on_a_c_program_with_threads_running_at_exit() {
     let scratch = Scratch::new("reach");
-    let exe = scratch.join("reach");
-    compile("gcc", &["reach/reach.c"], &exe, &["-pthread"]);
-    let plain = run(&mut Command::new(&exe));
-    let traced = run_traced(&scratch, &mut Command::new(&exe));
-    assert_eq!(traced.output.stdout, plain.stdout);
-    assert_eq!(traced.output.status.code(), Some(0));
+    let (report, trace) = traced_c_fixture(&scratch, "reach");
     let line = |marker: &str| line_of("reach/reach.c", marker);
 
-    let report = report_json(&traced.trace);
-    assert_eq!(report["reachability"]["outcome"], "complete", "{report:#}");
     assert_eq!(
         amounts(row_at(&report, "drop_block", line("@dropped"))),
         ("definitely-lost", 777, 1)
@@ -116,7 +123,7 @@ fn every_class_on_a_c_program_with_threads_running_at_exit() {
     assert_eq!(report["summary"]["indirectly_lost"]["bytes"], 816);
     assert!(report["summary"]["reachable"]["blocks"].as_u64().unwrap() >= 6);
 
-    let all = report_json_with(&traced.trace, &["--show-reachable"]);
+    let all = report_json_with(&trace, &["--show-reachable"]);
     for (function, marker, bytes, blocks) in [
         ("fill_cache", "@cache", 4000, 4),
         ("blocked_thread", "@blocked", 5555, 1),
@@ -129,31 +136,31 @@ fn every_class_on_a_c_program_with_threads_running_at_exit() {
         );
     }
 
-    let by_stack = report_json_with(&traced.trace, &["--group-by", "stack"]);
+    let by_stack = report_json_with(&trace, &["--group-by", "stack"]);
     assert_eq!(owned_by(&by_stack, "twice_site").len(), 2);
 
     // The CI gate: definite and indirect leaks are 2,241 bytes.
-    assert_eq!(report_exit_code(&traced.trace, &[]).0, Some(0));
-    assert_eq!(report_exit_code(&traced.trace, &["--fail-on-leak"]).0, Some(23));
-    assert_eq!(report_exit_code(&traced.trace, &["--fail-on-leak=2240"]).0, Some(23));
-    assert_eq!(report_exit_code(&traced.trace, &["--fail-on-leak=2241"]).0, Some(0));
+    assert_eq!(report_exit_code(&trace, &[]).0, Some(0));
+    assert_eq!(report_exit_code(&trace, &["--fail-on-leak"]).0, Some(23));
+    assert_eq!(report_exit_code(&trace, &["--fail-on-leak=2240"]).0, Some(23));
+    assert_eq!(report_exit_code(&trace, &["--fail-on-leak=2241"]).0, Some(0));
 
     // A user's suppressions file, in LeakSanitizer's syntax.
     let suppressions = scratch.join("leaks.supp");
     std::fs::write(&suppressions, "# known\nleak:drop_owner\n").unwrap();
     let supp = suppressions.to_str().unwrap();
-    let suppressed = report_json_with(&traced.trace, &["--suppressions", supp]);
+    let suppressed = report_json_with(&trace, &["--suppressions", supp]);
     assert!(owned_by(&suppressed, "drop_owner").is_empty());
     assert_eq!(rows(&suppressed).len(), 3);
     assert_eq!(rows(&report).len() - 1, rows(&suppressed).len());
     let suppressed_bytes = |r: &Value| r["summary"]["suppressed"]["bytes"].as_u64().unwrap();
     assert_eq!(suppressed_bytes(&suppressed), suppressed_bytes(&report) + 48 + 16 + 800);
     assert_eq!(
-        report_exit_code(&traced.trace, &["--suppressions", supp, "--fail-on-leak=1377"]).0,
+        report_exit_code(&trace, &["--suppressions", supp, "--fail-on-leak=1377"]).0,
         Some(0)
     );
     std::fs::write(&suppressions, "race:drop_owner\n").unwrap();
-    let (code, stderr) = report_exit_code(&traced.trace, &["--suppressions", supp]);
+    let (code, stderr) = report_exit_code(&trace, &["--suppressions", supp]);
     assert_eq!(code, Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("leaks.supp:1"), "{stderr}");
@@ -169,22 +176,15 @@ fn every_class_on_a_c_program_with_threads_running_at_exit() {
 #[test]
 fn a_cached_thread_stack_is_no_root_but_memory_above_a_reservation_is() {
     let scratch = Scratch::new("stack-shapes");
-    let exe = scratch.join("stack_shapes");
-    compile("gcc", &["reach/stack_shapes.c"], &exe, &["-pthread"]);
-    let plain = run(&mut Command::new(&exe));
-    let traced = run_traced(&scratch, &mut Command::new(&exe));
-    assert_eq!(traced.output.stdout, plain.stdout);
-    assert_eq!(traced.output.status.code(), Some(0));
+    let (report, trace) = traced_c_fixture(&scratch, "stack_shapes");
     let line = |marker: &str| line_of("reach/stack_shapes.c", marker);
-    let report = report_json(&traced.trace);
-    assert_eq!(report["reachability"]["outcome"], "complete", "{report:#}");
     assert_eq!(
         amounts(row_at(&report, "exited_thread", line("@exited"))),
         ("definitely-lost", 3333, 1)
     );
     assert!(owned_by(&report, "above_reservation").is_empty(), "{report:#}");
     assert_eq!(rows(&report).len(), 1, "{report:#}");
-    let all = report_json_with(&traced.trace, &["--show-reachable"]);
+    let all = report_json_with(&trace, &["--show-reachable"]);
     assert_eq!(
         amounts(row_at(&all, "above_reservation", line("@above"))),
         ("reachable", 4444, 1)
