@@ -81,6 +81,7 @@ impl Collector {
                 slots: stale_references,
                 dangling: self.dangling.words(),
             },
+            age: &|address| self.live_block_at(address).map_or(u64::MAX, |block| block.seq),
         });
         if name_holders {
             self.garbage_at_finalization = result

@@ -98,6 +98,8 @@ pub struct ScanInput<'a> {
     /// Free-list slots that still name an object CPython handed out again, and words of the
     /// interpreter's static data left pointing into freed blocks: no references (see [`stale`]).
     pub stale_references: StaleWords,
+    /// The sequence number of the block live at an address (`u64::MAX`: unknown).
+    pub age: &'a dyn Fn(u64) -> u64,
 }
 
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
@@ -491,6 +493,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
             stand_in: &stand_in,
             dead_links: &dead_links,
             survived_collection: &survived_collection,
+            age: input.age,
         };
         structure::structures(&mut marker, &state, &facts)
     };

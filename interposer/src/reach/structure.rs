@@ -53,6 +53,9 @@ pub(super) struct Facts<'a> {
     /// Blocks that were garbage when finalisation began and outlived its collections, oldest
     /// first.
     pub(super) survived_collection: &'a [usize],
+    /// The allocation order of the block at an address (its sequence number; `u64::MAX` when
+    /// unknown): structures are claimed oldest first.
+    pub(super) age: &'a dyn Fn(u64) -> u64,
 }
 
 /// For an object whose count is 0 (dead, or not read): the pointers to it read in dead objects,
@@ -169,7 +172,11 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
             }
         }
     };
-    let sources: Vec<usize> = (0..n).filter(|&k| is_source(k)).collect();
+    // Oldest first, where structures overlap or a cycle has no source: the same program makes
+    // the same rows run after run, where the heap's addresses (the order before) vary.
+    let mut by_age: Vec<usize> = (0..n).collect();
+    by_age.sort_by_cached_key(|&k| ((facts.age)(blocks.addresses[members[k]]), k));
+    let sources: Vec<usize> = by_age.iter().copied().filter(|&k| is_source(k)).collect();
     for &k in sources.iter().filter(|&&k| !pointed_to[k]) {
         claim(k, &mut root, &mut work);
     }
@@ -214,9 +221,9 @@ pub(super) fn structures(marker: &mut Marker<'_>, state: &[u8], facts: &Facts<'_
     }
     // Cycles of C blocks: each led by a block the others point into but not to the start of
     // (a C++ object whose `std::map` nodes point back to the map's header inside it), else by
-    // its block at the lowest address.
+    // its oldest block.
     for led_by_its_owner in [true, false] {
-        for k in 0..n {
+        for &k in &by_age {
             if lost(k) && root[k] == NONE && !garbage[k] && (!led_by_its_owner || !start_pointed[k]) {
                 claim(k, &mut root, &mut work);
             }
