@@ -30,7 +30,7 @@ fn held_by_name(trace: &Trace) -> HashMap<String, (u64, u64)> {
         .map(|holder| holder_name(trace, holder, &mut symbolizer))
         .collect();
     let mut totals: HashMap<String, (u64, u64)> = HashMap::new();
-    for held in holding.by_stack.values().flatten() {
+    for held in holding.by_stack().flat_map(|(_, held)| held) {
         let total = totals.entry(names[held.holder as usize - 1].clone()).or_default();
         total.0 += held.bytes;
         total.1 += held.blocks;
@@ -84,7 +84,7 @@ fn module_globals_and_class_attributes_hold_what_the_loop_kept() {
             })
         };
         let mut handle_stacks = 0;
-        for (&stack, held) in &holding.by_stack {
+        for (stack, held) in holding.by_stack() {
             if !in_handle(stack) {
                 continue;
             }

@@ -159,8 +159,7 @@ fn object_types(trace: &Trace, stacks: impl Iterator<Item = u64>) -> Vec<ObjectT
         return Vec::new();
     };
     let types = stacks
-        .filter_map(|stack| holding.types_by_stack.get(&stack))
-        .flatten()
+        .flat_map(|stack| holding.types_of(stack))
         .filter_map(|&(id, bytes, blocks)| Some((holding.types.get(id as usize - 1)?.clone(), bytes, blocks)));
     ranked_by_name(types)
         .0
@@ -203,7 +202,7 @@ fn held_by(trace: &Trace, stacks: impl Iterator<Item = u64>, symbolizer: &mut Sy
     let mut held = Vec::new();
     // By name: the path of the stack whose blocks it holds the most of.
     let mut paths: HashMap<String, (u64, &Held)> = HashMap::new();
-    for entry in stacks.filter_map(|stack| holding.by_stack.get(&stack)).flatten() {
+    for entry in stacks.flat_map(|stack| holding.holders_of(stack)) {
         let Some(holder) = holding.names.get(entry.holder as usize - 1) else {
             continue;
         };

@@ -12,9 +12,10 @@
 //! Must never symbolize or judge blocks: it reports what the trace says, nothing more.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
-use libleak_format::live::{AddressMap, AddressSet};
-use libleak_format::{Alloc, DecodeError, Frame, Free, Holder, LeakClass, Mark, Module, PythonCode};
+use libleak_format::live::AddressMap;
+use libleak_format::{Alloc, BlockHolder, DecodeError, Frame, Free, Holder, LeakClass, Mark, Module, PythonCode};
 
 mod finalization;
 mod left_to_parent;
@@ -201,46 +202,171 @@ impl LostFacts {
 pub struct Holding {
     /// Holder `id` is at index `id - 1`.
     pub names: Vec<Holder>,
-    /// By stack: each holder of some of its blocks, most bytes first.
-    pub by_stack: HashMap<u64, Vec<Held>>,
     /// Object type `id` is at index `id - 1`.
     pub types: Vec<String>,
     /// Retention-path step `id` is at index `id - 1` (see [`PathStep`]).
     pub steps: Vec<String>,
-    /// By stack: the Python type of the objects its blocks held (type id, bytes, blocks), most
-    /// bytes first; blocks that held no recognised object are not counted.
-    pub types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>>,
-    /// How each held block was reached: followed back only for the paths a report shows, of
-    /// the few holders of its rows, never for every holder of every stack.
-    pub reached: ReachedFrom,
+    /// Who held each block and how it was reached: followed back only for the paths a report
+    /// shows, of the few holders of its rows, never for every holder of every stack.
+    pub held: HeldBlocks,
+    /// The blocks live when the scan was made, in replay order, for [`Holding::sums`].
+    live_then: Vec<BlockThen>,
+    /// Summed on first use: only the growth report asks, for its few sites, and the sums of
+    /// a real program's hundreds of thousands of held blocks cost more than the rest of its
+    /// leak report's replay of them.
+    sums: OnceLock<HeldSums>,
 }
 
-/// Per held block, by address: the block it was reached from (0: from its holder), the type of
-/// the object it holds and the step's name id. Sorted, for the few look-ups of the paths shown.
+/// A block live when finalisation began, as [`Holding::sums`] needs it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BlockThen {
+    pub(crate) address: u64,
+    pub(crate) seq: u64,
+    pub(crate) size: u64,
+    pub(crate) stack: u64,
+}
+
+/// The held blocks summed by stack (see [`Holding::holders_of`] and [`Holding::types_of`]).
 #[derive(Debug, Default)]
-pub struct ReachedFrom {
-    by_address: Vec<(u64, u64, u32, u32)>,
+struct HeldSums {
+    by_stack: HashMap<u64, Vec<Held>>,
+    types_by_stack: HashMap<u64, Vec<(u32, u64, u64)>>,
+}
+
+/// The scan's BLOCK_HOLDERS entries by address, sorted for look-ups by address.
+#[derive(Debug, Default)]
+pub struct HeldBlocks {
+    by_address: Vec<BlockHolder>,
 }
 
 /// Blocks followed back from a held block towards its holder, at most.
 const MAX_PATH: usize = 16;
 
-impl ReachedFrom {
-    pub fn new(mut by_address: Vec<(u64, u64, u32, u32)>) -> ReachedFrom {
-        if !by_address.is_sorted_by_key(|entry| entry.0) {
-            by_address.sort_unstable_by_key(|entry| entry.0);
+impl HeldBlocks {
+    /// `entries` in file order; a later entry for an address replaces an earlier one.
+    pub fn new(mut entries: Vec<BlockHolder>) -> HeldBlocks {
+        // The writer gives them in address order, once each.
+        if !entries.windows(2).all(|pair| pair[0].address < pair[1].address) {
+            entries.sort_by_key(|entry| entry.address);
+            // The stable sort kept each address's entries in file order: keep the last.
+            entries.reverse();
+            entries.dedup_by_key(|entry| entry.address);
+            entries.reverse();
         }
-        ReachedFrom { by_address }
+        HeldBlocks { by_address: entries }
     }
 
-    fn get(&self, address: u64) -> Option<(u64, u32, u32)> {
-        let index = self.by_address.binary_search_by_key(&address, |entry| entry.0).ok()?;
-        let (_, via, object_type, step) = self.by_address[index];
-        Some((via, object_type, step))
+    pub fn get(&self, address: u64) -> Option<&BlockHolder> {
+        let index = self
+            .by_address
+            .binary_search_by_key(&address, |entry| entry.address)
+            .ok()?;
+        Some(&self.by_address[index])
     }
 }
 
 impl Holding {
+    pub(crate) fn new(
+        names: Vec<Holder>,
+        types: Vec<String>,
+        steps: Vec<String>,
+        held: HeldBlocks,
+        live_then: Vec<BlockThen>,
+    ) -> Holding {
+        Holding {
+            names,
+            types,
+            steps,
+            held,
+            live_then,
+            sums: OnceLock::new(),
+        }
+    }
+
+    /// Each holder of some of the blocks of `stack` live then, most bytes first.
+    pub fn holders_of(&self, stack: u64) -> &[Held] {
+        self.sums().by_stack.get(&stack).map_or(&[], Vec::as_slice)
+    }
+
+    /// The Python type of the objects the blocks of `stack` live then held (type id, bytes,
+    /// blocks), most bytes first; blocks that held no recognised object are not counted.
+    pub fn types_of(&self, stack: u64) -> &[(u32, u64, u64)] {
+        self.sums().types_by_stack.get(&stack).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every stack some of whose blocks live then were held, with each holder of them, most
+    /// bytes first; the stacks in no particular order.
+    pub fn by_stack(&self) -> impl Iterator<Item = (u64, &[Held])> {
+        self.sums()
+            .by_stack
+            .iter()
+            .map(|(&stack, held)| (stack, held.as_slice()))
+    }
+
+    /// Whether a Python name (a module global, a class attribute) held the block at `address`.
+    pub fn held_by_python_name(&self, address: u64) -> bool {
+        self.held.get(address).is_some_and(|entry| {
+            matches!(
+                self.names.get((entry.holder as usize).wrapping_sub(1)),
+                Some(Holder::Python(_))
+            )
+        })
+    }
+
+    fn sums(&self) -> &HeldSums {
+        self.sums.get_or_init(|| {
+            // One look-up per block, a hash table per sum: a stack's blocks can have thousands
+            // of holders (the items of one large dict each held by the module).
+            let mut held_by: AddressMap<(u64, u32), (Held, u64)> = AddressMap::default();
+            let mut types_of: AddressMap<(u64, u32), (u64, u64)> = AddressMap::default();
+            for block in &self.live_then {
+                let Some(&BlockHolder {
+                    holder, object_type, ..
+                }) = self.held.get(block.address)
+                else {
+                    continue;
+                };
+                let (held, newest_seq) = held_by.entry((block.stack, holder)).or_insert((
+                    Held {
+                        holder,
+                        bytes: 0,
+                        blocks: 0,
+                        newest: block.address,
+                    },
+                    block.seq,
+                ));
+                held.bytes += block.size;
+                held.blocks += 1;
+                // The newest block's path is shown.
+                if block.seq > *newest_seq {
+                    (held.newest, *newest_seq) = (block.address, block.seq);
+                }
+                if object_type != 0 {
+                    let sums = types_of.entry((block.stack, object_type)).or_default();
+                    sums.0 += block.size;
+                    sums.1 += 1;
+                }
+            }
+            let mut sums = HeldSums::default();
+            for ((stack, _), (held, _)) in held_by {
+                sums.by_stack.entry(stack).or_default().push(held);
+            }
+            for ((stack, object_type), (bytes, blocks)) in types_of {
+                sums.types_by_stack
+                    .entry(stack)
+                    .or_default()
+                    .push((object_type, bytes, blocks));
+            }
+            for held in sums.by_stack.values_mut() {
+                held.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.holder.cmp(&b.holder)));
+            }
+            for types in sums.types_by_stack.values_mut() {
+                types.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            }
+            sums
+        })
+    }
+
     /// The blocks on the way from the holder to `held`'s newest block (that block's last), the
     /// holder's own first, cut at 16 blocks from the end; and whether it was cut (the holder's
     /// own block is then not its first).
@@ -248,16 +374,19 @@ impl Holding {
         let mut path = Vec::new();
         let mut at = held.newest;
         let mut cut = false;
-        while let Some((via, object_type, step)) = self.reached.get(at) {
-            path.push(PathStep { object_type, step });
-            if via == 0 {
+        while let Some(entry) = self.held.get(at) {
+            path.push(PathStep {
+                object_type: entry.object_type,
+                step: entry.step,
+            });
+            if entry.via == 0 {
                 break;
             }
             if path.len() == MAX_PATH {
                 cut = true;
                 break;
             }
-            at = via;
+            at = entry.via;
         }
         path.reverse();
         (path, cut)
@@ -325,14 +454,10 @@ impl Trace {
     /// then must not hide a leak the exit scan sees.
     ///
     /// A block the exit scan found part of a leaked structure (not its root) that a Python
-    /// name held when finalisation began (`named_then`), while the structure's root was lost
+    /// name held when finalisation began, while the structure's root was lost
     /// already, and that existed before the root, was the module's, not the leak's (a leaked
     /// frame's code and function): the teardown orphaned it. It is not part of the leak.
-    fn apply_finalization_scan(
-        &mut self,
-        live_then: &AddressMap<(u64, u64), Option<LeakClass>>,
-        named_then: &AddressSet<(u64, u64)>,
-    ) {
+    fn apply_finalization_scan(&mut self, live_then: &AddressMap<(u64, u64), Option<LeakClass>>) {
         let mut import_time: HashMap<u64, bool> = HashMap::new();
         // Each structure's root's sequence number, when it was lost already when finalisation
         // began: otherwise that scan saw another heap than the exit scan's (a stale pointer
@@ -349,18 +474,24 @@ impl Trace {
                 }
             }
         }
+        // Asked only of blocks live then (so the address's holder then was this block's).
+        let named_then = |address: u64| {
+            self.holding
+                .as_ref()
+                .is_some_and(|holding| holding.held_by_python_name(address))
+        };
         // Only what existed before the root can have been the module's first: what was made
-        // after it and seems held by a name then is held through a stale pointer.
+        // after it and seems held by a name then is held through a stale pointer. The lost
+        // facts first: few blocks have any, and most are reachable.
         let orphaned_part = |block: &ExitBlock, lost: &HashMap<u64, LostFacts>| {
-            named_then.contains(&(block.address, block.seq))
-                && lost.get(&block.address).is_some_and(|facts| {
-                    facts.root != block.address
-                        && roots_lost_then
-                            .get(&facts.root)
-                            .copied()
-                            .flatten()
-                            .is_some_and(|root_seq| block.seq < root_seq)
-                })
+            lost.get(&block.address).is_some_and(|facts| {
+                facts.root != block.address
+                    && roots_lost_then
+                        .get(&facts.root)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|root_seq| block.seq < root_seq)
+            }) && named_then(block.address)
         };
         for index in 0..self.live.len() {
             let block = self.live[index];
@@ -384,7 +515,7 @@ impl Trace {
                         .or_insert_with(|| self.allocated_during_import(block.stack));
                     // Held through a Python name then, and holding a reference no pointer the
                     // exit scan read accounts for: kept by an extension past the teardown.
-                    let kept_past_teardown = named_then.contains(&(block.address, block.seq))
+                    let kept_past_teardown = named_then(block.address)
                         && self
                             .lost
                             .get(&block.address)
@@ -687,6 +818,26 @@ mod tests {
         assert_eq!(t.stack(4).len(), 1);
         let lost = t.stack(99);
         assert!(lost.len() == 1 && lost[0].lost);
+    }
+
+    #[test]
+    fn held_blocks_are_found_by_address_the_last_entry_of_an_address_winning() {
+        let entry = |address, holder| BlockHolder {
+            address,
+            holder,
+            object_type: 0,
+            via: 0,
+            step: 0,
+        };
+        let in_order = HeldBlocks::new(vec![entry(0x10, 1), entry(0x20, 2), entry(0x30, 3)]);
+        assert_eq!(in_order.get(0x20).map(|e| e.holder), Some(2));
+        assert!(in_order.get(0x18).is_none());
+        let shuffled = HeldBlocks::new(vec![entry(0x30, 1), entry(0x10, 2), entry(0x30, 3), entry(0x20, 4)]);
+        let holders: Vec<u32> = [0x10, 0x20, 0x30]
+            .iter()
+            .filter_map(|&address| shuffled.get(address).map(|e| e.holder))
+            .collect();
+        assert_eq!(holders, [2, 4, 3]);
     }
 
     #[test]

@@ -269,11 +269,7 @@ impl Replay {
             }
             Record::BlockHolders(entries) => {
                 if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
-                    pending.block_holders.extend(
-                        entries
-                            .iter()
-                            .map(|e| (e.address, (e.holder, e.object_type, e.via, e.step))),
-                    );
+                    pending.block_holders.extend(entries);
                 }
             }
             Record::StepNames(names) => {
@@ -522,7 +518,7 @@ impl Replay {
             object_types,
         };
         if let Some(scan) = finalization {
-            trace.apply_finalization_scan(&scan.live_then, &scan.named_then);
+            trace.apply_finalization_scan(&scan.live_then);
         }
         Ok(trace)
     }
