@@ -19,11 +19,13 @@ use libleak_format::{Alloc, BlockHolder, DecodeError, Frame, Free, Holder, LeakC
 
 mod finalization;
 mod left_to_parent;
+mod packed_node;
 pub mod parents;
 pub mod reading;
 
 use crate::live::ExitBlock;
 use crate::model::TraceHeader;
+use packed_node::PackedNode;
 
 /// Why a trace could not be replayed.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,7 @@ pub enum ReplayError {
     NoProcess,
 }
 
-/// One stack node: a frame and its caller. 40 bytes: a real-package trace defines millions.
+/// One stack node: a frame and its caller. [`StackNodes`] keeps them packed ([`packed_node`]).
 #[derive(Clone, Copy, Debug)]
 pub struct StackNode {
     pub parent: u64,
@@ -81,7 +83,10 @@ impl StackNode {
 /// that had them, so a node's place in the list is not its id.
 #[derive(Clone, Debug, Default)]
 pub struct StackNodes {
-    nodes: Vec<StackNode>,
+    nodes: Vec<PackedNode>,
+    /// The nodes [`PackedNode`] does not fit, by their index in `nodes` (where
+    /// [`PackedNode::KEPT_WHOLE`] stands for each): none in a trace as its writer wrote it.
+    kept_whole: Vec<(usize, StackNode)>,
     /// Where each run of consecutive ids starts: (its first id, its index in `nodes`).
     runs: Vec<(u64, usize)>,
     /// Nodes imported from a parent's trace, ids [`IMPORTED_NODES`] and up, in order.
@@ -111,7 +116,11 @@ impl StackNodes {
             Some(next) if id < next => return,
             _ => self.runs.push((id, self.nodes.len())),
         }
-        self.nodes.push(node);
+        let packed = PackedNode::pack(&node).unwrap_or_else(|| {
+            self.kept_whole.push((self.nodes.len(), node));
+            PackedNode::KEPT_WHOLE
+        });
+        self.nodes.push(packed);
     }
 
     /// Makes room for `additional` more nodes.
@@ -120,15 +129,21 @@ impl StackNodes {
     }
 
     /// Node `id`, unless it was never defined (or lost).
-    pub fn get(&self, id: u64) -> Option<&StackNode> {
+    pub fn get(&self, id: u64) -> Option<StackNode> {
         if id >= IMPORTED_NODES {
-            return self.imported.get(usize::try_from(id - IMPORTED_NODES).ok()?);
+            return self.imported.get(usize::try_from(id - IMPORTED_NODES).ok()?).copied();
         }
         let run = self.runs.partition_point(|&(first, _)| first <= id).checked_sub(1)?;
         let (first, index) = self.runs[run];
         let end = self.runs.get(run + 1).map_or(self.nodes.len(), |&(_, next)| next);
         let at = index.checked_add(usize::try_from(id - first).ok()?)?;
-        (at < end).then(|| &self.nodes[at])
+        if at >= end {
+            return None;
+        }
+        self.nodes[at].unpack().or_else(|| {
+            let whole = self.kept_whole.binary_search_by_key(&at, |&(index, _)| index).ok()?;
+            Some(self.kept_whole[whole].1)
+        })
     }
 
     /// The highest id the trace defined (0 when none); imported nodes do not count.
@@ -584,7 +599,7 @@ impl Trace {
                 frames.push(StackNode::LOST);
                 break;
             };
-            frames.push(*node);
+            frames.push(node);
             // Parents are always defined before children, so ids strictly decrease.
             if node.parent >= id {
                 break;
@@ -856,6 +871,29 @@ mod tests {
         }
         assert_eq!(nodes.last_id(), 20);
         assert_eq!(StackNodes::default().last_id(), 0);
+    }
+
+    #[test]
+    fn nodes_too_large_to_pack_are_kept_whole() {
+        let mut nodes = StackNodes::default();
+        let far_parent = StackNode::new(1 << 40, native(0x30), None);
+        let large_offset = StackNode::new(
+            1,
+            Frame::Python {
+                code_id: 5,
+                instruction_offset: i64::MAX,
+            },
+            None,
+        );
+        nodes.insert(1, StackNode::new(0, native(0x10), Some(2)));
+        nodes.insert(2, far_parent);
+        nodes.insert(3, StackNode::new(2, native(0x20), None));
+        nodes.insert(4, large_offset);
+        let read = |id| nodes.get(id).map(|n| (n.parent, n.frame, n.module()));
+        assert_eq!(read(1), Some((0, native(0x10), Some(2))));
+        assert_eq!(read(2), Some((1 << 40, native(0x30), None)));
+        assert_eq!(read(3), Some((2, native(0x20), None)));
+        assert_eq!(read(4), Some((1, large_offset.frame, None)));
     }
 
     /// A trace written with the encoder, its second chunk then damaged: the stack defined

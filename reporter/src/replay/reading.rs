@@ -347,7 +347,7 @@ impl Replay {
         let mut at = id;
         while at != 0 && imported.get(at).is_none() {
             let Some(node) = parent.nodes.get(at) else { break };
-            chain.push((at, *node));
+            chain.push((at, node));
             at = node.parent;
         }
         // The outermost node not imported: 0, an imported one, or one the parent lost.
@@ -571,7 +571,7 @@ impl Trace {
         let mut replay = Replay::default();
         if let Some(size) = size {
             // A real-package trace holds about one stack node per 7 bytes; capped so that a
-            // huge trace asks for no more than 640 MB of address space up front.
+            // huge trace asks for no more than 256 MB of address space up front.
             replay
                 .nodes
                 .reserve(usize::try_from(size / 6).unwrap_or(0).min(1 << 24));
