@@ -282,6 +282,24 @@ impl<B: LiveBlock> LiveSet<B> {
         each_of_batch(&self.blocks, &addresses[..pending], &indices[..pending], &mut each);
     }
 
+    /// Calls `each` with every block still live, in no particular order, to change its
+    /// payload; its sequence number and size must stay as they are (the totals count them).
+    pub fn for_each_live_mut(&mut self, mut each: impl FnMut(&mut B)) {
+        // The blocks in storage order, read straight through: the vacant slots are the only
+        // ones not live.
+        let mut vacant = vec![false; self.blocks.len()];
+        for &slot in &self.vacant {
+            if let Some(vacant) = vacant.get_mut(slot as usize) {
+                *vacant = true;
+            }
+        }
+        for (block, vacant) in self.blocks.iter_mut().zip(vacant) {
+            if !vacant {
+                each(block);
+            }
+        }
+    }
+
     /// The block live at `address`, if its latest event is an allocation.
     pub fn live_at(&self, address: u64) -> Option<&B> {
         let latest = self.by_address.get(&address)?;
@@ -476,6 +494,27 @@ mod tests {
         let totals = live.totals();
         assert_eq!((totals.allocations, totals.frees, totals.unmatched_frees), (2, 2, 0));
         assert_eq!((totals.live_blocks, totals.live_bytes), (0, 0));
+    }
+
+    #[test]
+    fn every_live_block_and_only_those_can_be_changed_in_place() {
+        let mut live = LiveSet::new();
+        live.alloc(0x10, block(1, 8));
+        live.alloc(0x20, block(2, 8));
+        live.alloc(0x30, block(3, 8));
+        live.free(0x20, 4);
+        live.alloc(0x20, block(5, 8));
+        live.free(0x10, 6);
+        live.alloc(0x40, block(7, 8));
+        live.free(0x40, 8);
+        let mut seen = Vec::new();
+        live.for_each_live_mut(|block| {
+            seen.push(block.seq);
+            block.size = 9;
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, [3, 5]);
+        assert_eq!(live.live_blocks(), vec![(0x30, block(3, 9)), (0x20, block(5, 9))]);
     }
 
     #[test]

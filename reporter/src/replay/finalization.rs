@@ -9,7 +9,7 @@ use libleak_format::live::AddressMap as FastMap;
 use libleak_format::{BlockHolder, Holder, LeakClass, Reachability, ScanOutcome};
 
 use super::{BlockThen, HeldBlocks, Holding};
-use crate::live::ExitBlock;
+use crate::live::{AtFinalization, ExitBlock, LiveSet};
 
 /// The scan made when CPython's finalisation began, as replay meets it: the FINALIZING
 /// record opens it, its BLOCK_CLASSES gather, and its REACHABILITY closes it against the
@@ -20,9 +20,6 @@ pub(super) struct FinalizationScan {
     pub(super) thread_id: u32,
     pub(super) classes: FastMap<u64, LeakClass>,
     pub(super) scan: Option<Reachability>,
-    /// (address, seq) of every block live when the scan was made, with its class (`None`
-    /// when the scan did not complete).
-    pub(super) live_then: FastMap<(u64, u64), Option<LeakClass>>,
     pub(super) holder_names: Vec<Holder>,
     /// The BLOCK_HOLDERS entries, in file order.
     pub(super) block_holders: Vec<BlockHolder>,
@@ -32,39 +29,50 @@ pub(super) struct FinalizationScan {
 }
 
 impl FinalizationScan {
-    /// `live`: every block live when the scan was made, inherited ones from `inherited_from`
-    /// on.
-    pub(super) fn close(&mut self, scan: Reachability, live: Vec<(u64, ExitBlock)>, inherited_from: usize) {
+    /// Tells every block live when the scan was made what it says of it
+    /// ([`ExitBlock::at_finalization`]): the replay's own, `live`, and those of `inherited` (a
+    /// forked child's inheritance) that the child's events never named.
+    pub(super) fn close(
+        &mut self,
+        scan: Reachability,
+        live: &mut LiveSet<ExitBlock>,
+        inherited: &mut [(u64, ExitBlock)],
+    ) {
         let complete = scan.outcome == ScanOutcome::Complete;
-        let block_holders = std::mem::take(&mut self.block_holders);
-        if complete && !self.holder_names.is_empty() {
-            let live_then = live
-                .iter()
-                .map(|&(address, block)| BlockThen {
+        let keeps_holders = complete && !self.holder_names.is_empty();
+        let mut live_then = Vec::new();
+        let tell = |address: u64, block: &mut ExitBlock, inherited: bool, live_then: &mut Vec<BlockThen>| {
+            let class = complete
+                .then(|| class_given(&self.classes, &scan, inherited, address))
+                .flatten();
+            block.at_finalization = AtFinalization::Live(class);
+            if keeps_holders {
+                live_then.push(BlockThen {
                     address,
                     seq: block.seq,
                     size: block.size,
                     stack: block.stack,
-                })
-                .collect();
+                });
+            }
+        };
+        live.for_each_live_mut(|block| tell(block.address, block, false, &mut live_then));
+        let own = live_then.len();
+        for (address, block) in inherited.iter_mut() {
+            if !live.has_events_at(*address) {
+                tell(*address, block, true, &mut live_then);
+            }
+        }
+        let block_holders = std::mem::take(&mut self.block_holders);
+        if keeps_holders {
             self.holding = Some(Holding::new(
                 std::mem::take(&mut self.holder_names),
                 std::mem::take(&mut self.object_types),
                 std::mem::take(&mut self.step_names),
                 HeldBlocks::new(block_holders),
                 live_then,
+                own,
             ));
         }
-        self.live_then = live
-            .into_iter()
-            .enumerate()
-            .map(|(index, (address, block))| {
-                let class = complete
-                    .then(|| class_given(&self.classes, &scan, index >= inherited_from, address))
-                    .flatten();
-                ((address, block.seq), class)
-            })
-            .collect();
         self.classes = FastMap::default();
         self.scan = Some(scan);
     }

@@ -23,7 +23,7 @@ mod packed_node;
 pub mod parents;
 pub mod reading;
 
-use crate::live::ExitBlock;
+use crate::live::{AtFinalization, ExitBlock};
 use crate::model::TraceHeader;
 use packed_node::PackedNode;
 
@@ -224,8 +224,10 @@ pub struct Holding {
     /// Who held each block and how it was reached: followed back only for the paths a report
     /// shows, of the few holders of its rows, never for every holder of every stack.
     pub held: HeldBlocks,
-    /// The blocks live when the scan was made, in replay order, for [`Holding::sums`].
+    /// The blocks live when the scan was made, for [`Holding::sums`]: the replay's own first
+    /// (`own_then` of them, in no particular order), then the inherited ones.
     live_then: Vec<BlockThen>,
+    own_then: usize,
     /// Summed on first use: only the growth report asks, for its few sites, and the sums of
     /// a real program's hundreds of thousands of held blocks cost more than the rest of its
     /// leak report's replay of them.
@@ -287,6 +289,7 @@ impl Holding {
         steps: Vec<String>,
         held: HeldBlocks,
         live_then: Vec<BlockThen>,
+        own_then: usize,
     ) -> Holding {
         Holding {
             names,
@@ -294,6 +297,7 @@ impl Holding {
             steps,
             held,
             live_then,
+            own_then,
             sums: OnceLock::new(),
         }
     }
@@ -334,7 +338,12 @@ impl Holding {
             // of holders (the items of one large dict each held by the module).
             let mut held_by: AddressMap<(u64, u32), (Held, u64)> = AddressMap::default();
             let mut types_of: AddressMap<(u64, u32), (u64, u64)> = AddressMap::default();
-            for block in &self.live_then {
+            // In the order of the live set's blocks (by sequence number, then address), the
+            // inherited ones after: the first of the newest blocks of a sum is its path's.
+            let (own, inherited) = self.live_then.split_at(self.own_then.min(self.live_then.len()));
+            let mut own = own.to_vec();
+            own.sort_unstable_by_key(|block| (block.seq, block.address));
+            for block in own.iter().chain(inherited) {
                 let Some(&BlockHolder {
                     holder, object_type, ..
                 }) = self.held.get(block.address)
@@ -472,7 +481,7 @@ impl Trace {
     /// name held when finalisation began, while the structure's root was lost
     /// already, and that existed before the root, was the module's, not the leak's (a leaked
     /// frame's code and function): the teardown orphaned it. It is not part of the leak.
-    fn apply_finalization_scan(&mut self, live_then: &AddressMap<(u64, u64), Option<LeakClass>>) {
+    fn apply_finalization_scan(&mut self) {
         let mut import_time: HashMap<u64, bool> = HashMap::new();
         // Each structure's root's sequence number, when it was lost already when finalisation
         // began: otherwise that scan saw another heap than the exit scan's (a stale pointer
@@ -482,8 +491,8 @@ impl Trace {
         for block in &self.live {
             if let Some(lost_then) = roots_lost_then.get_mut(&block.address) {
                 if matches!(
-                    live_then.get(&(block.address, block.seq)),
-                    Some(Some(class)) if *class != LeakClass::Reachable
+                    block.at_finalization,
+                    AtFinalization::Live(Some(class)) if class != LeakClass::Reachable
                 ) {
                     *lost_then = Some(block.seq);
                 }
@@ -510,15 +519,15 @@ impl Trace {
         };
         for index in 0..self.live.len() {
             let block = self.live[index];
-            match live_then.get(&(block.address, block.seq)) {
-                None => self.live[index].during_finalization = true,
-                Some(Some(LeakClass::Reachable)) if orphaned_part(&block, &self.lost) => {
+            match block.at_finalization {
+                AtFinalization::NotLive => self.live[index].during_finalization = true,
+                AtFinalization::Live(Some(LeakClass::Reachable)) if orphaned_part(&block, &self.lost) => {
                     self.live[index].class = Some(LeakClass::Reachable);
                     self.lost.remove(&block.address);
                 }
                 // A part of a leaked structure leaks with its root, whatever its stack says (a
                 // key table or an object CPython reused carries the stack of its first use).
-                Some(Some(LeakClass::Reachable))
+                AtFinalization::Live(Some(LeakClass::Reachable))
                     if block.class != Some(LeakClass::Reachable)
                         && self
                             .lost
@@ -539,7 +548,7 @@ impl Trace {
                         self.live[index].class = Some(LeakClass::Reachable);
                     }
                 }
-                Some(_) => {}
+                AtFinalization::Live(_) => {}
             }
         }
         // The parts of a root found to be module state are the module's too.
@@ -751,6 +760,7 @@ pub(crate) mod synthetic {
                 thread_id: 1,
                 class,
                 during_finalization: false,
+                at_finalization: AtFinalization::NotLive,
             });
         }
     }

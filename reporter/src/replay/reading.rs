@@ -17,7 +17,7 @@ use super::left_to_parent;
 use super::{
     find_module, load_module, ModuleState, ReplayError, ReplayObserver, StackNode, StackNodes, Trace, IMPORTED_NODES,
 };
-use crate::live::{ExitBlock, LiveSet};
+use crate::live::{AtFinalization, ExitBlock, LiveSet};
 use crate::model::{Incompleteness, Inherited, Tally, TraceHeader};
 
 /// Finds what forked children inherited.
@@ -204,6 +204,7 @@ impl Replay {
                     thread_id: alloc.thread_id,
                     class: None,
                     during_finalization: false,
+                    at_finalization: AtFinalization::NotLive,
                 },
             ),
             Record::Free(free) => {
@@ -232,13 +233,8 @@ impl Replay {
                     scan.inherited_unjudged = unjudged;
                     scan.inherited_scanned = scanned;
                 }
-                if self.finalization.as_ref().is_some_and(|f| f.scan.is_none()) {
-                    let mut live_now = self.live.live_blocks();
-                    let own_count = live_now.len();
-                    live_now.extend(self.inherited_live());
-                    if let Some(pending) = self.finalization.as_mut() {
-                        pending.close(scan, live_now, own_count);
-                    }
+                if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
+                    pending.close(scan, &mut self.live, &mut self.inherited);
                 } else {
                     self.reachability = Some(scan);
                 }
@@ -308,7 +304,16 @@ impl Replay {
         let parents_inherited: Vec<(u64, ExitBlock)> = parent.inherited_live().collect();
         let mut take = |replay: &mut Replay, address: u64, block: &ExitBlock| {
             let stack = replay.import_stack(parent, block.stack, &mut imported);
-            replay.inherited.push((address, ExitBlock { stack, ..*block }));
+            // What the parent's own finalisation scan said is no concern of the child's.
+            let at_finalization = AtFinalization::NotLive;
+            replay.inherited.push((
+                address,
+                ExitBlock {
+                    stack,
+                    at_finalization,
+                    ..*block
+                },
+            ));
         };
         for (address, block) in &parents_inherited {
             take(self, *address, block);
@@ -517,8 +522,8 @@ impl Replay {
             lost: lost_facts,
             object_types,
         };
-        if let Some(scan) = finalization {
-            trace.apply_finalization_scan(&scan.live_then);
+        if finalization.is_some() {
+            trace.apply_finalization_scan();
         }
         Ok(trace)
     }
