@@ -172,7 +172,7 @@ pub struct Trace {
     pub modules: Vec<ModuleState>,
     pub nodes: StackNodes,
     /// Code objects by id. A code id may be referred to before its definition.
-    pub python_codes: HashMap<u64, PythonCode>,
+    pub python_codes: AddressMap<u64, PythonCode>,
     pub live: Vec<ExitBlock>,
     /// Inherited blocks still live that this forked child's scan left to its parent's trace
     /// (see [`libleak_format::Reachability::inherited_unjudged`]): counted, not kept in
@@ -185,7 +185,7 @@ pub struct Trace {
     pub holding: Option<Holding>,
     /// What the exit scan learnt of each block of `live` it did not find reachable, by
     /// address.
-    pub lost: HashMap<u64, LostFacts>,
+    pub lost: AddressMap<u64, LostFacts>,
     /// The Python types [`LostFacts::object_type`] refers to.
     pub object_types: Vec<String>,
     /// The thread that finalised the interpreter, when the process got that far.
@@ -482,11 +482,11 @@ impl Trace {
     /// already, and that existed before the root, was the module's, not the leak's (a leaked
     /// frame's code and function): the teardown orphaned it. It is not part of the leak.
     fn apply_finalization_scan(&mut self) {
-        let mut import_time: HashMap<u64, bool> = HashMap::new();
+        let mut import_time: AddressMap<u64, bool> = AddressMap::default();
         // Each structure's root's sequence number, when it was lost already when finalisation
         // began: otherwise that scan saw another heap than the exit scan's (a stale pointer
         // then held the root), and says nothing about its parts.
-        let mut roots_lost_then: HashMap<u64, Option<u64>> =
+        let mut roots_lost_then: AddressMap<u64, Option<u64>> =
             self.lost.values().map(|facts| (facts.root, None)).collect();
         for block in &self.live {
             if let Some(lost_then) = roots_lost_then.get_mut(&block.address) {
@@ -507,7 +507,7 @@ impl Trace {
         // Only what existed before the root can have been the module's first: what was made
         // after it and seems held by a name then is held through a stale pointer. The lost
         // facts first: few blocks have any, and most are reachable.
-        let orphaned_part = |block: &ExitBlock, lost: &HashMap<u64, LostFacts>| {
+        let orphaned_part = |block: &ExitBlock, lost: &AddressMap<u64, LostFacts>| {
             lost.get(&block.address).is_some_and(|facts| {
                 facts.root != block.address
                     && roots_lost_then
@@ -552,7 +552,7 @@ impl Trace {
             }
         }
         // The parts of a root found to be module state are the module's too.
-        let mut roots_kept: HashMap<u64, bool> = self.lost.values().map(|facts| (facts.root, false)).collect();
+        let mut roots_kept: AddressMap<u64, bool> = self.lost.values().map(|facts| (facts.root, false)).collect();
         for block in &self.live {
             if let Some(kept) = roots_kept.get_mut(&block.address) {
                 *kept = block.class == Some(LeakClass::Reachable);
@@ -673,8 +673,8 @@ pub(crate) mod synthetic {
             },
             modules: Vec::new(),
             nodes: StackNodes::default(),
-            python_codes: HashMap::new(),
-            lost: HashMap::new(),
+            python_codes: AddressMap::default(),
+            lost: AddressMap::default(),
             object_types: Vec::new(),
             live: Vec::new(),
             inherited_unjudged: Default::default(),

@@ -128,13 +128,13 @@ pub struct Replay {
     pub(crate) modules: Vec<ModuleState>,
     pub(crate) nodes: StackNodes,
     marks: Vec<Mark>,
-    pub(crate) python_codes: HashMap<u64, PythonCode>,
+    pub(crate) python_codes: AddressMap<u64, PythonCode>,
     python: Option<libleak_format::PythonRuntime>,
     python_ignores_environment: Option<bool>,
     pub(crate) live: LiveSet<ExitBlock>,
     classes: AddressMap<u64, LeakClass>,
     /// The exit scan's LOST_BLOCKS and OBJECT_TYPES.
-    lost: HashMap<u64, libleak_format::LostBlock>,
+    lost: AddressMap<u64, libleak_format::LostBlock>,
     object_types: Vec<String>,
     reachability: Option<Reachability>,
     /// An INHERITANCE_LEFT record, for the REACHABILITY that follows it.
@@ -463,7 +463,7 @@ impl Replay {
         let inherited_count = inherited_live.len();
         let mut live = inherited_live;
         live.extend(own.into_iter().map(|(_, block)| block));
-        let mut lost_facts = HashMap::new();
+        let mut lost_facts = AddressMap::default();
         if let Some(scan) = reachability
             .as_ref()
             .filter(|scan| scan.outcome == ScanOutcome::Complete)
