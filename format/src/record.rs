@@ -47,11 +47,14 @@ pub(crate) mod frame_kind {
     pub const PYTHON_ENTRY: u8 = 2;
 }
 
-/// One decoded trace record.
+/// One decoded trace record. The payloads of the records a trace holds few of are boxed, so
+/// that the enum is the size of the frequent ones (ALLOC, FREE, STACK_NODE): 48 bytes, not
+/// 120. Every record read is moved through it, and copying the larger one cost more than a
+/// tenth of a report's replay.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
-    Process(ProcessInfo),
-    Module(Module),
+    Process(Box<ProcessInfo>),
+    Module(Box<Module>),
     ModuleUnloaded {
         module_id: u64,
     },
@@ -64,8 +67,8 @@ pub enum Record {
     },
     Alloc(Alloc),
     Free(Free),
-    PythonCode(PythonCode),
-    PythonRuntime(PythonRuntime),
+    PythonCode(Box<PythonCode>),
+    PythonRuntime(Box<PythonRuntime>),
     /// What the interpreter's configuration was once it ran Python code.
     PythonConfig {
         /// It ignored environment variables (`python -I` or `-E`, an embedder's isolated
@@ -83,13 +86,13 @@ pub enum Record {
     /// Classes of blocks live at exit (or at [`Record::Finalizing`]) that are not reachable
     /// (see [`Reachability`]).
     BlockClasses(Vec<BlockClass>),
-    Reachability(Reachability),
+    Reachability(Box<Reachability>),
     /// The process is a fork child; the ALLOC records that follow, up to `fork_seq`, are
     /// the blocks it inherited.
-    Fork(ForkInfo),
+    Fork(Box<ForkInfo>),
     Stats(Stats),
     /// A point of the run named by the program or the user.
-    Mark(Mark),
+    Mark(Box<Mark>),
     /// Names of what holds reachable blocks, in the scan at [`Record::Finalizing`]: the next
     /// ids of that scan (its first holder is id 1).
     Holders(Vec<Holder>),
@@ -113,7 +116,7 @@ pub enum Record {
         unjudged: u64,
         scanned: u64,
     },
-    End(End),
+    End(Box<End>),
 }
 
 /// A labelled point of the run: the events with a smaller `seq` (on its thread, or on the
@@ -495,5 +498,10 @@ mod tests {
             names(&ScanOutcome::ALL.map(ScanOutcome::name)),
             "complete cut-short failed"
         );
+    }
+
+    #[test]
+    fn a_record_is_the_size_of_the_frequent_ones() {
+        assert_eq!(std::mem::size_of::<Record>(), 48);
     }
 }

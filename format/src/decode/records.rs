@@ -100,7 +100,7 @@ impl RecordDecoder {
                 }
                 let cwd = string(c)?;
                 let program = string(c)?;
-                Record::Process(ProcessInfo {
+                Record::Process(Box::new(ProcessInfo {
                     pid,
                     parent_pid,
                     start_time_unix_ns,
@@ -108,7 +108,7 @@ impl RecordDecoder {
                     argv,
                     cwd,
                     program,
-                })
+                }))
             }
             tag::MODULE => {
                 let id = c.u64()?;
@@ -124,13 +124,13 @@ impl RecordDecoder {
                         flags: u32_of(c.u64()?)?,
                     });
                 }
-                Record::Module(Module {
+                Record::Module(Box::new(Module {
                     id,
                     path,
                     bias,
                     build_id,
                     segments,
-                })
+                }))
             }
             tag::MODULE_UNLOADED => Record::ModuleUnloaded { module_id: c.u64()? },
             tag::STACK_NODE => {
@@ -182,14 +182,14 @@ impl RecordDecoder {
                     address,
                 })
             }
-            tag::PYTHON_CODE => Record::PythonCode(PythonCode {
+            tag::PYTHON_CODE => Record::PythonCode(Box::new(PythonCode {
                 id: c.u64()?,
                 python_version: u32_of(c.u64()?)?,
                 filename: string(c)?,
                 qualified_name: string(c)?,
                 first_line: u32_of(c.u64()?)?,
                 line_table: c.bytes()?.to_vec(),
-            }),
+            })),
             tag::PYTHON_CONFIG => Record::PythonConfig {
                 ignores_environment: match c.u8()? {
                     0 => false,
@@ -202,14 +202,14 @@ impl RecordDecoder {
                 let eval_loop_start = c.u64()?;
                 let eval_loop_size = c.u64()?;
                 let flags = c.u64()?;
-                Record::PythonRuntime(PythonRuntime {
+                Record::PythonRuntime(Box::new(PythonRuntime {
                     python_version,
                     eval_loop_start,
                     eval_loop_size,
                     frames_recorded: flags & 1 != 0,
                     pythonmalloc_set: flags & 2 != 0,
                     note: string(c)?,
-                })
+                }))
             }
             tag::FINALIZING => Record::Finalizing {
                 thread_id: u32_of(c.u64()?)?,
@@ -220,7 +220,7 @@ impl RecordDecoder {
                     class: LeakClass::from_u8(c.u8()?)?,
                 })
             })?),
-            tag::REACHABILITY => Record::Reachability(Reachability {
+            tag::REACHABILITY => Record::Reachability(Box::new(Reachability {
                 outcome: ScanOutcome::from_u8(c.u8()?)?,
                 duration_us: c.u64()?,
                 blocks: c.u64()?,
@@ -232,12 +232,12 @@ impl RecordDecoder {
                 threads_unknown: c.u64()?,
                 note: string(c)?,
                 ..Reachability::default()
-            }),
+            })),
             tag::INHERITANCE_LEFT => Record::InheritanceLeft {
                 unjudged: c.u64()?,
                 scanned: c.u64()?,
             },
-            tag::FORK => Record::Fork(ForkInfo {
+            tag::FORK => Record::Fork(Box::new(ForkInfo {
                 parent_pid: u32::try_from(c.u64()?).ok()?,
                 fork_seq: c.u64()?,
                 inherited_blocks: c.u64()?,
@@ -246,7 +246,7 @@ impl RecordDecoder {
                 parent_trace: string(c)?,
                 parent_trace_bytes: c.u64()?,
                 parent_start_time_unix_ns: c.u64()?,
-            }),
+            })),
             tag::STATS => Record::Stats(stats(c)?),
             tag::HOLDERS => {
                 let count = usize::try_from(c.u64()?).ok()?;
@@ -288,12 +288,12 @@ impl RecordDecoder {
             })?),
             tag::OBJECT_TYPES => Record::ObjectTypes(names(c)?),
             tag::STEP_NAMES => Record::StepNames(names(c)?),
-            tag::MARK => Record::Mark(Mark {
+            tag::MARK => Record::Mark(Box::new(Mark {
                 seq: c.u64()?,
                 time_ns: c.u64()?,
                 thread_id: u32_of(c.u64()?)?,
                 label: string(c)?,
-            }),
+            })),
             tag::END => {
                 let kind = ExitKind::from_u8(c.u8()?)?;
                 let status = match c.u8()? {
@@ -301,11 +301,11 @@ impl RecordDecoder {
                     1 => Some(i32::try_from(c.i64()?).ok()?),
                     _ => return None,
                 };
-                Record::End(End {
+                Record::End(Box::new(End {
                     kind,
                     status,
                     stats: stats(c)?,
-                })
+                }))
             }
             _ => return None,
         };
@@ -351,7 +351,7 @@ mod tests {
     /// malloc's reuse pattern: blocks freed and handed out again, from two threads, far apart
     /// and close by, so that records name addresses by position and by delta.
     fn churn_records() -> Vec<Record> {
-        let mut records = vec![Record::Process(ProcessInfo::default())];
+        let mut records = vec![Record::Process(Box::default())];
         for id in 1..=3 {
             records.push(Record::StackNode {
                 id,
@@ -428,11 +428,7 @@ mod tests {
         let mut writer = ChunkWriter::new(Vec::new()).unwrap();
         writer.write_chunk(&Payload::new(&records, &[])).unwrap();
         let read = decode_all(writer.get_mut()).unwrap();
-        assert_eq!(
-            read.records,
-            [Record::Process(ProcessInfo::default())],
-            "kept: the CRC matched"
-        );
+        assert_eq!(read.records, [Record::Process(Box::default())], "kept: the CRC matched");
         assert_eq!(
             read.damage,
             [Damage {

@@ -179,8 +179,8 @@ impl Replay {
 
     pub(crate) fn handle(&mut self, record: Record, parents: &mut dyn Inheritance, trace_path: Option<&Path>) {
         match record {
-            Record::Process(info) => self.process = Some(info),
-            Record::Module(module) => load_module(&mut self.modules, module),
+            Record::Process(info) => self.process = Some(*info),
+            Record::Module(module) => load_module(&mut self.modules, *module),
             Record::ModuleUnloaded { module_id } => {
                 for state in self.modules.iter_mut().filter(|m| m.module.id == module_id) {
                     state.unloaded = true;
@@ -211,9 +211,9 @@ impl Replay {
                 self.live.free(free.address, free.seq);
             }
             Record::PythonCode(code) => {
-                self.python_codes.insert(code.id, code);
+                self.python_codes.insert(code.id, *code);
             }
-            Record::PythonRuntime(runtime) => self.python = Some(runtime),
+            Record::PythonRuntime(runtime) => self.python = Some(*runtime),
             Record::PythonConfig { ignores_environment } => self.python_ignores_environment = Some(ignores_environment),
             Record::Finalizing { thread_id } => {
                 self.finalization = Some(FinalizationScan {
@@ -234,9 +234,9 @@ impl Replay {
                     scan.inherited_scanned = scanned;
                 }
                 if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
-                    pending.close(scan, &mut self.live, &mut self.inherited);
+                    pending.close(*scan, &mut self.live, &mut self.inherited);
                 } else {
-                    self.reachability = Some(scan);
+                    self.reachability = Some(*scan);
                 }
             }
             Record::Fork(info) => {
@@ -255,9 +255,9 @@ impl Replay {
                         Err(reason) => Inherited::Missing(reason),
                     });
                 }
-                self.fork = Some(info);
+                self.fork = Some(*info);
             }
-            Record::Mark(mark) => self.marks.push(mark),
+            Record::Mark(mark) => self.marks.push(*mark),
             Record::Holders(names) => {
                 if let Some(pending) = self.finalization.as_mut().filter(|f| f.scan.is_none()) {
                     pending.holder_names.extend(names);
@@ -286,7 +286,7 @@ impl Replay {
             Record::Stats(s) => self.stats = s,
             Record::End(e) => {
                 self.stats = e.stats;
-                self.end = Some(e);
+                self.end = Some(*e);
             }
         }
     }
@@ -648,8 +648,8 @@ mod tests {
             ..PythonCode::default()
         };
         let records = vec![
-            Record::Process(ProcessInfo::default()),
-            Record::Module(module(1, "/lib/a.so", 0x1000, 0x1000)),
+            Record::Process(Box::default()),
+            Record::Module(Box::new(module(1, "/lib/a.so", 0x1000, 0x1000))),
             Record::StackNode {
                 id: 1,
                 parent: 0,
@@ -668,7 +668,7 @@ mod tests {
                 parent: 2,
                 frame: Frame::Native { address: 0x1200 },
             },
-            Record::PythonCode(code.clone()),
+            Record::PythonCode(Box::new(code.clone())),
             alloc(1, 0xa000, 10, 3),
             alloc(2, 0xb000, 20, 2),
             alloc(3, 0xc000, 30, 3),
@@ -686,9 +686,9 @@ mod tests {
         };
         let mut child = Replay::default();
         let records = vec![
-            Record::Process(ProcessInfo::default()),
-            Record::Module(module(1, "/lib/a.so", 0x1000, 0x1000)),
-            Record::Fork(fork),
+            Record::Process(Box::default()),
+            Record::Module(Box::new(module(1, "/lib/a.so", 0x1000, 0x1000))),
+            Record::Fork(Box::new(fork)),
             // The child's own ids start at 1 again.
             Record::StackNode {
                 id: 1,
