@@ -30,6 +30,11 @@ impl RecordDecoder {
     /// The record at the start of `c`, whose address (if spelled out) is at the start of
     /// `addresses`; both cursors move past what it used. `Some(None)` for a record that only
     /// changes the decoder's state (THREAD), `None` for a malformed one.
+    // Inlined into its one caller, TraceReader::next_record_within, so that the record is
+    // built in the slot that returns it: returned from here, it was copied there, and the
+    // copy's wide loads stalled on the narrow stores that had just built it (store
+    // forwarding), once per record.
+    #[inline(always)]
     pub fn decode(&mut self, c: &mut Cursor<'_>, addresses: &mut Cursor<'_>) -> Option<Option<Record>> {
         fn string(c: &mut Cursor<'_>) -> Option<String> {
             Some(String::from_utf8_lossy(c.bytes()?).into_owned())
