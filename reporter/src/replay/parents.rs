@@ -84,7 +84,7 @@ impl ParentReplay {
         }
         let mut replay = Replay::default();
         replay.hands_on_inheritance = true;
-        replay.handle(Record::Process(process.clone()), parents, Some(path));
+        replay.handle(&mut Record::Process(process.clone()), parents, Some(path));
         Ok(ParentReplay {
             path: path.to_path_buf(),
             pid: process.pid,
@@ -105,7 +105,7 @@ impl ParentReplay {
         let shown = self.path.display().to_string();
         loop {
             match self.reader.next_record_within(limit) {
-                Ok(Some(record)) => self.replay.handle(record, parents, Some(&self.path)),
+                Ok(Some(mut record)) => self.replay.handle(&mut record, parents, Some(&self.path)),
                 Ok(None) => break,
                 Err(e) => return Err(format!("the parent's trace {shown} cannot be read ({e})")),
             }
