@@ -1,17 +1,131 @@
-//! Stack nodes as [`StackNodes`](super::StackNodes) keeps them: 16 bytes each instead of a
-//! [`StackNode`]'s 40. A real program's trace defines millions (2.6 M for a CPython program
-//! importing numpy and pandas), the largest table of its replay.
+//! The stack nodes a replay defines, by id: each a frame and its caller. A real program's
+//! trace defines millions (2.6 M for a CPython program importing numpy and pandas), the
+//! largest table of its replay, so they are kept packed in 16 bytes each ([`PackedNode`])
+//! instead of a [`StackNode`]'s 40.
 
 use libleak_format::Frame;
 
-use super::StackNode;
+/// One stack node: a frame and its caller. [`StackNodes`] keeps them packed ([`PackedNode`]).
+#[derive(Clone, Copy, Debug)]
+pub struct StackNode {
+    pub parent: u64,
+    pub frame: Frame,
+    /// Index into [`Trace::modules`] of the module holding a native frame's address, or
+    /// [`StackNode::NO_MODULE`].
+    module_index: u32,
+    /// Stands for the rest of a stack whose nodes were defined in a damaged part of the
+    /// trace (`frame` and `module` then mean nothing): always the outermost.
+    pub lost: bool,
+}
 
+impl StackNode {
+    const NO_MODULE: u32 = u32::MAX;
+
+    /// The end of a stack whose outer nodes were lost.
+    pub(super) const LOST: StackNode = StackNode {
+        parent: 0,
+        frame: Frame::PythonEntry,
+        module_index: Self::NO_MODULE,
+        lost: true,
+    };
+
+    pub fn new(parent: u64, frame: Frame, module: Option<usize>) -> StackNode {
+        StackNode {
+            parent,
+            frame,
+            module_index: module
+                .and_then(|index| u32::try_from(index).ok())
+                .unwrap_or(Self::NO_MODULE),
+            lost: false,
+        }
+    }
+
+    /// Index into [`Trace::modules`] of the module holding a native frame's address.
+    pub fn module(&self) -> Option<usize> {
+        (self.module_index != Self::NO_MODULE).then_some(self.module_index as usize)
+    }
+}
+
+/// The stack nodes by id. Ids count up in file order, with gaps where damage lost the nodes
+/// that had them, so a node's place in the list is not its id.
+#[derive(Clone, Debug, Default)]
+pub struct StackNodes {
+    nodes: Vec<PackedNode>,
+    /// The nodes [`PackedNode`] does not fit, by their index in `nodes` (where
+    /// [`PackedNode::KEPT_WHOLE`] stands for each): none in a trace as its writer wrote it.
+    kept_whole: Vec<(usize, StackNode)>,
+    /// Where each run of consecutive ids starts: (its first id, its index in `nodes`).
+    runs: Vec<(u64, usize)>,
+    /// Nodes imported from a parent's trace, ids [`IMPORTED_NODES`] and up, in order.
+    imported: Vec<StackNode>,
+}
+
+/// The first id of the stack nodes a forked child's replay imports from its parent's trace:
+/// far above any id a trace defines (a trace's ids are counted in a `u32` by the writer).
+pub const IMPORTED_NODES: u64 = 1 << 62;
+
+impl StackNodes {
+    /// Adds node `id`, which must be above every id so far (else it is dropped: the trace
+    /// reader never gives one).
+    pub fn insert(&mut self, id: u64, node: StackNode) {
+        if id >= IMPORTED_NODES {
+            if id - IMPORTED_NODES == self.imported.len() as u64 {
+                self.imported.push(node);
+            }
+            return;
+        }
+        let next = self
+            .runs
+            .last()
+            .map(|&(first, index)| first + (self.nodes.len() - index) as u64);
+        match next {
+            Some(next) if id == next => {}
+            Some(next) if id < next => return,
+            _ => self.runs.push((id, self.nodes.len())),
+        }
+        let packed = PackedNode::pack(&node).unwrap_or_else(|| {
+            self.kept_whole.push((self.nodes.len(), node));
+            PackedNode::KEPT_WHOLE
+        });
+        self.nodes.push(packed);
+    }
+
+    /// Makes room for `additional` more nodes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.nodes.reserve(additional);
+    }
+
+    /// Node `id`, unless it was never defined (or lost).
+    pub fn get(&self, id: u64) -> Option<StackNode> {
+        if id >= IMPORTED_NODES {
+            return self.imported.get(usize::try_from(id - IMPORTED_NODES).ok()?).copied();
+        }
+        let run = self.runs.partition_point(|&(first, _)| first <= id).checked_sub(1)?;
+        let (first, index) = self.runs[run];
+        let end = self.runs.get(run + 1).map_or(self.nodes.len(), |&(_, next)| next);
+        let at = index.checked_add(usize::try_from(id - first).ok()?)?;
+        if at >= end {
+            return None;
+        }
+        self.nodes[at].unpack().or_else(|| {
+            let whole = self.kept_whole.binary_search_by_key(&at, |&(index, _)| index).ok()?;
+            Some(self.kept_whole[whole].1)
+        })
+    }
+
+    /// The highest id the trace defined (0 when none); imported nodes do not count.
+    pub fn last_id(&self) -> u64 {
+        self.runs
+            .last()
+            .map_or(0, |&(first, index)| first + (self.nodes.len() - index) as u64 - 1)
+    }
+}
 /// A [`StackNode`] in 16 bytes. Every node a trace's writer gives fits: it counts ids (so
 /// parents) in a `u32`, loads far fewer than 2^29 modules, and a code object's instruction
 /// offsets are kilobytes. A node that does not fit (from a damaged or crafted trace, or
 /// imported from a parent's trace under an id above 2^32) is kept whole elsewhere.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct PackedNode {
+struct PackedNode {
     /// A native frame's address, a Python frame's code id.
     word: u64,
     parent: u32,
@@ -36,14 +150,14 @@ const WHOLE: u32 = 3;
 
 impl PackedNode {
     /// In the place of a node that did not fit.
-    pub(super) const KEPT_WHOLE: PackedNode = PackedNode {
+    const KEPT_WHOLE: PackedNode = PackedNode {
         word: 0,
         parent: 0,
         tag: WHOLE << DETAIL_BITS,
     };
 
     /// `node` packed, or `None` when it does not fit.
-    pub(super) fn pack(node: &StackNode) -> Option<PackedNode> {
+    fn pack(node: &StackNode) -> Option<PackedNode> {
         let parent = u32::try_from(node.parent).ok()?;
         let module = match node.module_index {
             StackNode::NO_MODULE => NO_MODULE,
@@ -70,7 +184,7 @@ impl PackedNode {
     }
 
     /// The node packed; `None` for [`PackedNode::KEPT_WHOLE`].
-    pub(super) fn unpack(&self) -> Option<StackNode> {
+    fn unpack(&self) -> Option<StackNode> {
         let detail = self.tag & DETAIL_MASK;
         let (frame, module_index) = match (self.tag >> DETAIL_BITS) & 3 {
             NATIVE => (
