@@ -325,8 +325,6 @@ pub fn without_excluded(excluded: &[(u64, u64)], start: u64, end: u64) -> Vec<(u
     pieces
 }
 
-/// The first heap of a glibc arena, or a later heap of one: 64 MiB aligned, starting with a
-/// `heap_info` whose fields are consistent.
 /// How far below a thread stack's end its thread descriptor may start: glibc puts the
 /// descriptor (about 2.3 KiB) at the very top of the stack's mapping, aligned down.
 const DESCRIPTOR_WITHIN: u64 = 2 * PAGE;
@@ -345,12 +343,14 @@ fn ends_in_thread(memory: &mut MemoryReader, mapping: &Mapping) -> bool {
             .get(at..at + 8)
             .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
     };
-    (0..bytes.len().saturating_sub(24)).step_by(8).any(|at| {
+    (0..=bytes.len().saturating_sub(24)).step_by(8).any(|at| {
         let address = start + at as u64;
         word(at) == Some(address) && word(at + 16) == Some(address)
     })
 }
 
+/// The first heap of a glibc arena, or a later heap of one: 64 MiB aligned, starting with a
+/// `heap_info` whose fields are consistent.
 fn is_arena_heap(memory: &mut MemoryReader, mapping: &Mapping) -> bool {
     mapping.start.is_multiple_of(ARENA_HEAP_ALIGN) && arena_heap_size(memory, mapping.start, mapping.end).is_some()
 }
