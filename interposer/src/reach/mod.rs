@@ -104,7 +104,7 @@ pub struct ScanInput<'a> {
 
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
-    let mut memory = roots::reader(input.pages_shared);
+    let mut memory = roots::reader(input.pages_shared, input.exiting.as_ref().map(|thread| thread.tid));
     let mut blocks = Blocks::new(input.blocks);
     let stand_in = blocks.marked(&input.stand_in_roots);
     let survived_collection = blocks.indices_of(&input.survived_collection);

@@ -284,18 +284,41 @@ pub fn writable_segments(module: &Module) -> impl Iterator<Item = (u64, u64)> + 
 }
 
 /// A reader of the memory readable now (see [`MemoryReader::keep_pages_shared`] for
-/// `pages_shared`).
-pub(super) fn reader(pages_shared: bool) -> MemoryReader {
+/// `pages_shared`). When `waiting` (the thread that asked for the scan and waits for it) is
+/// the program's only thread left, none can unmap anything while the scan runs: reads
+/// within private anonymous mappings then copy the memory directly.
+pub(super) fn reader(pages_shared: bool, waiting: Option<u32>) -> MemoryReader {
     let mut memory = MemoryReader::new();
     memory.keep_pages_shared(pages_shared);
+    let maps = read_maps();
     memory.set_readable(
-        read_maps()
-            .iter()
+        maps.iter()
             .filter(|m| m.perms[0] == b'r')
             .map(|m| (m.start, m.end))
             .collect(),
     );
+    if waiting.is_some_and(program_stopped) {
+        let own = crate::sys::real::own_mappings();
+        memory.copy_directly_within(
+            maps.iter()
+                .filter(|m| m.perms[0] == b'r' && m.perms[3] == b'p')
+                .filter(|m| m.anonymous() || m.path == "[heap]" || m.path == "[stack]")
+                .flat_map(|m| without_excluded(&own, m.start, m.end))
+                .collect(),
+        );
+    }
     memory
+}
+
+/// Whether the threads of the process are this one and `waiting`, and no other.
+fn program_stopped(waiting: u32) -> bool {
+    let own = sys::gettid();
+    let mut threads = thread_ids();
+    threads.sort_unstable();
+    let mut expected = vec![own, waiting];
+    expected.sort_unstable();
+    expected.dedup();
+    threads == expected
 }
 
 /// Adds `[start, end)` minus the excluded ranges.

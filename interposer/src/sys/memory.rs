@@ -23,10 +23,21 @@
 //! outside all of them fails without a system call: the Python object recognition tries
 //! many words that are no address at all.
 //!
-//! Never dereferences an address it was given.
+//! When no thread of the program can run (the scan's caller established that the only one
+//! left waits for the scan, [`MemoryReader::copy_directly_within`]), reads within private
+//! anonymous mappings copy the memory itself, without a system call: `/proc/self/mem`
+//! costs a kernel page walk per page, most of a pool worker's exit scan. Each such read
+//! first asks `/proc/self/pagemap` which of its pages are there (in memory or elsewhere) and
+//! copies only those in memory; a page with no entry reads as zeros, as it would (never
+//! touched, discarded, or unmapped since by libleak's own allocator), and one swapped out
+//! (or migrating, poisoned, a guard region) is read by system call: no copy can fault.
+//!
+//! Never dereferences an address it was given, but for those copies.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+
+use super::pagemap::PageState;
 
 const PAGE: usize = 4096;
 /// 256 KiB of direct-mapped pages, for small reads outside the window.
@@ -56,7 +67,21 @@ pub struct MemoryReader {
     vm_readv_refused: bool,
     /// Small reads go through `/proc/self/mem` too (see [`MemoryReader::keep_pages_shared`]).
     pages_shared: bool,
+    /// Sorted, disjoint ranges read by copying (see the module's doc); empty: none.
+    direct: Vec<(u64, u64)>,
+    /// `/proc/self/pagemap`, for the copies; `None` until the first (and after it failed).
+    pagemap: Option<File>,
+    /// Bytes copied straight from memory (see the module's doc).
+    pub copied_directly: u64,
+    /// Entries of [`PAGEMAP_SPAN`] pages from `.0` on, read when libleak had given back
+    /// `.1` blocks (see [`super::real::blocks_given_back`]): valid while that count holds.
+    pagemap_span: (u64, usize, Vec<u64>),
 }
+
+/// Pagemap entries read at once for the direct copies: 256 KiB of address space.
+const PAGEMAP_SPAN: usize = 64;
+/// Pagemap entries read again around a page when libleak gave a block back since.
+const PAGEMAP_RECHECK: usize = 16;
 
 impl MemoryReader {
     pub fn new() -> MemoryReader {
@@ -74,7 +99,33 @@ impl MemoryReader {
             proc_mem_refused: false,
             vm_readv_refused: false,
             pages_shared: false,
+            direct: Vec::new(),
+            pagemap: None,
+            pagemap_span: (u64::MAX, 0, Vec::new()),
+            copied_directly: 0,
         }
+    }
+
+    /// Reads within `ranges` (private anonymous mappings, none of them libleak's own) copy
+    /// the memory directly. Only for a caller that knows no thread of the program can run
+    /// until the reader is dropped: none could unmap or protect those mappings meanwhile.
+    pub fn copy_directly_within(&mut self, ranges: Vec<(u64, u64)>) {
+        self.pagemap = File::open("/proc/self/pagemap").ok();
+        self.direct = match self.pagemap {
+            Some(_) => super::maps::merged_ranges(ranges),
+            None => Vec::new(),
+        };
+    }
+
+    /// Where the direct range holding `address` ends, if one does; else where the next
+    /// begins (`None`: none).
+    fn direct_range_at(&self, address: u64) -> (Option<u64>, Option<u64>) {
+        let after = self.direct.partition_point(|&(start, _)| start <= address);
+        let holding = after
+            .checked_sub(1)
+            .map(|index| self.direct[index].1)
+            .filter(|&end| address < end);
+        (holding, self.direct.get(after).map(|&(start, _)| start))
     }
 
     /// With `shared`, the process forked or was forked: its pages may be shared with another
@@ -209,6 +260,108 @@ impl MemoryReader {
         if out.is_empty() {
             return 0;
         }
+        if self.direct.is_empty() {
+            return self.read_by_system_call(address, out);
+        }
+        // Piece by piece: copied where a direct range holds it, by system call elsewhere.
+        let mut filled = 0;
+        while filled < out.len() {
+            let at = address + filled as u64;
+            let rest = out.len() - filled;
+            let read = match self.direct_range_at(at) {
+                (Some(end), _) => {
+                    let piece = rest.min(usize::try_from(end - at).unwrap_or(usize::MAX));
+                    self.copy_present(at, &mut out[filled..filled + piece])
+                }
+                (None, next) => {
+                    let piece = next.map_or(rest, |next| rest.min(usize::try_from(next - at).unwrap_or(usize::MAX)));
+                    let piece = &mut out[filled..filled + piece];
+                    let wanted = piece.len();
+                    let read = self.read_by_system_call(at, piece);
+                    if read < wanted {
+                        return filled + read;
+                    }
+                    read
+                }
+            };
+            if read == 0 {
+                break;
+            }
+            filled += read;
+        }
+        filled
+    }
+
+    /// What is behind page number `page` now, from `/proc/self/pagemap`; `None` when it
+    /// cannot be read.
+    fn page_state(&mut self, page: u64) -> Option<PageState> {
+        let given_back = super::real::blocks_given_back();
+        let (first, read_when, entries) = &mut self.pagemap_span;
+        let cached = page.wrapping_sub(*first);
+        if *read_when != given_back || cached >= entries.len() as u64 {
+            // Given back since: the pages around are likely still those read (libleak gives
+            // blocks back throughout a scan), so few are read again.
+            let span = if *read_when != given_back && cached < entries.len() as u64 {
+                PAGEMAP_RECHECK
+            } else {
+                PAGEMAP_SPAN
+            };
+            entries.resize(span, 0);
+            let read = super::pagemap::read_entries(self.pagemap.as_ref()?, page, entries);
+            entries.truncate(read);
+            *first = page;
+            *read_when = given_back;
+            if read == 0 {
+                return None;
+            }
+        }
+        Some(PageState::of(entries[(page - *first) as usize]))
+    }
+
+    /// Copies `out.len()` bytes at `address` (within a direct range) into `out`, page by page:
+    /// the pages in memory, zeros for those with nothing behind them, and the others by system
+    /// call. Stops at a page the pagemap does not describe (then reads stop copying directly)
+    /// or the system call cannot read: how many leading bytes were read.
+    fn copy_present(&mut self, address: u64, out: &mut [u8]) -> usize {
+        let mut copied = 0;
+        while copied < out.len() {
+            let at = address + copied as u64;
+            let page_end = (at / PAGE as u64 + 1) * PAGE as u64;
+            let piece_len = (out.len() - copied).min((page_end - at) as usize);
+            let piece = &mut out[copied..copied + piece_len];
+            match self.page_state(at / PAGE as u64) {
+                Some(PageState::InMemory) => {
+                    // SAFETY: `[at, at + piece.len())` lies in one page of a private anonymous
+                    // mapping that was readable when the scan began, and the page is in memory
+                    // (pagemap, read since libleak last gave a block back); no thread of the
+                    // program runs (see `copy_directly_within`) and this thread unmaps nothing
+                    // but in giving blocks back, so it is still mapped and readable. `piece` is
+                    // ours and does not overlap it.
+                    unsafe { std::ptr::copy_nonoverlapping(at as *const u8, piece.as_mut_ptr(), piece.len()) };
+                    self.copied_directly += piece_len as u64;
+                }
+                Some(PageState::Empty) => piece.fill(0),
+                // Swapped out, migrating, poisoned or a guard: the kernel reads it or says no.
+                Some(PageState::Elsewhere) => {
+                    let read = self.read_by_system_call(at, piece);
+                    if read < piece_len {
+                        return copied + read;
+                    }
+                }
+                None => {
+                    self.direct.clear();
+                    self.pagemap = None;
+                    return copied;
+                }
+            }
+            copied += piece_len;
+        }
+        copied
+    }
+
+    /// Reads `[address, address + out.len())` with `process_vm_readv` or `/proc/self/mem`,
+    /// either of which fails cleanly on a page that is not there.
+    fn read_by_system_call(&mut self, address: u64, out: &mut [u8]) -> usize {
         // A page or less: `process_vm_readv` costs a third of a `/proc/self/mem` read, and
         // copies at most the pages it reads when they are shared with a parent.
         let file_usable = !self.proc_mem_refused;
@@ -285,4 +438,110 @@ fn vm_readv(pid: libc::pid_t, address: u64, out: &mut [u8]) -> isize {
 pub fn stack_pointer() -> u64 {
     let marker = 0u8;
     std::hint::black_box(&marker) as *const u8 as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MemoryReader, PAGE};
+
+    /// `pages` fresh private anonymous pages, never touched.
+    fn anonymous_pages(pages: usize) -> u64 {
+        // SAFETY: a new mapping at an address of the kernel's choosing; nothing else is touched.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                pages * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(start, libc::MAP_FAILED);
+        start as u64
+    }
+
+    fn write_byte(address: u64, value: u8) {
+        // SAFETY: `address` lies in a mapping this test made readable and writable.
+        unsafe { std::ptr::write_volatile(address as *mut u8, value) };
+    }
+
+    #[test]
+    fn copies_read_what_system_calls_read_and_zeros_where_nothing_is() {
+        const PAGES: usize = 300;
+        let start = anonymous_pages(PAGES);
+        let end = start + (PAGES * PAGE) as u64;
+        for (page, value) in [(0, 7u8), (5, 9), (299, 11)] {
+            write_byte(start + (page * PAGE + 100) as u64, value);
+        }
+        let mut by_calls = MemoryReader::new();
+        by_calls.set_readable(vec![(start, end)]);
+        let mut copying = MemoryReader::new();
+        copying.set_readable(vec![(start, end)]);
+        copying.copy_directly_within(vec![(start, end)]);
+        if copying.direct.is_empty() {
+            eprintln!("skipped: /proc/self/pagemap cannot be read here");
+            return;
+        }
+        let mut expected = vec![1u8; PAGES * PAGE];
+        let mut copied = vec![2u8; PAGES * PAGE];
+        // Copied first: reading by system call maps the zero page where nothing was.
+        assert_eq!(copying.read_uncached(start, &mut copied), PAGES * PAGE);
+        assert_eq!(by_calls.read_uncached(start, &mut expected), PAGES * PAGE);
+        assert!(expected == copied);
+        assert_eq!(copied[5 * PAGE + 100], 9);
+        assert_eq!(copied.iter().filter(|&&byte| byte != 0).count(), 3);
+        // Only the three pages written were copied; the rest has nothing behind it.
+        assert_eq!(copying.copied_directly, 3 * PAGE as u64);
+        // Small reads and a read across the end of the direct range.
+        assert_eq!(copying.word(start + 5 * PAGE as u64 + 96), Some(9 << 32));
+        let mut across = [3u8; 64];
+        copying.set_readable(vec![(start, end + PAGE as u64)]);
+        copying.copy_directly_within(vec![(start, end - 32)]);
+        assert_eq!(copying.read_uncached(end - 64, &mut across), 64);
+        assert!(across.iter().all(|&byte| byte == 0));
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(start as *mut libc::c_void, PAGES * PAGE) };
+    }
+
+    #[test]
+    fn a_guard_page_or_an_unmapped_one_is_never_copied() {
+        const GUARD_INSTALL: libc::c_int = 102; // MADV_GUARD_INSTALL, Linux 6.13
+        let start = anonymous_pages(4);
+        for page in 0..4 {
+            write_byte(start + (page * PAGE) as u64, 1 + page as u8);
+        }
+        let page = |n: u64| start + n * PAGE as u64;
+        // SAFETY: pages of the mapping made above.
+        let guarded = unsafe { libc::madvise(page(1) as *mut libc::c_void, PAGE, GUARD_INSTALL) } == 0;
+        // SAFETY: as above; nothing refers to the page.
+        unsafe { libc::munmap(page(3) as *mut libc::c_void, PAGE) };
+        let mut memory = MemoryReader::new();
+        // As the scan began: all four pages readable.
+        memory.set_readable(vec![(start, page(4))]);
+        memory.copy_directly_within(vec![(start, page(4))]);
+        if memory.direct.is_empty() {
+            eprintln!("skipped: /proc/self/pagemap cannot be read here");
+            return;
+        }
+        let mut bytes = vec![0u8; 4 * PAGE];
+        let read = memory.read_uncached(start, &mut bytes);
+        if guarded {
+            assert_eq!(read, PAGE, "stops at the guard page");
+        } else {
+            eprintln!("no guard page on this kernel (before 6.13): only the unmapped page is tried");
+            assert_eq!(read, 3 * PAGE);
+            assert_eq!(bytes[2 * PAGE], 3);
+        }
+        assert_eq!(bytes[0], 1);
+        let mut last = [9u8; 16];
+        assert_eq!(
+            memory.read_uncached(page(3), &mut last),
+            16,
+            "unmapped: nothing behind it"
+        );
+        assert_eq!(last, [0; 16]);
+        // SAFETY: the pages of the mapping still mapped.
+        unsafe { libc::munmap(start as *mut libc::c_void, 3 * PAGE) };
+    }
 }

@@ -15,7 +15,8 @@
 //! - `slots`: the per-thread event batches the collector can drain;
 //! - `python_raw`: CPython's symbols and raw reads of its thread states, frames, code objects;
 //! - `buffer`: uninitialised fixed-size word buffers, zeroed tables, and a write prefetch;
-//! - `memory`: reading our own memory safely while other threads may unmap it (exit scan);
+//! - `memory`: reading our own memory safely while other threads may unmap it, and copying it
+//!   directly when none can (exit scan);
 //! - `pagemap`: which heap pages a forked child wrote to since the fork (its exit scan);
 //! - `signals`: telling a signal handler's allocator calls from libleak's own.
 //!

@@ -9,7 +9,8 @@
 //! them (`CONFIG_MEM_SOFT_DIRTY`), and clearing them is a write to the whole process.
 //!
 //! Reads the file once per scan, for the given address ranges, into a bitmap; never touches
-//! the pages themselves.
+//! the pages themselves. Also answers, page by page, whether memory is there at all
+//! ([`PageState`]), for the exit scan's direct reads.
 //!
 //! Also tells which pages of an anonymous mapping hold anything ([`populated_runs`]): one
 //! never touched is zeros when read, and an allocator's reserved address space (jemalloc's
@@ -26,6 +27,54 @@ const SWAPPED: u64 = 1 << 62;
 const EXCLUSIVE: u64 = 1 << 56;
 /// Entries read per system call: 4 MiB of entries, 2 GiB of address space.
 const ENTRIES_PER_READ: usize = 1 << 19;
+
+/// Reads the entries of `entries.len()` pages from `first_page` (a page number) on: how many
+/// were read (0: none could be). Allocates nothing.
+pub fn read_entries(pagemap: &File, first_page: u64, entries: &mut [u64]) -> usize {
+    let mut bytes = [0u8; 4096];
+    let mut done = 0;
+    while done < entries.len() {
+        let wanted = (entries.len() - done).min(bytes.len() / 8);
+        let offset = first_page.saturating_add(done as u64).saturating_mul(8);
+        let read = match pagemap.read_at(&mut bytes[..wanted * 8], offset) {
+            Ok(read) => read / 8,
+            Err(_) => 0,
+        };
+        for (entry, chunk) in entries[done..done + read].iter_mut().zip(bytes.chunks_exact(8)) {
+            *entry = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
+        }
+        done += read;
+        if read < wanted {
+            break;
+        }
+    }
+    done
+}
+
+/// What a page's pagemap entry says is behind it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PageState {
+    /// A page in memory: reading it cannot fault.
+    InMemory,
+    /// No page and no swap entry: an anonymous page never touched (or discarded) reads as
+    /// zeros.
+    Empty,
+    /// A swap entry: swapped out, or a migration, poison or guard marker, which the kernel
+    /// reads or refuses.
+    Elsewhere,
+}
+
+impl PageState {
+    pub fn of(entry: u64) -> PageState {
+        if entry & PRESENT != 0 {
+            PageState::InMemory
+        } else if entry & SWAPPED != 0 {
+            PageState::Elsewhere
+        } else {
+            PageState::Empty
+        }
+    }
+}
 
 /// Per page of some address ranges: written since the fork (see the module's doc).
 pub struct WrittenPages {

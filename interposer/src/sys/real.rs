@@ -244,6 +244,16 @@ const MAPPED_FROM: usize = 64 * 1024;
 const PAGE: usize = 4096;
 const MAPPING_SLOTS: usize = 4096;
 
+/// How many blocks libleak has given back (to the real allocator or by unmapping): either can
+/// unmap memory, so what a reader learnt about which pages are mapped holds only while this
+/// count stays the same.
+static BLOCKS_GIVEN_BACK: AtomicUsize = AtomicUsize::new(0);
+
+/// See [`BLOCKS_GIVEN_BACK`].
+pub fn blocks_given_back() -> usize {
+    BLOCKS_GIVEN_BACK.load(Ordering::Acquire)
+}
+
 /// Start and length of each live direct mapping; start 0 marks a free slot.
 static MAPPINGS: [(AtomicUsize, AtomicUsize); MAPPING_SLOTS] =
     [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; MAPPING_SLOTS];
@@ -352,6 +362,7 @@ unsafe impl GlobalAlloc for RealAllocator {
         if bootstrap::owns(ptr as *const c_void) {
             return;
         }
+        BLOCKS_GIVEN_BACK.fetch_add(1, Ordering::AcqRel);
         if layout.size() >= MAPPED_FROM && unmap_block(ptr) {
             return;
         }
