@@ -372,11 +372,13 @@ fn children_of_a_large_parent_record_only_their_own_work() {
         assert_eq!(child["totals"]["unmatched_frees"], 0, "{:#}", child["totals"]);
         let own = 1001 * (number as u64 + 1);
         assert_leak(child, "child_leak", BIG, line_of(BIG, "@child_leak"), own, 1);
+        // Named only by a page the child never wrote to: lost.
+        assert_leak(child, "reborn_leak", BIG, line_of(BIG, "@reborn_leak"), 999, 1);
         assert!(
             leaks_in(child, "kept").is_empty(),
             "kept through the parent's blocks: {child:#}"
         );
-        assert_eq!(child["leaks"].as_array().unwrap().len(), 1, "{child:#}");
+        assert_eq!(child["leaks"].as_array().unwrap().len(), 2, "{child:#}");
         // Its own blocks judged; the inherited ones left to the parent, only those on pages
         // written since the fork read.
         let scan = &child["reachability"];
@@ -448,7 +450,8 @@ fn children_of_a_large_parent_record_only_their_own_work() {
     let (path, _) = children[1];
     let alone = report_json(path);
     assert_leak(&alone, "child_leak", BIG, line_of(BIG, "@child_leak"), 2002, 1);
-    assert_eq!(alone["leaks"].as_array().unwrap().len(), 1, "{alone:#}");
+    assert_leak(&alone, "reborn_leak", BIG, line_of(BIG, "@reborn_leak"), 999, 1);
+    assert_eq!(alone["leaks"].as_array().unwrap().len(), 2, "{alone:#}");
     assert_eq!(alone["fork"]["inherited_read"], false);
     let why = alone["fork"]["inherited_unknown"].as_str().unwrap();
     assert!(why.contains("cannot be opened"), "{why}");

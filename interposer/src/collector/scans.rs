@@ -55,6 +55,7 @@ impl Collector {
         if inheritance.is_none() {
             self.for_each_inherited(|address, block| blocks.push((address, block.size)));
         }
+        let judged_allocated_since_fork = inheritance.is_some();
         let inheritance = inheritance.unwrap_or_default();
         let scanned = inheritance.read.len() as u64;
         let stale_references = self.stale_references();
@@ -75,6 +76,7 @@ impl Collector {
             python: crate::python::gc::objects(),
             namer: name_holders.then(crate::python::holders::namer).flatten(),
             time_limit: time_limit.saturating_sub(gathering),
+            judged_allocated_since_fork,
             pages_shared: !self.inherited.is_empty() || self.parked_since_start,
             survived_collection,
             stale_references: StaleWords {

@@ -20,6 +20,7 @@ mod paths;
 pub mod roots;
 mod sort;
 mod stale;
+mod stand_in;
 mod structure;
 
 use std::cell::{Cell, RefCell};
@@ -89,6 +90,10 @@ pub struct ScanInput<'a> {
     /// Set to name the holders of reachable blocks (the scan at Python's finalisation).
     pub namer: Option<Namer>,
     pub time_limit: Duration,
+    /// Every block judged was allocated since this process was forked, and it has not forked
+    /// since: memory it has not written to since the fork holds what it held then, nothing
+    /// that points into one, so roots are read only on pages written since.
+    pub judged_allocated_since_fork: bool,
     /// The process forked or was forked (see [`crate::sys::memory::MemoryReader::keep_pages_shared`]).
     pub pages_shared: bool,
     /// Blocks (addresses among `blocks`, oldest first) that were garbage awaiting collection
@@ -105,8 +110,10 @@ pub struct ScanInput<'a> {
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
     let mut memory = roots::reader(input.pages_shared, input.exiting.as_ref().map(|thread| thread.tid));
-    let mut blocks = Blocks::new(input.blocks);
-    let stand_in = blocks.marked(&input.stand_in_roots);
+    let (judged_and_stand_ins, stand_in_roots) =
+        stand_in::without_idle_stand_ins(input.blocks, &input.stand_in_roots, &mut memory);
+    let mut blocks = Blocks::new(judged_and_stand_ins);
+    let stand_in = blocks.marked(&stand_in_roots);
     let survived_collection = blocks.indices_of(&input.survived_collection);
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
@@ -280,13 +287,18 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     summary.immortal_objects = immortal.len() as u64;
 
     let maps = roots::read_maps();
-    let roots = roots::collect(
+    let mut roots = roots::collect(
         &maps,
         input.modules,
         input.own_module,
         input.exiting.as_ref(),
         &mut memory,
     );
+    if input.judged_allocated_since_fork {
+        if let Some(written) = crate::sys::pagemap::written_parts(&roots.ranges) {
+            roots.ranges = written;
+        }
+    }
     summary.root_bytes = roots.bytes();
     summary.threads = roots.threads;
     summary.threads_unknown = roots.threads_unknown;

@@ -196,6 +196,24 @@ impl WrittenPages {
     }
 }
 
+/// The parts of `ranges` on pages written since the fork (see the module's doc), in address
+/// order; `None` when that cannot be told.
+pub fn written_parts(ranges: &[(u64, u64)]) -> Option<Vec<(u64, u64)>> {
+    let pages = WrittenPages::read(ranges)?;
+    let runs: Vec<(u64, u64)> = pages.written_runs().collect();
+    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|(start, end)| end > start).collect();
+    sorted.sort_unstable();
+    let mut parts = Vec::new();
+    for (start, end) in sorted {
+        let mut at = runs.partition_point(|&(_, run_end)| run_end <= start);
+        while let Some(&(run_start, run_end)) = runs.get(at).filter(|(run_start, _)| *run_start < end) {
+            parts.push((start.max(run_start), end.min(run_end)));
+            at += 1;
+        }
+    }
+    Some(parts)
+}
+
 /// The runs of pages of `[start, end)` (page-aligned) that are present or swapped out, as
 /// `[start, end)` byte addresses in address order; `None` when `/proc/self/pagemap` cannot be
 /// read. In a private anonymous mapping every other page reads as zeros.
