@@ -15,6 +15,7 @@
 
 mod blocks;
 mod index;
+mod input;
 mod marker;
 mod paths;
 pub mod roots;
@@ -25,15 +26,14 @@ mod structure;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use libleak_format::{BlockClass, BlockHolder, Holder, LostBlock, Module, Reachability, ScanOutcome};
+use libleak_format::{BlockClass, BlockHolder, Holder, LostBlock, Reachability, ScanOutcome};
 
 use crate::python::frame_locals;
-use crate::python::gc::GcObjects;
-use crate::python::holders::Namer;
 use crate::segments::SegmentIndex;
 use blocks::{native_layout, next_chunk, Blocks, Pointer};
+pub use input::ScanInput;
 use marker::{Marker, POSSIBLY, REACHABLE, UNREACHED};
 use paths::{name_steps, PathFacts, Steps};
 pub use roots::ExitingThread;
@@ -75,36 +75,6 @@ pub struct Holders {
     pub blocks: Vec<BlockHolder>,
     /// The names of the steps of retention paths: step `id` is at index `id - 1`.
     pub steps: Vec<String>,
-}
-
-pub struct ScanInput<'a> {
-    /// (address, size) of every block live at exit.
-    pub blocks: Vec<(u64, u64)>,
-    /// Blocks (addresses among `blocks`) read as roots: reachable whatever points to them,
-    /// and never judged (a forked child's inherited blocks on pages it wrote to).
-    pub stand_in_roots: Vec<u64>,
-    pub modules: &'a [Module],
-    pub own_module: Option<&'a Module>,
-    pub exiting: Option<ExitingThread>,
-    pub python: Option<GcObjects>,
-    /// Set to name the holders of reachable blocks (the scan at Python's finalisation).
-    pub namer: Option<Namer>,
-    pub time_limit: Duration,
-    /// Every block judged was allocated since this process was forked, and it has not forked
-    /// since: memory it has not written to since the fork holds what it held then, nothing
-    /// that points into one, so roots are read only on pages written since.
-    pub judged_allocated_since_fork: bool,
-    /// The process forked or was forked (see [`crate::sys::memory::MemoryReader::keep_pages_shared`]).
-    pub pages_shared: bool,
-    /// Blocks (addresses among `blocks`, oldest first) that were garbage awaiting collection
-    /// when CPython's finalisation began, and outlived the collections finalisation runs:
-    /// the collector cannot free them (see [`structure::structures`]).
-    pub survived_collection: Vec<u64>,
-    /// Free-list slots that still name an object CPython handed out again, and words of the
-    /// interpreter's static data left pointing into freed blocks: no references (see [`stale`]).
-    pub stale_references: StaleWords,
-    /// The sequence number of the block live at an address (`u64::MAX`: unknown).
-    pub age: &'a dyn Fn(u64) -> u64,
 }
 
 pub fn scan(input: ScanInput<'_>) -> ScanResult {
