@@ -27,7 +27,8 @@
 //!   allocated itself, leaving the inherited ones to its parent's trace and reading only those
 //!   on pages it wrote to since the fork (as roots): its exit then costs what its own work
 //!   costs, not what its parent holds. Default: `all` for a child that inherited up to
-//!   100,000 blocks (a few tens of milliseconds of scan), `own` past that.
+//!   10,000 blocks (a small C program's heap: a few milliseconds of scan), `own` past that
+//!   (every CPython child: the interpreter holds some 35,000 blocks once started).
 //! - `LIBLEAK_QUIET=1`: say nothing on stderr at exit (the "trace written to" line a terminal
 //!   otherwise gets).
 //! - `LIBLEAK_CHECK_UNWIND=N`: also unwind every Nth allocation with libgcc's unwinder and
@@ -76,9 +77,10 @@ pub enum ChildScan {
 }
 
 impl ChildScan {
-    /// Inherited blocks a child judges by default: judging them means reading them all, about
-    /// 0.3 µs each.
-    pub const ALL_UP_TO: u64 = 100_000;
+    /// Inherited blocks a child judges by default: judging them means reading and flooding
+    /// them all, about 0.9 µs each (a pool worker of a small Python program: 38,600 blocks,
+    /// 36 ms of its exit, against 12 ms judging its own).
+    pub const ALL_UP_TO: u64 = 10_000;
 
     /// Whether a child that inherited `blocks` (still live) judges them.
     pub fn judges_inherited(self, blocks: u64) -> bool {
