@@ -310,7 +310,15 @@ impl Collector {
                 None => self.next_message(last_message),
             };
             match message {
-                Ok(Message::Finish(ending)) => return Stopped::Finished(self.finish(ending)),
+                Ok(Message::Finish(ending)) => {
+                    let result = self.finish(ending);
+                    // The process is ending (exit, _exit, abort, exec): giving the tables back
+                    // would first write to every page of them (libleak scrubs what it frees),
+                    // which in a fork child copies the pages it still shares with its parent.
+                    // An exec that fails leaves them behind, in a process no longer recorded.
+                    std::mem::forget(self);
+                    return Stopped::Finished(result);
+                }
                 Ok(Message::Park) => {
                     // A fork follows: the pages this process wrote are shared again with the
                     // new child (see `inheritance.rs`).

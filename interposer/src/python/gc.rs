@@ -29,8 +29,11 @@ const MAX_METATYPE_DEPTH: usize = 4;
 /// Entries of the cache of answers about candidate types (a power of two). Every block
 /// offers a few candidates, most of them no type at all (a string's hash, a pointer to an
 /// item), so the answers are kept in a direct-mapped table: a map of all of them grew to
-/// millions of entries and took a fifth of the scan of a large heap.
+/// millions of entries and took a fifth of the scan of a large heap. Sized to the blocks
+/// scanned (see [`GcObjects::fit_type_cache`]), up to this many bits.
 const TYPE_CACHE_BITS: u32 = 14;
+/// The fewest bits of that cache.
+const TYPE_CACHE_MIN_BITS: u32 = 8;
 
 #[derive(Clone, Copy)]
 struct TypeInfo {
@@ -78,11 +81,20 @@ pub struct GcObjects {
     preheader_flags: u64,
     has_immortal_objects: bool,
     dict_values_prefix: bool,
-    /// Direct-mapped by address: (address, what it is); address 0 for none.
+    /// Direct-mapped by address: (address, what it is); address 0 for none. `1 <<
+    /// type_cache_bits` entries, or none before [`GcObjects::fit_type_cache`].
     types: Vec<(u64, Option<TypeInfo>)>,
+    type_cache_bits: u32,
 }
 
 impl GcObjects {
+    /// Sizes the cache of answers about candidate types to a scan of `blocks` blocks: a fork
+    /// child judging 60 blocks zeroed half a megabyte for it.
+    pub fn fit_type_cache(&mut self, blocks: usize) {
+        self.type_cache_bits = (usize::BITS - blocks.leading_zeros()).clamp(TYPE_CACHE_MIN_BITS, TYPE_CACHE_BITS);
+        self.types = vec![(0, None); 1 << self.type_cache_bits];
+    }
+
     /// The Python object a block holds, if it holds one.
     /// `is_address` tells words that are addresses (of live blocks, of loaded modules) from
     /// others: such a word is no reference count.
@@ -251,7 +263,7 @@ impl GcObjects {
         if address == 0 || !address.is_multiple_of(8) || depth == 0 {
             return None;
         }
-        let slot = (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - TYPE_CACHE_BITS)) as usize;
+        let slot = (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.type_cache_bits)) as usize;
         if let Some(&(known, info)) = self.types.get(slot) {
             if known == address {
                 return info;
@@ -307,7 +319,8 @@ pub fn objects() -> Option<GcObjects> {
         preheader_flags: interpreter.layout.gc_preheader_flags,
         has_immortal_objects: interpreter.layout.has_immortal_objects,
         dict_values_prefix: interpreter.layout.dict_values_prefix,
-        types: vec![(0, None); 1 << TYPE_CACHE_BITS],
+        types: Vec::new(),
+        type_cache_bits: TYPE_CACHE_BITS,
     })
 }
 
@@ -328,6 +341,7 @@ mod tests {
             has_immortal_objects: false,
             dict_values_prefix: false,
             types: vec![(0, None); 1 << TYPE_CACHE_BITS],
+            type_cache_bits: TYPE_CACHE_BITS,
         }
     }
 

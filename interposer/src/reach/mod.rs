@@ -107,6 +107,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let mut type_addresses: Vec<u64> = Vec::new();
     let mut dead_links: Vec<u32> = Vec::new();
     if let Some(mut python) = input.python {
+        python.fit_type_cache(blocks.addresses.len());
         let count = blocks.addresses.len();
         let mut module_objects = Vec::new();
         object_types = vec![0; count];

@@ -177,8 +177,10 @@ impl MemoryReader {
     }
 
     fn load_window(&mut self, start: u64, len: usize) {
+        // Grown to the largest read asked for, not to MAX_WINDOW at once: zeroing a megabyte
+        // cost a fork child judging a few blocks more than its scan.
         if self.window.len() < len {
-            self.window.resize(len.max(MAX_WINDOW), 0);
+            self.window.resize(len.next_multiple_of(PAGE), 0);
         }
         let mut window = std::mem::take(&mut self.window);
         let read = self.read_uncached(start, &mut window[..len]);
