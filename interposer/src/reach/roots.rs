@@ -286,7 +286,8 @@ pub fn writable_segments(module: &Module) -> impl Iterator<Item = (u64, u64)> + 
 /// A reader of the memory readable now (see [`MemoryReader::keep_pages_shared`] for
 /// `pages_shared`). When `waiting` (the thread that asked for the scan and waits for it) is
 /// the program's only thread left, none can unmap anything while the scan runs: reads
-/// within private anonymous mappings then copy the memory directly.
+/// within private anonymous mappings (but libleak's own and those with a protection key)
+/// then copy the memory directly.
 pub(super) fn reader(pages_shared: bool, waiting: Option<u32>) -> MemoryReader {
     let mut memory = MemoryReader::new();
     memory.keep_pages_shared(pages_shared);
@@ -297,13 +298,21 @@ pub(super) fn reader(pages_shared: bool, waiting: Option<u32>) -> MemoryReader {
             .map(|m| (m.start, m.end))
             .collect(),
     );
-    if waiting.is_some_and(program_stopped) {
-        let own = crate::sys::real::own_mappings();
+    // libleak's own mappings may be unmapped during the scan, and a page with a protection key
+    // may not be readable by this thread.
+    let excluded = waiting
+        .filter(|&tid| program_stopped(tid))
+        .and_then(|_| crate::sys::protection_keys::keyed_mappings())
+        .map(|mut keyed| {
+            keyed.extend(crate::sys::real::own_mappings());
+            keyed
+        });
+    if let Some(excluded) = excluded {
         memory.copy_directly_within(
             maps.iter()
                 .filter(|m| m.perms[0] == b'r' && m.perms[3] == b'p')
                 .filter(|m| m.anonymous() || m.path == "[heap]" || m.path == "[stack]")
-                .flat_map(|m| without_excluded(&own, m.start, m.end))
+                .flat_map(|m| without_excluded(&excluded, m.start, m.end))
                 .collect(),
         );
     }

@@ -66,5 +66,9 @@ pub fn scan_now() {
         while !DONE.load(Ordering::Acquire) && Instant::now() < deadline && state::is_recording() {
             sys::sleep_us(200);
         }
+        if !DONE.load(Ordering::Acquire) {
+            // The program goes on finalising (freeing, unmapping) while the scan may still read.
+            sys::memory::refuse_copies();
+        }
     });
 }

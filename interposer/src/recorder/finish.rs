@@ -121,6 +121,10 @@ fn wait_for_collector() {
     while !FINISHED.load(Ordering::Acquire) && Instant::now() < deadline {
         sys::sleep_ms(1);
     }
+    if !FINISHED.load(Ordering::Acquire) {
+        // The program goes on exiting (destructors, unmapping) while the scan may still read.
+        sys::memory::refuse_copies();
+    }
 }
 
 /// Only on a terminal: programs (and their tests) that capture a child's stderr must see

@@ -36,6 +36,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::pagemap::PageState;
 
@@ -78,6 +79,23 @@ pub struct MemoryReader {
     pagemap_span: (u64, usize, Vec<u64>),
 }
 
+/// Set for good when a thread that waited for a scan stopped waiting (its time ran out): the
+/// program runs again, so no reader copies memory any more (see [`refuse_copies`]).
+static COPIES_REFUSED: AtomicBool = AtomicBool::new(false);
+/// A reader is copying a page.
+static COPYING: AtomicBool = AtomicBool::new(false);
+
+/// Called by a thread that waited for a scan and gives up waiting, before it returns to the
+/// program: from then on readers read by system call, and this returns once no copy is
+/// under way (a copy is one page). Either the reader sees the refusal before it copies, or
+/// this sees its copy and waits for it to end.
+pub fn refuse_copies() {
+    COPIES_REFUSED.store(true, Ordering::SeqCst);
+    while COPYING.load(Ordering::SeqCst) {
+        std::hint::spin_loop();
+    }
+}
+
 /// Pagemap entries read at once for the direct copies: 256 KiB of address space.
 const PAGEMAP_SPAN: usize = 64;
 /// Pagemap entries read again around a page when libleak gave a block back since.
@@ -110,6 +128,9 @@ impl MemoryReader {
     /// the memory directly. Only for a caller that knows no thread of the program can run
     /// until the reader is dropped: none could unmap or protect those mappings meanwhile.
     pub fn copy_directly_within(&mut self, ranges: Vec<(u64, u64)>) {
+        if COPIES_REFUSED.load(Ordering::SeqCst) {
+            return;
+        }
         self.pagemap = File::open("/proc/self/pagemap").ok();
         self.direct = match self.pagemap {
             Some(_) => super::maps::merged_ranges(ranges),
@@ -273,7 +294,13 @@ impl MemoryReader {
             let read = match self.direct_range_at(at) {
                 (Some(end), _) => {
                     let piece = rest.min(usize::try_from(end - at).unwrap_or(usize::MAX));
-                    self.copy_present(at, &mut out[filled..filled + piece])
+                    let read = self.copy_present(at, &mut out[filled..filled + piece]);
+                    if read < piece && self.direct.is_empty() {
+                        // Copying stopped (pagemap unreadable, or refused): the rest by system call.
+                        filled += read;
+                        continue;
+                    }
+                    read
                 }
                 (None, next) => {
                     let piece = next.map_or(rest, |next| rest.min(usize::try_from(next - at).unwrap_or(usize::MAX)));
@@ -333,13 +360,21 @@ impl MemoryReader {
             let piece = &mut out[copied..copied + piece_len];
             match self.page_state(at / PAGE as u64) {
                 Some(PageState::InMemory) => {
+                    COPYING.store(true, Ordering::SeqCst);
+                    if COPIES_REFUSED.load(Ordering::SeqCst) {
+                        COPYING.store(false, Ordering::SeqCst);
+                        self.direct.clear();
+                        return copied;
+                    }
                     // SAFETY: `[at, at + piece.len())` lies in one page of a private anonymous
                     // mapping that was readable when the scan began, and the page is in memory
                     // (pagemap, read since libleak last gave a block back); no thread of the
-                    // program runs (see `copy_directly_within`) and this thread unmaps nothing
-                    // but in giving blocks back, so it is still mapped and readable. `piece` is
-                    // ours and does not overlap it.
+                    // program runs (see `copy_directly_within`: the one that waits has not
+                    // given up, or COPIES_REFUSED would be set and it would wait for this copy)
+                    // and this thread unmaps nothing but in giving blocks back, so it is still
+                    // mapped and readable. `piece` is ours and does not overlap it.
                     unsafe { std::ptr::copy_nonoverlapping(at as *const u8, piece.as_mut_ptr(), piece.len()) };
+                    COPYING.store(false, Ordering::SeqCst);
                     self.copied_directly += piece_len as u64;
                 }
                 Some(PageState::Empty) => piece.fill(0),

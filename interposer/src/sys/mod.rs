@@ -18,6 +18,7 @@
 //! - `memory`: reading our own memory safely while other threads may unmap it, and copying it
 //!   directly when none can (exit scan);
 //! - `pagemap`: which heap pages a forked child wrote to since the fork (its exit scan);
+//! - `protection_keys`: which mappings carry a memory protection key (a plain read may fault);
 //! - `signals`: telling a signal handler's allocator calls from libleak's own.
 //!
 //! Nothing here may allocate through the hooks, panic, or take a lock that the traced
@@ -33,6 +34,7 @@ pub mod loader;
 pub mod maps;
 pub mod memory;
 pub mod pagemap;
+pub mod protection_keys;
 pub mod python_raw;
 pub mod real;
 pub mod signals;

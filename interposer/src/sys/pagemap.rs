@@ -196,15 +196,14 @@ impl WrittenPages {
     }
 }
 
-/// The parts of `ranges` on pages written since the fork (see the module's doc), in address
-/// order; `None` when that cannot be told.
+/// The parts of `ranges` on pages written since the fork (see the module's doc), in the order
+/// of `ranges` (a scan's roots come in the order their holders are named); `None` when that
+/// cannot be told.
 pub fn written_parts(ranges: &[(u64, u64)]) -> Option<Vec<(u64, u64)>> {
     let pages = WrittenPages::read(ranges)?;
     let runs: Vec<(u64, u64)> = pages.written_runs().collect();
-    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|(start, end)| end > start).collect();
-    sorted.sort_unstable();
     let mut parts = Vec::new();
-    for (start, end) in sorted {
+    for &(start, end) in ranges.iter().filter(|(start, end)| end > start) {
         let mut at = runs.partition_point(|&(_, run_end)| run_end <= start);
         while let Some(&(run_start, run_end)) = runs.get(at).filter(|(run_start, _)| *run_start < end) {
             parts.push((start.max(run_start), end.min(run_end)));
@@ -276,6 +275,24 @@ mod tests {
         assert!(pages.written >= 60, "{}", pages.written);
         // Outside the ranges read: counted as written.
         assert!(pages.any_written(end + (1 << 20), end + (1 << 20) + 8));
+    }
+
+    #[test]
+    fn written_parts_keep_the_order_of_the_ranges_and_cut_them_at_pages() {
+        // Our own pages, all written: each range whole, in the order given.
+        let memory = vec![1u8; 16 * PAGE as usize];
+        let start = (memory.as_ptr() as u64).next_multiple_of(PAGE);
+        let ranges = [
+            (start + 3 * PAGE + 8, start + 5 * PAGE),
+            (start + 100, start + 200),
+            (start, start),
+        ];
+        let Some(parts) = super::written_parts(&ranges) else {
+            eprintln!("skipped: /proc/self/pagemap cannot be read here");
+            return;
+        };
+        assert_eq!(parts, ranges[..2].to_vec());
+        std::hint::black_box(&memory);
     }
 
     #[test]

@@ -244,14 +244,20 @@ const MAPPED_FROM: usize = 64 * 1024;
 const PAGE: usize = 4096;
 const MAPPING_SLOTS: usize = 4096;
 
-/// How many blocks libleak has given back (to the real allocator or by unmapping): either can
-/// unmap memory, so what a reader learnt about which pages are mapped holds only while this
-/// count stays the same.
+/// How many blocks libleak has given back (to the real allocator or by unmapping), its own
+/// and those libc frees for it (a directory listing's buffer): either can unmap memory, so
+/// what a reader learnt about which pages are mapped holds only while this count stays the
+/// same.
 static BLOCKS_GIVEN_BACK: AtomicUsize = AtomicUsize::new(0);
 
 /// See [`BLOCKS_GIVEN_BACK`].
 pub fn blocks_given_back() -> usize {
     BLOCKS_GIVEN_BACK.load(Ordering::Acquire)
+}
+
+/// A block given back outside this allocator (see [`BLOCKS_GIVEN_BACK`]).
+pub fn note_given_back() {
+    BLOCKS_GIVEN_BACK.fetch_add(1, Ordering::AcqRel);
 }
 
 /// Start and length of each live direct mapping; start 0 marks a free slot.
