@@ -192,6 +192,37 @@ fn a_cached_thread_stack_is_no_root_but_memory_above_a_reservation_is() {
     );
 }
 
+/// The exit scan of a program whose only thread waits for it copies memory directly; a guard
+/// page (Linux 6.13+) in the middle of a mapping that holds the only pointers to two blocks is
+/// read around, never copied: the program exits as it would, both blocks are reachable, the
+/// dropped one is lost. (A plain copy of that page faults.)
+#[test]
+fn a_guard_page_in_a_root_is_read_around() {
+    let scratch = Scratch::new("guarded");
+    let (report, trace, output) = traced_c_fixture(&scratch, "guarded");
+    if output != "guarded\n" {
+        eprintln!(
+            "no guard page on this kernel: the mapping is read whole ({})",
+            output.trim()
+        );
+    }
+    let line = |marker: &str| line_of("reach/guarded.c", marker);
+    assert_eq!(
+        amounts(row_at(&report, "dropped", line("@dropped"))),
+        ("definitely-lost", 7777, 1)
+    );
+    assert_eq!(rows(&report).len(), 1, "{report:#}");
+    let all = report_json_with(&trace, &["--show-reachable"]);
+    assert_eq!(
+        amounts(row_at(&all, "kept_before", line("@before"))),
+        ("reachable", 5555, 1)
+    );
+    assert_eq!(
+        amounts(row_at(&all, "kept_after", line("@after"))),
+        ("reachable", 6666, 1)
+    );
+}
+
 /// A lost cycle of C blocks with no source is led by its oldest block, not by the one at the
 /// lowest address: the same program makes the same row run after run (helper-28's pygit2
 /// repository cycle came out under 1 to 6 rows, led by different sites).
