@@ -34,8 +34,8 @@ const WALK_BYTES_PER_INHERITED_BLOCK: u64 = 32;
 pub(super) struct Inheritance {
     /// Inherited blocks still live: none judged.
     pub(super) unjudged: u64,
-    /// The addresses of those to read as roots, on pages written since the fork.
-    pub(super) read: Vec<u64>,
+    /// Those to read as roots, on pages written since the fork: (address, size).
+    pub(super) read: Vec<(u64, u64)>,
 }
 
 /// The private writable anonymous mappings of the process: where heap blocks lie (never in a
@@ -129,10 +129,9 @@ impl Collector {
         totals
     }
 
-    /// Adds to `blocks` the inherited blocks the exit scan must read as roots (see the
-    /// module's doc); `None` when the written pages cannot be known (then every block must
-    /// be judged).
-    pub(super) fn inheritance_to_read(&self, blocks: &mut Vec<(u64, u64)>) -> Option<Inheritance> {
+    /// The inherited blocks the exit scan must read as roots (see the module's doc); `None`
+    /// when the written pages cannot be known (then every block must be judged).
+    pub(super) fn inheritance_to_read(&self) -> Option<Inheritance> {
         // A page is told written by being this process's alone: once it forked, what it wrote
         // before is shared with its own child again.
         if self.fork_ranges.is_empty() || self.parked_since_start {
@@ -156,8 +155,7 @@ impl Collector {
         if inheritance.unjudged.saturating_mul(WALK_BYTES_PER_INHERITED_BLOCK) < pages.written * PAGE {
             self.for_each_inherited(|address, block| {
                 if pages.any_written(address, address + block.size.max(1)) {
-                    blocks.push((address, block.size));
-                    inheritance.read.push(address);
+                    inheritance.read.push((address, block.size));
                 }
             });
             return Some(inheritance);
@@ -176,10 +174,9 @@ impl Collector {
         large.sort_unstable_by_key(|&(address, _)| address);
         large.dedup_by_key(|&mut (address, _)| address);
         let mut found: HashSet<u64, BuildHasherDefault<AddressHasher>> = HashSet::default();
-        let mut add = |address: u64, block: CollectorBlock, read: &mut Vec<u64>| {
+        let mut add = |address: u64, block: CollectorBlock, read: &mut Vec<(u64, u64)>| {
             if found.insert(address) {
-                blocks.push((address, block.size));
-                read.push(address);
+                read.push((address, block.size));
             }
         };
         for &(address, block) in &large {

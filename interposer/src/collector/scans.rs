@@ -50,7 +50,7 @@ impl Collector {
         let inheritance = if judges_inherited {
             None
         } else {
-            self.inheritance_to_read(&mut blocks)
+            self.inheritance_to_read()
         };
         if inheritance.is_none() {
             self.for_each_inherited(|address, block| blocks.push((address, block.size)));

@@ -13,11 +13,11 @@ use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
 
 pub struct ScanInput<'a> {
-    /// (address, size) of every block live at exit.
+    /// (address, size) of every block live at exit that the scan judges.
     pub blocks: Vec<(u64, u64)>,
-    /// Blocks (addresses among `blocks`) read as roots: reachable whatever points to them,
-    /// and never judged (a forked child's inherited blocks on pages it wrote to).
-    pub stand_in_roots: Vec<u64>,
+    /// (address, size) of blocks read as roots, not among `blocks`: reachable whatever points
+    /// to them, and never judged (a forked child's inherited blocks on pages it wrote to).
+    pub stand_in_roots: Vec<(u64, u64)>,
     pub modules: &'a [Module],
     pub own_module: Option<&'a Module>,
     pub exiting: Option<ExitingThread>,

@@ -81,7 +81,7 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
     let mut memory = roots::reader(input.pages_shared, input.exiting.as_ref().map(|thread| thread.tid));
     let (judged_and_stand_ins, stand_in_roots) =
-        stand_in::without_idle_stand_ins(input.blocks, &input.stand_in_roots, &mut memory);
+        stand_in::with_needed_stand_ins(input.blocks, input.stand_in_roots, &mut memory);
     let mut blocks = Blocks::new(judged_and_stand_ins);
     let stand_in = blocks.marked(&stand_in_roots);
     let survived_collection = blocks.indices_of(&input.survived_collection);

@@ -11,37 +11,22 @@
 //!
 //! Must never write to the program's memory: every read goes through the reader.
 
-use std::collections::HashSet;
-
 use super::index::AddressIndex;
 use super::sort;
 use crate::sys::memory::{MemoryReader, MAX_WINDOW};
 
-/// `blocks` less the stand-ins (addresses among them) in which no aligned word points into
-/// a block that is not a stand-in; and the stand-ins kept.
-pub(super) fn without_idle_stand_ins(
-    blocks: Vec<(u64, u64)>,
-    stand_ins: &[u64],
+/// The judged `blocks` with the `stand_ins` (blocks not among them) that hold an aligned word
+/// pointing into a judged block; and the addresses of the stand-ins kept.
+pub(super) fn with_needed_stand_ins(
+    mut judged: Vec<(u64, u64)>,
+    mut stand_ins: Vec<(u64, u64)>,
     memory: &mut MemoryReader,
 ) -> (Vec<(u64, u64)>, Vec<u64>) {
-    if stand_ins.is_empty() {
-        return (blocks, Vec::new());
-    }
-    let stand_in_set: HashSet<u64> = stand_ins.iter().copied().collect();
-    let mut candidates: Vec<(u64, u64)> = Vec::new();
-    let mut judged: Vec<(u64, u64)> = Vec::new();
-    for block in blocks {
-        if stand_in_set.contains(&block.0) {
-            candidates.push(block);
-        } else {
-            judged.push(block);
-        }
-    }
-    if judged.is_empty() {
+    if stand_ins.is_empty() || judged.is_empty() {
         return (judged, Vec::new());
     }
     sort::by_address(&mut judged);
-    sort::by_address(&mut candidates);
+    sort::by_address(&mut stand_ins);
     let addresses: Vec<u64> = judged.iter().map(|&(address, _)| address).collect();
     let end = |i: usize| judged[i].0 + judged[i].1.max(1);
     let index = AddressIndex::new(&addresses, end);
@@ -53,17 +38,15 @@ pub(super) fn without_idle_stand_ins(
                 .last_at_or_below(&addresses, value)
                 .is_some_and(|i| value < end(i))
     };
-    let mut kept = Vec::new();
     // In address order, through the reader's page cache: the stand-ins lie on scattered
     // written pages, and a window would copy the pages between them too.
-    for &(address, size) in &candidates {
-        if holds_any(memory, address, address.saturating_add(size), &points_into_judged) {
-            kept.push(address);
-        }
-    }
-    let kept_set: HashSet<u64> = kept.iter().copied().collect();
-    judged.extend(candidates.into_iter().filter(|(address, _)| kept_set.contains(address)));
-    (judged, kept)
+    let kept: Vec<(u64, u64)> = stand_ins
+        .into_iter()
+        .filter(|&(address, size)| holds_any(memory, address, address.saturating_add(size), &points_into_judged))
+        .collect();
+    let kept_addresses = kept.iter().map(|&(address, _)| address).collect();
+    judged.extend(kept);
+    (judged, kept_addresses)
 }
 
 /// Whether an aligned word of `[start, end)` satisfies `wanted`.
