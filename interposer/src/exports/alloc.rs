@@ -229,8 +229,11 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // Recording or not: a walk's memo of code objects must hear of every freed one.
     python::code_cache::note_free(ptr as usize);
     let Some(hook) = recorder::enter() else {
-        // libleak's own work (or no recording): such a free may unmap memory a scan reads.
-        real::note_given_back();
+        // libleak's own work (or no recording): such a free may unmap memory a scan copying
+        // directly reads.
+        if crate::sys::memory::direct_reader_exists() {
+            real::note_given_back();
+        }
         // SAFETY: forwarding the caller's live block.
         return unsafe { (real.free)(ptr) };
     };
@@ -319,7 +322,9 @@ unsafe fn resize(ptr: *mut c_void, size: usize, kind: AllocKind, caller: Registe
     };
     python::code_cache::note_free(ptr as usize);
     let Some(hook) = recorder::enter() else {
-        real::note_given_back();
+        if crate::sys::memory::direct_reader_exists() {
+            real::note_given_back();
+        }
         // SAFETY: forwarding the caller's arguments.
         return unsafe { (real.realloc)(ptr, size) };
     };

@@ -74,6 +74,8 @@ pub struct MemoryReader {
     pagemap: Option<File>,
     /// Bytes copied straight from memory (see the module's doc).
     pub copied_directly: u64,
+    /// This reader set [`DIRECT_READER`].
+    announced_direct: bool,
     /// Entries of [`PAGEMAP_SPAN`] pages from `.0` on, read when libleak had given back
     /// `.1` blocks (see [`super::real::blocks_given_back`]): valid while that count holds.
     pagemap_span: (u64, usize, Vec<u64>),
@@ -84,6 +86,15 @@ pub struct MemoryReader {
 static COPIES_REFUSED: AtomicBool = AtomicBool::new(false);
 /// A reader is copying a page.
 static COPYING: AtomicBool = AtomicBool::new(false);
+/// A reader that copies memory directly exists (see [`MemoryReader::copy_directly_within`]).
+static DIRECT_READER: AtomicBool = AtomicBool::new(false);
+
+/// Whether a reader that copies memory directly exists: only then do frees made outside
+/// libleak's allocator need counting (see [`super::real::note_given_back`]).
+#[inline]
+pub fn direct_reader_exists() -> bool {
+    DIRECT_READER.load(Ordering::Relaxed)
+}
 
 /// Called by a thread that waited for a scan and gives up waiting, before it returns to the
 /// program: from then on readers read by system call, and this returns once no copy is
@@ -121,6 +132,7 @@ impl MemoryReader {
             pagemap: None,
             pagemap_span: (u64::MAX, 0, Vec::new()),
             copied_directly: 0,
+            announced_direct: false,
         }
     }
 
@@ -131,6 +143,8 @@ impl MemoryReader {
         if COPIES_REFUSED.load(Ordering::SeqCst) {
             return;
         }
+        DIRECT_READER.store(true, Ordering::SeqCst);
+        self.announced_direct = true;
         self.pagemap = File::open("/proc/self/pagemap").ok();
         self.direct = match self.pagemap {
             Some(_) => super::maps::merged_ranges(ranges),
@@ -452,6 +466,14 @@ pub fn copy_own(address: u64, out: &mut [u8]) -> usize {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     vm_readv(pid, address, out).max(0) as usize
+}
+
+impl Drop for MemoryReader {
+    fn drop(&mut self) {
+        if self.announced_direct {
+            DIRECT_READER.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 /// `process_vm_readv` of `out.len()` bytes at `address` of process `pid` (this one) into
