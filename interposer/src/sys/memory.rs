@@ -459,6 +459,53 @@ impl MemoryReader {
     }
 }
 
+/// Reads of this process's memory, uncached (each sees the memory of its moment), that leave
+/// the pages shared with a fork parent or child shared: through `/proc/self/mem`, opened
+/// again in a forked child (the file opened in the parent reads the parent's memory), else
+/// [`copy_own`]. For repeated reads of the same memory over a process's life: each
+/// `process_vm_readv` of a page still shared with another process copies it.
+pub struct OwnMemory {
+    file: Option<File>,
+    /// The process that opened `file` (0: none tried yet).
+    opened_in: libc::pid_t,
+}
+
+impl OwnMemory {
+    pub const fn new() -> OwnMemory {
+        OwnMemory {
+            file: None,
+            opened_in: 0,
+        }
+    }
+
+    /// Fills `out` from `address` onwards: how many leading bytes could be read.
+    pub fn read(&mut self, address: u64, out: &mut [u8]) -> usize {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        if self.opened_in != pid {
+            self.file = File::open("/proc/self/mem").ok();
+            self.opened_in = pid;
+        }
+        let Some(file) = &self.file else {
+            return copy_own(address, out);
+        };
+        let mut filled = 0;
+        while filled < out.len() {
+            match file.read_at(&mut out[filled..], address + filled as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
+            }
+        }
+        filled
+    }
+}
+
+impl Default for OwnMemory {
+    fn default() -> OwnMemory {
+        OwnMemory::new()
+    }
+}
+
 /// Copies `out.len()` bytes of this process's memory at `address` into `out` with one
 /// `process_vm_readv`, which fails on an unmapped page instead of faulting: how many leading
 /// bytes were copied (0 when none could be, or the call is refused).
@@ -501,7 +548,7 @@ pub fn stack_pointer() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{MemoryReader, PAGE};
+    use super::{MemoryReader, OwnMemory, PAGE};
 
     /// `pages` fresh private anonymous pages, never touched.
     fn anonymous_pages(pages: usize) -> u64 {
@@ -602,5 +649,33 @@ mod tests {
         assert_eq!(last, [0; 16]);
         // SAFETY: the pages of the mapping still mapped.
         unsafe { libc::munmap(start as *mut libc::c_void, 3 * PAGE) };
+    }
+
+    /// A forked child reading through the reader its parent used reads its own memory, not
+    /// the parent's (the parent's `/proc/self/mem` names the parent's address space).
+    #[test]
+    fn own_memory_reads_the_childs_memory_after_fork() {
+        let page = anonymous_pages(1);
+        write_byte(page, 1);
+        let mut memory = OwnMemory::new();
+        let mut byte = [0u8; 1];
+        assert_eq!(memory.read(page, &mut byte), 1);
+        assert_eq!(byte[0], 1);
+        // SAFETY: the child only writes a byte of its own, reads, and leaves with `_exit`.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            write_byte(page, 2);
+            let mut seen = [0u8; 1];
+            let read = memory.read(page, &mut seen);
+            // SAFETY: ends the forked child at once, running no destructor of the test harness.
+            unsafe { libc::_exit(if read == 1 { i32::from(seen[0]) } else { 99 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child this test forked.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert_eq!(libc::WEXITSTATUS(status), 2, "the child read its own byte");
+        assert_eq!(memory.read(page, &mut byte), 1);
+        assert_eq!(byte[0], 1, "the parent's memory is unchanged");
     }
 }
