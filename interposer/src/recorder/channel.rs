@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use libleak_format::Stats;
 
-use super::collector_thread::{self, PARKED};
+use super::collector_thread::{self, PARKED, RESUME_ON_FULL_BATCH};
 use super::state;
 use super::stats::{self, PRODUCER_WAITS};
 use super::thread::{ThreadState, EXIT_KEY, THREAD};
@@ -118,6 +118,9 @@ pub fn push_event(t: &ThreadState, write: impl FnOnce(&mut Vec<u64>, u32)) {
     });
     if let Some(full) = full {
         send_batch(full);
+        if PARKED.load(Ordering::Relaxed) && RESUME_ON_FULL_BATCH.load(Ordering::Relaxed) {
+            collector_thread::resume();
+        }
     }
     if PARKED.load(Ordering::Relaxed) {
         collector_thread::resume_if_due();
