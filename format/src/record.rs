@@ -427,7 +427,8 @@ pub struct Reachability {
     /// pages it wrote to since the fork; an inherited block without a class is then not
     /// judged, rather than reachable.
     pub inherited_unjudged: u64,
-    /// Of those, the blocks read as roots: on pages this process wrote to since the fork.
+    /// Of those, the blocks read as roots: each holds, on a page this process wrote to since
+    /// the fork, a word pointing into a block the scan judged.
     pub inherited_scanned: u64,
 }
 

@@ -1,41 +1,37 @@
 //! What a forked child inherited: the live sets of its ancestors at their forks, read without
-//! ever being written, and which of those blocks its exit scan must read.
+//! ever being written, and where its exit scan must look in them.
 //!
 //! A child judges only what it allocated itself; its parent's trace judges the rest. Its own
 //! blocks can be kept only by the roots, by its own blocks, or by inherited memory it wrote to
-//! since the fork: an inherited block on pages it never wrote to holds what it held at the
-//! fork, nothing the child allocated. So the scan reads, as roots, the inherited blocks that
-//! overlap a page written since the fork, found from those pages (`/proc/self/pagemap`, see
-//! [`crate::sys::pagemap`]) by looking up the addresses in and just before each, plus the few
-//! inherited blocks larger than a page: the cost follows what the child wrote, not what its
-//! parent holds. Where the pages cannot be told apart the child judges everything, as
-//! `LIBLEAK_CHILD_SCAN=all` asks.
+//! since the fork: an inherited block holds, on pages the child never wrote to, what it held
+//! at the fork, nothing the child allocated. So the scan reads the pages written since the
+//! fork (`/proc/self/pagemap`, see [`crate::sys::pagemap`]), and reads as a root each
+//! inherited block holding there a word that points into one of the child's own blocks
+//! (`reach::stand_in`), looked up by the word's address ([`InheritedHolder`]): the cost
+//! follows what the child wrote, not what its parent holds. Where the pages cannot be told
+//! apart the child judges everything, as `LIBLEAK_CHILD_SCAN=all` asks.
 //!
 //! Must never write to an inherited set: a child of a large parent would copy its pages.
 
-use std::collections::HashSet;
-use std::hash::BuildHasherDefault;
+use libleak_format::live::LiveSet;
 
-use libleak_format::live::{AddressHasher, LiveSet};
-
+use super::large::LARGE;
 use super::{Collector, CollectorBlock};
-use crate::sys::pagemap::{WrittenPages, PAGE};
+use crate::sys::pagemap::WrittenPages;
 
 /// Block addresses are multiples of this at least: every address that can start a block is
 /// looked up. Where every block recorded started at a multiple of twice as much (glibc's
 /// 16-byte alignment), only those are.
 const BLOCK_ALIGN: u64 = 8;
-/// Written bytes whose look-ups cost what going through one inherited block costs: below
-/// this many written bytes per inherited block, the inherited blocks are gone through.
-const WALK_BYTES_PER_INHERITED_BLOCK: u64 = 32;
 
 /// What a forked child's scan does with the blocks it inherited.
 #[derive(Default)]
 pub(super) struct Inheritance {
     /// Inherited blocks still live: none judged.
     pub(super) unjudged: u64,
-    /// Those to read as roots, on pages written since the fork: (address, size).
-    pub(super) read: Vec<(u64, u64)>,
+    /// The runs of pages written since the fork, where inherited blocks lie, in address
+    /// order: only there can an inherited block point into one of this process's own.
+    pub(super) written: Vec<(u64, u64)>,
 }
 
 /// The private writable anonymous mappings of the process: where heap blocks lie (never in a
@@ -129,8 +125,9 @@ impl Collector {
         totals
     }
 
-    /// The inherited blocks the exit scan must read as roots (see the module's doc); `None`
-    /// when the written pages cannot be known (then every block must be judged).
+    /// Where the exit scan must look for pointers into this process's own blocks in memory
+    /// it inherited (see the module's doc); `None` when the written pages cannot be known (then
+    /// every block must be judged).
     pub(super) fn inheritance_to_read(&self) -> Option<Inheritance> {
         // A page is told written by being this process's alone: once it forked, what it wrote
         // before is shared with its own child again.
@@ -145,82 +142,112 @@ impl Collector {
             .flat_map(|&(start, end)| crate::reach::roots::without_excluded(&own, start, end))
             .collect();
         let pages = WrittenPages::read(&ranges)?;
-        let mut inheritance = Inheritance {
+        Some(Inheritance {
             unjudged: self.inherited_totals().0,
-            ..Inheritance::default()
-        };
-        // Looking up the addresses of the written pages costs about as much per block on
-        // them as going through every inherited block costs per block: the cheaper of the two
-        // (which names each block once).
-        if inheritance.unjudged.saturating_mul(WALK_BYTES_PER_INHERITED_BLOCK) < pages.written * PAGE {
-            self.for_each_inherited(|address, block| {
-                if pages.any_written(address, address + block.size.max(1)) {
-                    inheritance.read.push((address, block.size));
-                }
-            });
-            return Some(inheritance);
-        }
-        // The large inherited blocks still live, by address: read when they overlap a written
-        // page, and stepped over while looking up addresses (a written page in the middle of a
-        // large array holds no block start).
-        let mut large: Vec<(u64, CollectorBlock)> = Vec::new();
-        for set in &self.inherited_large {
-            for (address, noted) in set.blocks() {
-                if let Some(block) = self.inherited_block_at(address).filter(|block| block.seq == noted.seq) {
-                    large.push((address, block));
-                }
-            }
-        }
-        large.sort_unstable_by_key(|&(address, _)| address);
-        large.dedup_by_key(|&mut (address, _)| address);
-        let mut found: HashSet<u64, BuildHasherDefault<AddressHasher>> = HashSet::default();
-        let mut add = |address: u64, block: CollectorBlock, read: &mut Vec<(u64, u64)>| {
-            if found.insert(address) {
-                read.push((address, block.size));
-            }
-        };
-        for &(address, block) in &large {
-            if pages.any_written(address, address + block.size) {
-                add(address, block, &mut inheritance.read);
-            }
-        }
-        // Every address in a run of written pages and in the page before it: a block starting
-        // there that reaches into the run. From a block's start, the next look-up is at its
-        // end; this process's own blocks are stepped over too.
+            written: pages.written_runs().collect(),
+        })
+    }
+
+    /// Looks up the inherited blocks holding addresses, for the exit scan.
+    pub(super) fn inherited_holder(&self) -> InheritedHolder<'_> {
         let align = if self.address_bits & BLOCK_ALIGN == 0 {
             2 * BLOCK_ALIGN
         } else {
             BLOCK_ALIGN
         };
-        let mut looked_up_to = 0u64;
-        let mut next_large = 0;
-        for (run_start, run_end) in pages.written_runs() {
-            let mut at = run_start.saturating_sub(PAGE).max(looked_up_to);
-            while at < run_end {
-                while next_large < large.len() && large[next_large].0 + large[next_large].1.size <= at {
-                    next_large += 1;
-                }
-                let step_to = |end: u64| end.next_multiple_of(align).max(at + align);
-                if let Some(&(start, block)) = large.get(next_large).filter(|(start, _)| *start <= at) {
-                    at = step_to(start + block.size);
-                } else if let Some(own) = self.live.event_at(at) {
-                    at = match own {
-                        Some(own) => step_to(at + own.size.max(1)),
-                        // Freed here by this process: no block of its own nor inherited.
-                        None => at + align,
-                    };
-                } else if let Some(block) = self.latest_inherited_at(at) {
-                    let end = at + block.size.max(1);
-                    if end > run_start {
-                        add(at, block, &mut inheritance.read);
-                    }
-                    at = step_to(end);
-                } else {
-                    at += align;
+        InheritedHolder {
+            collector: self,
+            large: None,
+            align,
+            last: None,
+        }
+    }
+
+    /// The large inherited blocks still live, as (start, end), by address.
+    fn large_inherited(&self) -> Vec<(u64, u64)> {
+        let mut large: Vec<(u64, u64)> = Vec::new();
+        for set in &self.inherited_large {
+            for (address, noted) in set.blocks() {
+                if let Some(block) = self.inherited_block_at(address).filter(|block| block.seq == noted.seq) {
+                    large.push((address, address + block.size));
                 }
             }
-            looked_up_to = at;
         }
-        Some(inheritance)
+        large.sort_unstable();
+        large.dedup_by_key(|&mut (address, _)| address);
+        large
+    }
+}
+
+/// The block that starts at or below an address looked up, nearest to it.
+#[derive(Clone, Copy)]
+enum Nearest {
+    /// A block of this process's own.
+    Own,
+    /// An inherited block still live: (start, size).
+    Inherited(u64, u64),
+    /// No block starts within [`LARGE`] bytes below.
+    None,
+}
+
+/// Answers which inherited block holds an address (see `reach::stand_in`): the nearest block
+/// start at or below it, found by looking up the aligned addresses down from it (no block
+/// but a large one reaches further back than [`LARGE`] bytes). Asked in address order, it
+/// looks each address up once: what lies at or below the last address asked was found then.
+pub(super) struct InheritedHolder<'a> {
+    collector: &'a Collector,
+    /// See [`Collector::large_inherited`]; made at the first need.
+    large: Option<Vec<(u64, u64)>>,
+    align: u64,
+    /// The last address asked for, and the nearest block start at or below it.
+    last: Option<(u64, Nearest)>,
+}
+
+impl InheritedHolder<'_> {
+    /// The inherited block still live holding `address`, as (address, size).
+    pub(super) fn holding(&mut self, address: u64) -> Option<(u64, u64)> {
+        let floor = address.saturating_sub(LARGE);
+        let known = self.last.filter(|&(last, _)| last <= address && last >= floor);
+        let mut at = address & !(self.align - 1);
+        let nearest = loop {
+            if let Some((_, nearest)) = known.filter(|&(last, _)| at <= last) {
+                // Looked up from `last` down before (as far as this look-up would go, or to
+                // a start).
+                break nearest;
+            }
+            if at < floor || at == 0 {
+                break Nearest::None;
+            }
+            if let Some(found) = self.start_at(at) {
+                break found;
+            }
+            at -= self.align;
+        };
+        self.last = Some((address, nearest));
+        match nearest {
+            Nearest::Inherited(start, size) => (address < start + size.max(1)).then_some((start, size)),
+            Nearest::Own => None,
+            Nearest::None => self.large_holding(address),
+        }
+    }
+
+    /// The block starting at `at`, if one does: this process's own, else an inherited one.
+    fn start_at(&self, at: u64) -> Option<Nearest> {
+        match self.collector.live.event_at(at) {
+            Some(Some(_)) => Some(Nearest::Own),
+            // Freed here by this process: no block of its own nor inherited starts here.
+            Some(None) => None,
+            None => self
+                .collector
+                .latest_inherited_at(at)
+                .map(|block| Nearest::Inherited(at, block.size)),
+        }
+    }
+
+    fn large_holding(&mut self, address: u64) -> Option<(u64, u64)> {
+        let large = self.large.get_or_insert_with(|| self.collector.large_inherited());
+        let after = large.partition_point(|&(start, _)| start <= address);
+        let &(start, end) = large.get(after.checked_sub(1)?)?;
+        (address < end).then_some((start, end - start))
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use libleak_format::LeakClass;
 
 use super::{Collector, ENTRIES_PER_RECORD};
-use crate::reach::{self, ExitingThread, ScanInput, StaleWords};
+use crate::reach::{self, ExitingThread, ScanInput, StaleWords, WrittenInheritance};
 use crate::sys;
 
 impl Collector {
@@ -56,20 +56,24 @@ impl Collector {
             self.for_each_inherited(|address, block| blocks.push((address, block.size)));
         }
         let judged_allocated_since_fork = inheritance.is_some();
-        let inheritance = inheritance.unwrap_or_default();
-        let scanned = inheritance.read.len() as u64;
+        let (unjudged, written) = inheritance.map_or((0, None), |i| (i.unjudged, Some(i.written)));
         let stale_references = self.stale_references();
         let survived_collection = if name_holders {
             Vec::new()
         } else {
             self.garbage_still_live()
         };
+        let mut holder = self.inherited_holder();
+        let mut holding = |address| holder.holding(address);
         let modules = self.modules.modules();
         let own_module = modules.iter().find(|m| m.contains(self.scan.own_code));
         let gathering = started.elapsed();
         let mut result = reach::scan(ScanInput {
             blocks,
-            stand_in_roots: inheritance.read,
+            inheritance: written.map(|written| WrittenInheritance {
+                written,
+                holding: &mut holding,
+            }),
             modules,
             own_module,
             exiting: Some(exiting),
@@ -114,8 +118,9 @@ impl Collector {
         for lost in result.lost.chunks(ENTRIES_PER_RECORD) {
             self.encoder.lost_blocks(lost);
         }
-        if inheritance.unjudged > 0 {
-            self.encoder.inheritance_left(inheritance.unjudged, scanned);
+        if unjudged > 0 {
+            self.encoder
+                .inheritance_left(unjudged, result.summary.inherited_scanned);
         }
         self.encoder.reachability(&result.summary);
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use libleak_format::Module;
 
+use super::stand_in::WrittenInheritance;
 use super::{ExitingThread, StaleWords};
 use crate::python::gc::GcObjects;
 use crate::python::holders::Namer;
@@ -15,9 +16,10 @@ use crate::python::holders::Namer;
 pub struct ScanInput<'a> {
     /// (address, size) of every block live at exit that the scan judges.
     pub blocks: Vec<(u64, u64)>,
-    /// (address, size) of blocks read as roots, not among `blocks`: reachable whatever points
-    /// to them, and never judged (a forked child's inherited blocks on pages it wrote to).
-    pub stand_in_roots: Vec<(u64, u64)>,
+    /// In a forked child judging only its own blocks: where the inherited blocks it may have
+    /// written pointers into lie. Those holding one are read as roots, reachable whatever
+    /// points to them, and never judged.
+    pub inheritance: Option<WrittenInheritance<'a>>,
     pub modules: &'a [Module],
     pub own_module: Option<&'a Module>,
     pub exiting: Option<ExitingThread>,

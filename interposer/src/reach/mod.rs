@@ -39,6 +39,7 @@ use paths::{name_steps, PathFacts, Steps};
 pub use roots::ExitingThread;
 use stale::StaleSlots;
 pub use stale::StaleWords;
+pub use stand_in::WrittenInheritance;
 use structure::{Facts, NO_OBJECT};
 
 /// The bytes of a block the recognition of Python objects reads (the header of a managed
@@ -81,12 +82,13 @@ pub fn scan(input: ScanInput<'_>) -> ScanResult {
     let started = Instant::now();
     let mut memory = roots::reader(input.pages_shared, input.exiting.as_ref().map(|thread| thread.tid));
     let (judged_and_stand_ins, stand_in_roots) =
-        stand_in::with_needed_stand_ins(input.blocks, input.stand_in_roots, &mut memory);
+        stand_in::with_needed_stand_ins(input.blocks, input.inheritance, &mut memory);
     let mut blocks = Blocks::new(judged_and_stand_ins);
     let stand_in = blocks.marked(&stand_in_roots);
     let survived_collection = blocks.indices_of(&input.survived_collection);
     let mut summary = Reachability {
         blocks: blocks.addresses.len() as u64,
+        inherited_scanned: stand_in_roots.len() as u64,
         ..Reachability::default()
     };
 

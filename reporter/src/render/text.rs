@@ -407,7 +407,7 @@ fn summary_text(out: &mut String, report: &Report) {
             };
             let inherited = if scan.inherited_unjudged > 0 {
                 format!(
-                    "; {} inherited blocks left to the parent's report ({} of them on pages written since the fork, read as roots)",
+                    "; {} inherited blocks left to the parent's report ({} of them read as roots, pointing into its own blocks from pages written since the fork)",
                     thousands(scan.inherited_unjudged),
                     thousands(scan.inherited_scanned)
                 )
