@@ -371,6 +371,69 @@ fn a_python_program_that_leaks_nothing_has_an_empty_report_on_every_interpreter(
     }
 }
 
+/// Blocks held only at a header after a power-of-two buffer (SQLite's page cache), with or
+/// without a size prefix before them, are no leak at `_exit`; one held inside its buffer is
+/// possibly lost, one dropped definitely lost.
+#[test]
+fn pages_held_at_their_trailing_header_are_no_leak() {
+    let scratch = Scratch::new("trailing-header");
+    let exe = scratch.join("trailing_header");
+    compile("gcc", &["reach/trailing_header.c"], &exe, &[]);
+    let plain = run(&mut Command::new(&exe));
+    let traced = run_traced(&scratch, &mut Command::new(&exe));
+    assert_eq!(traced.output.stdout, plain.stdout);
+    let report = report_json(&traced.trace);
+    assert_eq!(report["reachability"]["outcome"], "complete", "{report:#}");
+    let c = |marker: &str| line_of("reach/trailing_header.c", marker);
+    let page = 4096 + 264;
+    assert_eq!(
+        amounts(row_at(&report, "dropped_page", c("@dropped_page"))),
+        ("definitely-lost", page, 1)
+    );
+    assert_eq!(
+        amounts(row_at(&report, "held_inside", c("@held_inside"))),
+        ("possibly-lost", page, 1)
+    );
+    assert_eq!(rows(&report).len(), 2, "the pages held at their headers: {report:#}");
+    assert_eq!(
+        report["summary"]["reachable"]["blocks"].as_u64().map(|b| b >= 32),
+        Some(true),
+        "{report:#}"
+    );
+}
+
+/// A database left open by a process ending through `os._exit` (a pool worker): SQLite's
+/// cached pages, held at their headers, are no leak.
+#[test]
+fn an_open_sqlite_database_at_exit_is_no_leak() {
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    for python in pythons {
+        let label = python.label();
+        let has_sqlite = run(Command::new(&python.path).args(["-c", "import sqlite3"]))
+            .status
+            .success();
+        if !has_sqlite {
+            eprintln!("{label}: skipped, this interpreter has no sqlite3 module");
+            continue;
+        }
+        let scratch = Scratch::new(&format!("sqlite{}{}", python.version.0, python.version.1));
+        std::fs::copy(
+            fixtures_dir().join("reach/sqlite_open.py"),
+            scratch.join("sqlite_open.py"),
+        )
+        .unwrap();
+        let report = report_json(&python.run_script_traced(&scratch, "sqlite_open.py", &label));
+        assert_eq!(report["reachability"]["outcome"], "complete", "{label}: {report:#}");
+        assert!(
+            report["summary"]["reachable"]["bytes"].as_u64().unwrap() > 100 * 4096,
+            "{label}: the cached pages are live and reachable: {:#}",
+            report["summary"]
+        );
+        assert_eq!(rows(&report).len(), 0, "{label}: {report:#}");
+    }
+}
+
 /// Blocks the C++ runtime points to past their start (old-ABI strings point to their
 /// characters, `new[]` arrays of elements with a destructor past their count) are no leak;
 /// an array dropped is one, with its count's 8 bytes.

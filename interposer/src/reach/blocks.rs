@@ -115,6 +115,14 @@ impl Blocks {
             ARRAY_COOKIE => offset == ARRAY_COOKIE_BYTES,
             HASH_TABLE => is_hash_table_control(offset, self.sizes[index]),
             REFERENCE_COUNTS => offset == ARRAY_COOKIE_BYTES || offset == 2 * ARRAY_COOKIE_BYTES,
+            TRAILING_HEADER => trailing_header(self.sizes[index]) == Some(offset),
+            SIZE_PREFIX => past_size_prefix(offset),
+            PREFIXED_TRAILING_HEADER => {
+                past_size_prefix(offset)
+                    || offset.checked_sub(SIZE_PREFIX_BYTES).is_some_and(|offset| {
+                        trailing_header(self.sizes[index].saturating_sub(SIZE_PREFIX_BYTES)) == Some(offset)
+                    })
+            }
             // 3.12 tags a managed dict's values pointer by subtracting one.
             prefix => offset == u64::from(prefix) || offset + 1 == u64::from(prefix),
         }
@@ -235,8 +243,39 @@ const STRING_REP: u8 = 1;
 const ARRAY_COOKIE: u8 = 3;
 const HASH_TABLE: u8 = 5;
 const REFERENCE_COUNTS: u8 = 7;
+const TRAILING_HEADER: u8 = 9;
+const PREFIXED_TRAILING_HEADER: u8 = 11;
+const SIZE_PREFIX: u8 = 13;
 const STRING_REP_BYTES: u64 = 24;
 const ARRAY_COOKIE_BYTES: u64 = 8;
+/// An allocator's record of a block's size before it (SQLite's own, where malloc cannot tell
+/// a block's size): the size of the rest, which the block's users are handed.
+const SIZE_PREFIX_BYTES: u64 = 8;
+/// Whether `offset` into a block with a size prefix is where the block its users were handed
+/// starts, give or take tag bits ([`TAGGED_WITHIN`]): SQLite's B-tree keeps its scratch page
+/// 4 bytes in.
+fn past_size_prefix(offset: u64) -> bool {
+    (SIZE_PREFIX_BYTES..SIZE_PREFIX_BYTES + TAGGED_WITHIN).contains(&offset)
+}
+
+/// The smallest buffer [`trailing_header`] reads a header after: SQLite's smallest page.
+const SMALLEST_HEADED_BUFFER: u64 = 512;
+/// The largest header [`trailing_header`] reads after a buffer.
+const LARGEST_TRAILING_HEADER: u64 = 1024;
+
+/// Where, in a block of `size` bytes, the header after a buffer of a power of two bytes lies
+/// (`None`: the size is no such buffer's with a header). SQLite's page cache allocates each
+/// page so, the page image then its header (`PgHdr1`, then the pager's `PgHdr` and the
+/// B-tree's `MemPage`), and points to the headers only: its hash table and lists of pages.
+fn trailing_header(size: u64) -> Option<u64> {
+    if size <= SMALLEST_HEADED_BUFFER {
+        return None;
+    }
+    let buffer = 1u64 << (63 - size.leading_zeros());
+    let header = size - buffer;
+    (header > 0 && header <= LARGEST_TRAILING_HEADER.min(buffer / 2)).then_some(buffer)
+}
+
 /// The largest word read as a reference count before what a pointer points to: small, as
 /// the counts of shared nodes are, so that an id or a length rarely passes for one.
 const MAX_COUNT: u64 = 64;
@@ -258,7 +297,14 @@ const MAX_COUNT: u64 = 64;
 ///   behind an intrusive count), a pointer 8 bytes in; two (Rust's `Arc` or `Rc` after
 ///   `into_raw`: strong and weak), 8 or 16 bytes in. A first word from 1 to [`MAX_COUNT`] is
 ///   read so (memcheck's length64 heuristic reads a length there the same way); a C block
-///   really held only 8 or 16 bytes in is then reachable, not possibly lost.
+///   really held only 8 or 16 bytes in is then reachable, not possibly lost;
+/// - an 8-byte prefix holding the size of the rest (SQLite's allocator where malloc cannot
+///   tell a block's size, as in Debian's build), pointed past, give or take tag bits;
+/// - a buffer of a power of two bytes (512 or more) with a header after it (up to half its
+///   size, 1 KiB at most),
+///   pointed to at the header (SQLite's page cache; see [`trailing_header`]), perhaps after
+///   a size prefix, which moves the header on by 8. Without the prefix only the size tells
+///   it: a block of such a size held only at that one offset is reachable, not possibly lost.
 pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u64, size: u64) -> u8 {
     let Some(first) = read(address) else { return NO_LAYOUT };
     if size > STRING_REP_BYTES {
@@ -284,9 +330,20 @@ pub(super) fn native_layout(read: &mut dyn FnMut(u64) -> Option<u64>, address: u
         }
         return ARRAY_COOKIE;
     }
+    // A size prefix passes for an array's count too (of one element): told apart first.
+    if size > SIZE_PREFIX_BYTES && first == size - SIZE_PREFIX_BYTES {
+        return match trailing_header(first) {
+            Some(_) => PREFIXED_TRAILING_HEADER,
+            None => SIZE_PREFIX,
+        };
+    }
     let elements = size.saturating_sub(ARRAY_COOKIE_BYTES);
     if first >= 2 && elements > 0 && elements.is_multiple_of(first) && elements / first <= 1 << 12 {
         return ARRAY_COOKIE;
+    }
+    // Told by the size alone (a page image can begin with anything): last.
+    if trailing_header(size).is_some() {
+        return TRAILING_HEADER;
     }
     NO_LAYOUT
 }
@@ -347,7 +404,8 @@ pub(super) fn next_chunk(memory: &mut MemoryReader, address: u64, size: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::{
-        is_hash_table_control, native_layout, ARRAY_COOKIE, HASH_TABLE, NO_LAYOUT, REFERENCE_COUNTS, STRING_REP,
+        is_hash_table_control, native_layout, trailing_header, ARRAY_COOKIE, HASH_TABLE, NO_LAYOUT,
+        PREFIXED_TRAILING_HEADER, REFERENCE_COUNTS, SIZE_PREFIX, STRING_REP, TRAILING_HEADER,
     };
 
     #[test]
@@ -418,26 +476,61 @@ mod tests {
         };
         assert_eq!(native_layout(&mut block(table(group, group)), 0x1000, size), HASH_TABLE);
         // No mirror, bytes no table writes (0x81..=0xfe), one hash repeated, zeros: no table.
-        assert_eq!(native_layout(&mut block(table(group, [0, 0])), 0x1000, size), NO_LAYOUT);
+        assert_ne!(
+            native_layout(&mut block(table(group, [0, 0])), 0x1000, size),
+            HASH_TABLE
+        );
         let garbage = [0xffff_ff12_ffc0_ff05, u64::MAX];
-        assert_eq!(
+        assert_ne!(
             native_layout(&mut block(table(garbage, garbage)), 0x1000, size),
-            NO_LAYOUT
+            HASH_TABLE
         );
         let repeated = [0x0b0b_0b0b_0b0b_0b0b, 0x0b0b_0b0b_0b0b_0b0b];
-        assert_eq!(
+        assert_ne!(
             native_layout(&mut block(table(repeated, repeated)), 0x1000, size),
-            NO_LAYOUT
+            HASH_TABLE
         );
-        assert_eq!(
+        assert_ne!(
             native_layout(&mut block(vec![(0, 0x5555_0000_1000)]), 0x1000, size),
-            NO_LAYOUT
+            HASH_TABLE
         );
         // 4 buckets of 24 bytes: the rest of the first group empty, the 4 mirrored at 16.
         let small = 4 * 24 + 4 + 16;
         let first = 0xffff_ffff_0512_8033u64;
         let mirrored = vec![(0, 0x5555_0000_1000), (96, first), (104, u64::MAX), (112, 0x0512_8033)];
         assert_eq!(native_layout(&mut block(mirrored), 0x1000, small), HASH_TABLE);
+        // SQLite's page cache: a 4096-byte page, then 264 bytes of headers; after the size
+        // prefix of SQLite's allocator, or not.
+        let page = 4096 + 264;
+        assert_eq!(trailing_header(page), Some(4096));
+        assert_eq!(
+            native_layout(
+                &mut block(vec![(0, page), (8, 0x0d00_0000_0000_000d)]),
+                0x1000,
+                8 + page
+            ),
+            PREFIXED_TRAILING_HEADER
+        );
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 0x0d00_0000_0000_000d)]), 0x1000, page),
+            TRAILING_HEADER
+        );
+        // A size prefix alone (SQLite's allocator): pointed past it, 4 bytes further in too.
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 4096)]), 0x1000, 8 + 4096),
+            SIZE_PREFIX
+        );
+        assert!(super::past_size_prefix(12) && super::past_size_prefix(8));
+        assert!(!super::past_size_prefix(16) && !super::past_size_prefix(4));
+        // A power of two, or a header larger than a 1 KiB or half the buffer: none.
+        assert_eq!(trailing_header(4096), None);
+        assert_eq!(trailing_header(4096 + 1025), None);
+        assert_eq!(trailing_header(512 + 257), None);
+        assert_eq!(trailing_header(512), None);
+        assert_eq!(
+            native_layout(&mut block(vec![(0, 0x0d00_0000_0000_000d)]), 0x1000, 4096 + 2000),
+            NO_LAYOUT
+        );
     }
 
     #[test]
