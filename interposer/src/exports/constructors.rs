@@ -23,6 +23,7 @@ pub fn replacements() -> [usize; CONSTRUCTORS] {
         Constructor::DictNew => dict_new as *const () as usize,
         Constructor::FloatFromDouble => float_from_double as *const () as usize,
         Constructor::TupleNew => tuple_new as *const () as usize,
+        Constructor::TuplePack => tuple_pack as *const () as usize,
     })
 }
 
@@ -100,5 +101,81 @@ extern "C" fn tuple_new_body(size: isize, ip: usize, sp: usize, bp: usize) -> *m
     // SAFETY: as in `list_new_body`, for `PyTuple_New`.
     constructed(Constructor::TupleNew, caller(ip, sp, bp), |real| unsafe {
         std::mem::transmute::<usize, SizeFn>(real)(size)
+    })
+}
+
+/// The objects of a `PyTuple_Pack` call, as the x86-64 System V ABI passes a variadic
+/// call's: the first five after the count in registers, the rest on the caller's stack.
+const OBJECTS_IN_REGISTERS: usize = 5;
+
+/// # Safety
+/// As for `PyTuple_Pack(n, ...)` (the caller holds the GIL, and passes `n` objects).
+#[unsafe(naked)]
+pub unsafe extern "C" fn tuple_pack() -> *mut c_void {
+    // SAFETY: a frame of its own holds the five argument registers that may hold objects
+    // (16-byte aligned, as the call to the body needs); the body gets the count, where those
+    // are, where the caller's stack passed the rest, and the caller's registers (the return
+    // address, its stack pointer after the return, its frame pointer); nothing the caller
+    // passed is changed. The CFI lines let an unwinder step from the body to the caller.
+    std::arch::naked_asm!(
+        ".cfi_startproc",
+        "push rbp",
+        ".cfi_adjust_cfa_offset 8",
+        ".cfi_offset rbp, -16",
+        "mov rbp, rsp",
+        ".cfi_def_cfa_register rbp",
+        "sub rsp, 48",
+        "mov qword ptr [rsp], rsi",
+        "mov qword ptr [rsp + 8], rdx",
+        "mov qword ptr [rsp + 16], rcx",
+        "mov qword ptr [rsp + 24], r8",
+        "mov qword ptr [rsp + 32], r9",
+        "mov rsi, rsp",
+        "lea rdx, [rbp + 16]",
+        "mov rcx, qword ptr [rbp + 8]",
+        "lea r8, [rbp + 16]",
+        "mov r9, qword ptr [rbp]",
+        "call {body}",
+        "leave",
+        ".cfi_def_cfa rsp, 8",
+        "ret",
+        ".cfi_endproc",
+        body = sym tuple_pack_body,
+    )
+}
+
+type IncRefFn = unsafe extern "C" fn(*mut c_void);
+type SetItemFn = unsafe extern "C" fn(*mut c_void, isize, *mut c_void) -> i32;
+
+extern "C" fn tuple_pack_body(
+    count: isize,
+    in_registers: *const usize,
+    on_stack: *const usize,
+    ip: usize,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
+    // SAFETY: the extension called `PyTuple_Pack` with `count` objects: item `i` is the
+    // `i`-th of the five registers the stub saved, or past them the stack slot the call
+    // passed it in. `PyTuple_New`, `Py_IncRef` and `PyTuple_SetItem` were found before the
+    // slot was redirected here (`knows_tuple_filling`); a new tuple has one reference, so
+    // `PyTuple_SetItem` takes each item's new reference, as `PyTuple_Pack` gives it one.
+    constructed(Constructor::TuplePack, caller(ip, sp, bp), |_| unsafe {
+        let (increment, set_item) = constructors::tuple_filling();
+        let new = constructors::real(Constructor::TupleNew);
+        let tuple = std::mem::transmute::<usize, SizeFn>(new)(count);
+        if tuple.is_null() {
+            return tuple;
+        }
+        for index in 0..count.max(0) as usize {
+            let item = if index < OBJECTS_IN_REGISTERS {
+                *in_registers.add(index)
+            } else {
+                *on_stack.add(index - OBJECTS_IN_REGISTERS)
+            } as *mut c_void;
+            std::mem::transmute::<usize, IncRefFn>(increment)(item);
+            std::mem::transmute::<usize, SetItemFn>(set_item)(tuple, index as isize, item);
+        }
+        tuple
     })
 }

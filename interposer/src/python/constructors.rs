@@ -33,9 +33,12 @@ pub enum Constructor {
     DictNew = 1,
     FloatFromDouble = 2,
     TupleNew = 3,
+    /// Variadic: its replacement builds the tuple as `PyTuple_Pack` does, from `PyTuple_New`
+    /// (see [`tuple_filling`]).
+    TuplePack = 4,
 }
 
-pub const CONSTRUCTORS: usize = 4;
+pub const CONSTRUCTORS: usize = 5;
 
 impl Constructor {
     pub const ALL: [Constructor; CONSTRUCTORS] = [
@@ -43,6 +46,7 @@ impl Constructor {
         Constructor::DictNew,
         Constructor::FloatFromDouble,
         Constructor::TupleNew,
+        Constructor::TuplePack,
     ];
 
     pub fn symbol(self) -> &'static CStr {
@@ -51,6 +55,7 @@ impl Constructor {
             Constructor::DictNew => c"PyDict_New",
             Constructor::FloatFromDouble => c"PyFloat_FromDouble",
             Constructor::TupleNew => c"PyTuple_New",
+            Constructor::TuplePack => c"PyTuple_Pack",
         }
     }
 
@@ -61,7 +66,7 @@ impl Constructor {
         match self {
             Constructor::ListNew => Some(0),
             Constructor::DictNew => Some(1),
-            Constructor::FloatFromDouble | Constructor::TupleNew => None,
+            Constructor::FloatFromDouble | Constructor::TupleNew | Constructor::TuplePack => None,
         }
     }
 
@@ -70,7 +75,9 @@ impl Constructor {
     pub fn header_bytes(self) -> usize {
         match self {
             Constructor::FloatFromDouble => 0,
-            Constructor::ListNew | Constructor::DictNew | Constructor::TupleNew => GC_HEADER_SIZE as usize,
+            Constructor::ListNew | Constructor::DictNew | Constructor::TupleNew | Constructor::TuplePack => {
+                GC_HEADER_SIZE as usize
+            }
         }
     }
 }
@@ -81,6 +88,21 @@ static REAL: [AtomicUsize; CONSTRUCTORS] = [const { AtomicUsize::new(0) }; CONST
 static REPLACEMENTS: [AtomicUsize; CONSTRUCTORS] = [const { AtomicUsize::new(0) }; CONSTRUCTORS];
 /// Redirection failed once (said on stderr): never tried again.
 static GAVE_UP: AtomicBool = AtomicBool::new(false);
+/// `Py_IncRef` and `PyTuple_SetItem`, with which `PyTuple_Pack`'s replacement fills the
+/// tuple `PyTuple_New` made; 0 until known.
+static TUPLE_FILLING: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+
+/// `Py_IncRef` and `PyTuple_SetItem` (non-zero once a slot was redirected to `PyTuple_Pack`'s
+/// replacement). `PyTuple_Pack(n, ...)` is, in CPython 3.9–3.13, a new tuple of `n` items
+/// each given a new reference; a variadic function cannot pass its arguments on in stable
+/// Rust, so the replacement makes it so itself, through the public API.
+#[inline(always)]
+pub fn tuple_filling() -> (usize, usize) {
+    (
+        TUPLE_FILLING[0].load(Ordering::Acquire),
+        TUPLE_FILLING[1].load(Ordering::Acquire),
+    )
+}
 
 /// The real constructor a replacement calls (non-zero once any slot was redirected to it).
 #[inline(always)]
@@ -124,6 +146,9 @@ pub fn redirect_in_extensions(own_address: usize) -> Option<&'static str> {
             expected = python_raw::function_address(constructor.symbol());
             REAL[index].store(expected, Ordering::Release);
         }
+        if constructor == Constructor::TuplePack && !knows_tuple_filling() {
+            continue;
+        }
         if replacement != 0 && expected != 0 {
             redirects[index] = Some(Redirect {
                 name: constructor.symbol(),
@@ -144,6 +169,17 @@ pub fn redirect_in_extensions(own_address: usize) -> Option<&'static str> {
         );
     }
     None
+}
+
+/// Whether `PyTuple_Pack`'s replacement has all it calls: `PyTuple_New` (found before it in
+/// [`Constructor::ALL`]), `Py_IncRef` and `PyTuple_SetItem`.
+fn knows_tuple_filling() -> bool {
+    for (slot, name) in TUPLE_FILLING.iter().zip([c"Py_IncRef", c"PyTuple_SetItem"]) {
+        if slot.load(Ordering::Acquire) == 0 {
+            slot.store(python_raw::function_address(name), Ordering::Release);
+        }
+    }
+    real(Constructor::TupleNew) != 0 && tuple_filling().0 != 0 && tuple_filling().1 != 0
 }
 
 /// An object may have been unloaded (`dlclose`): objects are looked at again at the next
