@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use libleak_format::Stats;
 
-use super::collector_thread::{self, PARKED, RESUME_ON_FULL_BATCH};
+use super::collector_thread::{self, PARKED};
 use super::state;
 use super::stats::{self, PRODUCER_WAITS};
 use super::thread::{ThreadState, EXIT_KEY, THREAD};
@@ -118,7 +118,8 @@ pub fn push_event(t: &ThreadState, write: impl FnOnce(&mut Vec<u64>, u32)) {
     });
     if let Some(full) = full {
         send_batch(full);
-        if PARKED.load(Ordering::Relaxed) && RESUME_ON_FULL_BATCH.load(Ordering::Relaxed) {
+        // See RESUME_AFTER_FORK: a full batch is no thread count check's doing.
+        if PARKED.load(Ordering::Relaxed) {
             collector_thread::resume();
         }
     }

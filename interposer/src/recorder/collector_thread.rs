@@ -20,8 +20,18 @@ use crate::collector::{ChildStart, Collector, Message, OpenedTrace, Stopped};
 use crate::config;
 use crate::sys::{self, threads};
 
-/// How long the collector stays parked after a fork (unless a producer needs it sooner):
+/// How long the collector stays parked after a fork unless a thread fills a batch first:
 /// past the program's own checks right after `fork` returns, within one flush interval.
+///
+/// CPython 3.12+ warns, in the parent right after `fork`, when `/proc/self/stat` counts
+/// more than one thread: the collector must not be running then in a process whose only
+/// thread forked. That thread's batch was taken in before the fork, and the check allocates
+/// a few blocks, far from a batch: a full batch resumes the collector (see
+/// [`super::channel::push_event`]). Where other threads run, the count is above one anyway.
+/// Until the collector runs, no batch comes back to be filled again (a child living less
+/// than this filled every batch in memory never touched before), and the work it would
+/// have done meanwhile waits for the next `fork`, which waits for it: a process forking
+/// every few milliseconds spent 10 ms in each `fork`.
 pub const RESUME_AFTER_FORK: Duration = Duration::from_millis(100);
 
 /// The collector whenever no thread runs it: before its thread starts, and while parked
@@ -51,11 +61,6 @@ pub struct PendingChild {
 pub static PENDING_CHILD: Mutex<Option<PendingChild>> = Mutex::new(None);
 /// Set in a forked child until its trace file exists.
 pub static CHILD_TRACE_DUE: AtomicBool = AtomicBool::new(false);
-/// Set in a forked child: its collector resumes as soon as a thread fills a batch, not
-/// [`RESUME_AFTER_FORK`] later (only a parent counts its threads right after `fork`). Until
-/// the collector runs, no batch comes back to be filled again, and every batch is memory
-/// never touched before: a pool worker faulted in about 4 MB of them.
-pub static RESUME_ON_FULL_BATCH: AtomicBool = AtomicBool::new(false);
 
 /// Starts the collector's thread on the parked collector. False when it cannot start.
 pub fn spawn() -> bool {

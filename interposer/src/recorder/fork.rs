@@ -15,7 +15,7 @@ use libleak_format::ForkInfo;
 use super::channel::{self, MAX_FORK_DEPTH};
 use super::collector_thread::{
     self, PendingChild, CHILD_TRACE_DUE, COLLECTOR_THREAD, FINISHED, FORKING, PARKED, PARKED_AT_NS, PENDING_CHILD,
-    RESUME_ON_FULL_BATCH, TRACE_OPEN,
+    TRACE_OPEN,
 };
 use super::seq;
 use super::state::{self, State};
@@ -83,7 +83,6 @@ fn before_fork() {
 
 /// The `fork` parent handler: the collector resumes a little later.
 fn after_fork_in_parent() {
-    RESUME_ON_FULL_BATCH.store(false, Ordering::Relaxed);
     PARKED_AT_NS.store(sys::monotonic_ns(), Ordering::Relaxed);
     FORKING.store(false, Ordering::Release);
 }
@@ -127,7 +126,6 @@ fn after_fork_in_child() {
             });
         }
         CHILD_TRACE_DUE.store(true, Ordering::Relaxed);
-        RESUME_ON_FULL_BATCH.store(true, Ordering::Relaxed);
         TRACE_OPEN.store(false, Ordering::Relaxed);
         FINISHED.store(false, Ordering::Relaxed);
         COLLECTOR_THREAD.store(0, Ordering::Relaxed);
