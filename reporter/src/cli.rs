@@ -73,6 +73,10 @@ pub struct ReportArgs {
     /// default one summary line).
     #[arg(long)]
     pub show_leftovers: bool,
+    /// Also list what a forked child that ended before its exit scan (a pool's terminated
+    /// worker) allocated itself, never judged (by default one summary line).
+    #[arg(long)]
+    pub show_unjudged: bool,
     /// Suppress leaks matching this file's `leak:PATTERN` lines (LeakSanitizer's syntax);
     /// may be given several times.
     #[arg(long, value_name = "FILE")]
@@ -131,6 +135,7 @@ impl ReportArgs {
             group_by: self.group_by,
             show_reachable: self.show_reachable,
             show_leftovers: self.show_leftovers,
+            show_unjudged: self.show_unjudged,
             suppressions,
         })
     }

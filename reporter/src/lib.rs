@@ -107,7 +107,18 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         .end
         .as_ref()
         .is_some_and(|end| end.kind == libleak_format::ExitKind::Exec);
-    let (mut summary, listed) = attribute::attribute(&tallies, &merged, &roles, options, ended_by_exec);
+    // A forked child that ended before its exit scan (killed, as pools terminate their
+    // workers, or aborted): what it held then was never judged. A process that ran with the
+    // scan off, or whose scan ran out of time, still lists its unclassified blocks.
+    let child_ended_unjudged = trace.header.fork.is_some()
+        && trace.header.reachability.is_none()
+        && match &trace.header.incomplete {
+            Some(model::Incompleteness::Truncated { .. }) => true,
+            Some(model::Incompleteness::AbnormalExit(end)) => end.kind == libleak_format::ExitKind::Abort,
+            None => false,
+        };
+    let (mut summary, listed) =
+        attribute::attribute(&tallies, &merged, &roles, options, ended_by_exec, child_ended_unjudged);
     summary
         .inherited_unjudged
         .add(trace.inherited_unjudged.blocks, trace.inherited_unjudged.bytes);

@@ -73,6 +73,9 @@ pub struct Options {
     pub show_reachable: bool,
     /// List what the runtime itself left at exit as rows too (otherwise one summary line).
     pub show_leftovers: bool,
+    /// List what a forked child that ended before its exit scan allocated itself as rows too
+    /// (otherwise one summary line; see [`crate::model::Summary::unjudged`]).
+    pub show_unjudged: bool,
     pub suppressions: Vec<Suppression>,
 }
 
@@ -85,6 +88,7 @@ impl Options {
             group_by: GroupBy::Site,
             show_reachable: false,
             show_leftovers: false,
+            show_unjudged: false,
             suppressions,
         }
     }

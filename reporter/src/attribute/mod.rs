@@ -40,12 +40,15 @@ fn made_by_python(frames: &[Frame]) -> bool {
 
 /// The summary of every count, and the counts to list (in the order of `tallies`).
 /// `ended_by_exec`: the process replaced its image (see [`Summary::released_by_exec`]).
+/// `child_ended_unjudged`: a forked child that ended before its exit scan (see
+/// [`Summary::unjudged`]).
 pub fn attribute<'a>(
     tallies: &'a [StackTally],
     merged: &'a HashMap<u64, Vec<Frame>>,
     roles: &Roles,
     options: &Options,
     ended_by_exec: bool,
+    child_ended_unjudged: bool,
 ) -> (Summary, Vec<Attributed<'a>>) {
     let mut summary = Summary::default();
     let mut shown = Vec::new();
@@ -71,6 +74,9 @@ pub fn attribute<'a>(
         } else if released {
             summary.released_by_exec.add(blocks, bytes);
             options.show_reachable
+        } else if child_ended_unjudged && tally.class.is_none() {
+            summary.unjudged.add(blocks, bytes);
+            options.show_unjudged
         } else if reachable {
             if tally.class == Some(LeakClass::Collectable) {
                 summary.collectable.add(blocks, bytes);
@@ -185,7 +191,7 @@ mod tests {
             pattern: "libfoo".into(),
             origin: "test".into(),
         }]);
-        let (summary, listed) = attribute(&tallies, &merged, &roles, &options, false);
+        let (summary, listed) = attribute(&tallies, &merged, &roles, &options, false, false);
         let tally = |blocks| Tally {
             blocks,
             bytes: blocks * 10,
@@ -205,7 +211,7 @@ mod tests {
 
         options.show_reachable = true;
         options.show_leftovers = true;
-        let (_, listed) = attribute(&tallies, &merged, &roles, &options, false);
+        let (_, listed) = attribute(&tallies, &merged, &roles, &options, false, false);
         let flags: Vec<(u64, bool, bool, bool)> = listed
             .iter()
             .map(|a| (a.tally.tally.blocks, a.reachable, a.leftover, a.import_once))
@@ -222,5 +228,21 @@ mod tests {
                 (9, false, false, true)
             ]
         );
+
+        // A forked child that ended before its exit scan: what it allocated itself (no
+        // class) is not judged, one summary line unless asked for, and no leak.
+        options.show_reachable = false;
+        options.show_leftovers = false;
+        let (summary, listed) = attribute(&tallies, &merged, &roles, &options, false, true);
+        assert_eq!(summary.unjudged, tally(3));
+        assert_eq!(summary.unclassified, Tally::default());
+        assert_eq!(summary.inherited_unjudged, tally(7));
+        assert_eq!(summary.leaked_bytes(), (1 + 8 + 6) * 10);
+        let blocks: Vec<u64> = listed.iter().map(|a| a.tally.tally.blocks).collect();
+        assert_eq!(blocks, [1, 6, 8]);
+        options.show_unjudged = true;
+        let (_, listed) = attribute(&tallies, &merged, &roles, &options, false, true);
+        let blocks: Vec<u64> = listed.iter().map(|a| a.tally.tally.blocks).collect();
+        assert_eq!(blocks, [1, 3, 6, 8]);
     }
 }

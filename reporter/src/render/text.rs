@@ -479,6 +479,11 @@ fn summary_text(out: &mut String, report: &Report) {
             },
         ),
         (
+            "not judged",
+            summary.unjudged,
+            " (allocated by this forked child, which ended before its exit scan, as a pool's terminated worker does; --show-unjudged lists them)",
+        ),
+        (
             "released by exec",
             summary.released_by_exec,
             " (live when the program image was replaced, which frees them: no leak; --show-reachable lists them)",
