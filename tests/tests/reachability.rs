@@ -434,6 +434,34 @@ fn an_open_sqlite_database_at_exit_is_no_leak() {
     }
 }
 
+/// Under tracemalloc, CPython 3.9-3.12 never free its copies of the tracebacks it records,
+/// made inside the allocations it traces, an extension's too: no leak of the program's (a
+/// built-in suppression), where they used to be rows owned by the extension.
+#[test]
+fn tracemalloc_traceback_copies_are_not_the_programs_leaks() {
+    let pythons = pythons();
+    assert!(!pythons.is_empty(), "no usable Python interpreter found");
+    let fixtures = fixtures_dir().join("reach");
+    for python in pythons {
+        let label = python.label();
+        let scratch = Scratch::new(&format!("traced{}{}", python.version.0, python.version.1));
+        python.build_extension(&fixtures.join("traced.c"), "traced", &scratch.path);
+        std::fs::copy(fixtures.join("traced.py"), scratch.join("traced.py")).unwrap();
+        let trace = python.run_script_traced(&scratch, "traced.py", &label);
+        let unsuppressed = report_json_with(&trace, &["--no-builtin-suppressions"]);
+        let copies = rows(&unsuppressed)
+            .iter()
+            .filter(|row| row.to_string().contains("\"traceback_new\""))
+            .count();
+        if python.version < (3, 13) && copies == 0 {
+            eprintln!("{label}: skipped, its tracemalloc's frames have no names here (a stripped interpreter)");
+            continue;
+        }
+        let report = report_json(&trace);
+        assert_eq!(rows(&report).len(), 0, "{label}: {report:#}");
+    }
+}
+
 /// Blocks the C++ runtime points to past their start (old-ABI strings point to their
 /// characters, `new[]` arrays of elements with a destructor past their count) are no leak;
 /// an array dropped is one, with its count's 8 bytes.
