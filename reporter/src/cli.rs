@@ -73,8 +73,8 @@ pub struct ReportArgs {
     /// default one summary line).
     #[arg(long)]
     pub show_leftovers: bool,
-    /// Also list what a forked child that ended before its exit scan (a pool's terminated
-    /// worker) allocated itself, never judged (by default one summary line).
+    /// Also list what a child of a traced process that ended before its exit scan (a pool's
+    /// terminated worker) allocated itself, never judged (by default one summary line).
     #[arg(long)]
     pub show_unjudged: bool,
     /// Suppress leaks matching this file's `leak:PATTERN` lines (LeakSanitizer's syntax);

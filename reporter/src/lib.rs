@@ -87,11 +87,44 @@ pub fn report_in_family(
 ) -> Result<Report, ReplayError> {
     let trace = Trace::open_in_family(path, &mut |read, size| progress.advance(read, size), parents);
     progress.finish();
-    Ok(build(&trace?, &path.display().to_string(), symbolizer, options))
+    let trace = trace?;
+    // Only a process that died before its exit scan needs to know (see `build_in_family`).
+    let child = trace.header.fork.is_some()
+        || (died_before_its_scan(&trace) && parents.has_traced_parent(&trace.header.process, path));
+    Ok(build_in_family(
+        &trace,
+        &path.display().to_string(),
+        symbolizer,
+        options,
+        child,
+    ))
+}
+
+/// Whether the process ended before its exit scan: killed, crashed or aborted.
+fn died_before_its_scan(trace: &Trace) -> bool {
+    trace.header.reachability.is_none()
+        && match &trace.header.incomplete {
+            Some(model::Incompleteness::Truncated { .. }) => true,
+            Some(model::Incompleteness::AbnormalExit(end)) => end.kind == libleak_format::ExitKind::Abort,
+            None => false,
+        }
 }
 
 /// The report of a replayed trace; `trace_path` is how the report names it.
 pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, options: &Options) -> Report {
+    build_in_family(trace, trace_path, symbolizer, options, trace.header.fork.is_some())
+}
+
+/// [`build`], told whether the process was started by a traced process (`child`): a child
+/// that died before its exit scan, as a pool's terminated worker does, judged nothing of what
+/// it held then (see [`model::Summary::unjudged`]).
+fn build_in_family(
+    trace: &Trace,
+    trace_path: &str,
+    symbolizer: &mut Symbolizer,
+    options: &Options,
+    child: bool,
+) -> Report {
     let tallies = classify::tally(trace);
     // Reachable blocks are only counted unless listed: their stacks need no symbols.
     // Inherited blocks a child never judged are not listed either (see attribute).
@@ -107,16 +140,10 @@ pub fn build(trace: &Trace, trace_path: &str, symbolizer: &mut Symbolizer, optio
         .end
         .as_ref()
         .is_some_and(|end| end.kind == libleak_format::ExitKind::Exec);
-    // A forked child that ended before its exit scan (killed, as pools terminate their
-    // workers, or aborted): what it held then was never judged. A process that ran with the
-    // scan off, or whose scan ran out of time, still lists its unclassified blocks.
-    let child_ended_unjudged = trace.header.fork.is_some()
-        && trace.header.reachability.is_none()
-        && match &trace.header.incomplete {
-            Some(model::Incompleteness::Truncated { .. }) => true,
-            Some(model::Incompleteness::AbnormalExit(end)) => end.kind == libleak_format::ExitKind::Abort,
-            None => false,
-        };
+    // A child that ended before its exit scan (killed, as pools terminate their workers, or
+    // aborted): what it held then was never judged. A process that ran with the scan off, or
+    // whose scan ran out of time, still lists its unclassified blocks.
+    let child_ended_unjudged = child && died_before_its_scan(trace);
     let (mut summary, listed) =
         attribute::attribute(&tallies, &merged, &roles, options, ended_by_exec, child_ended_unjudged);
     summary

@@ -335,9 +335,10 @@ pub struct Summary {
     /// (killed, as pools terminate their workers, or with the scan off). They were its
     /// parent's, whose report judges them.
     pub inherited_unjudged: Tally,
-    /// Blocks a forked child allocated itself and never judged: it ended before its exit
-    /// scan, killed or aborted (a pool terminates its workers so, with `SIGTERM`). Live when
-    /// it died, which says nothing of a leak; not counted by `--fail-on-leak`.
+    /// Blocks a child of a traced process (forked, or started by `spawn`/`forkserver`: its
+    /// parent's trace lies beside its own) allocated itself and never judged: it ended before
+    /// its exit scan, killed or aborted (a pool terminates its workers so, with `SIGTERM`).
+    /// Live when it died, which says nothing of a leak; not counted by `--fail-on-leak`.
     pub unjudged: Tally,
     /// Live when the process replaced its image with `exec`, which releases all its memory:
     /// never judged (no scan runs at an `exec`) and no leak. A `fork` child that `exec`s (as

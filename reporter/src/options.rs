@@ -79,7 +79,7 @@ pub struct Options {
     pub show_reachable: bool,
     /// List what the runtime itself left at exit as rows too (otherwise one summary line).
     pub show_leftovers: bool,
-    /// List what a forked child that ended before its exit scan allocated itself as rows too
+    /// List what a child of a traced process that ended before its exit scan allocated itself as rows too
     /// (otherwise one summary line; see [`crate::model::Summary::unjudged`]).
     pub show_unjudged: bool,
     pub suppressions: Vec<Suppression>,

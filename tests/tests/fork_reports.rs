@@ -256,6 +256,51 @@ if __name__ == '__main__':\n    with multiprocessing.Pool(4) as pool:\n        p
     }
 }
 
+/// Workers that `spawn` and `forkserver` start are no fork children, but their parent was
+/// traced: terminated by `with Pool()` before their exit scan, they list nothing either
+/// (every block a fresh interpreter holds, 800 rows a worker that imported numpy).
+#[test]
+fn spawned_pool_workers_terminated_early_list_nothing() {
+    const POOL: &str = "import multiprocessing, sys\n\
+def square(x):\n    return x * x\n\
+if __name__ == '__main__':\n    with multiprocessing.get_context(sys.argv[1]).Pool(2) as pool:\n        print(sum(pool.map(square, range(100))))\n";
+    let Some(python) = pythons().pop() else {
+        panic!("no usable Python interpreter found");
+    };
+    let label = python.label();
+    let scratch = Scratch::new(&format!("spawned-pool-{}.{}", python.version.0, python.version.1));
+    std::fs::write(scratch.join("pool.py"), POOL).unwrap();
+    for method in ["spawn", "forkserver"] {
+        let report_file = scratch.join(&format!("{method}.json"));
+        let out = run(Command::new(libleak_bin())
+            .args(["run", "--json", "--fail-on-leak", "--report-file"])
+            .arg(&report_file)
+            .arg("--")
+            .arg(&python.path)
+            .args(["pool.py", method])
+            .current_dir(&scratch.path)
+            .env("LIBLEAK_SO", libleak_so()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{label} {method}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "328350\n", "{label} {method}");
+        let document: Value = serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
+        let processes = document["processes"].as_array().unwrap();
+        let mut killed = 0;
+        for process in processes.iter().filter(|p| p["reachability"].is_null()) {
+            killed += 1;
+            assert_eq!(process["leaks"], Value::Array(vec![]), "{label} {method}: {process:#}");
+            assert_eq!(
+                process["summary"]["unclassified"]["blocks"], 0,
+                "{label} {method}: {process:#}"
+            );
+        }
+        eprintln!(
+            "{label} {method}: {} processes, {killed} ended before their exit scan",
+            processes.len()
+        );
+    }
+}
+
 /// Runs `script` (which imports the `frames` extension, forks `children` times and prints
 /// `forked N`) under libleak on `python`, every process tracing into one directory, checks it
 /// ran as it should, and returns `libleak report --json --limit 0` over that directory.

@@ -40,7 +40,7 @@ fn made_by_python(frames: &[Frame]) -> bool {
 
 /// The summary of every count, and the counts to list (in the order of `tallies`).
 /// `ended_by_exec`: the process replaced its image (see [`Summary::released_by_exec`]).
-/// `child_ended_unjudged`: a forked child that ended before its exit scan (see
+/// `child_ended_unjudged`: a child of a traced process that ended before its exit scan (see
 /// [`Summary::unjudged`]).
 pub fn attribute<'a>(
     tallies: &'a [StackTally],

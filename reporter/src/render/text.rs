@@ -481,7 +481,7 @@ fn summary_text(out: &mut String, report: &Report) {
         (
             "not judged",
             summary.unjudged,
-            " (allocated by this forked child, which ended before its exit scan, as a pool's terminated worker does; --show-unjudged lists them)",
+            " (held by this child of a traced process when it died before its exit scan, as a pool's terminated worker does; --show-unjudged lists them)",
         ),
         (
             "released by exec",

@@ -153,6 +153,24 @@ impl ParentTraces {
     }
 }
 
+impl ParentTraces {
+    /// Whether the process `child` (whose trace is `child_trace`) was started by a traced
+    /// process: a trace beside it is its parent's (that pid, started before it). A worker
+    /// that `spawn` or `forkserver` started is no fork child, but its parent was traced.
+    pub fn has_traced_parent(&mut self, child: &libleak_format::ProcessInfo, child_trace: &Path) -> bool {
+        let Some(dir) = child_trace.parent() else {
+            return false;
+        };
+        let listed = self
+            .directories
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| processes_in(dir));
+        listed
+            .iter()
+            .any(|&(pid, start, _)| pid == child.parent_pid && start < child.start_time_unix_ns)
+    }
+}
+
 /// The process of every trace in `dir`: (pid, start time, path).
 fn processes_in(dir: &Path) -> Vec<(u32, u64, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
