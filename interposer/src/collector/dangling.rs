@@ -62,15 +62,13 @@ impl DanglingStatics {
         }
     }
 
-    /// In a forked child, whose parent checked right before the fork: from then on a check
-    /// reads only the pages written since the fork. A page neither process wrote holds what
-    /// it held at that check, and its words were judged against the blocks freed until then.
-    /// What it misses: a word stored before the fork pointing inside a block live then and
-    /// freed by the child, its page never written again (the parser's static is written
-    /// during the compile whose arena it points into, and no compile spans a fork in the
-    /// child, which runs only the forking thread). Not in the parent: another of its threads
-    /// may be compiling across the fork. A child read its static data three times, 1.7 MB
-    /// each, in CPython 3.11.
+    /// A check just ran and the process forks (parent and child both keep this state): from
+    /// then on a check reads only the pages written since the fork. A page neither process
+    /// wrote holds what it held at that check, and its words were judged against the blocks
+    /// freed until then. What it misses: a word stored before the fork pointing inside a
+    /// block live then and freed since, its page never written again (the parser's static is
+    /// written during the compile whose arena it then points into). A child read its static
+    /// data three times, 1.7 MB each, in CPython 3.11.
     pub(super) fn checked_before_fork(&mut self) {
         self.checked_before_fork = true;
     }

@@ -57,9 +57,6 @@ impl Collector {
         self.fork_ranges = private_writable_ranges();
         self.parked_since_start = false;
         self.judges_inherited = None;
-        // The collector took everything in, the static data's check included, as it parked
-        // for the fork.
-        self.dangling.checked_before_fork();
     }
 
     /// Calls `each` with every block this process inherited at a fork and has not freed.

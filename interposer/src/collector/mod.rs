@@ -324,6 +324,7 @@ impl Collector {
                     // new child (see `inheritance.rs`).
                     self.parked_since_start = true;
                     self.take_in_everything();
+                    self.dangling.checked_before_fork();
                     return match self.flush() {
                         Ok(()) => Stopped::Parked(self),
                         Err(e) => Stopped::Finished(Err(format!("cannot write the trace: {e}"))),
